@@ -1,0 +1,500 @@
+//! The embedded engine: topics, subscriptions and state in one sled database in the data directory.
+//!
+//! It implements both [`Broker`] and [`StateStore`] because its commit is a single sled transaction
+//! across the cursor tree, the function's state tree and every output topic's tree: after a crash,
+//! sled recovers either all of a commit or none of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::broker::{
+    Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
+};
+use crate::names::{Fqfn, TopicName};
+use crate::state::{StateError, StateStore, Versioned};
+
+const TOPIC_TREE_PREFIX: &str = "topic:";
+const STATE_TREE_PREFIX: &str = "state:";
+const CURSOR_TREE: &str = "cursors";
+
+/// Why the data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the database's lock.
+    #[error(
+        "the data directory {0} is in use by another fnhost process; stop that process or pass a different --data-dir"
+    )]
+    Locked(String),
+    /// Anything else sled reported.
+    #[error("cannot open the data directory {path}: {reason}")]
+    Other {
+        /// The directory.
+        path: String,
+        /// What sled said.
+        reason: String,
+    },
+}
+
+/// The embedded engine. Cheap to clone; every clone shares one database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    cursors: sled::Tree,
+    topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
+    /// Bumped after every append, so that waiting subscriptions wake up.
+    appends: Mutex<u64>,
+    appended: Condvar,
+}
+
+struct Topic {
+    name: TopicName,
+    tree: sled::Tree,
+    /// The next sequence number; held locked from allocation until the append commits, so that
+    /// readers never see a later message before an earlier one.
+    next: Mutex<u64>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let shown = dir.display().to_string();
+        let db = sled::Config::new().path(dir).open().map_err(|error| match &error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                OpenError::Locked(shown.clone())
+            }
+            _ => OpenError::Other { path: shown.clone(), reason: error.to_string() },
+        })?;
+        let cursors = db
+            .open_tree(CURSOR_TREE)
+            .map_err(|error| OpenError::Other { path: shown, reason: error.to_string() })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                cursors,
+                topics: Mutex::new(HashMap::new()),
+                appends: Mutex::new(0),
+                appended: Condvar::new(),
+            }),
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        self.inner.db.flush().map(drop).map_err(storage)
+    }
+
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
+        let mut topics = lock(&self.inner.topics);
+        if let Some(topic) = topics.get(name) {
+            return Ok(topic.clone());
+        }
+        let tree = self.inner.db.open_tree(format!("{TOPIC_TREE_PREFIX}{name}")).map_err(storage)?;
+        let next = match tree.last().map_err(storage)? {
+            Some((key, _)) => decode_sequence(&key) + 1,
+            None => 0,
+        };
+        let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next) });
+        topics.insert(name.clone(), topic.clone());
+        Ok(topic)
+    }
+
+    fn state_tree(&self, fqfn: &Fqfn) -> Result<sled::Tree, sled::Error> {
+        self.inner.db.open_tree(format!("{STATE_TREE_PREFIX}{fqfn}"))
+    }
+
+    fn notify_appended(&self) {
+        *lock(&self.inner.appends) += 1;
+        self.inner.appended.notify_all();
+    }
+}
+
+impl Broker for EmbeddedStore {
+    fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
+        let topic = self.topic(topic)?;
+        let publish_time = now_millis();
+        let mut next = lock(&topic.next);
+        let mut batch = sled::Batch::default();
+        let mut sequences = Vec::with_capacity(messages.len());
+        for (offset, message) in messages.into_iter().enumerate() {
+            let sequence = *next + offset as u64;
+            batch.insert(&sequence.to_be_bytes(), encode_body(stamp(message, publish_time)));
+            sequences.push(sequence);
+        }
+        topic.tree.apply_batch(batch).map_err(storage)?;
+        self.flush()?;
+        *next += sequences.len() as u64;
+        drop(next);
+        self.notify_appended();
+        Ok(sequences)
+    }
+
+    fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
+        let mut cursors = Vec::with_capacity(spec.topics.len());
+        for name in &spec.topics {
+            let topic = self.topic(name)?;
+            let start = match spec.initial_position {
+                Position::Earliest => topic.tree.first().map_err(storage)?.map_or(0, |(key, _)| decode_sequence(&key)),
+                Position::Latest => *lock(&topic.next),
+            };
+            let durable = match &spec.name {
+                Some(subscription) => {
+                    let key = cursor_key(subscription, name);
+                    match self.inner.cursors.get(&key).map_err(storage)? {
+                        Some(stored) => decode_sequence(&stored),
+                        None => {
+                            self.inner.cursors.insert(key, &start.to_be_bytes()).map_err(storage)?;
+                            start
+                        }
+                    }
+                }
+                None => start,
+            };
+            cursors.push(Cursor { topic, fetched: durable, durable });
+        }
+        if spec.name.is_some() {
+            self.flush()?;
+        }
+        Ok(Box::new(EmbeddedSubscription { store: self.clone(), name: spec.name, cursors, rotation: 0 }))
+    }
+}
+
+impl StateStore for EmbeddedStore {
+    fn get(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Versioned>, StateError> {
+        let tree = self.state_tree(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
+        let Some(bytes) = tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? else {
+            return Ok(None);
+        };
+        decode_state(&bytes)
+            .map(Some)
+            .map_err(|reason| StateError::Corrupt { fqfn: fqfn.clone(), key: key.into(), reason })
+    }
+}
+
+struct Cursor {
+    topic: Arc<Topic>,
+    /// The next sequence to fetch.
+    fetched: u64,
+    /// The next sequence not yet acknowledged durably.
+    durable: u64,
+}
+
+struct EmbeddedSubscription {
+    store: EmbeddedStore,
+    name: Option<String>,
+    cursors: Vec<Cursor>,
+    /// Which topic is read first on the next fetch, so that no topic starves the others.
+    rotation: usize,
+}
+
+impl EmbeddedSubscription {
+    fn read_available(&mut self, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let mut messages = Vec::new();
+        let count = self.cursors.len();
+        for index in 0..count {
+            let cursor = &mut self.cursors[(self.rotation + index) % count];
+            for entry in cursor.topic.tree.range(cursor.fetched.to_be_bytes()..) {
+                if messages.len() == max {
+                    break;
+                }
+                let (key, value) = entry.map_err(storage)?;
+                let sequence = decode_sequence(&key);
+                let body = decode_body(&value).map_err(|reason| BrokerError::Corrupt {
+                    topic: cursor.topic.name.clone(),
+                    sequence,
+                    reason,
+                })?;
+                messages.push(Message { topic: cursor.topic.name.clone(), sequence, body });
+                cursor.fetched = sequence + 1;
+            }
+        }
+        self.rotation = (self.rotation + 1) % count.max(1);
+        Ok(messages)
+    }
+}
+
+impl Subscription for EmbeddedSubscription {
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let seen = *lock(&self.store.inner.appends);
+            let messages = self.read_available(max)?;
+            let now = Instant::now();
+            if !messages.is_empty() || now >= deadline {
+                return Ok(messages);
+            }
+            let appends = lock(&self.store.inner.appends);
+            if *appends == seen {
+                let _ = self.store.inner.appended.wait_timeout(appends, deadline - now);
+            }
+        }
+    }
+
+    fn commit(&mut self, effects: Effects) -> Result<(), BrokerError> {
+        let moved: Vec<usize> = (0..self.cursors.len()).filter(|&i| self.cursors[i].fetched != self.cursors[i].durable).collect();
+        if effects.is_empty() && (moved.is_empty() || self.name.is_none()) {
+            for cursor in &mut self.cursors {
+                cursor.durable = cursor.fetched;
+            }
+            return Ok(());
+        }
+        let store = &self.store;
+
+        // Group outputs by topic and lock the topics in name order, so that concurrent commits cannot deadlock.
+        let publish_time = now_millis();
+        let mut by_topic: BTreeMap<TopicName, Vec<Vec<u8>>> = BTreeMap::new();
+        for (topic, message) in effects.outputs {
+            by_topic.entry(topic).or_default().push(encode_body(stamp(message, publish_time)));
+        }
+        let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
+        let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
+
+        let state = match &effects.state {
+            Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_tree(fqfn).map_err(storage)?, changes)),
+            _ => None,
+        };
+        let version = store.inner.db.generate_id().map_err(storage)?;
+
+        let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors];
+        if let Some((tree, _)) = &state {
+            trees.push(tree);
+        }
+        let first_topic_tree = trees.len();
+        trees.extend(topics.iter().map(|topic| &topic.tree));
+
+        let cursor_writes: Vec<(Vec<u8>, u64)> = match &self.name {
+            Some(subscription) => moved
+                .iter()
+                .map(|&i| (cursor_key(subscription, &self.cursors[i].topic.name), self.cursors[i].fetched))
+                .collect(),
+            None => Vec::new(),
+        };
+
+        let result: Result<(), TransactionError<String>> = trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
+            for (key, sequence) in &cursor_writes {
+                views[0].insert(key.as_slice(), &sequence.to_be_bytes())?;
+            }
+            if let Some((_, changes)) = &state {
+                let view = &views[1];
+                for (key, change) in changes.iter() {
+                    let stored = match view.get(key.as_bytes())? {
+                        Some(bytes) => Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value),
+                        None => None,
+                    };
+                    match change.apply(stored) {
+                        Some(value) => {
+                            view.insert(key.as_bytes(), encode_state(&Versioned { value, version }))?;
+                        }
+                        None => {
+                            view.remove(key.as_bytes())?;
+                        }
+                    }
+                }
+            }
+            for (offset, bodies) in by_topic.values().enumerate() {
+                let view = &views[first_topic_tree + offset];
+                let mut sequence = *nexts[offset];
+                for body in bodies {
+                    view.insert(&sequence.to_be_bytes(), body.as_slice())?;
+                    sequence += 1;
+                }
+            }
+            Ok(())
+        });
+        result.map_err(|error| match error {
+            TransactionError::Abort(reason) => BrokerError::Storage(format!("state could not be decoded: {reason}")),
+            TransactionError::Storage(error) => storage(error),
+        })?;
+        for (next, bodies) in nexts.iter_mut().zip(by_topic.values()) {
+            **next += bodies.len() as u64;
+        }
+        drop(nexts);
+        store.flush()?;
+        for cursor in &mut self.cursors {
+            cursor.durable = cursor.fetched;
+        }
+        if !by_topic.is_empty() {
+            store.notify_appended();
+        }
+        Ok(())
+    }
+
+    fn backlog(&self) -> Result<u64, BrokerError> {
+        Ok(self.cursors.iter().map(|cursor| lock(&cursor.topic.next).saturating_sub(cursor.durable)).sum())
+    }
+}
+
+fn stamp(message: OutMessage, publish_time: u64) -> MessageBody {
+    MessageBody {
+        value: message.value,
+        key: message.key,
+        properties: message.properties,
+        event_time: message.event_time,
+        publish_time,
+        partition_key: None,
+    }
+}
+
+fn cursor_key(subscription: &str, topic: &TopicName) -> Vec<u8> {
+    let mut key = Vec::with_capacity(subscription.len() + 1 + topic.as_str().len());
+    key.extend_from_slice(subscription.as_bytes());
+    key.push(0);
+    key.extend_from_slice(topic.as_str().as_bytes());
+    key
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn encode_body(body: MessageBody) -> Vec<u8> {
+    bincode::encode_to_vec(body, bincode_config()).expect("encoding into a Vec cannot fail")
+}
+
+fn decode_body(bytes: &[u8]) -> Result<MessageBody, String> {
+    bincode::decode_from_slice(bytes, bincode_config()).map(|(body, _)| body).map_err(|error| error.to_string())
+}
+
+fn encode_state(value: &Versioned) -> Vec<u8> {
+    bincode::encode_to_vec(value, bincode_config()).expect("encoding into a Vec cannot fail")
+}
+
+fn decode_state(bytes: &[u8]) -> Result<Versioned, String> {
+    bincode::decode_from_slice(bytes, bincode_config()).map(|(value, _)| value).map_err(|error| error.to_string())
+}
+
+fn decode_sequence(bytes: &[u8]) -> u64 {
+    let mut buffer = [0; 8];
+    buffer.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(buffer)
+}
+
+fn storage(error: sled::Error) -> BrokerError {
+    BrokerError::Storage(error.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a thread panicked while holding it; the data it guards (counters and
+    // handles) is still consistent, because every update to it is a single assignment.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Change, StateChanges, StateValue};
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::parse(name).unwrap()
+    }
+
+    fn spec(topics: &[&str], name: Option<&str>, position: Position) -> SubscriptionSpec {
+        SubscriptionSpec {
+            topics: topics.iter().map(|t| topic(t)).collect(),
+            name: name.map(str::to_owned),
+            initial_position: position,
+        }
+    }
+
+    fn values(messages: &[Message]) -> Vec<String> {
+        messages.iter().map(|m| String::from_utf8(m.body.value.clone()).unwrap()).collect()
+    }
+
+    fn produce(store: &EmbeddedStore, name: &str, values: &[&str]) -> Vec<u64> {
+        store.produce(&topic(name), values.iter().map(|v| OutMessage::new(v.as_bytes())).collect()).unwrap()
+    }
+
+    #[test]
+    fn appends_are_read_in_order_from_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(produce(&store, "t", &["a", "b"]), vec![0, 1]);
+        assert_eq!(produce(&store, "t", &["c"]), vec![2]);
+        let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+        assert_eq!(values(&subscription.fetch(2, Duration::ZERO).unwrap()), ["a", "b"]);
+        assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["c"]);
+        assert!(subscription.fetch(10, Duration::ZERO).unwrap().is_empty());
+        assert_eq!(subscription.backlog().unwrap(), 3);
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_redelivered_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            produce(&store, "t", &["a", "b", "c"]);
+            let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+            assert_eq!(values(&subscription.fetch(1, Duration::ZERO).unwrap()), ["a"]);
+            subscription.commit(Effects::default()).unwrap();
+            assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+        assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
+        let mut other = store.subscribe(spec(&["t"], Some("other"), Position::Latest)).unwrap();
+        assert!(other.fetch(10, Duration::ZERO).unwrap().is_empty());
+        produce(&store, "t", &["d"]);
+        assert_eq!(values(&other.fetch(10, Duration::ZERO).unwrap()), ["d"]);
+    }
+
+    #[test]
+    fn a_commit_writes_outputs_state_and_cursor_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            produce(&store, "in", &["x"]);
+            let mut subscription = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
+            subscription.fetch(10, Duration::ZERO).unwrap();
+            let mut changes = StateChanges::default();
+            changes.record("k".into(), Change::Put(b"v".to_vec()));
+            changes.record("n".into(), Change::Add(5));
+            let effects = Effects {
+                outputs: vec![(topic("out"), OutMessage::new("y")), (topic("other"), OutMessage::new("z"))],
+                state: Some((fqfn.clone(), changes)),
+            };
+            subscription.commit(effects).unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(&fqfn, "k").unwrap().unwrap().value, StateValue::Bytes(b"v".to_vec()));
+        assert_eq!(store.get(&fqfn, "n").unwrap().unwrap().value, StateValue::Counter(5));
+        let mut out = store.subscribe(spec(&["out", "other"], None, Position::Earliest)).unwrap();
+        let mut seen = values(&out.fetch(10, Duration::ZERO).unwrap());
+        seen.sort();
+        assert_eq!(seen, ["y", "z"]);
+        let mut input = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
+        assert!(input.fetch(10, Duration::ZERO).unwrap().is_empty(), "the input was acknowledged");
+    }
+
+    #[test]
+    fn counters_add_to_the_committed_value_and_deletes_remove_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        let mut subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+        for (change, expected) in [
+            (Change::Add(2), Some(StateValue::Counter(2))),
+            (Change::Add(-5), Some(StateValue::Counter(-3))),
+            (Change::Delete, None),
+            (Change::Put(b"p".to_vec()), Some(StateValue::Bytes(b"p".to_vec()))),
+        ] {
+            let mut changes = StateChanges::default();
+            changes.record("c".into(), change.clone());
+            subscription.commit(Effects { outputs: vec![], state: Some((fqfn.clone(), changes)) }).unwrap();
+            assert_eq!(store.get(&fqfn, "c").unwrap().map(|v| v.value), expected, "{change:?}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! fnhost: a WebAssembly-sandboxed function host in the manner of Apache Pulsar Functions.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of these modules.
+
+pub mod broker;
+pub mod cli;
+pub mod embedded;
+pub mod instance;
+pub mod limits;
+pub mod names;
+pub mod runtime;
+pub mod state;

@@ -1,0 +1,45 @@
+//! Every quantity a guest or a client controls, with its limit.
+//!
+//! A limit that is hit produces an error that names the constant (or the flag that sets it),
+//! so a user can find it here.
+
+/// Largest message value (input, output or published), in bytes: Pulsar's default `maxMessageSize`.
+pub const MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
+/// Longest message key, in bytes.
+pub const MAX_MESSAGE_KEY_LEN: usize = 4 * 1024;
+/// Most properties on one message.
+pub const MAX_PROPERTIES: usize = 64;
+/// Longest property name or value, in bytes.
+pub const MAX_PROPERTY_LEN: usize = 4 * 1024;
+/// Longest topic name, in bytes, in its fully qualified form.
+pub const MAX_TOPIC_NAME_LEN: usize = 512;
+/// Longest tenant, namespace or function name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest state key, in bytes.
+pub const MAX_STATE_KEY_LEN: usize = 1024;
+/// Largest state value, in bytes.
+pub const MAX_STATE_VALUE_SIZE: usize = 1024 * 1024;
+/// Most `publish` calls while processing one message.
+pub const MAX_PUBLISHES_PER_MESSAGE: usize = 1_000;
+/// Longest log line, in bytes; longer lines are cut and marked.
+pub const MAX_LOG_LINE_LEN: usize = 16 * 1024;
+/// Most bytes a guest may write to stdout and stderr while processing one message; the rest is dropped.
+pub const MAX_GUEST_STDIO_PER_MESSAGE: usize = 64 * 1024;
+/// Longest user metric name, in bytes.
+pub const MAX_METRIC_NAME_LEN: usize = 256;
+/// Most distinct user metric names per instance.
+pub const MAX_METRICS_PER_INSTANCE: usize = 1_000;
+/// Most table elements one instance may have.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Default memory per instance (`--ram`).
+pub const DEFAULT_RAM_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest `--ram`: a 32-bit linear memory cannot address more.
+pub const MAX_RAM_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Default time limit for processing one message (`--timeout-ms`).
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Largest `--timeout-ms`: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Largest user config or secrets document (`--user-config`, `--secrets`), in bytes.
+pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
+/// Most messages processed between two commits; larger batches commit less often.
+pub const MAX_BATCH_MESSAGES: usize = 1_000;

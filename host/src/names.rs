@@ -1,0 +1,173 @@
+//! Names users type: fully qualified function names and topic names, parsed once and validated.
+
+use std::fmt;
+
+use crate::limits::{MAX_NAME_LEN, MAX_TOPIC_NAME_LEN};
+
+/// The tenant a name belongs to when none is given, as in Pulsar.
+pub const DEFAULT_TENANT: &str = "public";
+/// The namespace a name belongs to when none is given, as in Pulsar.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A name that could not be parsed, with what was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct NameError(String);
+
+/// A fully qualified function name: `tenant/namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fqfn {
+    tenant: String,
+    namespace: String,
+    name: String,
+}
+
+impl Fqfn {
+    /// Builds a name from its three parts, validating each.
+    pub fn new(tenant: &str, namespace: &str, name: &str) -> Result<Self, NameError> {
+        check_segment("tenant", tenant)?;
+        check_segment("namespace", namespace)?;
+        check_segment("function name", name)?;
+        Ok(Self { tenant: tenant.into(), namespace: namespace.into(), name: name.into() })
+    }
+
+    /// Parses `tenant/namespace/name`.
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        match text.split('/').collect::<Vec<_>>().as_slice() {
+            [tenant, namespace, name] => Self::new(tenant, namespace, name),
+            _ => Err(NameError(format!(
+                "`{text}` is not a fully qualified function name: expected tenant/namespace/name, for example public/default/my-function"
+            ))),
+        }
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The function's own name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for Fqfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.namespace, self.name)
+    }
+}
+
+/// A topic's fully qualified name, `persistent://tenant/namespace/topic`.
+///
+/// Short forms are accepted as Pulsar accepts them: `topic` means `persistent://public/default/topic`
+/// and `tenant/namespace/topic` means `persistent://tenant/namespace/topic`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Parses any of the accepted forms.
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        let rest = match text.split_once("://") {
+            Some(("persistent", rest)) => rest,
+            Some((domain, _)) => {
+                return Err(NameError(format!(
+                    "topic `{text}`: only persistent topics exist in fnhost, not `{domain}://`; use persistent://tenant/namespace/topic or a short name"
+                )));
+            }
+            None => text,
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (tenant, namespace, local) = match parts.as_slice() {
+            [local] => (DEFAULT_TENANT, DEFAULT_NAMESPACE, *local),
+            [tenant, namespace, local] => (*tenant, *namespace, *local),
+            _ => {
+                return Err(NameError(format!(
+                    "`{text}` is not a topic name: expected topic, tenant/namespace/topic or persistent://tenant/namespace/topic"
+                )));
+            }
+        };
+        check_segment("tenant", tenant).map_err(|e| in_topic(text, e))?;
+        check_segment("namespace", namespace).map_err(|e| in_topic(text, e))?;
+        check_segment("topic", local).map_err(|e| in_topic(text, e))?;
+        let full = format!("persistent://{tenant}/{namespace}/{local}");
+        if full.len() > MAX_TOPIC_NAME_LEN {
+            return Err(NameError(format!(
+                "topic `{text}` is {} bytes long; the limit (MAX_TOPIC_NAME_LEN) is {MAX_TOPIC_NAME_LEN}",
+                full.len()
+            )));
+        }
+        Ok(Self(full))
+    }
+
+    /// The fully qualified form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn in_topic(text: &str, error: NameError) -> NameError {
+    NameError(format!("topic `{text}`: {}", error.0))
+}
+
+fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
+    if segment.is_empty() {
+        return Err(NameError(format!("the {what} is empty")));
+    }
+    if segment.len() > MAX_NAME_LEN {
+        return Err(NameError(format!(
+            "the {what} `{segment}` is {} bytes long; the limit (MAX_NAME_LEN) is {MAX_NAME_LEN}",
+            segment.len()
+        )));
+    }
+    if let Some(bad) = segment.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.=:".contains(*c))) {
+        return Err(NameError(format!(
+            "the {what} `{segment}` contains `{bad}`; use letters, digits and - _ . = :"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_short_forms_expand_to_the_persistent_default_namespace() {
+        let cases = [
+            ("input-topic", "persistent://public/default/input-topic"),
+            ("acme/orders/in", "persistent://acme/orders/in"),
+            ("persistent://acme/orders/in", "persistent://acme/orders/in"),
+        ];
+        for (given, full) in cases {
+            assert_eq!(TopicName::parse(given).unwrap().as_str(), full, "{given}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_reason() {
+        let cases = [
+            ("non-persistent://a/b/c", "only persistent topics"),
+            ("a/b", "is not a topic name"),
+            ("a//c", "namespace is empty"),
+            ("top ic", "contains ` `"),
+        ];
+        for (given, reason) in cases {
+            let error = TopicName::parse(given).unwrap_err().to_string();
+            assert!(error.contains(reason), "{given}: {error}");
+        }
+        assert!(Fqfn::parse("a/b").unwrap_err().to_string().contains("tenant/namespace/name"));
+        assert_eq!(Fqfn::parse("t/ns/f").unwrap().to_string(), "t/ns/f");
+    }
+}

@@ -1,0 +1,582 @@
+//! The WebAssembly runtime: the only module that uses wasmtime.
+//!
+//! One [`Runtime`] holds the engine; [`Runtime::load`] turns a component file into a
+//! [`FunctionCode`] (compiled once, then cached on disk); [`FunctionCode::prepare`] links it
+//! against the context into a [`PreparedFunction`]; and [`PreparedFunction::instantiate`] makes an
+//! [`Instance`] with its own store, memory cap and time limit.
+//! The runtime knows nothing of topics or state: every context call goes to a [`HostContext`]
+//! that the caller provides.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::limits::{MAX_GUEST_STDIO_PER_MESSAGE, MAX_TABLE_ELEMENTS};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "function",
+    });
+}
+
+use bindings::fnhost::function::{context, types};
+pub use context::Identity;
+pub use types::{ContextError, LogLevel, Message as GuestMessage};
+
+/// How often the epoch ticks; per-message time limits are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// What the host does for a function's context calls.
+///
+/// Implemented by the instance loop; the runtime only forwards to it.
+pub trait HostContext: Send + 'static {
+    /// A log line from the function (or a line it wrote to stdout or stderr).
+    fn log(&mut self, level: LogLevel, message: String);
+    /// One observation of a user metric.
+    fn record_metric(&mut self, name: String, value: f64);
+    /// The value under `key`, as the function would see it now.
+    fn get_state(&mut self, key: String) -> Result<Option<Vec<u8>>, ContextError>;
+    /// Stores bytes under `key`.
+    fn put_state(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextError>;
+    /// Removes `key`.
+    fn delete_state(&mut self, key: String) -> Result<(), ContextError>;
+    /// Adds to the counter `key` and returns its new value.
+    fn incr_counter(&mut self, key: String, amount: i64) -> Result<i64, ContextError>;
+    /// The counter `key`.
+    fn get_counter(&mut self, key: String) -> Result<i64, ContextError>;
+    /// Publishes a message to `topic`.
+    fn publish(
+        &mut self,
+        topic: String,
+        value: Vec<u8>,
+        key: Option<String>,
+        properties: Vec<(String, String)>,
+    ) -> Result<(), ContextError>;
+    /// Acknowledges the current message.
+    fn ack(&mut self);
+}
+
+/// What a function can ask about itself: fixed for the life of an instance.
+#[derive(Clone, Debug)]
+pub struct FunctionDetails {
+    /// Who the function and the instance are.
+    pub identity: Identity,
+    /// Fully qualified input topic names.
+    pub input_topics: Vec<String>,
+    /// Fully qualified output topic name.
+    pub output_topic: Option<String>,
+    /// User config: each top-level key with its value as JSON text.
+    pub user_config: BTreeMap<String, String>,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Engine settings shared by every function of a runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached, or `None` to compile every time.
+    pub cache_dir: Option<PathBuf>,
+    /// How many instances may exist at once (the size of the pooling allocator).
+    pub max_instances: u32,
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read the component {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly.
+    #[error("{path} is not a WebAssembly file (it does not start with \\0asm); pass the .wasm component your build produced")]
+    NotWasm {
+        /// The file.
+        path: String,
+    },
+    /// The file is a core module, not a component.
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule {
+        /// The file.
+        path: String,
+    },
+    /// The component does not validate or compile.
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// The component is valid but is not an fnhost function.
+    #[error(
+        "{path} does not implement the fnhost:function/function world ({reason}); build it against wit/function.wit, for example with the fnhost-guest SDK"
+    )]
+    NotAFunction {
+        /// The file.
+        path: String,
+        /// What linking said.
+        reason: String,
+    },
+    /// The engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// Why processing one message failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ProcessError {
+    /// The function returned an error: a user exception. The instance stays usable.
+    #[error("user exception: {0}")]
+    User(String),
+    /// The instance trapped, ran out of time or memory: a system exception. The instance must be replaced.
+    #[error("system exception: {0}")]
+    System(String),
+}
+
+/// The wasm engine and the settings every instance shares.
+pub struct Runtime {
+    engine: Engine,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker that enforces time limits.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        // Component-model async is unused; turning it off makes every call cheaper.
+        wasm.concurrency_support(false);
+        let instances = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(8))
+            .max_memory_size(crate::limits::MAX_RAM_BYTES as usize);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|error| LoadError::Engine(format!("{error:#}")))?;
+        let weak = engine.weak();
+        thread::Builder::new()
+            .name("fnhost-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|error| LoadError::Engine(error.to_string()))?;
+        Ok(Self { engine, config })
+    }
+
+    /// Reads, validates and compiles (or loads from the cache) the component at `path`.
+    pub fn load(&self, path: &Path) -> Result<FunctionCode, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm { path: shown });
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(LoadError::CoreModule { path: shown });
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        let component = match &self.config.cache_dir {
+            Some(dir) => self.load_cached(dir, &digest, &bytes, &shown)?,
+            None => self.compile(&bytes, &shown)?,
+        };
+        Ok(FunctionCode { engine: self.engine.clone(), component, digest, path: shown })
+    }
+
+    fn compile(&self, bytes: &[u8], shown: &str) -> Result<Component, LoadError> {
+        Component::from_binary(&self.engine, bytes)
+            .map_err(|error| LoadError::Invalid { path: shown.into(), reason: format!("{error:#}") })
+    }
+
+    fn load_cached(&self, dir: &Path, digest: &str, bytes: &[u8], shown: &str) -> Result<Component, LoadError> {
+        let mut hasher = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let file = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        if file.exists() {
+            match deserialize(&self.engine, &file) {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!("ignoring unusable cached component {}: {error:#}", file.display()),
+            }
+        }
+        let component = self.compile(bytes, shown)?;
+        let written = component.serialize().map_err(std::io::Error::other).and_then(|compiled| {
+            std::fs::create_dir_all(dir)?;
+            let partial = file.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::write(&partial, compiled)?;
+            std::fs::rename(&partial, &file)
+        });
+        if let Err(error) = written {
+            tracing::warn!("cannot cache the compiled component in {}: {error}", dir.display());
+        }
+        Ok(component)
+    }
+}
+
+/// Loads a compiled component that this process (or an earlier one with the same engine) wrote.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file is in fnhost's own cache directory, was written by `Component::serialize`
+    // with an engine whose compatibility hash is part of its name, and is replaced atomically, so
+    // it is never a partial or foreign artifact. wasmtime also checks its header and version.
+    unsafe { Component::deserialize_file(engine, file) }
+}
+
+/// A compiled component, not yet linked.
+pub struct FunctionCode {
+    engine: Engine,
+    component: Component,
+    digest: String,
+    path: String,
+}
+
+impl FunctionCode {
+    /// The SHA-256 of the component file, in hex: the function's version.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Links the component against the context, checking that it is an fnhost function.
+    pub fn prepare<H: HostContext>(&self) -> Result<PreparedFunction<H>, LoadError> {
+        let not_a_function =
+            |error: wasmtime::Error| LoadError::NotAFunction { path: self.path.clone(), reason: format!("{error:#}") };
+        let mut linker = Linker::<StoreData<H>>::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::Function::add_to_linker::<StoreData<H>, HasSelf<StoreData<H>>>(&mut linker, |data| data)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&self.component).map_err(not_a_function)?;
+        let pre = bindings::FunctionPre::new(instance_pre).map_err(not_a_function)?;
+        Ok(PreparedFunction { engine: self.engine.clone(), pre })
+    }
+}
+
+/// A linked function, ready to instantiate many times.
+pub struct PreparedFunction<H: 'static> {
+    engine: Engine,
+    pre: bindings::FunctionPre<StoreData<H>>,
+}
+
+/// Limits of one instance.
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceLimits {
+    /// Linear memory, in bytes (`--ram`).
+    pub memory_bytes: u64,
+    /// Time to process one message (`--timeout-ms`).
+    pub timeout: Duration,
+}
+
+impl<H: HostContext> PreparedFunction<H> {
+    /// Creates an instance in a store of its own.
+    pub fn instantiate(
+        &self,
+        host: H,
+        details: Arc<FunctionDetails>,
+        limits: InstanceLimits,
+    ) -> Result<Instance<H>, (H, ProcessError)> {
+        let stdout = GuestOutput::default();
+        let stderr = GuestOutput::default();
+        // No preopened directories, environment, arguments or network: the context is the only door.
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let data = StoreData {
+            host,
+            details,
+            wasi,
+            table: ResourceTable::new(),
+            memory_limit: limits.memory_bytes,
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|data| data);
+        store.epoch_deadline_trap();
+        let ticks = limits.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(Instance { store, bindings, ticks, timeout: limits.timeout }),
+            Err(error) => {
+                let message = describe_trap(&error, &store, limits.timeout);
+                Err((store.into_data().host, ProcessError::System(format!("instantiation failed: {message}"))))
+            }
+        }
+    }
+}
+
+/// One instance of a function: its own store, memory and limits.
+pub struct Instance<H: 'static> {
+    store: Store<StoreData<H>>,
+    bindings: bindings::Function,
+    ticks: u64,
+    timeout: Duration,
+}
+
+impl<H: HostContext> Instance<H> {
+    /// Runs the function on one message.
+    ///
+    /// After [`ProcessError::System`] the instance must not be used again: take its context back
+    /// with [`Instance::into_host`] and instantiate a new one.
+    pub fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
+        self.store.set_epoch_deadline(self.ticks);
+        let result = self.bindings.call_process(&mut self.store, message);
+        self.forward_guest_output();
+        match result {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(ProcessError::User(error)),
+            Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
+        }
+    }
+
+    /// The context, to read or reset what the function did.
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.store.data_mut().host
+    }
+
+    /// Ends the instance and returns its context.
+    pub fn into_host(self) -> H {
+        self.store.into_data().host
+    }
+
+    fn forward_guest_output(&mut self) {
+        let data = self.store.data_mut();
+        for (output, level) in [(&data.stdout, LogLevel::Info), (&data.stderr, LogLevel::Warn)] {
+            let text = output.take();
+            for line in text.lines().filter(|line| !line.is_empty()) {
+                data.host.log(level, line.to_owned());
+            }
+        }
+    }
+}
+
+fn describe_trap<H>(error: &wasmtime::Error, store: &Store<StoreData<H>>, timeout: Duration) -> String {
+    if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return limit.to_string();
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return format!("processing took longer than the time limit of {} ms (--timeout-ms)", timeout.as_millis());
+    }
+    let panic = store.data().stderr.last_panic();
+    match panic {
+        Some(panic) => format!("the function trapped: {panic} ({error})"),
+        None => format!("the function trapped: {error:#}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the function needed {desired} bytes of memory; its limit is {limit} bytes (--ram): raise --ram or use less memory"
+)]
+struct MemoryLimitExceeded {
+    desired: usize,
+    limit: u64,
+}
+
+/// Everything a store holds for one instance.
+pub struct StoreData<H> {
+    host: H,
+    details: Arc<FunctionDetails>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_limit: u64,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+}
+
+impl<H: Send> WasiView for StoreData<H> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl<H: Send> wasmtime::ResourceLimiter for StoreData<H> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory_limit }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl<H: HostContext> types::Host for StoreData<H> {}
+
+impl<H: HostContext> context::Host for StoreData<H> {
+    fn get_identity(&mut self) -> Identity {
+        self.details.identity.clone()
+    }
+
+    fn input_topics(&mut self) -> Vec<String> {
+        self.details.input_topics.clone()
+    }
+
+    fn output_topic(&mut self) -> Option<String> {
+        self.details.output_topic.clone()
+    }
+
+    fn user_config_value(&mut self, key: String) -> Option<String> {
+        self.details.user_config.get(&key).cloned()
+    }
+
+    fn user_config_map(&mut self) -> Vec<(String, String)> {
+        self.details.user_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn secret(&mut self, name: String) -> Option<String> {
+        self.details.secrets.get(&name).cloned()
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.host.log(level, message);
+    }
+
+    fn record_metric(&mut self, name: String, value: f64) {
+        self.host.record_metric(name, value);
+    }
+
+    fn get_state(&mut self, key: String) -> Result<Option<Vec<u8>>, ContextError> {
+        self.host.get_state(key)
+    }
+
+    fn put_state(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextError> {
+        self.host.put_state(key, value)
+    }
+
+    fn delete_state(&mut self, key: String) -> Result<(), ContextError> {
+        self.host.delete_state(key)
+    }
+
+    fn incr_counter(&mut self, key: String, amount: i64) -> Result<i64, ContextError> {
+        self.host.incr_counter(key, amount)
+    }
+
+    fn get_counter(&mut self, key: String) -> Result<i64, ContextError> {
+        self.host.get_counter(key)
+    }
+
+    fn publish(
+        &mut self,
+        topic: String,
+        value: Vec<u8>,
+        key: Option<String>,
+        properties: Vec<(String, String)>,
+    ) -> Result<(), ContextError> {
+        self.host.publish(topic, value, key, properties)
+    }
+
+    fn ack(&mut self) {
+        self.host.ack();
+    }
+}
+
+/// A guest's stdout or stderr: kept in memory until the message is done, then sent to the function's log.
+#[derive(Clone, Default)]
+struct GuestOutput(Arc<Mutex<Vec<u8>>>);
+
+impl GuestOutput {
+    fn take(&self) -> String {
+        let bytes = std::mem::take(&mut *self.lock());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn last_panic(&self) -> Option<String> {
+        let bytes = self.lock();
+        let text = String::from_utf8_lossy(&bytes);
+        text.lines().rev().find(|line| line.contains("panicked at")).map(str::to_owned)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn append(&self, bytes: &[u8]) -> usize {
+        let mut buffer = self.lock();
+        // Output past the per-message limit is dropped rather than refused: a chatty guest must
+        // not fail because of its logging.
+        let room = MAX_GUEST_STDIO_PER_MESSAGE.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        bytes.len()
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(self.append(buf)))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

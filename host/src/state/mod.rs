@@ -1,0 +1,167 @@
+//! Function state: one table per fully qualified function name, read through [`StateStore`].
+//!
+//! Writes are never applied directly by a function: the instance loop gathers them into
+//! [`StateChanges`], which the broker commits atomically with the batch that caused them.
+
+use std::collections::HashMap;
+
+use bincode::{Decode, Encode};
+
+use crate::names::Fqfn;
+
+/// A stored value: plain bytes, or a 64-bit counter.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum StateValue {
+    /// Bytes, as the function put them.
+    Bytes(Vec<u8>),
+    /// A counter, changed by `incr-counter`.
+    Counter(i64),
+}
+
+impl StateValue {
+    /// The value as `get-state` returns it: a counter reads as 8 big-endian bytes, as in Pulsar.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Self::Bytes(bytes) => bytes,
+            Self::Counter(value) => value.to_be_bytes().to_vec(),
+        }
+    }
+}
+
+/// A value with the version at which it was last written.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Versioned {
+    /// The value.
+    pub value: StateValue,
+    /// A number that grows with every write to the table (not necessarily by one).
+    pub version: u64,
+}
+
+/// One key's pending change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Replace the key with bytes.
+    Put(Vec<u8>),
+    /// Remove the key.
+    Delete,
+    /// Add to the counter as stored when the change commits (so concurrent instances do not lose increments).
+    Add(i64),
+    /// Set the counter outright (an increment after a delete in the same batch).
+    SetCounter(i64),
+}
+
+impl Change {
+    /// The change equivalent to `self` followed by `next`.
+    pub fn then(self, next: Change) -> Change {
+        match (self, next) {
+            (Change::Add(a), Change::Add(b)) => Change::Add(a.wrapping_add(b)),
+            (Change::SetCounter(a), Change::Add(b)) => Change::SetCounter(a.wrapping_add(b)),
+            (Change::Delete, Change::Add(b)) => Change::SetCounter(b),
+            (_, next) => next,
+        }
+    }
+
+    /// The value after applying this change to `stored`.
+    pub fn apply(&self, stored: Option<StateValue>) -> Option<StateValue> {
+        match self {
+            Change::Put(bytes) => Some(StateValue::Bytes(bytes.clone())),
+            Change::Delete => None,
+            Change::SetCounter(value) => Some(StateValue::Counter(*value)),
+            Change::Add(delta) => match stored {
+                Some(StateValue::Counter(value)) => Some(StateValue::Counter(value.wrapping_add(*delta))),
+                // The overlay refuses increments on byte values, so bytes here means another writer
+                // replaced the counter meanwhile; the increment then starts a fresh counter.
+                _ => Some(StateValue::Counter(*delta)),
+            },
+        }
+    }
+}
+
+/// Pending changes to one state table, keyed by state key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateChanges(HashMap<String, Change>);
+
+impl StateChanges {
+    /// Records `change` after whatever is already pending for `key`.
+    pub fn record(&mut self, key: String, change: Change) {
+        match self.0.remove(&key) {
+            Some(pending) => self.0.insert(key, pending.then(change)),
+            None => self.0.insert(key, change),
+        };
+    }
+
+    /// The pending change for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&Change> {
+        self.0.get(key)
+    }
+
+    /// Moves every change of `later` after the ones here.
+    pub fn absorb(&mut self, later: StateChanges) {
+        for (key, change) in later.0 {
+            self.record(key, change);
+        }
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Drops everything pending.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The pending changes.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Change)> {
+        self.0.iter()
+    }
+}
+
+/// Why a state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The underlying storage failed.
+    #[error("state storage failed: {0}")]
+    Storage(String),
+    /// A stored value could not be decoded.
+    #[error("state key `{key}` of {fqfn} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost")]
+    Corrupt {
+        /// The function.
+        fqfn: Fqfn,
+        /// The key.
+        key: String,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+/// Reads of the committed state of functions.
+pub trait StateStore: Send + Sync {
+    /// The committed value of `key` in the table of `fqfn`.
+    fn get(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Versioned>, StateError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_compose_in_order() {
+        let cases = [
+            (vec![Change::Add(2), Change::Add(3)], Some(StateValue::Counter(15))),
+            (vec![Change::Delete, Change::Add(3)], Some(StateValue::Counter(3))),
+            (vec![Change::Add(3), Change::Delete], None),
+            (vec![Change::Add(3), Change::Put(b"x".to_vec())], Some(StateValue::Bytes(b"x".to_vec()))),
+            (vec![Change::Put(b"x".to_vec()), Change::Delete, Change::Add(-1), Change::Add(-1)], Some(StateValue::Counter(-2))),
+        ];
+        for (changes, expected) in cases {
+            let mut pending = StateChanges::default();
+            for change in changes.clone() {
+                pending.record("k".into(), change);
+            }
+            let result = pending.get("k").unwrap().apply(Some(StateValue::Counter(10)));
+            assert_eq!(result, expected, "{changes:?}");
+        }
+    }
+}

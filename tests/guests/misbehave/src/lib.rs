@@ -1,0 +1,52 @@
+//! misbehave: a test guest that does what each message tells it, including the things a
+//! sandboxed function must not be able to do.
+//!
+//! `trap` panics, `loop` never returns, `alloc` allocates without end, `open` reads a host file,
+//! `env` lists environment variables, `print` writes to stdout, `big-state` stores a value over
+//! the state limit; anything else comes back as `ok:<message>`.
+//! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
+
+use fnhost_guest::{Context, Error, Function};
+
+#[derive(Default)]
+struct Misbehave;
+
+impl Function for Misbehave {
+    type Input = String;
+    type Output = String;
+
+    fn process(&mut self, command: String, ctx: &mut Context) -> Result<String, Error> {
+        match command.as_str() {
+            "trap" => panic!("boom, as requested"),
+            "loop" => {
+                let mut spins = 0u64;
+                loop {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "open" => match std::fs::read("/etc/passwd") {
+                Ok(bytes) => Ok(format!("read {} bytes of /etc/passwd", bytes.len())),
+                Err(error) => Err(Error::msg(format!("cannot open /etc/passwd: {error}"))),
+            },
+            "env" => Ok(format!("{} environment variables", std::env::vars().count())),
+            "print" => {
+                println!("printed to stdout");
+                Ok("ok:print".into())
+            }
+            "big-state" => {
+                ctx.state().put("big", vec![0u8; 2 << 20])?;
+                Ok("stored".into())
+            }
+            other => Ok(format!("ok:{other}")),
+        }
+    }
+}
+
+fnhost_guest::export!(Misbehave);

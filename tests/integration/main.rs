@@ -1,0 +1,7 @@
+//! Integration tests: they build the guest components and drive the `fnhost` binary and library.
+
+mod cli_errors;
+mod crash;
+mod sandbox;
+mod seed;
+mod support;

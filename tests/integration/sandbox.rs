@@ -1,0 +1,42 @@
+//! Guests that misbehave fail only their own message, with a clear error, and the host goes on.
+
+use crate::support::Fnhost;
+
+#[test]
+fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
+    let fnhost = Fnhost::new();
+    let messages = ["a", "trap", "b", "loop", "c", "alloc", "d", "open", "e", "big-state", "f"];
+    fnhost.produce("commands", &messages);
+    let stdout = fnhost.localrun(
+        "misbehave",
+        "misbehave",
+        "commands",
+        &["--output", "results", "--timeout-ms", "300", "--ram", "32M"],
+    );
+    let failures: Vec<&str> = stdout.lines().filter(|line| line.starts_with("ERROR [misbehave] message")).collect();
+    let expected = [
+        ("trap", "system exception: the function trapped: panicked at", "boom, as requested"),
+        ("loop", "system exception: processing took longer than the time limit of 300 ms (--timeout-ms)", ""),
+        ("alloc", "system exception: the function needed", "its limit is 33554432 bytes (--ram)"),
+        ("open", "user exception: cannot open /etc/passwd", ""),
+        ("big-state", "user exception: limit exceeded: state value is 2097152 bytes", "MAX_STATE_VALUE_SIZE"),
+    ];
+    assert_eq!(failures.len(), expected.len(), "{stdout}");
+    for ((command, reason, detail), line) in expected.iter().zip(&failures) {
+        assert!(line.contains(reason) && line.contains(detail), "{command}: {line}");
+    }
+    assert!(
+        stdout.contains("processed 11 messages: 6 succeeded, 2 user exceptions, 3 system exceptions, 3 restarts"),
+        "{stdout}"
+    );
+    assert_eq!(fnhost.consume("results"), ["ok:a", "ok:b", "ok:c", "ok:d", "ok:e", "ok:f"]);
+}
+
+#[test]
+fn the_guest_sees_no_environment_and_its_stdout_goes_to_the_log() {
+    let fnhost = Fnhost::new();
+    fnhost.produce("commands", &["env", "print"]);
+    let stdout = fnhost.localrun("misbehave", "misbehave", "commands", &["--output", "results"]);
+    assert!(stdout.lines().any(|line| line == "INFO [misbehave] printed to stdout"), "{stdout}");
+    assert_eq!(fnhost.consume("results"), ["0 environment variables", "ok:print"]);
+}

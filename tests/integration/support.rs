@@ -1,0 +1,125 @@
+//! Shared helpers: the guest components, a scratch data directory and a way to run `fnhost`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The example and test guests, built once per test run for `wasm32-wasip2`.
+const GUESTS: [&str; 4] = ["session-duration", "exclamation", "word-count", "misbehave"];
+
+/// The path of a guest component, building all guests on first use.
+pub fn guest(crate_name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_guests);
+    dir.join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+fn build_guests() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace");
+    // A target directory of its own, so that this nested build never waits on the lock of the
+    // build that is running these tests.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace).args(["build", "--target", "wasm32-wasip2", "--profile", "guest"]);
+    for guest in GUESTS {
+        command.args(["-p", guest]);
+    }
+    let output = command.arg("--target-dir").arg(&target).output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building the guests failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("wasm32-wasip2").join("guest")
+}
+
+/// A scratch data directory and the `fnhost` binary pointed at it.
+pub struct Fnhost {
+    dir: tempfile::TempDir,
+}
+
+/// What one run printed.
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+impl Fnhost {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for `fnhost ARGS --data-dir DIR`.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fnhost"));
+        command.args(args).arg("--data-dir").arg(self.data_dir());
+        command
+    }
+
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
+        let Output { status, stdout, stderr } = self.command(args).output().expect("fnhost runs");
+        Run {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            success: status.success(),
+        }
+    }
+
+    /// Runs and insists on success; returns stdout.
+    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let run = self.run(args);
+        assert!(run.success, "fnhost {:?} failed:\n{}\n{}", os_args(args), run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// Runs and insists on failure; returns stderr.
+    pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let run = self.run(args);
+        assert!(!run.success, "fnhost {:?} should have failed:\n{}\n{}", os_args(args), run.stdout, run.stderr);
+        run.stderr
+    }
+
+    /// Starts a long-running command with piped output.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("fnhost starts")
+    }
+
+    pub fn produce(&self, topic: &str, messages: &[&str]) {
+        let mut args = vec!["topics", "produce", topic];
+        for message in messages {
+            args.extend(["-m", message]);
+        }
+        self.ok(&args);
+    }
+
+    /// Every value in `topic`, in order.
+    pub fn consume(&self, topic: &str) -> Vec<String> {
+        self.ok(&["topics", "consume", topic, "--until-idle"]).lines().map(str::to_owned).collect()
+    }
+
+    /// Runs a function over `input` until it is drained; returns stdout.
+    pub fn localrun(&self, wasm: &str, name: &str, input: &str, extra: &[&str]) -> String {
+        let wasm = guest(wasm);
+        let mut args: Vec<&str> = vec!["localrun", "--wasm", wasm.to_str().unwrap(), "--name", name, "--inputs", input];
+        args.extend(extra);
+        args.push("--until-idle");
+        self.ok(&args)
+    }
+}
+
+fn os_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<String> {
+    args.iter().map(|arg| arg.as_ref().to_string_lossy().into_owned()).collect()
+}
+
+/// The counter value `querystate` prints for a key.
+pub fn number_value(fnhost: &Fnhost, fqfn: &str, key: &str) -> i64 {
+    let json: serde_json::Value =
+        serde_json::from_str(&fnhost.ok(&["functions", "querystate", "--fqfn", fqfn, "--key", key])).unwrap();
+    json["numberValue"].as_i64().unwrap_or_else(|| panic!("{key} is not a counter: {json}"))
+}
