@@ -255,10 +255,8 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
         log_level: args.log_level.into(),
     };
 
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
-        max_instances: 4,
-    })?;
+    let runtime =
+        Runtime::new(RuntimeConfig { cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)), max_instances: 4 })?;
     let code = runtime.load(&args.wasm)?;
     let function = code.prepare::<MessageContext>()?;
     let store = open_store(&args.data)?;
@@ -304,8 +302,9 @@ fn parse_json_object(flag: &str, text: Option<&str>, strings_only: bool) -> anyh
     if text.len() > MAX_CONFIG_SIZE {
         bail!("{flag} is {} bytes; the limit (MAX_CONFIG_SIZE) is {MAX_CONFIG_SIZE}", text.len());
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|error| anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'")
+    })?;
     let serde_json::Value::Object(map) = value else {
         bail!("{flag} must be a JSON object such as '{{\"key\": \"value\"}}', not {value}");
     };
@@ -332,11 +331,10 @@ fn parse_ram(text: &str) -> anyhow::Result<u64> {
         "G" => 1 << 30,
         _ => bail!("--ram `{text}` is not a size: give bytes or a number with K, M or G, such as 128M"),
     };
-    let bytes = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| anyhow!("--ram `{text}` is not a size: give bytes or a number with K, M or G, such as 128M"))?;
+    let bytes =
+        digits.parse::<u64>().ok().and_then(|n| n.checked_mul(multiplier)).ok_or_else(|| {
+            anyhow!("--ram `{text}` is not a size: give bytes or a number with K, M or G, such as 128M")
+        })?;
     if !(MIN_RAM_BYTES..=MAX_RAM_BYTES).contains(&bytes) {
         bail!("--ram `{text}` is out of range: give 1M to 4G (the default is {}M)", DEFAULT_RAM_BYTES >> 20);
     }
@@ -468,7 +466,9 @@ mod tests {
 
     #[test]
     fn ram_sizes_parse_in_binary_units_and_refuse_nonsense() {
-        for (text, bytes) in [("128M", 128 << 20), ("1G", 1 << 30), ("2097152", 2 << 20), ("64Mi", 64 << 20), ("512KiB", 0)] {
+        for (text, bytes) in
+            [("128M", 128 << 20), ("1G", 1 << 30), ("2097152", 2 << 20), ("64Mi", 64 << 20), ("512KiB", 0)]
+        {
             match parse_ram(text) {
                 Ok(parsed) => assert_eq!(parsed, bytes, "{text}"),
                 Err(error) => assert_eq!(bytes, 0, "{text}: {error}"),

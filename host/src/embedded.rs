@@ -73,9 +73,8 @@ impl EmbeddedStore {
             }
             _ => OpenError::Other { path: shown.clone(), reason: error.to_string() },
         })?;
-        let cursors = db
-            .open_tree(CURSOR_TREE)
-            .map_err(|error| OpenError::Other { path: shown, reason: error.to_string() })?;
+        let cursors =
+            db.open_tree(CURSOR_TREE).map_err(|error| OpenError::Other { path: shown, reason: error.to_string() })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -173,9 +172,11 @@ impl StateStore for EmbeddedStore {
         let Some(bytes) = tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? else {
             return Ok(None);
         };
-        decode_state(&bytes)
-            .map(Some)
-            .map_err(|reason| StateError::Corrupt { fqfn: fqfn.clone(), key: key.into(), reason })
+        decode_state(&bytes).map(Some).map_err(|reason| StateError::Corrupt {
+            fqfn: fqfn.clone(),
+            key: key.into(),
+            reason,
+        })
     }
 }
 
@@ -239,7 +240,8 @@ impl Subscription for EmbeddedSubscription {
     }
 
     fn commit(&mut self, effects: Effects) -> Result<(), BrokerError> {
-        let moved: Vec<usize> = (0..self.cursors.len()).filter(|&i| self.cursors[i].fetched != self.cursors[i].durable).collect();
+        let moved: Vec<usize> =
+            (0..self.cursors.len()).filter(|&i| self.cursors[i].fetched != self.cursors[i].durable).collect();
         if effects.is_empty() && (moved.is_empty() || self.name.is_none()) {
             for cursor in &mut self.cursors {
                 cursor.durable = cursor.fetched;
@@ -278,37 +280,38 @@ impl Subscription for EmbeddedSubscription {
             None => Vec::new(),
         };
 
-        let result: Result<(), TransactionError<String>> = trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
-            for (key, sequence) in &cursor_writes {
-                views[0].insert(key.as_slice(), &sequence.to_be_bytes())?;
-            }
-            if let Some((_, changes)) = &state {
-                let view = &views[1];
-                for (key, change) in changes.iter() {
-                    let stored = match view.get(key.as_bytes())? {
-                        Some(bytes) => Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value),
-                        None => None,
-                    };
-                    match change.apply(stored) {
-                        Some(value) => {
-                            view.insert(key.as_bytes(), encode_state(&Versioned { value, version }))?;
-                        }
-                        None => {
-                            view.remove(key.as_bytes())?;
+        let result: Result<(), TransactionError<String>> =
+            trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
+                for (key, sequence) in &cursor_writes {
+                    views[0].insert(key.as_slice(), &sequence.to_be_bytes())?;
+                }
+                if let Some((_, changes)) = &state {
+                    let view = &views[1];
+                    for (key, change) in changes.iter() {
+                        let stored = match view.get(key.as_bytes())? {
+                            Some(bytes) => {
+                                Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value)
+                            }
+                            None => None,
+                        };
+                        match change.apply(stored) {
+                            Some(value) => {
+                                view.insert(key.as_bytes(), encode_state(&Versioned { value, version }))?;
+                            }
+                            None => {
+                                view.remove(key.as_bytes())?;
+                            }
                         }
                     }
                 }
-            }
-            for (offset, bodies) in by_topic.values().enumerate() {
-                let view = &views[first_topic_tree + offset];
-                let mut sequence = *nexts[offset];
-                for body in bodies {
-                    view.insert(&sequence.to_be_bytes(), body.as_slice())?;
-                    sequence += 1;
+                for (offset, bodies) in by_topic.values().enumerate() {
+                    let view = &views[first_topic_tree + offset];
+                    for (sequence, body) in (*nexts[offset]..).zip(bodies) {
+                        view.insert(&sequence.to_be_bytes(), body.as_slice())?;
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         result.map_err(|error| match error {
             TransactionError::Abort(reason) => BrokerError::Storage(format!("state could not be decoded: {reason}")),
             TransactionError::Storage(error) => storage(error),

@@ -231,7 +231,8 @@ impl MessageContext {
         self.logs.write_line(level, self.fqfn.name(), &message);
         if let Some(topic) = &self.log_topic {
             let mut line = OutMessage::new(message);
-            line.properties = vec![("loglevel".into(), level_name(level).into()), ("fqfn".into(), self.fqfn.to_string())];
+            line.properties =
+                vec![("loglevel".into(), level_name(level).into()), ("fqfn".into(), self.fqfn.to_string())];
             // Log lines are kept even when the message fails: they explain the failure.
             self.batch_outputs.push((topic.clone(), line));
         }
@@ -314,9 +315,9 @@ impl HostContext for MessageContext {
         match self.current(&key)? {
             None => Ok(0),
             Some(StateValue::Counter(value)) => Ok(value),
-            Some(StateValue::Bytes(_)) => {
-                Err(ContextError::WrongKind(format!("state key `{key}` holds bytes, not a counter; read it with get-state")))
-            }
+            Some(StateValue::Bytes(_)) => Err(ContextError::WrongKind(format!(
+                "state key `{key}` holds bytes, not a counter; read it with get-state"
+            ))),
         }
     }
 
@@ -357,7 +358,10 @@ pub fn check_message(message: &OutMessage) -> Result<(), String> {
     if let Some(key) = &message.key
         && key.len() > MAX_MESSAGE_KEY_LEN
     {
-        return Err(format!("message key is {} bytes; the limit (MAX_MESSAGE_KEY_LEN) is {MAX_MESSAGE_KEY_LEN}", key.len()));
+        return Err(format!(
+            "message key is {} bytes; the limit (MAX_MESSAGE_KEY_LEN) is {MAX_MESSAGE_KEY_LEN}",
+            key.len()
+        ));
     }
     if message.properties.len() > MAX_PROPERTIES {
         return Err(format!(
@@ -512,8 +516,10 @@ pub fn run(
             }
             continue;
         }
+        let count = messages.len();
         process_batch(messages, config, executor, &mut stats);
         commit(subscription.as_mut(), executor)?;
+        tracing::debug!(fqfn = %config.fqfn, messages = count, "committed a batch");
     }
     stats.restarts = executor.restarts();
     stats.metrics = executor.context().metrics.clone();

@@ -132,9 +132,7 @@ fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
         )));
     }
     if let Some(bad) = segment.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.=:".contains(*c))) {
-        return Err(NameError(format!(
-            "the {what} `{segment}` contains `{bad}`; use letters, digits and - _ . = :"
-        )));
+        return Err(NameError(format!("the {what} `{segment}` contains `{bad}`; use letters, digits and - _ . = :")));
     }
     Ok(())
 }

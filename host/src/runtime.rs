@@ -103,7 +103,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The file is not WebAssembly.
-    #[error("{path} is not a WebAssembly file (it does not start with \\0asm); pass the .wasm component your build produced")]
+    #[error(
+        "{path} is not a WebAssembly file (it does not start with \\0asm); pass the .wasm component your build produced"
+    )]
     NotWasm {
         /// The file.
         path: String,
@@ -337,13 +339,14 @@ impl<H: HostContext> Instance<H> {
     /// with [`Instance::into_host`] and instantiate a new one.
     pub fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
         self.store.set_epoch_deadline(self.ticks);
-        let result = self.bindings.call_process(&mut self.store, message);
-        self.forward_guest_output();
-        match result {
+        let result = match self.bindings.call_process(&mut self.store, message) {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(ProcessError::User(error)),
+            // Described before the guest's output is forwarded, which drains the panic message.
             Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
-        }
+        };
+        self.forward_guest_output();
+        result
     }
 
     /// The context, to read or reset what the function did.
@@ -374,10 +377,14 @@ fn describe_trap<H>(error: &wasmtime::Error, store: &Store<StoreData<H>>, timeou
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return format!("processing took longer than the time limit of {} ms (--timeout-ms)", timeout.as_millis());
     }
-    let panic = store.data().stderr.last_panic();
-    match panic {
-        Some(panic) => format!("the function trapped: {panic} ({error})"),
-        None => format!("the function trapped: {error:#}"),
+    // wasmtime's message carries a multi-line backtrace; the trap's own description is the useful part.
+    let trap = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}").lines().map(str::trim).collect::<Vec<_>>().join(" "),
+    };
+    match store.data().stderr.last_panic() {
+        Some(panic) => format!("the function trapped: {panic} ({trap})"),
+        None => format!("the function trapped: {trap}"),
     }
 }
 
@@ -503,7 +510,14 @@ impl GuestOutput {
     fn last_panic(&self) -> Option<String> {
         let bytes = self.lock();
         let text = String::from_utf8_lossy(&bytes);
-        text.lines().rev().find(|line| line.contains("panicked at")).map(str::to_owned)
+        let lines: Vec<&str> = text.lines().collect();
+        // Rust prints `thread '<unnamed>' panicked at FILE:LINE:COL:` and the payload on the next line.
+        let at = lines.iter().rposition(|line| line.contains("panicked at"))?;
+        let location = &lines[at][lines[at].find("panicked at")?..];
+        Some(match lines.get(at + 1) {
+            Some(payload) => format!("{location} {payload}"),
+            None => location.to_owned(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
@@ -565,7 +579,10 @@ impl tokio::io::AsyncWrite for GuestOutput {
         std::task::Poll::Ready(Ok(self.append(buf)))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 

@@ -42,8 +42,17 @@ fn bad_function_files_and_flags_are_refused_with_the_reason() {
 fn a_data_directory_in_use_is_reported_and_nothing_is_written() {
     let fnhost = Fnhost::new();
     let wasm = guest("exclamation");
-    let mut running =
-        fnhost.spawn(&["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "f", "--inputs", "in", "--output", "out"]);
+    let mut running = fnhost.spawn(&[
+        "localrun",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        "f",
+        "--inputs",
+        "in",
+        "--output",
+        "out",
+    ]);
     let stderr = running.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("running public/default/f"));

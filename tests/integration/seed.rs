@@ -56,7 +56,7 @@ fn malformed_session_events_are_warned_about_and_skipped() {
 #[test]
 fn state_survives_a_restart_and_querystate_sees_it_in_between() {
     let fnhost = Fnhost::new();
-    fnhost.produce("input-topic", &[super::seed::SEED_EVENTS[0]]);
+    fnhost.produce("input-topic", &[SEED_EVENTS[0]]);
     fnhost.localrun("session-duration", "sd", "input-topic", &["--output", "sessions"]);
 
     let state = fnhost.ok(&["functions", "querystate", "--fqfn", "public/default/sd", "--key", "user123"]);
@@ -65,7 +65,7 @@ fn state_survives_a_restart_and_querystate_sees_it_in_between() {
     assert_eq!(json["stringValue"], "1678886400");
     assert!(json["version"].is_u64(), "{json}");
 
-    fnhost.produce("input-topic", &[super::seed::SEED_EVENTS[2]]);
+    fnhost.produce("input-topic", &[SEED_EVENTS[2]]);
     let stdout = fnhost.localrun("session-duration", "sd", "input-topic", &["--output", "sessions"]);
     assert!(stdout.contains("processed 1 messages"), "only the new message is delivered:\n{stdout}");
     assert!(stdout.contains("User user123 session duration: 20 seconds"), "{stdout}");

@@ -58,18 +58,12 @@ pub mod __private {
     use crate::{Context, Function, Input, Message, Output};
 
     /// Runs one message through the function, creating the function on first use.
-    pub fn process<F: Function>(
-        slot: &mut Option<F>,
-        raw: RawMessage,
-    ) -> Result<Option<Vec<u8>>, String> {
+    pub fn process<F: Function>(slot: &mut Option<F>, raw: RawMessage) -> Result<Option<Vec<u8>>, String> {
         let function = slot.get_or_insert_with(F::default);
         let (value, message) = Message::split(raw);
         let input = F::Input::decode(value).map_err(|error| error.to_string())?;
         let mut context = Context { message };
-        function
-            .process(input, &mut context)
-            .and_then(Output::encode)
-            .map_err(|error| error.to_string())
+        function.process(input, &mut context).and_then(Output::encode).map_err(|error| error.to_string())
     }
 }
 
@@ -106,7 +100,8 @@ macro_rules! export {
             impl $crate::__private::Guest for FnhostExport {
                 fn process(
                     message: $crate::__private::RawMessage,
-                ) -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String> {
+                ) -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String>
+                {
                     FUNCTION.with(|slot| $crate::__private::process::<$function>(&mut slot.borrow_mut(), message))
                 }
             }

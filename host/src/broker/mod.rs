@@ -111,7 +111,9 @@ pub enum BrokerError {
     #[error("topic storage failed: {0}")]
     Storage(String),
     /// A stored message could not be decoded: the data directory is damaged or from another version.
-    #[error("message {sequence} in {topic} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost")]
+    #[error(
+        "message {sequence} in {topic} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost"
+    )]
     Corrupt {
         /// The topic.
         topic: TopicName,

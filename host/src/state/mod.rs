@@ -125,7 +125,9 @@ pub enum StateError {
     #[error("state storage failed: {0}")]
     Storage(String),
     /// A stored value could not be decoded.
-    #[error("state key `{key}` of {fqfn} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost")]
+    #[error(
+        "state key `{key}` of {fqfn} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost"
+    )]
     Corrupt {
         /// The function.
         fqfn: Fqfn,
@@ -153,7 +155,10 @@ mod tests {
             (vec![Change::Delete, Change::Add(3)], Some(StateValue::Counter(3))),
             (vec![Change::Add(3), Change::Delete], None),
             (vec![Change::Add(3), Change::Put(b"x".to_vec())], Some(StateValue::Bytes(b"x".to_vec()))),
-            (vec![Change::Put(b"x".to_vec()), Change::Delete, Change::Add(-1), Change::Add(-1)], Some(StateValue::Counter(-2))),
+            (
+                vec![Change::Put(b"x".to_vec()), Change::Delete, Change::Add(-1), Change::Add(-1)],
+                Some(StateValue::Counter(-2)),
+            ),
         ];
         for (changes, expected) in cases {
             let mut pending = StateChanges::default();

@@ -1,0 +1,206 @@
+//! The pipeline benchmark: session events through `localrun`'s pipeline (embedded topic in,
+//! function, sled state, output topic, durable batch commit), for the Rust guest and for the same
+//! logic as a native Rust function in the host, with raw sled appends and reads as the storage
+//! ceiling, all in one run.
+//!
+//! Run it with `scripts/bench` (which builds the guest first), or:
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES]`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
+use fnhost::embedded::EmbeddedStore;
+use fnhost::instance::{
+    self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, RunUntil, WasmExecutor,
+};
+use fnhost::limits::MAX_BATCH_MESSAGES;
+use fnhost::names::{Fqfn, TopicName};
+use fnhost::runtime::{
+    FunctionDetails, GuestMessage, HostContext, Identity, InstanceLimits, LogLevel, Runtime, RuntimeConfig,
+};
+
+const USERS: usize = 10_000;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    let wasm =
+        args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
+    let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
+    let events = session_events(messages);
+    let scratch = tempfile::tempdir()?;
+
+    let (append, read) = raw_storage(&scratch.path().join("raw"), &events)?;
+    let native = pipeline(&scratch.path().join("native"), &events, Code::Native)?;
+    let guest = pipeline(&scratch.path().join("guest"), &events, Code::Wasm(Path::new(wasm)))?;
+
+    let rate = |elapsed: Duration| messages as f64 / elapsed.as_secs_f64();
+    println!("| measurement ({messages} session events) | seconds | messages/s | time per message vs native |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw sled append (produce, batches of {MAX_BATCH_MESSAGES}, flushed) | {:.2} | {:.0} | |",
+        append.as_secs_f64(),
+        rate(append)
+    );
+    println!("| raw sled read (subscription fetch) | {:.2} | {:.0} | |", read.as_secs_f64(), rate(read));
+    println!("| native Rust function, same pipeline | {:.2} | {:.0} | 1.00 |", native.as_secs_f64(), rate(native));
+    println!(
+        "| Rust guest (wasm component), ATLEAST_ONCE | {:.2} | {:.0} | {:.2} |",
+        guest.as_secs_f64(),
+        rate(guest),
+        guest.as_secs_f64() / native.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Logins and logouts for `USERS` users, alternating per user, as the seed's JSON.
+fn session_events(count: usize) -> Vec<OutMessage> {
+    (0..count)
+        .map(|i| {
+            let user = i % USERS;
+            let round = i / USERS;
+            let event = if round.is_multiple_of(2) { "login" } else { "logout" };
+            let timestamp = 1_678_886_400 + round as u64 * 10;
+            OutMessage::new(format!(
+                r#"{{"user_id": "user{user}", "event_type": "{event}", "timestamp": {timestamp}}}"#
+            ))
+        })
+        .collect()
+}
+
+fn input() -> TopicName {
+    TopicName::parse("input-topic").expect("a valid topic")
+}
+
+fn produce(store: &EmbeddedStore, events: &[OutMessage]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for chunk in events.chunks(MAX_BATCH_MESSAGES) {
+        store.produce(&input(), chunk.to_vec())?;
+    }
+    Ok(started.elapsed())
+}
+
+fn raw_storage(dir: &Path, events: &[OutMessage]) -> anyhow::Result<(Duration, Duration)> {
+    let store = EmbeddedStore::open(dir)?;
+    let append = produce(&store, events)?;
+    let mut subscription = store.subscribe(SubscriptionSpec {
+        topics: vec![input()],
+        name: None,
+        initial_position: Position::Earliest,
+    })?;
+    let started = Instant::now();
+    let mut read = 0;
+    while read < events.len() {
+        read += subscription.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
+    }
+    Ok((append, started.elapsed()))
+}
+
+enum Code<'a> {
+    Native,
+    Wasm(&'a Path),
+}
+
+fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result<Duration> {
+    let store = EmbeddedStore::open(dir)?;
+    produce(&store, events)?;
+    let fqfn = Fqfn::parse("public/default/session-duration")?;
+    let limits = InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) };
+    let config = FunctionConfig {
+        fqfn: fqfn.clone(),
+        inputs: vec![input()],
+        output: Some(TopicName::parse("sessions")?),
+        log_topic: None,
+        subscription: fqfn.to_string(),
+        initial_position: Position::Earliest,
+        user_config: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        limits,
+        // Production setting: the function's info lines are filtered in the host, so the
+        // benchmark measures processing, not the terminal.
+        log_level: LogLevel::Warn,
+    };
+    let context = MessageContext::new(&config, Arc::new(store.clone()), LogSink::default());
+    let mut executor: Box<dyn Executor> = match code {
+        Code::Native => Box::new(NativeExecutor::new(native_session_duration, context)),
+        Code::Wasm(path) => {
+            let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 })?;
+            let function_code = runtime.load(path)?;
+            let function = function_code.prepare::<MessageContext>()?;
+            let details = Arc::new(FunctionDetails {
+                identity: Identity {
+                    tenant: fqfn.tenant().into(),
+                    namespace: fqfn.namespace().into(),
+                    name: fqfn.name().into(),
+                    function_id: fqfn.to_string(),
+                    function_version: function_code.digest().into(),
+                    instance_id: 0,
+                    num_instances: 1,
+                },
+                input_topics: vec![input().to_string()],
+                output_topic: config.output.as_ref().map(ToString::to_string),
+                user_config: BTreeMap::new(),
+                secrets: BTreeMap::new(),
+            });
+            Box::new(WasmExecutor::start(function, details, limits, context)?)
+        }
+    };
+    let started = Instant::now();
+    let stats = instance::run(&store, &config, executor.as_mut(), RunUntil::Idle, &AtomicBool::new(false))?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        stats.succeeded as usize == events.len(),
+        "only {} of {} messages succeeded: {:?}",
+        stats.succeeded,
+        events.len(),
+        stats.last_error
+    );
+    Ok(elapsed)
+}
+
+/// The session-duration example's logic, natively.
+fn native_session_duration(message: &GuestMessage, ctx: &mut MessageContext) -> Result<Option<Vec<u8>>, String> {
+    #[derive(serde::Serialize)]
+    struct SessionEnded {
+        user_id: String,
+        duration: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Event {
+        user_id: Option<String>,
+        event_type: Option<String>,
+        timestamp: Option<i64>,
+    }
+    let data = String::from_utf8_lossy(&message.value);
+    let Ok(Event { user_id: Some(user), event_type: Some(kind), timestamp: Some(timestamp) }) =
+        serde_json::from_str(&data)
+    else {
+        ctx.log(LogLevel::Warn, format!("Skipping malformed record: {data}"));
+        return Ok(None);
+    };
+    match kind.as_str() {
+        "login" => {
+            ctx.put_state(user.clone(), timestamp.to_string().into_bytes()).map_err(|e| format!("{e:?}"))?;
+            ctx.log(LogLevel::Info, format!("User {user} logged in at {timestamp}"));
+            Ok(None)
+        }
+        "logout" => match ctx.get_state(user.clone()).map_err(|e| format!("{e:?}"))? {
+            Some(login) => {
+                let login: i64 = String::from_utf8_lossy(&login).parse().map_err(|e| format!("{e}"))?;
+                let duration = timestamp - login;
+                ctx.log(LogLevel::Info, format!("User {user} session duration: {duration} seconds"));
+                ctx.delete_state(user.clone()).map_err(|e| format!("{e:?}"))?;
+                let ended = SessionEnded { user_id: user, duration };
+                Ok(Some(serde_json::to_vec(&ended).map_err(|e| e.to_string())?))
+            }
+            None => {
+                ctx.log(LogLevel::Warn, format!("User {user} logged out without a prior login."));
+                Ok(None)
+            }
+        },
+        _ => Ok(None),
+    }
+}
