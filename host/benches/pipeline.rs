@@ -22,6 +22,7 @@ use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{
     FunctionDetails, GuestMessage, HostContext, Identity, InstanceLimits, LogLevel, Runtime, RuntimeConfig,
 };
+use fnhost::state::StateStore;
 
 const USERS: usize = 10_000;
 
@@ -123,7 +124,7 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
         // benchmark measures processing, not the terminal.
         log_level: LogLevel::Warn,
     };
-    let context = MessageContext::new(&config, Arc::new(store.clone()), LogSink::default());
+    let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
     let mut executor: Box<dyn Executor> = match code {
         Code::Native => Box::new(NativeExecutor::new(native_session_duration, context)),
         Code::Wasm(path) => {

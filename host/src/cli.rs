@@ -275,7 +275,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
         user_config: config.user_config.clone(),
         secrets: config.secrets.clone(),
     });
-    let context = MessageContext::new(&config, Arc::new(store.clone()), LogSink::default());
+    let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
     let mut executor = WasmExecutor::start(function, details, limits, context)
         .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
 
@@ -443,7 +443,7 @@ fn querystate(args: QuerystateArgs) -> anyhow::Result<()> {
         _ => bail!("name the function with --fqfn tenant/namespace/name, or with --tenant, --namespace and --name"),
     };
     let store = open_store(&args.data)?;
-    let Some(stored) = store.get(&fqfn, &args.key)? else {
+    let Some(stored) = store.table(&fqfn)?.get(&args.key)? else {
         bail!("function {fqfn} has no state under key `{}`", args.key);
     };
     let mut json = serde_json::json!({ "key": args.key, "version": stored.version });

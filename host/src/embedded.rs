@@ -1,5 +1,7 @@
 //! The embedded engine: topics, subscriptions and state in one sled database in the data directory.
 //!
+//! A topic is a sled tree of segments: each value holds consecutive messages and its key is the
+//! sequence number of the first, so an append of a batch is one sled write.
 //! It implements both [`Broker`] and [`StateStore`] because its commit is a single sled transaction
 //! across the cursor tree, the function's state tree and every output topic's tree: after a crash,
 //! sled recovers either all of a commit or none of it.
@@ -16,9 +18,12 @@ use crate::broker::{
     Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
 };
 use crate::names::{Fqfn, TopicName};
-use crate::state::{StateError, StateStore, Versioned};
+use crate::state::{StateError, StateStore, StateTable, Versioned};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
+/// A segment (one sled value holding consecutive messages) is closed once it holds this many bytes
+/// of message values; one sled operation per segment rather than per message is what makes appends fast.
+const SEGMENT_BYTES: usize = 1024 * 1024;
 const STATE_TREE_PREFIX: &str = "state:";
 const CURSOR_TREE: &str = "cursors";
 
@@ -98,7 +103,15 @@ impl EmbeddedStore {
         }
         let tree = self.inner.db.open_tree(format!("{TOPIC_TREE_PREFIX}{name}")).map_err(storage)?;
         let next = match tree.last().map_err(storage)? {
-            Some((key, _)) => decode_sequence(&key) + 1,
+            Some((key, value)) => {
+                let first = decode_sequence(&key);
+                let segment = decode_segment(&value).map_err(|reason| BrokerError::Corrupt {
+                    topic: name.clone(),
+                    sequence: first,
+                    reason,
+                })?;
+                first + segment.len() as u64
+            }
             None => 0,
         };
         let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next) });
@@ -121,16 +134,15 @@ impl Broker for EmbeddedStore {
         let topic = self.topic(topic)?;
         let publish_time = now_millis();
         let mut next = lock(&topic.next);
+        let bodies: Vec<MessageBody> = messages.into_iter().map(|message| stamp(message, publish_time)).collect();
+        let sequences: Vec<u64> = (*next..*next + bodies.len() as u64).collect();
         let mut batch = sled::Batch::default();
-        let mut sequences = Vec::with_capacity(messages.len());
-        for (offset, message) in messages.into_iter().enumerate() {
-            let sequence = *next + offset as u64;
-            batch.insert(&sequence.to_be_bytes(), encode_body(stamp(message, publish_time)));
-            sequences.push(sequence);
+        for (first, segment) in segments(*next, &bodies) {
+            batch.insert(&first.to_be_bytes(), segment);
         }
         topic.tree.apply_batch(batch).map_err(storage)?;
         self.flush()?;
-        *next += sequences.len() as u64;
+        *next += bodies.len() as u64;
         drop(next);
         self.notify_appended();
         Ok(sequences)
@@ -167,13 +179,24 @@ impl Broker for EmbeddedStore {
 }
 
 impl StateStore for EmbeddedStore {
-    fn get(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Versioned>, StateError> {
+    fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
         let tree = self.state_tree(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
-        let Some(bytes) = tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? else {
+        Ok(Box::new(EmbeddedTable { fqfn: fqfn.clone(), tree }))
+    }
+}
+
+struct EmbeddedTable {
+    fqfn: Fqfn,
+    tree: sled::Tree,
+}
+
+impl StateTable for EmbeddedTable {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        let Some(bytes) = self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? else {
             return Ok(None);
         };
         decode_state(&bytes).map(Some).map_err(|reason| StateError::Corrupt {
-            fqfn: fqfn.clone(),
+            fqfn: self.fqfn.clone(),
             key: key.into(),
             reason,
         })
@@ -202,19 +225,33 @@ impl EmbeddedSubscription {
         let count = self.cursors.len();
         for index in 0..count {
             let cursor = &mut self.cursors[(self.rotation + index) % count];
-            for entry in cursor.topic.tree.range(cursor.fetched.to_be_bytes()..) {
+            let tree = &cursor.topic.tree;
+            // The segment holding the cursor starts at or before it.
+            let start = match tree.range(..=cursor.fetched.to_be_bytes()).next_back() {
+                Some(entry) => entry.map_err(storage)?.0,
+                None => sled::IVec::from(&cursor.fetched.to_be_bytes()),
+            };
+            for entry in tree.range(start..) {
                 if messages.len() == max {
                     break;
                 }
                 let (key, value) = entry.map_err(storage)?;
-                let sequence = decode_sequence(&key);
-                let body = decode_body(&value).map_err(|reason| BrokerError::Corrupt {
+                let first = decode_sequence(&key);
+                let segment = decode_segment(&value).map_err(|reason| BrokerError::Corrupt {
                     topic: cursor.topic.name.clone(),
-                    sequence,
+                    sequence: first,
                     reason,
                 })?;
-                messages.push(Message { topic: cursor.topic.name.clone(), sequence, body });
-                cursor.fetched = sequence + 1;
+                for (sequence, body) in (first..).zip(segment) {
+                    if sequence < cursor.fetched {
+                        continue;
+                    }
+                    if messages.len() == max {
+                        break;
+                    }
+                    messages.push(Message { topic: cursor.topic.name.clone(), sequence, body });
+                    cursor.fetched = sequence + 1;
+                }
             }
         }
         self.rotation = (self.rotation + 1) % count.max(1);
@@ -252,12 +289,14 @@ impl Subscription for EmbeddedSubscription {
 
         // Group outputs by topic and lock the topics in name order, so that concurrent commits cannot deadlock.
         let publish_time = now_millis();
-        let mut by_topic: BTreeMap<TopicName, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut by_topic: BTreeMap<TopicName, Vec<MessageBody>> = BTreeMap::new();
         for (topic, message) in effects.outputs {
-            by_topic.entry(topic).or_default().push(encode_body(stamp(message, publish_time)));
+            by_topic.entry(topic).or_default().push(stamp(message, publish_time));
         }
         let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
         let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
+        let appends: Vec<Vec<(u64, Vec<u8>)>> =
+            by_topic.values().zip(&nexts).map(|(bodies, next)| segments(**next, bodies)).collect();
 
         let state = match &effects.state {
             Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_tree(fqfn).map_err(storage)?, changes)),
@@ -304,10 +343,10 @@ impl Subscription for EmbeddedSubscription {
                         }
                     }
                 }
-                for (offset, bodies) in by_topic.values().enumerate() {
+                for (offset, topic_segments) in appends.iter().enumerate() {
                     let view = &views[first_topic_tree + offset];
-                    for (sequence, body) in (*nexts[offset]..).zip(bodies) {
-                        view.insert(&sequence.to_be_bytes(), body.as_slice())?;
+                    for (first, segment) in topic_segments {
+                        view.insert(&first.to_be_bytes(), segment.as_slice())?;
                     }
                 }
                 Ok(())
@@ -358,12 +397,28 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn encode_body(body: MessageBody) -> Vec<u8> {
-    bincode::encode_to_vec(body, bincode_config()).expect("encoding into a Vec cannot fail")
+/// Splits consecutive messages starting at sequence `first` into encoded segments of about
+/// `SEGMENT_BYTES`, each with the sequence number of its first message.
+fn segments(first: u64, bodies: &[MessageBody]) -> Vec<(u64, Vec<u8>)> {
+    let mut encoded = Vec::new();
+    let mut start = 0;
+    while start < bodies.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < bodies.len() && (end == start || bytes + bodies[end].value.len() <= SEGMENT_BYTES) {
+            bytes += bodies[end].value.len();
+            end += 1;
+        }
+        let segment =
+            bincode::encode_to_vec(&bodies[start..end], bincode_config()).expect("encoding into a Vec cannot fail");
+        encoded.push((first + start as u64, segment));
+        start = end;
+    }
+    encoded
 }
 
-fn decode_body(bytes: &[u8]) -> Result<MessageBody, String> {
-    bincode::decode_from_slice(bytes, bincode_config()).map(|(body, _)| body).map_err(|error| error.to_string())
+fn decode_segment(bytes: &[u8]) -> Result<Vec<MessageBody>, String> {
+    bincode::decode_from_slice(bytes, bincode_config()).map(|(bodies, _)| bodies).map_err(|error| error.to_string())
 }
 
 fn encode_state(value: &Versioned) -> Vec<u8> {
@@ -434,6 +489,24 @@ mod tests {
     }
 
     #[test]
+    fn large_appends_span_several_segments_and_read_back_from_any_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let values: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; SEGMENT_BYTES / 3]).collect();
+        store.produce(&topic("big"), values.iter().map(|v| OutMessage::new(v.clone())).collect()).unwrap();
+        assert!(store.topic(&topic("big")).unwrap().tree.len() > 1, "the append was split into segments");
+        let mut subscription = store.subscribe(spec(&["big"], Some("s"), Position::Earliest)).unwrap();
+        let mut read = Vec::new();
+        for max in [2, 3, 10] {
+            read.extend(
+                subscription.fetch(max, Duration::ZERO).unwrap().into_iter().map(|m| (m.sequence, m.body.value)),
+            );
+        }
+        let expected: Vec<(u64, Vec<u8>)> = (0..).zip(values).collect();
+        assert_eq!(read, expected);
+    }
+
+    #[test]
     fn unacknowledged_messages_are_redelivered_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -472,8 +545,8 @@ mod tests {
             subscription.commit(effects).unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(store.get(&fqfn, "k").unwrap().unwrap().value, StateValue::Bytes(b"v".to_vec()));
-        assert_eq!(store.get(&fqfn, "n").unwrap().unwrap().value, StateValue::Counter(5));
+        assert_eq!(store.table(&fqfn).unwrap().get("k").unwrap().unwrap().value, StateValue::Bytes(b"v".to_vec()));
+        assert_eq!(store.table(&fqfn).unwrap().get("n").unwrap().unwrap().value, StateValue::Counter(5));
         let mut out = store.subscribe(spec(&["out", "other"], None, Position::Earliest)).unwrap();
         let mut seen = values(&out.fetch(10, Duration::ZERO).unwrap());
         seen.sort();
@@ -497,7 +570,7 @@ mod tests {
             let mut changes = StateChanges::default();
             changes.record("c".into(), change.clone());
             subscription.commit(Effects { outputs: vec![], state: Some((fqfn.clone(), changes)) }).unwrap();
-            assert_eq!(store.get(&fqfn, "c").unwrap().map(|v| v.value), expected, "{change:?}");
+            assert_eq!(store.table(&fqfn).unwrap().get("c").unwrap().map(|v| v.value), expected, "{change:?}");
         }
     }
 }

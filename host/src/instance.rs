@@ -23,7 +23,7 @@ use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, HostContext, Instance, InstanceLimits, LogLevel, PreparedFunction,
     ProcessError,
 };
-use crate::state::{Change, StateChanges, StateStore, StateValue};
+use crate::state::{Change, StateChanges, StateTable, StateValue};
 
 /// How long an idle loop waits for new messages before checking whether it should stop.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -113,7 +113,7 @@ fn level_rank(level: LogLevel) -> u8 {
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
     fqfn: Fqfn,
-    state: Arc<dyn StateStore>,
+    state: Box<dyn StateTable>,
     batch_state: StateChanges,
     message_state: StateChanges,
     batch_outputs: Vec<(TopicName, OutMessage)>,
@@ -129,7 +129,7 @@ pub struct MessageContext {
 
 impl MessageContext {
     /// A context for one instance of the function in `config`.
-    pub fn new(config: &FunctionConfig, state: Arc<dyn StateStore>, logs: LogSink) -> Self {
+    pub fn new(config: &FunctionConfig, state: Box<dyn StateTable>, logs: LogSink) -> Self {
         Self {
             fqfn: config.fqfn.clone(),
             state,
@@ -184,7 +184,7 @@ impl MessageContext {
         let base = match &batch {
             Some(change) if !matches!(change, Change::Add(_)) => change.apply(None),
             _ => {
-                let stored = match self.state.get(&self.fqfn, key) {
+                let stored = match self.state.get(key) {
                     Ok(stored) => stored.map(|versioned| versioned.value),
                     Err(error) => return Err(self.fail_host(error.to_string())),
                 };

@@ -140,8 +140,14 @@ pub enum StateError {
 
 /// Reads of the committed state of functions.
 pub trait StateStore: Send + Sync {
-    /// The committed value of `key` in the table of `fqfn`.
-    fn get(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Versioned>, StateError>;
+    /// The state table of `fqfn`, opened once and read many times.
+    fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError>;
+}
+
+/// One function's state table.
+pub trait StateTable: Send {
+    /// The committed value of `key`.
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError>;
 }
 
 #[cfg(test)]
