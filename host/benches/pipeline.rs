@@ -26,6 +26,10 @@ use fnhost::state::StateStore;
 
 const USERS: usize = 10_000;
 
+// The same allocator as the `fnhost` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
     let wasm =

@@ -18,7 +18,7 @@ use crate::broker::{
     Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
 };
 use crate::names::{Fqfn, TopicName};
-use crate::state::{StateError, StateStore, StateTable, Versioned};
+use crate::state::{Change, StateError, StateStore, StateTable, Versioned};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
 /// A segment (one sled value holding consecutive messages) is closed once it holds this many bytes
@@ -327,11 +327,15 @@ impl Subscription for EmbeddedSubscription {
                 if let Some((_, changes)) = &state {
                     let view = &views[1];
                     for (key, change) in changes.iter() {
-                        let stored = match view.get(key.as_bytes())? {
-                            Some(bytes) => {
-                                Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value)
-                            }
-                            None => None,
+                        // Only an increment depends on the committed value; nothing else needs to read it.
+                        let stored = match change {
+                            Change::Add(_) => match view.get(key.as_bytes())? {
+                                Some(bytes) => {
+                                    Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value)
+                                }
+                                None => None,
+                            },
+                            _ => None,
                         };
                         match change.apply(stored) {
                             Some(value) => {
@@ -453,7 +457,7 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Change, StateChanges, StateValue};
+    use crate::state::{StateChanges, StateValue};
 
     fn topic(name: &str) -> TopicName {
         TopicName::parse(name).unwrap()

@@ -174,27 +174,26 @@ impl MessageContext {
 
     /// The value of `key` as this message sees it: its own changes, then the batch's, then the store.
     fn current(&mut self, key: &str) -> Result<Option<StateValue>, ContextError> {
-        let message = self.message_state.get(key).cloned();
-        if let Some(change) = &message
+        let message = self.message_state.get(key);
+        if let Some(change) = message
             && !matches!(change, Change::Add(_))
         {
             return Ok(change.apply(None));
         }
-        let batch = self.batch_state.get(key).cloned();
-        let base = match &batch {
+        let base = match self.batch_state.get(key) {
             Some(change) if !matches!(change, Change::Add(_)) => change.apply(None),
-            _ => {
-                let stored = match self.state.get(key) {
-                    Ok(stored) => stored.map(|versioned| versioned.value),
-                    Err(error) => return Err(self.fail_host(error.to_string())),
-                };
-                match &batch {
-                    Some(change) => change.apply(stored),
-                    None => stored,
+            batch => match self.state.get(key) {
+                Ok(stored) => {
+                    let stored = stored.map(|versioned| versioned.value);
+                    match batch {
+                        Some(change) => change.apply(stored),
+                        None => stored,
+                    }
                 }
-            }
+                Err(error) => return Err(self.fail_host(error.to_string())),
+            },
         };
-        Ok(match &message {
+        Ok(match message {
             Some(change) => change.apply(base),
             None => base,
         })

@@ -42,4 +42,4 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Largest user config or secrets document (`--user-config`, `--secrets`), in bytes.
 pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
 /// Most messages processed between two commits; larger batches commit less often.
-pub const MAX_BATCH_MESSAGES: usize = 1_000;
+pub const MAX_BATCH_MESSAGES: usize = 4_096;

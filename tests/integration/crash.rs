@@ -3,17 +3,23 @@
 
 use std::io::{BufRead, BufReader};
 
+use fnhost::limits::MAX_BATCH_MESSAGES;
+
 use crate::support::{Fnhost, guest, number_value};
 
-const MESSAGES: usize = 20_000;
-/// Each run is killed after it has committed this many batches (of at most 1,000 messages), so
-/// every kill lands while messages remain.
-const COMMITS_BEFORE_KILL: [usize; 3] = [1, 2, 4];
+/// Enough for ten full batches.
+const MESSAGES: usize = 10 * MAX_BATCH_MESSAGES;
+/// Each run is killed after it has committed this many batches, so every kill lands while
+/// messages remain (the runs together commit fewer than ten).
+const COMMITS_BEFORE_KILL: [usize; 3] = [1, 2, 3];
 
 fn kill_repeatedly(fnhost: &Fnhost, wasm: &str, name: &str, extra: &[&str]) {
     let wasm = guest(wasm);
     for commits in COMMITS_BEFORE_KILL {
-        let mut args = vec!["localrun", "--wasm", wasm.to_str().unwrap(), "--name", name, "--inputs", "in"];
+        // --until-idle, so that a run that somehow finishes exits and fails the assertion below
+        // instead of waiting for input forever.
+        let mut args =
+            vec!["localrun", "--wasm", wasm.to_str().unwrap(), "--name", name, "--inputs", "in", "--until-idle"];
         args.extend(extra);
         let mut command = fnhost.command(&args);
         command.env("FNHOST_LOG", "fnhost=debug").stdout(std::process::Stdio::null());
