@@ -91,7 +91,7 @@ fn produce(store: &EmbeddedStore, events: &[OutMessage]) -> anyhow::Result<Durat
 fn raw_storage(dir: &Path, events: &[OutMessage]) -> anyhow::Result<(Duration, Duration)> {
     let store = EmbeddedStore::open(dir)?;
     let append = produce(&store, events)?;
-    let mut subscription = store.subscribe(SubscriptionSpec {
+    let subscription = store.subscribe(SubscriptionSpec {
         topics: vec![input()],
         name: None,
         initial_position: Position::Earliest,

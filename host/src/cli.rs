@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::broker::{Broker, Message, OutMessage, Position, SubscriptionSpec};
+use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
 use crate::instance::{self, FunctionConfig, LogSink, MessageContext, RunUntil, WasmExecutor};
 use crate::limits::{
@@ -385,7 +385,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let topic = TopicName::parse(&args.topic)?;
     let store = open_store(&args.data)?;
-    let mut subscription = store.subscribe(SubscriptionSpec {
+    let subscription = store.subscribe(SubscriptionSpec {
         topics: vec![topic],
         name: args.subscription.clone(),
         initial_position: args.position,
@@ -414,7 +414,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         out.flush()?;
         printed += messages.len() as u64;
         // Acknowledge only what has been printed.
-        subscription.commit(Default::default())?;
+        subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() })?;
     }
     Ok(())
 }

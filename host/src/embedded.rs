@@ -15,7 +15,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::broker::{
-    Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
+    Acks, Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
 };
 use crate::names::{Fqfn, TopicName};
 use crate::state::{Change, StateError, StateStore, StateTable, Versioned};
@@ -174,7 +174,8 @@ impl Broker for EmbeddedStore {
         if spec.name.is_some() {
             self.flush()?;
         }
-        Ok(Box::new(EmbeddedSubscription { store: self.clone(), name: spec.name, cursors, rotation: 0 }))
+        let reading = Mutex::new(Reading { cursors, rotation: 0 });
+        Ok(Box::new(EmbeddedSubscription { store: self.clone(), name: spec.name, reading }))
     }
 }
 
@@ -214,12 +215,16 @@ struct Cursor {
 struct EmbeddedSubscription {
     store: EmbeddedStore,
     name: Option<String>,
+    reading: Mutex<Reading>,
+}
+
+struct Reading {
     cursors: Vec<Cursor>,
     /// Which topic is read first on the next fetch, so that no topic starves the others.
     rotation: usize,
 }
 
-impl EmbeddedSubscription {
+impl Reading {
     fn read_available(&mut self, max: usize) -> Result<Vec<Message>, BrokerError> {
         let mut messages = Vec::new();
         let count = self.cursors.len();
@@ -260,11 +265,11 @@ impl EmbeddedSubscription {
 }
 
 impl Subscription for EmbeddedSubscription {
-    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
+    fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
         let deadline = Instant::now() + wait;
         loop {
             let seen = *lock(&self.store.inner.appends);
-            let messages = self.read_available(max)?;
+            let messages = lock(&self.reading).read_available(max)?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
                 return Ok(messages);
@@ -276,13 +281,10 @@ impl Subscription for EmbeddedSubscription {
         }
     }
 
-    fn commit(&mut self, effects: Effects) -> Result<(), BrokerError> {
-        let moved: Vec<usize> =
-            (0..self.cursors.len()).filter(|&i| self.cursors[i].fetched != self.cursors[i].durable).collect();
-        if effects.is_empty() && (moved.is_empty() || self.name.is_none()) {
-            for cursor in &mut self.cursors {
-                cursor.durable = cursor.fetched;
-            }
+    fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
+        let acked = self.acknowledge(&effects.acks);
+        if effects.is_empty() && (acked.is_empty() || self.name.is_none()) {
+            self.mark_durable(&effects.acks);
             return Ok(());
         }
         let store = &self.store;
@@ -312,10 +314,7 @@ impl Subscription for EmbeddedSubscription {
         trees.extend(topics.iter().map(|topic| &topic.tree));
 
         let cursor_writes: Vec<(Vec<u8>, u64)> = match &self.name {
-            Some(subscription) => moved
-                .iter()
-                .map(|&i| (cursor_key(subscription, &self.cursors[i].topic.name), self.cursors[i].fetched))
-                .collect(),
+            Some(subscription) => acked.iter().map(|(topic, upto)| (cursor_key(subscription, topic), *upto)).collect(),
             None => Vec::new(),
         };
 
@@ -364,9 +363,7 @@ impl Subscription for EmbeddedSubscription {
         }
         drop(nexts);
         store.flush()?;
-        for cursor in &mut self.cursors {
-            cursor.durable = cursor.fetched;
-        }
+        self.mark_durable(&effects.acks);
         if !by_topic.is_empty() {
             store.notify_appended();
         }
@@ -374,7 +371,29 @@ impl Subscription for EmbeddedSubscription {
     }
 
     fn backlog(&self) -> Result<u64, BrokerError> {
-        Ok(self.cursors.iter().map(|cursor| lock(&cursor.topic.next).saturating_sub(cursor.durable)).sum())
+        let reading = lock(&self.reading);
+        Ok(reading.cursors.iter().map(|cursor| lock(&cursor.topic.next).saturating_sub(cursor.durable)).sum())
+    }
+}
+
+impl EmbeddedSubscription {
+    /// The acknowledgements that move a durable cursor forward.
+    fn acknowledge<'a>(&self, acks: &'a Acks) -> Vec<&'a (TopicName, u64)> {
+        let reading = lock(&self.reading);
+        acks.iter()
+            .filter(|(topic, upto)| {
+                reading.cursors.iter().any(|cursor| cursor.topic.name == *topic && cursor.durable < *upto)
+            })
+            .collect()
+    }
+
+    fn mark_durable(&self, acks: &Acks) {
+        let mut reading = lock(&self.reading);
+        for (topic, upto) in acks.iter() {
+            if let Some(cursor) = reading.cursors.iter_mut().find(|cursor| cursor.topic.name == *topic) {
+                cursor.durable = cursor.durable.max(*upto);
+            }
+        }
     }
 }
 
@@ -485,7 +504,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(produce(&store, "t", &["a", "b"]), vec![0, 1]);
         assert_eq!(produce(&store, "t", &["c"]), vec![2]);
-        let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+        let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
         assert_eq!(values(&subscription.fetch(2, Duration::ZERO).unwrap()), ["a", "b"]);
         assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["c"]);
         assert!(subscription.fetch(10, Duration::ZERO).unwrap().is_empty());
@@ -499,7 +518,7 @@ mod tests {
         let values: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; SEGMENT_BYTES / 3]).collect();
         store.produce(&topic("big"), values.iter().map(|v| OutMessage::new(v.clone())).collect()).unwrap();
         assert!(store.topic(&topic("big")).unwrap().tree.len() > 1, "the append was split into segments");
-        let mut subscription = store.subscribe(spec(&["big"], Some("s"), Position::Earliest)).unwrap();
+        let subscription = store.subscribe(spec(&["big"], Some("s"), Position::Earliest)).unwrap();
         let mut read = Vec::new();
         for max in [2, 3, 10] {
             read.extend(
@@ -516,15 +535,16 @@ mod tests {
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             produce(&store, "t", &["a", "b", "c"]);
-            let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
-            assert_eq!(values(&subscription.fetch(1, Duration::ZERO).unwrap()), ["a"]);
-            subscription.commit(Effects::default()).unwrap();
+            let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+            let first = subscription.fetch(1, Duration::ZERO).unwrap();
+            assert_eq!(values(&first), ["a"]);
+            subscription.commit(Effects { acks: Acks::of(&first), ..Effects::default() }).unwrap();
             assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let mut subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+        let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
         assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
-        let mut other = store.subscribe(spec(&["t"], Some("other"), Position::Latest)).unwrap();
+        let other = store.subscribe(spec(&["t"], Some("other"), Position::Latest)).unwrap();
         assert!(other.fetch(10, Duration::ZERO).unwrap().is_empty());
         produce(&store, "t", &["d"]);
         assert_eq!(values(&other.fetch(10, Duration::ZERO).unwrap()), ["d"]);
@@ -537,12 +557,13 @@ mod tests {
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             produce(&store, "in", &["x"]);
-            let mut subscription = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
-            subscription.fetch(10, Duration::ZERO).unwrap();
+            let subscription = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
+            let fetched = subscription.fetch(10, Duration::ZERO).unwrap();
             let mut changes = StateChanges::default();
             changes.record("k".into(), Change::Put(b"v".to_vec()));
             changes.record("n".into(), Change::Add(5));
             let effects = Effects {
+                acks: Acks::of(&fetched),
                 outputs: vec![(topic("out"), OutMessage::new("y")), (topic("other"), OutMessage::new("z"))],
                 state: Some((fqfn.clone(), changes)),
             };
@@ -551,11 +572,11 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.table(&fqfn).unwrap().get("k").unwrap().unwrap().value, StateValue::Bytes(b"v".to_vec()));
         assert_eq!(store.table(&fqfn).unwrap().get("n").unwrap().unwrap().value, StateValue::Counter(5));
-        let mut out = store.subscribe(spec(&["out", "other"], None, Position::Earliest)).unwrap();
+        let out = store.subscribe(spec(&["out", "other"], None, Position::Earliest)).unwrap();
         let mut seen = values(&out.fetch(10, Duration::ZERO).unwrap());
         seen.sort();
         assert_eq!(seen, ["y", "z"]);
-        let mut input = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
+        let input = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
         assert!(input.fetch(10, Duration::ZERO).unwrap().is_empty(), "the input was acknowledged");
     }
 
@@ -564,7 +585,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let fqfn = Fqfn::parse("t/ns/f").unwrap();
-        let mut subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+        let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
         for (change, expected) in [
             (Change::Add(2), Some(StateValue::Counter(2))),
             (Change::Add(-5), Some(StateValue::Counter(-3))),
@@ -573,7 +594,7 @@ mod tests {
         ] {
             let mut changes = StateChanges::default();
             changes.record("c".into(), change.clone());
-            subscription.commit(Effects { outputs: vec![], state: Some((fqfn.clone(), changes)) }).unwrap();
+            subscription.commit(Effects { state: Some((fqfn.clone(), changes)), ..Effects::default() }).unwrap();
             assert_eq!(store.table(&fqfn).unwrap().get("c").unwrap().map(|v| v.value), expected, "{change:?}");
         }
     }

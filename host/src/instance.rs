@@ -10,9 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Stdout, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::broker::{Broker, BrokerError, Effects, Message, OutMessage, Position, Subscription, SubscriptionSpec};
+use crate::broker::{
+    Acks, Broker, BrokerError, Effects, Message, OutMessage, Position, Subscription, SubscriptionSpec,
+};
 use crate::limits::{
     MAX_BATCH_MESSAGES, MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN,
     MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN,
@@ -23,7 +26,7 @@ use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, HostContext, Instance, InstanceLimits, LogLevel, PreparedFunction,
     ProcessError,
 };
-use crate::state::{Change, StateChanges, StateTable, StateValue};
+use crate::state::{Change, StateChanges, StateError, StateTable, StateValue};
 
 /// How long an idle loop waits for new messages before checking whether it should stop.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -116,6 +119,9 @@ pub struct MessageContext {
     state: Box<dyn StateTable>,
     batch_state: StateChanges,
     message_state: StateChanges,
+    /// The values of the keys the batch being committed changed, as that batch left them: read
+    /// before the store, which may not have them yet.
+    in_flight: HashMap<String, Option<StateValue>>,
     batch_outputs: Vec<(TopicName, OutMessage)>,
     message_outputs: Vec<(TopicName, OutMessage)>,
     publishes: usize,
@@ -135,6 +141,7 @@ impl MessageContext {
             state,
             batch_state: StateChanges::default(),
             message_state: StateChanges::default(),
+            in_flight: HashMap::new(),
             batch_outputs: Vec::new(),
             message_outputs: Vec::new(),
             publishes: 0,
@@ -167,9 +174,23 @@ impl MessageContext {
         self.message_outputs.clear();
     }
 
-    fn take_batch(&mut self) -> Effects {
+    /// Hands the batch's effects over for commit, remembering the values it leaves behind so that
+    /// the next batch reads them while the commit runs. The previous commit must have finished.
+    fn take_batch(&mut self, acks: Acks) -> Result<Effects, StateError> {
+        self.in_flight.clear();
         let changes = std::mem::take(&mut self.batch_state);
-        Effects { outputs: std::mem::take(&mut self.batch_outputs), state: Some((self.fqfn.clone(), changes)) }
+        for (key, change) in changes.iter() {
+            let value = match change {
+                Change::Add(_) => change.apply(self.state.get(key)?.map(|versioned| versioned.value)),
+                absolute => absolute.apply(None),
+            };
+            self.in_flight.insert(key.clone(), value);
+        }
+        Ok(Effects {
+            acks,
+            outputs: std::mem::take(&mut self.batch_outputs),
+            state: Some((self.fqfn.clone(), changes)),
+        })
     }
 
     /// The value of `key` as this message sees it: its own changes, then the batch's, then the store.
@@ -182,16 +203,19 @@ impl MessageContext {
         }
         let base = match self.batch_state.get(key) {
             Some(change) if !matches!(change, Change::Add(_)) => change.apply(None),
-            batch => match self.state.get(key) {
-                Ok(stored) => {
-                    let stored = stored.map(|versioned| versioned.value);
-                    match batch {
-                        Some(change) => change.apply(stored),
-                        None => stored,
-                    }
+            batch => {
+                let committed = match self.in_flight.get(key) {
+                    Some(value) => value.clone(),
+                    None => match self.state.get(key) {
+                        Ok(stored) => stored.map(|versioned| versioned.value),
+                        Err(error) => return Err(self.fail_host(error.to_string())),
+                    },
+                };
+                match batch {
+                    Some(change) => change.apply(committed),
+                    None => committed,
                 }
-                Err(error) => return Err(self.fail_host(error.to_string())),
-            },
+            }
         };
         Ok(match message {
             Some(change) => change.apply(base),
@@ -492,46 +516,85 @@ pub enum RunUntil {
     Idle,
 }
 
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Topics failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// State failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A batch being committed on the commit thread.
+struct InFlight<'scope> {
+    commit: ScopedJoinHandle<'scope, Result<(), BrokerError>>,
+    messages: usize,
+}
+
 /// Runs `executor` over the function's inputs until told to stop, committing after every batch.
+///
+/// A batch's commit runs on a second thread while the next batch is processed; the next commit
+/// starts only once the previous one has returned, so commits stay in order and at most one batch
+/// is unacknowledged in memory besides the one being processed.
 pub fn run(
     broker: &dyn Broker,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     until: RunUntil,
     stop: &AtomicBool,
-) -> Result<Stats, BrokerError> {
-    let mut subscription = broker.subscribe(SubscriptionSpec {
+) -> Result<Stats, RunError> {
+    let subscription = broker.subscribe(SubscriptionSpec {
         topics: config.inputs.clone(),
         name: Some(config.subscription.clone()),
         initial_position: config.initial_position,
     })?;
+    let subscription: &dyn Subscription = subscription.as_ref();
     let mut stats = Stats::default();
-    while !stop.load(Ordering::Relaxed) {
-        let wait = if until == RunUntil::Idle { Duration::ZERO } else { IDLE_WAIT };
-        let messages = subscription.fetch(MAX_BATCH_MESSAGES, wait)?;
-        if messages.is_empty() {
-            if until == RunUntil::Idle {
-                break;
+    std::thread::scope(|scope| -> Result<(), RunError> {
+        let mut in_flight: Option<InFlight<'_>> = None;
+        while !stop.load(Ordering::Relaxed) {
+            // Never sleep on an empty topic while a commit is pending: its acknowledgement and log
+            // lines would wait for nothing.
+            let wait = if until == RunUntil::Idle || in_flight.is_some() { Duration::ZERO } else { IDLE_WAIT };
+            let messages = subscription.fetch(MAX_BATCH_MESSAGES, wait)?;
+            if messages.is_empty() {
+                if in_flight.is_some() {
+                    finish(in_flight.take(), config, executor)?;
+                    continue;
+                }
+                if until == RunUntil::Idle {
+                    break;
+                }
+                continue;
             }
-            continue;
+            let acks = Acks::of(&messages);
+            let count = messages.len();
+            process_batch(messages, config, executor, &mut stats);
+            finish(in_flight.take(), config, executor)?;
+            let effects = executor.context().take_batch(acks)?;
+            in_flight = Some(InFlight { commit: scope.spawn(move || subscription.commit(effects)), messages: count });
         }
-        let count = messages.len();
-        process_batch(messages, config, executor, &mut stats);
-        commit(subscription.as_mut(), executor)?;
-        tracing::debug!(fqfn = %config.fqfn, messages = count, "committed a batch");
-    }
+        finish(in_flight.take(), config, executor)
+    })?;
     stats.restarts = executor.restarts();
     stats.metrics = executor.context().metrics.clone();
-    executor.context().logs.flush();
     Ok(stats)
 }
 
-fn commit(subscription: &mut dyn Subscription, executor: &mut dyn Executor) -> Result<(), BrokerError> {
-    let context = executor.context();
-    let effects = context.take_batch();
-    let result = subscription.commit(effects);
-    context.logs.flush();
-    result
+/// Waits for the batch in flight (if any) to commit, then writes out its log lines.
+fn finish(
+    in_flight: Option<InFlight<'_>>,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+) -> Result<(), RunError> {
+    let Some(InFlight { commit, messages }) = in_flight else { return Ok(()) };
+    let result = commit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    executor.context().logs.flush();
+    result?;
+    tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");
+    Ok(())
 }
 
 fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut dyn Executor, stats: &mut Stats) {

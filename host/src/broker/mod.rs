@@ -91,6 +91,8 @@ pub struct SubscriptionSpec {
 /// The effects of a batch of processed messages, committed together with its acknowledgement.
 #[derive(Debug, Default)]
 pub struct Effects {
+    /// What the commit acknowledges.
+    pub acks: Acks,
     /// Messages to append, in order, each to its topic.
     pub outputs: Vec<(TopicName, OutMessage)>,
     /// State changes of one function's table.
@@ -101,6 +103,38 @@ impl Effects {
     /// True when committing would write nothing but the acknowledgement.
     pub fn is_empty(&self) -> bool {
         self.outputs.is_empty() && self.state.as_ref().is_none_or(|(_, changes)| changes.is_empty())
+    }
+}
+
+/// Acknowledgements: for each topic, every message before this sequence number.
+///
+/// Messages of a subscription are fetched in order and committed in order, so acknowledging a
+/// batch is moving each topic's cursor past the batch's last message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acks(Vec<(TopicName, u64)>);
+
+impl Acks {
+    /// Acknowledges `message` (and everything before it in its topic).
+    pub fn add(&mut self, message: &Message) {
+        let next = message.sequence + 1;
+        match self.0.iter_mut().find(|(topic, _)| *topic == message.topic) {
+            Some((_, upto)) => *upto = (*upto).max(next),
+            None => self.0.push((message.topic.clone(), next)),
+        }
+    }
+
+    /// Acknowledgements of all of `messages`.
+    pub fn of(messages: &[Message]) -> Self {
+        let mut acks = Self::default();
+        for message in messages {
+            acks.add(message);
+        }
+        acks
+    }
+
+    /// Each topic with the sequence number its cursor moves to.
+    pub fn iter(&self) -> impl Iterator<Item = &(TopicName, u64)> {
+        self.0.iter()
     }
 }
 
@@ -134,15 +168,18 @@ pub trait Broker: Send + Sync {
 }
 
 /// One consumer's view of a subscription.
-pub trait Subscription: Send {
+///
+/// Fetching and committing may happen on different threads (the instance loop commits one batch
+/// while it processes the next), so both take `&self`.
+pub trait Subscription: Send + Sync {
     /// Returns up to `max` messages after those already fetched, waiting up to `wait` for the first.
     /// An empty result means nothing arrived in time.
-    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError>;
+    fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError>;
 
-    /// Makes `effects` durable and acknowledges every message fetched so far, as one atomic step:
-    /// after a crash either all of it happened or none of it did, and the unacknowledged messages
-    /// are delivered again.
-    fn commit(&mut self, effects: Effects) -> Result<(), BrokerError>;
+    /// Makes `effects` durable and moves the cursors to `effects.acks`, as one atomic step: after a
+    /// crash either all of it happened or none of it did, and unacknowledged messages are
+    /// delivered again. Commits must be made in the order their messages were fetched.
+    fn commit(&self, effects: Effects) -> Result<(), BrokerError>;
 
     /// How many messages are in the subscribed topics past the durable cursor.
     fn backlog(&self) -> Result<u64, BrokerError>;
