@@ -26,6 +26,12 @@ const TOPIC_TREE_PREFIX: &str = "topic:";
 const SEGMENT_BYTES: usize = 1024 * 1024;
 const STATE_TREE_PREFIX: &str = "state:";
 const CURSOR_TREE: &str = "cursors";
+/// Most state values cached per function; past it the cache starts over.
+const STATE_CACHE_ENTRIES: usize = 65_536;
+
+/// Committed values of one function's state table, as last committed or read (`None`: absent).
+/// Commits are the only writers and update it, so it never holds a value older than the store's.
+type StateCache = Arc<Mutex<HashMap<String, Option<Versioned>>>>;
 
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,7 @@ struct Inner {
     db: sled::Db,
     cursors: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
+    state_caches: Mutex<HashMap<Fqfn, StateCache>>,
     /// Bumped after every append, so that waiting subscriptions wake up.
     appends: Mutex<u64>,
     appended: Condvar,
@@ -85,6 +92,7 @@ impl EmbeddedStore {
                 db,
                 cursors,
                 topics: Mutex::new(HashMap::new()),
+                state_caches: Mutex::new(HashMap::new()),
                 appends: Mutex::new(0),
                 appended: Condvar::new(),
             }),
@@ -121,6 +129,10 @@ impl EmbeddedStore {
 
     fn state_tree(&self, fqfn: &Fqfn) -> Result<sled::Tree, sled::Error> {
         self.inner.db.open_tree(format!("{STATE_TREE_PREFIX}{fqfn}"))
+    }
+
+    fn state_cache(&self, fqfn: &Fqfn) -> StateCache {
+        lock(&self.inner.state_caches).entry(fqfn.clone()).or_default().clone()
     }
 
     fn notify_appended(&self) {
@@ -182,25 +194,36 @@ impl Broker for EmbeddedStore {
 impl StateStore for EmbeddedStore {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
         let tree = self.state_tree(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
-        Ok(Box::new(EmbeddedTable { fqfn: fqfn.clone(), tree }))
+        Ok(Box::new(EmbeddedTable { fqfn: fqfn.clone(), tree, cache: self.state_cache(fqfn) }))
     }
 }
 
 struct EmbeddedTable {
     fqfn: Fqfn,
     tree: sled::Tree,
+    cache: StateCache,
 }
 
 impl StateTable for EmbeddedTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        let Some(bytes) = self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? else {
-            return Ok(None);
+        if let Some(cached) = lock(&self.cache).get(key) {
+            return Ok(cached.clone());
+        }
+        let stored = match self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? {
+            Some(bytes) => Some(decode_state(&bytes).map_err(|reason| StateError::Corrupt {
+                fqfn: self.fqfn.clone(),
+                key: key.into(),
+                reason,
+            })?),
+            None => None,
         };
-        decode_state(&bytes).map(Some).map_err(|reason| StateError::Corrupt {
-            fqfn: self.fqfn.clone(),
-            key: key.into(),
-            reason,
-        })
+        let mut cache = lock(&self.cache);
+        if cache.len() >= STATE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        // A commit that ran since the read above has put the newer value; keep it.
+        cache.entry(key.to_owned()).or_insert_with(|| stored.clone());
+        Ok(stored)
     }
 }
 
@@ -301,13 +324,17 @@ impl Subscription for EmbeddedSubscription {
             by_topic.values().zip(&nexts).map(|(bodies, next)| segments(**next, bodies)).collect();
 
         let state = match &effects.state {
-            Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_tree(fqfn).map_err(storage)?, changes)),
+            Some((fqfn, changes)) if !changes.is_empty() => {
+                Some((store.state_tree(fqfn).map_err(storage)?, changes, store.state_cache(fqfn)))
+            }
             _ => None,
         };
+        // The values this commit leaves, for the cache once it has committed.
+        let written: Mutex<Vec<(&str, Option<Versioned>)>> = Mutex::new(Vec::new());
         let version = store.inner.db.generate_id().map_err(storage)?;
 
         let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors];
-        if let Some((tree, _)) = &state {
+        if let Some((tree, _, _)) = &state {
             trees.push(tree);
         }
         let first_topic_tree = trees.len();
@@ -323,8 +350,10 @@ impl Subscription for EmbeddedSubscription {
                 for (key, sequence) in &cursor_writes {
                     views[0].insert(key.as_slice(), &sequence.to_be_bytes())?;
                 }
-                if let Some((_, changes)) = &state {
+                if let Some((_, changes, _)) = &state {
                     let view = &views[1];
+                    let mut written = lock(&written);
+                    written.clear();
                     for (key, change) in changes.iter() {
                         // Only an increment depends on the committed value; nothing else needs to read it.
                         let stored = match change {
@@ -338,10 +367,13 @@ impl Subscription for EmbeddedSubscription {
                         };
                         match change.apply(stored) {
                             Some(value) => {
-                                view.insert(key.as_bytes(), encode_state(&Versioned { value, version }))?;
+                                let versioned = Versioned { value, version };
+                                view.insert(key.as_bytes(), encode_state(&versioned))?;
+                                written.push((key.as_str(), Some(versioned)));
                             }
                             None => {
                                 view.remove(key.as_bytes())?;
+                                written.push((key.as_str(), None));
                             }
                         }
                     }
@@ -362,6 +394,15 @@ impl Subscription for EmbeddedSubscription {
             **next += bodies.len() as u64;
         }
         drop(nexts);
+        if let Some((_, _, cache)) = &state {
+            let mut cache = lock(cache);
+            if cache.len() >= STATE_CACHE_ENTRIES {
+                cache.clear();
+            }
+            for (key, value) in written.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+                cache.insert(key.to_owned(), value);
+            }
+        }
         store.flush()?;
         self.mark_durable(&effects.acks);
         if !by_topic.is_empty() {
@@ -586,6 +627,9 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let fqfn = Fqfn::parse("t/ns/f").unwrap();
         let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+        // One table read across commits: its cache must follow every commit.
+        let table = store.table(&fqfn).unwrap();
+        assert_eq!(table.get("c").unwrap(), None);
         for (change, expected) in [
             (Change::Add(2), Some(StateValue::Counter(2))),
             (Change::Add(-5), Some(StateValue::Counter(-3))),
@@ -595,7 +639,7 @@ mod tests {
             let mut changes = StateChanges::default();
             changes.record("c".into(), change.clone());
             subscription.commit(Effects { state: Some((fqfn.clone(), changes)), ..Effects::default() }).unwrap();
-            assert_eq!(store.table(&fqfn).unwrap().get("c").unwrap().map(|v| v.value), expected, "{change:?}");
+            assert_eq!(table.get("c").unwrap().map(|v| v.value), expected, "{change:?}");
         }
     }
 }
