@@ -6,7 +6,6 @@
 //! Run it with `scripts/bench` (which builds the guest first), or:
 //! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES]`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -19,9 +18,7 @@ use fnhost::instance::{
 };
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::{Fqfn, TopicName};
-use fnhost::runtime::{
-    FunctionDetails, GuestMessage, HostContext, Identity, InstanceLimits, LogLevel, Runtime, RuntimeConfig,
-};
+use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::state::StateStore;
 
 const USERS: usize = 10_000;
@@ -115,18 +112,12 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
     let fqfn = Fqfn::parse("public/default/session-duration")?;
     let limits = InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) };
     let config = FunctionConfig {
-        fqfn: fqfn.clone(),
-        inputs: vec![input()],
         output: Some(TopicName::parse("sessions")?),
-        log_topic: None,
-        subscription: fqfn.to_string(),
-        initial_position: Position::Earliest,
-        user_config: BTreeMap::new(),
-        secrets: BTreeMap::new(),
         limits,
         // Production setting: the function's info lines are filtered in the host, so the
         // benchmark measures processing, not the terminal.
         log_level: LogLevel::Warn,
+        ..FunctionConfig::new(fqfn.clone(), vec![input()])
     };
     let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
     let mut executor: Box<dyn Executor> = match code {
@@ -135,21 +126,7 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
             let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 })?;
             let function_code = runtime.load(path)?;
             let function = function_code.prepare::<MessageContext>()?;
-            let details = Arc::new(FunctionDetails {
-                identity: Identity {
-                    tenant: fqfn.tenant().into(),
-                    namespace: fqfn.namespace().into(),
-                    name: fqfn.name().into(),
-                    function_id: fqfn.to_string(),
-                    function_version: function_code.digest().into(),
-                    instance_id: 0,
-                    num_instances: 1,
-                },
-                input_topics: vec![input().to_string()],
-                output_topic: config.output.as_ref().map(ToString::to_string),
-                user_config: BTreeMap::new(),
-                secrets: BTreeMap::new(),
-            });
+            let details = Arc::new(config.details(function_code.digest(), 0, 1));
             Box::new(WasmExecutor::start(function, details, limits, context)?)
         }
     };

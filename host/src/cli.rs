@@ -18,7 +18,7 @@ use crate::limits::{
     DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName};
-use crate::runtime::{FunctionDetails, Identity, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
+use crate::runtime::{InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use crate::state::{StateStore, StateValue};
 
 /// The data directory used when `--data-dir` is not given.
@@ -260,21 +260,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let code = runtime.load(&args.wasm)?;
     let function = code.prepare::<MessageContext>()?;
     let store = open_store(&args.data)?;
-    let details = Arc::new(FunctionDetails {
-        identity: Identity {
-            tenant: fqfn.tenant().into(),
-            namespace: fqfn.namespace().into(),
-            name: fqfn.name().into(),
-            function_id: fqfn.to_string(),
-            function_version: code.digest().into(),
-            instance_id: 0,
-            num_instances: 1,
-        },
-        input_topics: config.inputs.iter().map(|t| t.to_string()).collect(),
-        output_topic: config.output.as_ref().map(|t| t.to_string()),
-        user_config: config.user_config.clone(),
-        secrets: config.secrets.clone(),
-    });
+    let details = Arc::new(config.details(code.digest(), 0, 1));
     let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
     let mut executor = WasmExecutor::start(function, details, limits, context)
         .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
@@ -467,15 +453,19 @@ mod tests {
     #[test]
     fn ram_sizes_parse_in_binary_units_and_refuse_nonsense() {
         for (text, bytes) in
-            [("128M", 128 << 20), ("1G", 1 << 30), ("2097152", 2 << 20), ("64Mi", 64 << 20), ("512KiB", 0)]
+            [("128M", 128 << 20), ("1G", 1 << 30), ("2097152", 2 << 20), ("64Mi", 64 << 20), ("4G", 4 << 30)]
         {
-            match parse_ram(text) {
-                Ok(parsed) => assert_eq!(parsed, bytes, "{text}"),
-                Err(error) => assert_eq!(bytes, 0, "{text}: {error}"),
-            }
+            assert_eq!(parse_ram(text).unwrap(), bytes, "{text}");
         }
-        for bad in ["lots", "12X", "5G", "-1"] {
-            assert!(parse_ram(bad).unwrap_err().to_string().contains("--ram"), "{bad}");
+        for (bad, reason) in [
+            ("lots", "is not a size"),
+            ("12X", "is not a size"),
+            ("-1", "is not a size"),
+            ("512K", "out of range"),
+            ("5G", "out of range"),
+        ] {
+            let error = parse_ram(bad).unwrap_err().to_string();
+            assert!(error.contains(reason), "{bad}: {error}");
         }
     }
 

@@ -17,14 +17,14 @@ use crate::broker::{
     Acks, Broker, BrokerError, Effects, Message, OutMessage, Position, Subscription, SubscriptionSpec,
 };
 use crate::limits::{
-    MAX_BATCH_MESSAGES, MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN,
-    MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN,
-    MAX_STATE_VALUE_SIZE,
+    DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES, MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE,
+    MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE,
+    MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
 };
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{
-    ContextError, FunctionDetails, GuestMessage, HostContext, Instance, InstanceLimits, LogLevel, PreparedFunction,
-    ProcessError,
+    ContextError, FunctionDetails, GuestMessage, HostContext, Identity, Instance, InstanceLimits, LogLevel,
+    PreparedFunction, ProcessError,
 };
 use crate::state::{Change, StateChanges, StateError, StateTable, StateValue};
 
@@ -54,6 +54,48 @@ pub struct FunctionConfig {
     pub limits: InstanceLimits,
     /// Lines below this level are not logged.
     pub log_level: LogLevel,
+}
+
+impl FunctionConfig {
+    /// A function over `inputs` with the defaults: no output or log topic, the fully qualified
+    /// name as the subscription, starting at the earliest message, no user config or secrets,
+    /// the default memory and time limits, and info-level logs.
+    pub fn new(fqfn: Fqfn, inputs: Vec<TopicName>) -> Self {
+        Self {
+            subscription: fqfn.to_string(),
+            fqfn,
+            inputs,
+            output: None,
+            log_topic: None,
+            initial_position: Position::Earliest,
+            user_config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            limits: InstanceLimits {
+                memory_bytes: DEFAULT_RAM_BYTES,
+                timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            },
+            log_level: LogLevel::Info,
+        }
+    }
+
+    /// What instance `instance_id` of `num_instances` may ask about itself; `version` is the code's digest.
+    pub fn details(&self, version: &str, instance_id: u32, num_instances: u32) -> FunctionDetails {
+        FunctionDetails {
+            identity: Identity {
+                tenant: self.fqfn.tenant().into(),
+                namespace: self.fqfn.namespace().into(),
+                name: self.fqfn.name().into(),
+                function_id: self.fqfn.to_string(),
+                function_version: version.into(),
+                instance_id,
+                num_instances,
+            },
+            input_topics: self.inputs.iter().map(ToString::to_string).collect(),
+            output_topic: self.output.as_ref().map(ToString::to_string),
+            user_config: self.user_config.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
 }
 
 /// Counts of what an instance did, with Pulsar's meanings.
