@@ -218,11 +218,16 @@ impl Runtime {
         let file = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if file.exists() {
             match deserialize(&self.engine, &file) {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    tracing::info!("loaded {shown} from the compiled-component cache");
+                    return Ok(component);
+                }
                 Err(error) => tracing::warn!("ignoring unusable cached component {}: {error:#}", file.display()),
             }
         }
+        let started = std::time::Instant::now();
         let component = self.compile(bytes, shown)?;
+        tracing::info!("compiled {shown} in {} ms", started.elapsed().as_millis());
         let written = component.serialize().map_err(std::io::Error::other).and_then(|compiled| {
             std::fs::create_dir_all(dir)?;
             let partial = file.with_extension(format!("partial-{}", std::process::id()));

@@ -106,3 +106,17 @@ fn a_log_topic_receives_the_function_log_lines() {
     assert_eq!(logs.len(), 3, "{logs:?}");
     assert_eq!(logs[1], "User user123 session duration: 20 seconds");
 }
+
+#[test]
+fn a_second_start_loads_the_compiled_component_from_the_cache() {
+    let fnhost = Fnhost::new();
+    let wasm = crate::support::guest("exclamation");
+    let args = ["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "ex", "--inputs", "in", "--until-idle"];
+    let first = fnhost.run(&args);
+    assert!(first.success && first.stderr.contains(" compiled "), "{}", first.stderr);
+    let second = fnhost.run(&args);
+    assert!(second.success, "{}", second.stderr);
+    assert!(second.stderr.contains("from the compiled-component cache"), "{}", second.stderr);
+    let recompiled = second.stderr.lines().any(|line| line.contains(" compiled ") && line.ends_with(" ms"));
+    assert!(!recompiled, "the second start compiled again:\n{}", second.stderr);
+}
