@@ -642,8 +642,6 @@ fn finish(
 fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut dyn Executor, stats: &mut Stats) {
     for message in messages {
         stats.received += 1;
-        let id = message.id();
-        let topic = message.topic.clone();
         let guest = to_guest(message);
         executor.context().begin_message();
         let started = Instant::now();
@@ -675,7 +673,12 @@ fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut
                     ProcessError::User(_) => stats.user_exceptions += 1,
                     ProcessError::System(_) => stats.system_exceptions += 1,
                 }
-                let text = format!("message {id} from {topic} failed after {:?}: {error}", started.elapsed());
+                let text = format!(
+                    "message {} from {} failed after {:?}: {error}",
+                    guest.message_id,
+                    guest.topic,
+                    started.elapsed()
+                );
                 context.write_log(LogLevel::Error, text.clone());
                 stats.last_error = Some(text);
             }
