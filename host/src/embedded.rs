@@ -100,7 +100,7 @@ impl EmbeddedStore {
     }
 
     /// Makes everything written so far durable.
-    pub fn flush(&self) -> Result<(), BrokerError> {
+    fn flush(&self) -> Result<(), BrokerError> {
         self.inner.db.flush().map(drop).map_err(storage)
     }
 
@@ -410,11 +410,6 @@ impl Subscription for EmbeddedSubscription {
         }
         Ok(())
     }
-
-    fn backlog(&self) -> Result<u64, BrokerError> {
-        let reading = lock(&self.reading);
-        Ok(reading.cursors.iter().map(|cursor| lock(&cursor.topic.next).saturating_sub(cursor.durable)).sum())
-    }
 }
 
 impl EmbeddedSubscription {
@@ -549,7 +544,6 @@ mod tests {
         assert_eq!(values(&subscription.fetch(2, Duration::ZERO).unwrap()), ["a", "b"]);
         assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["c"]);
         assert!(subscription.fetch(10, Duration::ZERO).unwrap().is_empty());
-        assert_eq!(subscription.backlog().unwrap(), 3);
     }
 
     #[test]

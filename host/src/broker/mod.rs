@@ -115,7 +115,7 @@ pub struct Acks(Vec<(TopicName, u64)>);
 
 impl Acks {
     /// Acknowledges `message` (and everything before it in its topic).
-    pub fn add(&mut self, message: &Message) {
+    fn add(&mut self, message: &Message) {
         let next = message.sequence + 1;
         match self.0.iter_mut().find(|(topic, _)| *topic == message.topic) {
             Some((_, upto)) => *upto = (*upto).max(next),
@@ -180,7 +180,4 @@ pub trait Subscription: Send + Sync {
     /// crash either all of it happened or none of it did, and unacknowledged messages are
     /// delivered again. Commits must be made in the order their messages were fetched.
     fn commit(&self, effects: Effects) -> Result<(), BrokerError>;
-
-    /// How many messages are in the subscribed topics past the durable cursor.
-    fn backlog(&self) -> Result<u64, BrokerError>;
 }
