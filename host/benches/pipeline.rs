@@ -88,11 +88,7 @@ fn produce(store: &EmbeddedStore, events: &[OutMessage]) -> anyhow::Result<Durat
 fn raw_storage(dir: &Path, events: &[OutMessage]) -> anyhow::Result<(Duration, Duration)> {
     let store = EmbeddedStore::open(dir)?;
     let append = produce(&store, events)?;
-    let subscription = store.subscribe(SubscriptionSpec {
-        topics: vec![input()],
-        name: None,
-        initial_position: Position::Earliest,
-    })?;
+    let subscription = store.subscribe(SubscriptionSpec::single(vec![input()], None, Position::Earliest))?;
     let started = Instant::now();
     let mut read = 0;
     while read < events.len() {
@@ -120,7 +116,7 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
         ..FunctionConfig::new(fqfn.clone(), vec![input()])
     };
     let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
-    let mut executor: Box<dyn Executor> = match code {
+    let executor: Box<dyn Executor> = match code {
         Code::Native => Box::new(NativeExecutor::new(native_session_duration, context)),
         Code::Wasm(path) => {
             let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 })?;
@@ -131,7 +127,7 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
         }
     };
     let started = Instant::now();
-    let stats = instance::run(&store, &config, executor.as_mut(), RunUntil::Idle, &AtomicBool::new(false))?;
+    let stats = instance::run(&store, &config, vec![executor], RunUntil::Idle, &AtomicBool::new(false))?.remove(0);
     let elapsed = started.elapsed();
     anyhow::ensure!(
         stats.succeeded as usize == events.len(),

@@ -13,11 +13,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
-use crate::instance::{self, FunctionConfig, LogSink, MessageContext, RunUntil, WasmExecutor};
-use crate::limits::{
-    DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
+use crate::broker::Inputs;
+use crate::instance::{
+    self, Executor, FunctionConfig, LogSink, MessageContext, Ordering as MessageOrdering, ProcessingGuarantee,
+    RunUntil, Stats, WasmExecutor,
 };
-use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName};
+use crate::limits::{
+    DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
+    MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
+};
+use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use crate::state::{StateStore, StateValue};
 
@@ -72,8 +77,12 @@ struct LocalrunArgs {
     #[arg(long, default_value = DEFAULT_NAMESPACE)]
     namespace: String,
     /// Input topics, separated by commas.
-    #[arg(short = 'i', long, value_delimiter = ',', required = true)]
+    #[arg(short = 'i', long, value_delimiter = ',', required_unless_present = "topics_pattern")]
     inputs: Vec<String>,
+    /// A regular expression: every topic whose name it matches is an input, including topics
+    /// created later. Without persistent:// it applies to topic names in the function's namespace.
+    #[arg(long)]
+    topics_pattern: Option<String>,
     /// The topic returned values are written to.
     #[arg(short = 'o', long)]
     output: Option<String>,
@@ -98,6 +107,31 @@ struct LocalrunArgs {
     /// Where a new subscription starts. fnhost defaults to earliest (Pulsar: latest), see docs.
     #[arg(long, value_enum, default_value_t = Position::Earliest)]
     subs_position: Position,
+    /// When messages are acknowledged: before processing, after their effects commit (with or
+    /// without failover ordering), or when the function acknowledges them.
+    #[arg(long, value_enum, ignore_case = true, default_value = "ATLEAST_ONCE")]
+    processing_guarantees: ProcessingGuarantee,
+    /// Process messages in input order, one instance at a time (a failover subscription).
+    #[arg(long, conflicts_with = "retain_key_ordering")]
+    retain_ordering: bool,
+    /// Process the messages of each key in input order, each key on one instance (key-shared).
+    #[arg(long)]
+    retain_key_ordering: bool,
+    /// How many instances run, each in its own sandbox.
+    #[arg(long, default_value_t = 1)]
+    parallelism: u32,
+    /// How many times a failed message is tried again before it goes to the dead-letter topic.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_RETRIES)]
+    max_message_retries: u32,
+    /// Where messages go that failed every try (default: NAME-DLQ in the function's namespace).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// MANUAL only: how long after delivery an unacknowledged message is delivered again, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_ACK_TIMEOUT_MS)]
+    ack_timeout_ms: u64,
+    /// Most messages processed between two commits: smaller batches commit sooner, larger ones cost less.
+    #[arg(long, default_value_t = MAX_BATCH_MESSAGES)]
+    batch_size: usize,
     /// The lowest level of function log lines to show.
     #[arg(long, value_enum, default_value_t = LevelArg::Info)]
     log_level: LevelArg,
@@ -232,16 +266,42 @@ fn topics(names: &[String]) -> anyhow::Result<Vec<TopicName>> {
 
 fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let fqfn = Fqfn::new(&args.tenant, &args.namespace, &args.name)?;
-    let inputs = topics(&args.inputs)?;
+    let pattern =
+        args.topics_pattern.as_deref().map(|text| TopicPattern::parse(text, &args.tenant, &args.namespace)).transpose()?;
+    let inputs = Inputs { topics: topics(&args.inputs)?, pattern };
     let output = args.output.as_deref().map(TopicName::parse).transpose()?;
     let log_topic = args.log_topic.as_deref().map(TopicName::parse).transpose()?;
+    let dead_letter_topic = match args.dead_letter_topic.as_deref() {
+        Some(topic) => TopicName::parse(topic)?,
+        None => fqfn.default_dead_letter_topic(),
+    };
     let user_config = parse_json_object("--user-config", args.user_config.as_deref(), false)?;
     let secrets = parse_json_object("--secrets", args.secrets.as_deref(), true)?;
     let memory_bytes = parse_ram(&args.ram)?;
     if args.timeout_ms == 0 || args.timeout_ms > MAX_TIMEOUT_MS {
         bail!("--timeout-ms {} is out of range: give 1 to {MAX_TIMEOUT_MS} milliseconds", args.timeout_ms);
     }
+    if args.parallelism == 0 || args.parallelism > MAX_PARALLELISM {
+        bail!("--parallelism {} is out of range: give 1 to {MAX_PARALLELISM} (MAX_PARALLELISM)", args.parallelism);
+    }
+    if args.max_message_retries > MAX_MESSAGE_RETRIES {
+        bail!(
+            "--max-message-retries {} is out of range: give 0 to {MAX_MESSAGE_RETRIES} (MAX_MESSAGE_RETRIES)",
+            args.max_message_retries
+        );
+    }
+    if args.ack_timeout_ms == 0 || args.ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
+        bail!("--ack-timeout-ms {} is out of range: give 1 to {MAX_ACK_TIMEOUT_MS} milliseconds", args.ack_timeout_ms);
+    }
+    if args.batch_size == 0 || args.batch_size > MAX_BATCH_MESSAGES {
+        bail!("--batch-size {} is out of range: give 1 to {MAX_BATCH_MESSAGES} (MAX_BATCH_MESSAGES)", args.batch_size);
+    }
     let limits = InstanceLimits { memory_bytes, timeout: Duration::from_millis(args.timeout_ms) };
+    let ordering = match (args.retain_ordering, args.retain_key_ordering) {
+        (true, _) => MessageOrdering::Retain,
+        (_, true) => MessageOrdering::RetainKey,
+        _ => MessageOrdering::Unordered,
+    };
     let config = FunctionConfig {
         subscription: args.subs_name.clone().unwrap_or_else(|| fqfn.to_string()),
         fqfn: fqfn.clone(),
@@ -253,33 +313,83 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
         secrets,
         limits,
         log_level: args.log_level.into(),
+        guarantee: args.processing_guarantees,
+        ordering,
+        parallelism: args.parallelism,
+        max_message_retries: args.max_message_retries,
+        dead_letter_topic,
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms),
+        batch_size: args.batch_size,
     };
 
-    let runtime =
-        Runtime::new(RuntimeConfig { cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)), max_instances: 4 })?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
+        max_instances: config.parallelism + 1,
+    })?;
     let code = runtime.load(&args.wasm)?;
     let function = code.prepare::<MessageContext>()?;
     let store = open_store(&args.data)?;
-    let details = Arc::new(config.details(code.digest(), 0, 1));
-    let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
-    let mut executor = WasmExecutor::start(function, details, limits, context)
-        .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
+    let logs = LogSink::default();
+    let mut executors: Vec<Box<dyn Executor>> = Vec::new();
+    for instance_id in 0..config.parallelism {
+        let details = Arc::new(config.details(code.digest(), instance_id, config.parallelism));
+        let context = MessageContext::new(&config, store.table(&fqfn)?, logs.clone());
+        let executor = WasmExecutor::start(function.clone(), details, limits, context)
+            .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
+        executors.push(Box::new(executor));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))
         .context("cannot install the Ctrl-C handler")?;
     let until = if args.until_idle { RunUntil::Idle } else { RunUntil::Stopped };
-    tracing::info!("running {fqfn} over {}", args.inputs.join(","));
-    let stats = instance::run(&store, &config, &mut executor, until, &stop)?;
-    println!(
-        "localrun {fqfn}: processed {} messages: {} succeeded, {} user exceptions, {} system exceptions, {} restarts",
-        stats.received, stats.succeeded, stats.user_exceptions, stats.system_exceptions, stats.restarts
+    tracing::info!(
+        "running {fqfn} over {}: {} instance(s), {:?}, {:?} subscription `{}`",
+        describe_inputs(&config.inputs),
+        config.parallelism,
+        config.guarantee,
+        config.subscription_type(),
+        config.subscription
     );
-    for (name, (count, sum)) in &stats.metrics {
+    let stats = instance::run(&store, &config, executors, until, &stop)?;
+    if stats.len() > 1 {
+        for (instance_id, instance) in stats.iter().enumerate() {
+            println!("instance {instance_id}: {}", summary(instance));
+        }
+    }
+    let total = stats.iter().fold(Stats::default(), |mut total, instance| {
+        total.received += instance.received;
+        total.succeeded += instance.succeeded;
+        total.user_exceptions += instance.user_exceptions;
+        total.system_exceptions += instance.system_exceptions;
+        total.restarts += instance.restarts;
+        total.dead_lettered += instance.dead_lettered;
+        for (name, (count, sum)) in &instance.metrics {
+            let entry = total.metrics.entry(name.clone()).or_default();
+            entry.0 += count;
+            entry.1 += sum;
+        }
+        total
+    });
+    println!("localrun {fqfn}: {}", summary(&total));
+    for (name, (count, sum)) in &total.metrics {
         println!("metric {name}: count {count}, sum {sum}");
     }
     Ok(())
+}
+
+fn describe_inputs(inputs: &Inputs) -> String {
+    let mut parts: Vec<String> = inputs.topics.iter().map(ToString::to_string).collect();
+    parts.extend(inputs.pattern.iter().map(|pattern| format!("topics matching {pattern}")));
+    parts.join(",")
+}
+
+fn summary(stats: &Stats) -> String {
+    format!(
+        "processed {} messages: {} succeeded, {} user exceptions, {} system exceptions, {} restarts, {} dead-lettered",
+        stats.received, stats.succeeded, stats.user_exceptions, stats.system_exceptions, stats.restarts, stats.dead_lettered
+    )
 }
 
 /// Parses a JSON object given on the command line into top-level key to JSON text.
@@ -371,11 +481,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let topic = TopicName::parse(&args.topic)?;
     let store = open_store(&args.data)?;
-    let subscription = store.subscribe(SubscriptionSpec {
-        topics: vec![topic],
-        name: args.subscription.clone(),
-        initial_position: args.position,
-    })?;
+    let subscription = store.subscribe(SubscriptionSpec::single(vec![topic], args.subscription.clone(), args.position))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))

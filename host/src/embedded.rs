@@ -5,9 +5,16 @@
 //! It implements both [`Broker`] and [`StateStore`] because its commit is a single sled transaction
 //! across the cursor tree, the function's state tree and every output topic's tree: after a crash,
 //! sled recovers either all of a commit or none of it.
+//!
+//! A durable subscription keeps, per topic, a cursor record: the mark (every message before it is
+//! acknowledged) and the acknowledged ranges after it, as Pulsar's managed ledger keeps its
+//! mark-delete position and individually deleted messages.
+//! Which consumer gets which message, and which delivered messages are still unacknowledged, lives
+//! in memory only: after a restart every unacknowledged message is simply delivered again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +23,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::broker::{
     Acks, Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
+    SubscriptionType,
 };
-use crate::names::{Fqfn, TopicName};
+use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
+use crate::names::{Fqfn, TopicName, TopicPattern};
 use crate::state::{Change, StateError, StateStore, StateTable, Versioned};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
@@ -28,6 +37,12 @@ const STATE_TREE_PREFIX: &str = "state:";
 const CURSOR_TREE: &str = "cursors";
 /// Most state values cached per function; past it the cache starts over.
 const STATE_CACHE_ENTRIES: usize = 65_536;
+/// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
+/// yet, per consumer: bounds memory when one consumer is slower than the others.
+const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
+/// How often a waiting consumer looks again for changes that do not come with an append: another
+/// consumer leaving, acknowledging, or reading ahead for it.
+const CONSUMER_POLL: Duration = Duration::from_millis(10);
 
 /// Committed values of one function's state table, as last committed or read (`None`: absent).
 /// Commits are the only writers and update it, so it never holds a value older than the store's.
@@ -62,6 +77,10 @@ struct Inner {
     cursors: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
     state_caches: Mutex<HashMap<Fqfn, StateCache>>,
+    /// Durable subscriptions with at least one consumer, by name.
+    subscriptions: Mutex<HashMap<String, Arc<SharedSubscription>>>,
+    /// Bumped whenever a topic is opened for the first time, so that pattern subscriptions look for new topics.
+    topic_generation: AtomicU64,
     /// Bumped after every append, so that waiting subscriptions wake up.
     appends: Mutex<u64>,
     appended: Condvar,
@@ -73,6 +92,8 @@ struct Topic {
     /// The next sequence number; held locked from allocation until the append commits, so that
     /// readers never see a later message before an earlier one.
     next: Mutex<u64>,
+    /// The number of committed messages, readable without waiting for an append in progress.
+    length: AtomicU64,
 }
 
 impl EmbeddedStore {
@@ -93,6 +114,8 @@ impl EmbeddedStore {
                 cursors,
                 topics: Mutex::new(HashMap::new()),
                 state_caches: Mutex::new(HashMap::new()),
+                subscriptions: Mutex::new(HashMap::new()),
+                topic_generation: AtomicU64::new(0),
                 appends: Mutex::new(0),
                 appended: Condvar::new(),
             }),
@@ -122,9 +145,53 @@ impl EmbeddedStore {
             }
             None => 0,
         };
-        let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next) });
+        let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next), length: AtomicU64::new(next) });
         topics.insert(name.clone(), topic.clone());
+        self.inner.topic_generation.fetch_add(1, Ordering::Release);
         Ok(topic)
+    }
+
+    /// Every topic in the database that `pattern` matches.
+    fn topics_matching(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
+        let mut names = Vec::new();
+        for tree in self.inner.db.tree_names() {
+            let Some(name) = std::str::from_utf8(&tree).ok().and_then(|tree| tree.strip_prefix(TOPIC_TREE_PREFIX)) else {
+                continue;
+            };
+            if let Ok(topic) = TopicName::parse(name)
+                && pattern.matches(&topic)
+            {
+                names.push(topic);
+            }
+        }
+        Ok(names)
+    }
+
+    /// A cursor over `topic` for subscription `name`, from its record or, for a new one, at `position`.
+    fn cursor(&self, name: Option<&str>, topic: &TopicName, position: Position) -> Result<Cursor, BrokerError> {
+        let topic = self.topic(topic)?;
+        let start = match position {
+            Position::Earliest => topic.tree.first().map_err(storage)?.map_or(0, |(key, _)| decode_sequence(&key)),
+            Position::Latest => topic.length.load(Ordering::Acquire),
+        };
+        let (mark, acked) = match name {
+            Some(name) => {
+                let key = cursor_key(name, &topic.name);
+                match self.inner.cursors.get(&key).map_err(storage)? {
+                    Some(stored) => decode_cursor(&stored).map_err(|reason| BrokerError::Corrupt {
+                        topic: topic.name.clone(),
+                        sequence: 0,
+                        reason: format!("the cursor of subscription `{name}`: {reason}"),
+                    })?,
+                    None => {
+                        self.inner.cursors.insert(key, encode_cursor(start, &RangeSet::default())).map_err(storage)?;
+                        (start, RangeSet::default())
+                    }
+                }
+            }
+            None => (start, RangeSet::default()),
+        };
+        Ok(Cursor { topic, fetched: mark, mark, acked, delivered: BTreeMap::new() })
     }
 
     fn state_tree(&self, fqfn: &Fqfn) -> Result<sled::Tree, sled::Error> {
@@ -155,39 +222,30 @@ impl Broker for EmbeddedStore {
         topic.tree.apply_batch(batch).map_err(storage)?;
         self.flush()?;
         *next += bodies.len() as u64;
+        topic.length.store(*next, Ordering::Release);
         drop(next);
         self.notify_appended();
         Ok(sequences)
     }
 
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
-        let mut cursors = Vec::with_capacity(spec.topics.len());
-        for name in &spec.topics {
-            let topic = self.topic(name)?;
-            let start = match spec.initial_position {
-                Position::Earliest => topic.tree.first().map_err(storage)?.map_or(0, |(key, _)| decode_sequence(&key)),
-                Position::Latest => *lock(&topic.next),
-            };
-            let durable = match &spec.name {
-                Some(subscription) => {
-                    let key = cursor_key(subscription, name);
-                    match self.inner.cursors.get(&key).map_err(storage)? {
-                        Some(stored) => decode_sequence(&stored),
-                        None => {
-                            self.inner.cursors.insert(key, &start.to_be_bytes()).map_err(storage)?;
-                            start
-                        }
-                    }
-                }
-                None => start,
-            };
-            cursors.push(Cursor { topic, fetched: durable, durable });
-        }
-        if spec.name.is_some() {
-            self.flush()?;
-        }
-        let reading = Mutex::new(Reading { cursors, rotation: 0 });
-        Ok(Box::new(EmbeddedSubscription { store: self.clone(), name: spec.name, reading }))
+        let Some(name) = spec.name.clone() else {
+            let shared = Arc::new(SharedSubscription::open(self, &spec)?);
+            let id = shared.join(&spec)?;
+            return Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id }));
+        };
+        let mut subscriptions = lock(&self.inner.subscriptions);
+        let shared = match subscriptions.get(&name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(SharedSubscription::open(self, &spec)?);
+                self.flush()?;
+                subscriptions.insert(name, shared.clone());
+                shared
+            }
+        };
+        let id = shared.join(&spec)?;
+        Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id }))
     }
 }
 
@@ -227,90 +285,563 @@ impl StateTable for EmbeddedTable {
     }
 }
 
-struct Cursor {
-    topic: Arc<Topic>,
-    /// The next sequence to fetch.
-    fetched: u64,
-    /// The next sequence not yet acknowledged durably.
-    durable: u64,
-}
+/// Sequence numbers as disjoint, non-adjacent ranges `[start, end)`, keyed by start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RangeSet(BTreeMap<u64, u64>);
 
-struct EmbeddedSubscription {
-    store: EmbeddedStore,
-    name: Option<String>,
-    reading: Mutex<Reading>,
-}
-
-struct Reading {
-    cursors: Vec<Cursor>,
-    /// Which topic is read first on the next fetch, so that no topic starves the others.
-    rotation: usize,
-}
-
-impl Reading {
-    fn read_available(&mut self, max: usize) -> Result<Vec<Message>, BrokerError> {
-        let mut messages = Vec::new();
-        let count = self.cursors.len();
-        for index in 0..count {
-            let cursor = &mut self.cursors[(self.rotation + index) % count];
-            let tree = &cursor.topic.tree;
-            // The segment holding the cursor starts at or before it.
-            let start = match tree.range(..=cursor.fetched.to_be_bytes()).next_back() {
-                Some(entry) => entry.map_err(storage)?.0,
-                None => sled::IVec::from(&cursor.fetched.to_be_bytes()),
-            };
-            for entry in tree.range(start..) {
-                if messages.len() == max {
-                    break;
-                }
-                let (key, value) = entry.map_err(storage)?;
-                let first = decode_sequence(&key);
-                let segment = decode_segment(&value).map_err(|reason| BrokerError::Corrupt {
-                    topic: cursor.topic.name.clone(),
-                    sequence: first,
-                    reason,
-                })?;
-                for (sequence, body) in (first..).zip(segment) {
-                    if sequence < cursor.fetched {
-                        continue;
-                    }
-                    if messages.len() == max {
-                        break;
-                    }
-                    messages.push(Message { topic: cursor.topic.name.clone(), sequence, body });
-                    cursor.fetched = sequence + 1;
-                }
-            }
+impl RangeSet {
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
         }
-        self.rotation = (self.rotation + 1) % count.max(1);
-        Ok(messages)
+        if let Some((&before, &before_end)) = self.0.range(..=start).next_back()
+            && before_end >= start
+        {
+            start = before;
+            end = end.max(before_end);
+            self.0.remove(&before);
+        }
+        while let Some((&after, &after_end)) = self.0.range(start..).next() {
+            if after > end {
+                break;
+            }
+            end = end.max(after_end);
+            self.0.remove(&after);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        self.0.range(..=sequence).next_back().is_some_and(|(_, &end)| sequence < end)
+    }
+
+    /// Moves `mark` past the ranges that reach it, which it then covers.
+    fn advance(&mut self, mark: &mut u64) {
+        while let Some((&start, &end)) = self.0.first_key_value() {
+            if start > *mark {
+                break;
+            }
+            *mark = (*mark).max(end);
+            self.0.remove(&start);
+        }
     }
 }
 
-impl Subscription for EmbeddedSubscription {
+/// One topic of a subscription.
+struct Cursor {
+    topic: Arc<Topic>,
+    /// The next message never read by this subscription (in this process).
+    fetched: u64,
+    /// Every message before it is acknowledged.
+    mark: u64,
+    /// Acknowledged messages after the mark.
+    acked: RangeSet,
+    /// Messages given to a consumer and not yet acknowledged, by sequence.
+    delivered: BTreeMap<u64, Delivered>,
+}
+
+struct Delivered {
+    consumer: u64,
+    /// Times delivered so far.
+    deliveries: u32,
+    /// When it is delivered again if still unacknowledged.
+    due: Option<Instant>,
+    /// The key-shared routing hash.
+    route: u64,
+}
+
+/// A subscription as all its consumers in this process share it.
+struct SharedSubscription {
+    name: Option<String>,
+    subscription_type: SubscriptionType,
+    pattern: Option<TopicPattern>,
+    ack_timeout: Option<Duration>,
+    key_share_count: u32,
+    state: Mutex<SubscriptionState>,
+    /// Held from computing a commit's cursor records until they are written, so that two consumers'
+    /// commits cannot each write a record missing the other's acknowledgements.
+    commit_lock: Mutex<()>,
+}
+
+struct ConsumerState {
+    key_share: u32,
+    /// Messages delivered to it and not yet acknowledged.
+    outstanding: usize,
+}
+
+struct SubscriptionState {
+    cursors: Vec<Cursor>,
+    /// Which topic is read first on the next fetch, so that no topic starves the others.
+    rotation: usize,
+    /// The store's topic generation when the pattern was last applied.
+    topic_generation: u64,
+    /// Open consumers, by id (ids grow, so the first is the oldest).
+    consumers: BTreeMap<u64, ConsumerState>,
+    next_consumer: u64,
+    /// Key-shared: messages read for a key share whose consumer has not fetched them yet, with their cursor.
+    held: HashMap<u32, VecDeque<(usize, Message)>>,
+    held_count: usize,
+    /// Delivered and unacknowledged messages over all cursors.
+    unacked: usize,
+    /// A consumer left with unacknowledged messages, which go to the others.
+    orphans: bool,
+}
+
+impl SubscriptionState {
+    fn count_outstanding(&mut self, consumer: u64, change: isize) {
+        if let Some(state) = self.consumers.get_mut(&consumer) {
+            state.outstanding = state.outstanding.saturating_add_signed(change);
+        }
+    }
+}
+
+impl SharedSubscription {
+    fn open(store: &EmbeddedStore, spec: &SubscriptionSpec) -> Result<Self, BrokerError> {
+        let name = spec.name.as_deref();
+        let mut topics = spec.inputs.topics.clone();
+        if let Some(pattern) = &spec.inputs.pattern {
+            topics.extend(store.topics_matching(pattern)?);
+        }
+        topics.sort();
+        topics.dedup();
+        if topics.len() > MAX_SUBSCRIPTION_TOPICS {
+            return Err(BrokerError::TooManyTopics {
+                name: name.unwrap_or("(reader)").into(),
+                limit: MAX_SUBSCRIPTION_TOPICS,
+            });
+        }
+        let topic_generation = store.inner.topic_generation.load(Ordering::Acquire);
+        let cursors =
+            topics.iter().map(|topic| store.cursor(name, topic, spec.initial_position)).collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: spec.name.clone(),
+            subscription_type: spec.subscription_type,
+            pattern: spec.inputs.pattern.clone(),
+            ack_timeout: spec.ack_timeout,
+            key_share_count: spec.key_shares.1.max(1),
+            state: Mutex::new(SubscriptionState {
+                cursors,
+                rotation: 0,
+                topic_generation,
+                consumers: BTreeMap::new(),
+                next_consumer: 0,
+                held: HashMap::new(),
+                held_count: 0,
+                unacked: 0,
+                orphans: false,
+            }),
+            commit_lock: Mutex::new(()),
+        })
+    }
+
+    /// Adds a consumer and returns its id.
+    fn join(&self, spec: &SubscriptionSpec) -> Result<u64, BrokerError> {
+        let mismatch = |reason: String| BrokerError::Mismatch { name: self.name.clone().unwrap_or_default(), reason };
+        if spec.subscription_type != self.subscription_type {
+            return Err(mismatch(format!(
+                "it is {:?} and this consumer asks for {:?}; stop its other consumers or use another --subs-name",
+                self.subscription_type, spec.subscription_type
+            )));
+        }
+        let (share, count) = spec.key_shares;
+        if self.subscription_type == SubscriptionType::KeyShared && (count != self.key_share_count || share >= count) {
+            return Err(mismatch(format!(
+                "its consumers split keys {} ways; this one asks for share {share} of {count}",
+                self.key_share_count
+            )));
+        }
+        let mut state = lock(&self.state);
+        let id = state.next_consumer;
+        state.next_consumer += 1;
+        state.consumers.insert(id, ConsumerState { key_share: share, outstanding: 0 });
+        Ok(id)
+    }
+
+    /// Picks up topics created since the pattern was last applied.
+    fn discover(&self, store: &EmbeddedStore, state: &mut SubscriptionState) -> Result<(), BrokerError> {
+        let Some(pattern) = &self.pattern else { return Ok(()) };
+        let generation = store.inner.topic_generation.load(Ordering::Acquire);
+        if generation == state.topic_generation {
+            return Ok(());
+        }
+        state.topic_generation = generation;
+        for topic in store.topics_matching(pattern)? {
+            if state.cursors.iter().any(|cursor| cursor.topic.name == topic) {
+                continue;
+            }
+            if state.cursors.len() >= MAX_SUBSCRIPTION_TOPICS {
+                return Err(BrokerError::TooManyTopics {
+                    name: self.name.clone().unwrap_or_default(),
+                    limit: MAX_SUBSCRIPTION_TOPICS,
+                });
+            }
+            // A topic that appears after the subscription was made is read from its start: its
+            // first messages were produced after the subscription, so they are all new to it.
+            state.cursors.push(store.cursor(self.name.as_deref(), &topic, Position::Earliest)?);
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` messages for `consumer`; also returns when the next redelivery for it is due.
+    fn take(
+        &self,
+        store: &EmbeddedStore,
+        consumer: u64,
+        max: usize,
+    ) -> Result<(Vec<Message>, Option<Instant>), BrokerError> {
+        let mut state = lock(&self.state);
+        self.discover(store, &mut state)?;
+        let Some(share) = state.consumers.get(&consumer).map(|consumer| consumer.key_share) else {
+            return Ok((Vec::new(), None));
+        };
+        if self.subscription_type == SubscriptionType::Failover && state.consumers.keys().next() != Some(&consumer) {
+            return Ok((Vec::new(), None));
+        }
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        let next_due = self.redeliver(&mut state, consumer, share, max, now, &mut taken)?;
+        if self.subscription_type == SubscriptionType::KeyShared {
+            let mut held = state.held.remove(&share).unwrap_or_default();
+            while taken.len() < max
+                && let Some((index, message)) = held.pop_front()
+            {
+                state.held_count -= 1;
+                self.deliver(&mut state, index, &message, consumer, now);
+                taken.push(message);
+            }
+            if !held.is_empty() {
+                state.held.insert(share, held);
+            }
+        }
+        if taken.len() < max && state.unacked < MAX_UNACKED_MESSAGES {
+            let limit = match self.subscription_type {
+                // An equal part of the backlog for this consumer and each other idle one, so that a
+                // small backlog is spread too.
+                SubscriptionType::Shared => {
+                    let backlog: u64 = state
+                        .cursors
+                        .iter()
+                        .map(|cursor| cursor.topic.length.load(Ordering::Acquire).saturating_sub(cursor.fetched))
+                        .sum();
+                    let idle = state
+                        .consumers
+                        .iter()
+                        .filter(|&(&id, other)| id != consumer && other.outstanding == 0)
+                        .count();
+                    let part = backlog.div_ceil(1 + idle as u64).max(1);
+                    max.min(taken.len() + part as usize)
+                }
+                _ => max.min(taken.len() + MAX_UNACKED_MESSAGES - state.unacked),
+            };
+            if self.read_new(&mut state, consumer, share, limit, now, &mut taken)? {
+                store.notify_appended();
+            }
+        }
+        Ok((taken, next_due))
+    }
+
+    /// Moves due redeliveries for `consumer` into `taken`; returns when the next one will be due.
+    fn redeliver(
+        &self,
+        state: &mut SubscriptionState,
+        consumer: u64,
+        share: u32,
+        max: usize,
+        now: Instant,
+        taken: &mut Vec<Message>,
+    ) -> Result<Option<Instant>, BrokerError> {
+        if self.ack_timeout.is_none() && !state.orphans {
+            return Ok(None);
+        }
+        let mut next_due: Option<Instant> = None;
+        let mut orphans_left = false;
+        for index in 0..state.cursors.len() {
+            let mut due = Vec::new();
+            for (&sequence, delivered) in &state.cursors[index].delivered {
+                let orphaned = !state.consumers.contains_key(&delivered.consumer);
+                let eligible = self.subscription_type != SubscriptionType::KeyShared
+                    || delivered.route % u64::from(self.key_share_count) == u64::from(share);
+                let room = taken.len() + due.len() < max;
+                if orphaned && !(eligible && room) {
+                    orphans_left = true;
+                }
+                if !(eligible && room) {
+                    continue;
+                }
+                match delivered.due {
+                    _ if orphaned => due.push(sequence),
+                    Some(at) if at <= now => due.push(sequence),
+                    Some(at) if delivered.consumer == consumer => {
+                        next_due = Some(next_due.map_or(at, |next: Instant| next.min(at)));
+                    }
+                    _ => {}
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            let topic = state.cursors[index].topic.clone();
+            for (sequence, body) in topic.read_at(&due)? {
+                let delivered =
+                    state.cursors[index].delivered.get_mut(&sequence).expect("chosen from the delivered messages");
+                let redelivery_count = delivered.deliveries;
+                let previous = std::mem::replace(&mut delivered.consumer, consumer);
+                delivered.deliveries += 1;
+                delivered.due = self.ack_timeout.map(|timeout| now + timeout);
+                state.count_outstanding(previous, -1);
+                state.count_outstanding(consumer, 1);
+                taken.push(Message { topic: topic.name.clone(), sequence, body, redelivery_count });
+            }
+        }
+        state.orphans = orphans_left;
+        Ok(next_due)
+    }
+
+    /// Reads messages never read before into `taken` (key-shared: holding other shares' messages)
+    /// until it holds `limit`; returns whether messages were held for other consumers.
+    fn read_new(
+        &self,
+        state: &mut SubscriptionState,
+        consumer: u64,
+        share: u32,
+        limit: usize,
+        now: Instant,
+        taken: &mut Vec<Message>,
+    ) -> Result<bool, BrokerError> {
+        let count = state.cursors.len();
+        let mut held_for_others = false;
+        for step in 0..count {
+            if taken.len() >= limit {
+                break;
+            }
+            let index = (state.rotation + step) % count;
+            let from = state.cursors[index].fetched;
+            let topic = state.cursors[index].topic.clone();
+            topic.scan(from, |sequence, body| {
+                if taken.len() >= limit {
+                    return false;
+                }
+                let cursor = &mut state.cursors[index];
+                if cursor.acked.contains(sequence) || sequence < cursor.mark {
+                    cursor.fetched = sequence + 1;
+                    return true;
+                }
+                let message = Message { topic: topic.name.clone(), sequence, body, redelivery_count: 0 };
+                if self.subscription_type == SubscriptionType::KeyShared {
+                    let owner = (route(&message) % u64::from(self.key_share_count)) as u32;
+                    if owner != share {
+                        if state.held_count >= HELD_PER_KEY_SHARE * self.key_share_count as usize {
+                            return false;
+                        }
+                        state.cursors[index].fetched = sequence + 1;
+                        state.held.entry(owner).or_default().push_back((index, message));
+                        state.held_count += 1;
+                        held_for_others = true;
+                        return true;
+                    }
+                }
+                state.cursors[index].fetched = sequence + 1;
+                self.deliver(state, index, &message, consumer, now);
+                taken.push(message);
+                true
+            })?;
+        }
+        state.rotation = (state.rotation + 1) % count.max(1);
+        Ok(held_for_others)
+    }
+
+    fn deliver(&self, state: &mut SubscriptionState, index: usize, message: &Message, consumer: u64, now: Instant) {
+        let delivered = Delivered {
+            consumer,
+            deliveries: 1,
+            due: self.ack_timeout.map(|timeout| now + timeout),
+            route: route(message),
+        };
+        if let Some(before) = state.cursors[index].delivered.insert(message.sequence, delivered) {
+            state.count_outstanding(before.consumer, -1);
+        } else {
+            state.unacked += 1;
+        }
+        state.count_outstanding(consumer, 1);
+    }
+
+    /// True when nothing is left for `consumer`: every message was read, none is held for it, and
+    /// none it was given is unacknowledged.
+    fn drained(&self, consumer: u64) -> bool {
+        let state = lock(&self.state);
+        let Some(me) = state.consumers.get(&consumer) else { return true };
+        me.outstanding == 0
+            && state.held.get(&me.key_share).is_none_or(VecDeque::is_empty)
+            && state.cursors.iter().all(|cursor| cursor.fetched >= cursor.topic.length.load(Ordering::Acquire))
+    }
+
+    fn leave(&self, consumer: u64) {
+        let mut state = lock(&self.state);
+        state.consumers.remove(&consumer);
+        state.orphans = state
+            .cursors
+            .iter()
+            .any(|cursor| cursor.delivered.values().any(|delivered| !state.consumers.contains_key(&delivered.consumer)));
+    }
+}
+
+/// The cursor records a commit writes: for each cursor it moves, its index, mark and acknowledged ranges.
+type CursorUpdates = Vec<(usize, u64, RangeSet)>;
+
+impl SharedSubscription {
+    fn cursor_updates(&self, acks: &Acks) -> CursorUpdates {
+        let state = lock(&self.state);
+        let mut updates = Vec::new();
+        for (topic, ranges) in acks.iter() {
+            let Some(index) = state.cursors.iter().position(|cursor| cursor.topic.name == *topic) else { continue };
+            let cursor = &state.cursors[index];
+            let mut mark = cursor.mark;
+            let mut acked = cursor.acked.clone();
+            for &(start, end) in ranges {
+                acked.insert(start.max(mark), end);
+            }
+            acked.advance(&mut mark);
+            if mark != cursor.mark || acked != cursor.acked {
+                updates.push((index, mark, acked));
+            }
+        }
+        updates
+    }
+
+    fn apply(&self, updates: CursorUpdates, acks: &Acks) {
+        let mut state = lock(&self.state);
+        for (index, mark, acked) in updates {
+            let cursor = &mut state.cursors[index];
+            cursor.mark = mark;
+            cursor.acked = acked;
+        }
+        let mut removed = Vec::new();
+        for (topic, ranges) in acks.iter() {
+            let Some(cursor) = state.cursors.iter_mut().find(|cursor| cursor.topic.name == *topic) else { continue };
+            for &(start, end) in ranges {
+                let sequences: Vec<u64> = cursor.delivered.range(start..end).map(|(&sequence, _)| sequence).collect();
+                removed.extend(sequences.into_iter().filter_map(|sequence| cursor.delivered.remove(&sequence)));
+            }
+        }
+        state.unacked -= removed.len();
+        for delivered in removed {
+            state.count_outstanding(delivered.consumer, -1);
+        }
+    }
+}
+
+/// The key-shared routing hash: of the partition key, else the key; a message without either is
+/// routed by its sequence number, so keyless messages are spread.
+fn route(message: &Message) -> u64 {
+    match message.body.partition_key.as_deref().or(message.body.key.as_deref()) {
+        // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
+        Some(key) => key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)),
+        None => message.sequence,
+    }
+}
+
+impl Topic {
+    /// Calls `visit` with each message from sequence `from` on, until it returns false or the topic ends.
+    fn scan(&self, from: u64, mut visit: impl FnMut(u64, MessageBody) -> bool) -> Result<(), BrokerError> {
+        // The segment holding `from` starts at or before it.
+        let start = match self.tree.range(..=from.to_be_bytes()).next_back() {
+            Some(entry) => entry.map_err(storage)?.0,
+            None => sled::IVec::from(&from.to_be_bytes()),
+        };
+        for entry in self.tree.range(start..) {
+            let (key, value) = entry.map_err(storage)?;
+            let first = decode_sequence(&key);
+            for (sequence, body) in (first..).zip(self.decode(first, &value)?) {
+                if sequence >= from && !visit(sequence, body) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages at `sequences` (ascending), decoding each segment once.
+    fn read_at(&self, sequences: &[u64]) -> Result<Vec<(u64, MessageBody)>, BrokerError> {
+        let mut found = Vec::with_capacity(sequences.len());
+        let mut segment: Option<(u64, Vec<MessageBody>)> = None;
+        for &sequence in sequences {
+            let covered = segment.as_ref().is_some_and(|(first, bodies)| {
+                sequence >= *first && sequence < *first + bodies.len() as u64
+            });
+            if !covered {
+                let Some(entry) = self.tree.range(..=sequence.to_be_bytes()).next_back() else { continue };
+                let (key, value) = entry.map_err(storage)?;
+                let first = decode_sequence(&key);
+                segment = Some((first, self.decode(first, &value)?));
+            }
+            if let Some((first, bodies)) = &segment
+                && let Some(body) = bodies.get((sequence - first) as usize)
+            {
+                found.push((sequence, body.clone()));
+            }
+        }
+        Ok(found)
+    }
+
+    fn decode(&self, first: u64, value: &[u8]) -> Result<Vec<MessageBody>, BrokerError> {
+        decode_segment(value).map_err(|reason| BrokerError::Corrupt { topic: self.name.clone(), sequence: first, reason })
+    }
+}
+
+/// One consumer of a [`SharedSubscription`].
+struct EmbeddedConsumer {
+    store: EmbeddedStore,
+    shared: Arc<SharedSubscription>,
+    id: u64,
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        let mut subscriptions = lock(&self.store.inner.subscriptions);
+        self.shared.leave(self.id);
+        // The last consumer gone, the subscription is forgotten: its records are durable, and what
+        // was delivered without acknowledgement is delivered again when it is next opened.
+        if lock(&self.shared.state).consumers.is_empty()
+            && let Some(name) = &self.shared.name
+            && subscriptions.get(name).is_some_and(|shared| Arc::ptr_eq(shared, &self.shared))
+        {
+            subscriptions.remove(name);
+        }
+        drop(subscriptions);
+        self.store.notify_appended();
+    }
+}
+
+impl Subscription for EmbeddedConsumer {
     fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
         let deadline = Instant::now() + wait;
         loop {
             let seen = *lock(&self.store.inner.appends);
-            let messages = lock(&self.reading).read_available(max)?;
+            let (messages, next_due) = self.shared.take(&self.store, self.id, max)?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
                 return Ok(messages);
             }
+            let mut pause = (deadline - now).min(CONSUMER_POLL);
+            if let Some(due) = next_due {
+                pause = pause.min(due.saturating_duration_since(now));
+            }
             let appends = lock(&self.store.inner.appends);
             if *appends == seen {
-                let _ = self.store.inner.appended.wait_timeout(appends, deadline - now);
+                let _ = self.store.inner.appended.wait_timeout(appends, pause);
             }
         }
     }
 
     fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
-        let acked = self.acknowledge(&effects.acks);
-        if effects.is_empty() && (acked.is_empty() || self.name.is_none()) {
-            self.mark_durable(&effects.acks);
+        let shared = &self.shared;
+        let store = &self.store;
+        let commit_guard = lock(&shared.commit_lock);
+        let updates = shared.cursor_updates(&effects.acks);
+        if effects.is_empty() && (updates.is_empty() || shared.name.is_none()) {
+            shared.apply(updates, &effects.acks);
             return Ok(());
         }
-        let store = &self.store;
 
         // Group outputs by topic and lock the topics in name order, so that concurrent commits cannot deadlock.
         let publish_time = now_millis();
@@ -340,15 +871,23 @@ impl Subscription for EmbeddedSubscription {
         let first_topic_tree = trees.len();
         trees.extend(topics.iter().map(|topic| &topic.tree));
 
-        let cursor_writes: Vec<(Vec<u8>, u64)> = match &self.name {
-            Some(subscription) => acked.iter().map(|(topic, upto)| (cursor_key(subscription, topic), *upto)).collect(),
+        let cursor_writes: Vec<(Vec<u8>, Vec<u8>)> = match &shared.name {
+            Some(name) => {
+                let cursors = lock(&shared.state);
+                updates
+                    .iter()
+                    .map(|(index, mark, acked)| {
+                        (cursor_key(name, &cursors.cursors[*index].topic.name), encode_cursor(*mark, acked))
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
 
         let result: Result<(), TransactionError<String>> =
             trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
-                for (key, sequence) in &cursor_writes {
-                    views[0].insert(key.as_slice(), &sequence.to_be_bytes())?;
+                for (key, record) in &cursor_writes {
+                    views[0].insert(key.as_slice(), record.as_slice())?;
                 }
                 if let Some((_, changes, _)) = &state {
                     let view = &views[1];
@@ -390,8 +929,11 @@ impl Subscription for EmbeddedSubscription {
             TransactionError::Abort(reason) => BrokerError::Storage(format!("state could not be decoded: {reason}")),
             TransactionError::Storage(error) => storage(error),
         })?;
-        for (next, bodies) in nexts.iter_mut().zip(by_topic.values()) {
+        shared.apply(updates, &effects.acks);
+        drop(commit_guard);
+        for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
             **next += bodies.len() as u64;
+            topic.length.store(**next, Ordering::Release);
         }
         drop(nexts);
         if let Some((_, _, cache)) = &state {
@@ -404,32 +946,14 @@ impl Subscription for EmbeddedSubscription {
             }
         }
         store.flush()?;
-        self.mark_durable(&effects.acks);
         if !by_topic.is_empty() {
             store.notify_appended();
         }
         Ok(())
     }
-}
 
-impl EmbeddedSubscription {
-    /// The acknowledgements that move a durable cursor forward.
-    fn acknowledge<'a>(&self, acks: &'a Acks) -> Vec<&'a (TopicName, u64)> {
-        let reading = lock(&self.reading);
-        acks.iter()
-            .filter(|(topic, upto)| {
-                reading.cursors.iter().any(|cursor| cursor.topic.name == *topic && cursor.durable < *upto)
-            })
-            .collect()
-    }
-
-    fn mark_durable(&self, acks: &Acks) {
-        let mut reading = lock(&self.reading);
-        for (topic, upto) in acks.iter() {
-            if let Some(cursor) = reading.cursors.iter_mut().find(|cursor| cursor.topic.name == *topic) {
-                cursor.durable = cursor.durable.max(*upto);
-            }
-        }
+    fn drained(&self) -> bool {
+        self.shared.drained(self.id)
     }
 }
 
@@ -450,6 +974,17 @@ fn cursor_key(subscription: &str, topic: &TopicName) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(topic.as_str().as_bytes());
     key
+}
+
+fn encode_cursor(mark: u64, acked: &RangeSet) -> Vec<u8> {
+    let ranges: Vec<(u64, u64)> = acked.0.iter().map(|(&start, &end)| (start, end)).collect();
+    bincode::encode_to_vec((mark, ranges), bincode_config()).expect("encoding into a Vec cannot fail")
+}
+
+fn decode_cursor(bytes: &[u8]) -> Result<(u64, RangeSet), String> {
+    let ((mark, ranges), _): ((u64, Vec<(u64, u64)>), usize) =
+        bincode::decode_from_slice(bytes, bincode_config()).map_err(|error| error.to_string())?;
+    Ok((mark, RangeSet(ranges.into_iter().collect())))
 }
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -519,11 +1054,7 @@ mod tests {
     }
 
     fn spec(topics: &[&str], name: Option<&str>, position: Position) -> SubscriptionSpec {
-        SubscriptionSpec {
-            topics: topics.iter().map(|t| topic(t)).collect(),
-            name: name.map(str::to_owned),
-            initial_position: position,
-        }
+        SubscriptionSpec::single(topics.iter().map(|t| topic(t)).collect(), name.map(str::to_owned), position)
     }
 
     fn values(messages: &[Message]) -> Vec<String> {
@@ -613,6 +1144,147 @@ mod tests {
         assert_eq!(seen, ["y", "z"]);
         let input = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
         assert!(input.fetch(10, Duration::ZERO).unwrap().is_empty(), "the input was acknowledged");
+    }
+
+    fn consumer(store: &EmbeddedStore, kind: SubscriptionType, shares: (u32, u32)) -> Box<dyn Subscription> {
+        let spec = SubscriptionSpec {
+            subscription_type: kind,
+            key_shares: shares,
+            ..spec(&["t"], Some("s"), Position::Earliest)
+        };
+        store.subscribe(spec).unwrap()
+    }
+
+    fn ack(subscription: &dyn Subscription, messages: &[Message]) {
+        subscription.commit(Effects { acks: Acks::of(messages), ..Effects::default() }).unwrap();
+    }
+
+    #[test]
+    fn ranges_merge_and_the_mark_moves_over_them() {
+        let mut set = RangeSet::default();
+        for (start, end) in [(5, 7), (9, 10), (7, 9), (2, 3)] {
+            set.insert(start, end);
+        }
+        assert_eq!(set.0.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), [(2, 3), (5, 10)]);
+        assert!(set.contains(9) && !set.contains(10) && !set.contains(4));
+        let mut mark = 3;
+        set.advance(&mut mark);
+        assert_eq!(mark, 3, "the mark does not jump a gap");
+        set.insert(3, 5);
+        set.advance(&mut mark);
+        assert_eq!((mark, set.0.len()), (10, 0));
+    }
+
+    #[test]
+    fn individual_acknowledgements_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            produce(&store, "t", &["a", "b", "c", "d"]);
+            let subscription = consumer(&store, SubscriptionType::Shared, (0, 1));
+            let fetched = subscription.fetch(10, Duration::ZERO).unwrap();
+            ack(subscription.as_ref(), &[fetched[0].clone(), fetched[2].clone()]);
+            assert!(!subscription.drained(), "b and d are unacknowledged");
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let subscription = consumer(&store, SubscriptionType::Shared, (0, 1));
+        let again = subscription.fetch(10, Duration::ZERO).unwrap();
+        assert_eq!(values(&again), ["b", "d"]);
+        ack(subscription.as_ref(), &again);
+        assert!(subscription.drained());
+    }
+
+    #[test]
+    fn shared_consumers_split_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        produce(&store, "t", &["a", "b", "c", "d"]);
+        let first = consumer(&store, SubscriptionType::Shared, (0, 2));
+        let second = consumer(&store, SubscriptionType::Shared, (1, 2));
+        assert_eq!(values(&first.fetch(10, Duration::ZERO).unwrap()), ["a", "b"]);
+        assert_eq!(values(&second.fetch(10, Duration::ZERO).unwrap()), ["c", "d"]);
+    }
+
+    #[test]
+    fn key_shared_consumers_each_get_all_of_their_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let keyed: Vec<OutMessage> = (0..40)
+            .map(|i| OutMessage { key: Some(format!("k{}", i % 5)), ..OutMessage::new(format!("{i}")) })
+            .collect();
+        store.produce(&topic("t"), keyed).unwrap();
+        let consumers = [
+            consumer(&store, SubscriptionType::KeyShared, (0, 2)),
+            consumer(&store, SubscriptionType::KeyShared, (1, 2)),
+        ];
+        let mut owner: HashMap<String, usize> = HashMap::new();
+        let mut last: HashMap<String, i32> = HashMap::new();
+        let mut seen = 0;
+        for _ in 0..10 {
+            for (index, consumer) in consumers.iter().enumerate() {
+                for message in consumer.fetch(3, Duration::ZERO).unwrap() {
+                    let key = message.body.key.clone().unwrap();
+                    let value: i32 = String::from_utf8(message.body.value).unwrap().parse().unwrap();
+                    assert_eq!(*owner.entry(key.clone()).or_insert(index), index, "{key} stays on one consumer");
+                    assert!(last.insert(key, value).is_none_or(|before| before < value), "in order");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 40);
+        assert_eq!(owner.values().collect::<std::collections::HashSet<_>>().len(), 2, "both consumers got keys");
+    }
+
+    #[test]
+    fn failover_gives_everything_to_the_first_consumer_and_its_leftovers_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        produce(&store, "t", &["a", "b", "c"]);
+        let active = consumer(&store, SubscriptionType::Failover, (0, 2));
+        let standby = consumer(&store, SubscriptionType::Failover, (1, 2));
+        let fetched = active.fetch(2, Duration::ZERO).unwrap();
+        assert!(standby.fetch(10, Duration::ZERO).unwrap().is_empty());
+        ack(active.as_ref(), &fetched[..1]);
+        drop(active);
+        let taken_over = standby.fetch(10, Duration::ZERO).unwrap();
+        assert_eq!(values(&taken_over), ["b", "c"]);
+        assert_eq!(taken_over.iter().map(|m| m.redelivery_count).collect::<Vec<_>>(), [1, 0]);
+    }
+
+    #[test]
+    fn unacknowledged_messages_come_back_after_the_ack_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        produce(&store, "t", &["a", "b"]);
+        let spec = SubscriptionSpec {
+            subscription_type: SubscriptionType::Shared,
+            ack_timeout: Some(Duration::from_millis(20)),
+            ..spec(&["t"], Some("s"), Position::Earliest)
+        };
+        let subscription = store.subscribe(spec).unwrap();
+        let first = subscription.fetch(10, Duration::ZERO).unwrap();
+        ack(subscription.as_ref(), &first[1..]);
+        let again = subscription.fetch(10, Duration::from_secs(5)).unwrap();
+        assert_eq!((values(&again), again[0].redelivery_count), (vec!["a".to_owned()], 1));
+        ack(subscription.as_ref(), &again);
+        assert!(subscription.drained());
+    }
+
+    #[test]
+    fn a_pattern_subscription_finds_topics_created_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        produce(&store, "in-1", &["a"]);
+        let pattern = TopicPattern::parse("in-.*", "public", "default").unwrap();
+        let spec = SubscriptionSpec {
+            inputs: crate::broker::Inputs { topics: Vec::new(), pattern: Some(pattern) },
+            ..spec(&[], Some("s"), Position::Latest)
+        };
+        let subscription = store.subscribe(spec).unwrap();
+        assert!(subscription.fetch(10, Duration::ZERO).unwrap().is_empty(), "in-1 is read from the latest message");
+        produce(&store, "in-2", &["b"]);
+        produce(&store, "other", &["c"]);
+        assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b"], "in-2 is read from its start");
     }
 
     #[test]

@@ -2,24 +2,29 @@
 //!
 //! A message's effects (state changes, published messages, its output) are gathered in a
 //! [`MessageContext`]; when the message succeeds they join the batch, when it fails they are
-//! dropped. The batch's effects and the acknowledgement of its messages are committed in one
+//! dropped and the message is tried again, up to the retry limit, then sent to the dead-letter
+//! topic. The batch's effects and the acknowledgement of its messages are committed in one
 //! atomic step by [`Subscription::commit`], so a crash loses no work that was acknowledged and
 //! applies no effect of a message that will be delivered again.
+//!
+//! [`run`] runs one loop per instance, each with its own consumer of the function's subscription;
+//! the processing guarantee decides when messages are acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Stdout, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::{
-    Acks, Broker, BrokerError, Effects, Message, OutMessage, Position, Subscription, SubscriptionSpec,
+    Acks, Broker, BrokerError, Effects, Inputs, Message, OutMessage, Position, Subscription, SubscriptionSpec,
+    SubscriptionType,
 };
 use crate::limits::{
-    DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES, MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE,
-    MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE,
-    MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
+    DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
+    MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE,
+    MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
 };
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{
@@ -31,13 +36,41 @@ use crate::state::{Change, StateChanges, StateError, StateTable, StateValue};
 /// How long an idle loop waits for new messages before checking whether it should stop.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// When a message is acknowledged, with Pulsar's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProcessingGuarantee {
+    /// Before processing: a crash loses the messages being processed and never repeats one.
+    #[value(name = "ATMOST_ONCE")]
+    AtMostOnce,
+    /// Once the message's effects are committed.
+    #[value(name = "ATLEAST_ONCE")]
+    AtLeastOnce,
+    /// Once the message's effects are committed, in the same atomic step, on a failover subscription.
+    #[value(name = "EFFECTIVELY_ONCE")]
+    EffectivelyOnce,
+    /// When the function acknowledges it; otherwise it is delivered again after the ack timeout.
+    #[value(name = "MANUAL")]
+    Manual,
+}
+
+/// What order messages must be processed in, which decides the subscription type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ordering {
+    /// Any order: instances share the messages.
+    Unordered,
+    /// Input order (`--retain-ordering`): one instance at a time.
+    Retain,
+    /// Input order per key (`--retain-key-ordering`): each key to one instance.
+    RetainKey,
+}
+
 /// Everything that defines how a function runs, apart from its code.
 #[derive(Clone, Debug)]
 pub struct FunctionConfig {
     /// The function's fully qualified name.
     pub fqfn: Fqfn,
-    /// Input topics.
-    pub inputs: Vec<TopicName>,
+    /// Input topics, named or by pattern.
+    pub inputs: Inputs,
     /// Where returned values go.
     pub output: Option<TopicName>,
     /// Where log lines are also published.
@@ -54,17 +87,33 @@ pub struct FunctionConfig {
     pub limits: InstanceLimits,
     /// Lines below this level are not logged.
     pub log_level: LogLevel,
+    /// When messages are acknowledged.
+    pub guarantee: ProcessingGuarantee,
+    /// The order messages must be processed in.
+    pub ordering: Ordering,
+    /// How many instances run.
+    pub parallelism: u32,
+    /// How many times a failed message is tried again before it goes to the dead-letter topic.
+    pub max_message_retries: u32,
+    /// Where messages go that failed every try (or, under MANUAL, were never acknowledged).
+    pub dead_letter_topic: TopicName,
+    /// Under MANUAL, how long after delivery an unacknowledged message is delivered again.
+    pub ack_timeout: Duration,
+    /// Most messages processed between two commits.
+    pub batch_size: usize,
 }
 
 impl FunctionConfig {
     /// A function over `inputs` with the defaults: no output or log topic, the fully qualified
     /// name as the subscription, starting at the earliest message, no user config or secrets,
-    /// the default memory and time limits, and info-level logs.
+    /// the default memory and time limits, info-level logs, one instance, ATLEAST_ONCE without
+    /// ordering, the default retries, `<name>-DLQ` as the dead-letter topic and full batches.
     pub fn new(fqfn: Fqfn, inputs: Vec<TopicName>) -> Self {
         Self {
             subscription: fqfn.to_string(),
+            dead_letter_topic: fqfn.default_dead_letter_topic(),
             fqfn,
-            inputs,
+            inputs: inputs.into(),
             output: None,
             log_topic: None,
             initial_position: Position::Earliest,
@@ -75,6 +124,34 @@ impl FunctionConfig {
                 timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             },
             log_level: LogLevel::Info,
+            guarantee: ProcessingGuarantee::AtLeastOnce,
+            ordering: Ordering::Unordered,
+            parallelism: 1,
+            max_message_retries: DEFAULT_MAX_MESSAGE_RETRIES,
+            ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
+            batch_size: MAX_BATCH_MESSAGES,
+        }
+    }
+
+    /// The subscription type, derived as Pulsar derives it: effectively-once or retained ordering
+    /// needs failover, retained key ordering key-shared, anything else is shared.
+    pub fn subscription_type(&self) -> SubscriptionType {
+        match (self.guarantee, self.ordering) {
+            (ProcessingGuarantee::EffectivelyOnce, _) | (_, Ordering::Retain) => SubscriptionType::Failover,
+            (_, Ordering::RetainKey) => SubscriptionType::KeyShared,
+            (_, Ordering::Unordered) => SubscriptionType::Shared,
+        }
+    }
+
+    /// The consumer that instance `instance_id` of `num_instances` is.
+    pub fn subscription_spec(&self, instance_id: u32, num_instances: u32) -> SubscriptionSpec {
+        SubscriptionSpec {
+            inputs: self.inputs.clone(),
+            name: Some(self.subscription.clone()),
+            initial_position: self.initial_position,
+            subscription_type: self.subscription_type(),
+            key_shares: (instance_id, num_instances),
+            ack_timeout: (self.guarantee == ProcessingGuarantee::Manual).then_some(self.ack_timeout),
         }
     }
 
@@ -90,7 +167,13 @@ impl FunctionConfig {
                 instance_id,
                 num_instances,
             },
-            input_topics: self.inputs.iter().map(ToString::to_string).collect(),
+            input_topics: self
+                .inputs
+                .topics
+                .iter()
+                .map(ToString::to_string)
+                .chain(self.inputs.pattern.iter().map(ToString::to_string))
+                .collect(),
             output_topic: self.output.as_ref().map(ToString::to_string),
             user_config: self.user_config.clone(),
             secrets: self.secrets.clone(),
@@ -111,6 +194,8 @@ pub struct Stats {
     pub system_exceptions: u64,
     /// Times the instance was replaced after a trap.
     pub restarts: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
     /// The most recent failure, if any.
     pub last_error: Option<String>,
     /// User metrics: name to (count, sum).
@@ -167,6 +252,8 @@ pub struct MessageContext {
     batch_outputs: Vec<(TopicName, OutMessage)>,
     message_outputs: Vec<(TopicName, OutMessage)>,
     publishes: usize,
+    /// Whether the function acknowledged the current message.
+    acked: bool,
     topics: HashMap<String, TopicName>,
     log_topic: Option<TopicName>,
     log_level: LogLevel,
@@ -187,6 +274,7 @@ impl MessageContext {
             batch_outputs: Vec::new(),
             message_outputs: Vec::new(),
             publishes: 0,
+            acked: false,
             topics: HashMap::new(),
             log_topic: config.log_topic.clone(),
             log_level: config.log_level,
@@ -200,15 +288,36 @@ impl MessageContext {
         self.message_state.clear();
         self.message_outputs.clear();
         self.publishes = 0;
+        self.acked = false;
         self.host_failure = None;
     }
 
-    /// Moves the current message's effects into the batch, with its output if it has one.
-    fn keep_message(&mut self, output: Option<(TopicName, OutMessage)>) {
+    /// Moves the current message's effects into the batch, with its output if it has one;
+    /// returns whether the function acknowledged the message.
+    fn keep_message(&mut self, output: Option<(TopicName, OutMessage)>) -> bool {
         let changes = std::mem::take(&mut self.message_state);
         self.batch_state.absorb(changes);
         self.batch_outputs.append(&mut self.message_outputs);
         self.batch_outputs.extend(output);
+        self.acked
+    }
+
+    /// True when the batch has effects not yet handed over for commit.
+    fn has_batch(&self) -> bool {
+        !self.batch_state.is_empty() || !self.batch_outputs.is_empty()
+    }
+
+    /// Adds `message`, which failed with `reason` after `attempts` tries, to the batch's outputs
+    /// on the dead-letter topic, with Pulsar's dead-letter properties and the reason.
+    fn dead_letter(&mut self, topic: &TopicName, message: &GuestMessage, reason: &str) {
+        let mut properties = message.properties.clone();
+        properties.truncate(MAX_PROPERTIES - DEAD_LETTER_PROPERTIES);
+        properties.push(("REAL_TOPIC".into(), message.topic.clone()));
+        properties.push(("ORIGIN_MESSAGE_ID".into(), message.message_id.clone()));
+        properties.push(("ERROR".into(), cut(reason.to_owned(), MAX_PROPERTY_LEN, "")));
+        let letter =
+            OutMessage { value: message.value.clone(), key: message.key.clone(), properties, event_time: message.event_time };
+        self.batch_outputs.push((topic.clone(), letter));
     }
 
     fn drop_message(&mut self) {
@@ -281,18 +390,11 @@ impl MessageContext {
     }
 
     /// Writes a line to the log, as the function's own logging does.
-    pub fn write_log(&mut self, level: LogLevel, mut message: String) {
+    pub fn write_log(&mut self, level: LogLevel, message: String) {
         if level_rank(level) < level_rank(self.log_level) {
             return;
         }
-        if message.len() > MAX_LOG_LINE_LEN {
-            let mut cut = MAX_LOG_LINE_LEN;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [cut at MAX_LOG_LINE_LEN]");
-        }
+        let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
         self.logs.write_line(level, self.fqfn.name(), &message);
         if let Some(topic) = &self.log_topic {
             let mut line = OutMessage::new(message);
@@ -302,6 +404,22 @@ impl MessageContext {
             self.batch_outputs.push((topic.clone(), line));
         }
     }
+}
+
+/// Properties a dead letter gets besides the message's own.
+const DEAD_LETTER_PROPERTIES: usize = 3;
+
+/// `text` cut to at most `limit` bytes (at a character boundary), marked with `mark` if it was cut.
+fn cut(mut text: String, limit: usize, mark: &str) -> String {
+    if text.len() > limit {
+        let mut end = limit.saturating_sub(mark.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(mark);
+    }
+    text
 }
 
 fn check_key(key: &str) -> Result<(), ContextError> {
@@ -407,8 +525,8 @@ impl HostContext for MessageContext {
     }
 
     fn ack(&mut self) {
-        // Under ATLEAST_ONCE every message is acknowledged by the commit of its batch, so an
-        // explicit ack changes nothing; the MANUAL guarantee will give it meaning.
+        // Only MANUAL reads this; under the other guarantees every message is acknowledged anyway.
+        self.acked = true;
     }
 }
 
@@ -441,7 +559,7 @@ pub fn check_message(message: &OutMessage) -> Result<(), String> {
 }
 
 /// Something that processes messages with a [`MessageContext`]: a wasm instance or a native function.
-pub trait Executor {
+pub trait Executor: Send {
     /// Processes one message.
     fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError>;
     /// The context the executor's effects are gathered in.
@@ -538,7 +656,7 @@ where
 
 impl<F> Executor for NativeExecutor<F>
 where
-    F: FnMut(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String>,
+    F: FnMut(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String> + Send,
 {
     fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
         (self.function)(message, &mut self.context).map_err(ProcessError::User)
@@ -569,60 +687,142 @@ pub enum RunError {
     State(#[from] StateError),
 }
 
+/// The stop flag, and whether another instance of the function failed.
+struct Halt<'a> {
+    stop: &'a AtomicBool,
+    failed: AtomicBool,
+}
+
+impl Halt<'_> {
+    fn halted(&self) -> bool {
+        self.stop.load(AtomicOrdering::Relaxed) || self.failed.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// Runs one loop per executor, each an instance of the function with its own consumer of the
+/// function's subscription, until told to stop; returns each instance's stats, in instance order.
+///
+/// If one instance fails, the others stop and the first error is returned.
+pub fn run(
+    broker: &dyn Broker,
+    config: &FunctionConfig,
+    executors: Vec<Box<dyn Executor>>,
+    until: RunUntil,
+    stop: &AtomicBool,
+) -> Result<Vec<Stats>, RunError> {
+    let count = executors.len() as u32;
+    // Every consumer joins before any fetches, so that the first cannot take what the others would get.
+    let consumers = (0..count)
+        .map(|instance_id| broker.subscribe(config.subscription_spec(instance_id, count)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let halt = Halt { stop, failed: AtomicBool::new(false) };
+    let halt = &halt;
+    std::thread::scope(|scope| {
+        let instances: Vec<_> = executors
+            .into_iter()
+            .zip(consumers)
+            .enumerate()
+            .map(|(instance_id, (mut executor, consumer))| {
+                std::thread::Builder::new()
+                    .name(format!("{}#{instance_id}", config.fqfn.name()))
+                    .spawn_scoped(scope, move || {
+                        let result = run_instance(consumer.as_ref(), config, executor.as_mut(), until, halt);
+                        if result.is_err() {
+                            halt.failed.store(true, AtomicOrdering::Relaxed);
+                        }
+                        // The consumer leaves here, so that what it did not acknowledge goes to the others.
+                        drop(consumer);
+                        result
+                    })
+                    .expect("the system can start a thread")
+            })
+            .collect();
+        instances.into_iter().map(|instance| instance.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
+}
+
 /// A batch being committed on the commit thread.
 struct InFlight<'scope> {
     commit: ScopedJoinHandle<'scope, Result<(), BrokerError>>,
     messages: usize,
 }
 
-/// Runs `executor` over the function's inputs until told to stop, committing after every batch.
+/// One instance's loop: fetch, process, commit.
 ///
-/// A batch's commit runs on a second thread while the next batch is processed; the next commit
-/// starts only once the previous one has returned, so commits stay in order and at most one batch
-/// is unacknowledged in memory besides the one being processed.
-pub fn run(
-    broker: &dyn Broker,
+/// Under every guarantee but ATMOST_ONCE, a batch's commit runs on a second thread while the next
+/// batch is processed; the next commit starts only once the previous one has returned, so commits
+/// stay in order and at most one batch is unacknowledged in memory besides the one being processed.
+/// Under ATMOST_ONCE, the commit that acknowledges a batch also carries the previous batch's
+/// effects, and processing waits for it.
+fn run_instance(
+    subscription: &dyn Subscription,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     until: RunUntil,
-    stop: &AtomicBool,
+    halt: &Halt<'_>,
 ) -> Result<Stats, RunError> {
-    let subscription = broker.subscribe(SubscriptionSpec {
-        topics: config.inputs.clone(),
-        name: Some(config.subscription.clone()),
-        initial_position: config.initial_position,
-    })?;
-    let subscription: &dyn Subscription = subscription.as_ref();
     let mut stats = Stats::default();
+    let at_most_once = config.guarantee == ProcessingGuarantee::AtMostOnce;
     std::thread::scope(|scope| -> Result<(), RunError> {
         let mut in_flight: Option<InFlight<'_>> = None;
-        while !stop.load(Ordering::Relaxed) {
-            // Never sleep on an empty topic while a commit is pending: its acknowledgement and log
-            // lines would wait for nothing.
-            let wait = if until == RunUntil::Idle || in_flight.is_some() { Duration::ZERO } else { IDLE_WAIT };
-            let messages = subscription.fetch(MAX_BATCH_MESSAGES, wait)?;
+        let mut wait_for_more = until == RunUntil::Stopped;
+        while !halt.halted() {
+            // Never sleep on an empty topic while effects wait to be committed: their
+            // acknowledgements and log lines would wait for nothing.
+            let pending = in_flight.is_some() || (at_most_once && executor.context().has_batch());
+            let wait = if pending || !wait_for_more { Duration::ZERO } else { IDLE_WAIT };
+            let messages = subscription.fetch(config.batch_size, wait)?;
             if messages.is_empty() {
                 if in_flight.is_some() {
                     finish(in_flight.take(), config, executor)?;
-                    continue;
-                }
-                if until == RunUntil::Idle {
-                    break;
+                } else if at_most_once && executor.context().has_batch() {
+                    commit_now(subscription, Acks::default(), 0, config, executor)?;
+                } else if until == RunUntil::Idle {
+                    if subscription.drained() {
+                        break;
+                    }
+                    // Redeliveries or messages held for this instance are still to come.
+                    wait_for_more = true;
                 }
                 continue;
             }
-            let acks = Acks::of(&messages);
+            wait_for_more = until == RunUntil::Stopped;
+            if at_most_once {
+                commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
+                process_batch(messages, config, executor, &mut stats);
+                continue;
+            }
             let count = messages.len();
-            process_batch(messages, config, executor, &mut stats);
+            let acks = process_batch(messages, config, executor, &mut stats);
             finish(in_flight.take(), config, executor)?;
             let effects = executor.context().take_batch(acks)?;
             in_flight = Some(InFlight { commit: scope.spawn(move || subscription.commit(effects)), messages: count });
         }
-        finish(in_flight.take(), config, executor)
+        finish(in_flight.take(), config, executor)?;
+        if executor.context().has_batch() {
+            commit_now(subscription, Acks::default(), 0, config, executor)?;
+        }
+        Ok(())
     })?;
     stats.restarts = executor.restarts();
     stats.metrics = executor.context().metrics.clone();
     Ok(stats)
+}
+
+/// Commits the batch's effects with `acks` (of `messages` messages) on this thread, then writes out its log lines.
+fn commit_now(
+    subscription: &dyn Subscription,
+    acks: Acks,
+    messages: usize,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+) -> Result<(), RunError> {
+    let effects = executor.context().take_batch(acks)?;
+    let result = subscription.commit(effects);
+    executor.context().logs.flush();
+    result?;
+    tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");
+    Ok(())
 }
 
 /// Waits for the batch in flight (if any) to commit, then writes out its log lines.
@@ -639,49 +839,99 @@ fn finish(
     Ok(())
 }
 
-fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut dyn Executor, stats: &mut Stats) {
+/// Processes a batch, trying each failed message again up to the retry limit and then sending it
+/// to the dead-letter topic; returns the messages to acknowledge.
+fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut dyn Executor, stats: &mut Stats) -> Acks {
+    let manual = config.guarantee == ProcessingGuarantee::Manual;
+    let mut acks = Acks::default();
     for message in messages {
         stats.received += 1;
+        let (topic, sequence, redelivery_count) = (message.topic.clone(), message.sequence, message.redelivery_count);
         let guest = to_guest(message);
-        executor.context().begin_message();
-        let started = Instant::now();
-        let result = executor.process(&guest);
-        let context = executor.context();
-        let result = match (result, context.host_failure.take()) {
-            (_, Some(failure)) => Err(ProcessError::System(failure)),
-            (Ok(Some(value)), None) => match &config.output {
-                Some(output) => {
-                    let message = OutMessage { value, key: guest.key.clone(), ..OutMessage::default() };
-                    match check_message(&message) {
-                        Ok(()) => Ok(Some((output.clone(), message))),
-                        Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
+        // Under MANUAL a redelivery means the function did not acknowledge the message in time;
+        // it gets as many deliveries as a failing message gets tries. (Under the other guarantees a
+        // redelivery only means that another instance left without finishing the message.)
+        if manual && redelivery_count > config.max_message_retries {
+            let reason = format!(
+                "not acknowledged after {} deliveries (MANUAL, --max-message-retries {})",
+                redelivery_count, config.max_message_retries
+            );
+            let context = executor.context();
+            context.write_log(
+                LogLevel::Error,
+                format!("message {} from {}: {reason}; sent to {}", guest.message_id, guest.topic, config.dead_letter_topic),
+            );
+            context.dead_letter(&config.dead_letter_topic, &guest, &reason);
+            stats.dead_lettered += 1;
+            acks.add(&topic, sequence);
+            continue;
+        }
+        for attempt in 1.. {
+            let started = Instant::now();
+            match process_once(&guest, config, executor) {
+                Ok(acked) => {
+                    stats.succeeded += 1;
+                    if acked || !manual {
+                        acks.add(&topic, sequence);
                     }
+                    break;
                 }
-                None => Ok(None),
-            },
-            (Ok(None), None) => Ok(None),
-            (Err(error), None) => Err(error),
-        };
-        match result {
-            Ok(output) => {
-                context.keep_message(output);
-                stats.succeeded += 1;
-            }
-            Err(error) => {
-                context.drop_message();
-                match &error {
-                    ProcessError::User(_) => stats.user_exceptions += 1,
-                    ProcessError::System(_) => stats.system_exceptions += 1,
+                Err(error) => {
+                    match &error {
+                        ProcessError::User(_) => stats.user_exceptions += 1,
+                        ProcessError::System(_) => stats.system_exceptions += 1,
+                    }
+                    let tries = config.max_message_retries + 1;
+                    let text = format!(
+                        "message {} from {} failed (try {attempt} of {tries}) after {:?}: {error}",
+                        guest.message_id,
+                        guest.topic,
+                        started.elapsed()
+                    );
+                    stats.last_error = Some(text.clone());
+                    let context = executor.context();
+                    if attempt < tries {
+                        context.write_log(LogLevel::Warn, format!("{text}; trying again"));
+                        continue;
+                    }
+                    context.write_log(LogLevel::Error, format!("{text}; sent to {}", config.dead_letter_topic));
+                    context.dead_letter(&config.dead_letter_topic, &guest, &error.to_string());
+                    stats.dead_lettered += 1;
+                    acks.add(&topic, sequence);
+                    break;
                 }
-                let text = format!(
-                    "message {} from {} failed after {:?}: {error}",
-                    guest.message_id,
-                    guest.topic,
-                    started.elapsed()
-                );
-                context.write_log(LogLevel::Error, text.clone());
-                stats.last_error = Some(text);
             }
+        }
+    }
+    acks
+}
+
+/// Processes one message once; on success its effects join the batch and the result says whether
+/// the function acknowledged it, on failure its effects are dropped.
+fn process_once(guest: &GuestMessage, config: &FunctionConfig, executor: &mut dyn Executor) -> Result<bool, ProcessError> {
+    executor.context().begin_message();
+    let result = executor.process(guest);
+    let context = executor.context();
+    let result = match (result, context.host_failure.take()) {
+        (_, Some(failure)) => Err(ProcessError::System(failure)),
+        (Ok(Some(value)), None) => match &config.output {
+            Some(output) => {
+                let message = OutMessage { value, key: guest.key.clone(), ..OutMessage::default() };
+                match check_message(&message) {
+                    Ok(()) => Ok(Some((output.clone(), message))),
+                    Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
+                }
+            }
+            None => Ok(None),
+        },
+        (Ok(None), None) => Ok(None),
+        (Err(error), None) => Err(error),
+    };
+    match result {
+        Ok(output) => Ok(context.keep_message(output)),
+        Err(error) => {
+            context.drop_message();
+            Err(error)
         }
     }
 }

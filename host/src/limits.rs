@@ -43,3 +43,22 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
 /// Most messages processed between two commits; larger batches commit less often.
 pub const MAX_BATCH_MESSAGES: usize = 4_096;
+/// Longest `--topics-pattern`, in bytes.
+pub const MAX_TOPICS_PATTERN_LEN: usize = 1024;
+/// Largest compiled `--topics-pattern`, in bytes: bounds the memory a pathological pattern takes.
+pub const MAX_TOPICS_PATTERN_COMPILED_SIZE: usize = 1024 * 1024;
+/// Most topics one subscription reads (named inputs plus those a pattern matches).
+pub const MAX_SUBSCRIPTION_TOPICS: usize = 1_000;
+/// Most instances of one function (`--parallelism`).
+pub const MAX_PARALLELISM: u32 = 64;
+/// Most retries of a failed message before it goes to the dead-letter topic (`--max-message-retries`).
+pub const MAX_MESSAGE_RETRIES: u32 = 100;
+/// Retries of a failed message when `--max-message-retries` is not given.
+pub const DEFAULT_MAX_MESSAGE_RETRIES: u32 = 2;
+/// Time after delivery at which an unacknowledged message is delivered again under MANUAL (`--ack-timeout-ms`).
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+/// Largest `--ack-timeout-ms`: one hour.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
+/// Most messages delivered to a subscription's consumers and not yet acknowledged; past it, only
+/// redeliveries are delivered until acknowledgements come in (Pulsar's `maxUnackedMessagesPerSubscription`).
+pub const MAX_UNACKED_MESSAGES: usize = 50_000;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::limits::{MAX_NAME_LEN, MAX_TOPIC_NAME_LEN};
+use crate::limits::{MAX_NAME_LEN, MAX_TOPIC_NAME_LEN, MAX_TOPICS_PATTERN_COMPILED_SIZE, MAX_TOPICS_PATTERN_LEN};
 
 /// The tenant a name belongs to when none is given, as in Pulsar.
 pub const DEFAULT_TENANT: &str = "public";
@@ -13,6 +13,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct NameError(String);
+
+/// What a function's name gets to name its default dead-letter topic.
+const DEAD_LETTER_SUFFIX: &str = "-DLQ";
 
 /// A fully qualified function name: `tenant/namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,7 +31,19 @@ impl Fqfn {
         check_segment("tenant", tenant)?;
         check_segment("namespace", namespace)?;
         check_segment("function name", name)?;
+        if name.len() + DEAD_LETTER_SUFFIX.len() > MAX_NAME_LEN {
+            return Err(NameError(format!(
+                "the function name `{name}` is {} bytes long; the limit is MAX_NAME_LEN ({MAX_NAME_LEN}) less {}, to leave room for the dead-letter topic's {DEAD_LETTER_SUFFIX} suffix",
+                name.len(),
+                DEAD_LETTER_SUFFIX.len()
+            )));
+        }
         Ok(Self { tenant: tenant.into(), namespace: namespace.into(), name: name.into() })
+    }
+
+    /// The dead-letter topic used when none is given: `<name>-DLQ` in the function's namespace.
+    pub fn default_dead_letter_topic(&self) -> TopicName {
+        TopicName(format!("persistent://{}/{}/{}{DEAD_LETTER_SUFFIX}", self.tenant, self.namespace, self.name))
     }
 
     /// Parses `tenant/namespace/name`.
@@ -117,6 +132,58 @@ impl fmt::Display for TopicName {
     }
 }
 
+/// A regular expression over topic names, for `--topics-pattern`: every topic whose fully qualified
+/// name it matches in full is an input, including topics created later.
+///
+/// A pattern that starts with `persistent://` is matched against whole names; any other pattern is
+/// matched against the topic's own name in a given namespace, as `in-.*` for `persistent://public/default/in-.*`.
+#[derive(Clone, Debug)]
+pub struct TopicPattern {
+    text: String,
+    regex: regex::Regex,
+}
+
+impl TopicPattern {
+    /// Parses `text`; a pattern without a scheme applies to topics of `tenant/namespace`.
+    pub fn parse(text: &str, tenant: &str, namespace: &str) -> Result<Self, NameError> {
+        if text.len() > MAX_TOPICS_PATTERN_LEN {
+            return Err(NameError(format!(
+                "the topics pattern is {} bytes long; the limit (MAX_TOPICS_PATTERN_LEN) is {MAX_TOPICS_PATTERN_LEN}",
+                text.len()
+            )));
+        }
+        let full = match text.strip_prefix("persistent://") {
+            Some(rest) => format!("^persistent://(?:{rest})$"),
+            None if text.contains("://") => {
+                return Err(NameError(format!(
+                    "topics pattern `{text}`: only persistent topics exist in fnhost; start it with persistent:// or give a pattern over topic names"
+                )));
+            }
+            None => format!(
+                "^persistent://{}/{}/(?:{text})$",
+                regex::escape(tenant),
+                regex::escape(namespace)
+            ),
+        };
+        let regex = regex::RegexBuilder::new(&full)
+            .size_limit(MAX_TOPICS_PATTERN_COMPILED_SIZE)
+            .build()
+            .map_err(|error| NameError(format!("topics pattern `{text}` is not a regular expression: {error}")))?;
+        Ok(Self { text: text.to_owned(), regex })
+    }
+
+    /// True when `topic` is one of the pattern's topics.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        self.regex.is_match(topic.as_str())
+    }
+}
+
+impl fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 fn in_topic(text: &str, error: NameError) -> NameError {
     NameError(format!("topic `{text}`: {}", error.0))
 }
@@ -154,6 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn topic_patterns_match_whole_names_in_their_namespace() {
+        let short = TopicPattern::parse("in-.*", "acme", "orders").unwrap();
+        let full = TopicPattern::parse("persistent://public/default/(a|b)", "acme", "orders").unwrap();
+        let cases = [
+            ("acme/orders/in-1", true, false),
+            ("acme/orders/xin-1", false, false),
+            ("public/default/in-1", false, false),
+            ("a", false, true),
+            ("ab", false, false),
+        ];
+        for (topic, by_short, by_full) in cases {
+            let topic = TopicName::parse(topic).unwrap();
+            assert_eq!((short.matches(&topic), full.matches(&topic)), (by_short, by_full), "{topic}");
+        }
+    }
+
+    #[test]
     fn bad_names_are_refused_with_the_reason() {
         let cases = [
             ("non-persistent://a/b/c", "only persistent topics"),
@@ -165,6 +249,7 @@ mod tests {
             let error = TopicName::parse(given).unwrap_err().to_string();
             assert!(error.contains(reason), "{given}: {error}");
         }
+        assert!(TopicPattern::parse("in-(", "public", "default").unwrap_err().to_string().contains("not a regular"));
         assert!(Fqfn::parse("a/b").unwrap_err().to_string().contains("tenant/namespace/name"));
         assert_eq!(Fqfn::parse("t/ns/f").unwrap().to_string(), "t/ns/f");
     }

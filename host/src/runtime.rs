@@ -284,6 +284,13 @@ pub struct PreparedFunction<H: 'static> {
     pre: bindings::FunctionPre<StoreData<H>>,
 }
 
+// Not derived: a derive would require `H: Clone`, which the host context need not be.
+impl<H: 'static> Clone for PreparedFunction<H> {
+    fn clone(&self) -> Self {
+        Self { engine: self.engine.clone(), pre: self.pre.clone() }
+    }
+}
+
 /// Limits of one instance.
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceLimits {

@@ -29,6 +29,21 @@ fn bad_function_files_and_flags_are_refused_with_the_reason() {
         (vec!["--wasm", exclamation.to_str().unwrap(), "--ram", "lots"], "--ram `lots` is not a size"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--timeout-ms", "0"], "--timeout-ms 0 is out of range"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--output", "a/b"], "is not a topic name"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--parallelism", "0"], "--parallelism 0 is out of range"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--parallelism", "65"], "MAX_PARALLELISM"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--batch-size", "0"], "--batch-size 0 is out of range"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--max-message-retries", "101"], "MAX_MESSAGE_RETRIES"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--ack-timeout-ms", "0"], "--ack-timeout-ms 0 is out of range"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--topics-pattern", "in-("], "is not a regular expression"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--dead-letter-topic", "a/b"], "is not a topic name"),
+        (
+            vec!["--wasm", exclamation.to_str().unwrap(), "--processing-guarantees", "SOMETIMES"],
+            "possible values: ATMOST_ONCE, ATLEAST_ONCE, EFFECTIVELY_ONCE, MANUAL",
+        ),
+        (
+            vec!["--wasm", exclamation.to_str().unwrap(), "--retain-ordering", "--retain-key-ordering"],
+            "cannot be used with",
+        ),
     ];
     for (flags, reason) in cases {
         let mut args = vec!["localrun", "--name", "f", "--inputs", "in", "--until-idle"];
@@ -36,6 +51,8 @@ fn bad_function_files_and_flags_are_refused_with_the_reason() {
         let stderr = fnhost.fails(&args);
         assert!(stderr.contains(reason), "{flags:?}: expected `{reason}` in:\n{stderr}");
     }
+    let stderr = fnhost.fails(&["localrun", "--wasm", exclamation.to_str().unwrap(), "--name", "f"]);
+    assert!(stderr.contains("--inputs"), "a function without inputs is refused:\n{stderr}");
 }
 
 #[test]

@@ -34,9 +34,11 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
     let function = code.prepare::<MessageContext>().unwrap();
     let context = MessageContext::new(&config, store.table(&fqfn).unwrap(), LogSink::default());
     let details = Arc::new(config.details(code.digest(), 0, 1));
-    let mut executor = WasmExecutor::start(function, details, limits, context).unwrap();
+    let executor = WasmExecutor::start(function, details, limits, context).unwrap();
 
-    let stats = instance::run(&store, &config, &mut executor, RunUntil::Idle, &AtomicBool::new(false)).unwrap();
+    let stats = instance::run(&store, &config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false))
+        .unwrap()
+        .remove(0);
     assert_eq!((stats.received, stats.succeeded, stats.restarts), (sentences as u64, sentences as u64, 0));
     assert_eq!(stats.metrics["words"], (sentences as u64, 2.0 * sentences as f64));
 

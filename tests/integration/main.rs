@@ -2,6 +2,7 @@
 
 mod cli_errors;
 mod crash;
+mod delivery;
 mod library;
 mod sandbox;
 mod seed;

@@ -11,7 +11,7 @@ fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
         "misbehave",
         "misbehave",
         "commands",
-        &["--output", "results", "--timeout-ms", "300", "--ram", "32M"],
+        &["--output", "results", "--timeout-ms", "300", "--ram", "32M", "--max-message-retries", "0"],
     );
     let failures: Vec<&str> = stdout.lines().filter(|line| line.starts_with("ERROR [misbehave] message")).collect();
     let expected = [
@@ -26,7 +26,9 @@ fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
         assert!(line.contains(reason) && line.contains(detail), "{command}: {line}");
     }
     assert!(
-        stdout.contains("processed 11 messages: 6 succeeded, 2 user exceptions, 3 system exceptions, 3 restarts"),
+        stdout.contains(
+            "processed 11 messages: 6 succeeded, 2 user exceptions, 3 system exceptions, 3 restarts, 5 dead-lettered"
+        ),
         "{stdout}"
     );
     assert_eq!(fnhost.consume("results"), ["ok:a", "ok:b", "ok:c", "ok:d", "ok:e", "ok:f"]);

@@ -123,3 +123,22 @@ pub fn number_value(fnhost: &Fnhost, fqfn: &str, key: &str) -> i64 {
         serde_json::from_str(&fnhost.ok(&["functions", "querystate", "--fqfn", fqfn, "--key", key])).unwrap();
     json["numberValue"].as_i64().unwrap_or_else(|| panic!("{key} is not a counter: {json}"))
 }
+
+impl Fnhost {
+    /// Appends `(key, value)` messages through the library, as a producer with keys would.
+    pub fn produce_keyed(&self, topic: &str, messages: &[(String, String)]) {
+        use fnhost::broker::{Broker, OutMessage};
+        let store = fnhost::embedded::EmbeddedStore::open(&self.data_dir().join("db")).unwrap();
+        let messages = messages
+            .iter()
+            .map(|(key, value)| OutMessage { key: Some(key.clone()), ..OutMessage::new(value.as_bytes()) })
+            .collect();
+        store.produce(&fnhost::names::TopicName::parse(topic).unwrap(), messages).unwrap();
+    }
+
+    /// Every message in `topic`, in order, as `topics consume --json` prints it.
+    pub fn consume_json(&self, topic: &str) -> Vec<serde_json::Value> {
+        let stdout = self.ok(&["topics", "consume", topic, "--until-idle", "--json"]);
+        stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+}

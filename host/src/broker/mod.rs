@@ -3,13 +3,16 @@
 //! The instance loop talks to a [`Broker`]; it never knows whether topics live in the embedded sled
 //! database or in a distributed engine.
 //! A subscription's [`Subscription::commit`] is the one place where a batch of processed messages
-//! becomes done: their outputs, their state changes and the cursor move are committed together.
+//! becomes done: their outputs, their state changes and their acknowledgements are committed together.
+//!
+//! A durable subscription has a name and any number of consumers; how its messages are spread over
+//! them is its [`SubscriptionType`], with Pulsar's meanings.
 
 use std::time::Duration;
 
 use bincode::{Decode, Encode};
 
-use crate::names::{Fqfn, TopicName};
+use crate::names::{Fqfn, TopicName, TopicPattern};
 use crate::state::StateChanges;
 
 /// A message as stored in a topic and delivered to a subscription.
@@ -21,6 +24,8 @@ pub struct Message {
     pub sequence: u64,
     /// Everything the producer gave and the broker stamped.
     pub body: MessageBody,
+    /// How many times the message was delivered before this delivery (0 the first time).
+    pub redelivery_count: u32,
 }
 
 impl Message {
@@ -77,15 +82,62 @@ pub enum Position {
     Latest,
 }
 
-/// What to subscribe to.
+/// How a subscription's messages are spread over its consumers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionType {
+    /// One consumer (the first still open) receives everything, in order; the others stand by.
+    Failover,
+    /// Messages go to whichever consumer asks, with no order between them.
+    Shared,
+    /// Every message of one key goes to the same consumer, in order; messages without a key are spread.
+    KeyShared,
+}
+
+/// The topics a subscription reads.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Topics named one by one.
+    pub topics: Vec<TopicName>,
+    /// Every topic matching this, including topics created after the subscription.
+    pub pattern: Option<TopicPattern>,
+}
+
+impl From<Vec<TopicName>> for Inputs {
+    fn from(topics: Vec<TopicName>) -> Self {
+        Self { topics, pattern: None }
+    }
+}
+
+/// What to subscribe to, and which consumer of the subscription this is.
 #[derive(Clone, Debug)]
 pub struct SubscriptionSpec {
     /// The topics, consumed together.
-    pub topics: Vec<TopicName>,
+    pub inputs: Inputs,
     /// The durable subscription name, or `None` for a reader whose position is not kept.
     pub name: Option<String>,
-    /// Where a subscription seen for the first time starts.
+    /// Where a subscription seen for the first time starts. Topics a pattern finds later are read from their start.
     pub initial_position: Position,
+    /// How messages are spread over the subscription's consumers.
+    pub subscription_type: SubscriptionType,
+    /// For [`SubscriptionType::KeyShared`]: this consumer receives the keys whose hash modulo
+    /// `key_shares.1` is `key_shares.0`. Every consumer of the subscription gives the same count.
+    pub key_shares: (u32, u32),
+    /// A message not acknowledged this long after its delivery is delivered again; `None`: never.
+    pub ack_timeout: Option<Duration>,
+}
+
+impl SubscriptionSpec {
+    /// The only consumer of a failover subscription over `topics`, never redelivering.
+    pub fn single(topics: Vec<TopicName>, name: Option<String>, initial_position: Position) -> Self {
+        Self {
+            inputs: topics.into(),
+            name,
+            initial_position,
+            subscription_type: SubscriptionType::Failover,
+            key_shares: (0, 1),
+            ack_timeout: None,
+        }
+    }
 }
 
 /// The effects of a batch of processed messages, committed together with its acknowledgement.
@@ -106,20 +158,25 @@ impl Effects {
     }
 }
 
-/// Acknowledgements: for each topic, every message before this sequence number.
+/// Acknowledgements: for each topic, ranges `[start, end)` of sequence numbers.
 ///
-/// Messages of a subscription are fetched in order and committed in order, so acknowledging a
-/// batch is moving each topic's cursor past the batch's last message.
+/// A batch's messages are mostly consecutive, so a batch acknowledges a few ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Acks(Vec<(TopicName, u64)>);
+pub struct Acks(Vec<(TopicName, Vec<(u64, u64)>)>);
 
 impl Acks {
-    /// Acknowledges `message` (and everything before it in its topic).
-    fn add(&mut self, message: &Message) {
-        let next = message.sequence + 1;
-        match self.0.iter_mut().find(|(topic, _)| *topic == message.topic) {
-            Some((_, upto)) => *upto = (*upto).max(next),
-            None => self.0.push((message.topic.clone(), next)),
+    /// Acknowledges message `sequence` of `topic`.
+    pub fn add(&mut self, topic: &TopicName, sequence: u64) {
+        let ranges = match self.0.iter_mut().find(|(acked, _)| acked == topic) {
+            Some((_, ranges)) => ranges,
+            None => {
+                self.0.push((topic.clone(), Vec::new()));
+                &mut self.0.last_mut().expect("just pushed").1
+            }
+        };
+        match ranges.last_mut() {
+            Some((_, end)) if *end == sequence => *end += 1,
+            _ => ranges.push((sequence, sequence + 1)),
         }
     }
 
@@ -127,13 +184,18 @@ impl Acks {
     pub fn of(messages: &[Message]) -> Self {
         let mut acks = Self::default();
         for message in messages {
-            acks.add(message);
+            acks.add(&message.topic, message.sequence);
         }
         acks
     }
 
-    /// Each topic with the sequence number its cursor moves to.
-    pub fn iter(&self) -> impl Iterator<Item = &(TopicName, u64)> {
+    /// True when nothing is acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each topic with its acknowledged ranges.
+    pub fn iter(&self) -> impl Iterator<Item = &(TopicName, Vec<(u64, u64)>)> {
         self.0.iter()
     }
 }
@@ -156,6 +218,22 @@ pub enum BrokerError {
         /// What the decoder said.
         reason: String,
     },
+    /// The subscription exists with settings this consumer contradicts.
+    #[error("cannot join subscription `{name}`: {reason}")]
+    Mismatch {
+        /// The subscription.
+        name: String,
+        /// What differs.
+        reason: String,
+    },
+    /// A topics pattern matched more topics than one subscription reads.
+    #[error("subscription `{name}` would read more than MAX_SUBSCRIPTION_TOPICS ({limit}) topics; narrow --topics-pattern")]
+    TooManyTopics {
+        /// The subscription.
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Topics: append and subscribe.
@@ -163,21 +241,26 @@ pub trait Broker: Send + Sync {
     /// Appends messages to a topic and returns their sequence numbers once they are durable.
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError>;
 
-    /// Opens a subscription (creating its cursor at the initial position if it is new).
+    /// Joins a subscription as a new consumer (creating its cursors at the initial position if it is new).
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError>;
 }
 
-/// One consumer's view of a subscription.
+/// One consumer of a subscription. Dropping it leaves the subscription; the messages it had not
+/// acknowledged go to the other consumers.
 ///
 /// Fetching and committing may happen on different threads (the instance loop commits one batch
 /// while it processes the next), so both take `&self`.
 pub trait Subscription: Send + Sync {
-    /// Returns up to `max` messages after those already fetched, waiting up to `wait` for the first.
+    /// Returns up to `max` messages for this consumer, waiting up to `wait` for the first:
+    /// redeliveries that are due first, then new messages.
     /// An empty result means nothing arrived in time.
     fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError>;
 
-    /// Makes `effects` durable and moves the cursors to `effects.acks`, as one atomic step: after a
-    /// crash either all of it happened or none of it did, and unacknowledged messages are
-    /// delivered again. Commits must be made in the order their messages were fetched.
+    /// Makes `effects` durable and acknowledges `effects.acks`, as one atomic step: after a crash
+    /// either all of it happened or none of it did, and unacknowledged messages are delivered again.
     fn commit(&self, effects: Effects) -> Result<(), BrokerError>;
+
+    /// True when nothing is left for this consumer: every message was read, none waits for it, and
+    /// none it was given is unacknowledged.
+    fn drained(&self) -> bool;
 }

@@ -3,7 +3,9 @@
 //!
 //! `trap` panics, `loop` never returns, `alloc` allocates without end, `open` reads a host file,
 //! `env` lists environment variables, `print` writes to stdout, `big-state` stores a value over
-//! the state limit; anything else comes back as `ok:<message>`.
+//! the state limit, `fail` returns an error, `whoami:<text>` comes back as `<instance id>:<text>`;
+//! anything else comes back as `ok:<message>`.
+//! Every message is acknowledged (which only MANUAL notices) except those starting with `noack:`.
 //! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
 
 use fnhost_guest::{Context, Error, Function};
@@ -16,7 +18,14 @@ impl Function for Misbehave {
     type Output = String;
 
     fn process(&mut self, command: String, ctx: &mut Context) -> Result<String, Error> {
+        if !command.starts_with("noack:") {
+            ctx.ack();
+        }
+        if let Some(text) = command.strip_prefix("whoami:") {
+            return Ok(format!("{}:{text}", ctx.identity().instance_id));
+        }
         match command.as_str() {
+            "fail" => Err(Error::msg("failed as requested")),
             "trap" => panic!("boom, as requested"),
             "loop" => {
                 let mut spins = 0u64;
