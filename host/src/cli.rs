@@ -11,9 +11,9 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::broker::Inputs;
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
-use crate::broker::Inputs;
 use crate::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, Ordering as MessageOrdering, ProcessingGuarantee,
     RunUntil, Stats, WasmExecutor,
@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one function in the foreground, over the embedded topics in the data directory.
-    Localrun(LocalrunArgs),
+    Localrun(Box<LocalrunArgs>),
     /// Produce to and consume from topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -247,7 +247,7 @@ struct QuerystateArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Localrun(args) => localrun(args),
+        Command::Localrun(args) => localrun(*args),
         Command::Topics(TopicsCommand::Produce(args)) => produce(args),
         Command::Topics(TopicsCommand::Consume(args)) => consume(args),
         Command::Functions(FunctionsCommand::Querystate(args)) => querystate(args),
@@ -266,8 +266,11 @@ fn topics(names: &[String]) -> anyhow::Result<Vec<TopicName>> {
 
 fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let fqfn = Fqfn::new(&args.tenant, &args.namespace, &args.name)?;
-    let pattern =
-        args.topics_pattern.as_deref().map(|text| TopicPattern::parse(text, &args.tenant, &args.namespace)).transpose()?;
+    let pattern = args
+        .topics_pattern
+        .as_deref()
+        .map(|text| TopicPattern::parse(text, &args.tenant, &args.namespace))
+        .transpose()?;
     let inputs = Inputs { topics: topics(&args.inputs)?, pattern };
     let output = args.output.as_deref().map(TopicName::parse).transpose()?;
     let log_topic = args.log_topic.as_deref().map(TopicName::parse).transpose()?;
@@ -388,7 +391,12 @@ fn describe_inputs(inputs: &Inputs) -> String {
 fn summary(stats: &Stats) -> String {
     format!(
         "processed {} messages: {} succeeded, {} user exceptions, {} system exceptions, {} restarts, {} dead-lettered",
-        stats.received, stats.succeeded, stats.user_exceptions, stats.system_exceptions, stats.restarts, stats.dead_lettered
+        stats.received,
+        stats.succeeded,
+        stats.user_exceptions,
+        stats.system_exceptions,
+        stats.restarts,
+        stats.dead_lettered
     )
 }
 
@@ -481,7 +489,8 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let topic = TopicName::parse(&args.topic)?;
     let store = open_store(&args.data)?;
-    let subscription = store.subscribe(SubscriptionSpec::single(vec![topic], args.subscription.clone(), args.position))?;
+    let subscription =
+        store.subscribe(SubscriptionSpec::single(vec![topic], args.subscription.clone(), args.position))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))

@@ -155,7 +155,8 @@ impl EmbeddedStore {
     fn topics_matching(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
         let mut names = Vec::new();
         for tree in self.inner.db.tree_names() {
-            let Some(name) = std::str::from_utf8(&tree).ok().and_then(|tree| tree.strip_prefix(TOPIC_TREE_PREFIX)) else {
+            let Some(name) = std::str::from_utf8(&tree).ok().and_then(|tree| tree.strip_prefix(TOPIC_TREE_PREFIX))
+            else {
                 continue;
             };
             if let Ok(topic) = TopicName::parse(name)
@@ -523,11 +524,8 @@ impl SharedSubscription {
                         .iter()
                         .map(|cursor| cursor.topic.length.load(Ordering::Acquire).saturating_sub(cursor.fetched))
                         .sum();
-                    let idle = state
-                        .consumers
-                        .iter()
-                        .filter(|&(&id, other)| id != consumer && other.outstanding == 0)
-                        .count();
+                    let idle =
+                        state.consumers.iter().filter(|&(&id, other)| id != consumer && other.outstanding == 0).count();
                     let part = backlog.div_ceil(1 + idle as u64).max(1);
                     max.min(taken.len() + part as usize)
                 }
@@ -678,10 +676,9 @@ impl SharedSubscription {
     fn leave(&self, consumer: u64) {
         let mut state = lock(&self.state);
         state.consumers.remove(&consumer);
-        state.orphans = state
-            .cursors
-            .iter()
-            .any(|cursor| cursor.delivered.values().any(|delivered| !state.consumers.contains_key(&delivered.consumer)));
+        state.orphans = state.cursors.iter().any(|cursor| {
+            cursor.delivered.values().any(|delivered| !state.consumers.contains_key(&delivered.consumer))
+        });
     }
 }
 
@@ -735,7 +732,9 @@ impl SharedSubscription {
 fn route(message: &Message) -> u64 {
     match message.body.partition_key.as_deref().or(message.body.key.as_deref()) {
         // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
-        Some(key) => key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)),
+        Some(key) => key
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)),
         None => message.sequence,
     }
 }
@@ -765,9 +764,9 @@ impl Topic {
         let mut found = Vec::with_capacity(sequences.len());
         let mut segment: Option<(u64, Vec<MessageBody>)> = None;
         for &sequence in sequences {
-            let covered = segment.as_ref().is_some_and(|(first, bodies)| {
-                sequence >= *first && sequence < *first + bodies.len() as u64
-            });
+            let covered = segment
+                .as_ref()
+                .is_some_and(|(first, bodies)| sequence >= *first && sequence < *first + bodies.len() as u64);
             if !covered {
                 let Some(entry) = self.tree.range(..=sequence.to_be_bytes()).next_back() else { continue };
                 let (key, value) = entry.map_err(storage)?;
@@ -784,7 +783,11 @@ impl Topic {
     }
 
     fn decode(&self, first: u64, value: &[u8]) -> Result<Vec<MessageBody>, BrokerError> {
-        decode_segment(value).map_err(|reason| BrokerError::Corrupt { topic: self.name.clone(), sequence: first, reason })
+        decode_segment(value).map_err(|reason| BrokerError::Corrupt {
+            topic: self.name.clone(),
+            sequence: first,
+            reason,
+        })
     }
 }
 

@@ -315,8 +315,12 @@ impl MessageContext {
         properties.push(("REAL_TOPIC".into(), message.topic.clone()));
         properties.push(("ORIGIN_MESSAGE_ID".into(), message.message_id.clone()));
         properties.push(("ERROR".into(), cut(reason.to_owned(), MAX_PROPERTY_LEN, "")));
-        let letter =
-            OutMessage { value: message.value.clone(), key: message.key.clone(), properties, event_time: message.event_time };
+        let letter = OutMessage {
+            value: message.value.clone(),
+            key: message.key.clone(),
+            properties,
+            event_time: message.event_time,
+        };
         self.batch_outputs.push((topic.clone(), letter));
     }
 
@@ -737,7 +741,10 @@ pub fn run(
                     .expect("the system can start a thread")
             })
             .collect();
-        instances.into_iter().map(|instance| instance.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        instances
+            .into_iter()
+            .map(|instance| instance.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
     })
 }
 
@@ -841,7 +848,12 @@ fn finish(
 
 /// Processes a batch, trying each failed message again up to the retry limit and then sending it
 /// to the dead-letter topic; returns the messages to acknowledge.
-fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut dyn Executor, stats: &mut Stats) -> Acks {
+fn process_batch(
+    messages: Vec<Message>,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+    stats: &mut Stats,
+) -> Acks {
     let manual = config.guarantee == ProcessingGuarantee::Manual;
     let mut acks = Acks::default();
     for message in messages {
@@ -859,7 +871,10 @@ fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut
             let context = executor.context();
             context.write_log(
                 LogLevel::Error,
-                format!("message {} from {}: {reason}; sent to {}", guest.message_id, guest.topic, config.dead_letter_topic),
+                format!(
+                    "message {} from {}: {reason}; sent to {}",
+                    guest.message_id, guest.topic, config.dead_letter_topic
+                ),
             );
             context.dead_letter(&config.dead_letter_topic, &guest, &reason);
             stats.dead_lettered += 1;
@@ -908,7 +923,11 @@ fn process_batch(messages: Vec<Message>, config: &FunctionConfig, executor: &mut
 
 /// Processes one message once; on success its effects join the batch and the result says whether
 /// the function acknowledged it, on failure its effects are dropped.
-fn process_once(guest: &GuestMessage, config: &FunctionConfig, executor: &mut dyn Executor) -> Result<bool, ProcessError> {
+fn process_once(
+    guest: &GuestMessage,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+) -> Result<bool, ProcessError> {
     executor.context().begin_message();
     let result = executor.process(guest);
     let context = executor.context();

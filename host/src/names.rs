@@ -159,11 +159,7 @@ impl TopicPattern {
                     "topics pattern `{text}`: only persistent topics exist in fnhost; start it with persistent:// or give a pattern over topic names"
                 )));
             }
-            None => format!(
-                "^persistent://{}/{}/(?:{text})$",
-                regex::escape(tenant),
-                regex::escape(namespace)
-            ),
+            None => format!("^persistent://{}/{}/(?:{text})$", regex::escape(tenant), regex::escape(namespace)),
         };
         let regex = regex::RegexBuilder::new(&full)
             .size_limit(MAX_TOPICS_PATTERN_COMPILED_SIZE)

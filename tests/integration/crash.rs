@@ -1,9 +1,14 @@
 //! SIGKILL in the middle of processing loses nothing and, because the embedded engine commits a
-//! batch's outputs, state and cursor in one step, applies nothing twice either.
+//! batch's outputs, state and acknowledgements in one step, applies nothing twice either; each
+//! processing guarantee keeps its promise across random kills, checked against an oracle.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::time::Duration;
 
 use fnhost::limits::MAX_BATCH_MESSAGES;
+use fnhost::names::Fqfn;
+use fnhost::state::{StateStore, StateValue};
 
 use crate::support::{Fnhost, guest, number_value};
 
@@ -64,4 +69,200 @@ fn state_survives_sigkill_and_counts_every_message_once() {
     assert!(partial > 0 && partial < MESSAGES as i64, "the kills interrupted the work ({partial} counted)");
     fnhost.localrun("word-count", "wc", "in", &[]);
     assert_eq!(number_value(&fnhost, "public/default/wc", "word"), MESSAGES as i64);
+}
+
+/// Session events for the crash tests under each processing guarantee.
+const SESSION_EVENTS: usize = 20_000;
+const USERS: usize = 200;
+/// A prime above `SESSION_EVENTS`, for the timestamps below.
+const SIDON_PRIME: u64 = 20_011;
+/// Kills that must land while a run is processing.
+const KILLS: usize = 20;
+/// Small batches, so that a run commits often and each kill interrupts a run part of the way.
+const CRASH_BATCH: &str = "16";
+
+/// The timestamp of event `k`: `2pk + (k² mod p)` (Erdős and Turán) makes every difference between
+/// two timestamps distinct, so a session duration names its login and logout events, and a
+/// duplicated or invented output cannot hide behind an equal one.
+fn timestamp(k: u64) -> i64 {
+    (2 * SIDON_PRIME * k + (k * k) % SIDON_PRIME) as i64
+}
+
+/// A small deterministic generator, seeded per run and printed, so that a failure can be replayed.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Self {
+        let seed = std::env::var("FNHOST_CRASH_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("crash test seed: FNHOST_CRASH_SEED={seed}");
+        Self(seed | 1)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// The events, and what session-duration must produce from them: its outputs (user, duration)
+/// and the open sessions left in its state.
+struct Oracle {
+    events: Vec<String>,
+    outputs: Vec<(String, i64)>,
+    open: BTreeMap<String, i64>,
+}
+
+fn oracle(random: &mut Random) -> Oracle {
+    assert!((2..SIDON_PRIME).take_while(|d| d * d <= SIDON_PRIME).all(|d| !SIDON_PRIME.is_multiple_of(d)));
+    let mut oracle = Oracle { events: Vec::new(), outputs: Vec::new(), open: BTreeMap::new() };
+    for k in 0..SESSION_EVENTS as u64 {
+        let user = format!("user{}", random.below(USERS as u64));
+        let kind = ["login", "logout", "click"][random.below(5).min(2) as usize];
+        let at = timestamp(k);
+        oracle.events.push(format!(r#"{{"user_id": "{user}", "event_type": "{kind}", "timestamp": {at}}}"#));
+        match kind {
+            "login" => {
+                oracle.open.insert(user, at);
+            }
+            "logout" => {
+                if let Some(login) = oracle.open.remove(&user) {
+                    oracle.outputs.push((user, at - login));
+                }
+            }
+            _ => {}
+        }
+    }
+    oracle
+}
+
+/// Runs session-duration under `guarantee`, SIGKILLing it at a random moment after its first
+/// commit, `KILLS` times, then lets a last run finish; returns its outputs.
+fn crash_sessions(fnhost: &Fnhost, guarantee: &str, random: &mut Random) -> Vec<(String, i64)> {
+    let wasm = guest("session-duration");
+    let args = [
+        "localrun",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        "sessions",
+        "--inputs",
+        "events",
+        "--output",
+        "ended",
+        "--processing-guarantees",
+        guarantee,
+        "--batch-size",
+        CRASH_BATCH,
+        "--log-level",
+        "error",
+        "--until-idle",
+    ];
+    for kill in 0..KILLS {
+        let mut command = fnhost.command(&args);
+        command.env("FNHOST_LOG", "fnhost=debug").stdout(std::process::Stdio::null());
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (committed, first_commit) = std::sync::mpsc::channel();
+        // Drains stderr to the end, so that the run never blocks on a full pipe.
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("committed a batch") {
+                    let _ = committed.send(());
+                }
+            }
+        });
+        assert!(first_commit.recv().is_ok(), "{guarantee}: run {kill} ended before its first commit");
+        std::thread::sleep(Duration::from_micros(random.below(20_000)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{guarantee}: run {kill} finished the input before it was killed; only {kill} kills landed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+    }
+    let ended = fnhost.consume("ended").len();
+    assert!(ended > 0, "{guarantee}: the killed runs committed outputs");
+    let stdout = fnhost.ok(&args);
+    assert!(stdout.contains("processed"), "{stdout}");
+    fnhost
+        .consume("ended")
+        .iter()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            (json["user_id"].as_str().unwrap().to_owned(), json["duration"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+fn counts(outputs: &[(String, i64)]) -> BTreeMap<&(String, i64), usize> {
+    let mut counts = BTreeMap::new();
+    for output in outputs {
+        *counts.entry(output).or_default() += 1;
+    }
+    counts
+}
+
+/// The open sessions session-duration's state holds, read through the library after the runs.
+fn open_sessions(fnhost: &Fnhost) -> BTreeMap<String, i64> {
+    let store = fnhost::embedded::EmbeddedStore::open(&fnhost.data_dir().join("db")).unwrap();
+    let table = store.table(&Fqfn::parse("public/default/sessions").unwrap()).unwrap();
+    (0..USERS)
+        .filter_map(|user| {
+            let user = format!("user{user}");
+            let stored = table.get(&user).unwrap()?;
+            let StateValue::Bytes(bytes) = stored.value else { panic!("{user} holds a counter") };
+            Some((user, String::from_utf8(bytes).unwrap().parse().unwrap()))
+        })
+        .collect()
+}
+
+fn produce_events(fnhost: &Fnhost, events: &[String]) {
+    let file = fnhost.data_dir().join("events.jsonl");
+    std::fs::write(&file, events.join("\n")).unwrap();
+    fnhost.ok(&["topics", "produce", "events", "--file", file.to_str().unwrap()]);
+}
+
+#[test]
+fn effectively_once_survives_random_sigkills_with_exact_outputs_and_state() {
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random);
+    let fnhost = Fnhost::new();
+    produce_events(&fnhost, &oracle.events);
+    let outputs = crash_sessions(&fnhost, "EFFECTIVELY_ONCE", &mut random);
+    assert_eq!(counts(&outputs), counts(&oracle.outputs), "every expected output exactly once");
+    assert_eq!(open_sessions(&fnhost), oracle.open, "the state is the oracle's");
+}
+
+#[test]
+fn at_least_once_survives_random_sigkills_without_missing_outputs() {
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random);
+    let fnhost = Fnhost::new();
+    produce_events(&fnhost, &oracle.events);
+    let outputs = crash_sessions(&fnhost, "ATLEAST_ONCE", &mut random);
+    let got = counts(&outputs);
+    let missing: Vec<_> = oracle.outputs.iter().filter(|output| !got.contains_key(output)).collect();
+    assert!(missing.is_empty(), "{} outputs missing, such as {:?}", missing.len(), missing.first());
+}
+
+#[test]
+fn at_most_once_survives_random_sigkills_without_duplicates() {
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random);
+    let fnhost = Fnhost::new();
+    produce_events(&fnhost, &oracle.events);
+    let outputs = crash_sessions(&fnhost, "ATMOST_ONCE", &mut random);
+    let duplicated: Vec<_> = counts(&outputs).into_iter().filter(|(_, count)| *count > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated outputs: {duplicated:?}");
+    // A kill loses at most the batch being processed; a lost event changes at most two sessions.
+    let expected = counts(&oracle.outputs);
+    let missing = expected.keys().filter(|output| !outputs.contains(output)).count();
+    let batch: usize = CRASH_BATCH.parse().unwrap();
+    eprintln!("ATMOST_ONCE: {missing} of {} outputs lost to {KILLS} kills", expected.len());
+    assert!(missing <= 2 * KILLS * batch, "{missing} outputs missing after {KILLS} kills of batches of {batch}");
 }

@@ -135,7 +135,8 @@ fn failing_messages_are_retried_then_dead_lettered_and_the_rest_go_through() {
             ),
             "{context}: three tries of each failing message; a trap and a timeout replace the instance:\n{stdout}"
         );
-        let tries: Vec<&str> = stdout.lines().filter(|line| line.contains("from persistent://public/default/in failed")).collect();
+        let tries: Vec<&str> =
+            stdout.lines().filter(|line| line.contains("from persistent://public/default/in failed")).collect();
         assert_eq!(tries.iter().filter(|line| line.ends_with("trying again")).count(), 6, "{context}: {tries:#?}");
         assert_eq!(fnhost.consume("out"), ["ok:a", "ok:b", "ok:c", "ok:d"], "{context}");
         let dead = fnhost.consume_json(dead_letter_topic);

@@ -227,7 +227,9 @@ pub enum BrokerError {
         reason: String,
     },
     /// A topics pattern matched more topics than one subscription reads.
-    #[error("subscription `{name}` would read more than MAX_SUBSCRIPTION_TOPICS ({limit}) topics; narrow --topics-pattern")]
+    #[error(
+        "subscription `{name}` would read more than MAX_SUBSCRIPTION_TOPICS ({limit}) topics; narrow --topics-pattern"
+    )]
     TooManyTopics {
         /// The subscription.
         name: String,
