@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
 use fnhost::instance::{
-    self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, RunUntil, WasmExecutor,
+    self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
+    WasmExecutor,
 };
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::{Fqfn, TopicName};
@@ -36,11 +37,32 @@ fn main() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
 
     let (append, read) = raw_storage(&scratch.path().join("raw"), &events)?;
-    let native = pipeline(&scratch.path().join("native"), &events, Code::Native)?;
-    let guest = pipeline(&scratch.path().join("guest"), &events, Code::Wasm(Path::new(wasm)))?;
+    let run = |name: &str, code: Code<'_>, guarantee: ProcessingGuarantee, ordering: Ordering, parallelism: u32| {
+        pipeline(&scratch.path().join(name), &events, code, (guarantee, ordering, parallelism))
+    };
+    let (unordered, by_key) = (Ordering::Unordered, Ordering::RetainKey);
+    let guest = || Code::Wasm(Path::new(wasm));
+    let native = run("native", Code::Native, ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
+    let at_least_once = run("at-least-once", guest(), ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
+    let others = [
+        ("ATMOST_ONCE", run("at-most-once", guest(), ProcessingGuarantee::AtMostOnce, unordered, 1)?),
+        ("EFFECTIVELY_ONCE", run("effectively-once", guest(), ProcessingGuarantee::EffectivelyOnce, unordered, 1)?),
+        ("MANUAL (the guest acks every message)", run("manual", guest(), ProcessingGuarantee::Manual, unordered, 1)?),
+        // Sessions need each user's events in order, so parallel runs are key-shared.
+        (
+            "ATLEAST_ONCE, --retain-key-ordering, --parallelism 1",
+            run("keyed-1", guest(), ProcessingGuarantee::AtLeastOnce, by_key, 1)?,
+        ),
+        (
+            "ATLEAST_ONCE, --retain-key-ordering, --parallelism 2",
+            run("keyed-2", guest(), ProcessingGuarantee::AtLeastOnce, by_key, 2)?,
+        ),
+    ];
 
     let rate = |elapsed: Duration| messages as f64 / elapsed.as_secs_f64();
-    println!("| measurement ({messages} session events) | seconds | messages/s | time per message vs native |");
+    // Throughput relative to the Rust guest under ATLEAST_ONCE with one instance.
+    let ratio = |elapsed: Duration| at_least_once.as_secs_f64() / elapsed.as_secs_f64();
+    println!("| measurement ({messages} session events) | seconds | messages/s | throughput vs guest ATLEAST_ONCE |");
     println!("|---|---|---|---|");
     println!(
         "| raw sled append (produce, batches of {MAX_BATCH_MESSAGES}, flushed) | {:.2} | {:.0} | |",
@@ -48,13 +70,21 @@ fn main() -> anyhow::Result<()> {
         rate(append)
     );
     println!("| raw sled read (subscription fetch) | {:.2} | {:.0} | |", read.as_secs_f64(), rate(read));
-    println!("| native Rust function, same pipeline | {:.2} | {:.0} | 1.00 |", native.as_secs_f64(), rate(native));
     println!(
-        "| Rust guest (wasm component), ATLEAST_ONCE | {:.2} | {:.0} | {:.2} |",
-        guest.as_secs_f64(),
-        rate(guest),
-        guest.as_secs_f64() / native.as_secs_f64()
+        "| native Rust function, ATLEAST_ONCE | {:.2} | {:.0} | {:.2} |",
+        native.as_secs_f64(),
+        rate(native),
+        ratio(native)
     );
+    println!("| Rust guest, ATLEAST_ONCE | {:.2} | {:.0} | 1.00 |", at_least_once.as_secs_f64(), rate(at_least_once));
+    for (name, elapsed) in others {
+        println!(
+            "| Rust guest, {name} | {:.2} | {:.0} | {:.2} |",
+            elapsed.as_secs_f64(),
+            rate(elapsed),
+            ratio(elapsed)
+        );
+    }
     Ok(())
 }
 
@@ -66,9 +96,8 @@ fn session_events(count: usize) -> Vec<OutMessage> {
             let round = i / USERS;
             let event = if round.is_multiple_of(2) { "login" } else { "logout" };
             let timestamp = 1_678_886_400 + round as u64 * 10;
-            OutMessage::new(format!(
-                r#"{{"user_id": "user{user}", "event_type": "{event}", "timestamp": {timestamp}}}"#
-            ))
+            let value = format!(r#"{{"user_id": "user{user}", "event_type": "{event}", "timestamp": {timestamp}}}"#);
+            OutMessage { key: Some(format!("user{user}")), ..OutMessage::new(value) }
         })
         .collect()
 }
@@ -102,7 +131,12 @@ enum Code<'a> {
     Wasm(&'a Path),
 }
 
-fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result<Duration> {
+fn pipeline(
+    dir: &Path,
+    events: &[OutMessage],
+    code: Code<'_>,
+    (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
+) -> anyhow::Result<Duration> {
     let store = EmbeddedStore::open(dir)?;
     produce(&store, events)?;
     let fqfn = Fqfn::parse("public/default/session-duration")?;
@@ -113,29 +147,55 @@ fn pipeline(dir: &Path, events: &[OutMessage], code: Code<'_>) -> anyhow::Result
         // Production setting: the function's info lines are filtered in the host, so the
         // benchmark measures processing, not the terminal.
         log_level: LogLevel::Warn,
+        guarantee,
+        ordering,
+        parallelism,
         ..FunctionConfig::new(fqfn.clone(), vec![input()])
     };
-    let context = MessageContext::new(&config, store.table(&fqfn)?, LogSink::default());
-    let executor: Box<dyn Executor> = match code {
-        Code::Native => Box::new(NativeExecutor::new(native_session_duration, context)),
+    let logs = LogSink::default();
+    let mut executors: Vec<Box<dyn Executor>> = Vec::new();
+    let prepared = match code {
+        Code::Native => None,
         Code::Wasm(path) => {
-            let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 })?;
+            let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: parallelism + 1 })?;
             let function_code = runtime.load(path)?;
-            let function = function_code.prepare::<MessageContext>()?;
-            let details = Arc::new(config.details(function_code.digest(), 0, 1));
-            Box::new(WasmExecutor::start(function, details, limits, context)?)
+            Some((function_code.prepare::<MessageContext>()?, function_code.digest().to_owned()))
         }
     };
+    for instance_id in 0..parallelism {
+        let context = MessageContext::new(&config, store.table(&fqfn)?, logs.clone());
+        executors.push(match &prepared {
+            None => Box::new(NativeExecutor::new(native_session_duration, context)),
+            Some((function, digest)) => {
+                let details = Arc::new(config.details(digest, instance_id, parallelism));
+                Box::new(WasmExecutor::start(function.clone(), details, limits, context)?)
+            }
+        });
+    }
     let started = Instant::now();
-    let stats = instance::run(&store, &config, vec![executor], RunUntil::Idle, &AtomicBool::new(false))?.remove(0);
+    let stats = instance::run(&store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
     let elapsed = started.elapsed();
+    let succeeded: u64 = stats.iter().map(|instance| instance.succeeded).sum();
     anyhow::ensure!(
-        stats.succeeded as usize == events.len(),
-        "only {} of {} messages succeeded: {:?}",
-        stats.succeeded,
+        succeeded as usize == events.len(),
+        "{guarantee:?} {ordering:?} x{parallelism}: only {succeeded} of {} messages succeeded: {:?}",
         events.len(),
-        stats.last_error
+        stats.iter().find_map(|instance| instance.last_error.clone())
     );
+    // Every logout follows its login, so every logout ends a session, unless events of a user were
+    // processed out of order.
+    let sessions =
+        store.subscribe(SubscriptionSpec::single(vec![TopicName::parse("sessions")?], None, Position::Earliest))?;
+    let mut ended = 0;
+    loop {
+        let read = sessions.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
+        if read == 0 {
+            break;
+        }
+        ended += read;
+    }
+    let logouts = (0..events.len()).filter(|i| (i / USERS) % 2 == 1).count();
+    anyhow::ensure!(ended == logouts, "{guarantee:?} {ordering:?} x{parallelism}: {ended} sessions ended of {logouts}");
     Ok(elapsed)
 }
 

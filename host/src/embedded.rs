@@ -649,6 +649,10 @@ impl SharedSubscription {
     }
 
     fn deliver(&self, state: &mut SubscriptionState, index: usize, message: &Message, consumer: u64, now: Instant) {
+        // A reader without a subscription name is never redelivered anything, so it need not track what it read.
+        if self.name.is_none() {
+            return;
+        }
         let delivered = Delivered {
             consumer,
             deliveries: 1,

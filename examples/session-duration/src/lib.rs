@@ -37,6 +37,9 @@ impl Function for SessionDuration {
     type Output = Option<Json<SessionEnded>>;
 
     fn process(&mut self, data: String, ctx: &mut Context) -> Result<Self::Output, Error> {
+        // Only --processing-guarantees MANUAL waits for this; like every effect, the acknowledgement
+        // is kept only if processing succeeds.
+        ctx.ack();
         let event = serde_json::from_str::<Event>(&data).ok();
         let Some(Event { user_id: Some(user_id), event_type: Some(event_type), timestamp: Some(timestamp) }) = event
         else {
