@@ -221,30 +221,28 @@ fn open_sessions(fnhost: &Fnhost) -> BTreeMap<String, i64> {
         .collect()
 }
 
-fn produce_events(fnhost: &Fnhost, events: &[String]) {
+/// Fresh events and their oracle, produced to a fresh data directory, then `crash_sessions`.
+fn crash_with_oracle(guarantee: &str) -> (Oracle, Fnhost, Vec<(String, i64)>) {
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random);
+    let fnhost = Fnhost::new();
     let file = fnhost.data_dir().join("events.jsonl");
-    std::fs::write(&file, events.join("\n")).unwrap();
+    std::fs::write(&file, oracle.events.join("\n")).unwrap();
     fnhost.ok(&["topics", "produce", "events", "--file", file.to_str().unwrap()]);
+    let outputs = crash_sessions(&fnhost, guarantee, &mut random);
+    (oracle, fnhost, outputs)
 }
 
 #[test]
 fn effectively_once_survives_random_sigkills_with_exact_outputs_and_state() {
-    let mut random = Random::seeded();
-    let oracle = oracle(&mut random);
-    let fnhost = Fnhost::new();
-    produce_events(&fnhost, &oracle.events);
-    let outputs = crash_sessions(&fnhost, "EFFECTIVELY_ONCE", &mut random);
+    let (oracle, fnhost, outputs) = crash_with_oracle("EFFECTIVELY_ONCE");
     assert_eq!(counts(&outputs), counts(&oracle.outputs), "every expected output exactly once");
     assert_eq!(open_sessions(&fnhost), oracle.open, "the state is the oracle's");
 }
 
 #[test]
 fn at_least_once_survives_random_sigkills_without_missing_outputs() {
-    let mut random = Random::seeded();
-    let oracle = oracle(&mut random);
-    let fnhost = Fnhost::new();
-    produce_events(&fnhost, &oracle.events);
-    let outputs = crash_sessions(&fnhost, "ATLEAST_ONCE", &mut random);
+    let (oracle, _, outputs) = crash_with_oracle("ATLEAST_ONCE");
     let got = counts(&outputs);
     let missing: Vec<_> = oracle.outputs.iter().filter(|output| !got.contains_key(output)).collect();
     assert!(missing.is_empty(), "{} outputs missing, such as {:?}", missing.len(), missing.first());
@@ -252,11 +250,7 @@ fn at_least_once_survives_random_sigkills_without_missing_outputs() {
 
 #[test]
 fn at_most_once_survives_random_sigkills_without_duplicates() {
-    let mut random = Random::seeded();
-    let oracle = oracle(&mut random);
-    let fnhost = Fnhost::new();
-    produce_events(&fnhost, &oracle.events);
-    let outputs = crash_sessions(&fnhost, "ATMOST_ONCE", &mut random);
+    let (oracle, _, outputs) = crash_with_oracle("ATMOST_ONCE");
     let duplicated: Vec<_> = counts(&outputs).into_iter().filter(|(_, count)| *count > 1).collect();
     assert!(duplicated.is_empty(), "duplicated outputs: {duplicated:?}");
     // A kill loses at most the batch being processed; a lost event changes at most two sessions.
