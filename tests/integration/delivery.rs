@@ -49,8 +49,9 @@ fn key_shared_instances_keep_each_keys_messages_in_order_on_one_instance() {
 fn shared_instances_split_the_work_and_failover_keeps_one_instance_in_order() {
     let messages: Vec<String> = (0..400).map(|i| format!("whoami:{i}")).collect();
     let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
+    // Small batches: each instance waits for a commit every other batch, so both are at work at once.
     for (flags, one_instance) in [
-        (vec!["--parallelism", "2", "--batch-size", "50"], false),
+        (vec!["--parallelism", "2", "--batch-size", "10"], false),
         (vec!["--parallelism", "2", "--batch-size", "50", "--retain-ordering"], true),
         (vec!["--parallelism", "2", "--batch-size", "50", "--processing-guarantees", "EFFECTIVELY_ONCE"], true),
     ] {
