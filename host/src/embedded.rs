@@ -347,7 +347,7 @@ struct Delivered {
     deliveries: u32,
     /// When it is delivered again if still unacknowledged.
     due: Option<Instant>,
-    /// The key-shared routing hash.
+    /// The key-shared routing hash (0 for the other types).
     route: u64,
 }
 
@@ -379,8 +379,9 @@ struct SubscriptionState {
     /// Open consumers, by id (ids grow, so the first is the oldest).
     consumers: BTreeMap<u64, ConsumerState>,
     next_consumer: u64,
-    /// Key-shared: messages read for a key share whose consumer has not fetched them yet, with their cursor.
-    held: HashMap<u32, VecDeque<(usize, Message)>>,
+    /// Key-shared: messages read for a key share whose consumer has not fetched them yet, with
+    /// their cursor and routing hash.
+    held: HashMap<u32, VecDeque<(usize, u64, Message)>>,
     held_count: usize,
     /// Delivered and unacknowledged messages over all cursors.
     unacked: usize,
@@ -504,10 +505,10 @@ impl SharedSubscription {
         if self.subscription_type == SubscriptionType::KeyShared {
             let mut held = state.held.remove(&share).unwrap_or_default();
             while taken.len() < max
-                && let Some((index, message)) = held.pop_front()
+                && let Some((index, hash, message)) = held.pop_front()
             {
                 state.held_count -= 1;
-                self.deliver(&mut state, index, &message, consumer, now);
+                self.deliver(&mut state, (index, message.sequence, hash), consumer, now);
                 taken.push(message);
             }
             if !held.is_empty() {
@@ -625,21 +626,23 @@ impl SharedSubscription {
                     return true;
                 }
                 let message = Message { topic: topic.name.clone(), sequence, body, redelivery_count: 0 };
+                let mut hash = 0;
                 if self.subscription_type == SubscriptionType::KeyShared {
-                    let owner = (route(&message) % u64::from(self.key_share_count)) as u32;
+                    hash = route(&message);
+                    let owner = (hash % u64::from(self.key_share_count)) as u32;
                     if owner != share {
                         if state.held_count >= HELD_PER_KEY_SHARE * self.key_share_count as usize {
                             return false;
                         }
                         state.cursors[index].fetched = sequence + 1;
-                        state.held.entry(owner).or_default().push_back((index, message));
+                        state.held.entry(owner).or_default().push_back((index, hash, message));
                         state.held_count += 1;
                         held_for_others = true;
                         return true;
                     }
                 }
                 state.cursors[index].fetched = sequence + 1;
-                self.deliver(state, index, &message, consumer, now);
+                self.deliver(state, (index, sequence, hash), consumer, now);
                 taken.push(message);
                 true
             })?;
@@ -648,18 +651,22 @@ impl SharedSubscription {
         Ok(held_for_others)
     }
 
-    fn deliver(&self, state: &mut SubscriptionState, index: usize, message: &Message, consumer: u64, now: Instant) {
+    /// Records that the message at `sequence` of cursor `index`, with routing hash `route` (0 unless
+    /// key-shared), was delivered to `consumer`.
+    fn deliver(
+        &self,
+        state: &mut SubscriptionState,
+        (index, sequence, route): (usize, u64, u64),
+        consumer: u64,
+        now: Instant,
+    ) {
         // A reader without a subscription name is never redelivered anything, so it need not track what it read.
         if self.name.is_none() {
             return;
         }
-        let delivered = Delivered {
-            consumer,
-            deliveries: 1,
-            due: self.ack_timeout.map(|timeout| now + timeout),
-            route: route(message),
-        };
-        if let Some(before) = state.cursors[index].delivered.insert(message.sequence, delivered) {
+        let delivered =
+            Delivered { consumer, deliveries: 1, due: self.ack_timeout.map(|timeout| now + timeout), route };
+        if let Some(before) = state.cursors[index].delivered.insert(sequence, delivered) {
             state.count_outstanding(before.consumer, -1);
         } else {
             state.unacked += 1;

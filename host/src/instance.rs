@@ -18,8 +18,8 @@ use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::{
-    Acks, Broker, BrokerError, Effects, Inputs, Message, OutMessage, Position, Subscription, SubscriptionSpec,
-    SubscriptionType,
+    Acks, Broker, BrokerError, Effects, Inputs, Message, MessageBody, OutMessage, Position, Subscription,
+    SubscriptionSpec, SubscriptionType, message_id,
 };
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
@@ -91,7 +91,7 @@ pub struct FunctionConfig {
     pub guarantee: ProcessingGuarantee,
     /// The order messages must be processed in.
     pub ordering: Ordering,
-    /// How many instances run.
+    /// How many instances the caller starts; [`run`] runs one per executor it is given.
     pub parallelism: u32,
     /// How many times a failed message is tried again before it goes to the dead-letter topic.
     pub max_message_retries: u32,
@@ -307,8 +307,8 @@ impl MessageContext {
         !self.batch_state.is_empty() || !self.batch_outputs.is_empty()
     }
 
-    /// Adds `message`, which failed with `reason` after `attempts` tries, to the batch's outputs
-    /// on the dead-letter topic, with Pulsar's dead-letter properties and the reason.
+    /// Adds `message`, which failed with `reason`, to the batch's outputs on the dead-letter topic,
+    /// with Pulsar's dead-letter properties and the reason.
     fn dead_letter(&mut self, topic: &TopicName, message: &GuestMessage, reason: &str) {
         let mut properties = message.properties.clone();
         properties.truncate(MAX_PROPERTIES - DEAD_LETTER_PROPERTIES);
@@ -858,8 +858,8 @@ fn process_batch(
     let mut acks = Acks::default();
     for message in messages {
         stats.received += 1;
-        let (topic, sequence, redelivery_count) = (message.topic.clone(), message.sequence, message.redelivery_count);
-        let guest = to_guest(message);
+        let Message { topic, sequence, body, redelivery_count } = message;
+        let guest = to_guest(&topic, sequence, body);
         // Under MANUAL a redelivery means the function did not acknowledge the message in time;
         // it gets as many deliveries as a failing message gets tries. (Under the other guarantees a
         // redelivery only means that another instance left without finishing the message.)
@@ -955,17 +955,15 @@ fn process_once(
     }
 }
 
-fn to_guest(message: Message) -> GuestMessage {
-    let id = message.id();
-    let body = message.body;
+fn to_guest(topic: &TopicName, sequence: u64, body: MessageBody) -> GuestMessage {
     GuestMessage {
         value: body.value,
         key: body.key,
         properties: body.properties,
         event_time: body.event_time,
         publish_time: body.publish_time,
-        message_id: id,
-        topic: message.topic.as_str().to_owned(),
+        message_id: message_id(sequence),
+        topic: topic.as_str().to_owned(),
         partition_key: body.partition_key,
     }
 }

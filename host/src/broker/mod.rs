@@ -29,10 +29,15 @@ pub struct Message {
 }
 
 impl Message {
-    /// The message id shown to functions and users: the topic sequence number in decimal.
+    /// The message id shown to functions and users.
     pub fn id(&self) -> String {
-        self.sequence.to_string()
+        message_id(self.sequence)
     }
+}
+
+/// The message id of the message at `sequence` in its topic: the sequence number in decimal.
+pub fn message_id(sequence: u64) -> String {
+    sequence.to_string()
 }
 
 /// What is stored for each message.
