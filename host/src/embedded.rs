@@ -558,13 +558,10 @@ impl SharedSubscription {
             let mut due = Vec::new();
             for (&sequence, delivered) in &state.cursors[index].delivered {
                 let orphaned = !state.consumers.contains_key(&delivered.consumer);
-                let eligible = self.subscription_type != SubscriptionType::KeyShared
-                    || delivered.route % u64::from(self.key_share_count) == u64::from(share);
-                let room = taken.len() + due.len() < max;
-                if orphaned && !(eligible && room) {
-                    orphans_left = true;
-                }
-                if !(eligible && room) {
+                let eligible =
+                    self.subscription_type != SubscriptionType::KeyShared || self.key_share(delivered.route) == share;
+                if !eligible || taken.len() + due.len() >= max {
+                    orphans_left |= orphaned;
                     continue;
                 }
                 match delivered.due {
@@ -629,7 +626,7 @@ impl SharedSubscription {
                 let mut hash = 0;
                 if self.subscription_type == SubscriptionType::KeyShared {
                     hash = route(&message);
-                    let owner = (hash % u64::from(self.key_share_count)) as u32;
+                    let owner = self.key_share(hash);
                     if owner != share {
                         if state.held_count >= HELD_PER_KEY_SHARE * self.key_share_count as usize {
                             return false;
@@ -649,6 +646,11 @@ impl SharedSubscription {
         }
         state.rotation = (state.rotation + 1) % count.max(1);
         Ok(held_for_others)
+    }
+
+    /// The key share whose consumer receives messages with routing hash `route`.
+    fn key_share(&self, route: u64) -> u32 {
+        (route % u64::from(self.key_share_count)) as u32
     }
 
     /// Records that the message at `sequence` of cursor `index`, with routing hash `route` (0 unless
