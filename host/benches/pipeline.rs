@@ -163,7 +163,7 @@ fn pipeline(
         }
     };
     for instance_id in 0..parallelism {
-        let context = MessageContext::new(&config, store.table(&fqfn)?, logs.clone());
+        let context = MessageContext::new(&config, instance_id, store.table(&fqfn)?, logs.clone());
         executors.push(match &prepared {
             None => Box::new(NativeExecutor::new(native_session_duration, context)),
             Some((function, digest)) => {
@@ -180,7 +180,7 @@ fn pipeline(
         succeeded as usize == events.len(),
         "{guarantee:?} {ordering:?} x{parallelism}: only {succeeded} of {} messages succeeded: {:?}",
         events.len(),
-        stats.iter().find_map(|instance| instance.last_error.clone())
+        stats.iter().find_map(|instance| instance.last_exception().map(|exception| exception.exception_string.clone()))
     );
     // Every logout follows its login, so every logout ends a session, unless events of a user were
     // processed out of order.

@@ -26,8 +26,9 @@ use crate::broker::{
     SubscriptionType,
 };
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
+use crate::metadata::{MetadataError, MetadataStore};
 use crate::names::{Fqfn, TopicName, TopicPattern};
-use crate::state::{Change, StateError, StateStore, StateTable, Versioned};
+use crate::state::{Change, StateError, StateStore, StateTable, StateValue, Versioned};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
 /// A segment (one sled value holding consecutive messages) is closed once it holds this many bytes
@@ -35,6 +36,7 @@ const TOPIC_TREE_PREFIX: &str = "topic:";
 const SEGMENT_BYTES: usize = 1024 * 1024;
 const STATE_TREE_PREFIX: &str = "state:";
 const CURSOR_TREE: &str = "cursors";
+const METADATA_TREE: &str = "metadata";
 /// Most state values cached per function; past it the cache starts over.
 const STATE_CACHE_ENTRIES: usize = 65_536;
 /// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
@@ -75,6 +77,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: sled::Db,
     cursors: sled::Tree,
+    metadata: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
     state_caches: Mutex<HashMap<Fqfn, StateCache>>,
     /// Durable subscriptions with at least one consumer, by name.
@@ -106,12 +109,16 @@ impl EmbeddedStore {
             }
             _ => OpenError::Other { path: shown.clone(), reason: error.to_string() },
         })?;
-        let cursors =
-            db.open_tree(CURSOR_TREE).map_err(|error| OpenError::Other { path: shown, reason: error.to_string() })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name).map_err(|error| OpenError::Other { path: shown.clone(), reason: error.to_string() })
+        };
+        let cursors = open_tree(CURSOR_TREE)?;
+        let metadata = open_tree(METADATA_TREE)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 cursors,
+                metadata,
                 topics: Mutex::new(HashMap::new()),
                 state_caches: Mutex::new(HashMap::new()),
                 subscriptions: Mutex::new(HashMap::new()),
@@ -248,6 +255,42 @@ impl Broker for EmbeddedStore {
         let id = shared.join(&spec)?;
         Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id }))
     }
+
+    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+        if lock(&self.inner.subscriptions).contains_key(name) {
+            return Err(BrokerError::InUse { name: name.into() });
+        }
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for entry in self.inner.cursors.scan_prefix(&prefix) {
+            batch.remove(entry.map_err(storage)?.0);
+        }
+        self.inner.cursors.apply_batch(batch).map_err(storage)?;
+        self.flush()
+    }
+
+    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError> {
+        // The in-memory cursors of an open subscription change only after their commit is durable.
+        let open = lock(&self.inner.subscriptions).get(subscription).cloned();
+        if let Some(shared) = open {
+            let state = lock(&shared.state);
+            if let Some(cursor) = state.cursors.iter().find(|cursor| cursor.topic.name == *topic) {
+                return Ok(sequence < cursor.mark || cursor.acked.contains(sequence));
+            }
+        }
+        match self.inner.cursors.get(cursor_key(subscription, topic)).map_err(storage)? {
+            Some(record) => {
+                let (mark, acked) = decode_cursor(&record).map_err(|reason| BrokerError::Corrupt {
+                    topic: topic.clone(),
+                    sequence: 0,
+                    reason: format!("the cursor of subscription `{subscription}`: {reason}"),
+                })?;
+                Ok(sequence < mark || acked.contains(sequence))
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 impl StateStore for EmbeddedStore {
@@ -255,6 +298,54 @@ impl StateStore for EmbeddedStore {
         let tree = self.state_tree(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
         Ok(Box::new(EmbeddedTable { fqfn: fqfn.clone(), tree, cache: self.state_cache(fqfn) }))
     }
+
+    fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
+        let failed = |error: sled::Error| StateError::Storage(error.to_string());
+        let tree = self.state_tree(fqfn).map_err(failed)?;
+        let cache = self.state_cache(fqfn);
+        let versioned = Versioned { value, version: self.inner.db.generate_id().map_err(failed)? };
+        // Under the cache's lock, so that a concurrent read cannot put back the value this replaces.
+        let mut cached = lock(&cache);
+        tree.insert(key.as_bytes(), encode_state(&versioned)).map_err(failed)?;
+        cached.insert(key.to_owned(), Some(versioned.clone()));
+        drop(cached);
+        self.inner.db.flush().map_err(failed)?;
+        Ok(versioned)
+    }
+
+    fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
+        let failed = |error: sled::Error| StateError::Storage(error.to_string());
+        self.inner.db.drop_tree(format!("{STATE_TREE_PREFIX}{fqfn}")).map_err(failed)?;
+        lock(&self.inner.state_caches).remove(fqfn);
+        self.inner.db.flush().map(drop).map_err(failed)
+    }
+}
+
+impl MetadataStore for EmbeddedStore {
+    fn put_record(&self, key: &str, value: &[u8]) -> Result<(), MetadataError> {
+        self.inner.metadata.insert(key.as_bytes(), value).map_err(metadata_error)?;
+        self.inner.metadata.flush().map(drop).map_err(metadata_error)
+    }
+
+    fn remove_record(&self, key: &str) -> Result<(), MetadataError> {
+        self.inner.metadata.remove(key.as_bytes()).map_err(metadata_error)?;
+        self.inner.metadata.flush().map(drop).map_err(metadata_error)
+    }
+
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
+        self.inner
+            .metadata
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry.map_err(metadata_error)?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), value.to_vec()))
+            })
+            .collect()
+    }
+}
+
+fn metadata_error(error: sled::Error) -> MetadataError {
+    MetadataError(error.to_string())
 }
 
 struct EmbeddedTable {
@@ -945,13 +1036,15 @@ impl Subscription for EmbeddedConsumer {
             TransactionError::Abort(reason) => BrokerError::Storage(format!("state could not be decoded: {reason}")),
             TransactionError::Storage(error) => storage(error),
         })?;
-        shared.apply(updates, &effects.acks);
-        drop(commit_guard);
+        // Outputs become readable before the acknowledgements show, so whoever sees a message
+        // acknowledged (trigger) also finds its output.
         for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
             **next += bodies.len() as u64;
             topic.length.store(**next, Ordering::Release);
         }
         drop(nexts);
+        shared.apply(updates, &effects.acks);
+        drop(commit_guard);
         if let Some((_, _, cache)) = &state {
             let mut cache = lock(cache);
             if cache.len() >= STATE_CACHE_ENTRIES {

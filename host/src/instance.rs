@@ -26,6 +26,7 @@ use crate::limits::{
     MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE,
     MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
 };
+use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, HostContext, Identity, Instance, InstanceLimits, LogLevel,
@@ -37,19 +38,23 @@ use crate::state::{Change, StateChanges, StateError, StateTable, StateValue};
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// When a message is acknowledged, with Pulsar's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum ProcessingGuarantee {
     /// Before processing: a crash loses the messages being processed and never repeats one.
     #[value(name = "ATMOST_ONCE")]
+    #[serde(rename = "ATMOST_ONCE")]
     AtMostOnce,
     /// Once the message's effects are committed.
     #[value(name = "ATLEAST_ONCE")]
+    #[serde(rename = "ATLEAST_ONCE")]
     AtLeastOnce,
     /// Once the message's effects are committed, in the same atomic step, on a failover subscription.
     #[value(name = "EFFECTIVELY_ONCE")]
+    #[serde(rename = "EFFECTIVELY_ONCE")]
     EffectivelyOnce,
     /// When the function acknowledges it; otherwise it is delivered again after the ack timeout.
     #[value(name = "MANUAL")]
+    #[serde(rename = "MANUAL")]
     Manual,
 }
 
@@ -181,48 +186,46 @@ impl FunctionConfig {
     }
 }
 
-/// Counts of what an instance did, with Pulsar's meanings.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Stats {
-    /// Messages delivered to the function.
-    pub received: u64,
-    /// Messages processed without an exception.
-    pub succeeded: u64,
-    /// Messages the function failed by returning an error.
-    pub user_exceptions: u64,
-    /// Messages that failed through a trap, a limit or the host.
-    pub system_exceptions: u64,
-    /// Times the instance was replaced after a trap.
-    pub restarts: u64,
-    /// Messages sent to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// The most recent failure, if any.
-    pub last_error: Option<String>,
-    /// User metrics: name to (count, sum).
-    pub metrics: BTreeMap<String, (u64, f64)>,
-}
-
-/// Where log lines go: stdout, buffered and flushed after every batch.
+/// Where function log lines go (besides the log topic).
 #[derive(Clone)]
-pub struct LogSink(Arc<Mutex<BufWriter<Stdout>>>);
+pub enum LogSink {
+    /// Stdout, as `LEVEL [name] line`, buffered and flushed after every batch: for `localrun`.
+    Stdout(Arc<Mutex<BufWriter<Stdout>>>),
+    /// Tracing events with the function's name and instance id as fields: for the worker, whose
+    /// log carries many functions.
+    Tracing,
+}
 
 impl Default for LogSink {
     fn default() -> Self {
-        Self(Arc::new(Mutex::new(BufWriter::new(std::io::stdout()))))
+        Self::Stdout(Arc::new(Mutex::new(BufWriter::new(std::io::stdout()))))
     }
 }
 
 impl LogSink {
-    fn write_line(&self, level: LogLevel, name: &str, message: &str) {
-        let mut out = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A closed stdout must not stop processing; the log topic (if any) still gets the line.
-        let _ = writeln!(out, "{} [{name}] {message}", level_name(level));
+    fn write_line(&self, level: LogLevel, fqfn: &Fqfn, instance_id: u32, message: &str) {
+        match self {
+            Self::Stdout(out) => {
+                let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A closed stdout must not stop processing; the log topic (if any) still gets the line.
+                let _ = writeln!(out, "{} [{}] {message}", level_name(level), fqfn.name());
+            }
+            Self::Tracing => match level {
+                LogLevel::Trace => tracing::trace!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
+                LogLevel::Debug => tracing::debug!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
+                LogLevel::Info => tracing::info!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
+                LogLevel::Warn => tracing::warn!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
+                LogLevel::Error => tracing::error!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
+            },
+        }
     }
 
     /// Writes out buffered lines.
     pub fn flush(&self) {
-        let mut out = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = out.flush();
+        if let Self::Stdout(out) = self {
+            let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = out.flush();
+        }
     }
 }
 
@@ -243,6 +246,7 @@ fn level_rank(level: LogLevel) -> u8 {
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
     fqfn: Fqfn,
+    instance_id: u32,
     state: Box<dyn StateTable>,
     batch_state: StateChanges,
     message_state: StateChanges,
@@ -263,10 +267,11 @@ pub struct MessageContext {
 }
 
 impl MessageContext {
-    /// A context for one instance of the function in `config`.
-    pub fn new(config: &FunctionConfig, state: Box<dyn StateTable>, logs: LogSink) -> Self {
+    /// A context for instance `instance_id` of the function in `config`.
+    pub fn new(config: &FunctionConfig, instance_id: u32, state: Box<dyn StateTable>, logs: LogSink) -> Self {
         Self {
             fqfn: config.fqfn.clone(),
+            instance_id,
             state,
             batch_state: StateChanges::default(),
             message_state: StateChanges::default(),
@@ -399,16 +404,24 @@ impl MessageContext {
             return;
         }
         let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
-        self.logs.write_line(level, self.fqfn.name(), &message);
+        self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
         if let Some(topic) = &self.log_topic {
             let mut line = OutMessage::new(message);
-            line.properties =
-                vec![("loglevel".into(), level_name(level).into()), ("fqfn".into(), self.fqfn.to_string())];
+            line.properties = vec![
+                ("loglevel".into(), level_name(level).into()),
+                ("fqfn".into(), self.fqfn.to_string()),
+                ("instance".into(), self.instance_id.to_string()),
+            ];
             // Log lines are kept even when the message fails: they explain the failure.
             self.batch_outputs.push((topic.clone(), line));
         }
     }
 }
+
+/// The output property naming the topic of the input message the output came from (Pulsar's name).
+pub const INPUT_TOPIC_PROPERTY: &str = "__pfn_input_topic__";
+/// The output property naming the id of the input message the output came from (Pulsar's name).
+pub const INPUT_MESSAGE_ID_PROPERTY: &str = "__pfn_input_msg_id__";
 
 /// Properties a dead letter gets besides the message's own.
 const DEAD_LETTER_PROPERTIES: usize = 3;
@@ -694,7 +707,7 @@ pub enum RunError {
 /// The stop flag, and whether another instance of the function failed.
 struct Halt<'a> {
     stop: &'a AtomicBool,
-    failed: AtomicBool,
+    failed: &'a AtomicBool,
 }
 
 impl Halt<'_> {
@@ -719,7 +732,8 @@ pub fn run(
     let consumers = (0..count)
         .map(|instance_id| broker.subscribe(config.subscription_spec(instance_id, count)))
         .collect::<Result<Vec<_>, _>>()?;
-    let halt = Halt { stop, failed: AtomicBool::new(false) };
+    let failed = AtomicBool::new(false);
+    let halt = Halt { stop, failed: &failed };
     let halt = &halt;
     std::thread::scope(|scope| {
         let instances: Vec<_> = executors
@@ -730,13 +744,14 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("{}#{instance_id}", config.fqfn.name()))
                     .spawn_scoped(scope, move || {
-                        let result = run_instance(consumer.as_ref(), config, executor.as_mut(), until, halt);
+                        let metrics = InstanceMetrics::default();
+                        let result = run_instance(consumer.as_ref(), config, executor.as_mut(), &metrics, until, halt);
                         if result.is_err() {
                             halt.failed.store(true, AtomicOrdering::Relaxed);
                         }
                         // The consumer leaves here, so that what it did not acknowledge goes to the others.
                         drop(consumer);
-                        result
+                        result.map(|()| metrics.snapshot())
                     })
                     .expect("the system can start a thread")
             })
@@ -746,6 +761,65 @@ pub fn run(
             .map(|instance| instance.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     })
+}
+
+/// An instance started by [`spawn`]: its thread, and the flag that asks it to stop.
+pub struct RunningInstance {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), RunError>>,
+}
+
+impl RunningInstance {
+    /// Asks the instance to stop after the batch it is processing; [`RunningInstance::join`] waits for it.
+    pub fn request_stop(&self) {
+        self.stop.store(true, AtomicOrdering::Relaxed);
+    }
+
+    /// True once the instance's loop has ended (stopped or failed).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops the instance: it finishes and commits the batch it is processing, then its consumer
+    /// leaves the subscription. Returns how its loop ended.
+    pub fn stop(self) -> Result<(), RunError> {
+        self.request_stop();
+        self.join()
+    }
+
+    /// Waits for the loop to end and returns how it ended.
+    pub fn join(self) -> Result<(), RunError> {
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// Starts one instance on a thread of its own, consuming through `consumer` (which the caller
+/// created, so that all of a function's consumers can join before any fetches), until stopped.
+pub fn spawn(
+    config: Arc<FunctionConfig>,
+    instance_id: u32,
+    consumer: Box<dyn Subscription>,
+    mut executor: Box<dyn Executor>,
+    metrics: Arc<InstanceMetrics>,
+) -> RunningInstance {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("{}#{instance_id}", config.fqfn.name()))
+        .spawn(move || {
+            let failed = AtomicBool::new(false);
+            let halt = Halt { stop: &flag, failed: &failed };
+            let span = tracing::info_span!("instance", fqfn = %config.fqfn, instance_id);
+            let _entered = span.enter();
+            let result =
+                run_instance(consumer.as_ref(), &config, executor.as_mut(), &metrics, RunUntil::Stopped, &halt);
+            if let Err(error) = &result {
+                tracing::error!("instance stopped: {error}");
+            }
+            result
+        })
+        .expect("the system can start a thread");
+    RunningInstance { stop, thread }
 }
 
 /// A batch being committed on the commit thread.
@@ -765,10 +839,10 @@ fn run_instance(
     subscription: &dyn Subscription,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
+    metrics: &InstanceMetrics,
     until: RunUntil,
     halt: &Halt<'_>,
-) -> Result<Stats, RunError> {
-    let mut stats = Stats::default();
+) -> Result<(), RunError> {
     let at_most_once = config.guarantee == ProcessingGuarantee::AtMostOnce;
     std::thread::scope(|scope| -> Result<(), RunError> {
         let mut in_flight: Option<InFlight<'_>> = None;
@@ -796,11 +870,11 @@ fn run_instance(
             wait_for_more = until == RunUntil::Stopped;
             if at_most_once {
                 commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
-                process_batch(messages, config, executor, &mut stats);
+                process_batch(messages, config, executor, metrics);
                 continue;
             }
             let count = messages.len();
-            let acks = process_batch(messages, config, executor, &mut stats);
+            let acks = process_batch(messages, config, executor, metrics);
             finish(in_flight.take(), config, executor)?;
             let effects = executor.context().take_batch(acks)?;
             in_flight = Some(InFlight { commit: scope.spawn(move || subscription.commit(effects)), messages: count });
@@ -810,10 +884,7 @@ fn run_instance(
             commit_now(subscription, Acks::default(), 0, config, executor)?;
         }
         Ok(())
-    })?;
-    stats.restarts = executor.restarts();
-    stats.metrics = executor.context().metrics.clone();
-    Ok(stats)
+    })
 }
 
 /// Commits the batch's effects with `acks` (of `messages` messages) on this thread, then writes out its log lines.
@@ -847,8 +918,22 @@ fn finish(
 }
 
 /// Processes a batch, trying each failed message again up to the retry limit and then sending it
-/// to the dead-letter topic; returns the messages to acknowledge.
+/// to the dead-letter topic; adds what happened to `metrics` and returns the messages to acknowledge.
 fn process_batch(
+    messages: Vec<Message>,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+    metrics: &InstanceMetrics,
+) -> Acks {
+    let mut stats = Stats::default();
+    let acks = process_messages(messages, config, executor, &mut stats);
+    stats.last_invocation = Some(crate::embedded::now_millis());
+    stats.user_metrics = std::mem::take(&mut executor.context().metrics);
+    metrics.record_batch(&stats, executor.restarts());
+    acks
+}
+
+fn process_messages(
     messages: Vec<Message>,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
@@ -883,7 +968,10 @@ fn process_batch(
         }
         for attempt in 1.. {
             let started = Instant::now();
-            match process_once(&guest, config, executor) {
+            let result = process_once(&guest, config, executor);
+            let elapsed = started.elapsed();
+            stats.record_latency(elapsed);
+            match result {
                 Ok(acked) => {
                     stats.succeeded += 1;
                     if acked || !manual {
@@ -892,18 +980,12 @@ fn process_batch(
                     break;
                 }
                 Err(error) => {
-                    match &error {
-                        ProcessError::User(_) => stats.user_exceptions += 1,
-                        ProcessError::System(_) => stats.system_exceptions += 1,
-                    }
                     let tries = config.max_message_retries + 1;
                     let text = format!(
-                        "message {} from {} failed (try {attempt} of {tries}) after {:?}: {error}",
-                        guest.message_id,
-                        guest.topic,
-                        started.elapsed()
+                        "message {} from {} failed (try {attempt} of {tries}) after {elapsed:?}: {error}",
+                        guest.message_id, guest.topic,
                     );
-                    stats.last_error = Some(text.clone());
+                    stats.record_exception(matches!(error, ProcessError::User(_)), text.clone());
                     let context = executor.context();
                     if attempt < tries {
                         context.write_log(LogLevel::Warn, format!("{text}; trying again"));
@@ -935,7 +1017,12 @@ fn process_once(
         (_, Some(failure)) => Err(ProcessError::System(failure)),
         (Ok(Some(value)), None) => match &config.output {
             Some(output) => {
-                let message = OutMessage { value, key: guest.key.clone(), ..OutMessage::default() };
+                // Pulsar's properties naming the input a result came from; trigger looks for them.
+                let properties = vec![
+                    (INPUT_TOPIC_PROPERTY.to_owned(), guest.topic.clone()),
+                    (INPUT_MESSAGE_ID_PROPERTY.to_owned(), guest.message_id.clone()),
+                ];
+                let message = OutMessage { value, key: guest.key.clone(), properties, event_time: None };
                 match check_message(&message) {
                     Ok(()) => Ok(Some((output.clone(), message))),
                     Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),

@@ -62,3 +62,15 @@ pub const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
 /// Most messages delivered to a subscription's consumers and not yet acknowledged; past it, only
 /// redeliveries are delivered until acknowledgements come in (Pulsar's `maxUnackedMessagesPerSubscription`).
 pub const MAX_UNACKED_MESSAGES: usize = 50_000;
+/// Largest component a worker accepts (create or update), in bytes: a Python component is about 18 MB.
+pub const MAX_PACKAGE_SIZE: usize = 64 * 1024 * 1024;
+/// Largest HTTP request body the worker reads, in bytes: a component plus its config.
+pub const MAX_REQUEST_SIZE: usize = MAX_PACKAGE_SIZE + MAX_CONFIG_SIZE;
+/// Instances one worker runs when `--max-instances` is not given.
+pub const DEFAULT_WORKER_INSTANCES: u32 = 1_024;
+/// Largest `--max-instances`: each instance is a thread and a pooled sandbox.
+pub const MAX_WORKER_INSTANCES: u32 = 16_384;
+/// How long `trigger` waits for the function to process the message it put on the input topic.
+pub const TRIGGER_TIMEOUT_MS: u64 = 30_000;
+/// Longest a topic receive over HTTP waits for the first message (`waitMs`).
+pub const MAX_RECEIVE_WAIT_MS: u64 = 10_000;

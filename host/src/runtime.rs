@@ -193,16 +193,23 @@ impl Runtime {
     pub fn load(&self, path: &Path) -> Result<FunctionCode, LoadError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        self.load_bytes(&bytes, &shown)
+    }
+
+    /// Validates and compiles (or loads from the cache) a component given as bytes; `shown` names
+    /// it in errors.
+    pub fn load_bytes(&self, bytes: &[u8], shown: &str) -> Result<FunctionCode, LoadError> {
+        let shown = shown.to_owned();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(LoadError::NotWasm { path: shown });
         }
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(LoadError::CoreModule { path: shown });
         }
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = hex(&Sha256::digest(bytes));
         let component = match &self.config.cache_dir {
-            Some(dir) => self.load_cached(dir, &digest, &bytes, &shown)?,
-            None => self.compile(&bytes, &shown)?,
+            Some(dir) => self.load_cached(dir, &digest, bytes, &shown)?,
+            None => self.compile(bytes, &shown)?,
         };
         Ok(FunctionCode { engine: self.engine.clone(), component, digest, path: shown })
     }

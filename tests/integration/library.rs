@@ -32,7 +32,7 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
     let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 }).unwrap();
     let code = runtime.load(&guest("word-count")).unwrap();
     let function = code.prepare::<MessageContext>().unwrap();
-    let context = MessageContext::new(&config, store.table(&fqfn).unwrap(), LogSink::default());
+    let context = MessageContext::new(&config, 0, store.table(&fqfn).unwrap(), LogSink::default());
     let details = Arc::new(config.details(code.digest(), 0, 1));
     let executor = WasmExecutor::start(function, details, limits, context).unwrap();
 
@@ -40,7 +40,7 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
         .unwrap()
         .remove(0);
     assert_eq!((stats.received, stats.succeeded, stats.restarts), (sentences as u64, sentences as u64, 0));
-    assert_eq!(stats.metrics["words"], (sentences as u64, 2.0 * sentences as f64));
+    assert_eq!(stats.user_metrics["words"], (sentences as u64, 2.0 * sentences as f64));
 
     let table = store.table(&fqfn).unwrap();
     let counter = |key: &str| table.get(key).unwrap().map(|stored| stored.value);

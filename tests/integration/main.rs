@@ -7,3 +7,4 @@ mod library;
 mod sandbox;
 mod seed;
 mod support;
+mod worker;

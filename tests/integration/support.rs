@@ -142,3 +142,134 @@ impl Fnhost {
         stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
     }
 }
+
+/// A `fnhost worker` process on a loopback port of its own, with its own data directory.
+pub struct Worker {
+    child: Child,
+    pub url: String,
+    data_dir: PathBuf,
+    /// What the worker logged, for failure messages.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    /// Starts a worker on `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+            .args(["worker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fnhost worker starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (address_sender, address) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            // Reads to the end, so the worker never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, url)) = line.split_once("listening on ") {
+                    let _ = address_sender.send(url.trim().to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let url = address.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| {
+            panic!("the worker did not start:\n{}", log.lock().unwrap().join("\n"));
+        });
+        Self { child, url, data_dir: data_dir.to_path_buf(), log }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Everything the worker logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Runs `fnhost ARGS --url URL`.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+            .args(args)
+            .args(["--url", &self.url])
+            .output()
+            .expect("fnhost runs");
+        Run {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            success: status.success(),
+        }
+    }
+
+    /// Runs a CLI command that must succeed and returns the JSON it printed.
+    pub fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let run = self.cli(args);
+        assert!(run.success, "fnhost {args:?} failed:\n{}\n{}\nworker log:\n{}", run.stdout, run.stderr, self.log());
+        serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|error| panic!("{args:?} printed no JSON ({error}):\n{}", run.stdout))
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.cli(args);
+        assert!(!run.success, "fnhost {args:?} should have failed:\n{}", run.stdout);
+        run.stderr
+    }
+
+    /// Sends an HTTP request; returns the status and the body (as JSON if it is JSON).
+    pub fn http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}{path}", self.url);
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("DELETE", _) => agent.delete(&url).call(),
+            ("POST", Some((content_type, bytes))) => {
+                agent.post(&url).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("POST", None) => agent.post(&url).send_empty(),
+            ("PUT", Some((content_type, bytes))) => {
+                agent.put(&url).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("PUT", None) => agent.put(&url).send_empty(),
+            ("PATCH", _) => agent.patch(&url).send_empty(),
+            (other, _) => panic!("the tests do not send {other}"),
+        };
+        let mut response = response.expect("the worker answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// Polls `check` until it holds, failing with `what` after two minutes.
+    pub fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; worker log:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the worker with SIGKILL and waits for it to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Stops the worker with SIGTERM and returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

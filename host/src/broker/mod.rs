@@ -77,13 +77,15 @@ impl OutMessage {
     }
 }
 
-/// Where a new subscription starts reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Where a new subscription starts reading (Pulsar's `SubscriptionInitialPosition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Position {
     /// From the first message still in the topic.
     #[default]
+    #[serde(alias = "earliest")]
     Earliest,
     /// From the next message appended after the subscription is created.
+    #[serde(alias = "latest")]
     Latest,
 }
 
@@ -241,6 +243,12 @@ pub enum BrokerError {
         /// The limit.
         limit: usize,
     },
+    /// The subscription has consumers, so it cannot be deleted.
+    #[error("subscription `{name}` has consumers; stop them before deleting it")]
+    InUse {
+        /// The subscription.
+        name: String,
+    },
 }
 
 /// Topics: append and subscribe.
@@ -250,6 +258,14 @@ pub trait Broker: Send + Sync {
 
     /// Joins a subscription as a new consumer (creating its cursors at the initial position if it is new).
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError>;
+
+    /// Forgets a durable subscription's positions; it must have no consumers.
+    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError>;
+
+    /// True once subscription `subscription` has acknowledged the message at `sequence` of `topic`
+    /// (false for an unknown subscription). Once true, the effects committed with the
+    /// acknowledgement are readable.
+    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError>;
 }
 
 /// One consumer of a subscription. Dropping it leaves the subscription; the messages it had not

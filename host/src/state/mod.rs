@@ -138,10 +138,16 @@ pub enum StateError {
     },
 }
 
-/// Reads of the committed state of functions.
+/// The committed state of functions: read by instances, written by their commits and by operators.
 pub trait StateStore: Send + Sync {
     /// The state table of `fqfn`, opened once and read many times.
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError>;
+
+    /// Sets `key` of `fqfn`'s table outside any function's commit (an operator's putstate), durably.
+    fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError>;
+
+    /// Removes `fqfn`'s whole table.
+    fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError>;
 }
 
 /// One function's state table.

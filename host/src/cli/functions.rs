@@ -1,0 +1,310 @@
+//! `fnhost functions ...`: pulsar-admin's function verbs, against a worker's REST API.
+//!
+//! Every command prints the worker's JSON answer; a refusal is one line with the worker's reason
+//! and a non-zero exit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use super::client::{Body, Client, DEFAULT_WORKER_URL, encode_segment};
+use super::{DATABASE_DIR, FunctionFlags};
+use crate::embedded::EmbeddedStore;
+use crate::limits::MAX_PACKAGE_SIZE;
+use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
+use crate::spec::FunctionSpec;
+use crate::state::StateStore;
+use crate::worker::state_json;
+
+/// How often `querystate --watch` asks again.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Subcommand)]
+pub(super) enum FunctionsCommand {
+    /// Create a function on the worker and start its instances.
+    Create(CreateArgs),
+    /// Change a function's config (the flags given) and, with --wasm, its code.
+    Update(CreateArgs),
+    /// Stop a function and delete it, its state and its subscription.
+    Delete(NameArgs),
+    /// Print a function's config.
+    Get(NameArgs),
+    /// List the functions of a namespace.
+    List(ListArgs),
+    /// Print a function's status (or one instance's).
+    Status(InstanceArgs),
+    /// Print a function's stats (or one instance's).
+    Stats(InstanceArgs),
+    /// Start a function's instances (or one).
+    Start(InstanceArgs),
+    /// Stop a function's instances (or one) after their current batch.
+    Stop(InstanceArgs),
+    /// Restart a function's instances (or one).
+    Restart(InstanceArgs),
+    /// Put a value on an input topic and print the function's output for it.
+    Trigger(TriggerArgs),
+    /// Print a state value as Pulsar's FunctionState JSON.
+    Querystate(QuerystateArgs),
+    /// Set a state value from FunctionState JSON (counters are refused).
+    Putstate(PutstateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct WorkerUrl {
+    /// The worker's REST API.
+    #[arg(long, default_value = DEFAULT_WORKER_URL)]
+    url: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Naming {
+    /// The function as tenant/namespace/name.
+    #[arg(long, conflicts_with_all = ["tenant", "namespace", "name"])]
+    fqfn: Option<String>,
+    /// The tenant [default: public].
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The namespace [default: default].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The function name.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl Naming {
+    fn fqfn(&self) -> anyhow::Result<Fqfn> {
+        match (&self.fqfn, &self.name) {
+            (Some(fqfn), _) => Ok(Fqfn::parse(fqfn)?),
+            (None, Some(name)) => Ok(Fqfn::new(
+                self.tenant.as_deref().unwrap_or(DEFAULT_TENANT),
+                self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+                name,
+            )?),
+            (None, None) => bail!("name the function with --fqfn tenant/namespace/name, or with --name"),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct CreateArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    function: FunctionFlags,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NameArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ListArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    /// The tenant.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    tenant: String,
+    /// The namespace.
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct InstanceArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// One instance only.
+    #[arg(long)]
+    instance_id: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct TriggerArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// The value to put on the input topic.
+    #[arg(long, required_unless_present = "trigger_file", conflicts_with = "trigger_file")]
+    trigger_value: Option<String>,
+    /// A file whose content is the value.
+    #[arg(long)]
+    trigger_file: Option<PathBuf>,
+    /// The input topic (needed when the function has several).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct QuerystateArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// The state key.
+    #[arg(short = 'k', long)]
+    key: String,
+    /// Keep watching: print the value again each time it changes.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    /// Read the data directory of a stopped localrun instead of asking a worker.
+    #[arg(long, conflicts_with_all = ["url", "watch"])]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PutstateArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// FunctionState JSON: {"key": ..., "stringValue": ...} or {"key": ..., "byteValue": BASE64}.
+    #[arg(short = 's', long)]
+    state: String,
+}
+
+fn function_path(fqfn: &Fqfn) -> String {
+    format!(
+        "/admin/v3/functions/{}/{}/{}",
+        encode_segment(fqfn.tenant()),
+        encode_segment(fqfn.namespace()),
+        encode_segment(fqfn.name())
+    )
+}
+
+fn instance_path(fqfn: &Fqfn, instance_id: Option<u32>, action: &str) -> String {
+    match instance_id {
+        Some(instance_id) => format!("{}/{instance_id}/{action}", function_path(fqfn)),
+        None => format!("{}/{action}", function_path(fqfn)),
+    }
+}
+
+fn print(json: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(json)?);
+    Ok(())
+}
+
+/// The form of a create or update: the config, and the component read here and uploaded.
+fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
+    let mut fields = Vec::new();
+    if let Some(path) = &spec.wasm {
+        let size = std::fs::metadata(path).with_context(|| format!("cannot read the component {path}"))?.len();
+        if size > MAX_PACKAGE_SIZE as u64 {
+            bail!("the component {path} is {size} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}");
+        }
+        fields.push(("data", std::fs::read(path).with_context(|| format!("cannot read the component {path}"))?));
+    }
+    let spec = FunctionSpec { wasm: None, ..spec };
+    fields.push(("functionConfig", serde_json::to_vec(&spec)?));
+    Ok(Body::Form(fields))
+}
+
+pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
+    match command {
+        FunctionsCommand::Create(args) => {
+            let spec = args.function.into_spec()?;
+            let fqfn = spec.fqfn()?;
+            if spec.wasm.is_none() {
+                bail!("no function to create: give --wasm FILE.wasm (or `wasm` in --function-config-file)");
+            }
+            let body = function_form(spec)?;
+            print(&Client::new(&args.worker.url).send("POST", &function_path(&fqfn), body)?)
+        }
+        FunctionsCommand::Update(args) => {
+            let spec = args.function.into_spec()?;
+            let fqfn = spec.fqfn()?;
+            let body = function_form(spec)?;
+            print(&Client::new(&args.worker.url).send("PUT", &function_path(&fqfn), body)?)
+        }
+        FunctionsCommand::Delete(args) => {
+            let path = function_path(&args.naming.fqfn()?);
+            print(&Client::new(&args.worker.url).send("DELETE", &path, Body::Empty)?)
+        }
+        FunctionsCommand::Get(args) => {
+            let path = function_path(&args.naming.fqfn()?);
+            print(&Client::new(&args.worker.url).send("GET", &path, Body::Empty)?)
+        }
+        FunctionsCommand::List(args) => {
+            let path =
+                format!("/admin/v3/functions/{}/{}", encode_segment(&args.tenant), encode_segment(&args.namespace));
+            print(&Client::new(&args.worker.url).send("GET", &path, Body::Empty)?)
+        }
+        FunctionsCommand::Status(args) => instance_request(&args, "GET", "status"),
+        FunctionsCommand::Stats(args) => instance_request(&args, "GET", "stats"),
+        FunctionsCommand::Start(args) => instance_request(&args, "POST", "start"),
+        FunctionsCommand::Stop(args) => instance_request(&args, "POST", "stop"),
+        FunctionsCommand::Restart(args) => instance_request(&args, "POST", "restart"),
+        FunctionsCommand::Trigger(args) => {
+            let value = match (&args.trigger_value, &args.trigger_file) {
+                (Some(value), _) => value.clone().into_bytes(),
+                (None, Some(file)) => {
+                    std::fs::read(file).with_context(|| format!("cannot read the trigger file {}", file.display()))?
+                }
+                (None, None) => bail!("give --trigger-value or --trigger-file"),
+            };
+            let mut fields = vec![("data", value)];
+            if let Some(topic) = &args.topic {
+                fields.push(("topic", topic.clone().into_bytes()));
+            }
+            let path = format!("{}/trigger", function_path(&args.naming.fqfn()?));
+            print(&Client::new(&args.worker.url).send("POST", &path, Body::Form(fields))?)
+        }
+        FunctionsCommand::Querystate(args) => querystate(&args),
+        FunctionsCommand::Putstate(args) => {
+            let state: serde_json::Value = serde_json::from_str(&args.state).map_err(|error| {
+                anyhow::anyhow!("--state is not JSON ({error}); give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'")
+            })?;
+            let Some(key) = state["key"].as_str() else {
+                bail!("--state has no \"key\"; give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'");
+            };
+            let path = format!("{}/state/{}", function_path(&args.naming.fqfn()?), encode_segment(key));
+            print(&Client::new(&args.worker.url).send("POST", &path, Body::Json(state.clone()))?)
+        }
+    }
+}
+
+fn instance_request(args: &InstanceArgs, method: &str, action: &str) -> anyhow::Result<()> {
+    let path = instance_path(&args.naming.fqfn()?, args.instance_id, action);
+    print(&Client::new(&args.worker.url).send(method, &path, Body::Empty)?)
+}
+
+fn querystate(args: &QuerystateArgs) -> anyhow::Result<()> {
+    let fqfn = args.naming.fqfn()?;
+    if let Some(data_dir) = &args.data_dir {
+        let store = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?;
+        let Some(stored) = store.table(&fqfn)?.get(&args.key)? else {
+            bail!("function {fqfn} has no state under key `{}`", args.key);
+        };
+        return print(&state_json(&args.key, stored));
+    }
+    let client = Client::new(&args.worker.url);
+    let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(&args.key));
+    if !args.watch {
+        return print(&client.send("GET", &path, Body::Empty)?);
+    }
+    let mut last_version = None;
+    loop {
+        match client.send("GET", &path, Body::Empty) {
+            Ok(state) => {
+                let version = state["version"].as_u64();
+                if version != last_version {
+                    print(&state)?;
+                    last_version = version;
+                }
+            }
+            // A key that does not exist yet is watched until it does.
+            Err(error) if error.to_string().contains("(HTTP 404)") && last_version.is_none() => {}
+            Err(error) => return Err(error),
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    }
+}

@@ -1,0 +1,620 @@
+//! The `fnhost` command line: pulsar-admin's verbs and flags where they exist.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod functions;
+
+use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
+use crate::embedded::EmbeddedStore;
+use crate::instance::{self, Executor, LogSink, MessageContext, ProcessingGuarantee, RunUntil, WasmExecutor};
+use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_WORKER_INSTANCES};
+use crate::metrics::Stats;
+use crate::names::{Fqfn, TopicName};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources};
+use crate::state::StateStore;
+use crate::worker::{Worker, WorkerConfig, admin, message_json};
+use client::{Body, Client};
+
+/// The data directory used when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = "./fnhost-data";
+/// The sled database's folder inside the data directory.
+pub(crate) const DATABASE_DIR: &str = "db";
+/// Compiled components, inside the data directory.
+const COMPILED_DIR: &str = "compiled";
+
+/// fnhost: run WebAssembly functions over topics, with durable state.
+#[derive(Debug, Parser)]
+#[command(name = "fnhost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one function in the foreground, over the embedded topics in the data directory.
+    Localrun(Box<LocalrunArgs>),
+    /// Run a function worker: many functions, managed over HTTP (the REST API) or `fnhost functions`.
+    Worker(WorkerArgs),
+    /// Produce to and consume from topics, in a data directory or through a worker (--url).
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Manage the functions of a worker.
+    #[command(subcommand)]
+    Functions(Box<functions::FunctionsCommand>),
+}
+
+#[derive(Debug, Args)]
+struct DataDir {
+    /// The data directory holding topics, subscriptions, state and compiled components.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct LocalrunArgs {
+    #[command(flatten)]
+    function: FunctionFlags,
+    /// Exit once the inputs are drained, printing what was processed.
+    #[arg(long)]
+    until_idle: bool,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+/// A function's config as flags; each has a field of the same name in camelCase in
+/// `--function-config-file`, and a flag given overrides the file.
+#[derive(Debug, Args)]
+struct FunctionFlags {
+    /// A YAML (or JSON) file with the function's config; flags override its fields.
+    #[arg(long)]
+    function_config_file: Option<PathBuf>,
+    /// The function: a WebAssembly component implementing wit/function.wit.
+    #[arg(long)]
+    wasm: Option<PathBuf>,
+    /// The function as tenant/namespace/name (instead of --tenant, --namespace and --name).
+    #[arg(long, conflicts_with_all = ["tenant", "namespace", "name"])]
+    fqfn: Option<String>,
+    /// The function's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The function's tenant [default: public].
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The function's namespace [default: default].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Input topics, separated by commas.
+    #[arg(short = 'i', long, value_delimiter = ',')]
+    inputs: Option<Vec<String>>,
+    /// A regular expression: every topic whose name it matches is an input, including topics
+    /// created later. Without persistent:// it applies to topic names in the function's namespace.
+    #[arg(long)]
+    topics_pattern: Option<String>,
+    /// The topic returned values are written to.
+    #[arg(short = 'o', long)]
+    output: Option<String>,
+    /// A topic that also receives the function's log lines.
+    #[arg(long)]
+    log_topic: Option<String>,
+    /// User config, a JSON object the function reads with user-config-value.
+    #[arg(long)]
+    user_config: Option<String>,
+    /// Secrets, a JSON object of strings the function reads with secret.
+    #[arg(long)]
+    secrets: Option<String>,
+    /// Memory per instance: bytes, or a number with K, M or G (binary units) [default: 128M].
+    #[arg(long)]
+    ram: Option<String>,
+    /// Time limit for processing one message, in milliseconds [default: 10000].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// The subscription name [default: the fully qualified function name].
+    #[arg(long)]
+    subs_name: Option<String>,
+    /// Where a new subscription starts. fnhost defaults to earliest (Pulsar: latest), see docs.
+    #[arg(long, value_enum)]
+    subs_position: Option<Position>,
+    /// When messages are acknowledged: before processing, after their effects commit (with or
+    /// without failover ordering), or when the function acknowledges them [default: ATLEAST_ONCE].
+    #[arg(long, value_enum, ignore_case = true)]
+    processing_guarantees: Option<ProcessingGuarantee>,
+    /// Process messages in input order, one instance at a time (a failover subscription).
+    #[arg(long, conflicts_with = "retain_key_ordering")]
+    retain_ordering: bool,
+    /// Process the messages of each key in input order, each key on one instance (key-shared).
+    #[arg(long)]
+    retain_key_ordering: bool,
+    /// How many instances run, each in its own sandbox [default: 1].
+    #[arg(long)]
+    parallelism: Option<u32>,
+    /// How many times a failed message is tried again before it goes to the dead-letter topic [default: 2].
+    #[arg(long)]
+    max_message_retries: Option<u32>,
+    /// Where messages go that failed every try [default: NAME-DLQ in the function's namespace].
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// MANUAL only: how long after delivery an unacknowledged message is delivered again, in milliseconds [default: 30000].
+    #[arg(long)]
+    ack_timeout_ms: Option<u64>,
+    /// Most messages processed between two commits: smaller batches commit sooner, larger ones cost less [default: 4096].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// The lowest level of function log lines to keep [default: info].
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevelName>,
+}
+
+impl FunctionFlags {
+    /// The config file (if any) with the flags laid over it.
+    fn into_spec(self) -> anyhow::Result<FunctionSpec> {
+        let file = match &self.function_config_file {
+            Some(path) => FunctionSpec::from_file(path)?,
+            None => FunctionSpec::default(),
+        };
+        let (tenant, namespace, name) = match &self.fqfn {
+            Some(text) => {
+                let fqfn = Fqfn::parse(text)?;
+                (Some(fqfn.tenant().to_owned()), Some(fqfn.namespace().to_owned()), Some(fqfn.name().to_owned()))
+            }
+            None => (self.tenant, self.namespace, self.name),
+        };
+        let flags = FunctionSpec {
+            tenant,
+            namespace,
+            name,
+            wasm: self.wasm.map(|path| path.display().to_string()),
+            inputs: self.inputs,
+            topics_pattern: self.topics_pattern,
+            output: self.output,
+            log_topic: self.log_topic,
+            dead_letter_topic: self.dead_letter_topic,
+            max_message_retries: self.max_message_retries,
+            sub_name: self.subs_name,
+            subscription_position: self.subs_position,
+            processing_guarantees: self.processing_guarantees,
+            retain_ordering: self.retain_ordering.then_some(true),
+            retain_key_ordering: self.retain_key_ordering.then_some(true),
+            timeout_ms: self.timeout_ms,
+            parallelism: self.parallelism,
+            resources: self.ram.map(|ram| Resources { ram: Some(RamSize::Text(ram)) }),
+            user_config: parse_json_object("--user-config", self.user_config.as_deref())?,
+            secrets: parse_json_object("--secrets", self.secrets.as_deref())?,
+            ack_timeout_ms: self.ack_timeout_ms,
+            batch_size: self.batch_size,
+            log_level: self.log_level,
+            cleanup_subscription: None,
+        };
+        Ok(file.overlay(flags))
+    }
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// The address the REST API listens on (port 0: any free port, shown in the log).
+    #[arg(long, default_value = "127.0.0.1:6750")]
+    listen: std::net::SocketAddr,
+    /// Most instances across all functions: each is a thread and a pooled sandbox.
+    #[arg(long, default_value_t = DEFAULT_WORKER_INSTANCES)]
+    max_instances: u32,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Append messages to a topic.
+    Produce(ProduceArgs),
+    /// Print a topic's messages, one per line.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// The topic (a short name means persistent://public/default/NAME).
+    topic: String,
+    /// A message; repeat for several.
+    #[arg(short = 'm', long = "messages", required_unless_present = "file", conflicts_with = "file")]
+    messages: Vec<String>,
+    /// A file holding one message per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The key of every message.
+    #[arg(short = 'k', long)]
+    key: Option<String>,
+    /// A property `name=value` of every message; repeat for several.
+    #[arg(short = 'p', long = "property")]
+    properties: Vec<String>,
+    /// The event time of every message, in milliseconds since the Unix epoch.
+    #[arg(long)]
+    event_time: Option<u64>,
+    /// Produce through the worker at this URL instead of writing the data directory.
+    #[arg(long, conflicts_with = "data_dir")]
+    url: Option<String>,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    /// The topic.
+    topic: String,
+    /// Stop after this many messages (0: no limit).
+    #[arg(short = 'n', long = "num-messages", default_value_t = 0)]
+    num_messages: u64,
+    /// A durable subscription: its position is kept, so the next consume continues after this one.
+    #[arg(short = 's', long)]
+    subscription: Option<String>,
+    /// Where to start when the subscription is new (or always, without --subscription).
+    #[arg(long, value_enum, default_value_t = Position::Earliest)]
+    position: Position,
+    /// Exit at the end of the topic instead of waiting for more.
+    #[arg(long)]
+    until_idle: bool,
+    /// Print each message as one JSON object with its key, properties, times and id.
+    #[arg(long)]
+    json: bool,
+    /// Consume through the worker at this URL (with a --subscription) instead of reading the data directory.
+    #[arg(long, conflicts_with = "data_dir", requires = "subscription")]
+    url: Option<String>,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Localrun(args) => localrun(*args),
+        Command::Worker(args) => worker(args),
+        Command::Topics(TopicsCommand::Produce(args)) => produce(args),
+        Command::Topics(TopicsCommand::Consume(args)) => consume(args),
+        Command::Functions(command) => functions::run(*command),
+    }
+}
+
+fn open_store(data: &DataDir) -> anyhow::Result<EmbeddedStore> {
+    std::fs::create_dir_all(&data.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data.data_dir.display()))?;
+    Ok(EmbeddedStore::open(&data.data_dir.join(DATABASE_DIR))?)
+}
+
+fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
+    let spec = args.function.into_spec()?;
+    let Some(wasm) = spec.wasm.clone() else {
+        bail!("no function to run: give --wasm FILE.wasm (or `wasm` in --function-config-file)");
+    };
+    let config = spec.resolve()?;
+    let fqfn = config.fqfn.clone();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
+        max_instances: config.parallelism + 1,
+    })?;
+    let code = runtime.load(Path::new(&wasm))?;
+    let function = code.prepare::<MessageContext>()?;
+    let store = open_store(&args.data)?;
+    let logs = LogSink::default();
+    let mut executors: Vec<Box<dyn Executor>> = Vec::new();
+    for instance_id in 0..config.parallelism {
+        let details = Arc::new(config.details(code.digest(), instance_id, config.parallelism));
+        let context = MessageContext::new(&config, instance_id, store.table(&fqfn)?, logs.clone());
+        let executor = WasmExecutor::start(function.clone(), details, config.limits, context)
+            .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
+        executors.push(Box::new(executor));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")?;
+    let until = if args.until_idle { RunUntil::Idle } else { RunUntil::Stopped };
+    tracing::info!(
+        "running {fqfn} over {}: {} instance(s), {:?}, {:?} subscription `{}`",
+        describe_inputs(&config.inputs),
+        config.parallelism,
+        config.guarantee,
+        config.subscription_type(),
+        config.subscription
+    );
+    let stats = instance::run(&store, &config, executors, until, &stop)?;
+    if stats.len() > 1 {
+        for (instance_id, instance) in stats.iter().enumerate() {
+            println!("instance {instance_id}: {}", summary(instance));
+        }
+    }
+    let total = Stats::total(&stats);
+    println!("localrun {fqfn}: {}", summary(&total));
+    for (name, (count, sum)) in &total.user_metrics {
+        println!("metric {name}: count {count}, sum {sum}");
+    }
+    Ok(())
+}
+
+fn describe_inputs(inputs: &Inputs) -> String {
+    let mut parts: Vec<String> = inputs.topics.iter().map(ToString::to_string).collect();
+    parts.extend(inputs.pattern.iter().map(|pattern| format!("topics matching {pattern}")));
+    parts.join(",")
+}
+
+fn summary(stats: &Stats) -> String {
+    format!(
+        "processed {} messages: {} succeeded, {} user exceptions, {} system exceptions, {} restarts, {} dead-lettered",
+        stats.received,
+        stats.succeeded,
+        stats.user_exceptions,
+        stats.system_exceptions,
+        stats.restarts,
+        stats.dead_lettered
+    )
+}
+
+/// Parses a JSON object given on the command line.
+fn parse_json_object(
+    flag: &str,
+    text: Option<&str>,
+) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    let Some(text) = text else { return Ok(None) };
+    if text.len() > MAX_CONFIG_SIZE {
+        bail!("{flag} is {} bytes; the limit (MAX_CONFIG_SIZE) is {MAX_CONFIG_SIZE}", text.len());
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'")
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        bail!("{flag} must be a JSON object such as '{{\"key\": \"value\"}}', not {value}");
+    };
+    Ok(Some(map))
+}
+
+fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.max_instances == 0 || args.max_instances > MAX_WORKER_INSTANCES {
+        bail!(
+            "--max-instances {} is out of range: give 1 to {MAX_WORKER_INSTANCES} (MAX_WORKER_INSTANCES)",
+            args.max_instances
+        );
+    }
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
+        // Each running instance holds one slot; a trapped instance's replacement needs another for a moment.
+        max_instances: args.max_instances.saturating_mul(2),
+    })?;
+    let store = open_store(&args.data)?;
+    let config = WorkerConfig { data_dir: args.data.data_dir.clone(), max_instances: args.max_instances };
+    let worker = Arc::new(Worker::open(config, store, runtime)?);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fnhost-http")
+        .build()
+        .context("cannot start the HTTP runtime")?;
+    tokio.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+            format!("cannot listen on {}: is another worker running there? pass --listen", args.listen)
+        })?;
+        let address = listener.local_addr()?;
+        tracing::info!("fnhost worker listening on http://{address}");
+        axum::serve(listener, admin::router(worker.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the HTTP server failed")?;
+        tracing::info!("stopping: every instance finishes and commits its batch");
+        let stopping = worker.clone();
+        tokio::task::spawn_blocking(move || stopping.shutdown()).await.context("shutdown failed")?;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!("cannot watch for SIGTERM: {error}");
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let topic = TopicName::parse(&args.topic)?;
+    let values: Vec<String> = match &args.file {
+        Some(path) => read_lines(path)?,
+        None => args.messages.clone(),
+    };
+    let properties = args
+        .properties
+        .iter()
+        .map(|property| match property.split_once('=') {
+            Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+            None => bail!("--property `{property}` is not name=value"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let messages: Vec<OutMessage> = values
+        .into_iter()
+        .map(|value| OutMessage {
+            value: value.into_bytes(),
+            key: args.key.clone(),
+            properties: properties.clone(),
+            event_time: args.event_time,
+        })
+        .collect();
+    for (index, message) in messages.iter().enumerate() {
+        instance::check_message(message).map_err(|limit| anyhow!("message {} was not produced: {limit}", index + 1))?;
+    }
+    let count = messages.len();
+    if let Some(url) = &args.url {
+        let client = Client::new(url);
+        let path = topic_path(&topic);
+        for chunk in messages.chunks(MAX_BATCH_MESSAGES) {
+            let body: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|message| {
+                    serde_json::json!({
+                        "payload": base64::engine::general_purpose::STANDARD.encode(&message.value),
+                        "key": message.key,
+                        "properties": message.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
+                        "eventTime": message.event_time,
+                    })
+                })
+                .collect();
+            client.send("POST", &path, Body::Json(serde_json::json!({ "messages": body })))?;
+        }
+    } else {
+        let store = open_store(&args.data)?;
+        for chunk in messages.chunks(MAX_BATCH_MESSAGES) {
+            store.produce(&topic, chunk.to_vec())?;
+        }
+    }
+    println!("produced {count} messages to {topic}");
+    Ok(())
+}
+
+fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the messages file {} (one message per line)", path.display()))?;
+    Ok(text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect())
+}
+
+/// The REST path of a topic.
+fn topic_path(topic: &TopicName) -> String {
+    let name = topic.as_str().trim_start_matches("persistent://");
+    let segments: Vec<String> = name.split('/').map(client::encode_segment).collect();
+    format!("/topics/persistent/{}", segments.join("/"))
+}
+
+fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let topic = TopicName::parse(&args.topic)?;
+    if let Some(url) = &args.url {
+        return consume_from_worker(&args, &topic, url);
+    }
+    let store = open_store(&args.data)?;
+    let subscription =
+        store.subscribe(SubscriptionSpec::single(vec![topic], args.subscription.clone(), args.position))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")?;
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    while !stop.load(Ordering::Relaxed) && (args.num_messages == 0 || printed < args.num_messages) {
+        let want = if args.num_messages == 0 { MAX_BATCH_MESSAGES as u64 } else { args.num_messages - printed };
+        let wait = if args.until_idle { Duration::ZERO } else { Duration::from_millis(100) };
+        let messages = subscription.fetch(want.min(MAX_BATCH_MESSAGES as u64) as usize, wait)?;
+        if messages.is_empty() && args.until_idle {
+            break;
+        }
+        let mut out = stdout.lock();
+        for message in &messages {
+            if args.json {
+                writeln!(out, "{}", message_json(message))?;
+            } else {
+                writeln!(out, "{}", String::from_utf8_lossy(&message.body.value))?;
+            }
+        }
+        out.flush()?;
+        printed += messages.len() as u64;
+        // Acknowledge only what has been printed.
+        subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() })?;
+    }
+    Ok(())
+}
+
+/// Receives, prints, then acknowledges, so that a message is acknowledged only once printed.
+fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyhow::Result<()> {
+    let client = Client::new(url);
+    let subscription = args.subscription.as_deref().expect("clap requires --subscription with --url");
+    let path = format!("{}/subscription/{}", topic_path(topic), client::encode_segment(subscription));
+    let position = match args.position {
+        Position::Earliest => "Earliest",
+        Position::Latest => "Latest",
+    };
+    let wait_ms = if args.until_idle { 0 } else { 1000 };
+    let mut printed = 0u64;
+    while args.num_messages == 0 || printed < args.num_messages {
+        let want = if args.num_messages == 0 { MAX_BATCH_MESSAGES as u64 } else { args.num_messages - printed };
+        let count = want.min(MAX_BATCH_MESSAGES as u64);
+        let answer = client.send(
+            "POST",
+            &format!("{path}/receive?count={count}&waitMs={wait_ms}&position={position}"),
+            Body::Empty,
+        )?;
+        let messages = answer["messages"].as_array().cloned().unwrap_or_default();
+        if messages.is_empty() && args.until_idle {
+            break;
+        }
+        let mut out = std::io::stdout().lock();
+        for message in &messages {
+            if args.json {
+                writeln!(out, "{message}")?;
+            } else if let Some(value) = message["value"].as_str() {
+                writeln!(out, "{value}")?;
+            } else {
+                writeln!(out, "{}", message["valueBase64"].as_str().unwrap_or_default())?;
+            }
+        }
+        out.flush()?;
+        printed += messages.len() as u64;
+        let ids: Vec<&serde_json::Value> = messages.iter().map(|message| &message["messageId"]).collect();
+        if !ids.is_empty() {
+            client.send(
+                "POST",
+                &format!("{path}/acknowledge"),
+                Body::Json(serde_json::json!({ "messageIds": ids })),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_config_must_be_a_json_object() {
+        let parsed = parse_json_object("--user-config", Some(r#"{"a": 1, "b": "x"}"#)).unwrap().unwrap();
+        assert_eq!(parsed["a"], 1);
+        assert_eq!(parsed["b"], "x");
+        for bad in ["{", "[1]", "3"] {
+            let error = parse_json_object("--user-config", Some(bad)).unwrap_err().to_string();
+            assert!(error.contains("--user-config"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        std::fs::write(&file, "name: from-file\ninputs: [a]\nparallelism: 2\ntimeoutMs: 500\n").unwrap();
+        let cli = Cli::parse_from([
+            "fnhost",
+            "localrun",
+            "--function-config-file",
+            file.to_str().unwrap(),
+            "--parallelism",
+            "3",
+            "--wasm",
+            "f.wasm",
+        ]);
+        let Command::Localrun(args) = cli.command else { panic!("parsed as localrun") };
+        let spec = args.function.into_spec().unwrap();
+        assert_eq!(spec.name.as_deref(), Some("from-file"));
+        assert_eq!(spec.parallelism, Some(3), "the flag wins");
+        assert_eq!(spec.timeout_ms, Some(500), "the file fills what no flag gives");
+        assert_eq!(spec.wasm.as_deref(), Some("f.wasm"));
+    }
+}

@@ -1,0 +1,506 @@
+//! The worker's HTTP API: Pulsar's REST paths for functions, a REST producer and consumer for
+//! topics, `/metrics`, `/health` and the OpenAPI document. This is the only HTTP in fnhost.
+//!
+//! Every handler runs the worker's (blocking) operation on tokio's blocking pool; every error is
+//! JSON `{"reason": ...}` with the status its kind calls for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::{Worker, WorkerError, message_json};
+use crate::broker::{OutMessage, Position};
+use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REQUEST_SIZE};
+use crate::names::{Fqfn, TopicName};
+use crate::spec::FunctionSpec;
+
+/// The OpenAPI document of this API, kept beside the code that implements it.
+pub const OPENAPI: &str = include_str!("openapi.yaml");
+
+/// An error response: a status and the reason.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "reason": self.1 }))).into_response()
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(error: WorkerError) -> Self {
+        let status = match &error {
+            WorkerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WorkerError::NotFound(_) => StatusCode::NOT_FOUND,
+            WorkerError::Conflict(_) => StatusCode::CONFLICT,
+            WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("request failed: {error}");
+        }
+        Self(status, error.to_string())
+    }
+}
+
+fn bad_request(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, reason.into())
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type Shared = State<Arc<Worker>>;
+
+/// Runs a worker operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, WorkerError> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(panic) => {
+            Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed in the worker: {panic}")))
+        }
+    }
+}
+
+/// The router for `worker`.
+pub fn router(worker: Arc<Worker>) -> Router {
+    let functions = "/admin/v3/functions/{tenant}/{namespace}";
+    let function = "/admin/v3/functions/{tenant}/{namespace}/{name}";
+    let topic = "/topics/persistent/{tenant}/{namespace}/{topic}";
+    Router::new()
+        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+        .route(functions, get(list))
+        .route(function, get(get_function).post(create).put(update).delete(delete))
+        .route(&format!("{function}/status"), get(status))
+        .route(&format!("{function}/stats"), get(stats))
+        .route(&format!("{function}/{{instance}}/status"), get(instance_status))
+        .route(&format!("{function}/{{instance}}/stats"), get(instance_stats))
+        .route(&format!("{function}/start"), post(start))
+        .route(&format!("{function}/stop"), post(stop))
+        .route(&format!("{function}/restart"), post(restart))
+        .route(&format!("{function}/{{instance}}/start"), post(instance_start))
+        .route(&format!("{function}/{{instance}}/stop"), post(instance_stop))
+        .route(&format!("{function}/{{instance}}/restart"), post(instance_restart))
+        .route(&format!("{function}/trigger"), post(trigger))
+        .route(&format!("{function}/state/{{*key}}"), get(query_state).post(put_state))
+        .route(topic, post(produce))
+        .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))
+        .route(&format!("{topic}/subscription/{{subscription}}/acknowledge"), post(acknowledge))
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError(StatusCode::NOT_FOUND, format!("no route for {method} {uri}; /openapi.yaml lists the API"))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{uri} does not take {method}; /openapi.yaml lists the methods of each path"),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_SIZE))
+        .with_state(worker)
+}
+
+fn fqfn(tenant: &str, namespace: &str, name: &str) -> ApiResult<Fqfn> {
+    Fqfn::new(tenant, namespace, name).map_err(|error| bad_request(error.to_string()))
+}
+
+fn topic_name(tenant: &str, namespace: &str, topic: &str) -> ApiResult<TopicName> {
+    TopicName::parse(&format!("persistent://{tenant}/{namespace}/{topic}"))
+        .map_err(|error| bad_request(error.to_string()))
+}
+
+/// The fields of a multipart form, or of a JSON body taken as the single field `json_field`.
+async fn form(request: Request, json_field: &str) -> ApiResult<BTreeMap<String, Vec<u8>>> {
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("").to_owned();
+    let mut fields = BTreeMap::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &())
+            .await
+            .map_err(|error| bad_request(format!("the form cannot be read: {error}")))?;
+        while let Some(field) =
+            multipart.next_field().await.map_err(|error| bad_request(format!("the form cannot be read: {error}")))?
+        {
+            let name = field.name().unwrap_or_default().to_owned();
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|error| bad_request(format!("form field `{name}` cannot be read: {error}")))?;
+            fields.insert(name, bytes.to_vec());
+        }
+    } else {
+        let bytes = Bytes::from_request(request, &())
+            .await
+            .map_err(|error| bad_request(format!("the body cannot be read: {error}")))?;
+        if !bytes.is_empty() {
+            fields.insert(json_field.to_owned(), bytes.to_vec());
+        }
+    }
+    Ok(fields)
+}
+
+/// The config and component of a create or update request.
+async fn function_form(request: Request) -> ApiResult<(FunctionSpec, Option<Vec<u8>>)> {
+    let mut fields = form(request, "functionConfig").await?;
+    let spec = match fields.remove("functionConfig") {
+        Some(json) => FunctionSpec::from_json(&json).map_err(|error| bad_request(error.to_string()))?,
+        None => FunctionSpec::default(),
+    };
+    let spec = match fields.remove("url") {
+        Some(url) => FunctionSpec { wasm: Some(String::from_utf8_lossy(&url).into_owned()), ..spec },
+        None => spec,
+    };
+    Ok((spec, fields.remove("data")))
+}
+
+async fn metrics(State(worker): Shared) -> ApiResult<Response> {
+    let text = blocking(move || Ok(worker.metrics_text())).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn list(State(worker): Shared, Path((tenant, namespace)): Path<(String, String)>) -> Json<Vec<String>> {
+    Json(worker.list(&tenant, &namespace))
+}
+
+async fn get_function(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<FunctionSpec>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.get(&fqfn)).await?))
+}
+
+/// Names in the path win; a config naming another function is refused.
+fn named(spec: FunctionSpec, fqfn: &Fqfn) -> ApiResult<FunctionSpec> {
+    for (given, path) in [(&spec.tenant, fqfn.tenant()), (&spec.namespace, fqfn.namespace()), (&spec.name, fqfn.name())]
+    {
+        if given.as_deref().is_some_and(|given| given != path) {
+            return Err(bad_request(format!("the config names another function than the path ({fqfn})")));
+        }
+    }
+    Ok(FunctionSpec {
+        tenant: Some(fqfn.tenant().into()),
+        namespace: Some(fqfn.namespace().into()),
+        name: Some(fqfn.name().into()),
+        ..spec
+    })
+}
+
+async fn create(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    request: Request,
+) -> ApiResult<Json<FunctionSpec>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let (spec, package) = function_form(request).await?;
+    let spec = named(spec, &fqfn)?;
+    Ok(Json(blocking(move || worker.create(spec, package)).await?))
+}
+
+async fn update(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    request: Request,
+) -> ApiResult<Json<FunctionSpec>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let (spec, package) = function_form(request).await?;
+    let spec = named(spec, &fqfn)?;
+    Ok(Json(blocking(move || worker.update(&fqfn, spec, package)).await?))
+}
+
+async fn delete(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let shown = fqfn.to_string();
+    blocking(move || worker.delete(&fqfn)).await?;
+    Ok(Json(serde_json::json!({ "deleted": shown })))
+}
+
+async fn status(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.status(&fqfn, None)).await?))
+}
+
+async fn stats(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.stats(&fqfn, None)).await?))
+}
+
+type InstancePath = Path<(String, String, String, String)>;
+
+fn instance(tenant: &str, namespace: &str, name: &str, instance: &str) -> ApiResult<(Fqfn, u32)> {
+    let id = instance
+        .parse()
+        .map_err(|_| bad_request(format!("`{instance}` is not an instance id; instances are numbered from 0")))?;
+    Ok((fqfn(tenant, namespace, name)?, id))
+}
+
+async fn instance_status(
+    State(worker): Shared,
+    Path((tenant, namespace, name, id)): InstancePath,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
+    Ok(Json(blocking(move || worker.status(&fqfn, Some(id))).await?))
+}
+
+async fn instance_stats(
+    State(worker): Shared,
+    Path((tenant, namespace, name, id)): InstancePath,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
+    Ok(Json(blocking(move || worker.stats(&fqfn, Some(id))).await?))
+}
+
+/// Start, stop or restart.
+#[derive(Clone, Copy)]
+enum Lifecycle {
+    Start,
+    Stop,
+    Restart,
+}
+
+async fn lifecycle(
+    worker: Arc<Worker>,
+    fqfn: Fqfn,
+    id: Option<u32>,
+    action: Lifecycle,
+) -> ApiResult<Json<serde_json::Value>> {
+    blocking(move || match action {
+        Lifecycle::Start => worker.start(&fqfn, id),
+        Lifecycle::Stop => worker.stop(&fqfn, id),
+        Lifecycle::Restart => worker.restart(&fqfn, id),
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "done": true })))
+}
+
+macro_rules! lifecycle_handlers {
+    ($($function:ident, $instance:ident, $action:expr;)*) => {$(
+        async fn $function(
+            State(worker): Shared,
+            Path((tenant, namespace, name)): Path<(String, String, String)>,
+        ) -> ApiResult<Json<serde_json::Value>> {
+            lifecycle(worker, fqfn(&tenant, &namespace, &name)?, None, $action).await
+        }
+
+        async fn $instance(
+            State(worker): Shared,
+            Path((tenant, namespace, name, id)): InstancePath,
+        ) -> ApiResult<Json<serde_json::Value>> {
+            let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
+            lifecycle(worker, fqfn, Some(id), $action).await
+        }
+    )*};
+}
+
+lifecycle_handlers! {
+    start, instance_start, Lifecycle::Start;
+    stop, instance_stop, Lifecycle::Stop;
+    restart, instance_restart, Lifecycle::Restart;
+}
+
+async fn trigger(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    request: Request,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let mut fields = form(request, "data").await?;
+    let value = match (fields.remove("data"), fields.remove("dataStream")) {
+        (Some(value), None) | (None, Some(value)) => value,
+        _ => return Err(bad_request("give the value to trigger with as one form field: `data` or `dataStream`")),
+    };
+    let topic = fields.remove("topic").map(|topic| String::from_utf8_lossy(&topic).into_owned());
+    Ok(Json(blocking(move || worker.trigger(&fqfn, topic.as_deref(), value)).await?))
+}
+
+async fn query_state(
+    State(worker): Shared,
+    Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.query_state(&fqfn, &key)).await?))
+}
+
+/// Pulsar's FunctionState, as putstate takes it.
+/// Other fields (Pulsar clients send `version`) are ignored: fnhost versions every write itself.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionState {
+    key: Option<String>,
+    string_value: Option<String>,
+    byte_value: Option<String>,
+    number_value: Option<serde_json::Value>,
+}
+
+async fn put_state(
+    State(worker): Shared,
+    Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,
+    request: Request,
+) -> ApiResult<Json<serde_json::Value>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let fields = form(request, "state").await?;
+    let Some(json) = fields.get("state") else {
+        return Err(bad_request("give the value as FunctionState JSON, in the body or the form field `state`"));
+    };
+    let state: FunctionState = serde_json::from_slice(json).map_err(|error| {
+        bad_request(format!(
+            "the state is not FunctionState JSON ({error}); give {{\"key\": ..., \"stringValue\": ...}}"
+        ))
+    })?;
+    if state.key.as_deref().is_some_and(|given| given != key) {
+        return Err(bad_request(format!(
+            "the state names key `{}` but the path names `{key}`",
+            state.key.unwrap_or_default()
+        )));
+    }
+    let value = match (state.string_value, state.byte_value, state.number_value) {
+        (_, _, Some(_)) => {
+            return Err(bad_request(
+                "putstate does not set counters (numberValue); only the function's incr-counter changes them",
+            ));
+        }
+        (Some(text), None, None) => text.into_bytes(),
+        (None, Some(encoded), None) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|error| bad_request(format!("byteValue is not base64: {error}")))?,
+        _ => return Err(bad_request("give exactly one of stringValue and byteValue")),
+    };
+    Ok(Json(blocking(move || worker.put_state(&fqfn, &key, value)).await?))
+}
+
+/// Pulsar's REST producer body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProducerMessages {
+    messages: Vec<ProducerMessage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProducerMessage {
+    /// The value, base64-encoded (Pulsar's form for the bytes schema).
+    payload: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    #[serde(default)]
+    event_time: Option<u64>,
+}
+
+async fn produce(
+    State(worker): Shared,
+    Path((tenant, namespace, topic)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let topic = topic_name(&tenant, &namespace, &topic)?;
+    let request: ProducerMessages = serde_json::from_slice(&body).map_err(|error| {
+        bad_request(format!("the body is not {{\"messages\": [{{\"payload\": BASE64, ...}}]}}: {error}"))
+    })?;
+    if request.messages.len() > MAX_BATCH_MESSAGES {
+        return Err(bad_request(format!(
+            "{} messages in one request; the limit (MAX_BATCH_MESSAGES) is {MAX_BATCH_MESSAGES}",
+            request.messages.len()
+        )));
+    }
+    let messages = request
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(&message.payload)
+                .map_err(|error| bad_request(format!("message {}: payload is not base64: {error}", index + 1)))?;
+            Ok(OutMessage {
+                value,
+                key: message.key,
+                properties: message.properties.into_iter().collect(),
+                event_time: message.event_time,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let ids = blocking(move || worker.produce(&topic, messages)).await?;
+    let results: Vec<serde_json::Value> = ids.into_iter().map(|id| serde_json::json!({ "messageId": id })).collect();
+    Ok(Json(serde_json::json!({ "messagePublishResults": results })))
+}
+
+/// How many messages to receive and how long to wait for the first.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceiveQuery {
+    #[serde(default = "one")]
+    count: usize,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    position: Position,
+}
+
+fn one() -> usize {
+    1
+}
+
+async fn receive(
+    State(worker): Shared,
+    Path((tenant, namespace, topic, subscription)): Path<(String, String, String, String)>,
+    Query(query): Query<ReceiveQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let topic = topic_name(&tenant, &namespace, &topic)?;
+    if query.count == 0 || query.count > MAX_BATCH_MESSAGES {
+        return Err(bad_request(format!(
+            "count {} is out of range: give 1 to {MAX_BATCH_MESSAGES} (MAX_BATCH_MESSAGES)",
+            query.count
+        )));
+    }
+    if query.wait_ms > MAX_RECEIVE_WAIT_MS {
+        return Err(bad_request(format!(
+            "waitMs {} is out of range: give 0 to {MAX_RECEIVE_WAIT_MS} (MAX_RECEIVE_WAIT_MS)",
+            query.wait_ms
+        )));
+    }
+    let wait = Duration::from_millis(query.wait_ms);
+    let messages = blocking(move || worker.receive(&topic, &subscription, query.position, query.count, wait)).await?;
+    let messages: Vec<serde_json::Value> = messages.iter().map(message_json).collect();
+    Ok(Json(serde_json::json!({ "messages": messages })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Acknowledgement {
+    message_ids: Vec<String>,
+}
+
+async fn acknowledge(
+    State(worker): Shared,
+    Path((tenant, namespace, topic, subscription)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let topic = topic_name(&tenant, &namespace, &topic)?;
+    let request: Acknowledgement = serde_json::from_slice(&body)
+        .map_err(|error| bad_request(format!("the body is not {{\"messageIds\": [...]}}: {error}")))?;
+    if request.message_ids.len() > MAX_BATCH_MESSAGES {
+        return Err(bad_request(format!("more than MAX_BATCH_MESSAGES ({MAX_BATCH_MESSAGES}) ids in one request")));
+    }
+    let count = request.message_ids.len();
+    blocking(move || worker.acknowledge(&topic, &subscription, &request.message_ids)).await?;
+    Ok(Json(serde_json::json!({ "acknowledged": count })))
+}

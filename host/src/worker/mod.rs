@@ -1,0 +1,855 @@
+//! The function worker: many functions of many tenants in one process, managed while they run.
+//!
+//! The worker keeps each function's record (its config as given, its code's digest, which
+//! instances an operator stopped) in the metadata store and its code in `packages/`, so that a
+//! restart, even after SIGKILL, runs the same functions again; they resume from their
+//! subscriptions' committed positions with their state, because both live in the engine.
+//! Changing a function (update, restart, stop) drains its instances first: each finishes and
+//! commits the batch it holds, then its consumer leaves, so nothing is lost or applied twice.
+//!
+//! [`admin`] serves this over HTTP; the worker itself knows nothing of HTTP.
+
+pub mod admin;
+mod prometheus;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
+use crate::embedded::EmbeddedStore;
+use crate::instance::{
+    self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext, RunningInstance,
+    WasmExecutor,
+};
+use crate::limits::{
+    MAX_BATCH_MESSAGES, MAX_PACKAGE_SIZE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE, TRIGGER_TIMEOUT_MS,
+};
+use crate::metadata::MetadataStore;
+use crate::metrics::{InstanceMetrics, Stats};
+use crate::names::{Fqfn, TopicName};
+use crate::runtime::{FunctionCode, PreparedFunction, Runtime};
+use crate::spec::FunctionSpec;
+use crate::state::{StateStore, StateValue, Versioned};
+
+/// Metadata keys of function records start with this.
+const FUNCTION_RECORD_PREFIX: &str = "function/";
+/// How often trigger looks for the output of the message it produced.
+const TRIGGER_POLL: Duration = Duration::from_millis(20);
+
+/// Why a worker request failed; each kind has its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The request is wrong: a bad config, component, key or value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such function, instance, key or message.
+    #[error("{0}")]
+    NotFound(String),
+    /// The function already exists, or its state forbids the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// The function did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The worker itself failed.
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+fn not_found(fqfn: &Fqfn) -> WorkerError {
+    WorkerError::NotFound(format!("function {fqfn} does not exist; `fnhost functions list` shows the functions"))
+}
+
+/// What the worker keeps about a function, durably.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FunctionRecord {
+    /// The config as given (tenant, namespace and name filled in; no local component path).
+    spec: FunctionSpec,
+    /// The SHA-256 of the component, naming its file in `packages/`.
+    digest: String,
+    /// Instances an operator stopped.
+    stopped: BTreeSet<u32>,
+}
+
+/// A function the worker runs.
+struct Function {
+    record: FunctionRecord,
+    config: Arc<FunctionConfig>,
+    prepared: PreparedFunction<MessageContext>,
+    instances: Vec<InstanceSlot>,
+}
+
+/// One instance: its counts, which outlive restarts, and its loop while it runs.
+#[derive(Default)]
+struct InstanceSlot {
+    metrics: Arc<InstanceMetrics>,
+    running: Option<RunningInstance>,
+    /// Why the instance last failed to start or stopped with an error.
+    error: Option<String>,
+}
+
+impl InstanceSlot {
+    /// Collects the loop's result if it ended on its own.
+    fn reap(&mut self) {
+        if self.running.as_ref().is_some_and(RunningInstance::is_finished)
+            && let Some(running) = self.running.take()
+            && let Err(error) = running.join()
+        {
+            self.error = Some(error.to_string());
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.reap();
+        self.running.is_some()
+    }
+
+    fn stop(&mut self) {
+        if let Some(running) = self.running.take()
+            && let Err(error) = running.stop()
+        {
+            self.error = Some(error.to_string());
+        }
+    }
+}
+
+/// Where the worker keeps its data and how much it may run.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The data directory: the database, compiled components and packages.
+    pub data_dir: PathBuf,
+    /// Most instances across all functions.
+    pub max_instances: u32,
+}
+
+/// The function worker.
+pub struct Worker {
+    store: EmbeddedStore,
+    runtime: Runtime,
+    packages: PathBuf,
+    max_instances: u32,
+    functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a function's lock leaves its slots as they were: each update is one assignment.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The JSON form of a message, as `topics consume --json` prints it.
+pub fn message_json(message: &Message) -> serde_json::Value {
+    use base64::Engine as _;
+    let body = &message.body;
+    let mut json = serde_json::json!({
+        "messageId": message.id(),
+        "topic": message.topic.as_str(),
+        "key": body.key,
+        "properties": body.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "eventTime": body.event_time,
+        "publishTime": body.publish_time,
+        "redeliveryCount": message.redelivery_count,
+    });
+    match std::str::from_utf8(&body.value) {
+        Ok(text) => json["value"] = text.into(),
+        Err(_) => json["valueBase64"] = base64::engine::general_purpose::STANDARD.encode(&body.value).into(),
+    }
+    json
+}
+
+/// A state value as Pulsar's `FunctionState` JSON: numberValue for counters, stringValue for
+/// UTF-8, else byteValue (base64).
+pub fn state_json(key: &str, stored: Versioned) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut json = serde_json::json!({ "key": key, "version": stored.version });
+    match stored.value {
+        StateValue::Counter(value) => json["numberValue"] = value.into(),
+        StateValue::Bytes(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => json["stringValue"] = text.into(),
+            Err(error) => json["byteValue"] = base64::engine::general_purpose::STANDARD.encode(error.as_bytes()).into(),
+        },
+    }
+    json
+}
+
+impl Worker {
+    /// Opens the data directory and starts every function recorded there.
+    pub fn open(config: WorkerConfig, store: EmbeddedStore, runtime: Runtime) -> anyhow::Result<Self> {
+        let packages = config.data_dir.join("packages");
+        std::fs::create_dir_all(&packages)
+            .with_context(|| format!("cannot create the package directory {}", packages.display()))?;
+        let worker = Self {
+            store,
+            runtime,
+            packages,
+            max_instances: config.max_instances,
+            functions: Mutex::new(BTreeMap::new()),
+        };
+        for (key, bytes) in worker.store.records(FUNCTION_RECORD_PREFIX)? {
+            let record: FunctionRecord = serde_json::from_slice(&bytes).with_context(|| {
+                format!("the function record `{key}` is damaged; remove it from the data directory")
+            })?;
+            let fqfn = record.spec.fqfn()?;
+            let config = record.spec.resolve()?;
+            let code = worker.load_package(&record.digest)?;
+            let prepared = code.prepare::<MessageContext>()?;
+            let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
+            worker.start_instances(&mut function)?;
+            tracing::info!(%fqfn, instances = function.config.parallelism, "resumed function");
+            lock(&worker.functions).insert(fqfn, Arc::new(Mutex::new(function)));
+        }
+        Ok(worker)
+    }
+
+    fn package_path(&self, digest: &str) -> PathBuf {
+        self.packages.join(format!("{digest}.wasm"))
+    }
+
+    fn load_package(&self, digest: &str) -> anyhow::Result<FunctionCode> {
+        let path = self.package_path(digest);
+        Ok(self.runtime.load(&path)?)
+    }
+
+    /// Writes a component's bytes under its digest, atomically and durably.
+    fn save_package(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.package_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        let file = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+        std::io::Write::write_all(&mut &file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path)?;
+        std::fs::File::open(&self.packages)?.sync_all()?;
+        Ok(())
+    }
+
+    fn save_record(&self, fqfn: &Fqfn, record: &FunctionRecord) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(record).expect("a record serializes");
+        Ok(self.store.put_record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}"), &bytes)?)
+    }
+
+    fn function(&self, fqfn: &Fqfn) -> Result<Arc<Mutex<Function>>, WorkerError> {
+        lock(&self.functions).get(fqfn).cloned().ok_or_else(|| not_found(fqfn))
+    }
+
+    /// The component's bytes: uploaded, or read from the path the config names.
+    fn package_bytes(spec: &FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<Option<(Vec<u8>, String)>, WorkerError> {
+        if let Some(bytes) = uploaded {
+            return Ok(Some((bytes, "the uploaded component".into())));
+        }
+        let Some(path) = &spec.wasm else { return Ok(None) };
+        let path = path.strip_prefix("file://").unwrap_or(path);
+        let size = std::fs::metadata(path)
+            .map_err(|error| {
+                WorkerError::BadRequest(format!(
+                    "the worker cannot read the component {path}: {error}; upload the file instead (multipart field `data`)"
+                ))
+            })?
+            .len();
+        if size > MAX_PACKAGE_SIZE as u64 {
+            return Err(WorkerError::BadRequest(format!(
+                "the component {path} is {size} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|error| {
+            WorkerError::BadRequest(format!("the worker cannot read the component {path}: {error}"))
+        })?;
+        Ok(Some((bytes, path.to_owned())))
+    }
+
+    /// Compiles and links a component, refusing anything that is not an fnhost function.
+    fn prepare(&self, bytes: &[u8], shown: &str) -> Result<(String, PreparedFunction<MessageContext>), WorkerError> {
+        let refused = |error: crate::runtime::LoadError| WorkerError::BadRequest(error.to_string());
+        let code = self.runtime.load_bytes(bytes, shown).map_err(refused)?;
+        let prepared = code.prepare::<MessageContext>().map_err(refused)?;
+        Ok((code.digest().to_owned(), prepared))
+    }
+
+    /// The number of instances all functions but `except` have.
+    fn instances_besides(&self, except: &Fqfn) -> u32 {
+        lock(&self.functions)
+            .iter()
+            .filter(|(fqfn, _)| *fqfn != except)
+            .map(|(_, function)| lock(function).config.parallelism)
+            .sum()
+    }
+
+    fn check_capacity(&self, fqfn: &Fqfn, parallelism: u32) -> Result<(), WorkerError> {
+        let others = self.instances_besides(fqfn);
+        if others + parallelism > self.max_instances {
+            return Err(WorkerError::BadRequest(format!(
+                "{fqfn} needs {parallelism} instance(s) but the worker runs at most {} (--max-instances) and {others} are taken; lower --parallelism or start the worker with more",
+                self.max_instances
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a function and starts its instances; returns its config as stored.
+    pub fn create(&self, spec: FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<FunctionSpec, WorkerError> {
+        let bad = |error: crate::spec::ConfigError| WorkerError::BadRequest(error.to_string());
+        let fqfn = spec.fqfn().map_err(bad)?;
+        let config = spec.resolve().map_err(bad)?;
+        if lock(&self.functions).contains_key(&fqfn) {
+            return Err(WorkerError::Conflict(format!(
+                "function {fqfn} already exists; update it, or delete it first"
+            )));
+        }
+        let Some((bytes, shown)) = Self::package_bytes(&spec, uploaded)? else {
+            return Err(WorkerError::BadRequest(
+                "no component: upload it (multipart field `data`) or name a file the worker can read (`url`, or `wasm` in the config)".into(),
+            ));
+        };
+        let (digest, prepared) = self.prepare(&bytes, &shown)?;
+        self.check_capacity(&fqfn, config.parallelism)?;
+        self.save_package(&digest, &bytes)?;
+        let spec = FunctionSpec {
+            tenant: Some(fqfn.tenant().into()),
+            namespace: Some(fqfn.namespace().into()),
+            name: Some(fqfn.name().into()),
+            wasm: None,
+            ..spec
+        };
+        let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new() };
+        let mut functions = lock(&self.functions);
+        if functions.contains_key(&fqfn) {
+            return Err(WorkerError::Conflict(format!(
+                "function {fqfn} already exists; update it, or delete it first"
+            )));
+        }
+        self.save_record(&fqfn, &record)?;
+        let mut function = Function { record, config: Arc::new(config), prepared, instances: Vec::new() };
+        self.start_instances(&mut function)?;
+        tracing::info!(%fqfn, instances = function.config.parallelism, "created function");
+        functions.insert(fqfn, Arc::new(Mutex::new(function)));
+        Ok(spec)
+    }
+
+    /// Changes a function's config (the fields `changes` sets) and, if given, its code: drains the
+    /// old instances, then starts new ones on the same subscription and state.
+    pub fn update(
+        &self,
+        fqfn: &Fqfn,
+        changes: FunctionSpec,
+        uploaded: Option<Vec<u8>>,
+    ) -> Result<FunctionSpec, WorkerError> {
+        let function = self.function(fqfn)?;
+        let current = lock(&function).record.clone();
+        for (given, field) in
+            [(&changes.tenant, fqfn.tenant()), (&changes.namespace, fqfn.namespace()), (&changes.name, fqfn.name())]
+        {
+            if given.as_deref().is_some_and(|given| given != field) {
+                return Err(WorkerError::BadRequest(format!(
+                    "update cannot rename {fqfn}; create a new function instead"
+                )));
+            }
+        }
+        let package = Self::package_bytes(&changes, uploaded)?;
+        let spec = current.spec.clone().overlay(FunctionSpec { wasm: None, ..changes });
+        if spec.sub_name != current.spec.sub_name {
+            return Err(WorkerError::BadRequest(format!(
+                "update cannot change the subscription name of {fqfn} (its position is kept under it); delete and create the function instead"
+            )));
+        }
+        let config = spec.resolve().map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        self.check_capacity(fqfn, config.parallelism)?;
+        let prepared = match &package {
+            Some((bytes, shown)) => {
+                let (digest, prepared) = self.prepare(bytes, shown)?;
+                self.save_package(&digest, bytes)?;
+                Some((digest, prepared))
+            }
+            None => None,
+        };
+        let mut function = lock(&function);
+        stop_instances(&mut function);
+        let parallelism = config.parallelism;
+        function.record.spec = spec.clone();
+        function.record.stopped.retain(|&instance_id| instance_id < parallelism);
+        if let Some((digest, prepared)) = prepared {
+            function.record.digest = digest;
+            function.prepared = prepared;
+        }
+        function.config = Arc::new(config);
+        let record = function.record.clone();
+        self.save_record(fqfn, &record)?;
+        self.start_instances(&mut function)?;
+        drop(function);
+        if record.digest != current.digest {
+            self.remove_unused_packages(&current.digest);
+        }
+        tracing::info!(%fqfn, instances = parallelism, "updated function");
+        Ok(spec)
+    }
+
+    /// Stops a function's instances and forgets it, its subscription (unless `cleanupSubscription`
+    /// is false) and its state.
+    pub fn delete(&self, fqfn: &Fqfn) -> Result<(), WorkerError> {
+        let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
+        let mut function = lock(&function);
+        stop_instances(&mut function);
+        // The record goes first: a crash after it leaves unused data, never a function that
+        // resumes without its state.
+        self.store.remove_record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}")).map_err(anyhow::Error::from)?;
+        if function.record.spec.cleanup_subscription.unwrap_or(true) {
+            self.store.delete_subscription(&function.config.subscription).map_err(anyhow::Error::from)?;
+        }
+        self.store.delete_table(fqfn).map_err(anyhow::Error::from)?;
+        let digest = function.record.digest.clone();
+        drop(function);
+        self.remove_unused_packages(&digest);
+        tracing::info!(%fqfn, "deleted function");
+        Ok(())
+    }
+
+    /// Removes the package `digest` if no function uses it any more; the caller holds no function's lock.
+    fn remove_unused_packages(&self, digest: &str) {
+        let used = lock(&self.functions).values().any(|function| lock(function).record.digest == digest);
+        if !used {
+            let _ = std::fs::remove_file(self.package_path(digest));
+        }
+    }
+
+    /// The function's config, as stored.
+    pub fn get(&self, fqfn: &Fqfn) -> Result<FunctionSpec, WorkerError> {
+        let function = self.function(fqfn)?;
+        let spec = lock(&function).record.spec.clone();
+        Ok(spec)
+    }
+
+    /// The names of the functions in a namespace.
+    pub fn list(&self, tenant: &str, namespace: &str) -> Vec<String> {
+        lock(&self.functions)
+            .keys()
+            .filter(|fqfn| fqfn.tenant() == tenant && fqfn.namespace() == namespace)
+            .map(|fqfn| fqfn.name().to_owned())
+            .collect()
+    }
+
+    /// Starts every instance not stopped by an operator that is not running.
+    fn start_instances(&self, function: &mut Function) -> Result<(), WorkerError> {
+        let count = function.config.parallelism;
+        function.instances.resize_with(count as usize, InstanceSlot::default);
+        let mut idle = Vec::new();
+        for instance_id in 0..count {
+            let slot = &mut function.instances[instance_id as usize];
+            if !function.record.stopped.contains(&instance_id) && !slot.is_running() {
+                idle.push(instance_id);
+            }
+        }
+        // Every consumer joins before any fetches, so that the first cannot take what the others would get.
+        let mut consumers = Vec::new();
+        for &instance_id in &idle {
+            let consumer = self
+                .store
+                .subscribe(function.config.subscription_spec(instance_id, count))
+                .map_err(anyhow::Error::from)?;
+            consumers.push((instance_id, consumer));
+        }
+        for (instance_id, consumer) in consumers {
+            self.start_instance(function, instance_id, consumer)?;
+        }
+        Ok(())
+    }
+
+    fn start_instance(
+        &self,
+        function: &mut Function,
+        instance_id: u32,
+        consumer: Box<dyn crate::broker::Subscription>,
+    ) -> Result<(), WorkerError> {
+        let config = &function.config;
+        let details = Arc::new(config.details(&function.record.digest, instance_id, config.parallelism));
+        let table = self.store.table(&config.fqfn).map_err(anyhow::Error::from)?;
+        let context = MessageContext::new(config, instance_id, table, LogSink::Tracing);
+        let slot = &mut function.instances[instance_id as usize];
+        match WasmExecutor::start(function.prepared.clone(), details, config.limits, context) {
+            Ok(executor) => {
+                slot.error = None;
+                slot.running = Some(instance::spawn(
+                    config.clone(),
+                    instance_id,
+                    consumer,
+                    Box::new(executor),
+                    slot.metrics.clone(),
+                ));
+            }
+            Err(error) => {
+                tracing::error!(fqfn = %config.fqfn, instance_id, "cannot start the instance: {error}");
+                slot.error = Some(format!("cannot start the instance: {error}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `instance` against the function's instances.
+    fn instance_ids(function: &Function, instance: Option<u32>) -> Result<Vec<u32>, WorkerError> {
+        let count = function.config.parallelism;
+        match instance {
+            Some(instance_id) if instance_id >= count => Err(WorkerError::NotFound(format!(
+                "{} has instances 0 to {}; there is no instance {instance_id}",
+                function.config.fqfn,
+                count - 1
+            ))),
+            Some(instance_id) => Ok(vec![instance_id]),
+            None => Ok((0..count).collect()),
+        }
+    }
+
+    /// Starts the function's instances (or one), which stay started across worker restarts.
+    pub fn start(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let function = self.function(fqfn)?;
+        let mut function = lock(&function);
+        for instance_id in Self::instance_ids(&function, instance)? {
+            function.record.stopped.remove(&instance_id);
+        }
+        let record = function.record.clone();
+        self.save_record(fqfn, &record)?;
+        self.start_instances(&mut function)
+    }
+
+    /// Stops the function's instances (or one) after their current batch; they stay stopped
+    /// across worker restarts until started.
+    pub fn stop(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let function = self.function(fqfn)?;
+        let mut function = lock(&function);
+        for instance_id in Self::instance_ids(&function, instance)? {
+            function.record.stopped.insert(instance_id);
+            function.instances[instance_id as usize].stop();
+        }
+        let record = function.record.clone();
+        self.save_record(fqfn, &record)?;
+        Ok(())
+    }
+
+    /// Restarts the function's running instances (or one, which starts it if it was stopped).
+    pub fn restart(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let function = self.function(fqfn)?;
+        let mut function = lock(&function);
+        let ids = Self::instance_ids(&function, instance)?;
+        if instance.is_some() {
+            function.record.stopped.retain(|id| !ids.contains(id));
+            let record = function.record.clone();
+            self.save_record(fqfn, &record)?;
+        }
+        for &instance_id in &ids {
+            let slot = &mut function.instances[instance_id as usize];
+            slot.stop();
+            slot.metrics.record_restart();
+        }
+        self.start_instances(&mut function)
+    }
+
+    /// Pulsar's FunctionStatus for the function, or for one instance.
+    pub fn status(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<serde_json::Value, WorkerError> {
+        let function = self.function(fqfn)?;
+        let mut function = lock(&function);
+        let ids = Self::instance_ids(&function, instance)?;
+        let mut instances = Vec::new();
+        let mut running_count = 0;
+        for instance_id in ids {
+            let slot = &mut function.instances[instance_id as usize];
+            let running = slot.is_running();
+            running_count += u32::from(running);
+            let stats = slot.metrics.snapshot();
+            let error = slot.error.clone().unwrap_or_default();
+            instances.push(serde_json::json!({
+                "instanceId": instance_id,
+                "status": {
+                    "running": running,
+                    "error": error,
+                    "numRestarts": stats.restarts,
+                    "numReceived": stats.received,
+                    "numSuccessfullyProcessed": stats.succeeded,
+                    "numUserExceptions": stats.user_exceptions,
+                    "latestUserExceptions": stats.latest_user_exceptions,
+                    "numSystemExceptions": stats.system_exceptions,
+                    "latestSystemExceptions": stats.latest_system_exceptions,
+                    "numDeadLettered": stats.dead_lettered,
+                    "averageLatency": stats.latency.mean_millis(),
+                    "lastInvocationTime": stats.last_invocation.unwrap_or(0),
+                    "workerId": "embedded",
+                },
+            }));
+        }
+        if instance.is_some() {
+            return Ok(instances.remove(0)["status"].take());
+        }
+        Ok(serde_json::json!({
+            "numInstances": function.config.parallelism,
+            "numRunning": running_count,
+            "instances": instances,
+        }))
+    }
+
+    /// Pulsar's FunctionStats for the function, or FunctionInstanceStats for one instance.
+    pub fn stats(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<serde_json::Value, WorkerError> {
+        let function = self.function(fqfn)?;
+        let function = lock(&function);
+        let ids = Self::instance_ids(&function, instance)?;
+        let per_instance: Vec<(u32, Stats, crate::metrics::MinuteCounts)> = ids
+            .iter()
+            .map(|&instance_id| {
+                let metrics = &function.instances[instance_id as usize].metrics;
+                (instance_id, metrics.snapshot(), metrics.last_minute())
+            })
+            .collect();
+        let instances: Vec<serde_json::Value> = per_instance
+            .iter()
+            .map(|(instance_id, stats, minute)| {
+                serde_json::json!({ "instanceId": instance_id, "metrics": stats_json(stats, minute) })
+            })
+            .collect();
+        if instance.is_some() {
+            return Ok(instances[0]["metrics"].clone());
+        }
+        let total = Stats::total(per_instance.iter().map(|(_, stats, _)| stats));
+        let mut minute = crate::metrics::MinuteCounts::default();
+        for (_, _, instance_minute) in &per_instance {
+            minute.received += instance_minute.received;
+            minute.succeeded += instance_minute.succeeded;
+            minute.user_exceptions += instance_minute.user_exceptions;
+            minute.system_exceptions += instance_minute.system_exceptions;
+            minute.timed += instance_minute.timed;
+            minute.latency_nanos += instance_minute.latency_nanos;
+        }
+        let mut json = stats_json(&total, &minute);
+        json["instances"] = instances.into();
+        Ok(json)
+    }
+
+    /// Every instance's counts, labelled, for `/metrics`.
+    fn instance_stats(&self) -> Vec<(Fqfn, u32, Stats)> {
+        let functions: Vec<(Fqfn, Arc<Mutex<Function>>)> =
+            lock(&self.functions).iter().map(|(fqfn, function)| (fqfn.clone(), function.clone())).collect();
+        let mut all = Vec::new();
+        for (fqfn, function) in functions {
+            let function = lock(&function);
+            for (instance_id, slot) in function.instances.iter().enumerate() {
+                all.push((fqfn.clone(), instance_id as u32, slot.metrics.snapshot()));
+            }
+        }
+        all
+    }
+
+    /// Prometheus text for every instance of every function.
+    pub fn metrics_text(&self) -> String {
+        prometheus::render(&self.instance_stats())
+    }
+
+    /// Puts `value` on `topic` (default: the function's only input topic), waits until the function
+    /// has processed it, and returns its output, if it had one.
+    pub fn trigger(&self, fqfn: &Fqfn, topic: Option<&str>, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
+        let function = self.function(fqfn)?;
+        let config = {
+            let mut function = lock(&function);
+            if !function.instances.iter_mut().any(InstanceSlot::is_running) {
+                return Err(WorkerError::Conflict(format!(
+                    "{fqfn} has no running instance to process the trigger; start it first"
+                )));
+            }
+            function.config.clone()
+        };
+        let topic = match topic {
+            Some(name) => {
+                let topic = TopicName::parse(name).map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+                let input = config.inputs.topics.contains(&topic)
+                    || config.inputs.pattern.as_ref().is_some_and(|pattern| pattern.matches(&topic));
+                if !input {
+                    return Err(WorkerError::BadRequest(format!("{topic} is not an input of {fqfn}")));
+                }
+                topic
+            }
+            None => match config.inputs.topics.as_slice() {
+                [only] if config.inputs.pattern.is_none() => only.clone(),
+                _ => {
+                    return Err(WorkerError::BadRequest(format!(
+                        "{fqfn} has several inputs; name the one to trigger with --topic"
+                    )));
+                }
+            },
+        };
+        let message = OutMessage::new(value);
+        instance::check_message(&message).map_err(WorkerError::BadRequest)?;
+        // The reader starts before the message exists, so the output cannot slip past it.
+        let reader = match &config.output {
+            Some(output) => Some(
+                self.store
+                    .subscribe(SubscriptionSpec::single(vec![output.clone()], None, Position::Latest))
+                    .map_err(anyhow::Error::from)?,
+            ),
+            None => None,
+        };
+        let sequence = self.store.produce(&topic, vec![message]).map_err(anyhow::Error::from)?[0];
+        let message_id = crate::broker::message_id(sequence);
+        let deadline = Instant::now() + Duration::from_millis(TRIGGER_TIMEOUT_MS);
+        let is_output = |message: &Message| {
+            let property = |name: &str| {
+                message.body.properties.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+            };
+            property(INPUT_TOPIC_PROPERTY) == Some(topic.as_str())
+                && property(INPUT_MESSAGE_ID_PROPERTY) == Some(message_id.as_str())
+        };
+        loop {
+            // Read after the check: once acknowledged, the output (committed with it) is readable.
+            let processed =
+                self.store.is_acknowledged(&config.subscription, &topic, sequence).map_err(anyhow::Error::from)?;
+            if let Some(reader) = &reader {
+                loop {
+                    let messages = reader.fetch(MAX_BATCH_MESSAGES, Duration::ZERO).map_err(anyhow::Error::from)?;
+                    if let Some(output) = messages.iter().find(|message| is_output(message)) {
+                        let mut json = message_json(output);
+                        json["inputMessageId"] = message_id.clone().into();
+                        return Ok(json);
+                    }
+                    if messages.is_empty() {
+                        break;
+                    }
+                }
+            }
+            if processed {
+                return Ok(serde_json::json!({ "inputMessageId": message_id, "value": null }));
+            }
+            if Instant::now() >= deadline {
+                return Err(WorkerError::Timeout(format!(
+                    "{fqfn} did not process message {message_id} of {topic} within TRIGGER_TIMEOUT_MS ({TRIGGER_TIMEOUT_MS} ms); see its status"
+                )));
+            }
+            std::thread::sleep(TRIGGER_POLL);
+        }
+    }
+
+    /// The committed value of a state key, as FunctionState JSON.
+    pub fn query_state(&self, fqfn: &Fqfn, key: &str) -> Result<serde_json::Value, WorkerError> {
+        self.function(fqfn)?;
+        let stored = self.store.table(fqfn).and_then(|table| table.get(key)).map_err(anyhow::Error::from)?;
+        match stored {
+            Some(stored) => Ok(state_json(key, stored)),
+            None => Err(WorkerError::NotFound(format!("function {fqfn} has no state under key `{key}`"))),
+        }
+    }
+
+    /// Sets a state key to bytes; counters are refused, both as the new value and as the old one.
+    pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
+        self.function(fqfn)?;
+        if key.len() > MAX_STATE_KEY_LEN {
+            return Err(WorkerError::BadRequest(format!(
+                "state key is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",
+                key.len()
+            )));
+        }
+        if value.len() > MAX_STATE_VALUE_SIZE {
+            return Err(WorkerError::BadRequest(format!(
+                "state value is {} bytes; the limit (MAX_STATE_VALUE_SIZE) is {MAX_STATE_VALUE_SIZE}",
+                value.len()
+            )));
+        }
+        let current = self.store.table(fqfn).and_then(|table| table.get(key)).map_err(anyhow::Error::from)?;
+        if matches!(current, Some(Versioned { value: StateValue::Counter(_), .. })) {
+            return Err(WorkerError::BadRequest(format!(
+                "state key `{key}` of {fqfn} is a counter; putstate does not set counters, only the function's incr-counter changes them"
+            )));
+        }
+        let stored = self.store.put(fqfn, key, StateValue::Bytes(value)).map_err(anyhow::Error::from)?;
+        Ok(state_json(key, stored))
+    }
+
+    /// Appends messages to a topic; returns their ids.
+    pub fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<String>, WorkerError> {
+        for (index, message) in messages.iter().enumerate() {
+            instance::check_message(message)
+                .map_err(|limit| WorkerError::BadRequest(format!("message {} was refused: {limit}", index + 1)))?;
+        }
+        let sequences = self.store.produce(topic, messages).map_err(anyhow::Error::from)?;
+        Ok(sequences.into_iter().map(crate::broker::message_id).collect())
+    }
+
+    /// Up to `count` messages of `topic` for durable subscription `subscription`, without
+    /// acknowledging them: they come again until [`Worker::acknowledge`]d.
+    pub fn receive(
+        &self,
+        topic: &TopicName,
+        subscription: &str,
+        position: Position,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<Message>, WorkerError> {
+        let consumer = self
+            .store
+            .subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(subscription.to_owned()), position))
+            .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        // Dropping the consumer hands what it did not acknowledge back to the subscription.
+        Ok(consumer.fetch(count, wait).map_err(anyhow::Error::from)?)
+    }
+
+    /// Acknowledges messages of `topic` for `subscription`, by id.
+    pub fn acknowledge(&self, topic: &TopicName, subscription: &str, ids: &[String]) -> Result<(), WorkerError> {
+        let mut acks = Acks::default();
+        for id in ids {
+            let sequence = id
+                .parse::<u64>()
+                .map_err(|_| WorkerError::BadRequest(format!("`{id}` is not a message id (a decimal number)")))?;
+            acks.add(topic, sequence);
+        }
+        let consumer = self
+            .store
+            .subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(subscription.to_owned()), Position::Earliest))
+            .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        consumer.commit(Effects { acks, ..Effects::default() }).map_err(anyhow::Error::from)?;
+        Ok(())
+    }
+
+    /// Stops every instance after its current batch: what the worker does before it exits.
+    pub fn shutdown(&self) {
+        let functions: Vec<Arc<Mutex<Function>>> = lock(&self.functions).values().cloned().collect();
+        for function in &functions {
+            for slot in &lock(function).instances {
+                if let Some(running) = &slot.running {
+                    running.request_stop();
+                }
+            }
+        }
+        for function in functions {
+            stop_instances(&mut lock(&function));
+        }
+    }
+}
+
+fn stop_instances(function: &mut Function) {
+    for slot in &function.instances {
+        if let Some(running) = &slot.running {
+            running.request_stop();
+        }
+    }
+    for slot in &mut function.instances {
+        slot.stop();
+    }
+}
+
+fn stats_json(stats: &Stats, minute: &crate::metrics::MinuteCounts) -> serde_json::Value {
+    let user_metrics: BTreeMap<&String, f64> =
+        stats.user_metrics.iter().map(|(name, (count, sum))| (name, sum / (*count).max(1) as f64)).collect();
+    serde_json::json!({
+        "receivedTotal": stats.received,
+        "processedSuccessfullyTotal": stats.succeeded,
+        "systemExceptionsTotal": stats.system_exceptions,
+        "userExceptionsTotal": stats.user_exceptions,
+        "deadLetteredTotal": stats.dead_lettered,
+        "avgProcessLatency": stats.latency.mean_millis(),
+        "oneMin": {
+            "receivedTotal": minute.received,
+            "processedSuccessfullyTotal": minute.succeeded,
+            "systemExceptionsTotal": minute.system_exceptions,
+            "userExceptionsTotal": minute.user_exceptions,
+            "avgProcessLatency": minute.mean_latency_millis(),
+        },
+        "lastInvocation": stats.last_invocation.unwrap_or(0),
+        "userMetrics": user_metrics,
+    })
+}
