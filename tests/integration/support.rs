@@ -147,7 +147,6 @@ impl Fnhost {
 pub struct Worker {
     child: Child,
     pub url: String,
-    data_dir: PathBuf,
     /// What the worker logged, for failure messages.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -179,11 +178,7 @@ impl Worker {
         let url = address.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| {
             panic!("the worker did not start:\n{}", log.lock().unwrap().join("\n"));
         });
-        Self { child, url, data_dir: data_dir.to_path_buf(), log }
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        Self { child, url, log }
     }
 
     /// Everything the worker logged so far.
