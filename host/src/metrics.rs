@@ -245,7 +245,8 @@ impl MinuteCounts {
         if self.timed == 0 { 0.0 } else { self.latency_nanos as f64 / 1e6 / self.timed as f64 }
     }
 
-    fn add(&mut self, other: &MinuteCounts) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &MinuteCounts) {
         self.received += other.received;
         self.succeeded += other.succeeded;
         self.user_exceptions += other.user_exceptions;

@@ -16,6 +16,14 @@ fn create_session_duration(worker: &Worker, extra: &[&str]) -> serde_json::Value
     worker.ok(&args)
 }
 
+/// Creates `fqfn` from the guest `guest_name` over `input`.
+fn create(worker: &Worker, guest_name: &str, fqfn: &str, input: &str, extra: &[&str]) -> serde_json::Value {
+    let wasm = guest(guest_name);
+    let mut args = vec!["functions", "create", "--wasm", wasm.to_str().unwrap(), "--fqfn", fqfn, "-i", input];
+    args.extend(extra);
+    worker.ok(&args)
+}
+
 fn produce(worker: &Worker, topic: &str, messages: &[&str]) {
     let mut args = vec!["topics", "produce", topic];
     for message in messages {
@@ -123,19 +131,13 @@ fn the_whole_lifecycle_over_http_and_the_cli() {
 fn a_worker_killed_with_sigkill_comes_back_with_its_functions_and_state() {
     let dir = tempfile::tempdir().unwrap();
     let worker = Worker::start(dir.path());
-    let wasm = guest("word-count");
-    worker.ok(&[
-        "functions",
-        "create",
-        "--wasm",
-        wasm.to_str().unwrap(),
-        "--fqfn",
+    create(
+        &worker,
+        "word-count",
         "acme/web/words",
-        "-i",
         "persistent://acme/web/sentences",
-        "--processing-guarantees",
-        "EFFECTIVELY_ONCE",
-    ]);
+        &["--processing-guarantees", "EFFECTIVELY_ONCE"],
+    );
     let sentences: Vec<String> = (0..500).map(|n| format!("tick w{}", n % 7)).collect();
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     produce(&worker, "persistent://acme/web/sentences", &sentences);
@@ -319,19 +321,7 @@ fn parse_prometheus(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
 fn metrics_parse_as_prometheus_text_and_match_stats() {
     let dir = tempfile::tempdir().unwrap();
     let worker = Worker::start(dir.path());
-    let wasm = guest("misbehave");
-    worker.ok(&[
-        "functions",
-        "create",
-        "--wasm",
-        wasm.to_str().unwrap(),
-        "--fqfn",
-        "t1/ns1/mis",
-        "-i",
-        "persistent://t1/ns1/in",
-        "--max-message-retries",
-        "0",
-    ]);
+    create(&worker, "misbehave", "t1/ns1/mis", "persistent://t1/ns1/in", &["--max-message-retries", "0"]);
     produce(&worker, "persistent://t1/ns1/in", &["fine", "fail", "fine", "trap"]);
     wait_until_processed(&worker, "t1/ns1/mis", 2);
     worker.wait_for("both failures counted", || {

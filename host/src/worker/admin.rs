@@ -81,7 +81,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .route(functions, get(list))
-        .route(function, get(get_function).post(create).put(update).delete(delete))
+        .route(function, get(get_function).post(create_or_update).put(create_or_update).delete(delete))
         .route(&format!("{function}/status"), get(status))
         .route(&format!("{function}/stats"), get(stats))
         .route(&format!("{function}/{{instance}}/status"), get(instance_status))
@@ -196,26 +196,21 @@ fn named(spec: FunctionSpec, fqfn: &Fqfn) -> ApiResult<FunctionSpec> {
     })
 }
 
-async fn create(
+/// POST creates, PUT updates.
+async fn create_or_update(
     State(worker): Shared,
+    method: Method,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
     request: Request,
 ) -> ApiResult<Json<FunctionSpec>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let (spec, package) = function_form(request).await?;
     let spec = named(spec, &fqfn)?;
-    Ok(Json(blocking(move || worker.create(spec, package)).await?))
-}
-
-async fn update(
-    State(worker): Shared,
-    Path((tenant, namespace, name)): Path<(String, String, String)>,
-    request: Request,
-) -> ApiResult<Json<FunctionSpec>> {
-    let fqfn = fqfn(&tenant, &namespace, &name)?;
-    let (spec, package) = function_form(request).await?;
-    let spec = named(spec, &fqfn)?;
-    Ok(Json(blocking(move || worker.update(&fqfn, spec, package)).await?))
+    let create = method == Method::POST;
+    Ok(Json(
+        blocking(move || if create { worker.create(spec, package) } else { worker.update(&fqfn, spec, package) })
+            .await?,
+    ))
 }
 
 async fn delete(
@@ -228,23 +223,26 @@ async fn delete(
     Ok(Json(serde_json::json!({ "deleted": shown })))
 }
 
+type InstancePath = Path<(String, String, String, String)>;
+type Report = fn(&Worker, &Fqfn, Option<u32>) -> Result<serde_json::Value, WorkerError>;
+
+async fn report(worker: Arc<Worker>, fqfn: Fqfn, id: Option<u32>, read: Report) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(blocking(move || read(&worker, &fqfn, id)).await?))
+}
+
 async fn status(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let fqfn = fqfn(&tenant, &namespace, &name)?;
-    Ok(Json(blocking(move || worker.status(&fqfn, None)).await?))
+    report(worker, fqfn(&tenant, &namespace, &name)?, None, Worker::status).await
 }
 
 async fn stats(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let fqfn = fqfn(&tenant, &namespace, &name)?;
-    Ok(Json(blocking(move || worker.stats(&fqfn, None)).await?))
+    report(worker, fqfn(&tenant, &namespace, &name)?, None, Worker::stats).await
 }
-
-type InstancePath = Path<(String, String, String, String)>;
 
 fn instance(tenant: &str, namespace: &str, name: &str, instance: &str) -> ApiResult<(Fqfn, u32)> {
     let id = instance
@@ -258,7 +256,7 @@ async fn instance_status(
     Path((tenant, namespace, name, id)): InstancePath,
 ) -> ApiResult<Json<serde_json::Value>> {
     let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
-    Ok(Json(blocking(move || worker.status(&fqfn, Some(id))).await?))
+    report(worker, fqfn, Some(id), Worker::status).await
 }
 
 async fn instance_stats(
@@ -266,7 +264,7 @@ async fn instance_stats(
     Path((tenant, namespace, name, id)): InstancePath,
 ) -> ApiResult<Json<serde_json::Value>> {
     let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
-    Ok(Json(blocking(move || worker.stats(&fqfn, Some(id))).await?))
+    report(worker, fqfn, Some(id), Worker::stats).await
 }
 
 /// Start, stop or restart.

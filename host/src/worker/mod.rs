@@ -612,12 +612,7 @@ impl Worker {
         let total = Stats::total(per_instance.iter().map(|(_, stats, _)| stats));
         let mut minute = crate::metrics::MinuteCounts::default();
         for (_, _, instance_minute) in &per_instance {
-            minute.received += instance_minute.received;
-            minute.succeeded += instance_minute.succeeded;
-            minute.user_exceptions += instance_minute.user_exceptions;
-            minute.system_exceptions += instance_minute.system_exceptions;
-            minute.timed += instance_minute.timed;
-            minute.latency_nanos += instance_minute.latency_nanos;
+            minute.add(instance_minute);
         }
         let mut json = stats_json(&total, &minute);
         json["instances"] = instances.into();
