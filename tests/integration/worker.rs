@@ -47,7 +47,7 @@ fn wait_until_processed(worker: &Worker, fqfn: &str, count: u64) {
 fn the_whole_lifecycle_over_http_and_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let worker = Worker::start(dir.path());
-    let created = create_session_duration(&worker, &["--parallelism", "2", "--retain-key-ordering"]);
+    let created = create_session_duration(&worker, &["--parallelism", "2", "--retain-ordering"]);
     assert_eq!(created["name"], "sd");
     assert_eq!(worker.ok(&["functions", "list"]), serde_json::json!(["sd"]));
     assert_eq!(worker.ok(&["functions", "get", "--fqfn", SD])["parallelism"], 2);
