@@ -925,11 +925,13 @@ fn process_batch(
     executor: &mut dyn Executor,
     metrics: &InstanceMetrics,
 ) -> Acks {
+    let restarts_before = executor.restarts();
     let mut stats = Stats::default();
     let acks = process_messages(messages, config, executor, &mut stats);
+    stats.restarts = executor.restarts() - restarts_before;
     stats.last_invocation = Some(crate::embedded::now_millis());
     stats.user_metrics = std::mem::take(&mut executor.context().metrics);
-    metrics.record_batch(&stats, executor.restarts());
+    metrics.record_batch(&stats);
     acks
 }
 

@@ -84,9 +84,10 @@ impl Stats {
         }
     }
 
-    /// Adds `other`'s counts to these (restarts excepted: they are a level, not a count).
+    /// Adds `other`'s counts to these.
     pub fn absorb(&mut self, other: &Stats) {
         self.received += other.received;
+        self.restarts += other.restarts;
         self.succeeded += other.succeeded;
         self.user_exceptions += other.user_exceptions;
         self.system_exceptions += other.system_exceptions;
@@ -106,11 +107,10 @@ impl Stats {
         }
     }
 
-    /// The sum of several instances' stats, restarts included.
+    /// The sum of several instances' stats.
     pub fn total<'a>(instances: impl IntoIterator<Item = &'a Stats>) -> Stats {
         instances.into_iter().fold(Stats::default(), |mut total, instance| {
             total.absorb(instance);
-            total.restarts += instance.restarts;
             total
         })
     }
@@ -285,8 +285,8 @@ pub struct InstanceMetrics {
 }
 
 impl InstanceMetrics {
-    /// Adds a batch's counts; `restarts` is the instance's restart count so far.
-    pub fn record_batch(&self, batch: &Stats, restarts: u64) {
+    /// Adds a batch's counts.
+    pub fn record_batch(&self, batch: &Stats) {
         let minute = MinuteCounts {
             received: batch.received,
             succeeded: batch.succeeded,
@@ -298,7 +298,6 @@ impl InstanceMetrics {
         let now_seconds = now_millis() / 1000;
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         inner.0.absorb(batch);
-        inner.0.restarts = inner.0.restarts.max(restarts);
         inner.1.record(now_seconds, &minute);
     }
 

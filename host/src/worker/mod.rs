@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
 use crate::instance::{
-    self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext, RunningInstance,
-    WasmExecutor,
+    self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
+    ProcessingGuarantee, RunningInstance, WasmExecutor,
 };
 use crate::limits::{
     MAX_BATCH_MESSAGES, MAX_PACKAGE_SIZE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE, TRIGGER_TIMEOUT_MS,
@@ -691,10 +691,13 @@ impl Worker {
             property(INPUT_TOPIC_PROPERTY) == Some(topic.as_str())
                 && property(INPUT_MESSAGE_ID_PROPERTY) == Some(message_id.as_str())
         };
+        // Under ATMOST_ONCE the acknowledgement comes before processing, so only an output tells
+        // that the message was processed.
+        let acknowledged_when_processed = config.guarantee != ProcessingGuarantee::AtMostOnce;
         loop {
             // Read after the check: once acknowledged, the output (committed with it) is readable.
-            let processed =
-                self.store.is_acknowledged(&config.subscription, &topic, sequence).map_err(anyhow::Error::from)?;
+            let processed = acknowledged_when_processed
+                && self.store.is_acknowledged(&config.subscription, &topic, sequence).map_err(anyhow::Error::from)?;
             if let Some(reader) = &reader {
                 loop {
                     let messages = reader.fetch(MAX_BATCH_MESSAGES, Duration::ZERO).map_err(anyhow::Error::from)?;
@@ -712,8 +715,13 @@ impl Worker {
                 return Ok(serde_json::json!({ "inputMessageId": message_id, "value": null }));
             }
             if Instant::now() >= deadline {
+                let why = if acknowledged_when_processed {
+                    "did not process"
+                } else {
+                    "gave no output for (under ATMOST_ONCE only an output shows that a message was processed)"
+                };
                 return Err(WorkerError::Timeout(format!(
-                    "{fqfn} did not process message {message_id} of {topic} within TRIGGER_TIMEOUT_MS ({TRIGGER_TIMEOUT_MS} ms); see its status"
+                    "{fqfn} {why} message {message_id} of {topic} within TRIGGER_TIMEOUT_MS ({TRIGGER_TIMEOUT_MS} ms); see its status"
                 )));
             }
             std::thread::sleep(TRIGGER_POLL);
