@@ -183,23 +183,27 @@ impl EmbeddedStore {
             Position::Latest => topic.length.load(Ordering::Acquire),
         };
         let (mark, acked) = match name {
-            Some(name) => {
-                let key = cursor_key(name, &topic.name);
-                match self.inner.cursors.get(&key).map_err(storage)? {
-                    Some(stored) => decode_cursor(&stored).map_err(|reason| BrokerError::Corrupt {
-                        topic: topic.name.clone(),
-                        sequence: 0,
-                        reason: format!("the cursor of subscription `{name}`: {reason}"),
-                    })?,
-                    None => {
-                        self.inner.cursors.insert(key, encode_cursor(start, &RangeSet::default())).map_err(storage)?;
-                        (start, RangeSet::default())
-                    }
+            Some(name) => match self.stored_cursor(name, &topic.name)? {
+                Some(stored) => stored,
+                None => {
+                    let key = cursor_key(name, &topic.name);
+                    self.inner.cursors.insert(key, encode_cursor(start, &RangeSet::default())).map_err(storage)?;
+                    (start, RangeSet::default())
                 }
-            }
+            },
             None => (start, RangeSet::default()),
         };
         Ok(Cursor { topic, fetched: mark, mark, acked, delivered: BTreeMap::new() })
+    }
+
+    /// The durable cursor record of subscription `name` on `topic`: its mark and acknowledged ranges.
+    fn stored_cursor(&self, name: &str, topic: &TopicName) -> Result<Option<(u64, RangeSet)>, BrokerError> {
+        let Some(record) = self.inner.cursors.get(cursor_key(name, topic)).map_err(storage)? else { return Ok(None) };
+        decode_cursor(&record).map(Some).map_err(|reason| BrokerError::Corrupt {
+            topic: topic.clone(),
+            sequence: 0,
+            reason: format!("the cursor of subscription `{name}`: {reason}"),
+        })
     }
 
     fn state_tree(&self, fqfn: &Fqfn) -> Result<sled::Tree, sled::Error> {
@@ -279,17 +283,9 @@ impl Broker for EmbeddedStore {
                 return Ok(sequence < cursor.mark || cursor.acked.contains(sequence));
             }
         }
-        match self.inner.cursors.get(cursor_key(subscription, topic)).map_err(storage)? {
-            Some(record) => {
-                let (mark, acked) = decode_cursor(&record).map_err(|reason| BrokerError::Corrupt {
-                    topic: topic.clone(),
-                    sequence: 0,
-                    reason: format!("the cursor of subscription `{subscription}`: {reason}"),
-                })?;
-                Ok(sequence < mark || acked.contains(sequence))
-            }
-            None => Ok(false),
-        }
+        Ok(self
+            .stored_cursor(subscription, topic)?
+            .is_some_and(|(mark, acked)| sequence < mark || acked.contains(sequence)))
     }
 }
 

@@ -61,6 +61,10 @@ pub enum WorkerError {
     Internal(#[from] anyhow::Error),
 }
 
+fn already_exists(fqfn: &Fqfn) -> WorkerError {
+    WorkerError::Conflict(format!("function {fqfn} already exists; update it, or delete it first"))
+}
+
 fn not_found(fqfn: &Fqfn) -> WorkerError {
     WorkerError::NotFound(format!("function {fqfn} does not exist; `fnhost functions list` shows the functions"))
 }
@@ -297,9 +301,7 @@ impl Worker {
         let fqfn = spec.fqfn().map_err(bad)?;
         let config = spec.resolve().map_err(bad)?;
         if lock(&self.functions).contains_key(&fqfn) {
-            return Err(WorkerError::Conflict(format!(
-                "function {fqfn} already exists; update it, or delete it first"
-            )));
+            return Err(already_exists(&fqfn));
         }
         let Some((bytes, shown)) = Self::package_bytes(&spec, uploaded)? else {
             return Err(WorkerError::BadRequest(
@@ -319,9 +321,7 @@ impl Worker {
         let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new() };
         let mut functions = lock(&self.functions);
         if functions.contains_key(&fqfn) {
-            return Err(WorkerError::Conflict(format!(
-                "function {fqfn} already exists; update it, or delete it first"
-            )));
+            return Err(already_exists(&fqfn));
         }
         self.save_record(&fqfn, &record)?;
         let mut function = Function { record, config: Arc::new(config), prepared, instances: Vec::new() };
@@ -332,7 +332,8 @@ impl Worker {
     }
 
     /// Changes a function's config (the fields `changes` sets) and, if given, its code: drains the
-    /// old instances, then starts new ones on the same subscription and state.
+    /// old instances, then starts new ones on the same subscription and state. The caller has
+    /// checked that `changes` names no other function.
     pub fn update(
         &self,
         fqfn: &Fqfn,
@@ -341,15 +342,6 @@ impl Worker {
     ) -> Result<FunctionSpec, WorkerError> {
         let function = self.function(fqfn)?;
         let current = lock(&function).record.clone();
-        for (given, field) in
-            [(&changes.tenant, fqfn.tenant()), (&changes.namespace, fqfn.namespace()), (&changes.name, fqfn.name())]
-        {
-            if given.as_deref().is_some_and(|given| given != field) {
-                return Err(WorkerError::BadRequest(format!(
-                    "update cannot rename {fqfn}; create a new function instead"
-                )));
-            }
-        }
         let package = Self::package_bytes(&changes, uploaded)?;
         let spec = current.spec.clone().overlay(FunctionSpec { wasm: None, ..changes });
         if spec.sub_name != current.spec.sub_name {
