@@ -24,6 +24,13 @@ fn create(worker: &Worker, guest_name: &str, fqfn: &str, input: &str, extra: &[&
     worker.ok(&args)
 }
 
+/// The committed value of a counter, if the key exists yet.
+fn counter(worker: &Worker, fqfn: &str, key: &str) -> Option<i64> {
+    let run = worker.cli(&["functions", "querystate", "--fqfn", fqfn, "-k", key]);
+    let state: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+    state["numberValue"].as_i64()
+}
+
 fn produce(worker: &Worker, topic: &str, messages: &[&str]) {
     let mut args = vec!["topics", "produce", topic];
     for message in messages {
@@ -141,16 +148,15 @@ fn a_worker_killed_with_sigkill_comes_back_with_its_functions_and_state() {
     let sentences: Vec<String> = (0..500).map(|n| format!("tick w{}", n % 7)).collect();
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     produce(&worker, "persistent://acme/web/sentences", &sentences);
-    wait_until_processed(&worker, "acme/web/words", 500);
+    // Stats count a batch when it is processed, before it commits; the counter shows the commit.
+    worker.wait_for("500 committed ticks", || counter(&worker, "acme/web/words", "tick") == Some(500));
     worker.kill();
 
     let worker = Worker::start(dir.path());
     let listed = worker.ok(&["functions", "list", "--tenant", "acme", "--namespace", "web"]);
     assert_eq!(listed, serde_json::json!(["words"]));
     produce(&worker, "persistent://acme/web/sentences", &sentences);
-    worker.wait_for("1000 ticks", || {
-        worker.cli(&["functions", "querystate", "--fqfn", "acme/web/words", "-k", "tick"]).stdout.contains("1000")
-    });
+    worker.wait_for("1000 ticks", || counter(&worker, "acme/web/words", "tick") == Some(1000));
     let ticks = worker.ok(&["functions", "querystate", "--fqfn", "acme/web/words", "-k", "tick"]);
     assert_eq!(ticks["numberValue"], 1000, "each sentence counted exactly once across the kill");
     assert_eq!(stats(&worker, "acme/web/words")["receivedTotal"], 500, "the restarted worker saw only the new ones");
@@ -201,9 +207,7 @@ fn updates_under_load_lose_nothing_and_apply_nothing_twice() {
     });
     worker.ok(&["functions", "update", "--fqfn", fqfn, "--wasm", wasm.to_str().unwrap(), "--parallelism", "1"]);
     producer.join().unwrap();
-    worker.wait_for("every message counted", || {
-        worker.cli(&["functions", "querystate", "--fqfn", fqfn, "-k", "one"]).stdout.contains(&format!("{TOTAL}"))
-    });
+    worker.wait_for("every message counted", || counter(&worker, fqfn, "one") == Some(TOTAL as i64));
     // Effectively-once means that a message's state change is applied once, however often it is
     // delivered: the counter must be exact, not merely at least the total.
     let counted = worker.ok(&["functions", "querystate", "--fqfn", fqfn, "-k", "one"]);
