@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod cli;
 pub mod embedded;
+pub mod guest_build;
 pub mod instance;
 pub mod limits;
 pub mod metadata;

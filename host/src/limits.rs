@@ -74,3 +74,6 @@ pub const MAX_WORKER_INSTANCES: u32 = 16_384;
 pub const TRIGGER_TIMEOUT_MS: u64 = 30_000;
 /// Longest a topic receive over HTTP waits for the first message (`waitMs`).
 pub const MAX_RECEIVE_WAIT_MS: u64 = 10_000;
+/// Largest total size of the source files in a Python or JavaScript function's folder, in bytes:
+/// they are all hashed and copied into the build.
+pub const MAX_SOURCE_SIZE: usize = 16 * 1024 * 1024;

@@ -6,7 +6,7 @@
 //! its limit, producing the [`FunctionConfig`] the instance loop runs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,11 +17,21 @@ use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
 };
+use crate::guest_build::Source;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
 
 /// The smallest `--ram` that can run a function at all.
 const MIN_RAM_BYTES: u64 = 1024 * 1024;
+
+/// Where a function's code comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// A component file.
+    Wasm(PathBuf),
+    /// A source file fnhost builds a component from.
+    Source(Source),
+}
 
 /// A function configuration that cannot run, and why.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +67,15 @@ pub struct FunctionSpec {
     /// The component file (`--wasm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm: Option<String>,
+    /// A Python module to build the component from (`--py`), with `className`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub py: Option<String>,
+    /// The Python class (or function) as `MODULE.CLASS` (`--classname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// A JavaScript ES module to build the component from (`--js`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub js: Option<String>,
     /// Input topics (`--inputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
@@ -198,14 +217,43 @@ impl FunctionSpec {
     }
 
     /// This document with every field `over` sets replaced by `over`'s value.
+    /// Code given in `over` (a component or a source file) replaces the base's code entirely.
     pub fn overlay(self, over: FunctionSpec) -> FunctionSpec {
+        let replaces_code = over.wasm.is_some() || over.py.is_some() || over.js.is_some();
+        let base = if replaces_code { FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self } } else { self };
         let (serde_json::Value::Object(mut base), serde_json::Value::Object(over)) =
-            (serde_json::json!(self), serde_json::json!(over))
+            (serde_json::json!(base), serde_json::json!(over))
         else {
             unreachable!("a FunctionSpec serializes to an object")
         };
         base.extend(over);
         serde_json::from_value(serde_json::Value::Object(base)).expect("merging two valid documents stays valid")
+    }
+
+    /// The function's code: a component, or a source file to build one from; `None` if not given.
+    pub fn code(&self) -> Result<Option<Code>, ConfigError> {
+        match (&self.wasm, &self.py, &self.js, &self.class_name) {
+            (None, None, None, None) => Ok(None),
+            (Some(wasm), None, None, None) => Ok(Some(Code::Wasm(PathBuf::from(wasm)))),
+            (None, Some(py), None, Some(classname)) => {
+                Ok(Some(Code::Source(Source::Python { file: PathBuf::from(py), classname: classname.clone() })))
+            }
+            (None, Some(py), None, None) => Err(ConfigError::new(format!(
+                "--py {py} needs --classname MODULE.CLASS (className), the function's class, for example --classname session.SessionDuration"
+            ))),
+            (None, None, Some(js), None) => Ok(Some(Code::Source(Source::JavaScript { file: PathBuf::from(js) }))),
+            (_, None, _, Some(_)) => {
+                Err(ConfigError::new("--classname (className) goes with --py; JavaScript and wasm functions have none"))
+            }
+            _ => Err(ConfigError::new(
+                "give the function's code once: --wasm FILE.wasm, --py FILE.py --classname MODULE.CLASS, or --js FILE.js",
+            )),
+        }
+    }
+
+    /// The spec without its code, as the worker keeps it beside the stored component.
+    pub fn without_code(self) -> FunctionSpec {
+        FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self }
     }
 
     /// The fully qualified name: the given tenant and namespace, or the defaults.

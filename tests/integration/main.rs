@@ -4,6 +4,7 @@ mod cli_errors;
 mod crash;
 mod delivery;
 mod library;
+mod polyglot;
 mod sandbox;
 mod seed;
 mod support;

@@ -110,13 +110,20 @@ fn a_log_topic_receives_the_function_log_lines() {
 #[test]
 fn a_second_start_loads_the_compiled_component_from_the_cache() {
     let fnhost = Fnhost::new();
+    let cache = tempfile::tempdir().unwrap();
     let wasm = crate::support::guest("exclamation");
     let args = ["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "ex", "--inputs", "in", "--until-idle"];
-    let first = fnhost.run(&args);
-    assert!(first.success && first.stderr.contains(" compiled "), "{}", first.stderr);
-    let second = fnhost.run(&args);
-    assert!(second.success, "{}", second.stderr);
-    assert!(second.stderr.contains("from the compiled-component cache"), "{}", second.stderr);
-    let recompiled = second.stderr.lines().any(|line| line.contains(" compiled ") && line.ends_with(" ms"));
-    assert!(!recompiled, "the second start compiled again:\n{}", second.stderr);
+    let run = || {
+        let output = fnhost.command(&args).env("FNHOST_CACHE_DIR", cache.path()).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let first = run();
+    assert!(first.contains(" compiled "), "{first}");
+    let second = run();
+    assert!(second.contains("from the compiled-component cache"), "{second}");
+    let recompiled = second.lines().any(|line| line.contains(" compiled ") && line.ends_with(" ms"));
+    assert!(!recompiled, "the second start compiled again:\n{second}");
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("compiled")).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one compiled component in FNHOST_CACHE_DIR/compiled");
 }

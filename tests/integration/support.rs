@@ -15,7 +15,7 @@ pub fn guest(crate_name: &str) -> PathBuf {
 }
 
 fn build_guests() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace");
+    let workspace = workspace();
     // A target directory of its own, so that this nested build never waits on the lock of the
     // build that is running these tests.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
@@ -32,6 +32,24 @@ fn build_guests() -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     target.join("wasm32-wasip2").join("guest")
+}
+
+/// The repository's root.
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace")
+}
+
+/// The `fnhost` binary with a component cache shared by every test and kept between runs (built
+/// Python and JavaScript components take seconds each), and the JavaScript toolchain that
+/// `npm ci` installs in guest-sdk/js when none is on PATH.
+pub fn fnhost_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fnhost"));
+    command.env("FNHOST_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("fnhost-cache"));
+    let local_js = workspace().join("guest-sdk/js/node_modules/.bin/componentize-js");
+    if std::env::var_os("FNHOST_COMPONENTIZE_JS").is_none() && local_js.exists() {
+        command.env("FNHOST_COMPONENTIZE_JS", local_js);
+    }
+    command
 }
 
 /// A scratch data directory and the `fnhost` binary pointed at it.
@@ -57,7 +75,7 @@ impl Fnhost {
 
     /// A command for `fnhost ARGS --data-dir DIR`.
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fnhost"));
+        let mut command = fnhost_command();
         command.args(args).arg("--data-dir").arg(self.data_dir());
         command
     }
@@ -155,7 +173,7 @@ impl Worker {
     /// Starts a worker on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        let mut child = fnhost_command()
             .args(["worker", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .stdout(Stdio::null())
@@ -188,7 +206,7 @@ impl Worker {
 
     /// Runs `fnhost ARGS --url URL`.
     pub fn cli(&self, args: &[&str]) -> Run {
-        let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        let Output { status, stdout, stderr } = fnhost_command()
             .args(args)
             .args(["--url", &self.url])
             .output()

@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use super::client::{Body, Client, DEFAULT_WORKER_URL, encode_segment};
-use super::{DATABASE_DIR, FunctionFlags};
+use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
+use crate::guest_build::Builder;
 use crate::embedded::EmbeddedStore;
 use crate::limits::MAX_PACKAGE_SIZE;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
@@ -193,17 +194,19 @@ fn print(json: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The form of a create or update: the config, and the component read here and uploaded.
+/// The form of a create or update: the config, and the component read (or built) here and uploaded.
 fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
     let mut fields = Vec::new();
-    if let Some(path) = &spec.wasm {
-        let size = std::fs::metadata(path).with_context(|| format!("cannot read the component {path}"))?.len();
+    if let Some(code) = spec.code()? {
+        let path = Builder::new(&cache_dir()).component_file(&code)?;
+        let shown = path.display();
+        let size = std::fs::metadata(&path).with_context(|| format!("cannot read the component {shown}"))?.len();
         if size > MAX_PACKAGE_SIZE as u64 {
-            bail!("the component {path} is {size} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}");
+            bail!("the component {shown} is {size} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}");
         }
-        fields.push(("data", std::fs::read(path).with_context(|| format!("cannot read the component {path}"))?));
+        fields.push(("data", std::fs::read(&path).with_context(|| format!("cannot read the component {shown}"))?));
     }
-    let spec = FunctionSpec { wasm: None, ..spec };
+    let spec = spec.without_code();
     fields.push(("functionConfig", serde_json::to_vec(&spec)?));
     Ok(Body::Form(fields))
 }
@@ -213,8 +216,8 @@ pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
         FunctionsCommand::Create(args) => {
             let spec = args.function.into_spec()?;
             let fqfn = spec.fqfn()?;
-            if spec.wasm.is_none() {
-                bail!("no function to create: give --wasm FILE.wasm (or `wasm` in --function-config-file)");
+            if spec.code()?.is_none() {
+                bail!(NO_CODE);
             }
             let body = function_form(spec)?;
             print(&Client::new(&args.worker.url).send("POST", &function_path(&fqfn), body)?)

@@ -16,6 +16,7 @@ mod functions;
 
 use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
+use crate::guest_build::Builder;
 use crate::instance::{self, Executor, LogSink, MessageContext, ProcessingGuarantee, RunUntil, WasmExecutor};
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_WORKER_INSTANCES};
 use crate::metrics::Stats;
@@ -30,8 +31,26 @@ use client::{Body, Client};
 pub const DEFAULT_DATA_DIR: &str = "./fnhost-data";
 /// The sled database's folder inside the data directory.
 pub(crate) const DATABASE_DIR: &str = "db";
-/// Compiled components, inside the data directory.
+/// Compiled components, inside the cache directory.
 const COMPILED_DIR: &str = "compiled";
+
+/// Where built and compiled components are cached: `FNHOST_CACHE_DIR`, else the user's cache
+/// directory. Every entry is named by a hash of what made it, so one cache serves every data
+/// directory and every version of fnhost.
+pub(crate) fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FNHOST_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("fnhost")
+}
+
+/// The message for a function given no code.
+pub(crate) const NO_CODE: &str =
+    "no function code: give --wasm FILE.wasm, --py FILE.py --classname MODULE.CLASS, or --js FILE.js (or wasm, py and className, or js in --function-config-file)";
 
 /// fnhost: run WebAssembly functions over topics, with durable state.
 #[derive(Debug, Parser)]
@@ -83,6 +102,15 @@ struct FunctionFlags {
     /// The function: a WebAssembly component implementing wit/function.wit.
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// The function as a Python module, built into a component with componentize-py (cached).
+    #[arg(long, requires = "classname")]
+    py: Option<PathBuf>,
+    /// With --py: the function's class (or function) as MODULE.CLASS.
+    #[arg(long)]
+    classname: Option<String>,
+    /// The function as a JavaScript ES module, built into a component with componentize-js (cached).
+    #[arg(long)]
+    js: Option<PathBuf>,
     /// The function as tenant/namespace/name (instead of --tenant, --namespace and --name).
     #[arg(long, conflicts_with_all = ["tenant", "namespace", "name"])]
     fqfn: Option<String>,
@@ -175,6 +203,9 @@ impl FunctionFlags {
             namespace,
             name,
             wasm: self.wasm.map(|path| path.display().to_string()),
+            py: self.py.map(|path| path.display().to_string()),
+            class_name: self.classname,
+            js: self.js.map(|path| path.display().to_string()),
             inputs: self.inputs,
             topics_pattern: self.topics_pattern,
             output: self.output,
@@ -291,16 +322,15 @@ fn open_store(data: &DataDir) -> anyhow::Result<EmbeddedStore> {
 
 fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let spec = args.function.into_spec()?;
-    let Some(wasm) = spec.wasm.clone() else {
-        bail!("no function to run: give --wasm FILE.wasm (or `wasm` in --function-config-file)");
-    };
+    let Some(code) = spec.code()? else { bail!(NO_CODE) };
     let config = spec.resolve()?;
     let fqfn = config.fqfn.clone();
+    let wasm = Builder::new(&cache_dir()).component_file(&code)?;
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
+        cache_dir: Some(cache_dir().join(COMPILED_DIR)),
         max_instances: config.parallelism + 1,
     })?;
-    let code = runtime.load(Path::new(&wasm))?;
+    let code = runtime.load(&wasm)?;
     let function = code.prepare::<MessageContext>()?;
     let store = open_store(&args.data)?;
     let logs = LogSink::default();
@@ -384,12 +414,16 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         );
     }
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(args.data.data_dir.join(COMPILED_DIR)),
+        cache_dir: Some(cache_dir().join(COMPILED_DIR)),
         // Each running instance holds one slot; a trapped instance's replacement needs another for a moment.
         max_instances: args.max_instances.saturating_mul(2),
     })?;
     let store = open_store(&args.data)?;
-    let config = WorkerConfig { data_dir: args.data.data_dir.clone(), max_instances: args.max_instances };
+    let config = WorkerConfig {
+        data_dir: args.data.data_dir.clone(),
+        cache_dir: cache_dir(),
+        max_instances: args.max_instances,
+    };
     let worker = Arc::new(Worker::open(config, store, runtime)?);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

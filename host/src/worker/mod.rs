@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
+use crate::guest_build::Builder;
 use crate::instance::{
     self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
     ProcessingGuarantee, RunningInstance, WasmExecutor,
@@ -33,7 +34,7 @@ use crate::metadata::MetadataStore;
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{FunctionCode, PreparedFunction, Runtime};
-use crate::spec::FunctionSpec;
+use crate::spec::{Code, FunctionSpec};
 use crate::state::{StateStore, StateValue, Versioned};
 
 /// Metadata keys of function records start with this.
@@ -125,8 +126,10 @@ impl InstanceSlot {
 /// Where the worker keeps its data and how much it may run.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The data directory: the database, compiled components and packages.
+    /// The data directory: the database and the functions' components.
     pub data_dir: PathBuf,
+    /// Where components built from Python and JavaScript sources are cached.
+    pub cache_dir: PathBuf,
     /// Most instances across all functions.
     pub max_instances: u32,
 }
@@ -135,6 +138,7 @@ pub struct WorkerConfig {
 pub struct Worker {
     store: EmbeddedStore,
     runtime: Runtime,
+    builder: Builder,
     packages: PathBuf,
     max_instances: u32,
     functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
@@ -189,6 +193,7 @@ impl Worker {
         let worker = Self {
             store,
             runtime,
+            builder: Builder::new(&config.cache_dir),
             packages,
             max_instances: config.max_instances,
             functions: Mutex::new(BTreeMap::new()),
@@ -242,29 +247,42 @@ impl Worker {
         lock(&self.functions).get(fqfn).cloned().ok_or_else(|| not_found(fqfn))
     }
 
-    /// The component's bytes: uploaded, or read from the path the config names.
-    fn package_bytes(spec: &FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<Option<(Vec<u8>, String)>, WorkerError> {
+    /// The component's bytes: uploaded, or read from the component the config names, or built
+    /// from the source file it names.
+    fn package_bytes(
+        &self,
+        spec: &FunctionSpec,
+        uploaded: Option<Vec<u8>>,
+    ) -> Result<Option<(Vec<u8>, String)>, WorkerError> {
         if let Some(bytes) = uploaded {
             return Ok(Some((bytes, "the uploaded component".into())));
         }
-        let Some(path) = &spec.wasm else { return Ok(None) };
-        let path = path.strip_prefix("file://").unwrap_or(path);
-        let size = std::fs::metadata(path)
+        let bad = |reason: String| WorkerError::BadRequest(reason);
+        let Some(code) = spec.code().map_err(|error| bad(error.to_string()))? else { return Ok(None) };
+        let code = match code {
+            Code::Wasm(path) => {
+                let text = path.to_string_lossy();
+                Code::Wasm(PathBuf::from(text.strip_prefix("file://").unwrap_or(&text)))
+            }
+            source => source,
+        };
+        let file = self.builder.component_file(&code).map_err(|error| bad(error.to_string()))?;
+        let path = file.display();
+        let size = std::fs::metadata(&file)
             .map_err(|error| {
-                WorkerError::BadRequest(format!(
+                bad(format!(
                     "the worker cannot read the component {path}: {error}; upload the file instead (multipart field `data`)"
                 ))
             })?
             .len();
         if size > MAX_PACKAGE_SIZE as u64 {
-            return Err(WorkerError::BadRequest(format!(
+            return Err(bad(format!(
                 "the component {path} is {size} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}"
             )));
         }
-        let bytes = std::fs::read(path).map_err(|error| {
-            WorkerError::BadRequest(format!("the worker cannot read the component {path}: {error}"))
-        })?;
-        Ok(Some((bytes, path.to_owned())))
+        let bytes = std::fs::read(&file)
+            .map_err(|error| bad(format!("the worker cannot read the component {path}: {error}")))?;
+        Ok(Some((bytes, path.to_string())))
     }
 
     /// Compiles and links a component, refusing anything that is not an fnhost function.
@@ -303,7 +321,7 @@ impl Worker {
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
-        let Some((bytes, shown)) = Self::package_bytes(&spec, uploaded)? else {
+        let Some((bytes, shown)) = self.package_bytes(&spec, uploaded)? else {
             return Err(WorkerError::BadRequest(
                 "no component: upload it (multipart field `data`) or name a file the worker can read (`url`, or `wasm` in the config)".into(),
             ));
@@ -315,8 +333,7 @@ impl Worker {
             tenant: Some(fqfn.tenant().into()),
             namespace: Some(fqfn.namespace().into()),
             name: Some(fqfn.name().into()),
-            wasm: None,
-            ..spec
+            ..spec.without_code()
         };
         let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new() };
         let mut functions = lock(&self.functions);
@@ -342,8 +359,8 @@ impl Worker {
     ) -> Result<FunctionSpec, WorkerError> {
         let function = self.function(fqfn)?;
         let current = lock(&function).record.clone();
-        let package = Self::package_bytes(&changes, uploaded)?;
-        let spec = current.spec.clone().overlay(FunctionSpec { wasm: None, ..changes });
+        let package = self.package_bytes(&changes, uploaded)?;
+        let spec = current.spec.clone().overlay(changes.without_code());
         if spec.sub_name != current.spec.sub_name {
             return Err(WorkerError::BadRequest(format!(
                 "update cannot change the subscription name of {fqfn} (its position is kept under it); delete and create the function instead"

@@ -1,0 +1,185 @@
+// Write fnhost functions in JavaScript: the context a function receives, under Pulsar's names in
+// camelCase, and the glue that turns an ES module into the component's `process` export.
+//
+// A function module exports a class with `process(input, context)` (as default export or as
+// `Function`), or a `process(input, context)` function. `input` is the payload as a Uint8Array;
+// the value returned goes to the output topic: a string as UTF-8, bytes as they are, an object as
+// JSON, undefined or null for nothing. Plain JavaScript only: the module runs in a sandbox with
+// no Node.js APIs (TextEncoder, TextDecoder, JSON and console are there).
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A context call the host refused; `kind` is the WIT case (`limit-exceeded`, ...). */
+export class ContextError extends Error {
+  constructor(kind, message) {
+    super(message);
+    this.name = "ContextError";
+    this.kind = kind;
+  }
+}
+
+function toBytes(value, what) {
+  if (typeof value === "string") return encoder.encode(value);
+  if (value instanceof Uint8Array) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  throw new TypeError(`${what} must be a string or bytes, not ${typeof value}`);
+}
+
+/** The bytes written to the output topic for a value `process` returned, or undefined for none. */
+export function encodeOutput(value) {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "string" || value instanceof Uint8Array || value instanceof ArrayBuffer || ArrayBuffer.isView(value)) {
+    return toBytes(value, "the output");
+  }
+  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return encoder.encode(String(value));
+  return encoder.encode(JSON.stringify(value));
+}
+
+// Counters are 64-bit; a number is returned while it is exact, a BigInt beyond that.
+function fromCounter(value) {
+  const big = BigInt(value);
+  return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+}
+
+/** The function's durable key-value state as text (`context.state`): put, get, delete. */
+export class State {
+  constructor(host) {
+    this._host = host;
+  }
+  /** Stores a string or bytes under `key`; durable when the message's effects commit. */
+  put(key, value) {
+    this._host.putState(key, toBytes(value, "a state value"));
+  }
+  /** The text under `key`, or undefined. */
+  get(key) {
+    const value = this._host.getState(key);
+    return value === undefined ? undefined : decoder.decode(value);
+  }
+  /** Removes `key`; an absent key is not an error. */
+  delete(key) {
+    this._host.deleteState(key);
+  }
+}
+
+/** The function's logger (`context.getLogger()`). */
+export class Logger {
+  constructor(host) {
+    this._host = host;
+  }
+  trace(message) { this._host.log("trace", String(message)); }
+  debug(message) { this._host.log("debug", String(message)); }
+  info(message) { this._host.log("info", String(message)); }
+  warn(message) { this._host.log("warn", String(message)); }
+  error(message) { this._host.log("error", String(message)); }
+}
+
+/** What a function reaches while it processes a message; `host` has wit/function.wit's context calls. */
+export class Context {
+  constructor(host, message) {
+    this._host = host;
+    this._message = message;
+    this._identity = undefined;
+    this.state = new State(host);
+    this._logger = new Logger(host);
+  }
+  _who() {
+    if (this._identity === undefined) this._identity = this._host.getIdentity();
+    return this._identity;
+  }
+  getMessageId() { return this._message.messageId; }
+  getMessageKey() { return this._message.key; }
+  getPartitionKey() { return this._message.partitionKey; }
+  getMessageEventTime() { return this._message.eventTime === undefined ? undefined : Number(this._message.eventTime); }
+  getMessagePublishTime() { return Number(this._message.publishTime); }
+  getMessageProperties() { return Object.fromEntries(this._message.properties); }
+  getCurrentMessageTopicName() { return this._message.topic; }
+  getFunctionName() { return this._who().name; }
+  getFunctionTenant() { return this._who().tenant; }
+  getFunctionNamespace() { return this._who().namespace; }
+  getFunctionId() { return this._who().functionId; }
+  getFunctionVersion() { return this._who().functionVersion; }
+  getInstanceId() { return this._who().instanceId; }
+  getNumInstances() { return this._who().numInstances; }
+  getInputTopics() { return this._host.inputTopics(); }
+  getOutputTopic() { return this._host.outputTopic(); }
+  /** One value of the user config, decoded from JSON, or undefined. */
+  getUserConfigValue(key) {
+    const text = this._host.userConfigValue(key);
+    return text === undefined ? undefined : JSON.parse(text);
+  }
+  getUserConfigMap() {
+    return Object.fromEntries(this._host.userConfigMap().map(([key, text]) => [key, JSON.parse(text)]));
+  }
+  getSecret(name) { return this._host.secret(name); }
+  getLogger() { return this._logger; }
+  recordMetric(name, value) { this._host.recordMetric(name, Number(value)); }
+  putState(key, value) { this._host.putState(key, toBytes(value, "a state value")); }
+  /** The bytes under `key`, or undefined. */
+  getState(key) { return this._host.getState(key); }
+  deleteState(key) { this._host.deleteState(key); }
+  /** Adds `amount` to the counter `key` and returns its new value. */
+  incrCounter(key, amount) { return fromCounter(this._host.incrCounter(key, BigInt(amount))); }
+  getCounter(key) { return fromCounter(this._host.getCounter(key)); }
+  delCounter(key) { this._host.deleteState(key); }
+  /** Publishes to `topic` when this message's effects commit; `options` may hold `key` and `properties`. */
+  publish(topic, value, options = {}) {
+    const properties = Object.entries(options.properties ?? {}).map(([name, text]) => [String(name), String(text)]);
+    this._host.publish(topic, toBytes(value, "a published message"), options.key, properties);
+  }
+  /** Acknowledges the message (for --processing-guarantees MANUAL). */
+  ack() { this._host.ack(); }
+}
+
+/** Finds the callable a function module offers: a class's `process` (one object per instance) or a function. */
+export function functionOf(module) {
+  const candidate = module.default ?? module.Function ?? module.process;
+  if (typeof candidate !== "function" && typeof candidate?.process !== "function") {
+    throw new TypeError("the module exports no function: export a class with process(input, context), or a process(input, context) function");
+  }
+  if (typeof candidate === "function" && typeof candidate.prototype?.process === "function") {
+    let instance;
+    return (input, context) => {
+      instance ??= new candidate();
+      return instance.process(input, context);
+    };
+  }
+  if (typeof candidate === "function") return candidate;
+  return (input, context) => candidate.process(input, context);
+}
+
+function describe(error) {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  return String(error);
+}
+
+// The host's context-error results arrive as thrown values with a `payload` of `{tag, val}`.
+function refusable(call) {
+  return (...args) => {
+    try {
+      return call(...args);
+    } catch (error) {
+      if (error?.payload?.tag !== undefined) throw new ContextError(error.payload.tag, error.payload.val);
+      throw error;
+    }
+  };
+}
+
+/** The component's `process` export: runs `module`'s function with a context over `host`. */
+export function componentProcess(module, host) {
+  const run = functionOf(module);
+  const wrapped = { ...host };
+  for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
+    wrapped[name] = refusable(host[name]);
+  }
+  return (message) => {
+    const context = new Context(wrapped, message);
+    try {
+      return encodeOutput(run(message.value, context));
+    } catch (error) {
+      // A thrown string is the WIT result's `err`: the message fails as a user exception.
+      throw describe(error);
+    }
+  };
+}

@@ -1,0 +1,117 @@
+// The SDK's context, glue and mock, as a function author meets them: `node --test`.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ContextError, componentProcess, encodeOutput, functionOf } from "../src/index.js";
+import { MockContext } from "../src/testing.js";
+
+const text = (bytes) => (bytes === undefined ? undefined : new TextDecoder().decode(bytes));
+
+test("a class is instantiated once per instance and keeps its fields", () => {
+  class Counter {
+    constructor() { this.seen = 0; }
+    process() { this.seen += 1; return this.seen; }
+  }
+  const context = new MockContext();
+  assert.deepEqual([1, 2, 3].map(() => text(context.process(Counter, "x"))), ["1", "2", "3"]);
+});
+
+test("modules may export a default class, a Function class or a process function", () => {
+  const context = new MockContext();
+  class Upper { process(input) { return text(input).toUpperCase(); } }
+  assert.equal(text(context.process({ default: Upper }, "a")), "A");
+  assert.equal(text(context.process({ Function: Upper }, "b")), "B");
+  assert.equal(text(context.process({ process: (input, ctx) => ctx.getFunctionName() }, "")), "function");
+  assert.throws(() => functionOf({}), /exports no function/);
+});
+
+test("returned values are written as bytes", () => {
+  const cases = [
+    [undefined, undefined],
+    [null, undefined],
+    ["text", "text"],
+    [new TextEncoder().encode("raw"), "raw"],
+    [{ a: 1 }, '{"a":1}'],
+    [[1, 2], "[1,2]"],
+    [42, "42"],
+    [false, "false"],
+  ];
+  for (const [value, written] of cases) assert.equal(text(encodeOutput(value)), written, String(value));
+});
+
+test("message, identity and config under Pulsar's names in camelCase", () => {
+  const context = new MockContext({
+    name: "f", tenant: "t", namespace: "n", instanceId: 1, numInstances: 2,
+    inputTopics: ["persistent://t/n/in"], outputTopic: "persistent://t/n/out",
+    userConfig: { threshold: 5 }, secrets: { token: "s3cret" },
+  });
+  const seen = context.process((input, ctx) => ({
+    id: ctx.getMessageId(), key: ctx.getMessageKey(), eventTime: ctx.getMessageEventTime(),
+    properties: ctx.getMessageProperties(), topic: ctx.getCurrentMessageTopicName(),
+    fqfn: [ctx.getFunctionTenant(), ctx.getFunctionNamespace(), ctx.getFunctionName()],
+    instance: [ctx.getInstanceId(), ctx.getNumInstances()],
+    inputs: ctx.getInputTopics(), output: ctx.getOutputTopic(),
+    threshold: ctx.getUserConfigValue("threshold"), absent: ctx.getUserConfigValue("absent") ?? null,
+    config: ctx.getUserConfigMap(), secret: ctx.getSecret("token"),
+  }), "", { key: "k", properties: { p: "v" }, eventTime: 7n, messageId: "3" });
+  assert.deepEqual(JSON.parse(text(seen)), {
+    id: "3", key: "k", eventTime: 7, properties: { p: "v" }, topic: "persistent://t/n/in",
+    fqfn: ["t", "n", "f"], instance: [1, 2], inputs: ["persistent://t/n/in"], output: "persistent://t/n/out",
+    threshold: 5, absent: null, config: { threshold: 5 }, secret: "s3cret",
+  });
+});
+
+test("state, counters and their kinds", () => {
+  const context = new MockContext();
+  context.state.put("k", "v");
+  assert.equal(text(context.getState("k")), "v");
+  assert.equal(context.state.get("k"), "v");
+  assert.equal(context.incrCounter("c", 5), 5);
+  assert.equal(context.incrCounter("c", -2n), 3);
+  assert.equal(context.getCounter("c"), 3);
+  assert.equal(context.incrCounter("big", 2n ** 60n), 2n ** 60n, "beyond 2^53 a counter is a BigInt");
+  assert.throws(() => context.incrCounter("k", 1), (error) => error instanceof ContextError && error.kind === "wrong-kind");
+  context.delCounter("c");
+  context.state.delete("k");
+  assert.equal(context.getCounter("c"), 0);
+  assert.equal(context.state.get("k"), undefined);
+});
+
+test("logs, metrics, publish and ack are recorded", () => {
+  const context = new MockContext();
+  context.process((input, ctx) => {
+    ctx.getLogger().info("i");
+    ctx.getLogger().warn("w");
+    ctx.recordMetric("latency", 3);
+    ctx.publish("other", "hello", { key: "k", properties: { a: 1 } });
+    ctx.ack();
+  }, "");
+  assert.deepEqual(context.logs, [["info", "i"], ["warn", "w"]]);
+  assert.deepEqual(context.metrics, { latency: [3] });
+  assert.deepEqual(context.published, [{ topic: "other", value: new TextEncoder().encode("hello"), key: "k", properties: { a: "1" } }]);
+  assert.equal(context.acked, 1);
+  assert.throws(() => context.publish("other", 3), /string or bytes/);
+});
+
+test("the component glue turns throws into the error text and host refusals into ContextError", () => {
+  const host = {
+    getState() { throw { payload: { tag: "limit-exceeded", val: "MAX_STATE_KEY_LEN is 1024" } }; },
+    putState() {}, deleteState() {}, incrCounter() { return 0n; }, getCounter() { return 0n; }, publish() {},
+    log() {}, getIdentity() { return {}; },
+  };
+  const message = (value) => ({ value: new TextEncoder().encode(value), properties: [], publishTime: 0n, messageId: "0", topic: "t" });
+  const process = componentProcess({
+    process(input, context) {
+      const what = text(input);
+      if (what === "throw") throw new RangeError("too far");
+      if (what === "string") throw "plain";
+      if (what === "refused") {
+        try { context.getState("k"); } catch (error) { return `${error.kind}: ${error.message}`; }
+      }
+      return what;
+    },
+  }, host);
+  assert.equal(text(process(message("ok"))), "ok");
+  assert.throws(() => process(message("throw")), (error) => error === "RangeError: too far");
+  assert.throws(() => process(message("string")), (error) => error === "plain");
+  assert.equal(text(process(message("refused"))), "limit-exceeded: MAX_STATE_KEY_LEN is 1024");
+});

@@ -1,0 +1,105 @@
+"""The component's entry point: binds a user function to the host through componentize-py.
+
+Imported only inside a component build, where ``wit_world`` (generated from
+``wit/function.wit``) exists. The build's entry module is two lines::
+
+    import fnhost._component
+    WitWorld = fnhost._component.world("module.ClassName")
+"""
+
+import importlib
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import context as host
+from wit_world.imports import types
+
+from . import Context, InvalidArgument, LimitExceeded, Message, NotPermitted, WrongKind, _Runner
+
+_LEVELS = {
+    "trace": types.LogLevel.TRACE,
+    "debug": types.LogLevel.DEBUG,
+    "info": types.LogLevel.INFO,
+    "warn": types.LogLevel.WARN,
+    "error": types.LogLevel.ERROR,
+}
+
+_ERRORS = {
+    types.ContextError_LimitExceeded: LimitExceeded,
+    types.ContextError_WrongKind: WrongKind,
+    types.ContextError_InvalidArgument: InvalidArgument,
+    types.ContextError_NotPermitted: NotPermitted,
+}
+
+
+def _refusable(call):
+    """Turns the host's ``context-error`` results into :class:`fnhost.ContextError` exceptions."""
+
+    def wrapped(*args):
+        try:
+            return call(*args)
+        except Err as refused:
+            raise _ERRORS[type(refused.value)](refused.value.value) from None
+
+    return wrapped
+
+
+class _Host:
+    """The context interface as the shared :class:`fnhost.Context` expects it."""
+
+    get_identity = staticmethod(host.get_identity)
+    input_topics = staticmethod(host.input_topics)
+    output_topic = staticmethod(host.output_topic)
+    user_config_value = staticmethod(host.user_config_value)
+    user_config_map = staticmethod(host.user_config_map)
+    secret = staticmethod(host.secret)
+    record_metric = staticmethod(host.record_metric)
+    get_state = staticmethod(_refusable(host.get_state))
+    put_state = staticmethod(_refusable(host.put_state))
+    delete_state = staticmethod(_refusable(host.delete_state))
+    incr_counter = staticmethod(_refusable(host.incr_counter))
+    get_counter = staticmethod(_refusable(host.get_counter))
+    publish = staticmethod(_refusable(host.publish))
+    ack = staticmethod(host.ack)
+
+    @staticmethod
+    def log(level, message):
+        host.log(_LEVELS[level], message)
+
+
+def _resolve(classname):
+    module_name, _, attribute = classname.rpartition(".")
+    if not module_name:
+        raise ValueError(f"--classname {classname!r} must be MODULE.CLASS (for example exclamation.Exclamation)")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"--classname {classname!r}: module {module_name} has no {attribute}") from None
+
+
+def world(classname):
+    """The ``WitWorld`` class componentize-py exports, running the function ``classname`` names."""
+    runner = _Runner(_resolve(classname))
+    context = Context(_Host())
+
+    class WitWorld(wit_world.WitWorld):
+        def process(self, message):
+            context._set_message(
+                Message(
+                    value=message.value,
+                    key=message.key,
+                    properties=message.properties,
+                    event_time=message.event_time,
+                    publish_time=message.publish_time,
+                    message_id=message.message_id,
+                    topic=message.topic,
+                    partition_key=message.partition_key,
+                )
+            )
+            try:
+                return runner.run(message.value, context)
+            except Exception as error:
+                raise Err(f"{type(error).__name__}: {error}") from None
+
+    return WitWorld

@@ -1,0 +1,164 @@
+"""The SDK's context, runner and mock, as a function author meets them."""
+
+import pytest
+
+import fnhost
+from fnhost import Function, InvalidArgument, WrongKind, encode_output
+from fnhost.testing import MockContext
+
+
+class Echo(Function):
+    def __init__(self):
+        self.seen = 0
+
+    def process(self, input, context):
+        self.seen += 1
+        return input
+
+
+def test_one_object_per_instance_keeps_its_attributes_between_messages():
+    context = MockContext()
+    function = Echo()
+    for value in (b"a", b"b", b"c"):
+        assert context.process(function, value) == value
+    assert function.seen == 3
+
+
+def test_a_class_is_instantiated_once_and_plain_functions_work_with_or_without_context():
+    context = MockContext()
+    assert [context.process(Echo, b"x") for _ in range(2)] == [b"x", b"x"]
+    assert context.process(lambda input: input.upper(), b"up") == b"UP"
+    assert context.process(lambda input, ctx: ctx.get_function_name(), b"") == b"function"
+
+
+@pytest.mark.parametrize(
+    "value, written",
+    [
+        (None, None),
+        ("text", b"text"),
+        (b"\x00\xff", b"\x00\xff"),
+        (bytearray(b"ba"), b"ba"),
+        ({"a": 1}, b'{"a": 1}'),
+        ([1, 2], b"[1, 2]"),
+        (42, b"42"),
+        (True, b"True"),
+    ],
+)
+def test_returned_values_are_written_as_pulsar_writes_them(value, written):
+    assert encode_output(value) == written
+
+
+def test_an_unwritable_return_value_says_what_to_return():
+    with pytest.raises(TypeError, match="return str, bytes"):
+        encode_output(object())
+
+
+def test_message_identity_and_config_under_pulsar_names():
+    context = MockContext(
+        name="f",
+        tenant="t",
+        namespace="n",
+        instance_id=2,
+        num_instances=3,
+        input_topics=["persistent://t/n/in"],
+        output_topic="persistent://t/n/out",
+        user_config={"threshold": 5, "label": "x"},
+        secrets={"token": "s3cret"},
+    )
+
+    def inspect(input, context):
+        return {
+            "id": context.get_message_id(),
+            "key": context.get_message_key(),
+            "eventtime": context.get_message_eventtime(),
+            "properties": context.get_message_properties(),
+            "topic": context.get_current_message_topic_name(),
+            "fqfn": [context.get_function_tenant(), context.get_function_namespace(), context.get_function_name()],
+            "instance": [context.get_instance_id(), context.get_num_instances()],
+            "inputs": context.get_input_topics(),
+            "output": context.get_output_topic(),
+            "threshold": context.get_user_config_value("threshold"),
+            "absent": context.get_user_config_value("absent"),
+            "config": context.get_user_config_map(),
+            "secret": context.get_secret("token"),
+        }
+
+    import json
+
+    seen = json.loads(context.process(inspect, b"", key="k", properties={"p": "v"}, event_time=7, message_id="3"))
+    assert seen == {
+        "id": "3",
+        "key": "k",
+        "eventtime": 7,
+        "properties": {"p": "v"},
+        "topic": "persistent://t/n/in",
+        "fqfn": ["t", "n", "f"],
+        "instance": [2, 3],
+        "inputs": ["persistent://t/n/in"],
+        "output": "persistent://t/n/out",
+        "threshold": 5,
+        "absent": None,
+        "config": {"threshold": 5, "label": "x"},
+        "secret": "s3cret",
+    }
+
+
+def test_state_counters_and_their_kinds():
+    context = MockContext()
+    context.put_state("k", "v")
+    assert context.get_state("k") == b"v"
+    assert context.state["k"] == "v"
+    assert context.incr_counter("c", 5) == 5
+    assert context.incr_counter("c", -2) == 3
+    assert context.get_counter("c") == 3
+    assert context.get_state("c") == (3).to_bytes(8, "big")
+    with pytest.raises(WrongKind):
+        context.incr_counter("k", 1)
+    with pytest.raises(WrongKind):
+        context.put_state("c", b"x")
+    context.del_counter("c")
+    context.del_state("k")
+    assert context.get_counter("c") == 0 and context.get_state("k") is None
+    with pytest.raises(KeyError):
+        context.state["k"]
+
+
+def test_logger_formats_like_logging_and_metrics_are_recorded():
+    context = MockContext()
+    logger = context.get_logger()
+    logger.info("%s has %d", "x", 2)
+    logger.warn("w")
+    logger.warning("w2")
+    logger.error("e")
+    logger.debug("d")
+    context.record_metric("latency", 3)
+    assert context.logs == [("info", "x has 2"), ("warn", "w"), ("warn", "w2"), ("error", "e"), ("debug", "d")]
+    assert context.metrics == {"latency": [3.0]}
+
+
+def test_publish_takes_pulsars_arguments():
+    context = MockContext()
+    context.publish("persistent://public/default/other", "hello", properties={"a": 1})
+    context.publish("other", b"raw", "serde.IdentitySerDe", message_conf={"partition_key": "pk"})
+    assert context.published == [
+        ("persistent://public/default/other", b"hello", None, {"a": "1"}),
+        ("other", b"raw", "pk", {}),
+    ]
+    with pytest.raises(InvalidArgument, match="serde"):
+        context.publish("other", b"x", "serde.PickleSerDe")
+    with pytest.raises(InvalidArgument, match="callback"):
+        context.publish("other", b"x", callback=print)
+    with pytest.raises(TypeError, match="str or bytes"):
+        context.publish("other", 3)
+
+
+def test_ack_is_counted():
+    context = MockContext()
+    context.process(lambda input, ctx: ctx.ack(), b"")
+    assert context.acked == 1
+
+
+def test_copied_pulsar_code_imports_pulsar():
+    import pulsar
+
+    assert pulsar.Function is fnhost.Function

@@ -1,0 +1,378 @@
+//! Builds components from Python and JavaScript sources with the pinned toolchains.
+//!
+//! `--py FILE --classname MODULE.CLASS` runs componentize-py and `--js FILE` runs componentize-js
+//! over the function's folder, the guest SDK compiled into this binary and `wit/function.wit`.
+//! Building takes seconds, so the result is cached under its content hash: the toolchain version,
+//! the contract, the SDK, the function's name and every source file of its folder.
+//! The same sources therefore build once per machine, and any change builds again.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::limits::MAX_SOURCE_SIZE;
+use crate::spec::Code;
+
+/// The contract every SDK builds against.
+const WIT: &str = include_str!("../../wit/function.wit");
+/// The Python SDK as it goes into a component (the mock and the builder stay outside).
+const PYTHON_SDK: [(&str, &str); 3] = [
+    ("fnhost/__init__.py", include_str!("../../guest-sdk/python/src/fnhost/__init__.py")),
+    ("fnhost/_component.py", include_str!("../../guest-sdk/python/src/fnhost/_component.py")),
+    ("pulsar.py", include_str!("../../guest-sdk/python/src/fnhost/pulsar.py")),
+];
+/// The JavaScript SDK's runtime part.
+const JS_SDK: &str = include_str!("../../guest-sdk/js/src/index.js");
+
+/// The componentize-py release fnhost is tested with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+/// The componentize-js release fnhost is tested with.
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+/// A function given as source code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A Python module and the class (or function) in it, as `MODULE.CLASS`.
+    Python {
+        /// The module's file.
+        file: PathBuf,
+        /// `MODULE.CLASS`, as pulsar-admin's `--classname`.
+        classname: String,
+    },
+    /// A JavaScript ES module.
+    JavaScript {
+        /// The module's file.
+        file: PathBuf,
+    },
+}
+
+/// Why a component could not be built from source.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The toolchain is not installed.
+    #[error("{tool} is not installed (or not on PATH): {install}")]
+    Missing {
+        /// The program.
+        tool: String,
+        /// How to install it.
+        install: &'static str,
+    },
+    /// Another version of the toolchain is installed.
+    #[error("fnhost needs {tool} {wanted}, but `{tool} --version` says `{found}`: {install}")]
+    WrongVersion {
+        /// The program.
+        tool: String,
+        /// The version fnhost is tested with.
+        wanted: &'static str,
+        /// What the program reported.
+        found: String,
+        /// How to install the right one.
+        install: &'static str,
+    },
+    /// The sources are unreadable or too large.
+    #[error("{0}")]
+    Source(String),
+    /// The toolchain ran and refused the function.
+    #[error("building {file} failed ({tool} exited with {status}):\n{output}")]
+    Failed {
+        /// The function's file.
+        file: String,
+        /// The program.
+        tool: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+    /// The cache directory could not be written.
+    #[error("cannot write the component cache in {dir}: {source}")]
+    Cache {
+        /// The directory.
+        dir: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// One of the two toolchains.
+struct Toolchain {
+    /// The environment variable that overrides the program's path.
+    variable: &'static str,
+    program: &'static str,
+    version: &'static str,
+    install: &'static str,
+}
+
+const COMPONENTIZE_PY: Toolchain = Toolchain {
+    variable: "FNHOST_COMPONENTIZE_PY",
+    program: "componentize-py",
+    version: COMPONENTIZE_PY_VERSION,
+    install: "install it with `pip install componentize-py==0.25.1` (or `pip install ./guest-sdk/python`), or set FNHOST_COMPONENTIZE_PY to its path",
+};
+
+const COMPONENTIZE_JS: Toolchain = Toolchain {
+    variable: "FNHOST_COMPONENTIZE_JS",
+    program: "componentize-js",
+    version: COMPONENTIZE_JS_VERSION,
+    install: "install it with `npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm ci` in guest-sdk/js and put its node_modules/.bin on PATH), or set FNHOST_COMPONENTIZE_JS to its path",
+};
+
+impl Toolchain {
+    fn program(&self) -> String {
+        std::env::var(self.variable).unwrap_or_else(|_| self.program.to_owned())
+    }
+
+    /// Checks that the toolchain is there in the pinned version, and returns its path.
+    fn locate(&self) -> Result<String, BuildError> {
+        let program = self.program();
+        let output = match Command::new(&program).arg("--version").output() {
+            Ok(output) => output,
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                return Err(BuildError::Missing { tool: program, install: self.install });
+            }
+            Err(error) => {
+                return Err(BuildError::Source(format!("cannot run {program}: {error}; {}", self.install)));
+            }
+        };
+        let found = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if found.split_whitespace().last() != Some(self.version) {
+            return Err(BuildError::WrongVersion {
+                tool: program,
+                wanted: self.version,
+                found,
+                install: self.install,
+            });
+        }
+        Ok(program)
+    }
+}
+
+/// Builds and caches components from source.
+#[derive(Clone, Debug)]
+pub struct Builder {
+    cache_dir: PathBuf,
+}
+
+impl Builder {
+    /// A builder that keeps built components in `cache_dir/components`.
+    pub fn new(cache_dir: &Path) -> Self {
+        Self { cache_dir: cache_dir.join("components") }
+    }
+
+    /// The component file for `code`: the file given, or the one built from the source given.
+    pub fn component_file(&self, code: &Code) -> Result<PathBuf, BuildError> {
+        match code {
+            Code::Wasm(path) => Ok(path.clone()),
+            Code::Source(source) => self.component(source),
+        }
+    }
+
+    /// The component built from `source`: from the cache when the same sources were built before.
+    pub fn component(&self, source: &Source) -> Result<PathBuf, BuildError> {
+        let (toolchain, file) = match source {
+            Source::Python { file, .. } => (&COMPONENTIZE_PY, file),
+            Source::JavaScript { file } => (&COMPONENTIZE_JS, file),
+        };
+        let siblings = sources_beside(file, source)?;
+        let built = self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, &siblings)));
+        if built.exists() {
+            tracing::info!("using the component built earlier from {}", file.display());
+            return Ok(built);
+        }
+        let program = toolchain.locate()?;
+        let cache_error = |source| BuildError::Cache { dir: self.cache_dir.display().to_string(), source };
+        std::fs::create_dir_all(&self.cache_dir).map_err(cache_error)?;
+        let scratch = tempfile::Builder::new().prefix("build-").tempdir_in(&self.cache_dir).map_err(cache_error)?;
+        let root = scratch.path();
+        let entry = stage(root, source, &siblings).map_err(cache_error)?;
+        let partial = root.join("component.wasm");
+        let mut command = Command::new(&program);
+        match source {
+            Source::Python { .. } => command.args(["-d", "wit", "-w", "function", "componentize"]).args([
+                "-p",
+                "app",
+                "-p",
+                "sdk",
+                "-p",
+                ".",
+                entry.trim_end_matches(".py"),
+                "-o",
+                "component.wasm",
+            ]),
+            Source::JavaScript { .. } => command.args([
+                entry.as_str(),
+                "-w",
+                "wit",
+                "-n",
+                "function",
+                "-d",
+                "http",
+                "fetch-event",
+                "-o",
+                "component.wasm",
+            ]),
+        };
+        tracing::info!("building {} with {program}", file.display());
+        let started = std::time::Instant::now();
+        let output = command
+            .current_dir(root)
+            .output()
+            .map_err(|error| BuildError::Source(format!("cannot run {program}: {error}")))?;
+        if !output.status.success() || !partial.exists() {
+            let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+            text.push_str(&String::from_utf8_lossy(&output.stdout));
+            return Err(BuildError::Failed {
+                file: file.display().to_string(),
+                tool: program,
+                status: output.status.to_string(),
+                output: text.trim().to_owned(),
+            });
+        }
+        std::fs::rename(&partial, &built).map_err(cache_error)?;
+        tracing::info!("built {} in {} ms", file.display(), started.elapsed().as_millis());
+        Ok(built)
+    }
+}
+
+/// The function's file and the other sources of its language in its folder, by name.
+fn sources_beside(file: &Path, source: &Source) -> Result<Vec<(String, Vec<u8>)>, BuildError> {
+    let unreadable = |error: std::io::Error| BuildError::Source(format!("cannot read {}: {error}", file.display()));
+    if !std::fs::metadata(file).map_err(unreadable)?.is_file() {
+        return Err(BuildError::Source(format!("{} is not a file; give the function's source file", file.display())));
+    }
+    let extensions: &[&str] = match source {
+        Source::Python { .. } => &["py"],
+        Source::JavaScript { .. } => &["js", "mjs"],
+    };
+    let folder = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut found = Vec::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(folder).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        let wanted = path.extension().and_then(|ext| ext.to_str()).is_some_and(|ext| extensions.contains(&ext));
+        if !wanted || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(unreadable)?;
+        total += bytes.len();
+        if total > MAX_SOURCE_SIZE {
+            return Err(BuildError::Source(format!(
+                "the sources beside {} take more than {MAX_SOURCE_SIZE} bytes (MAX_SOURCE_SIZE); move the function into a folder of its own",
+                file.display()
+            )));
+        }
+        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        found.push((name, bytes));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The hash naming a build: everything that goes into it.
+fn content_key(toolchain: &Toolchain, source: &Source, siblings: &[(String, Vec<u8>)]) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(toolchain.program.as_bytes());
+    field(toolchain.version.as_bytes());
+    field(WIT.as_bytes());
+    match source {
+        Source::Python { file, classname } => {
+            for (name, text) in PYTHON_SDK {
+                field(name.as_bytes());
+                field(text.as_bytes());
+            }
+            field(file_name(file).as_bytes());
+            field(classname.as_bytes());
+        }
+        Source::JavaScript { file } => {
+            field(JS_SDK.as_bytes());
+            field(file_name(file).as_bytes());
+        }
+    }
+    for (name, bytes) in siblings {
+        field(name.as_bytes());
+        field(bytes);
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Lays out the build folder (`app/` the function's sources, `sdk/`, `wit/`, and the entry
+/// module) and returns the entry module's file name.
+fn stage(root: &Path, source: &Source, siblings: &[(String, Vec<u8>)]) -> std::io::Result<String> {
+    let write = |relative: &str, bytes: &[u8]| {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, bytes)
+    };
+    write("wit/function.wit", WIT.as_bytes())?;
+    for (name, bytes) in siblings {
+        write(&format!("app/{name}"), bytes)?;
+    }
+    match source {
+        Source::Python { classname, .. } => {
+            for (name, text) in PYTHON_SDK {
+                write(&format!("sdk/{name}"), text.as_bytes())?;
+            }
+            // The classname is passed as a Python string literal: JSON's escaping is valid Python.
+            let literal = serde_json::to_string(classname).map_err(std::io::Error::other)?;
+            write("fnhost_main.py", format!("import fnhost._component\nWitWorld = fnhost._component.world({literal})\n").as_bytes())?;
+            Ok("fnhost_main.py".into())
+        }
+        Source::JavaScript { file } => {
+            write("sdk/fnhost.js", JS_SDK.as_bytes())?;
+            let module = serde_json::to_string(&format!("./app/{}", file_name(file))).map_err(std::io::Error::other)?;
+            let entry = format!(
+                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.1.0\";\nimport {{ componentProcess }} from \"./sdk/fnhost.js\";\nexport const process = componentProcess(functionModule, host);\n"
+            );
+            write("fnhost_main.js", entry.as_bytes())?;
+            Ok("fnhost_main.js".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python(classname: &str) -> Source {
+        Source::Python { file: "f.py".into(), classname: classname.into() }
+    }
+
+    #[test]
+    fn the_key_changes_with_every_input_of_the_build() {
+        let files = vec![("f.py".to_owned(), b"x = 1".to_vec())];
+        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), &files);
+        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &files), "deterministic");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), &files), "classname");
+        let edited = vec![("f.py".to_owned(), b"x = 2".to_vec())];
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &edited), "source");
+        let renamed = vec![("g.py".to_owned(), b"x = 1".to_vec())];
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &renamed), "file name");
+        let js = Source::JavaScript { file: "f.py".into() };
+        assert_ne!(base, content_key(&COMPONENTIZE_JS, &js, &files), "language");
+    }
+
+    #[test]
+    fn the_entry_module_names_the_class_as_a_literal() {
+        let root = tempfile::tempdir().unwrap();
+        let entry = stage(root.path(), &python("m.C\"; import os"), &[]).unwrap();
+        let text = std::fs::read_to_string(root.path().join(entry)).unwrap();
+        assert!(text.ends_with("world(\"m.C\\\"; import os\")\n"), "{text}");
+        assert!(root.path().join("sdk/fnhost/_component.py").exists());
+        assert!(root.path().join("wit/function.wit").exists());
+    }
+}
