@@ -138,12 +138,7 @@ impl Toolchain {
         };
         let found = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         if found.split_whitespace().last() != Some(self.version) {
-            return Err(BuildError::WrongVersion {
-                tool: program,
-                wanted: self.version,
-                found,
-                install: self.install,
-            });
+            return Err(BuildError::WrongVersion { tool: program, wanted: self.version, found, install: self.install });
         }
         Ok(program)
     }
@@ -329,7 +324,10 @@ fn stage(root: &Path, source: &Source, siblings: &[(String, Vec<u8>)]) -> std::i
             }
             // The classname is passed as a Python string literal: JSON's escaping is valid Python.
             let literal = serde_json::to_string(classname).map_err(std::io::Error::other)?;
-            write("fnhost_main.py", format!("import fnhost._component\nWitWorld = fnhost._component.world({literal})\n").as_bytes())?;
+            write(
+                "fnhost_main.py",
+                format!("import fnhost._component\nWitWorld = fnhost._component.world({literal})\n").as_bytes(),
+            )?;
             Ok("fnhost_main.py".into())
         }
         Source::JavaScript { file } => {

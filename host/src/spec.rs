@@ -12,12 +12,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Inputs, Position};
+use crate::guest_build::Source;
 use crate::instance::{FunctionConfig, Ordering, ProcessingGuarantee};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
 };
-use crate::guest_build::Source;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
 
@@ -220,7 +220,11 @@ impl FunctionSpec {
     /// Code given in `over` (a component or a source file) replaces the base's code entirely.
     pub fn overlay(self, over: FunctionSpec) -> FunctionSpec {
         let replaces_code = over.wasm.is_some() || over.py.is_some() || over.js.is_some();
-        let base = if replaces_code { FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self } } else { self };
+        let base = if replaces_code {
+            FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self }
+        } else {
+            self
+        };
         let (serde_json::Value::Object(mut base), serde_json::Value::Object(over)) =
             (serde_json::json!(base), serde_json::json!(over))
         else {

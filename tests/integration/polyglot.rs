@@ -1,7 +1,7 @@
 //! Python and JavaScript functions: `--py` and `--js` build the component, cache it and run it.
 
 use crate::seed::SEED_EVENTS;
-use crate::support::{Fnhost, Worker, workspace};
+use crate::support::{Fnhost, Worker, fnhost_command, workspace};
 
 const SEED_LOGS: [&str; 3] = [
     "INFO [session-duration-calculator] User user123 logged in at 1678886400",
@@ -36,7 +36,9 @@ fn run_seed(fnhost: &Fnhost, code: &[String]) -> (String, String) {
     fnhost.produce("input-topic", &SEED_EVENTS);
     let mut args: Vec<String> = code.to_vec();
     args.splice(0..0, ["localrun".to_owned()]);
-    args.extend(["--name", "session-duration-calculator", "--inputs", "input-topic", "--output", "sessions"].map(String::from));
+    args.extend(
+        ["--name", "session-duration-calculator", "--inputs", "input-topic", "--output", "sessions"].map(String::from),
+    );
     args.push("--until-idle".into());
     let run = fnhost.run(&args);
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
@@ -103,7 +105,12 @@ fn a_restart_uses_the_built_and_compiled_component_from_the_cache() {
 fn python_and_javascript_exceptions_are_user_exceptions_with_the_guests_message() {
     let cases = [
         (
-            vec!["--py".to_owned(), path("tests/guests/python/failing.py"), "--classname".into(), "failing.Failing".into()],
+            vec![
+                "--py".to_owned(),
+                path("tests/guests/python/failing.py"),
+                "--classname".into(),
+                "failing.Failing".into(),
+            ],
             "ValueError: refusing the message fail",
             "ZeroDivisionError: division by zero",
         ),
@@ -118,10 +125,17 @@ fn python_and_javascript_exceptions_are_user_exceptions_with_the_guests_message(
         fnhost.produce("in", &["one", "fail", "two", "crash", "three"]);
         let mut args = vec!["localrun".to_owned()];
         args.extend(code.clone());
-        args.extend(["--name", "f", "--inputs", "in", "--output", "out", "--max-message-retries", "0", "--until-idle"].map(String::from));
+        args.extend(
+            ["--name", "f", "--inputs", "in", "--output", "out", "--max-message-retries", "0", "--until-idle"]
+                .map(String::from),
+        );
         let run = fnhost.run(&args);
         assert!(run.success, "{code:?}:\n{}\n{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains("3 succeeded, 2 user exceptions, 0 system exceptions"), "{code:?}:\n{}", run.stdout);
+        assert!(
+            run.stdout.contains("3 succeeded, 2 user exceptions, 0 system exceptions"),
+            "{code:?}:\n{}",
+            run.stdout
+        );
         for message in [raised, crashed] {
             let reported = format!("user exception: {message}");
             assert!(run.stdout.contains(&reported), "{code:?} {message}:\n{}", run.stdout);
@@ -152,7 +166,10 @@ fn a_worker_creates_a_python_function_and_reports_its_exceptions_in_stats() {
     let latest = &status["instances"][0]["status"]["latestUserExceptions"][0]["exceptionString"];
     assert!(latest.as_str().is_some_and(|text| text.contains("ValueError: refusing the message fail")), "{status}");
     let config = worker.ok(&["functions", "get", "--fqfn", "public/default/failing"]);
-    assert!(config.get("py").is_none() && config.get("className").is_none(), "the code is kept as a component: {config}");
+    assert!(
+        config.get("py").is_none() && config.get("className").is_none(),
+        "the code is kept as a component: {config}"
+    );
 }
 
 #[test]
@@ -163,9 +180,24 @@ fn missing_toolchains_and_incomplete_flags_say_what_to_do() {
     // A fresh cache, so that nothing built earlier hides the missing toolchain.
     let cache = tempfile::tempdir().unwrap();
     let cases: [(Vec<&str>, &str, &str, &str); 5] = [
-        (vec!["--py", &file, "--classname", "failing.Failing"], "FNHOST_COMPONENTIZE_PY", "/nonexistent/componentize-py", "pip install componentize-py==0.25.1"),
-        (vec!["--js", &js], "FNHOST_COMPONENTIZE_JS", "/nonexistent/componentize-js", "npm install -g @bytecodealliance/componentize-js@0.23.0"),
-        (vec!["--py", &file, "--classname", "failing.Failing"], "FNHOST_COMPONENTIZE_PY", "/bin/true", "fnhost needs /bin/true 0.25.1"),
+        (
+            vec!["--py", &file, "--classname", "failing.Failing"],
+            "FNHOST_COMPONENTIZE_PY",
+            "/nonexistent/componentize-py",
+            "pip install componentize-py==0.25.1",
+        ),
+        (
+            vec!["--js", &js],
+            "FNHOST_COMPONENTIZE_JS",
+            "/nonexistent/componentize-js",
+            "npm install -g @bytecodealliance/componentize-js@0.23.0",
+        ),
+        (
+            vec!["--py", &file, "--classname", "failing.Failing"],
+            "FNHOST_COMPONENTIZE_PY",
+            "/bin/true",
+            "fnhost needs /bin/true 0.25.1",
+        ),
         (vec!["--py", &file, "--classname", "failing.Missing"], "FNHOST_UNUSED", "", "failing has no Missing"),
         (vec!["--py", "/nonexistent/f.py", "--classname", "f.F"], "FNHOST_UNUSED", "", "cannot read /nonexistent/f.py"),
     ];
@@ -188,4 +220,95 @@ fn the_python_sdk_carries_the_same_contract_as_the_host() {
     let host = std::fs::read_to_string(workspace().join("wit/function.wit")).unwrap();
     let sdk = std::fs::read_to_string(workspace().join("guest-sdk/python/src/fnhost/wit/function.wit")).unwrap();
     assert!(host == sdk, "guest-sdk/python/src/fnhost/wit/function.wit drifted: copy wit/function.wit over it");
+}
+
+/// Runs `program args` in `dir` and insists on success.
+fn succeeds(dir: &std::path::Path, program: &str, args: &[&str], env: &[(&str, &std::path::Path)]) {
+    let mut command = std::process::Command::new(program);
+    command.current_dir(dir).args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {} failed:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn new_projects_pass_their_own_tests_and_run_as_they_say() {
+    let fnhost = Fnhost::new();
+    let projects = tempfile::tempdir().unwrap();
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("new-projects");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let events = [
+        r#"{"user_id": "u1", "event_type": "login", "timestamp": 10}"#,
+        r#"{"user_id": "u2", "event_type": "click", "timestamp": 20}"#,
+        r#"{"user_id": "u1", "event_type": "logout", "timestamp": 30}"#,
+    ];
+    fnhost.produce("input-topic", &events);
+    for language in ["rust", "python", "js"] {
+        let name = format!("sessions-{language}");
+        let dir = projects.path().join(&name);
+        let created = fnhost_command().args(["new", "--lang", language, &name, "--dir"]).arg(projects.path()).output();
+        assert!(created.unwrap().status.success(), "fnhost new --lang {language}");
+        let module = name.replace('-', "_");
+        let code: Vec<String> = match language {
+            "rust" => {
+                succeeds(&dir, &cargo, &["test", "--quiet"], &[("CARGO_TARGET_DIR", &target)]);
+                succeeds(
+                    &dir,
+                    &cargo,
+                    &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+                    &[("CARGO_TARGET_DIR", &target)],
+                );
+                let wasm = target.join(format!("wasm32-wasip2/release/{module}.wasm"));
+                vec!["--wasm".into(), wasm.display().to_string()]
+            }
+            "python" => {
+                succeeds(&dir, "python3", &["-m", "pytest", "-q", "-p", "no:cacheprovider"], &[]);
+                let file = dir.join(format!("{module}.py")).display().to_string();
+                vec!["--py".into(), file, "--classname".into(), format!("{module}.SessionsPython")]
+            }
+            _ => {
+                succeeds(&dir, "node", &["--test"], &[]);
+                vec!["--js".into(), dir.join(format!("{module}.js")).display().to_string()]
+            }
+        };
+        let output = format!("sessions-{language}");
+        let mut args = vec!["localrun".to_owned()];
+        args.extend(code);
+        args.extend(
+            ["--name", &name, "--inputs", "input-topic", "--output", &output, "--until-idle"].map(String::from),
+        );
+        let stdout = fnhost.ok(&args);
+        assert!(stdout.contains(&format!("INFO [{name}] User u1 session duration: 20 seconds")), "{stdout}");
+        let written: Vec<serde_json::Value> =
+            fnhost.consume(&output).iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert_eq!(written, [serde_json::json!({"user_id": "u1", "duration": 20})], "{language}");
+    }
+    let again =
+        fnhost_command().args(["new", "--lang", "js", "sessions-js", "--dir"]).arg(projects.path()).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn fnhost_py_builds_a_component_that_runs_as_it_is() {
+    let fnhost = Fnhost::new();
+    let wasm = fnhost.data_dir().join("failing.wasm");
+    let file = path("tests/guests/python/failing.py");
+    let built = std::process::Command::new("fnhost-py")
+        .args(["build", &file, "--classname", "failing.Failing", "-o"])
+        .arg(&wasm)
+        .output()
+        .expect("fnhost-py is installed by `pip install ./guest-sdk/python` (scripts/test does it)");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    fnhost.produce("in", &["hello"]);
+    let wasm = wasm.display().to_string();
+    fnhost.ok(&["localrun", "--wasm", &wasm, "--name", "f", "--inputs", "in", "--output", "out", "--until-idle"]);
+    assert_eq!(fnhost.consume("out"), ["hello"]);
 }

@@ -206,11 +206,8 @@ impl Worker {
 
     /// Runs `fnhost ARGS --url URL`.
     pub fn cli(&self, args: &[&str]) -> Run {
-        let Output { status, stdout, stderr } = fnhost_command()
-            .args(args)
-            .args(["--url", &self.url])
-            .output()
-            .expect("fnhost runs");
+        let Output { status, stdout, stderr } =
+            fnhost_command().args(args).args(["--url", &self.url]).output().expect("fnhost runs");
         Run {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),

@@ -43,7 +43,7 @@ pub mod __private {
     #[allow(missing_docs, unused_qualifications, unsafe_code, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../../wit",
+            path: "wit",
             world: "function",
             pub_export_macro: true,
             export_macro_name: "__fnhost_export_world",

@@ -11,8 +11,8 @@ use clap::{Args, Subcommand};
 
 use super::client::{Body, Client, DEFAULT_WORKER_URL, encode_segment};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
-use crate::guest_build::Builder;
 use crate::embedded::EmbeddedStore;
+use crate::guest_build::Builder;
 use crate::limits::MAX_PACKAGE_SIZE;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
 use crate::spec::FunctionSpec;

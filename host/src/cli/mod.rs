@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod functions;
+mod new;
 
 use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
@@ -49,8 +50,7 @@ pub(crate) fn cache_dir() -> PathBuf {
 }
 
 /// The message for a function given no code.
-pub(crate) const NO_CODE: &str =
-    "no function code: give --wasm FILE.wasm, --py FILE.py --classname MODULE.CLASS, or --js FILE.js (or wasm, py and className, or js in --function-config-file)";
+pub(crate) const NO_CODE: &str = "no function code: give --wasm FILE.wasm, --py FILE.py --classname MODULE.CLASS, or --js FILE.js (or wasm, py and className, or js in --function-config-file)";
 
 /// fnhost: run WebAssembly functions over topics, with durable state.
 #[derive(Debug, Parser)]
@@ -72,6 +72,8 @@ enum Command {
     /// Manage the functions of a worker.
     #[command(subcommand)]
     Functions(Box<functions::FunctionsCommand>),
+    /// Create a function project (Rust, Python or JavaScript) with its unit test, ready to build.
+    New(new::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +313,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics(TopicsCommand::Produce(args)) => produce(args),
         Command::Topics(TopicsCommand::Consume(args)) => consume(args),
         Command::Functions(command) => functions::run(*command),
+        Command::New(args) => new::run(args),
     }
 }
 
