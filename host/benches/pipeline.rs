@@ -3,8 +3,13 @@
 //! logic as a native Rust function in the host, with raw sled appends and reads as the storage
 //! ceiling, all in one run.
 //!
+//! A second part compares languages: the same session logic as a Rust, Python and JavaScript
+//! guest on the same pipeline, each beside its logic run natively (Rust in the host, CPython,
+//! node), with first deployment (build and compile), restart from the compiled cache and
+//! instance start per language.
+//!
 //! Run it with `scripts/bench` (which builds the guest first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|guarantees|languages]`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
+use fnhost::guest_build::{Builder, Source};
 use fnhost::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
     WasmExecutor,
@@ -33,6 +39,26 @@ fn main() -> anyhow::Result<()> {
     let wasm =
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
+    let part = args.get(2).map_or("all", String::as_str);
+    if !["all", "guarantees", "languages"].contains(&part) {
+        anyhow::bail!("unknown part `{part}`: give all, guarantees or languages");
+    }
+    if part != "languages" {
+        guarantees(Path::new(wasm), messages)?;
+    }
+    if part != "guarantees" {
+        languages(Path::new(wasm), messages.min(LANGUAGE_MESSAGES))?;
+    }
+    Ok(())
+}
+
+/// Most events the language comparison pushes through each pipeline: the Python and JavaScript
+/// guests take tens of microseconds per message.
+const LANGUAGE_MESSAGES: usize = 100_000;
+/// Instantiations timed per language.
+const INSTANCE_STARTS: usize = 200;
+
+fn guarantees(wasm: &Path, messages: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let scratch = tempfile::tempdir()?;
 
@@ -41,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         pipeline(&scratch.path().join(name), &events, code, (guarantee, ordering, parallelism))
     };
     let (unordered, by_key) = (Ordering::Unordered, Ordering::RetainKey);
-    let guest = || Code::Wasm(Path::new(wasm));
+    let guest = || Code::Wasm(wasm);
     let native = run("native", Code::Native, ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
     let at_least_once = run("at-least-once", guest(), ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
     let others = [
@@ -86,6 +112,139 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One language's guest, built from its source as `fnhost localrun --py` or `--js` would.
+struct Language {
+    name: &'static str,
+    source: Option<Source>,
+}
+
+fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
+    let events = session_events(messages);
+    let scratch = tempfile::tempdir()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is in the workspace");
+    // Python: `fnhost new`'s template, which writes an output per logout as the others do.
+    let python = scratch.path().join("python/session.py");
+    std::fs::create_dir_all(python.parent().expect("a folder"))?;
+    let template = include_str!("../src/cli/templates/python/function.py");
+    std::fs::write(
+        &python,
+        template.replace("__NAME__", "session").replace("__MODULE__", "session").replace("__CLASS__", "Session"),
+    )?;
+    let js = workspace.join("examples/js-session-duration/session_duration.js");
+    let languages = [
+        Language { name: "Rust", source: None },
+        Language {
+            name: "Python",
+            source: Some(Source::Python { file: python.clone(), classname: "session.Session".into() }),
+        },
+        Language { name: "JavaScript", source: Some(Source::JavaScript { file: js }) },
+    ];
+    let native = [
+        pipeline(
+            &scratch.path().join("native"),
+            &events,
+            Code::Native,
+            (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
+        )?,
+        native_script(
+            "python3",
+            &[workspace.join("host/benches/native/session.py").as_path(), &python],
+            messages,
+            Some(&workspace.join("guest-sdk/python/src")),
+        )?,
+        native_script("node", &[workspace.join("host/benches/native/session.mjs").as_path()], messages, None)?,
+    ];
+    println!();
+    println!(
+        "| language ({messages} session events, ATLEAST_ONCE, 1 instance) | build s | compile s | restart from cache ms | instance start p50 µs | p99 µs | guest msg/s | native msg/s | guest / native |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (language, native) in languages.iter().zip(native) {
+        // A builder of its own, so that the build is measured rather than found in the cache.
+        let started = Instant::now();
+        let wasm = match &language.source {
+            None => rust_wasm.to_owned(),
+            Some(source) => Builder::new(&scratch.path().join(format!("build-{}", language.name))).component(source)?,
+        };
+        let build = started.elapsed();
+        let compiled = scratch.path().join(format!("compiled-{}", language.name));
+        let runtime = || Runtime::new(RuntimeConfig { cache_dir: Some(compiled.clone()), max_instances: 4 });
+        let started = Instant::now();
+        runtime()?.load(&wasm)?;
+        let compile = started.elapsed();
+        let (restart, starts) = starts(runtime()?, &wasm, &scratch.path().join(format!("starts-{}", language.name)))?;
+        let elapsed = pipeline(
+            &scratch.path().join(language.name),
+            &events,
+            Code::Wasm(&wasm),
+            (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
+        )?;
+        let rate = |elapsed: Duration| messages as f64 / elapsed.as_secs_f64();
+        let build = if language.source.is_some() { format!("{:.1}", build.as_secs_f64()) } else { "(cargo)".into() };
+        println!(
+            "| {} | {build} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            language.name,
+            compile.as_secs_f64(),
+            restart.as_secs_f64() * 1e3,
+            starts[starts.len() / 2].as_secs_f64() * 1e6,
+            starts[starts.len() * 99 / 100].as_secs_f64() * 1e6,
+            rate(elapsed),
+            rate(native),
+            rate(elapsed) / rate(native),
+        );
+    }
+    Ok(())
+}
+
+/// A restart from the compiled cache (load, link, first instance), then `INSTANCE_STARTS`
+/// instantiations from the linked function, sorted.
+fn starts(runtime: Runtime, wasm: &Path, dir: &Path) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let store = EmbeddedStore::open(dir)?;
+    let fqfn = Fqfn::parse("public/default/starts")?;
+    let config = FunctionConfig::new(fqfn.clone(), vec![input()]);
+    let limits = InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) };
+    let context = || -> anyhow::Result<MessageContext> {
+        Ok(MessageContext::new(&config, 0, store.table(&fqfn)?, LogSink::default()))
+    };
+    let started = Instant::now();
+    let code = runtime.load(wasm)?;
+    let prepared = code.prepare::<MessageContext>()?;
+    let details = Arc::new(config.details(code.digest(), 0, 1));
+    let first =
+        prepared.instantiate(context()?, details.clone(), limits).map_err(|(_, error)| anyhow::anyhow!("{error}"))?;
+    let restart = started.elapsed();
+    drop(first);
+    let mut times = Vec::with_capacity(INSTANCE_STARTS);
+    for _ in 0..INSTANCE_STARTS {
+        let host = context()?;
+        let started = Instant::now();
+        let instance =
+            prepared.instantiate(host, details.clone(), limits).map_err(|(_, error)| anyhow::anyhow!("{error}"))?;
+        times.push(started.elapsed());
+        drop(instance);
+    }
+    times.sort();
+    Ok((restart, times))
+}
+
+/// Runs a native script over the benchmark's events; it prints the seconds its loop took.
+fn native_script(
+    program: &str,
+    args: &[&Path],
+    messages: usize,
+    python_path: Option<&Path>,
+) -> anyhow::Result<Duration> {
+    let mut command = std::process::Command::new(program);
+    command.args(args).args([messages.to_string(), USERS.to_string()]);
+    if let Some(path) = python_path {
+        command.env("PYTHONPATH", path);
+    }
+    let output = command.output().map_err(|error| anyhow::anyhow!("cannot run {program}: {error}"))?;
+    anyhow::ensure!(output.status.success(), "{program} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Logins and logouts for `USERS` users, alternating per user, as the seed's JSON.
