@@ -116,7 +116,7 @@ const COMPONENTIZE_JS: Toolchain = Toolchain {
     variable: "FNHOST_COMPONENTIZE_JS",
     program: "componentize-js",
     version: COMPONENTIZE_JS_VERSION,
-    install: "install it with `npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm ci` in guest-sdk/js and put its node_modules/.bin on PATH), or set FNHOST_COMPONENTIZE_JS to its path",
+    install: "install it with `npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` in guest-sdk/js and put its node_modules/.bin on PATH), or set FNHOST_COMPONENTIZE_JS to its path",
 };
 
 impl Toolchain {

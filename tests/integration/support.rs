@@ -41,7 +41,7 @@ pub fn workspace() -> &'static Path {
 
 /// The `fnhost` binary with a component cache shared by every test and kept between runs (built
 /// Python and JavaScript components take seconds each), and the JavaScript toolchain that
-/// `npm ci` installs in guest-sdk/js when none is on PATH.
+/// `npm install` puts in guest-sdk/js when none is on PATH.
 pub fn fnhost_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fnhost"));
     command.env("FNHOST_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("fnhost-cache"));
