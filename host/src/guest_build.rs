@@ -100,28 +100,29 @@ pub enum BuildError {
 struct Toolchain {
     /// The environment variable that overrides the program's path.
     variable: &'static str,
-    program: &'static str,
+    /// The program's name on PATH.
+    default_program: &'static str,
     version: &'static str,
     install: &'static str,
 }
 
 const COMPONENTIZE_PY: Toolchain = Toolchain {
     variable: "FNHOST_COMPONENTIZE_PY",
-    program: "componentize-py",
+    default_program: "componentize-py",
     version: COMPONENTIZE_PY_VERSION,
     install: "install it with `pip install componentize-py==0.25.1` (or `pip install ./guest-sdk/python`), or set FNHOST_COMPONENTIZE_PY to its path",
 };
 
 const COMPONENTIZE_JS: Toolchain = Toolchain {
     variable: "FNHOST_COMPONENTIZE_JS",
-    program: "componentize-js",
+    default_program: "componentize-js",
     version: COMPONENTIZE_JS_VERSION,
     install: "install it with `npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` in guest-sdk/js and put its node_modules/.bin on PATH), or set FNHOST_COMPONENTIZE_JS to its path",
 };
 
 impl Toolchain {
     fn program(&self) -> String {
-        std::env::var(self.variable).unwrap_or_else(|_| self.program.to_owned())
+        std::env::var(self.variable).unwrap_or_else(|_| self.default_program.to_owned())
     }
 
     /// Checks that the toolchain is there in the pinned version, and returns its path.
@@ -275,7 +276,7 @@ fn content_key(toolchain: &Toolchain, source: &Source, siblings: &[(String, Vec<
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
-    field(toolchain.program.as_bytes());
+    field(toolchain.default_program.as_bytes());
     field(toolchain.version.as_bytes());
     field(WIT.as_bytes());
     match source {

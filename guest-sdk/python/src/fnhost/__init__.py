@@ -23,6 +23,7 @@ b'hi!'
 [('info', 'got 2 bytes')]
 """
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -404,8 +405,6 @@ def _as_callable(target: Any) -> Any:
 
 def _takes_context(function: Any) -> bool:
     """Whether a plain function takes ``(input, context)`` rather than ``(input)``, as Pulsar allows."""
-    import inspect
-
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
