@@ -335,7 +335,7 @@ fn stage(root: &Path, source: &Source, siblings: &[(String, Vec<u8>)]) -> std::i
             write("sdk/fnhost.js", JS_SDK.as_bytes())?;
             let module = serde_json::to_string(&format!("./app/{}", file_name(file))).map_err(std::io::Error::other)?;
             let entry = format!(
-                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.1.0\";\nimport {{ componentProcess }} from \"./sdk/fnhost.js\";\nexport const process = componentProcess(functionModule, host);\n"
+                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.2.0\";\nimport {{ componentProcessBatch }} from \"./sdk/fnhost.js\";\nexport const processBatch = componentProcessBatch(functionModule, host);\n"
             );
             write("fnhost_main.js", entry.as_bytes())?;
             Ok("fnhost_main.js".into())

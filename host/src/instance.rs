@@ -264,6 +264,28 @@ pub struct MessageContext {
     logs: LogSink,
     metrics: BTreeMap<String, (u64, f64)>,
     host_failure: Option<String>,
+    output: Option<TopicName>,
+    /// The messages of the batch the function is processing, in order.
+    batch: Vec<Origin>,
+    /// How each message of the batch the function finished went, in order.
+    outcomes: Vec<Outcome>,
+    message_started: Instant,
+}
+
+/// What a message's output needs to know of the message.
+struct Origin {
+    topic: String,
+    message_id: String,
+    key: Option<String>,
+}
+
+/// How one try of a message went, and how long it took.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Whether the function acknowledged the message, or why the message failed.
+    pub result: Result<bool, ProcessError>,
+    /// From the start of the message to its end.
+    pub elapsed: Duration,
 }
 
 impl MessageContext {
@@ -286,7 +308,25 @@ impl MessageContext {
             logs,
             metrics: BTreeMap::new(),
             host_failure: None,
+            output: config.output.clone(),
+            batch: Vec::new(),
+            outcomes: Vec::new(),
+            message_started: Instant::now(),
         }
+    }
+
+    /// Starts a batch: the function finishes `messages` in order through [`MessageContext::end_message`].
+    fn begin_batch(&mut self, messages: &[GuestMessage]) {
+        self.batch = messages
+            .iter()
+            .map(|message| Origin {
+                topic: message.topic.clone(),
+                message_id: message.message_id.clone(),
+                key: message.key.clone(),
+            })
+            .collect();
+        self.outcomes.clear();
+        self.begin_message();
     }
 
     fn begin_message(&mut self) {
@@ -295,6 +335,45 @@ impl MessageContext {
         self.publishes = 0;
         self.acked = false;
         self.host_failure = None;
+        self.message_started = Instant::now();
+    }
+
+    /// Ends the current message of the batch with what the function said: on success its effects
+    /// join the batch, on failure they are dropped. Returns whether the function should go on:
+    /// after a failure it stops, so that the message is tried again before the ones after it.
+    fn end_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool {
+        let Some(origin) = self.batch.get(self.outcomes.len()) else { return false };
+        let result = match (result, self.host_failure.take()) {
+            (_, Some(failure)) => Err(ProcessError::System(failure)),
+            (Ok(Some(value)), None) => match &self.output {
+                Some(output) => {
+                    // Pulsar's properties naming the input a result came from; trigger looks for them.
+                    let properties = vec![
+                        (INPUT_TOPIC_PROPERTY.to_owned(), origin.topic.clone()),
+                        (INPUT_MESSAGE_ID_PROPERTY.to_owned(), origin.message_id.clone()),
+                    ];
+                    let message = OutMessage { value, key: origin.key.clone(), properties, event_time: None };
+                    match check_message(&message) {
+                        Ok(()) => Ok(Some((output.clone(), message))),
+                        Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
+                    }
+                }
+                None => Ok(None),
+            },
+            (Ok(None), None) => Ok(None),
+            (Err(error), None) => Err(error),
+        };
+        let result = match result {
+            Ok(output) => Ok(self.keep_message(output)),
+            Err(error) => {
+                self.drop_message();
+                Err(error)
+            }
+        };
+        let go_on = result.is_ok();
+        self.outcomes.push(Outcome { result, elapsed: self.message_started.elapsed() });
+        self.begin_message();
+        go_on && self.outcomes.len() < self.batch.len()
     }
 
     /// Moves the current message's effects into the batch, with its output if it has one;
@@ -450,6 +529,14 @@ fn check_key(key: &str) -> Result<(), ContextError> {
 }
 
 impl HostContext for MessageContext {
+    fn min_log_level(&mut self) -> LogLevel {
+        self.log_level
+    }
+
+    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool {
+        self.end_message(result)
+    }
+
     fn log(&mut self, level: LogLevel, message: String) {
         self.write_log(level, message);
     }
@@ -577,8 +664,9 @@ pub fn check_message(message: &OutMessage) -> Result<(), String> {
 
 /// Something that processes messages with a [`MessageContext`]: a wasm instance or a native function.
 pub trait Executor: Send {
-    /// Processes one message.
-    fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError>;
+    /// Processes `messages` in order, stopping after the first that fails; returns how each
+    /// message it reached went (at least one).
+    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome>;
     /// The context the executor's effects are gathered in.
     fn context(&mut self) -> &mut MessageContext;
     /// How many times the executor was restarted after a system exception.
@@ -628,18 +716,23 @@ impl WasmExecutor {
 }
 
 impl Executor for WasmExecutor {
-    fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
+    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
         if self.instance.is_none() {
             self.replace_instance();
         }
-        let Some(instance) = self.instance.as_mut() else {
-            return Err(ProcessError::System("the instance could not be restarted".into()));
+        self.context().begin_batch(messages);
+        let failure = match self.instance.as_mut() {
+            Some(instance) => instance.process_batch(messages).err(),
+            None => Some(ProcessError::System("the instance could not be restarted".into())),
         };
-        let result = instance.process(message);
-        if matches!(result, Err(ProcessError::System(_))) {
-            self.replace_instance();
+        if let Some(error) = failure {
+            // The failure belongs to the first message the function did not finish.
+            self.context().end_message(Err(error));
+            if self.instance.is_some() {
+                self.replace_instance();
+            }
         }
-        result
+        std::mem::take(&mut self.context().outcomes)
     }
 
     fn context(&mut self) -> &mut MessageContext {
@@ -675,8 +768,15 @@ impl<F> Executor for NativeExecutor<F>
 where
     F: FnMut(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String> + Send,
 {
-    fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
-        (self.function)(message, &mut self.context).map_err(ProcessError::User)
+    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
+        self.context.begin_batch(messages);
+        for message in messages {
+            let result = (self.function)(message, &mut self.context).map_err(ProcessError::User);
+            if !self.context.end_message(result) {
+                break;
+            }
+        }
+        std::mem::take(&mut self.context.outcomes)
     }
 
     fn context(&mut self) -> &mut MessageContext {
@@ -943,6 +1043,8 @@ fn process_messages(
 ) -> Acks {
     let manual = config.guarantee == ProcessingGuarantee::Manual;
     let mut acks = Acks::default();
+    let mut positions = Vec::with_capacity(messages.len());
+    let mut guests = Vec::with_capacity(messages.len());
     for message in messages {
         stats.received += 1;
         let Message { topic, sequence, body, redelivery_count } = message;
@@ -968,80 +1070,54 @@ fn process_messages(
             acks.add(&topic, sequence);
             continue;
         }
-        for attempt in 1.. {
-            let started = Instant::now();
-            let result = process_once(&guest, config, executor);
-            let elapsed = started.elapsed();
-            stats.record_latency(elapsed);
-            match result {
-                Ok(acked) => {
-                    stats.succeeded += 1;
-                    if acked || !manual {
-                        acks.add(&topic, sequence);
+        positions.push((topic, sequence));
+        guests.push(guest);
+    }
+    // The function gets the messages in one call and stops at the first failure, which is tried
+    // again on its own before the messages after it: each key's messages keep their order.
+    let mut next = 0;
+    while next < guests.len() {
+        for outcome in executor.process_batch(&guests[next..]) {
+            let (topic, sequence) = &positions[next];
+            let guest = &guests[next];
+            next += 1;
+            let mut outcome = outcome;
+            for attempt in 1.. {
+                stats.record_latency(outcome.elapsed);
+                let error = match outcome.result {
+                    Ok(acked) => {
+                        stats.succeeded += 1;
+                        if acked || !manual {
+                            acks.add(topic, *sequence);
+                        }
+                        break;
                     }
-                    break;
+                    Err(error) => error,
+                };
+                let tries = config.max_message_retries + 1;
+                let text = format!(
+                    "message {} from {} failed (try {attempt} of {tries}) after {:?}: {error}",
+                    guest.message_id, guest.topic, outcome.elapsed,
+                );
+                stats.record_exception(matches!(error, ProcessError::User(_)), text.clone());
+                let context = executor.context();
+                if attempt < tries {
+                    context.write_log(LogLevel::Warn, format!("{text}; trying again"));
+                    outcome = executor.process_batch(std::slice::from_ref(guest)).pop().unwrap_or_else(|| Outcome {
+                        result: Err(ProcessError::System("the message was not processed".into())),
+                        elapsed: Duration::ZERO,
+                    });
+                    continue;
                 }
-                Err(error) => {
-                    let tries = config.max_message_retries + 1;
-                    let text = format!(
-                        "message {} from {} failed (try {attempt} of {tries}) after {elapsed:?}: {error}",
-                        guest.message_id, guest.topic,
-                    );
-                    stats.record_exception(matches!(error, ProcessError::User(_)), text.clone());
-                    let context = executor.context();
-                    if attempt < tries {
-                        context.write_log(LogLevel::Warn, format!("{text}; trying again"));
-                        continue;
-                    }
-                    context.write_log(LogLevel::Error, format!("{text}; sent to {}", config.dead_letter_topic));
-                    context.dead_letter(&config.dead_letter_topic, &guest, &error.to_string());
-                    stats.dead_lettered += 1;
-                    acks.add(&topic, sequence);
-                    break;
-                }
+                context.write_log(LogLevel::Error, format!("{text}; sent to {}", config.dead_letter_topic));
+                context.dead_letter(&config.dead_letter_topic, guest, &error.to_string());
+                stats.dead_lettered += 1;
+                acks.add(topic, *sequence);
+                break;
             }
         }
     }
     acks
-}
-
-/// Processes one message once; on success its effects join the batch and the result says whether
-/// the function acknowledged it, on failure its effects are dropped.
-fn process_once(
-    guest: &GuestMessage,
-    config: &FunctionConfig,
-    executor: &mut dyn Executor,
-) -> Result<bool, ProcessError> {
-    executor.context().begin_message();
-    let result = executor.process(guest);
-    let context = executor.context();
-    let result = match (result, context.host_failure.take()) {
-        (_, Some(failure)) => Err(ProcessError::System(failure)),
-        (Ok(Some(value)), None) => match &config.output {
-            Some(output) => {
-                // Pulsar's properties naming the input a result came from; trigger looks for them.
-                let properties = vec![
-                    (INPUT_TOPIC_PROPERTY.to_owned(), guest.topic.clone()),
-                    (INPUT_MESSAGE_ID_PROPERTY.to_owned(), guest.message_id.clone()),
-                ];
-                let message = OutMessage { value, key: guest.key.clone(), properties, event_time: None };
-                match check_message(&message) {
-                    Ok(()) => Ok(Some((output.clone(), message))),
-                    Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
-                }
-            }
-            None => Ok(None),
-        },
-        (Ok(None), None) => Ok(None),
-        (Err(error), None) => Err(error),
-    };
-    match result {
-        Ok(output) => Ok(context.keep_message(output)),
-        Err(error) => {
-            context.drop_message();
-            Err(error)
-        }
-    }
 }
 
 fn to_guest(topic: &TopicName, sequence: u64, body: MessageBody) -> GuestMessage {

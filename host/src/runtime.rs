@@ -12,11 +12,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -65,6 +65,11 @@ pub trait HostContext: Send + 'static {
     ) -> Result<(), ContextError>;
     /// Acknowledges the current message.
     fn ack(&mut self);
+    /// The lowest level [`HostContext::log`] writes.
+    fn min_log_level(&mut self) -> LogLevel;
+    /// The function finished the current message of a batch with `result`; the answer says
+    /// whether it should go on with the next one.
+    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool;
 }
 
 /// What a function can ask about itself: fixed for the life of an instance.
@@ -232,7 +237,7 @@ impl Runtime {
                 Err(error) => tracing::warn!("ignoring unusable cached component {}: {error:#}", file.display()),
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let component = self.compile(bytes, shown)?;
         tracing::info!("compiled {shown} in {} ms", started.elapsed().as_millis());
         let written = component.serialize().map_err(std::io::Error::other).and_then(|compiled| {
@@ -327,14 +332,21 @@ impl<H: HostContext> PreparedFunction<H> {
             memory_limit: limits.memory_bytes,
             stdout,
             stderr,
+            timeout: limits.timeout,
+            message_deadline: Instant::now() + limits.timeout,
+            unfinished: 0,
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| data);
-        store.epoch_deadline_trap();
-        let ticks = limits.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        // The time limit is per message, and a batch's messages are finished inside one call: at
+        // each tick past the deadline the store checks the current message's own deadline.
+        store.epoch_deadline_callback(|store| {
+            let left = store.data().message_deadline.saturating_duration_since(Instant::now());
+            Ok(if left.is_zero() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(ticks(left)) })
+        });
+        store.set_epoch_deadline(ticks(limits.timeout));
         match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Instance { store, bindings, ticks, timeout: limits.timeout }),
+            Ok(bindings) => Ok(Instance { store, bindings, timeout: limits.timeout }),
             Err(error) => {
                 let message = describe_trap(&error, &store, limits.timeout);
                 Err((store.into_data().host, ProcessError::System(format!("instantiation failed: {message}"))))
@@ -343,28 +355,40 @@ impl<H: HostContext> PreparedFunction<H> {
     }
 }
 
+/// Epoch ticks that cover `time`, plus one because the first tick may come at once.
+fn ticks(time: Duration) -> u64 {
+    time.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
 /// One instance of a function: its own store, memory and limits.
 pub struct Instance<H: 'static> {
     store: Store<StoreData<H>>,
     bindings: bindings::Function,
-    ticks: u64,
     timeout: Duration,
 }
 
 impl<H: HostContext> Instance<H> {
-    /// Runs the function on one message.
+    /// Runs the function on a batch of messages. It finishes them in order, each through
+    /// [`HostContext::finish_message`], until they run out or the context says to stop.
     ///
-    /// After [`ProcessError::System`] the instance must not be used again: take its context back
-    /// with [`Instance::into_host`] and instantiate a new one.
-    pub fn process(&mut self, message: &GuestMessage) -> Result<Option<Vec<u8>>, ProcessError> {
-        self.store.set_epoch_deadline(self.ticks);
-        let result = match self.bindings.call_process(&mut self.store, message) {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(ProcessError::User(error)),
+    /// [`ProcessError::System`] (a trap, a time or memory limit, or a return before the function
+    /// finished its messages) concerns the first message not yet finished. After it the instance
+    /// must not be used again: take its context back with [`Instance::into_host`] and instantiate
+    /// a new one.
+    pub fn process_batch(&mut self, messages: &[GuestMessage]) -> Result<(), ProcessError> {
+        let data = self.store.data_mut();
+        data.unfinished = messages.len();
+        data.message_deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(ticks(self.timeout));
+        let result = match self.bindings.call_process_batch(&mut self.store, messages) {
+            Ok(()) if self.store.data().unfinished == 0 => Ok(()),
+            Ok(()) => Err(ProcessError::System(
+                "the function returned from process-batch without finishing every message; call finish-message once per message".into(),
+            )),
             // Described before the guest's output is forwarded, which drains the panic message.
             Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
         };
-        self.forward_guest_output();
+        self.store.data_mut().forward_guest_output();
         result
     }
 
@@ -376,16 +400,6 @@ impl<H: HostContext> Instance<H> {
     /// Ends the instance and returns its context.
     pub fn into_host(self) -> H {
         self.store.into_data().host
-    }
-
-    fn forward_guest_output(&mut self) {
-        let data = self.store.data_mut();
-        for (output, level) in [(&data.stdout, LogLevel::Info), (&data.stderr, LogLevel::Warn)] {
-            let text = output.take();
-            for line in text.lines().filter(|line| !line.is_empty()) {
-                data.host.log(level, line.to_owned());
-            }
-        }
     }
 }
 
@@ -425,6 +439,25 @@ pub struct StoreData<H> {
     memory_limit: u64,
     stdout: GuestOutput,
     stderr: GuestOutput,
+    /// The time limit of one message (`--timeout-ms`).
+    timeout: Duration,
+    /// When the current message runs out of time.
+    message_deadline: Instant,
+    /// Messages of the batch not yet finished; zero once the function was told to stop.
+    unfinished: usize,
+}
+
+impl<H: HostContext> StoreData<H> {
+    /// Sends what the guest wrote to stdout and stderr to the function's log, with the message it
+    /// belongs to.
+    fn forward_guest_output(&mut self) {
+        for (output, level) in [(&self.stdout, LogLevel::Info), (&self.stderr, LogLevel::Warn)] {
+            let text = output.take();
+            for line in text.lines().filter(|line| !line.is_empty()) {
+                self.host.log(level, line.to_owned());
+            }
+        }
+    }
 }
 
 impl<H: Send> WasiView for StoreData<H> {
@@ -513,6 +546,25 @@ impl<H: HostContext> context::Host for StoreData<H> {
 
     fn ack(&mut self) {
         self.host.ack();
+    }
+
+    fn min_log_level(&mut self) -> LogLevel {
+        self.host.min_log_level()
+    }
+
+    fn finish_message(&mut self, outcome: Result<Option<Vec<u8>>, String>) -> bool {
+        // Finishing more messages than the batch has is ignored: there is no message to end.
+        if self.unfinished == 0 {
+            return false;
+        }
+        self.unfinished -= 1;
+        self.forward_guest_output();
+        self.message_deadline = Instant::now() + self.timeout;
+        let go_on = self.host.finish_message(outcome.map_err(ProcessError::User));
+        if !go_on {
+            self.unfinished = 0;
+        }
+        go_on
     }
 }
 

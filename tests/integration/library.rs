@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fnhost::broker::{Broker, OutMessage};
+use fnhost::broker::{Broker, OutMessage, Position, Subscription, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
 use fnhost::instance::{self, FunctionConfig, LogSink, MessageContext, RunUntil, WasmExecutor};
 use fnhost::limits::MAX_BATCH_MESSAGES;
+use fnhost::metrics::Stats;
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::state::{StateStore, StateValue};
@@ -47,4 +48,72 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
     assert_eq!(counter("all"), Some(StateValue::Counter(sentences as i64)));
     assert_eq!(counter("even"), Some(StateValue::Counter(sentences.div_ceil(2) as i64)));
     assert_eq!(counter("odd"), Some(StateValue::Counter((sentences / 2) as i64)));
+}
+
+/// Runs the misbehave guest over `commands` until they are all done; returns its stats and the
+/// values written to the output topic, in order.
+fn run_misbehave(commands: &[&str], timeout: Duration, max_message_retries: u32) -> (Stats, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let input = TopicName::parse("commands").unwrap();
+    let output = TopicName::parse("results").unwrap();
+    store.produce(&input, commands.iter().map(|command| OutMessage::new(*command)).collect()).unwrap();
+
+    let fqfn = Fqfn::parse("acme/test/misbehave").unwrap();
+    let limits = InstanceLimits { memory_bytes: 32 << 20, timeout };
+    let config = FunctionConfig {
+        limits,
+        log_level: LogLevel::Warn,
+        output: Some(output.clone()),
+        max_message_retries,
+        ..FunctionConfig::new(fqfn.clone(), vec![input])
+    };
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 2 }).unwrap();
+    let code = runtime.load(&guest("misbehave")).unwrap();
+    let function = code.prepare::<MessageContext>().unwrap();
+    let context = MessageContext::new(&config, 0, store.table(&fqfn).unwrap(), LogSink::default());
+    let details = Arc::new(config.details(code.digest(), 0, 1));
+    let executor = WasmExecutor::start(function, details, limits, context).unwrap();
+    let stats = instance::run(&store, &config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false))
+        .unwrap()
+        .remove(0);
+
+    let results = store.subscribe(SubscriptionSpec::single(vec![output], None, Position::Earliest)).unwrap();
+    let values = results
+        .fetch(100, Duration::ZERO)
+        .unwrap()
+        .into_iter()
+        .map(|message| String::from_utf8(message.body.value).unwrap())
+        .collect();
+    (stats, values)
+}
+
+#[test]
+fn a_failure_inside_a_batch_is_retried_before_the_messages_after_it() {
+    // The guest gets the commands as one batch; each failure stops the batch there, is tried again
+    // on its own (on a new instance after a trap), and the batch goes on after it.
+    let commands = ["a", "fail-once:b", "c", "trap", "d", "fail", "e"];
+    let (stats, outputs) = run_misbehave(&commands, Duration::from_secs(10), 1);
+    assert_eq!(outputs, ["ok:a", "ok:fail-once:b", "ok:c", "ok:d", "ok:e"]);
+    assert_eq!((stats.received, stats.succeeded, stats.dead_lettered), (7, 5, 2));
+    // fail-once:b once, fail twice; trap twice, each replacing the instance.
+    assert_eq!((stats.user_exceptions, stats.system_exceptions, stats.restarts), (3, 2, 2));
+}
+
+#[test]
+fn the_time_limit_is_per_message_even_when_a_batch_takes_longer() {
+    // Four messages of 120 ms each run in one call of 480 ms, past the 300 ms limit, and pass;
+    // the endless one fails alone.
+    let commands = ["spin:120", "spin:120", "loop", "spin:120", "spin:120"];
+    let (stats, outputs) = run_misbehave(&commands, Duration::from_millis(300), 0);
+    assert_eq!(outputs, ["spin:120"; 4]);
+    assert_eq!((stats.succeeded, stats.system_exceptions, stats.dead_lettered), (4, 1, 1));
+    let failure = &stats.latest_system_exceptions[0].exception_string;
+    assert!(failure.contains("processing took longer than the time limit of 300 ms"), "{failure}");
+}
+
+#[test]
+fn the_guest_knows_the_log_level_and_skips_lines_below_it() {
+    let (_, outputs) = run_misbehave(&["log-levels"], Duration::from_secs(10), 0);
+    assert_eq!(outputs, ["debug:false warn:true"]);
 }

@@ -64,15 +64,27 @@ export class State {
 }
 
 /** The function's logger (`context.getLogger()`). */
+const LEVEL_RANKS = { trace: 0, debug: 1, info: 2, warn: 3, error: 4 };
+
+/** The function's logger; lines below the host's `--log-level` are not sent. */
 export class Logger {
   constructor(host) {
     this._host = host;
+    this._minRank = undefined;
   }
-  trace(message) { this._host.log("trace", String(message)); }
-  debug(message) { this._host.log("debug", String(message)); }
-  info(message) { this._host.log("info", String(message)); }
-  warn(message) { this._host.log("warn", String(message)); }
-  error(message) { this._host.log("error", String(message)); }
+  /** Whether lines at `level` ("debug", "info", ...) are written: check it before building a costly line. */
+  isEnabled(level) {
+    this._minRank ??= LEVEL_RANKS[this._host.minLogLevel()];
+    return LEVEL_RANKS[level] >= this._minRank;
+  }
+  _log(level, message) {
+    if (this.isEnabled(level)) this._host.log(level, String(message));
+  }
+  trace(message) { this._log("trace", message); }
+  debug(message) { this._log("debug", message); }
+  info(message) { this._log("info", message); }
+  warn(message) { this._log("warn", message); }
+  error(message) { this._log("error", message); }
 }
 
 /** What a function reaches while it processes a message; `host` has wit/function.wit's context calls. */
@@ -166,20 +178,27 @@ function refusable(call) {
   };
 }
 
-/** The component's `process` export: runs `module`'s function with a context over `host`. */
-export function componentProcess(module, host) {
+/**
+ * The component's `processBatch` export: runs `module`'s function on each message with a context
+ * over `host`, and finishes each message with the host until the batch ends or the host says stop.
+ */
+export function componentProcessBatch(module, host) {
   const run = functionOf(module);
   const wrapped = { ...host };
   for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
     wrapped[name] = refusable(host[name]);
   }
-  return (message) => {
-    const context = new Context(wrapped, message);
-    try {
-      return encodeOutput(run(message.value, context));
-    } catch (error) {
-      // A thrown string is the WIT result's `err`: the message fails as a user exception.
-      throw describe(error);
+  const context = new Context(wrapped, undefined);
+  return (messages) => {
+    for (const message of messages) {
+      context._message = message;
+      let outcome;
+      try {
+        outcome = { tag: "ok", val: encodeOutput(run(message.value, context)) };
+      } catch (error) {
+        outcome = { tag: "err", val: describe(error) };
+      }
+      if (!host.finishMessage(outcome)) return;
     }
   };
 }

@@ -38,6 +38,7 @@ export class MockContext extends Context {
       userConfigMap: () => config.map((pair) => [...pair]),
       secret: (key) => secrets[key],
       log: (level, message) => { mock.logs.push([level, message]); },
+      minLogLevel: () => options.logLevel ?? "trace",
       recordMetric: (metric, value) => { (mock.metrics[metric] ??= []).push(value); },
       getState: (key) => {
         if (mock.counters.has(key)) {

@@ -1,7 +1,7 @@
 // The SDK's context, glue and mock, as a function author meets them: `node --test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ContextError, componentProcess, encodeOutput, functionOf } from "../src/index.js";
+import { ContextError, componentProcessBatch, encodeOutput, functionOf } from "../src/index.js";
 import { MockContext } from "../src/testing.js";
 
 const text = (bytes) => (bytes === undefined ? undefined : new TextDecoder().decode(bytes));
@@ -92,14 +92,20 @@ test("logs, metrics, publish and ack are recorded", () => {
   assert.throws(() => context.publish("other", 3), /string or bytes/);
 });
 
-test("the component glue turns throws into the error text and host refusals into ContextError", () => {
+test("the component glue finishes each message in order, with throws as error text and host refusals as ContextError", () => {
+  const outcomes = [];
   const host = {
     getState() { throw { payload: { tag: "limit-exceeded", val: "MAX_STATE_KEY_LEN is 1024" } }; },
     putState() {}, deleteState() {}, incrCounter() { return 0n; }, getCounter() { return 0n; }, publish() {},
     log() {}, getIdentity() { return {}; },
+    // As the host does: stop after a failure, so that the failed message is retried first.
+    finishMessage(outcome) {
+      outcomes.push(outcome.tag === "ok" ? text(outcome.val) : `err ${outcome.val}`);
+      return outcome.tag === "ok";
+    },
   };
   const message = (value) => ({ value: new TextEncoder().encode(value), properties: [], publishTime: 0n, messageId: "0", topic: "t" });
-  const process = componentProcess({
+  const processBatch = componentProcessBatch({
     process(input, context) {
       const what = text(input);
       if (what === "throw") throw new RangeError("too far");
@@ -110,8 +116,16 @@ test("the component glue turns throws into the error text and host refusals into
       return what;
     },
   }, host);
-  assert.equal(text(process(message("ok"))), "ok");
-  assert.throws(() => process(message("throw")), (error) => error === "RangeError: too far");
-  assert.throws(() => process(message("string")), (error) => error === "plain");
-  assert.equal(text(process(message("refused"))), "limit-exceeded: MAX_STATE_KEY_LEN is 1024");
+  processBatch(["ok", "refused", "throw", "never reached"].map(message));
+  assert.deepEqual(outcomes, ["ok", "limit-exceeded: MAX_STATE_KEY_LEN is 1024", "err RangeError: too far"]);
+  processBatch(["string", "never reached"].map(message));
+  assert.deepEqual(outcomes.slice(3), ["err plain"]);
+});
+
+test("lines below the log level are not sent", () => {
+  const context = new MockContext({ logLevel: "warn" });
+  context.getLogger().info("dropped");
+  context.getLogger().warn("kept");
+  assert.deepEqual(context.logs, [["warn", "kept"]]);
+  assert.equal(context.getLogger().isEnabled("error"), true);
 });

@@ -162,3 +162,17 @@ def test_copied_pulsar_code_imports_pulsar():
     import pulsar
 
     assert pulsar.Function is fnhost.Function
+
+
+def test_lines_below_the_log_level_are_neither_formatted_nor_sent():
+    class Loud:
+        def __str__(self):
+            raise AssertionError("formatted although its level is dropped")
+
+    context = MockContext(log_level="warn")
+    logger = context.get_logger()
+    logger.debug("%s", Loud())
+    logger.info("%s", Loud())
+    logger.warning("kept %d", 1)
+    logger.error("kept %d", 2)
+    assert context.logs == [("warn", "kept 1"), ("error", "kept 2")]

@@ -57,9 +57,23 @@ pub mod __private {
 
     use crate::{Context, Function, Input, Message, Output};
 
-    /// Runs one message through the function, creating the function on first use.
-    pub fn process<F: Function>(slot: &mut Option<F>, raw: RawMessage) -> Result<Option<Vec<u8>>, String> {
+    /// Runs a batch through the function, creating the function on first use, and finishes each
+    /// message with the host until the batch ends or the host says to stop.
+    pub fn process_batch<F: Function>(slot: &mut Option<F>, messages: Vec<RawMessage>) {
         let function = slot.get_or_insert_with(F::default);
+        for raw in messages {
+            let outcome = process(function, raw);
+            let outcome = match &outcome {
+                Ok(output) => Ok(output.as_deref()),
+                Err(error) => Err(error.as_str()),
+            };
+            if !bindings::fnhost::function::context::finish_message(outcome) {
+                break;
+            }
+        }
+    }
+
+    fn process<F: Function>(function: &mut F, raw: RawMessage) -> Result<Option<Vec<u8>>, String> {
         let (value, message) = Message::split(raw);
         let input = F::Input::decode(value).map_err(|error| error.to_string())?;
         let mut context = Context { message };
@@ -98,15 +112,13 @@ macro_rules! export {
             }
 
             impl $crate::__private::Guest for FnhostExport {
-                fn process(
-                    message: $crate::__private::RawMessage,
-                ) -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String>
-                {
-                    FUNCTION.with(|slot| $crate::__private::process::<$function>(&mut slot.borrow_mut(), message))
+                fn process_batch(messages: ::std::vec::Vec<$crate::__private::RawMessage>) {
+                    FUNCTION
+                        .with(|slot| $crate::__private::process_batch::<$function>(&mut slot.borrow_mut(), messages))
                 }
             }
 
-    $crate::__private::bindings::__fnhost_export_world!(FnhostExport with_types_in $crate::__private::bindings);
+            $crate::__private::bindings::__fnhost_export_world!(FnhostExport with_types_in $crate::__private::bindings);
         };
     };
 }
@@ -415,6 +427,18 @@ pub enum Level {
     Error,
 }
 
+impl From<raw::LogLevel> for Level {
+    fn from(level: raw::LogLevel) -> Self {
+        match level {
+            raw::LogLevel::Trace => Self::Trace,
+            raw::LogLevel::Debug => Self::Debug,
+            raw::LogLevel::Info => Self::Info,
+            raw::LogLevel::Warn => Self::Warn,
+            raw::LogLevel::Error => Self::Error,
+        }
+    }
+}
+
 impl From<Level> for raw::LogLevel {
     fn from(level: Level) -> Self {
         match level {
@@ -564,9 +588,26 @@ impl Context {
         State(())
     }
 
-    /// Writes a line to the function's log at `level`.
+    /// Writes a line to the function's log at `level`, unless the host drops lines at that level.
     pub fn log(&self, level: Level, message: impl AsRef<str>) {
-        host::log(level.into(), message.as_ref());
+        if self.log_enabled(level) {
+            host::log(level.into(), message.as_ref());
+        }
+    }
+
+    /// Whether the host writes lines at `level` (`--log-level`): check it before building a costly
+    /// line.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &fnhost_guest::Context, input: &[u8]) {
+    /// if ctx.log_enabled(fnhost_guest::Level::Debug) {
+    ///     ctx.debug(format!("input: {}", String::from_utf8_lossy(input)));
+    /// }
+    /// # }
+    /// ```
+    pub fn log_enabled(&self, level: Level) -> bool {
+        static MIN_LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        level >= *MIN_LEVEL.get_or_init(|| Level::from(host::min_log_level()))
     }
 
     /// Logs at debug level.

@@ -135,18 +135,35 @@ def encode_output(value: Any) -> Optional[bytes]:
     )
 
 
+_LEVEL_RANKS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "error": 4}
+
+
 class Logger:
     """The function's logger (``context.get_logger()``), shaped like :mod:`logging`'s.
 
-    Messages are formatted with ``%`` and the arguments, as :mod:`logging` does.
+    Messages are formatted with ``%`` and the arguments, as :mod:`logging` does, and only when
+    the host writes lines at their level (``--log-level``).
     """
 
     def __init__(self, host: Any):
         self._host = host
+        self._min_rank: Optional[int] = None
+
+    def is_enabled_for(self, level: str) -> bool:
+        """Whether lines at ``level`` (``"debug"``, ``"info"``, ``"warn"``, ``"error"``) are written.
+
+        >>> from fnhost.testing import MockContext
+        >>> logger = MockContext(log_level="info").get_logger()
+        >>> logger.is_enabled_for("debug"), logger.is_enabled_for("warn")
+        (False, True)
+        """
+        if self._min_rank is None:
+            self._min_rank = _LEVEL_RANKS[self._host.min_log_level()]
+        return _LEVEL_RANKS[level] >= self._min_rank
 
     def _log(self, level: str, message: Any, args: tuple) -> None:
-        text = str(message) % args if args else str(message)
-        self._host.log(level, text)
+        if self.is_enabled_for(level):
+            self._host.log(level, str(message) % args if args else str(message))
 
     def debug(self, message: Any, *args: Any) -> None:
         """Logs at debug level."""

@@ -10,11 +10,11 @@ Imported only inside a component build, where ``wit_world`` (generated from
 import importlib
 
 import wit_world
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world.imports import context as host
 from wit_world.imports import types
 
-from . import Context, InvalidArgument, LimitExceeded, Message, NotPermitted, WrongKind, _Runner
+from . import Context, InvalidArgument, LimitExceeded, NotPermitted, WrongKind, _Runner
 
 _LEVELS = {
     "trace": types.LogLevel.TRACE,
@@ -23,6 +23,7 @@ _LEVELS = {
     "warn": types.LogLevel.WARN,
     "error": types.LogLevel.ERROR,
 }
+_LEVEL_NAMES = {level: name for name, level in _LEVELS.items()}
 
 _ERRORS = {
     types.ContextError_LimitExceeded: LimitExceeded,
@@ -66,6 +67,10 @@ class _Host:
     def log(level, message):
         host.log(_LEVELS[level], message)
 
+    @staticmethod
+    def min_log_level():
+        return _LEVEL_NAMES[host.min_log_level()]
+
 
 def _resolve(classname):
     module_name, _, attribute = classname.rpartition(".")
@@ -83,23 +88,19 @@ def world(classname):
     runner = _Runner(_resolve(classname))
     context = Context(_Host())
 
+    run = runner.run
+    finish = host.finish_message
+
     class WitWorld(wit_world.WitWorld):
-        def process(self, message):
-            context._set_message(
-                Message(
-                    value=message.value,
-                    key=message.key,
-                    properties=message.properties,
-                    event_time=message.event_time,
-                    publish_time=message.publish_time,
-                    message_id=message.message_id,
-                    topic=message.topic,
-                    partition_key=message.partition_key,
-                )
-            )
-            try:
-                return runner.run(message.value, context)
-            except Exception as error:
-                raise Err(f"{type(error).__name__}: {error}") from None
+        def process_batch(self, messages):
+            for message in messages:
+                # The WIT record has the fields of fnhost.Message, so the context reads it as it is.
+                context._set_message(message)
+                try:
+                    outcome = Ok(run(message.value, context))
+                except Exception as error:
+                    outcome = Err(f"{type(error).__name__}: {error}")
+                if not finish(outcome):
+                    return
 
     return WitWorld

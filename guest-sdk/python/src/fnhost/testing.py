@@ -36,7 +36,8 @@ class MockContext(Context):
     ``logs`` holds ``(level, text)`` pairs, ``published`` ``(topic, value, key, properties)``
     tuples, ``metrics`` every observation by name, ``state_values`` the bytes by key and ``counters`` the
     counters by key; ``acked`` counts acknowledgements. Unlike the host, effects are kept even when
-    ``process`` raises.
+    ``process`` raises. ``log_level`` is the lowest level recorded, as ``--log-level`` is the lowest
+    the host writes.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class MockContext(Context):
         output_topic: Optional[str] = None,
         user_config: Optional[Dict[str, Any]] = None,
         secrets: Optional[Dict[str, str]] = None,
+        log_level: str = "trace",
     ):
         self.logs: List[Tuple[str, str]] = []
         self.published: List[Tuple[str, bytes, Optional[str], Dict[str, str]]] = []
@@ -71,6 +73,7 @@ class MockContext(Context):
         self._output = output_topic
         self._config = {key: json.dumps(value) for key, value in (user_config or {}).items()}
         self._secrets = dict(secrets or {})
+        self._log_level = log_level
         self._runners: Dict[int, _Runner] = {}
         super().__init__(_MockHost(self))
 
@@ -128,6 +131,9 @@ class _MockHost:
 
     def log(self, level, message):
         self._mock.logs.append((level, message))
+
+    def min_log_level(self):
+        return self._mock._log_level
 
     def record_metric(self, name, value):
         self._mock.metrics.setdefault(name, []).append(value)

@@ -3,15 +3,22 @@
 //!
 //! `trap` panics, `loop` never returns, `alloc` allocates without end, `open` reads a host file,
 //! `env` lists environment variables, `print` writes to stdout, `big-state` stores a value over
-//! the state limit, `fail` returns an error, `whoami:<text>` comes back as `<instance id>:<text>`;
+//! the state limit, `fail` returns an error, `fail-once:<text>` returns an error the first time
+//! this instance sees it, `spin:<ms>` keeps the CPU busy for that long, `log-levels` says which
+//! levels the host writes, `whoami:<text>` comes back as `<instance id>:<text>`;
 //! anything else comes back as `ok:<message>`.
 //! Every message is acknowledged (which only MANUAL notices) except those starting with `noack:`.
 //! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
 
-use fnhost_guest::{Context, Error, Function};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use fnhost_guest::{Context, Error, Function, Level};
 
 #[derive(Default)]
-struct Misbehave;
+struct Misbehave {
+    failed_once: HashSet<String>,
+}
 
 impl Function for Misbehave {
     type Input = String;
@@ -23,6 +30,21 @@ impl Function for Misbehave {
         }
         if let Some(text) = command.strip_prefix("whoami:") {
             return Ok(format!("{}:{text}", ctx.identity().instance_id));
+        }
+        if command.starts_with("fail-once:") && self.failed_once.insert(command.clone()) {
+            return Err(Error::msg("failed once as requested"));
+        }
+        if let Some(millis) = command.strip_prefix("spin:") {
+            let millis: u64 = millis.parse().map_err(|_| Error::msg("spin:<milliseconds>"))?;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(millis) {
+                std::hint::spin_loop();
+            }
+            return Ok(command);
+        }
+        if command == "log-levels" {
+            let enabled = |level| ctx.log_enabled(level);
+            return Ok(format!("debug:{} warn:{}", enabled(Level::Debug), enabled(Level::Warn)));
         }
         match command.as_str() {
             "fail" => Err(Error::msg("failed as requested")),
