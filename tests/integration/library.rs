@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fnhost::broker::{Broker, OutMessage, Position, Subscription, SubscriptionSpec};
+use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
 use fnhost::instance::{self, FunctionConfig, LogSink, MessageContext, RunUntil, WasmExecutor};
 use fnhost::limits::MAX_BATCH_MESSAGES;
