@@ -1,9 +1,11 @@
 // session-duration: the seed's session tracker with managed state, in JavaScript.
 // Run it: fnhost localrun --js examples/js-session-duration/session_duration.js --inputs input-topic --output sessions --name session
 
+const decoder = new TextDecoder();
+
 export default class SessionDuration {
   process(input, context) {
-    const data = new TextDecoder().decode(input);
+    const data = decoder.decode(input);
     const log = context.getLogger();
     let record;
     try {

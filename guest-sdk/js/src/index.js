@@ -167,10 +167,11 @@ function describe(error) {
 }
 
 // The host's context-error results arrive as thrown values with a `payload` of `{tag, val}`.
+// Fixed arity rather than rest arguments: StarlingMonkey interprets, and a spread costs per call.
 function refusable(call) {
-  return (...args) => {
+  return (a, b, c, d) => {
     try {
-      return call(...args);
+      return call(a, b, c, d);
     } catch (error) {
       if (error?.payload?.tag !== undefined) throw new ContextError(error.payload.tag, error.payload.val);
       throw error;
