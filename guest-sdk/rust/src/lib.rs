@@ -118,7 +118,7 @@ macro_rules! export {
                 }
             }
 
-            $crate::__private::bindings::__fnhost_export_world!(FnhostExport with_types_in $crate::__private::bindings);
+    $crate::__private::bindings::__fnhost_export_world!(FnhostExport with_types_in $crate::__private::bindings);
         };
     };
 }
