@@ -30,16 +30,7 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
     let fqfn = Fqfn::parse("acme/text/word-count").unwrap();
     let limits = InstanceLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(10) };
     let config = FunctionConfig { limits, log_level: LogLevel::Warn, ..FunctionConfig::new(fqfn.clone(), vec![input]) };
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 1 }).unwrap();
-    let code = runtime.load(&guest("word-count")).unwrap();
-    let function = code.prepare::<MessageContext>().unwrap();
-    let context = MessageContext::new(&config, 0, store.table(&fqfn).unwrap(), LogSink::default());
-    let details = Arc::new(config.details(code.digest(), 0, 1));
-    let executor = WasmExecutor::start(function, details, limits, context).unwrap();
-
-    let stats = instance::run(&store, &config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false))
-        .unwrap()
-        .remove(0);
+    let stats = run_until_idle(&store, &config, "word-count");
     assert_eq!((stats.received, stats.succeeded, stats.restarts), (sentences as u64, sentences as u64, 0));
     assert_eq!(stats.user_metrics["words"], (sentences as u64, 2.0 * sentences as f64));
 
@@ -48,6 +39,17 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
     assert_eq!(counter("all"), Some(StateValue::Counter(sentences as i64)));
     assert_eq!(counter("even"), Some(StateValue::Counter(sentences.div_ceil(2) as i64)));
     assert_eq!(counter("odd"), Some(StateValue::Counter((sentences / 2) as i64)));
+}
+
+/// Runs one instance of the test guest `guest_name` with `config` until its inputs are drained.
+fn run_until_idle(store: &EmbeddedStore, config: &FunctionConfig, guest_name: &str) -> Stats {
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 2 }).unwrap();
+    let code = runtime.load(&guest(guest_name)).unwrap();
+    let function = code.prepare::<MessageContext>().unwrap();
+    let context = MessageContext::new(config, 0, store.table(&config.fqfn).unwrap(), LogSink::default());
+    let details = Arc::new(config.details(code.digest(), 0, 1));
+    let executor = WasmExecutor::start(function, details, config.limits, context).unwrap();
+    instance::run(store, config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false)).unwrap().remove(0)
 }
 
 /// Runs the misbehave guest over `commands` until they are all done; returns its stats and the
@@ -68,15 +70,7 @@ fn run_misbehave(commands: &[&str], timeout: Duration, max_message_retries: u32)
         max_message_retries,
         ..FunctionConfig::new(fqfn.clone(), vec![input])
     };
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 2 }).unwrap();
-    let code = runtime.load(&guest("misbehave")).unwrap();
-    let function = code.prepare::<MessageContext>().unwrap();
-    let context = MessageContext::new(&config, 0, store.table(&fqfn).unwrap(), LogSink::default());
-    let details = Arc::new(config.details(code.digest(), 0, 1));
-    let executor = WasmExecutor::start(function, details, limits, context).unwrap();
-    let stats = instance::run(&store, &config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false))
-        .unwrap()
-        .remove(0);
+    let stats = run_until_idle(&store, &config, "misbehave");
 
     let results = store.subscribe(SubscriptionSpec::single(vec![output], None, Position::Earliest)).unwrap();
     let values = results
