@@ -1035,6 +1035,15 @@ fn process_batch(
     acks
 }
 
+/// The most messages one call of the function's `process-batch` export gets.
+///
+/// A call's fixed cost (entering the guest, a JavaScript promise and event loop, Python's
+/// interpreter entry) is spread over its messages, but a call must not be too long either:
+/// componentize-js (0.23) keeps every allocation made during a call in a list that each free
+/// searches, so a JavaScript call's cost grows with the square of its messages.
+/// 64 is where the measured throughput of all three languages is flat (docs/BENCHMARKS.md).
+pub const MESSAGES_PER_CALL: usize = 64;
+
 fn process_messages(
     messages: Vec<Message>,
     config: &FunctionConfig,
@@ -1073,11 +1082,13 @@ fn process_messages(
         positions.push((topic, sequence));
         guests.push(guest);
     }
-    // The function gets the messages in one call and stops at the first failure, which is tried
-    // again on its own before the messages after it: each key's messages keep their order.
+    // The function gets the messages in calls of up to MESSAGES_PER_CALL and stops at the first
+    // failure, which is tried again on its own before the messages after it: each key's messages
+    // keep their order.
     let mut next = 0;
     while next < guests.len() {
-        for outcome in executor.process_batch(&guests[next..]) {
+        let call = next..guests.len().min(next + MESSAGES_PER_CALL);
+        for outcome in executor.process_batch(&guests[call]) {
             let (topic, sequence) = &positions[next];
             let guest = &guests[next];
             next += 1;

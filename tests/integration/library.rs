@@ -1,16 +1,19 @@
 //! The library, driven directly: a guest through `instance::run` over several pipelined batches.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
-use fnhost::instance::{self, FunctionConfig, LogSink, MessageContext, RunUntil, WasmExecutor};
+use fnhost::instance::{
+    self, Executor, FunctionConfig, LogSink, MESSAGES_PER_CALL, MessageContext, NativeExecutor, Outcome, RunUntil,
+    WasmExecutor,
+};
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::metrics::Stats;
 use fnhost::names::{Fqfn, TopicName};
-use fnhost::runtime::{InstanceLimits, LogLevel, Runtime, RuntimeConfig};
+use fnhost::runtime::{GuestMessage, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::state::{StateStore, StateValue};
 
 use crate::support::guest;
@@ -110,4 +113,55 @@ fn the_time_limit_is_per_message_even_when_a_batch_takes_longer() {
 fn the_guest_knows_the_log_level_and_skips_lines_below_it() {
     let (_, outputs) = run_misbehave(&["log-levels"], Duration::from_secs(10), 0);
     assert_eq!(outputs, ["debug:false warn:true"]);
+}
+
+/// An executor that records how many messages each call hands the function.
+struct CallSizes {
+    inner: Box<dyn Executor>,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Executor for CallSizes {
+    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
+        self.sizes.lock().unwrap().push(messages.len());
+        self.inner.process_batch(messages)
+    }
+
+    fn context(&mut self) -> &mut MessageContext {
+        self.inner.context()
+    }
+}
+
+#[test]
+fn a_long_batch_reaches_the_function_in_calls_of_at_most_messages_per_call_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let input = TopicName::parse("numbers").unwrap();
+    let output = TopicName::parse("echoes").unwrap();
+    let count = 3 * MESSAGES_PER_CALL + 5;
+    store.produce(&input, (0..count).map(|i| OutMessage::new(i.to_string())).collect()).unwrap();
+
+    let fqfn = Fqfn::parse("acme/test/echo").unwrap();
+    let config = FunctionConfig { output: Some(output.clone()), ..FunctionConfig::new(fqfn.clone(), vec![input]) };
+    let context = MessageContext::new(&config, 0, store.table(&fqfn).unwrap(), LogSink::default());
+    let echo =
+        NativeExecutor::new(|message: &GuestMessage, _: &mut MessageContext| Ok(Some(message.value.clone())), context);
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let executor = CallSizes { inner: Box::new(echo), sizes: sizes.clone() };
+    let stats = instance::run(&store, &config, vec![Box::new(executor)], RunUntil::Idle, &AtomicBool::new(false))
+        .unwrap()
+        .remove(0);
+    assert_eq!(stats.succeeded, count as u64);
+
+    let sizes = sizes.lock().unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), count, "{sizes:?}");
+    assert_eq!(sizes.iter().max(), Some(&MESSAGES_PER_CALL), "{sizes:?}");
+    let echoes = store.subscribe(SubscriptionSpec::single(vec![output], None, Position::Earliest)).unwrap();
+    let values: Vec<String> = echoes
+        .fetch(MAX_BATCH_MESSAGES, Duration::ZERO)
+        .unwrap()
+        .into_iter()
+        .map(|message| String::from_utf8(message.body.value).unwrap())
+        .collect();
+    assert_eq!(values, (0..count).map(|i| i.to_string()).collect::<Vec<_>>());
 }
