@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
-use fnhost::guest_build::{Builder, Source};
+use fnhost::guest_build::{Builder, Source, WEVAL_OFF};
 use fnhost::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
     WasmExecutor,
@@ -118,6 +118,10 @@ fn guarantees(wasm: &Path, messages: usize) -> anyhow::Result<()> {
 struct Language {
     name: &'static str,
     source: Option<Source>,
+    /// The builder for it, given its own cache directory.
+    builder: fn(&Path) -> Builder,
+    /// Its logic run natively, outside the sandbox.
+    native: Duration,
 }
 
 fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
@@ -132,41 +136,52 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
         &python,
         template.replace("__NAME__", "session").replace("__MODULE__", "session").replace("__CLASS__", "Session"),
     )?;
-    let js = workspace.join("examples/js-session-duration/session_duration.js");
-    let languages = [
-        Language { name: "Rust", source: None },
+    let js = Source::JavaScript { file: workspace.join("examples/js-session-duration/session_duration.js") };
+    let interpreted = |dir: &Path| Builder::new(dir).interpreted_javascript();
+    let node = native_script("node", &[workspace.join("host/benches/native/session.mjs").as_path()], messages, None)?;
+    let mut languages = vec![
+        Language {
+            name: "Rust",
+            source: None,
+            builder: Builder::new,
+            native: pipeline(
+                &scratch.path().join("native"),
+                &events,
+                Code::Native,
+                (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
+            )?,
+        },
         Language {
             name: "Python",
             source: Some(Source::Python { file: python.clone(), classname: "session.Session".into() }),
+            builder: Builder::new,
+            native: native_script(
+                "python3",
+                &[workspace.join("host/benches/native/session.py").as_path(), &python],
+                messages,
+                Some(&workspace.join("guest-sdk/python/src")),
+            )?,
         },
-        Language { name: "JavaScript", source: Some(Source::JavaScript { file: js }) },
+        Language { name: "JavaScript", source: Some(js.clone()), builder: interpreted, native: node },
     ];
-    let native = [
-        pipeline(
-            &scratch.path().join("native"),
-            &events,
-            Code::Native,
-            (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
-        )?,
-        native_script(
-            "python3",
-            &[workspace.join("host/benches/native/session.py").as_path(), &python],
-            messages,
-            Some(&workspace.join("guest-sdk/python/src")),
-        )?,
-        native_script("node", &[workspace.join("host/benches/native/session.mjs").as_path()], messages, None)?,
-    ];
+    // scripts/bench names the weval it installed; without it there is no ahead-of-time build.
+    let weval = std::env::var_os("FNHOST_WEVAL").filter(|value| value != WEVAL_OFF);
+    if weval.is_some() {
+        let name = "JavaScript, ahead of time (weval)";
+        languages.push(Language { name, source: Some(js), builder: Builder::new, native: node });
+    }
     println!();
     println!(
         "| language ({messages} session events, ATLEAST_ONCE, 1 instance) | build s | compile s | restart from cache ms | instance start p50 µs | p99 µs | guest msg/s | native msg/s | guest / native |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (language, native) in languages.iter().zip(native) {
+    for language in &languages {
+        let native = language.native;
         // A builder of its own, so that the build is measured rather than found in the cache.
         let started = Instant::now();
         let wasm = match &language.source {
             None => rust_wasm.to_owned(),
-            Some(source) => Builder::new(&scratch.path().join(format!("build-{}", language.name))).component(source)?,
+            Some(source) => (language.builder)(&scratch.path().join(format!("build-{}", language.name))).component(source)?,
         };
         let build = started.elapsed();
         let compiled = scratch.path().join(format!("compiled-{}", language.name));

@@ -30,6 +30,10 @@ const JS_SDK: &str = include_str!("../../guest-sdk/js/src/index.js");
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// The componentize-js release fnhost is tested with.
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+/// The weval release componentize-js 0.23 compiles JavaScript ahead of time with (`--aot`).
+pub const WEVAL_VERSION: &str = "0.5.0";
+/// The value of `FNHOST_WEVAL` that builds JavaScript for the interpreter even when weval is there.
+pub const WEVAL_OFF: &str = "off";
 
 /// A function given as source code.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +124,14 @@ const COMPONENTIZE_JS: Toolchain = Toolchain {
     install: "install it with `npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` in guest-sdk/js and put its node_modules/.bin on PATH), or set FNHOST_COMPONENTIZE_JS to its path",
 };
 
+// Optional: without it JavaScript runs in StarlingMonkey's interpreter, about a third slower.
+const WEVAL: Toolchain = Toolchain {
+    variable: "FNHOST_WEVAL",
+    default_program: "weval",
+    version: WEVAL_VERSION,
+    install: "install it with `cargo install weval --version 0.5.0 --locked`, or set FNHOST_WEVAL to its path (or to `off` to build JavaScript for the interpreter)",
+};
+
 impl Toolchain {
     fn program(&self) -> String {
         std::env::var(self.variable).unwrap_or_else(|_| self.default_program.to_owned())
@@ -145,16 +157,75 @@ impl Toolchain {
     }
 }
 
+/// How a JavaScript function is compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum JavaScriptMode {
+    /// For StarlingMonkey's interpreter.
+    Interpreted,
+    /// Ahead of time, with the weval at this absolute path.
+    AheadOfTime(PathBuf),
+}
+
+impl JavaScriptMode {
+    /// Ahead of time when weval is there: the one `FNHOST_WEVAL` names (which must work), else
+    /// `weval` on PATH in the pinned version; `FNHOST_WEVAL=off` asks for the interpreter.
+    fn choose() -> Result<Self, BuildError> {
+        let named = std::env::var_os(WEVAL.variable);
+        if named.as_deref() == Some(WEVAL_OFF.as_ref()) {
+            return Ok(Self::Interpreted);
+        }
+        let program = match WEVAL.locate() {
+            Ok(program) => program,
+            Err(error) if named.is_some() => return Err(error),
+            Err(BuildError::Missing { .. }) => return Ok(Self::Interpreted),
+            Err(error) => {
+                tracing::warn!("{error}; building JavaScript for the interpreter");
+                return Ok(Self::Interpreted);
+            }
+        };
+        // componentize-js downloads weval unless given a path that exists from its own folder.
+        match absolute_program(&program) {
+            Some(path) => Ok(Self::AheadOfTime(path)),
+            None => {
+                Err(BuildError::Source(format!("cannot find where {program} is; set FNHOST_WEVAL to its full path")))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Interpreted => "for StarlingMonkey's interpreter".to_owned(),
+            Self::AheadOfTime(_) => format!("ahead of time with weval {WEVAL_VERSION}"),
+        }
+    }
+}
+
+/// `program` as an absolute path: as given when it has a folder, else found on PATH.
+fn absolute_program(program: &str) -> Option<PathBuf> {
+    let given = Path::new(program);
+    if given.components().count() > 1 {
+        return std::path::absolute(given).ok();
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
 /// Builds and caches components from source.
 #[derive(Clone, Debug)]
 pub struct Builder {
     cache_dir: PathBuf,
+    interpreted_javascript: bool,
 }
 
 impl Builder {
     /// A builder that keeps built components in `cache_dir/components`.
     pub fn new(cache_dir: &Path) -> Self {
-        Self { cache_dir: cache_dir.join("components") }
+        Self { cache_dir: cache_dir.join("components"), interpreted_javascript: false }
+    }
+
+    /// The same builder, building JavaScript for the interpreter even where weval is there.
+    pub fn interpreted_javascript(self) -> Self {
+        Self { interpreted_javascript: true, ..self }
     }
 
     /// The component file for `code`: the file given, or the one built from the source given.
@@ -172,9 +243,15 @@ impl Builder {
             Source::JavaScript { file } => (&COMPONENTIZE_JS, file),
         };
         let siblings = sources_beside(file, source)?;
-        let built = self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, &siblings)));
+        let mode = match source {
+            Source::Python { .. } => None,
+            Source::JavaScript { .. } if self.interpreted_javascript => Some(JavaScriptMode::Interpreted),
+            Source::JavaScript { .. } => Some(JavaScriptMode::choose()?),
+        };
+        let how = mode.as_ref().map(JavaScriptMode::describe).unwrap_or_default();
+        let built = self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, mode.as_ref(), &siblings)));
         if built.exists() {
-            tracing::info!("using the component built earlier from {}", file.display());
+            tracing::info!("using the component built earlier from {} {how}", file.display());
             return Ok(built);
         }
         let program = toolchain.locate()?;
@@ -210,7 +287,13 @@ impl Builder {
                 "component.wasm",
             ]),
         };
-        tracing::info!("building {} with {program}", file.display());
+        if let Some(JavaScriptMode::AheadOfTime(weval)) = &mode {
+            command.arg("--aot").arg("--weval-bin").arg(weval);
+        }
+        if mode == Some(JavaScriptMode::Interpreted) {
+            tracing::info!("weval {WEVAL_VERSION} would compile JavaScript ahead of time: {}", WEVAL.install);
+        }
+        tracing::info!("building {} with {program} {how}", file.display());
         let started = std::time::Instant::now();
         let output = command
             .current_dir(root)
@@ -270,7 +353,12 @@ fn sources_beside(file: &Path, source: &Source) -> Result<Vec<(String, Vec<u8>)>
 }
 
 /// The hash naming a build: everything that goes into it.
-fn content_key(toolchain: &Toolchain, source: &Source, siblings: &[(String, Vec<u8>)]) -> String {
+fn content_key(
+    toolchain: &Toolchain,
+    source: &Source,
+    mode: Option<&JavaScriptMode>,
+    siblings: &[(String, Vec<u8>)],
+) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_le_bytes());
@@ -291,6 +379,10 @@ fn content_key(toolchain: &Toolchain, source: &Source, siblings: &[(String, Vec<
         Source::JavaScript { file } => {
             field(JS_SDK.as_bytes());
             field(file_name(file).as_bytes());
+            if let Some(JavaScriptMode::AheadOfTime(_)) = mode {
+                field(WEVAL.default_program.as_bytes());
+                field(WEVAL.version.as_bytes());
+            }
         }
     }
     for (name, bytes) in siblings {
@@ -354,15 +446,18 @@ mod tests {
     #[test]
     fn the_key_changes_with_every_input_of_the_build() {
         let files = vec![("f.py".to_owned(), b"x = 1".to_vec())];
-        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), &files);
-        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &files), "deterministic");
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), &files), "classname");
+        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), None, &files);
+        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &files), "deterministic");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), None, &files), "classname");
         let edited = vec![("f.py".to_owned(), b"x = 2".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &edited), "source");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &edited), "source");
         let renamed = vec![("g.py".to_owned(), b"x = 1".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), &renamed), "file name");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &renamed), "file name");
         let js = Source::JavaScript { file: "f.py".into() };
-        assert_ne!(base, content_key(&COMPONENTIZE_JS, &js, &files), "language");
+        let interpreted = content_key(&COMPONENTIZE_JS, &js, Some(&JavaScriptMode::Interpreted), &files);
+        assert_ne!(base, interpreted, "language");
+        let ahead_of_time = JavaScriptMode::AheadOfTime("/usr/bin/weval".into());
+        assert_ne!(interpreted, content_key(&COMPONENTIZE_JS, &js, Some(&ahead_of_time), &files), "AOT");
     }
 
     #[test]

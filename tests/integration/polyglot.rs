@@ -88,6 +88,28 @@ fn the_javascript_session_function_gives_the_same_output() {
 }
 
 #[test]
+fn a_javascript_function_is_compiled_ahead_of_time_when_weval_is_on_path() {
+    // scripts/test installs weval 0.5.0 and puts it on PATH, as a user would with `cargo install`.
+    let fnhost = Fnhost::new();
+    fnhost.produce("input-topic", &SEED_EVENTS);
+    let mut args = vec!["localrun".to_owned()];
+    args.extend(js_session());
+    args.extend(
+        ["--name", "session-duration-calculator", "--inputs", "input-topic", "--output", "sessions", "--until-idle"]
+            .map(String::from),
+    );
+    let output = fnhost.command(&args).env_remove("FNHOST_WEVAL").output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("ahead of time with weval 0.5.0"),
+        "weval 0.5.0 should be on PATH (scripts/test installs it):\n{stderr}"
+    );
+    assert_eq!(function_logs(&stdout), SEED_LOGS, "{stdout}");
+    assert_eq!(fnhost.consume("sessions"), [r#"{"user_id":"user123","duration":20}"#]);
+}
+
+#[test]
 fn a_restart_uses_the_built_and_compiled_component_from_the_cache() {
     for code in [python_seed("SessionDurationFunctionManagedState"), js_session()] {
         let fnhost = Fnhost::new();
@@ -179,7 +201,7 @@ fn missing_toolchains_and_incomplete_flags_say_what_to_do() {
     let js = path("tests/guests/js/failing.js");
     // A fresh cache, so that nothing built earlier hides the missing toolchain.
     let cache = tempfile::tempdir().unwrap();
-    let cases: [(Vec<&str>, &str, &str, &str); 5] = [
+    let cases: [(Vec<&str>, &str, &str, &str); 6] = [
         (
             vec!["--py", &file, "--classname", "failing.Failing"],
             "FNHOST_COMPONENTIZE_PY",
@@ -192,6 +214,7 @@ fn missing_toolchains_and_incomplete_flags_say_what_to_do() {
             "/nonexistent/componentize-js",
             "npm install -g @bytecodealliance/componentize-js@0.23.0",
         ),
+        (vec!["--js", &js], "FNHOST_WEVAL", "/nonexistent/weval", "cargo install weval --version 0.5.0 --locked"),
         (
             vec!["--py", &file, "--classname", "failing.Failing"],
             "FNHOST_COMPONENTIZE_PY",
