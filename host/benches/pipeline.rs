@@ -181,7 +181,9 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         let wasm = match &language.source {
             None => rust_wasm.to_owned(),
-            Some(source) => (language.builder)(&scratch.path().join(format!("build-{}", language.name))).component(source)?,
+            Some(source) => {
+                (language.builder)(&scratch.path().join(format!("build-{}", language.name))).component(source)?
+            }
         };
         let build = started.elapsed();
         let compiled = scratch.path().join(format!("compiled-{}", language.name));
