@@ -177,23 +177,23 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for language in &languages {
         let native = language.native;
+        // weval takes its paths in one space-separated string, so folders are named without spaces.
+        let folder: String = language.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         // A builder of its own, so that the build is measured rather than found in the cache.
         let started = Instant::now();
         let wasm = match &language.source {
             None => rust_wasm.to_owned(),
-            Some(source) => {
-                (language.builder)(&scratch.path().join(format!("build-{}", language.name))).component(source)?
-            }
+            Some(source) => (language.builder)(&scratch.path().join(format!("build-{folder}"))).component(source)?,
         };
         let build = started.elapsed();
-        let compiled = scratch.path().join(format!("compiled-{}", language.name));
+        let compiled = scratch.path().join(format!("compiled-{folder}"));
         let runtime = || Runtime::new(RuntimeConfig { cache_dir: Some(compiled.clone()), max_instances: 4 });
         let started = Instant::now();
         runtime()?.load(&wasm)?;
         let compile = started.elapsed();
-        let (restart, starts) = starts(runtime()?, &wasm, &scratch.path().join(format!("starts-{}", language.name)))?;
+        let (restart, starts) = starts(runtime()?, &wasm, &scratch.path().join(format!("starts-{folder}")))?;
         let elapsed = pipeline(
-            &scratch.path().join(language.name),
+            &scratch.path().join(&folder),
             &events,
             Code::Wasm(&wasm),
             (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),

@@ -168,8 +168,9 @@ enum JavaScriptMode {
 
 impl JavaScriptMode {
     /// Ahead of time when weval is there: the one `FNHOST_WEVAL` names (which must work), else
-    /// `weval` on PATH in the pinned version; `FNHOST_WEVAL=off` asks for the interpreter.
-    fn choose() -> Result<Self, BuildError> {
+    /// `weval` on PATH in the pinned version; `FNHOST_WEVAL=off` asks for the interpreter, and so
+    /// does a build folder whose path has a space.
+    fn choose(build_dir: &Path) -> Result<Self, BuildError> {
         let named = std::env::var_os(WEVAL.variable);
         if named.as_deref() == Some(WEVAL_OFF.as_ref()) {
             return Ok(Self::Interpreted);
@@ -183,6 +184,14 @@ impl JavaScriptMode {
                 return Ok(Self::Interpreted);
             }
         };
+        // weval gets its paths in one space-separated string.
+        if build_dir.to_string_lossy().contains(char::is_whitespace) {
+            tracing::warn!(
+                "weval cannot build under {}, whose path has a space: building JavaScript for the interpreter (set FNHOST_CACHE_DIR to a folder without spaces)",
+                build_dir.display()
+            );
+            return Ok(Self::Interpreted);
+        }
         // componentize-js downloads weval unless given a path that exists from its own folder.
         match absolute_program(&program) {
             Some(path) => Ok(Self::AheadOfTime(path)),
@@ -246,7 +255,7 @@ impl Builder {
         let mode = match source {
             Source::Python { .. } => None,
             Source::JavaScript { .. } if self.interpreted_javascript => Some(JavaScriptMode::Interpreted),
-            Source::JavaScript { .. } => Some(JavaScriptMode::choose()?),
+            Source::JavaScript { .. } => Some(JavaScriptMode::choose(&self.cache_dir)?),
         };
         let how = mode.as_ref().map(JavaScriptMode::describe).unwrap_or_default();
         let built = self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, mode.as_ref(), &siblings)));

@@ -110,6 +110,23 @@ fn a_javascript_function_is_compiled_ahead_of_time_when_weval_is_on_path() {
 }
 
 #[test]
+fn under_a_cache_folder_with_a_space_javascript_is_built_for_the_interpreter() {
+    // weval gets its paths in one space-separated string; the folder is kept so it builds once.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fnhost cache with spaces");
+    let fnhost = Fnhost::new();
+    fnhost.produce("input-topic", &SEED_EVENTS);
+    let mut args = vec!["localrun".to_owned()];
+    args.extend(js_session());
+    args.extend(["--name", "session-duration-calculator", "--inputs", "input-topic", "--until-idle"].map(String::from));
+    let output = fnhost.command(&args).env_remove("FNHOST_WEVAL").env("FNHOST_CACHE_DIR", &cache).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("whose path has a space"), "{stderr}");
+    assert!(stderr.contains("for StarlingMonkey's interpreter"), "{stderr}");
+    assert_eq!(function_logs(&stdout), SEED_LOGS, "{stdout}");
+}
+
+#[test]
 fn a_restart_uses_the_built_and_compiled_component_from_the_cache() {
     for code in [python_seed("SessionDurationFunctionManagedState"), js_session()] {
         let fnhost = Fnhost::new();
