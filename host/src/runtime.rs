@@ -157,6 +157,9 @@ pub enum ProcessError {
     System(String),
 }
 
+/// The environment variable that, when set, makes compiled guest code visible to `perf`.
+pub const PERF_MAP_VARIABLE: &str = "FNHOST_PERFMAP";
+
 /// The wasm engine and the settings every instance shares.
 pub struct Runtime {
     engine: Engine,
@@ -171,6 +174,10 @@ impl Runtime {
         wasm.epoch_interruption(true);
         // Component-model async is unused; turning it off makes every call cheaper.
         wasm.concurrency_support(false);
+        // For `perf report`: wasmtime writes /tmp/perf-PID.map, naming the guests' functions.
+        if std::env::var_os(PERF_MAP_VARIABLE).is_some() {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let instances = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)

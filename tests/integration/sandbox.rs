@@ -42,3 +42,21 @@ fn the_guest_sees_no_environment_and_its_stdout_goes_to_the_log() {
     assert!(stdout.lines().any(|line| line == "INFO [misbehave] printed to stdout"), "{stdout}");
     assert_eq!(fnhost.consume("results"), ["0 environment variables", "ok:print"]);
 }
+
+#[test]
+fn with_fnhost_perfmap_set_the_guests_functions_are_named_for_perf() {
+    let fnhost = Fnhost::new();
+    fnhost.produce("commands", &["print"]);
+    let guest = crate::support::guest("misbehave");
+    let args =
+        ["localrun", "--wasm", guest.to_str().unwrap(), "--name", "misbehave", "--inputs", "commands", "--until-idle"];
+    let child = fnhost.command(&args).env(fnhost::runtime::PERF_MAP_VARIABLE, "1").spawn().unwrap();
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let output = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    assert!(output.status.success());
+    // Each line is `ADDRESS SIZE NAME`; the guest's own code is `wasm[N]::function[M]` (or its name).
+    let guest_functions = text.lines().filter(|line| line.contains("wasm[0]::function[")).count();
+    assert!(guest_functions > 10, "{map:?} holds {} lines:\n{text:.2000}", text.lines().count());
+}
