@@ -180,9 +180,12 @@ impl Runtime {
         }
         let instances = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
+        // Components from all three SDKs have one linear memory. Each memory slot reserves 4 GiB
+        // of address space (so that compiled code needs no bounds checks), and x86-64 gives a
+        // process 128 TiB: a slot per instance is what lets a worker hold MAX_WORKER_INSTANCES.
         pool.total_component_instances(instances)
             .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(2))
+            .total_memories(instances)
             .total_tables(instances.saturating_mul(8))
             .max_memory_size(crate::limits::MAX_RAM_BYTES as usize);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -175,10 +175,16 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts a worker on `data_dir` with more flags and waits until it listens.
+    pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = fnhost_command()
             .args(["worker", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -398,3 +398,16 @@ fn every_path_in_the_openapi_document_is_served() {
         }
     }
 }
+
+#[test]
+fn a_worker_sized_for_the_most_instances_starts_and_runs_a_function() {
+    // Its sandbox pool reserves address space for every instance up front.
+    let dir = tempfile::tempdir().unwrap();
+    let most = fnhost::limits::MAX_WORKER_INSTANCES.to_string();
+    let worker = Worker::start_with(dir.path(), &["--max-instances", &most]);
+    create(&worker, "exclamation", "public/default/shout", "words", &["-o", "shouts"]);
+    produce(&worker, "words", &["hello"]);
+    wait_until_processed(&worker, "public/default/shout", 1);
+    let shouts = worker.cli(&["topics", "consume", "shouts", "--subscription", "check", "--until-idle"]);
+    assert_eq!(shouts.stdout.trim(), "hello!", "{}", shouts.stderr);
+}

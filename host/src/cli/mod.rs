@@ -418,8 +418,9 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir().join(COMPILED_DIR)),
-        // Each running instance holds one slot; a trapped instance's replacement needs another for a moment.
-        max_instances: args.max_instances.saturating_mul(2),
+        // Each running instance holds one slot; a trapped instance frees its slot before its
+        // replacement takes one, and an update stops the old instances before starting new ones.
+        max_instances: args.max_instances,
     })?;
     let store = open_store(&args.data)?;
     let config = WorkerConfig {
