@@ -23,10 +23,12 @@ use fnhost::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
     WasmExecutor,
 };
-use fnhost::limits::MAX_BATCH_MESSAGES;
+use fnhost::limits::{MAX_BATCH_MESSAGES, MAX_PARALLELISM};
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
+use fnhost::spec::FunctionSpec;
 use fnhost::state::StateStore;
+use fnhost::worker::{Worker, WorkerConfig};
 
 const USERS: usize = 10_000;
 
@@ -40,16 +42,135 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "guarantees", "languages"].contains(&part) {
-        anyhow::bail!("unknown part `{part}`: give all, guarantees or languages");
+    if !["all", "guarantees", "languages", "density"].contains(&part) {
+        anyhow::bail!("unknown part `{part}`: give all, guarantees, languages or density");
     }
-    if part != "languages" {
+    if part == "all" || part == "guarantees" {
         guarantees(Path::new(wasm), messages)?;
     }
-    if part != "guarantees" {
+    if part == "all" || part == "languages" {
         languages(Path::new(wasm), messages.min(LANGUAGE_MESSAGES))?;
     }
+    if part == "all" || part == "density" {
+        // scripts/bench builds the exclamation guest beside the session-duration one.
+        density(&Path::new(wasm).with_file_name("exclamation.wasm"))?;
+    }
     Ok(())
+}
+
+/// How many idle instances the density part measures at, in one worker.
+const DENSITY_STEPS: [usize; 2] = [1_000, 10_000];
+/// How long the density part watches the idle worker's CPU time at each step.
+const IDLE_WATCH: Duration = Duration::from_secs(5);
+
+/// Idle instances of the exclamation function in one in-process worker, created through the
+/// worker's own API in functions of `MAX_PARALLELISM` instances: resident memory, the time to
+/// start them, and the CPU the idle instances burn.
+fn density(exclamation: &Path) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let most = DENSITY_STEPS[DENSITY_STEPS.len() - 1];
+    let data_dir = scratch.path().join("data");
+    let store = EmbeddedStore::open(&data_dir)?;
+    // A compiled-component cache, as a worker has: functions after the first load rather than compile.
+    let compiled = Some(scratch.path().join("compiled"));
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: compiled, max_instances: most as u32 })?;
+    let config = WorkerConfig { data_dir, cache_dir: scratch.path().join("cache"), max_instances: most as u32 };
+    let worker = Worker::open(config, store, runtime)?;
+    let wasm = std::fs::read(exclamation)?;
+    let before = resident_bytes()?;
+    let maps_before = memory_maps()?;
+    let map_limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")?.trim().parse()?;
+    println!();
+    println!(
+        "| idle exclamation instances in one worker | resident MiB | KiB per instance | memory maps per instance | start ms per instance | idle CPU (% of one core) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut created = 0;
+    let mut per_instance = 0;
+    let mut maps_per_instance = 0;
+    for step in DENSITY_STEPS {
+        // Past the kernel's limit on memory maps a thread cannot start and the process aborts.
+        let maps_needed = maps_before + step * maps_per_instance * 5 / 4;
+        if maps_per_instance > 0 && maps_needed > map_limit {
+            println!(
+                "| {step} | not run: needs about {maps_needed} memory maps, and vm.max_map_count is {map_limit} (`sysctl -w vm.max_map_count=262144`) | | | | |"
+            );
+            break;
+        }
+        let started = Instant::now();
+        while created < step {
+            let parallelism = (step - created).min(MAX_PARALLELISM as usize);
+            let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+                "name": format!("shout-{created}"),
+                "inputs": [format!("words-{created}")],
+                "parallelism": parallelism,
+            }))?;
+            worker.create(spec, Some(wasm.clone()))?;
+            created += parallelism;
+        }
+        let start = started.elapsed();
+        // The instances' threads reach their first idle wait before anything is read.
+        std::thread::sleep(Duration::from_secs(1));
+        let resident = resident_bytes()?;
+        let cpu_before = cpu_time()?;
+        std::thread::sleep(IDLE_WATCH);
+        let idle = (cpu_time()? - cpu_before).as_secs_f64() / IDLE_WATCH.as_secs_f64();
+        per_instance = resident.saturating_sub(before) / created as u64;
+        maps_per_instance = memory_maps()?.saturating_sub(maps_before).div_ceil(created);
+        println!(
+            "| {created} | {:.0} | {:.0} | {maps_per_instance} | {:.3} | {:.0} |",
+            resident as f64 / (1 << 20) as f64,
+            per_instance as f64 / 1024.0,
+            start.as_secs_f64() * 1e3 / created as f64,
+            idle * 100.0,
+        );
+    }
+    let memory = memory_total_bytes()?;
+    println!();
+    println!(
+        "Resident before the first instance: {:.0} MiB. At {:.0} KiB an instance, this machine's {:.1} GiB would hold about {} idle instances.",
+        before as f64 / (1 << 20) as f64,
+        per_instance as f64 / 1024.0,
+        memory as f64 / (1u64 << 30) as f64,
+        memory.saturating_sub(before) / per_instance.max(1),
+    );
+    let started = Instant::now();
+    worker.shutdown();
+    println!("Stopping all {created} took {:.1} s.", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The value of `field` (in kB) in a /proc file, in bytes.
+fn proc_kilobytes(file: &str, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(file)?;
+    let line =
+        text.lines().find(|line| line.starts_with(field)).ok_or_else(|| anyhow::anyhow!("no {field} in {file}"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad {field} line"))?.parse()?;
+    Ok(kilobytes * 1024)
+}
+
+/// How many memory maps this process has (the kernel limits it with vm.max_map_count).
+fn memory_maps() -> anyhow::Result<usize> {
+    Ok(std::fs::read_to_string("/proc/self/maps")?.lines().count())
+}
+
+fn resident_bytes() -> anyhow::Result<u64> {
+    proc_kilobytes("/proc/self/status", "VmRSS:")
+}
+
+fn memory_total_bytes() -> anyhow::Result<u64> {
+    proc_kilobytes("/proc/meminfo", "MemTotal:")
+}
+
+/// User and system CPU time of this process so far.
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses: utime and stime are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').ok_or_else(|| anyhow::anyhow!("bad /proc/self/stat"))?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// Most events the language comparison pushes through each pipeline: the Python and JavaScript

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +22,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::broker::{
-    Acks, Broker, BrokerError, Effects, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
-    SubscriptionType,
+    Acks, Broker, BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription,
+    SubscriptionSpec, SubscriptionType,
 };
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::metadata::{MetadataError, MetadataStore};
@@ -42,9 +42,11 @@ const STATE_CACHE_ENTRIES: usize = 65_536;
 /// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
 /// yet, per consumer: bounds memory when one consumer is slower than the others.
 const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
-/// How often a waiting consumer looks again for changes that do not come with an append: another
-/// consumer leaving, acknowledging, or reading ahead for it.
-const CONSUMER_POLL: Duration = Duration::from_millis(10);
+/// How often a waiting consumer looks again without being woken. Every change that can give it
+/// messages wakes it (an append, another consumer leaving or reading ahead for it, acknowledgements
+/// below the unacknowledged limit), so this is only a safety net; a short poll made thousands of
+/// idle consumers cost whole cores.
+const CONSUMER_POLL: Duration = Duration::from_secs(1);
 
 /// Committed values of one function's state table, as last committed or read (`None`: absent).
 /// Commits are the only writers and update it, so it never holds a value older than the store's.
@@ -244,7 +246,7 @@ impl Broker for EmbeddedStore {
         let Some(name) = spec.name.clone() else {
             let shared = Arc::new(SharedSubscription::open(self, &spec)?);
             let id = shared.join(&spec)?;
-            return Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id }));
+            return Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id, woken: Arc::default() }));
         };
         let mut subscriptions = lock(&self.inner.subscriptions);
         let shared = match subscriptions.get(&name) {
@@ -257,7 +259,7 @@ impl Broker for EmbeddedStore {
             }
         };
         let id = shared.join(&spec)?;
-        Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id }))
+        Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id, woken: Arc::default() }))
     }
 
     fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
@@ -805,8 +807,11 @@ impl SharedSubscription {
         updates
     }
 
-    fn apply(&self, updates: CursorUpdates, acks: &Acks) {
+    /// Records a commit's acknowledgements; returns whether consumers may be waiting for them
+    /// (the subscription was at its unacknowledged limit).
+    fn apply(&self, updates: CursorUpdates, acks: &Acks) -> bool {
         let mut state = lock(&self.state);
+        let was_full = state.unacked >= MAX_UNACKED_MESSAGES;
         for (index, mark, acked) in updates {
             let cursor = &mut state.cursors[index];
             cursor.mark = mark;
@@ -821,9 +826,11 @@ impl SharedSubscription {
             }
         }
         state.unacked -= removed.len();
+        let released = was_full && !removed.is_empty();
         for delivered in removed {
             state.count_outstanding(delivered.consumer, -1);
         }
+        released
     }
 }
 
@@ -896,6 +903,8 @@ struct EmbeddedConsumer {
     store: EmbeddedStore,
     shared: Arc<SharedSubscription>,
     id: u64,
+    /// Set by the waker: the waiting fetch returns.
+    woken: Arc<AtomicBool>,
 }
 
 impl Drop for EmbeddedConsumer {
@@ -930,10 +939,21 @@ impl Subscription for EmbeddedConsumer {
                 pause = pause.min(due.saturating_duration_since(now));
             }
             let appends = lock(&self.store.inner.appends);
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Ok(messages);
+            }
             if *appends == seen {
                 let _ = self.store.inner.appended.wait_timeout(appends, pause);
             }
         }
+    }
+
+    fn waker(&self) -> FetchWaker {
+        let (store, woken) = (self.store.clone(), self.woken.clone());
+        Arc::new(move || {
+            woken.store(true, Ordering::Release);
+            store.notify_appended();
+        })
     }
 
     fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
@@ -942,7 +962,9 @@ impl Subscription for EmbeddedConsumer {
         let commit_guard = lock(&shared.commit_lock);
         let updates = shared.cursor_updates(&effects.acks);
         if effects.is_empty() && (updates.is_empty() || shared.name.is_none()) {
-            shared.apply(updates, &effects.acks);
+            if shared.apply(updates, &effects.acks) {
+                store.notify_appended();
+            }
             return Ok(());
         }
 
@@ -1039,7 +1061,7 @@ impl Subscription for EmbeddedConsumer {
             topic.length.store(**next, Ordering::Release);
         }
         drop(nexts);
-        shared.apply(updates, &effects.acks);
+        let released = shared.apply(updates, &effects.acks);
         drop(commit_guard);
         if let Some((_, _, cache)) = &state {
             let mut cache = lock(cache);
@@ -1051,7 +1073,7 @@ impl Subscription for EmbeddedConsumer {
             }
         }
         store.flush()?;
-        if !by_topic.is_empty() {
+        if !by_topic.is_empty() || released {
             store.notify_appended();
         }
         Ok(())

@@ -165,3 +165,33 @@ fn a_long_batch_reaches_the_function_in_calls_of_at_most_messages_per_call_in_or
         .collect();
     assert_eq!(values, (0..count).map(|i| i.to_string()).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_waker_ends_a_waiting_fetch_and_an_append_still_arrives_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let topic = TopicName::parse("quiet").unwrap();
+    let consumer = store.subscribe(SubscriptionSpec::single(vec![topic.clone()], None, Position::Earliest)).unwrap();
+    let wake = consumer.waker();
+    // The fetch would wait an hour for a message that never comes; the waker ends it.
+    let hour = Duration::from_secs(3600);
+    let (done, returned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fetched = consumer.fetch(10, hour).unwrap().len();
+        done.send((consumer, fetched)).unwrap();
+    });
+    let mut answer = None;
+    for _ in 0..600 {
+        wake();
+        if let Ok(received) = returned.recv_timeout(Duration::from_millis(50)) {
+            answer = Some(received);
+            break;
+        }
+    }
+    let (consumer, fetched) = answer.expect("the woken fetch returned");
+    assert_eq!(fetched, 0);
+    // Being woken leaves nothing behind: the next fetch waits for and gets the next append.
+    store.produce(&topic, vec![OutMessage::new("hello")]).unwrap();
+    let messages = consumer.fetch(10, hour).unwrap();
+    assert_eq!(messages.iter().map(|message| message.body.value.clone()).collect::<Vec<_>>(), [b"hello".to_vec()]);
+}

@@ -8,6 +8,7 @@
 //! A durable subscription has a name and any number of consumers; how its messages are spread over
 //! them is its [`SubscriptionType`], with Pulsar's meanings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bincode::{Decode, Encode};
@@ -286,4 +287,11 @@ pub trait Subscription: Send + Sync {
     /// True when nothing is left for this consumer: every message was read, none waits for it, and
     /// none it was given is unacknowledged.
     fn drained(&self) -> bool;
+
+    /// A handle that ends this consumer's waiting `fetch` early (with what it has, maybe nothing),
+    /// so that a loop told to stop need not wait out its fetch.
+    fn waker(&self) -> FetchWaker;
 }
+
+/// Ends a consumer's waiting fetch; see [`Subscription::waker`].
+pub type FetchWaker = Arc<dyn Fn() + Send + Sync>;

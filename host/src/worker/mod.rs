@@ -134,6 +134,17 @@ pub struct WorkerConfig {
     pub max_instances: u32,
 }
 
+/// Memory maps an idle instance adds to the process (its thread's stack and signal stack with their
+/// guard pages, its pool slots): nine measured (docs/BENCHMARKS.md), with room to spare.
+const MAPS_PER_INSTANCE: usize = 12;
+
+/// The process's memory maps and the most the system allows, where Linux says.
+fn memory_maps() -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?.lines().count();
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()?;
+    Some((maps, limit))
+}
+
 /// The function worker.
 pub struct Worker {
     store: EmbeddedStore,
@@ -309,6 +320,16 @@ impl Worker {
                 "{fqfn} needs {parallelism} instance(s) but the worker runs at most {} (--max-instances) and {others} are taken; lower --parallelism or start the worker with more",
                 self.max_instances
             )));
+        }
+        // Past the kernel's limit on memory maps a new instance's thread cannot start, and the
+        // whole process aborts: refuse before that.
+        if let Some((maps, limit)) = memory_maps() {
+            let needed = maps + parallelism as usize * MAPS_PER_INSTANCE;
+            if needed > limit {
+                return Err(WorkerError::BadRequest(format!(
+                    "{fqfn} needs {parallelism} more instance(s), which would take this process to about {needed} memory maps, past the system's {limit} (vm.max_map_count); raise it (`sysctl -w vm.max_map_count=262144`) or lower --parallelism"
+                )));
+            }
         }
         Ok(())
     }
