@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sled::Transactional;
@@ -86,9 +86,24 @@ struct Inner {
     subscriptions: Mutex<HashMap<String, Arc<SharedSubscription>>>,
     /// Bumped whenever a topic is opened for the first time, so that pattern subscriptions look for new topics.
     topic_generation: AtomicU64,
-    /// Bumped after every append, so that waiting subscriptions wake up.
-    appends: Mutex<u64>,
-    appended: Condvar,
+    /// Every subscription opened and not yet dropped, durable or not: an append wakes those that
+    /// read its topic.
+    live: Mutex<Vec<Weak<SharedSubscription>>>,
+}
+
+/// Wakes the waiting consumers of one subscription.
+#[derive(Default)]
+struct Signal {
+    /// Bumped at every change that may give a consumer messages.
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Signal {
+    fn notify(&self) {
+        *lock(&self.generation) += 1;
+        self.changed.notify_all();
+    }
 }
 
 struct Topic {
@@ -125,8 +140,7 @@ impl EmbeddedStore {
                 state_caches: Mutex::new(HashMap::new()),
                 subscriptions: Mutex::new(HashMap::new()),
                 topic_generation: AtomicU64::new(0),
-                appends: Mutex::new(0),
-                appended: Condvar::new(),
+                live: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -216,9 +230,22 @@ impl EmbeddedStore {
         lock(&self.inner.state_caches).entry(fqfn.clone()).or_default().clone()
     }
 
-    fn notify_appended(&self) {
-        *lock(&self.inner.appends) += 1;
-        self.inner.appended.notify_all();
+    /// Wakes the subscriptions that read `topics`, and those with a pattern, which may read them now.
+    fn notify_appended<'a>(&self, topics: impl IntoIterator<Item = &'a TopicName> + Clone) {
+        let mut live = lock(&self.inner.live);
+        live.retain(|weak| match weak.upgrade() {
+            Some(shared) => {
+                if shared.pattern.is_some() || shared.reads_any(topics.clone()) {
+                    shared.signal.notify();
+                }
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn register(&self, shared: &Arc<SharedSubscription>) {
+        lock(&self.inner.live).push(Arc::downgrade(shared));
     }
 }
 
@@ -238,13 +265,14 @@ impl Broker for EmbeddedStore {
         *next += bodies.len() as u64;
         topic.length.store(*next, Ordering::Release);
         drop(next);
-        self.notify_appended();
+        self.notify_appended([&topic.name]);
         Ok(sequences)
     }
 
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
         let Some(name) = spec.name.clone() else {
             let shared = Arc::new(SharedSubscription::open(self, &spec)?);
+            self.register(&shared);
             let id = shared.join(&spec)?;
             return Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id, woken: Arc::default() }));
         };
@@ -254,6 +282,7 @@ impl Broker for EmbeddedStore {
             None => {
                 let shared = Arc::new(SharedSubscription::open(self, &spec)?);
                 self.flush()?;
+                self.register(&shared);
                 subscriptions.insert(name, shared.clone());
                 shared
             }
@@ -448,6 +477,8 @@ struct SharedSubscription {
     ack_timeout: Option<Duration>,
     key_share_count: u32,
     state: Mutex<SubscriptionState>,
+    /// Wakes its consumers waiting in `fetch`.
+    signal: Signal,
     /// Held from computing a commit's cursor records until they are written, so that two consumers'
     /// commits cannot each write a record missing the other's acknowledgements.
     commit_lock: Mutex<()>,
@@ -510,6 +541,7 @@ impl SharedSubscription {
             pattern: spec.inputs.pattern.clone(),
             ack_timeout: spec.ack_timeout,
             key_share_count: spec.key_shares.1.max(1),
+            signal: Signal::default(),
             state: Mutex::new(SubscriptionState {
                 cursors,
                 rotation: 0,
@@ -622,7 +654,7 @@ impl SharedSubscription {
                 _ => max.min(taken.len() + MAX_UNACKED_MESSAGES - state.unacked),
             };
             if self.read_new(&mut state, consumer, share, limit, now, &mut taken)? {
-                store.notify_appended();
+                self.signal.notify();
             }
         }
         Ok((taken, next_due))
@@ -775,6 +807,12 @@ impl SharedSubscription {
             && state.cursors.iter().all(|cursor| cursor.fetched >= cursor.topic.length.load(Ordering::Acquire))
     }
 
+    /// Whether it reads any of `topics`.
+    fn reads_any<'a>(&self, topics: impl IntoIterator<Item = &'a TopicName>) -> bool {
+        let state = lock(&self.state);
+        topics.into_iter().any(|topic| state.cursors.iter().any(|cursor| cursor.topic.name == *topic))
+    }
+
     fn leave(&self, consumer: u64) {
         let mut state = lock(&self.state);
         state.consumers.remove(&consumer);
@@ -920,7 +958,7 @@ impl Drop for EmbeddedConsumer {
             subscriptions.remove(name);
         }
         drop(subscriptions);
-        self.store.notify_appended();
+        self.shared.signal.notify();
     }
 }
 
@@ -928,7 +966,7 @@ impl Subscription for EmbeddedConsumer {
     fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
         let deadline = Instant::now() + wait;
         loop {
-            let seen = *lock(&self.store.inner.appends);
+            let seen = *lock(&self.shared.signal.generation);
             let (messages, next_due) = self.shared.take(&self.store, self.id, max)?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
@@ -938,21 +976,21 @@ impl Subscription for EmbeddedConsumer {
             if let Some(due) = next_due {
                 pause = pause.min(due.saturating_duration_since(now));
             }
-            let appends = lock(&self.store.inner.appends);
+            let generation = lock(&self.shared.signal.generation);
             if self.woken.swap(false, Ordering::AcqRel) {
                 return Ok(messages);
             }
-            if *appends == seen {
-                let _ = self.store.inner.appended.wait_timeout(appends, pause);
+            if *generation == seen {
+                let _ = self.shared.signal.changed.wait_timeout(generation, pause);
             }
         }
     }
 
     fn waker(&self) -> FetchWaker {
-        let (store, woken) = (self.store.clone(), self.woken.clone());
+        let (shared, woken) = (self.shared.clone(), self.woken.clone());
         Arc::new(move || {
             woken.store(true, Ordering::Release);
-            store.notify_appended();
+            shared.signal.notify();
         })
     }
 
@@ -963,7 +1001,7 @@ impl Subscription for EmbeddedConsumer {
         let updates = shared.cursor_updates(&effects.acks);
         if effects.is_empty() && (updates.is_empty() || shared.name.is_none()) {
             if shared.apply(updates, &effects.acks) {
-                store.notify_appended();
+                shared.signal.notify();
             }
             return Ok(());
         }
@@ -1073,8 +1111,11 @@ impl Subscription for EmbeddedConsumer {
             }
         }
         store.flush()?;
-        if !by_topic.is_empty() || released {
-            store.notify_appended();
+        if released {
+            shared.signal.notify();
+        }
+        if !by_topic.is_empty() {
+            store.notify_appended(by_topic.keys());
         }
         Ok(())
     }
