@@ -32,9 +32,7 @@ use fnhost::worker::{Worker, WorkerConfig};
 
 const USERS: usize = 10_000;
 
-// The same allocator as the `fnhost` binary, so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// No global allocator: the system's, as in the `fnhost` binary, so the figures are the binary's.
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
