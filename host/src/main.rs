@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // The system allocator, not mimalloc: mimalloc's per-thread heaps made an idle instance (a
-// thread) cost 280 KiB instead of 46 KiB, for at most a tenth more throughput (docs/BENCHMARKS.md).
+// thread) cost 280 KiB instead of 46 KiB; mimalloc was faster in the commit path
+// (docs/BENCHMARKS.md, Density).
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
