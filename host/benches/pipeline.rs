@@ -36,6 +36,9 @@ const USERS: usize = 10_000;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    if args.is_empty() {
+        return quick();
+    }
     let wasm =
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
@@ -51,9 +54,54 @@ fn main() -> anyhow::Result<()> {
     }
     if part == "all" || part == "density" {
         // scripts/bench builds the exclamation guest beside the session-duration one.
-        density(&Path::new(wasm).with_file_name("exclamation.wasm"))?;
+        density(&Path::new(wasm).with_file_name("exclamation.wasm"), &DENSITY_STEPS)?;
     }
     Ok(())
+}
+
+/// Events per pipeline in the quick mode.
+const QUICK_MESSAGES: usize = 2_000;
+/// Idle instances in the quick mode's density part.
+const QUICK_INSTANCES: usize = 100;
+
+/// Every part on small inputs, when run without arguments (`cargo test --bench pipeline`, which
+/// scripts/test runs), so that the benchmark cannot rot. Each part fails unless every message
+/// succeeded and every instance started; how fast they were is not checked.
+fn quick() -> anyhow::Result<()> {
+    let guests = build_guests()?;
+    let wasm = guests.join("session_duration.wasm");
+    guarantees(&wasm, QUICK_MESSAGES)?;
+    languages(&wasm, QUICK_MESSAGES)?;
+    density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])
+}
+
+/// Builds the session-duration and exclamation guests in a target directory of the benchmark's
+/// own (a nested build in the running one's would wait for its lock); returns their folder.
+fn build_guests() -> anyhow::Result<std::path::PathBuf> {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "-p",
+            "session-duration",
+            "-p",
+            "exclamation",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building the guests failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(target.join("wasm32-wasip2").join("guest"))
 }
 
 /// How many idle instances the density part measures at, in one worker.
@@ -64,9 +112,9 @@ const IDLE_WATCH: Duration = Duration::from_secs(5);
 /// Idle instances of the exclamation function in one in-process worker, created through the
 /// worker's own API in functions of `MAX_PARALLELISM` instances: resident memory, the time to
 /// start them, and the CPU the idle instances burn.
-fn density(exclamation: &Path) -> anyhow::Result<()> {
+fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
-    let most = DENSITY_STEPS[DENSITY_STEPS.len() - 1];
+    let most = steps.iter().copied().max().unwrap_or_default();
     let data_dir = scratch.path().join("data");
     let store = EmbeddedStore::open(&data_dir)?;
     // A compiled-component cache, as a worker has: functions after the first load rather than compile.
@@ -86,7 +134,7 @@ fn density(exclamation: &Path) -> anyhow::Result<()> {
     let mut created = 0;
     let mut per_instance = 0;
     let mut maps_per_instance = 0;
-    for step in DENSITY_STEPS {
+    for &step in steps {
         // Past the kernel's limit on memory maps a thread cannot start and the process aborts.
         let maps_needed = maps_before + step * maps_per_instance * 5 / 4;
         if maps_per_instance > 0 && maps_needed > map_limit {
