@@ -46,15 +46,16 @@ fn main() -> anyhow::Result<()> {
     if !["all", "guarantees", "languages", "density"].contains(&part) {
         anyhow::bail!("unknown part `{part}`: give all, guarantees, languages or density");
     }
+    // scripts/bench builds the exclamation guest beside the session-duration one.
+    let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
     if part == "all" || part == "guarantees" {
-        guarantees(Path::new(wasm), messages)?;
+        guarantees(Path::new(wasm), &exclamation, messages)?;
     }
     if part == "all" || part == "languages" {
         languages(Path::new(wasm), messages.min(LANGUAGE_MESSAGES))?;
     }
     if part == "all" || part == "density" {
-        // scripts/bench builds the exclamation guest beside the session-duration one.
-        density(&Path::new(wasm).with_file_name("exclamation.wasm"), &DENSITY_STEPS)?;
+        density(&exclamation, &DENSITY_STEPS)?;
     }
     Ok(())
 }
@@ -70,7 +71,7 @@ const QUICK_INSTANCES: usize = 100;
 fn quick() -> anyhow::Result<()> {
     let guests = build_guests()?;
     let wasm = guests.join("session_duration.wasm");
-    guarantees(&wasm, QUICK_MESSAGES)?;
+    guarantees(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES)?;
     languages(&wasm, QUICK_MESSAGES)?;
     density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])
 }
@@ -225,13 +226,14 @@ const LANGUAGE_MESSAGES: usize = 100_000;
 /// Instantiations timed per language.
 const INSTANCE_STARTS: usize = 200;
 
-fn guarantees(wasm: &Path, messages: usize) -> anyhow::Result<()> {
+fn guarantees(wasm: &Path, exclamation: &Path, messages: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let scratch = tempfile::tempdir()?;
+    let sessions = Workload::sessions(&events);
 
     let (append, read) = raw_storage(&scratch.path().join("raw"), &events)?;
     let run = |name: &str, code: Code<'_>, guarantee: ProcessingGuarantee, ordering: Ordering, parallelism: u32| {
-        pipeline(&scratch.path().join(name), &events, code, (guarantee, ordering, parallelism))
+        pipeline(&scratch.path().join(name), &sessions, code, (guarantee, ordering, parallelism))
     };
     let (unordered, by_key) = (Ordering::Unordered, Ordering::RetainKey);
     let guest = || Code::Wasm(wasm);
@@ -278,6 +280,43 @@ fn guarantees(wasm: &Path, messages: usize) -> anyhow::Result<()> {
             ratio(elapsed)
         );
     }
+    stateless(exclamation, messages, scratch.path())
+}
+
+/// The stateless exclamation function under each guarantee, beside the same logic natively.
+/// MANUAL is left out: the example does not acknowledge, so its messages would come back.
+fn stateless(wasm: &Path, messages: usize, scratch: &Path) -> anyhow::Result<()> {
+    let events: Vec<OutMessage> = (0..messages).map(|i| OutMessage::new(format!("word {i}"))).collect();
+    let words = Workload::words(&events);
+    let run = |name: &str, code: Code<'_>, guarantee: ProcessingGuarantee, parallelism: u32| {
+        pipeline(&scratch.join(name), &words, code, (guarantee, Ordering::Unordered, parallelism))
+    };
+    let guest = || Code::Wasm(wasm);
+    let at_least_once = run("words-at-least-once", guest(), ProcessingGuarantee::AtLeastOnce, 1)?;
+    let rows = [
+        ("native Rust function, ATLEAST_ONCE", run("words-native", Code::Native, ProcessingGuarantee::AtLeastOnce, 1)?),
+        ("Rust guest, ATLEAST_ONCE", at_least_once),
+        ("Rust guest, ATMOST_ONCE", run("words-at-most-once", guest(), ProcessingGuarantee::AtMostOnce, 1)?),
+        (
+            "Rust guest, EFFECTIVELY_ONCE",
+            run("words-effectively-once", guest(), ProcessingGuarantee::EffectivelyOnce, 1)?,
+        ),
+        (
+            "Rust guest, ATLEAST_ONCE, --parallelism 2",
+            run("words-shared-2", guest(), ProcessingGuarantee::AtLeastOnce, 2)?,
+        ),
+    ];
+    println!();
+    println!("| exclamation (stateless, {messages} words) | seconds | messages/s | throughput vs guest ATLEAST_ONCE |");
+    println!("|---|---|---|---|");
+    for (name, elapsed) in rows {
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.2} |",
+            elapsed.as_secs_f64(),
+            messages as f64 / elapsed.as_secs_f64(),
+            at_least_once.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -313,7 +352,7 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
             builder: Builder::new,
             native: pipeline(
                 &scratch.path().join("native"),
-                &events,
+                &Workload::sessions(&events),
                 Code::Native,
                 (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
             )?,
@@ -361,7 +400,7 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
         let (restart, starts) = starts(runtime()?, &wasm, &scratch.path().join(format!("starts-{folder}")))?;
         let elapsed = pipeline(
             &scratch.path().join(&folder),
-            &events,
+            &Workload::sessions(&events),
             Code::Wasm(&wasm),
             (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1),
         )?;
@@ -474,18 +513,43 @@ enum Code<'a> {
     Wasm(&'a Path),
 }
 
+/// A function's logic run natively in the host.
+type NativeFunction = fn(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String>;
+
+/// What a pipeline run pushes through, the same logic natively, and the outputs it must write.
+struct Workload<'a> {
+    events: &'a [OutMessage],
+    native: NativeFunction,
+    outputs: usize,
+}
+
+impl<'a> Workload<'a> {
+    /// The seed's session events: every logout (every other round of users) ends a session, unless
+    /// a user's events were processed out of order.
+    fn sessions(events: &'a [OutMessage]) -> Self {
+        let outputs = (0..events.len()).filter(|i| (i / USERS) % 2 == 1).count();
+        Self { events, native: native_session_duration, outputs }
+    }
+
+    /// Words for the stateless exclamation function: an output for each.
+    fn words(events: &'a [OutMessage]) -> Self {
+        Self { events, native: native_exclamation, outputs: events.len() }
+    }
+}
+
 fn pipeline(
     dir: &Path,
-    events: &[OutMessage],
+    workload: &Workload<'_>,
     code: Code<'_>,
     (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
 ) -> anyhow::Result<Duration> {
+    let events = workload.events;
     let store = EmbeddedStore::open(dir)?;
     produce(&store, events)?;
     let fqfn = Fqfn::parse("public/default/session-duration")?;
     let limits = InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) };
     let config = FunctionConfig {
-        output: Some(TopicName::parse("sessions")?),
+        output: Some(TopicName::parse("outputs")?),
         limits,
         // Production setting: the function's info lines are filtered in the host, so the
         // benchmark measures processing, not the terminal.
@@ -508,7 +572,7 @@ fn pipeline(
     for instance_id in 0..parallelism {
         let context = MessageContext::new(&config, instance_id, store.table(&fqfn)?, logs.clone());
         executors.push(match &prepared {
-            None => Box::new(NativeExecutor::new(native_session_duration, context)),
+            None => Box::new(NativeExecutor::new(workload.native, context)),
             Some((function, digest)) => {
                 let details = Arc::new(config.details(digest, instance_id, parallelism));
                 Box::new(WasmExecutor::start(function.clone(), details, limits, context)?)
@@ -525,21 +589,26 @@ fn pipeline(
         events.len(),
         stats.iter().find_map(|instance| instance.last_exception().map(|exception| exception.exception_string.clone()))
     );
-    // Every logout follows its login, so every logout ends a session, unless events of a user were
-    // processed out of order.
-    let sessions =
-        store.subscribe(SubscriptionSpec::single(vec![TopicName::parse("sessions")?], None, Position::Earliest))?;
-    let mut ended = 0;
+    let outputs =
+        store.subscribe(SubscriptionSpec::single(vec![TopicName::parse("outputs")?], None, Position::Earliest))?;
+    let mut written = 0;
     loop {
-        let read = sessions.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
+        let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
         if read == 0 {
             break;
         }
-        ended += read;
+        written += read;
     }
-    let logouts = (0..events.len()).filter(|i| (i / USERS) % 2 == 1).count();
-    anyhow::ensure!(ended == logouts, "{guarantee:?} {ordering:?} x{parallelism}: {ended} sessions ended of {logouts}");
+    let expected = workload.outputs;
+    anyhow::ensure!(written == expected, "{guarantee:?} {ordering:?} x{parallelism}: {written} outputs of {expected}");
     Ok(elapsed)
+}
+
+/// The exclamation example's logic, natively.
+fn native_exclamation(message: &GuestMessage, _: &mut MessageContext) -> Result<Option<Vec<u8>>, String> {
+    let mut output = message.value.clone();
+    output.push(b'!');
+    Ok(Some(output))
 }
 
 /// The session-duration example's logic, natively.
