@@ -125,8 +125,9 @@ fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     let worker = Worker::open(config, store, runtime)?;
     let wasm = std::fs::read(exclamation)?;
     let before = resident_bytes()?;
-    let maps_before = memory_maps()?;
-    let map_limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")?.trim().parse()?;
+    let maps =
+        || fnhost::worker::memory_maps().ok_or_else(|| anyhow::anyhow!("no /proc/self/maps or vm.max_map_count"));
+    let (maps_before, map_limit) = maps()?;
     println!();
     println!(
         "| idle exclamation instances in one worker | resident MiB | KiB per instance | memory maps per instance | start ms per instance | idle CPU (% of one core) |"
@@ -163,7 +164,7 @@ fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
         std::thread::sleep(IDLE_WATCH);
         let idle = (cpu_time()? - cpu_before).as_secs_f64() / IDLE_WATCH.as_secs_f64();
         per_instance = resident.saturating_sub(before) / created as u64;
-        maps_per_instance = memory_maps()?.saturating_sub(maps_before).div_ceil(created);
+        maps_per_instance = maps()?.0.saturating_sub(maps_before).div_ceil(created);
         println!(
             "| {created} | {:.0} | {:.0} | {maps_per_instance} | {:.3} | {:.0} |",
             resident as f64 / (1 << 20) as f64,
@@ -194,11 +195,6 @@ fn proc_kilobytes(file: &str, field: &str) -> anyhow::Result<u64> {
         text.lines().find(|line| line.starts_with(field)).ok_or_else(|| anyhow::anyhow!("no {field} in {file}"))?;
     let kilobytes: u64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad {field} line"))?.parse()?;
     Ok(kilobytes * 1024)
-}
-
-/// How many memory maps this process has (the kernel limits it with vm.max_map_count).
-fn memory_maps() -> anyhow::Result<usize> {
-    Ok(std::fs::read_to_string("/proc/self/maps")?.lines().count())
 }
 
 fn resident_bytes() -> anyhow::Result<u64> {

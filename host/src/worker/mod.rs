@@ -138,8 +138,8 @@ pub struct WorkerConfig {
 /// guard pages, its pool slots): nine measured (docs/BENCHMARKS.md), with room to spare.
 const MAPS_PER_INSTANCE: usize = 12;
 
-/// The process's memory maps and the most the system allows, where Linux says.
-fn memory_maps() -> Option<(usize, usize)> {
+/// The process's memory maps and the most the system allows (vm.max_map_count), where Linux says.
+pub fn memory_maps() -> Option<(usize, usize)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?.lines().count();
     let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()?;
     Some((maps, limit))
