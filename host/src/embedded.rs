@@ -1217,6 +1217,19 @@ mod tests {
     use super::*;
     use crate::state::{StateChanges, StateValue};
 
+    /// Opens the store in `dir`. A store dropped a moment ago in this process may still hold the
+    /// directory's lock (a reopen failed with `Locked` once under CI load): sled's background
+    /// threads outlive the dropped handle.
+    fn open(dir: &Path) -> EmbeddedStore {
+        for _ in 0..100 {
+            match EmbeddedStore::open(dir) {
+                Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(50)),
+                opened => return opened.unwrap(),
+            }
+        }
+        EmbeddedStore::open(dir).unwrap()
+    }
+
     fn topic(name: &str) -> TopicName {
         TopicName::parse(name).unwrap()
     }
@@ -1236,7 +1249,7 @@ mod tests {
     #[test]
     fn appends_are_read_in_order_from_a_cursor() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(produce(&store, "t", &["a", "b"]), vec![0, 1]);
         assert_eq!(produce(&store, "t", &["c"]), vec![2]);
         let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
@@ -1248,7 +1261,7 @@ mod tests {
     #[test]
     fn large_appends_span_several_segments_and_read_back_from_any_cursor() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let values: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; SEGMENT_BYTES / 3]).collect();
         store.produce(&topic("big"), values.iter().map(|v| OutMessage::new(v.clone())).collect()).unwrap();
         assert!(store.topic(&topic("big")).unwrap().tree.len() > 1, "the append was split into segments");
@@ -1267,7 +1280,7 @@ mod tests {
     fn unacknowledged_messages_are_redelivered_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             produce(&store, "t", &["a", "b", "c"]);
             let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
             let first = subscription.fetch(1, Duration::ZERO).unwrap();
@@ -1275,7 +1288,7 @@ mod tests {
             subscription.commit(Effects { acks: Acks::of(&first), ..Effects::default() }).unwrap();
             assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
         }
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
         assert_eq!(values(&subscription.fetch(10, Duration::ZERO).unwrap()), ["b", "c"]);
         let other = store.subscribe(spec(&["t"], Some("other"), Position::Latest)).unwrap();
@@ -1289,7 +1302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fqfn = Fqfn::parse("t/ns/f").unwrap();
         {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             produce(&store, "in", &["x"]);
             let subscription = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
             let fetched = subscription.fetch(10, Duration::ZERO).unwrap();
@@ -1303,7 +1316,7 @@ mod tests {
             };
             subscription.commit(effects).unwrap();
         }
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.table(&fqfn).unwrap().get("k").unwrap().unwrap().value, StateValue::Bytes(b"v".to_vec()));
         assert_eq!(store.table(&fqfn).unwrap().get("n").unwrap().unwrap().value, StateValue::Counter(5));
         let out = store.subscribe(spec(&["out", "other"], None, Position::Earliest)).unwrap();
@@ -1347,14 +1360,14 @@ mod tests {
     fn individual_acknowledgements_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             produce(&store, "t", &["a", "b", "c", "d"]);
             let subscription = consumer(&store, SubscriptionType::Shared, (0, 1));
             let fetched = subscription.fetch(10, Duration::ZERO).unwrap();
             ack(subscription.as_ref(), &[fetched[0].clone(), fetched[2].clone()]);
             assert!(!subscription.drained(), "b and d are unacknowledged");
         }
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let subscription = consumer(&store, SubscriptionType::Shared, (0, 1));
         let again = subscription.fetch(10, Duration::ZERO).unwrap();
         assert_eq!(values(&again), ["b", "d"]);
@@ -1365,7 +1378,7 @@ mod tests {
     #[test]
     fn shared_consumers_split_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         produce(&store, "t", &["a", "b", "c", "d"]);
         let first = consumer(&store, SubscriptionType::Shared, (0, 2));
         let second = consumer(&store, SubscriptionType::Shared, (1, 2));
@@ -1376,7 +1389,7 @@ mod tests {
     #[test]
     fn key_shared_consumers_each_get_all_of_their_keys_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let keyed: Vec<OutMessage> = (0..40)
             .map(|i| OutMessage { key: Some(format!("k{}", i % 5)), ..OutMessage::new(format!("{i}")) })
             .collect();
@@ -1406,7 +1419,7 @@ mod tests {
     #[test]
     fn failover_gives_everything_to_the_first_consumer_and_its_leftovers_to_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         produce(&store, "t", &["a", "b", "c"]);
         let active = consumer(&store, SubscriptionType::Failover, (0, 2));
         let standby = consumer(&store, SubscriptionType::Failover, (1, 2));
@@ -1422,7 +1435,7 @@ mod tests {
     #[test]
     fn unacknowledged_messages_come_back_after_the_ack_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         produce(&store, "t", &["a", "b"]);
         let spec = SubscriptionSpec {
             subscription_type: SubscriptionType::Shared,
@@ -1441,7 +1454,7 @@ mod tests {
     #[test]
     fn a_pattern_subscription_finds_topics_created_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         produce(&store, "in-1", &["a"]);
         let pattern = TopicPattern::parse("in-.*", "public", "default").unwrap();
         let spec = SubscriptionSpec {
@@ -1458,7 +1471,7 @@ mod tests {
     #[test]
     fn counters_add_to_the_committed_value_and_deletes_remove_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let fqfn = Fqfn::parse("t/ns/f").unwrap();
         let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
         // One table read across commits: its cache must follow every commit.
