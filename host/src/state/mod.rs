@@ -102,6 +102,11 @@ impl StateChanges {
         }
     }
 
+    /// How many keys change.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// True when nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::TransactionError;
 
 use crate::broker::{
     Acks, Broker, BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription,
@@ -28,17 +28,18 @@ use crate::broker::{
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::metadata::{MetadataError, MetadataStore};
 use crate::names::{Fqfn, TopicName, TopicPattern};
-use crate::state::{Change, StateError, StateStore, StateTable, StateValue, Versioned};
+use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
+
+mod state;
+
+use state::{EmbeddedTable, FunctionTable, STATE_LOG_TREE};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
 /// A segment (one sled value holding consecutive messages) is closed once it holds this many bytes
 /// of message values; one sled operation per segment rather than per message is what makes appends fast.
 const SEGMENT_BYTES: usize = 1024 * 1024;
-const STATE_TREE_PREFIX: &str = "state:";
 const CURSOR_TREE: &str = "cursors";
 const METADATA_TREE: &str = "metadata";
-/// Most state values cached per function; past it the cache starts over.
-const STATE_CACHE_ENTRIES: usize = 65_536;
 /// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
 /// yet, per consumer: bounds memory when one consumer is slower than the others.
 const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
@@ -47,10 +48,6 @@ const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
 /// below the unacknowledged limit), so this is only a safety net; a short poll made thousands of
 /// idle consumers cost whole cores.
 const CONSUMER_POLL: Duration = Duration::from_secs(1);
-
-/// Committed values of one function's state table, as last committed or read (`None`: absent).
-/// Commits are the only writers and update it, so it never holds a value older than the store's.
-type StateCache = Arc<Mutex<HashMap<String, Option<Versioned>>>>;
 
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +78,10 @@ struct Inner {
     cursors: sled::Tree,
     metadata: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
-    state_caches: Mutex<HashMap<Fqfn, StateCache>>,
+    /// Records of state changes not yet checkpointed into the functions' trees (see [`state`]).
+    state_log: sled::Tree,
+    /// The state of every function read or written since the store opened.
+    state_tables: Mutex<HashMap<Fqfn, Arc<FunctionTable>>>,
     /// Durable subscriptions with at least one consumer, by name.
     subscriptions: Mutex<HashMap<String, Arc<SharedSubscription>>>,
     /// Bumped whenever a topic is opened for the first time, so that pattern subscriptions look for new topics.
@@ -131,13 +131,16 @@ impl EmbeddedStore {
         };
         let cursors = open_tree(CURSOR_TREE)?;
         let metadata = open_tree(METADATA_TREE)?;
+        let state_log = open_tree(STATE_LOG_TREE)?;
+        state::replay(&db, &state_log).map_err(|reason| OpenError::Other { path: shown.clone(), reason })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 cursors,
                 metadata,
                 topics: Mutex::new(HashMap::new()),
-                state_caches: Mutex::new(HashMap::new()),
+                state_log,
+                state_tables: Mutex::new(HashMap::new()),
                 subscriptions: Mutex::new(HashMap::new()),
                 topic_generation: AtomicU64::new(0),
                 live: Mutex::new(Vec::new()),
@@ -222,12 +225,19 @@ impl EmbeddedStore {
         })
     }
 
-    fn state_tree(&self, fqfn: &Fqfn) -> Result<sled::Tree, sled::Error> {
-        self.inner.db.open_tree(format!("{STATE_TREE_PREFIX}{fqfn}"))
+    fn state_table(&self, fqfn: &Fqfn) -> Result<Arc<FunctionTable>, sled::Error> {
+        let mut tables = lock(&self.inner.state_tables);
+        if let Some(table) = tables.get(fqfn) {
+            return Ok(table.clone());
+        }
+        let table = Arc::new(FunctionTable::open(&self.inner.db, fqfn)?);
+        tables.insert(fqfn.clone(), table.clone());
+        Ok(table)
     }
 
-    fn state_cache(&self, fqfn: &Fqfn) -> StateCache {
-        lock(&self.inner.state_caches).entry(fqfn.clone()).or_default().clone()
+    /// Checkpoints a function's state once its commits ask for it (see [`state`]).
+    fn checkpoint(&self, table: &FunctionTable) -> Result<(), sled::Error> {
+        table.checkpoint(&self.inner.db, &self.inner.state_log)
     }
 
     /// Wakes the subscriptions that read `topics`, and those with a pattern, which may read them now.
@@ -322,28 +332,26 @@ impl Broker for EmbeddedStore {
 
 impl StateStore for EmbeddedStore {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
-        let tree = self.state_tree(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
-        Ok(Box::new(EmbeddedTable { fqfn: fqfn.clone(), tree, cache: self.state_cache(fqfn) }))
+        let table = self.state_table(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
+        Ok(Box::new(EmbeddedTable(table)))
     }
 
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
         let failed = |error: sled::Error| StateError::Storage(error.to_string());
-        let tree = self.state_tree(fqfn).map_err(failed)?;
-        let cache = self.state_cache(fqfn);
-        let versioned = Versioned { value, version: self.inner.db.generate_id().map_err(failed)? };
-        // Under the cache's lock, so that a concurrent read cannot put back the value this replaces.
-        let mut cached = lock(&cache);
-        tree.insert(key.as_bytes(), encode_state(&versioned)).map_err(failed)?;
-        cached.insert(key.to_owned(), Some(versioned.clone()));
-        drop(cached);
+        let table = self.state_table(fqfn).map_err(failed)?;
+        let (versioned, due) = table.put(&self.inner.db, &self.inner.state_log, key, value)?;
         self.inner.db.flush().map_err(failed)?;
+        if due {
+            self.checkpoint(&table).map_err(failed)?;
+        }
         Ok(versioned)
     }
 
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
         let failed = |error: sled::Error| StateError::Storage(error.to_string());
-        self.inner.db.drop_tree(format!("{STATE_TREE_PREFIX}{fqfn}")).map_err(failed)?;
-        lock(&self.inner.state_caches).remove(fqfn);
+        let table = self.state_table(fqfn).map_err(failed)?;
+        table.delete(&self.inner.db, &self.inner.state_log).map_err(failed)?;
+        lock(&self.inner.state_tables).remove(fqfn);
         self.inner.db.flush().map(drop).map_err(failed)
     }
 }
@@ -373,35 +381,6 @@ impl MetadataStore for EmbeddedStore {
 
 fn metadata_error(error: sled::Error) -> MetadataError {
     MetadataError(error.to_string())
-}
-
-struct EmbeddedTable {
-    fqfn: Fqfn,
-    tree: sled::Tree,
-    cache: StateCache,
-}
-
-impl StateTable for EmbeddedTable {
-    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        if let Some(cached) = lock(&self.cache).get(key) {
-            return Ok(cached.clone());
-        }
-        let stored = match self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? {
-            Some(bytes) => Some(decode_state(&bytes).map_err(|reason| StateError::Corrupt {
-                fqfn: self.fqfn.clone(),
-                key: key.into(),
-                reason,
-            })?),
-            None => None,
-        };
-        let mut cache = lock(&self.cache);
-        if cache.len() >= STATE_CACHE_ENTRIES {
-            cache.clear();
-        }
-        // A commit that ran since the read above has put the newer value; keep it.
-        cache.entry(key.to_owned()).or_insert_with(|| stored.clone());
-        Ok(stored)
-    }
 }
 
 /// Sequence numbers as disjoint, non-adjacent ranges `[start, end)`, keyed by start.
@@ -1017,20 +996,17 @@ impl Subscription for EmbeddedConsumer {
         let appends: Vec<Vec<(u64, Vec<u8>)>> =
             by_topic.values().zip(&nexts).map(|(bodies, next)| segments(**next, bodies)).collect();
 
-        let state = match &effects.state {
-            Some((fqfn, changes)) if !changes.is_empty() => {
-                Some((store.state_tree(fqfn).map_err(storage)?, changes, store.state_cache(fqfn)))
-            }
+        let table = match &effects.state {
+            Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_table(fqfn).map_err(storage)?, changes)),
             _ => None,
         };
-        // The values this commit leaves, for the cache once it has committed.
-        let written: Mutex<Vec<(&str, Option<Versioned>)>> = Mutex::new(Vec::new());
-        let version = store.inner.db.generate_id().map_err(storage)?;
+        // Holds the function's state lock until the commit is applied in memory.
+        let state_write = match &table {
+            Some((table, changes)) => Some(table.prepare(&store.inner.db, changes).map_err(state_failed)?),
+            None => None,
+        };
 
-        let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors];
-        if let Some((tree, _, _)) = &state {
-            trees.push(tree);
-        }
+        let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors, &store.inner.state_log];
         let first_topic_tree = trees.len();
         trees.extend(topics.iter().map(|topic| &topic.tree));
 
@@ -1047,38 +1023,13 @@ impl Subscription for EmbeddedConsumer {
             None => Vec::new(),
         };
 
-        let result: Result<(), TransactionError<String>> =
+        let result: Result<(), TransactionError<()>> =
             trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
                 for (key, record) in &cursor_writes {
                     views[0].insert(key.as_slice(), record.as_slice())?;
                 }
-                if let Some((_, changes, _)) = &state {
-                    let view = &views[1];
-                    let mut written = lock(&written);
-                    written.clear();
-                    for (key, change) in changes.iter() {
-                        // Only an increment depends on the committed value; nothing else needs to read it.
-                        let stored = match change {
-                            Change::Add(_) => match view.get(key.as_bytes())? {
-                                Some(bytes) => {
-                                    Some(decode_state(&bytes).map_err(ConflictableTransactionError::Abort)?.value)
-                                }
-                                None => None,
-                            },
-                            _ => None,
-                        };
-                        match change.apply(stored) {
-                            Some(value) => {
-                                let versioned = Versioned { value, version };
-                                view.insert(key.as_bytes(), encode_state(&versioned))?;
-                                written.push((key.as_str(), Some(versioned)));
-                            }
-                            None => {
-                                view.remove(key.as_bytes())?;
-                                written.push((key.as_str(), None));
-                            }
-                        }
-                    }
+                if let Some(write) = &state_write {
+                    views[1].insert(write.log_key(), write.encoded())?;
                 }
                 for (offset, topic_segments) in appends.iter().enumerate() {
                     let view = &views[first_topic_tree + offset];
@@ -1089,9 +1040,10 @@ impl Subscription for EmbeddedConsumer {
                 Ok(())
             });
         result.map_err(|error| match error {
-            TransactionError::Abort(reason) => BrokerError::Storage(format!("state could not be decoded: {reason}")),
+            TransactionError::Abort(()) => unreachable!("the commit's transaction never aborts"),
             TransactionError::Storage(error) => storage(error),
         })?;
+        let checkpoint_due = state_write.is_some_and(|write| write.committed());
         // Outputs become readable before the acknowledgements show, so whoever sees a message
         // acknowledged (trigger) also finds its output.
         for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
@@ -1101,16 +1053,10 @@ impl Subscription for EmbeddedConsumer {
         drop(nexts);
         let released = shared.apply(updates, &effects.acks);
         drop(commit_guard);
-        if let Some((_, _, cache)) = &state {
-            let mut cache = lock(cache);
-            if cache.len() >= STATE_CACHE_ENTRIES {
-                cache.clear();
-            }
-            for (key, value) in written.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
-                cache.insert(key.to_owned(), value);
-            }
-        }
         store.flush()?;
+        if let Some((table, _)) = table.filter(|_| checkpoint_due) {
+            store.checkpoint(&table).map_err(storage)?;
+        }
         if released {
             shared.signal.notify();
         }
@@ -1183,18 +1129,14 @@ fn decode_segment(bytes: &[u8]) -> Result<Vec<MessageBody>, String> {
     bincode::decode_from_slice(bytes, bincode_config()).map(|(bodies, _)| bodies).map_err(|error| error.to_string())
 }
 
-fn encode_state(value: &Versioned) -> Vec<u8> {
-    bincode::encode_to_vec(value, bincode_config()).expect("encoding into a Vec cannot fail")
-}
-
-fn decode_state(bytes: &[u8]) -> Result<Versioned, String> {
-    bincode::decode_from_slice(bytes, bincode_config()).map(|(value, _)| value).map_err(|error| error.to_string())
-}
-
 fn decode_sequence(bytes: &[u8]) -> u64 {
     let mut buffer = [0; 8];
     buffer.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(buffer)
+}
+
+fn state_failed(error: StateError) -> BrokerError {
+    BrokerError::Storage(error.to_string())
 }
 
 fn storage(error: sled::Error) -> BrokerError {
@@ -1215,7 +1157,7 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{StateChanges, StateValue};
+    use crate::state::{Change, StateChanges};
 
     /// Opens the store in `dir`. A store dropped a moment ago in this process may still hold the
     /// directory's lock (a reopen failed with `Locked` once under CI load): sled's background
@@ -1488,5 +1430,141 @@ mod tests {
             subscription.commit(Effects { state: Some((fqfn.clone(), changes)), ..Effects::default() }).unwrap();
             assert_eq!(table.get("c").unwrap().map(|v| v.value), expected, "{change:?}");
         }
+    }
+
+    /// Commits `changes` to `fqfn`'s state through `subscription`, as one batch.
+    fn commit_state(subscription: &dyn Subscription, fqfn: &Fqfn, changes: &[(&str, Change)]) {
+        let mut state = StateChanges::default();
+        for (key, change) in changes {
+            state.record((*key).to_owned(), change.clone());
+        }
+        subscription.commit(Effects { state: Some((fqfn.clone(), state)), ..Effects::default() }).unwrap();
+    }
+
+    fn value(store: &EmbeddedStore, fqfn: &Fqfn, key: &str) -> Option<StateValue> {
+        store.table(fqfn).unwrap().get(key).unwrap().map(|versioned| versioned.value)
+    }
+
+    fn log_records(store: &EmbeddedStore) -> usize {
+        store.inner.state_log.len()
+    }
+
+    /// The values in a function's sled tree, as a checkpoint or a replay left them.
+    fn tree_values(store: &EmbeddedStore, fqfn: &Fqfn) -> BTreeMap<String, Vec<u8>> {
+        let tree = store.inner.db.open_tree(format!("{}{fqfn}", state::STATE_TREE_PREFIX)).unwrap();
+        tree.iter()
+            .map(|entry| entry.unwrap())
+            .map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec()))
+            .collect()
+    }
+
+    /// What the commits of [`several_commits`] leave: `a` deleted, `b` = "b3", `n` = 6.
+    fn several_commits(subscription: &dyn Subscription, fqfn: &Fqfn) {
+        commit_state(subscription, fqfn, &[("a", Change::Put(b"a1".to_vec())), ("n", Change::Add(1))]);
+        commit_state(subscription, fqfn, &[("b", Change::Put(b"b1".to_vec())), ("n", Change::Add(2))]);
+        commit_state(subscription, fqfn, &[("a", Change::Delete), ("b", Change::Put(b"b3".to_vec()))]);
+        commit_state(subscription, fqfn, &[("n", Change::Add(3))]);
+    }
+
+    fn assert_several_commits(store: &EmbeddedStore, fqfn: &Fqfn) {
+        assert_eq!(value(store, fqfn, "a"), None);
+        assert_eq!(value(store, fqfn, "b"), Some(StateValue::Bytes(b"b3".to_vec())));
+        assert_eq!(value(store, fqfn, "n"), Some(StateValue::Counter(6)));
+    }
+
+    #[test]
+    fn state_committed_before_a_checkpoint_is_read_back_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        {
+            let store = open(dir.path());
+            let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+            several_commits(subscription.as_ref(), &fqfn);
+            assert_eq!(log_records(&store), 4, "no checkpoint yet: one record per commit");
+            assert!(tree_values(&store, &fqfn).is_empty());
+            assert_several_commits(&store, &fqfn);
+        }
+        let store = open(dir.path());
+        assert_eq!(log_records(&store), 0, "opening applies the log");
+        assert_eq!(tree_values(&store, &fqfn).len(), 2);
+        assert_several_commits(&store, &fqfn);
+    }
+
+    #[test]
+    fn a_checkpoint_moves_the_newest_values_into_the_tree_and_empties_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        let store = open(dir.path());
+        let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+        for round in 0..state::CHECKPOINT_RECORDS - 1 {
+            commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(format!("v{round}").into_bytes()))]);
+        }
+        assert_eq!(log_records(&store), state::CHECKPOINT_RECORDS - 1);
+        commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
+        assert_eq!(log_records(&store), 0);
+        let tree = tree_values(&store, &fqfn);
+        assert_eq!(tree.keys().collect::<Vec<_>>(), ["k", "n"]);
+        assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
+        // Values read after the checkpoint come from the tree, and later commits still build on them.
+        commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1))]);
+        drop((subscription, store));
+        let store = open(dir.path());
+        assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(8)));
+        assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
+    }
+
+    #[test]
+    fn records_applied_again_over_a_checkpointed_tree_leave_the_same_state() {
+        // A crash between a checkpoint's tree writes and its removal of the records leaves both.
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        {
+            let store = open(dir.path());
+            let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+            several_commits(subscription.as_ref(), &fqfn);
+            let records: Vec<_> = store.inner.state_log.iter().map(|entry| entry.unwrap()).collect();
+            store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
+            assert_eq!(log_records(&store), 0);
+            for (key, record) in records {
+                store.inner.state_log.insert(key, record).unwrap();
+            }
+            store.inner.db.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_several_commits(&store, &fqfn);
+    }
+
+    #[test]
+    fn deleting_a_table_removes_its_records_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (deleted, kept) = (Fqfn::parse("t/ns/f").unwrap(), Fqfn::parse("t/ns/f2").unwrap());
+        {
+            let store = open(dir.path());
+            let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+            several_commits(subscription.as_ref(), &deleted);
+            several_commits(subscription.as_ref(), &kept);
+            store.delete_table(&deleted).unwrap();
+            assert_eq!(value(&store, &deleted, "b"), None);
+        }
+        let store = open(dir.path());
+        assert_eq!(value(&store, &deleted, "b"), None);
+        assert_eq!(value(&store, &deleted, "n"), None);
+        assert_several_commits(&store, &kept);
+    }
+
+    #[test]
+    fn a_state_put_outside_commits_is_ordered_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        {
+            let store = open(dir.path());
+            let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+            commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1))]);
+            let put = store.put(&fqfn, "n", StateValue::Counter(10)).unwrap();
+            assert_eq!(put.value, StateValue::Counter(10));
+            commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(5))]);
+            assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(15)));
+        }
+        assert_eq!(value(&open(dir.path()), &fqfn, "n"), Some(StateValue::Counter(15)));
     }
 }
