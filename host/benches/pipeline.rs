@@ -3,17 +3,18 @@
 //! logic as a native Rust function in the host, with raw sled appends and reads as the storage
 //! ceiling, all in one run.
 //!
-//! A second part compares languages: the same session logic as a Rust, Python and JavaScript
-//! guest on the same pipeline, each beside its logic run natively (Rust in the host, CPython,
-//! node), with first deployment (build and compile), restart from the compiled cache and
-//! instance start per language.
+//! Further parts: produce-to-output latency at a fixed rate and at saturation (`latency`); how
+//! throughput grows with message size and state size (`sizes`); the same session logic as a Rust,
+//! Python and JavaScript guest, each beside its logic run natively (Rust in the host, CPython,
+//! node), with first deployment (build and compile), restart from the compiled cache and instance
+//! start per language (`languages`); idle instances in one worker (`density`).
 //!
-//! Run it with `scripts/bench` (which builds the guest first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|guarantees|languages]`.
+//! Run it with `scripts/bench` (which builds the guests first), or:
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|guarantees|latency|sizes|languages|density]`.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
@@ -43,13 +44,19 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "guarantees", "languages", "density"].contains(&part) {
-        anyhow::bail!("unknown part `{part}`: give all, guarantees, languages or density");
+    if !["all", "guarantees", "latency", "sizes", "languages", "density"].contains(&part) {
+        anyhow::bail!("unknown part `{part}`: give all, guarantees, latency, sizes, languages or density");
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
     let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
     if part == "all" || part == "guarantees" {
         guarantees(Path::new(wasm), &exclamation, messages)?;
+    }
+    if part == "all" || part == "latency" {
+        latency(Path::new(wasm), messages.min(LATENCY_MESSAGES))?;
+    }
+    if part == "all" || part == "sizes" {
+        sizes(Path::new(wasm), &exclamation, messages, SIZE_RUN_BYTES, &STATE_KEYS)?;
     }
     if part == "all" || part == "languages" {
         languages(Path::new(wasm), messages.min(LANGUAGE_MESSAGES))?;
@@ -62,6 +69,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Events per pipeline in the quick mode.
 const QUICK_MESSAGES: usize = 2_000;
+/// Bytes of messages in each of the quick mode's message-size runs.
+const QUICK_SIZE_RUN_BYTES: usize = 16 << 20;
 /// Idle instances in the quick mode's density part.
 const QUICK_INSTANCES: usize = 100;
 
@@ -72,6 +81,8 @@ fn quick() -> anyhow::Result<()> {
     let guests = build_guests()?;
     let wasm = guests.join("session_duration.wasm");
     guarantees(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES)?;
+    latency(&wasm, QUICK_MESSAGES)?;
+    sizes(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES, QUICK_SIZE_RUN_BYTES, &STATE_KEYS[..1])?;
     languages(&wasm, QUICK_MESSAGES)?;
     density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])
 }
@@ -316,6 +327,209 @@ fn stateless(wasm: &Path, messages: usize, scratch: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Most events of the latency part: it runs at a fixed rate, so its time grows with them.
+const LATENCY_MESSAGES: usize = 200_000;
+/// The fixed input rate of the latency part, in messages per second.
+const LATENCY_RATE: f64 = 10_000.0;
+/// The share of the saturated throughput at which the latency part also runs.
+const LATENCY_LOAD: f64 = 0.8;
+/// How long the latency part waits for an output before it gives up on the run.
+const OUTPUT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Produce-to-output latency of the session function, native and guest, under ATLEAST_ONCE with
+/// one instance: at `LATENCY_RATE`, saturated (the producer appends as fast as it can, so later
+/// messages wait behind the backlog), and at `LATENCY_LOAD` of the rate reached saturated.
+fn latency(wasm: &Path, messages: usize) -> anyhow::Result<()> {
+    // Fewer users than events, so that half the events are logouts, which write the outputs timed.
+    let users = USERS.min(messages / 2).max(1);
+    let events = session_events_of(users, messages);
+    let sessions = Workload::sessions_of(users, &events);
+    let scratch = tempfile::tempdir()?;
+    println!();
+    println!(
+        "| produce to output ({messages} session events, ATLEAST_ONCE) | input msg/s | output msg/s | p50 ms | p99 ms | p999 ms | max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, code) in [("native Rust function", Code::Native), ("Rust guest", Code::Wasm(wasm))] {
+        let run = |label: &str, rate: Option<f64>| {
+            latency_run(&scratch.path().join(format!("{name} {label}")), &sessions, code, rate)
+        };
+        let fixed = run("fixed", Some(LATENCY_RATE))?;
+        let saturated = run("saturated", None)?;
+        anyhow::ensure!(saturated.output_rate > 0.0, "the saturated run of the {name} wrote no outputs");
+        let loaded = run("loaded", Some(saturated.output_rate * LATENCY_LOAD))?;
+        for (label, latencies) in [
+            (format!("{LATENCY_RATE:.0} msg/s"), fixed),
+            ("saturated".to_owned(), saturated),
+            (format!("{:.0}% of saturated", LATENCY_LOAD * 100.0), loaded),
+        ] {
+            println!(
+                "| {name}, {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                latencies.input_rate,
+                latencies.output_rate,
+                latencies.percentile(0.5),
+                latencies.percentile(0.99),
+                latencies.percentile(0.999),
+                latencies.percentile(1.0),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one latency run measured.
+struct Latencies {
+    /// Events appended per second while the producer ran.
+    input_rate: f64,
+    /// Events processed per second, from the first append to the last output (events after the
+    /// last event with an output do not count).
+    output_rate: f64,
+    sorted: Vec<Duration>,
+}
+
+impl Latencies {
+    /// The `quantile` (0 to 1) of the latencies, in milliseconds.
+    fn percentile(&self, quantile: f64) -> f64 {
+        let rank = (self.sorted.len() as f64 * quantile).ceil() as usize;
+        self.sorted
+            .get(rank.saturating_sub(1).min(self.sorted.len().saturating_sub(1)))
+            .map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
+    }
+}
+
+/// Appends the workload's events at `rate` messages per second (as fast as appends go if `None`)
+/// in appends of at most `MAX_BATCH_MESSAGES`, while one instance processes them and a consumer
+/// of the output topic notes when each output arrives.
+fn latency_run(dir: &Path, workload: &Workload<'_>, code: Code<'_>, rate: Option<f64>) -> anyhow::Result<Latencies> {
+    let store = EmbeddedStore::open(dir)?;
+    let config = pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)?;
+    let executors = executors(&store, &config, code, workload.native)?;
+    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
+    let events = workload.events;
+    // Nanoseconds from `started` to the append of each event.
+    let appended_at: Vec<AtomicU64> = events.iter().map(|_| AtomicU64::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| instance::run(&store, &config, executors, RunUntil::Stopped, &stop));
+        let receiving = scope.spawn(|| -> anyhow::Result<(Vec<Duration>, Duration)> {
+            let mut latencies = Vec::with_capacity(workload.outputs());
+            let mut last_output = Instant::now();
+            while latencies.len() < workload.outputs() {
+                let received = outputs.fetch(MAX_BATCH_MESSAGES, Duration::from_millis(100))?.len();
+                let now = started.elapsed();
+                for source in &workload.output_sources[latencies.len()..latencies.len() + received] {
+                    latencies.push(
+                        now.saturating_sub(Duration::from_nanos(appended_at[*source].load(AtomicOrdering::Acquire))),
+                    );
+                }
+                if received > 0 {
+                    last_output = Instant::now();
+                }
+                anyhow::ensure!(
+                    last_output.elapsed() < OUTPUT_PATIENCE,
+                    "no output for {OUTPUT_PATIENCE:?} after {} of {}",
+                    latencies.len(),
+                    workload.outputs()
+                );
+            }
+            Ok((latencies, started.elapsed()))
+        });
+        let producing = (|| -> anyhow::Result<Duration> {
+            let mut sent = 0;
+            while sent < events.len() {
+                let due = rate.map_or(events.len(), |rate| (started.elapsed().as_secs_f64() * rate) as usize + 1);
+                if due <= sent {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                let end = due.min(events.len()).min(sent + MAX_BATCH_MESSAGES);
+                let chunk = events[sent..end].to_vec();
+                let now = started.elapsed().as_nanos() as u64;
+                for slot in &appended_at[sent..end] {
+                    slot.store(now, AtomicOrdering::Release);
+                }
+                store.produce(&input(), chunk)?;
+                sent = end;
+            }
+            Ok(started.elapsed())
+        })();
+        let received = receiving.join().expect("the output consumer panicked");
+        stop.store(true, AtomicOrdering::Release);
+        running.join().expect("the instance panicked")?;
+        let producing = producing?;
+        let (mut sorted, finished) = received?;
+        sorted.sort_unstable();
+        Ok(Latencies {
+            input_rate: events.len() as f64 / producing.as_secs_f64(),
+            output_rate: workload.output_sources.last().map_or(0, |last| last + 1) as f64 / finished.as_secs_f64(),
+            sorted,
+        })
+    })
+}
+
+/// Message sizes of the sizes part, in bytes.
+const MESSAGE_SIZES: [usize; 3] = [100, 1024, 64 * 1024];
+/// Most bytes of messages in one message-size run: bounds the memory of the 64 KiB run.
+const SIZE_RUN_BYTES: usize = 512 << 20;
+/// Users of the sizes part's state runs: about this many keys are live in the function's state.
+const STATE_KEYS: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
+
+/// How cost grows with work: the exclamation function on messages of each of `MESSAGE_SIZES`
+/// (at most `run_bytes` of them per run) beside raw appends, and the session function with each
+/// of `keys` users (at least two events per user, so that every user logs in and out).
+fn sizes(session: &Path, exclamation: &Path, messages: usize, run_bytes: usize, keys: &[usize]) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let at_least_once = (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1);
+    println!();
+    println!(
+        "| exclamation, message size | messages | raw append MB/s | native msg/s | guest msg/s | guest MB/s | guest time vs native |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for size in MESSAGE_SIZES {
+        let count = messages.min(run_bytes / size).max(1);
+        let events: Vec<OutMessage> = (0..count)
+            .map(|i| {
+                let mut value = format!("word {i} ").into_bytes();
+                value.resize(size, b'.');
+                OutMessage::new(value)
+            })
+            .collect();
+        let words = Workload::words(&events);
+        let dir = |name: &str| scratch.path().join(format!("{name}-{size}"));
+        let (append, _) = raw_storage(&dir("raw"), &events)?;
+        let native = pipeline(&dir("native"), &words, Code::Native, at_least_once)?;
+        let guest = pipeline(&dir("guest"), &words, Code::Wasm(exclamation), at_least_once)?;
+        let megabytes = (count * size) as f64 / 1e6;
+        println!(
+            "| {size} B | {count} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} |",
+            megabytes / append.as_secs_f64(),
+            count as f64 / native.as_secs_f64(),
+            count as f64 / guest.as_secs_f64(),
+            megabytes / guest.as_secs_f64(),
+            guest.as_secs_f64() / native.as_secs_f64(),
+        );
+    }
+    println!();
+    println!("| session-duration, live state keys | messages | native msg/s | guest msg/s | guest time vs native |");
+    println!("|---|---|---|---|---|");
+    for &users in keys {
+        let count = messages.max(2 * users);
+        let events = session_events_of(users, count);
+        let sessions = Workload::sessions_of(users, &events);
+        let native = pipeline(&scratch.path().join(format!("native-{users}")), &sessions, Code::Native, at_least_once)?;
+        let guest =
+            pipeline(&scratch.path().join(format!("guest-{users}")), &sessions, Code::Wasm(session), at_least_once)?;
+        println!(
+            "| {users} | {count} | {:.0} | {:.0} | {:.2} |",
+            count as f64 / native.as_secs_f64(),
+            count as f64 / guest.as_secs_f64(),
+            guest.as_secs_f64() / native.as_secs_f64(),
+        );
+    }
+    Ok(())
+}
+
 /// One language's guest, built from its source as `fnhost localrun --py` or `--js` would.
 struct Language {
     name: &'static str,
@@ -468,10 +682,15 @@ fn native_script(
 
 /// Logins and logouts for `USERS` users, alternating per user, as the seed's JSON.
 fn session_events(count: usize) -> Vec<OutMessage> {
+    session_events_of(USERS, count)
+}
+
+/// `count` session events of `users` users, in rounds: every user logs in, then every user logs out.
+fn session_events_of(users: usize, count: usize) -> Vec<OutMessage> {
     (0..count)
         .map(|i| {
-            let user = i % USERS;
-            let round = i / USERS;
+            let user = i % users;
+            let round = i / users;
             let event = if round.is_multiple_of(2) { "login" } else { "logout" };
             let timestamp = 1_678_886_400 + round as u64 * 10;
             let value = format!(r#"{{"user_id": "user{user}", "event_type": "{event}", "timestamp": {timestamp}}}"#);
@@ -482,6 +701,10 @@ fn session_events(count: usize) -> Vec<OutMessage> {
 
 fn input() -> TopicName {
     TopicName::parse("input-topic").expect("a valid topic")
+}
+
+fn output() -> TopicName {
+    TopicName::parse("outputs").expect("a valid topic")
 }
 
 fn produce(store: &EmbeddedStore, events: &[OutMessage]) -> anyhow::Result<Duration> {
@@ -504,6 +727,7 @@ fn raw_storage(dir: &Path, events: &[OutMessage]) -> anyhow::Result<(Duration, D
     Ok((append, started.elapsed()))
 }
 
+#[derive(Clone, Copy)]
 enum Code<'a> {
     Native,
     Wasm(&'a Path),
@@ -512,49 +736,65 @@ enum Code<'a> {
 /// A function's logic run natively in the host.
 type NativeFunction = fn(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String>;
 
-/// What a pipeline run pushes through, the same logic natively, and the outputs it must write.
+/// What a pipeline run pushes through, the same logic natively, and which events write an output.
 struct Workload<'a> {
     events: &'a [OutMessage],
     native: NativeFunction,
-    outputs: usize,
+    /// The index of the event behind each output, in output order (one instance keeps input order).
+    output_sources: Vec<usize>,
 }
 
 impl<'a> Workload<'a> {
     /// The seed's session events: every logout (every other round of users) ends a session, unless
     /// a user's events were processed out of order.
     fn sessions(events: &'a [OutMessage]) -> Self {
-        let outputs = (0..events.len()).filter(|i| (i / USERS) % 2 == 1).count();
-        Self { events, native: native_session_duration, outputs }
+        Self::sessions_of(USERS, events)
+    }
+
+    /// [`Workload::sessions`] of [`session_events_of`] with `users` users.
+    fn sessions_of(users: usize, events: &'a [OutMessage]) -> Self {
+        let output_sources = (0..events.len()).filter(|i| (i / users) % 2 == 1).collect();
+        Self { events, native: native_session_duration, output_sources }
     }
 
     /// Words for the stateless exclamation function: an output for each.
     fn words(events: &'a [OutMessage]) -> Self {
-        Self { events, native: native_exclamation, outputs: events.len() }
+        Self { events, native: native_exclamation, output_sources: (0..events.len()).collect() }
+    }
+
+    fn outputs(&self) -> usize {
+        self.output_sources.len()
     }
 }
 
-fn pipeline(
-    dir: &Path,
-    workload: &Workload<'_>,
-    code: Code<'_>,
-    (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
-) -> anyhow::Result<Duration> {
-    let events = workload.events;
-    let store = EmbeddedStore::open(dir)?;
-    produce(&store, events)?;
+/// The function's settings in every pipeline run: as `localrun` gives them, one output topic.
+fn pipeline_config(
+    guarantee: ProcessingGuarantee,
+    ordering: Ordering,
+    parallelism: u32,
+) -> anyhow::Result<FunctionConfig> {
     let fqfn = Fqfn::parse("public/default/session-duration")?;
-    let limits = InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) };
-    let config = FunctionConfig {
-        output: Some(TopicName::parse("outputs")?),
-        limits,
+    Ok(FunctionConfig {
+        output: Some(output()),
+        limits: InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) },
         // Production setting: the function's info lines are filtered in the host, so the
         // benchmark measures processing, not the terminal.
         log_level: LogLevel::Warn,
         guarantee,
         ordering,
         parallelism,
-        ..FunctionConfig::new(fqfn.clone(), vec![input()])
-    };
+        ..FunctionConfig::new(fqfn, vec![input()])
+    })
+}
+
+/// One executor per instance of `config`, running `code` (or `native` for [`Code::Native`]).
+fn executors(
+    store: &EmbeddedStore,
+    config: &FunctionConfig,
+    code: Code<'_>,
+    native: NativeFunction,
+) -> anyhow::Result<Vec<Box<dyn Executor>>> {
+    let parallelism = config.parallelism;
     let logs = LogSink::default();
     let mut executors: Vec<Box<dyn Executor>> = Vec::new();
     let prepared = match code {
@@ -566,15 +806,29 @@ fn pipeline(
         }
     };
     for instance_id in 0..parallelism {
-        let context = MessageContext::new(&config, instance_id, store.table(&fqfn)?, logs.clone());
+        let context = MessageContext::new(config, instance_id, store.table(&config.fqfn)?, logs.clone());
         executors.push(match &prepared {
-            None => Box::new(NativeExecutor::new(workload.native, context)),
+            None => Box::new(NativeExecutor::new(native, context)),
             Some((function, digest)) => {
                 let details = Arc::new(config.details(digest, instance_id, parallelism));
-                Box::new(WasmExecutor::start(function.clone(), details, limits, context)?)
+                Box::new(WasmExecutor::start(function.clone(), details, config.limits, context)?)
             }
         });
     }
+    Ok(executors)
+}
+
+fn pipeline(
+    dir: &Path,
+    workload: &Workload<'_>,
+    code: Code<'_>,
+    (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
+) -> anyhow::Result<Duration> {
+    let events = workload.events;
+    let store = EmbeddedStore::open(dir)?;
+    produce(&store, events)?;
+    let config = pipeline_config(guarantee, ordering, parallelism)?;
+    let executors = executors(&store, &config, code, workload.native)?;
     let started = Instant::now();
     let stats = instance::run(&store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
     let elapsed = started.elapsed();
@@ -585,8 +839,7 @@ fn pipeline(
         events.len(),
         stats.iter().find_map(|instance| instance.last_exception().map(|exception| exception.exception_string.clone()))
     );
-    let outputs =
-        store.subscribe(SubscriptionSpec::single(vec![TopicName::parse("outputs")?], None, Position::Earliest))?;
+    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
     let mut written = 0;
     loop {
         let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
@@ -595,7 +848,7 @@ fn pipeline(
         }
         written += read;
     }
-    let expected = workload.outputs;
+    let expected = workload.outputs();
     anyhow::ensure!(written == expected, "{guarantee:?} {ordering:?} x{parallelism}: {written} outputs of {expected}");
     Ok(elapsed)
 }
