@@ -159,14 +159,7 @@ impl FunctionTable {
             (snapshot, last)
         };
         let written = (|| {
-            let mut batch = sled::Batch::default();
-            for (key, _, value) in &snapshot {
-                match value {
-                    Some(value) => batch.insert(key.as_bytes(), encode_state(value)),
-                    None => batch.remove(key.as_bytes()),
-                }
-            }
-            self.tree.apply_batch(batch)?;
+            self.tree.apply_batch(tree_batch(snapshot.iter().map(|(key, _, value)| (key, value))))?;
             // The values must be durable before the records that carry them are removed.
             db.flush()?;
             let mut removals = sled::Batch::default();
@@ -244,18 +237,24 @@ pub(super) fn replay(db: &sled::Db, log: &sled::Tree) -> Result<(), String> {
         let (record, _): (Record, _) = bincode::decode_from_slice(&bytes, bincode_config())
             .map_err(|error| format!("a state log record of {name} cannot be decoded: {error}"))?;
         let tree = db.open_tree(format!("{STATE_TREE_PREFIX}{name}")).map_err(|error| error.to_string())?;
-        let mut batch = sled::Batch::default();
-        for (key, value) in record {
-            match value {
-                Some(value) => batch.insert(key.as_bytes(), encode_state(&value)),
-                None => batch.remove(key.as_bytes()),
-            }
-        }
-        tree.apply_batch(batch).map_err(|error| error.to_string())?;
+        tree.apply_batch(tree_batch(record.iter().map(|(key, value)| (key, value))))
+            .map_err(|error| error.to_string())?;
     }
     db.flush().map_err(|error| error.to_string())?;
     log.clear().map_err(|error| error.to_string())?;
     db.flush().map(drop).map_err(|error| error.to_string())
+}
+
+/// The writes that leave a function's tree holding `values` (`None`: absent).
+fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, &'a Option<Versioned>)>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in values {
+        match value {
+            Some(value) => batch.insert(key.as_bytes(), encode_state(value)),
+            None => batch.remove(key.as_bytes()),
+        }
+    }
+    batch
 }
 
 fn log_prefix(fqfn: &Fqfn) -> Vec<u8> {
