@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Stdout, Write};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::thread::ScopedJoinHandle;
@@ -32,7 +33,7 @@ use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, HostContext, Identity, Instance, InstanceLimits, LogLevel,
     PreparedFunction, ProcessError,
 };
-use crate::state::{Change, StateChanges, StateError, StateTable, StateValue};
+use crate::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
 
 /// How long an idle loop waits for new messages before looking at its stop flag again. A stop
 /// through [`RunningInstance`] wakes the fetch at once; a long wait keeps thousands of idle
@@ -254,7 +255,7 @@ pub struct MessageContext {
     message_state: StateChanges,
     /// The values of the keys the batch being committed changed, as that batch left them: read
     /// before the store, which may not have them yet.
-    in_flight: HashMap<String, Option<StateValue>>,
+    in_flight: KeyMap<Option<StateValue>>,
     batch_outputs: Vec<(TopicName, OutMessage)>,
     message_outputs: Vec<(TopicName, OutMessage)>,
     publishes: usize,
@@ -267,18 +268,14 @@ pub struct MessageContext {
     metrics: BTreeMap<String, (u64, f64)>,
     host_failure: Option<String>,
     output: Option<TopicName>,
-    /// The messages of the batch the function is processing, in order.
-    batch: Vec<Origin>,
+    /// The fetched batch the function is processing a call of; shared rather than copied, since
+    /// an output needs its message's topic, id and key.
+    batch: Arc<[GuestMessage]>,
+    /// The messages of `batch` in the current call, in order.
+    call: Range<usize>,
     /// How each message of the batch the function finished went, in order.
     outcomes: Vec<Outcome>,
     message_started: Instant,
-}
-
-/// What a message's output needs to know of the message.
-struct Origin {
-    topic: String,
-    message_id: String,
-    key: Option<String>,
 }
 
 /// How one try of a message went, and how long it took.
@@ -299,7 +296,7 @@ impl MessageContext {
             state,
             batch_state: StateChanges::default(),
             message_state: StateChanges::default(),
-            in_flight: HashMap::new(),
+            in_flight: KeyMap::default(),
             batch_outputs: Vec::new(),
             message_outputs: Vec::new(),
             publishes: 0,
@@ -311,22 +308,20 @@ impl MessageContext {
             metrics: BTreeMap::new(),
             host_failure: None,
             output: config.output.clone(),
-            batch: Vec::new(),
+            batch: Arc::new([]),
+            call: 0..0,
             outcomes: Vec::new(),
             message_started: Instant::now(),
         }
     }
 
-    /// Starts a batch: the function finishes `messages` in order through [`MessageContext::end_message`].
-    fn begin_batch(&mut self, messages: &[GuestMessage]) {
-        self.batch = messages
-            .iter()
-            .map(|message| Origin {
-                topic: message.topic.clone(),
-                message_id: message.message_id.clone(),
-                key: message.key.clone(),
-            })
-            .collect();
+    /// Starts a call: the function finishes the messages of `batch` in `call`, in order, through
+    /// [`MessageContext::end_message`].
+    fn begin_call(&mut self, batch: &Arc<[GuestMessage]>, call: Range<usize>) {
+        if !Arc::ptr_eq(&self.batch, batch) {
+            self.batch = batch.clone();
+        }
+        self.call = call;
         self.outcomes.clear();
         self.begin_message();
     }
@@ -344,7 +339,10 @@ impl MessageContext {
     /// join the batch, on failure they are dropped. Returns whether the function should go on:
     /// after a failure it stops, so that the message is tried again before the ones after it.
     fn end_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool {
-        let Some(origin) = self.batch.get(self.outcomes.len()) else { return false };
+        if self.outcomes.len() >= self.call.len() {
+            return false;
+        }
+        let origin = &self.batch[self.call.start + self.outcomes.len()];
         let result = match (result, self.host_failure.take()) {
             (_, Some(failure)) => Err(ProcessError::System(failure)),
             (Ok(Some(value)), None) => match &self.output {
@@ -375,14 +373,13 @@ impl MessageContext {
         let go_on = result.is_ok();
         self.outcomes.push(Outcome { result, elapsed: self.message_started.elapsed() });
         self.begin_message();
-        go_on && self.outcomes.len() < self.batch.len()
+        go_on && self.outcomes.len() < self.call.len()
     }
 
     /// Moves the current message's effects into the batch, with its output if it has one;
     /// returns whether the function acknowledged the message.
     fn keep_message(&mut self, output: Option<(TopicName, OutMessage)>) -> bool {
-        let changes = std::mem::take(&mut self.message_state);
-        self.batch_state.absorb(changes);
+        self.batch_state.absorb(&mut self.message_state);
         self.batch_outputs.append(&mut self.message_outputs);
         self.batch_outputs.extend(output);
         self.acked
@@ -666,9 +663,9 @@ pub fn check_message(message: &OutMessage) -> Result<(), String> {
 
 /// Something that processes messages with a [`MessageContext`]: a wasm instance or a native function.
 pub trait Executor: Send {
-    /// Processes `messages` in order, stopping after the first that fails; returns how each
-    /// message it reached went (at least one).
-    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome>;
+    /// Processes the messages of `batch` in `call`, in order, stopping after the first that
+    /// fails; returns how each message it reached went (at least one).
+    fn process_batch(&mut self, batch: &Arc<[GuestMessage]>, call: Range<usize>) -> Vec<Outcome>;
     /// The context the executor's effects are gathered in.
     fn context(&mut self) -> &mut MessageContext;
     /// How many times the executor was restarted after a system exception.
@@ -718,13 +715,13 @@ impl WasmExecutor {
 }
 
 impl Executor for WasmExecutor {
-    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
+    fn process_batch(&mut self, batch: &Arc<[GuestMessage]>, call: Range<usize>) -> Vec<Outcome> {
         if self.instance.is_none() {
             self.replace_instance();
         }
-        self.context().begin_batch(messages);
+        self.context().begin_call(batch, call.clone());
         let failure = match self.instance.as_mut() {
-            Some(instance) => instance.process_batch(messages).err(),
+            Some(instance) => instance.process_batch(&batch[call]).err(),
             None => Some(ProcessError::System("the instance could not be restarted".into())),
         };
         if let Some(error) = failure {
@@ -770,9 +767,9 @@ impl<F> Executor for NativeExecutor<F>
 where
     F: FnMut(&GuestMessage, &mut MessageContext) -> Result<Option<Vec<u8>>, String> + Send,
 {
-    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
-        self.context.begin_batch(messages);
-        for message in messages {
+    fn process_batch(&mut self, batch: &Arc<[GuestMessage]>, call: Range<usize>) -> Vec<Outcome> {
+        self.context.begin_call(batch, call.clone());
+        for message in &batch[call] {
             let result = (self.function)(message, &mut self.context).map_err(ProcessError::User);
             if !self.context.end_message(result) {
                 break;
@@ -1092,10 +1089,11 @@ fn process_messages(
     // The function gets the messages in calls of up to MESSAGES_PER_CALL and stops at the first
     // failure, which is tried again on its own before the messages after it: each key's messages
     // keep their order.
+    let guests: Arc<[GuestMessage]> = guests.into();
     let mut next = 0;
     while next < guests.len() {
         let call = next..guests.len().min(next + MESSAGES_PER_CALL);
-        for outcome in executor.process_batch(&guests[call]) {
+        for outcome in executor.process_batch(&guests, call) {
             let (topic, sequence) = &positions[next];
             let guest = &guests[next];
             next += 1;
@@ -1121,7 +1119,7 @@ fn process_messages(
                 let context = executor.context();
                 if attempt < tries {
                     context.write_log(LogLevel::Warn, format!("{text}; trying again"));
-                    outcome = executor.process_batch(std::slice::from_ref(guest)).pop().unwrap_or_else(|| Outcome {
+                    outcome = executor.process_batch(&guests, next - 1..next).pop().unwrap_or_else(|| Outcome {
                         result: Err(ProcessError::System("the message was not processed".into())),
                         elapsed: Duration::ZERO,
                     });

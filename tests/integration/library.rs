@@ -1,5 +1,6 @@
 //! The library, driven directly: a guest through `instance::run` over several pipelined batches.
 
+use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,9 +123,9 @@ struct CallSizes {
 }
 
 impl Executor for CallSizes {
-    fn process_batch(&mut self, messages: &[GuestMessage]) -> Vec<Outcome> {
-        self.sizes.lock().unwrap().push(messages.len());
-        self.inner.process_batch(messages)
+    fn process_batch(&mut self, batch: &Arc<[GuestMessage]>, call: Range<usize>) -> Vec<Outcome> {
+        self.sizes.lock().unwrap().push(call.len());
+        self.inner.process_batch(batch, call)
     }
 
     fn context(&mut self) -> &mut MessageContext {

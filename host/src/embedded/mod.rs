@@ -35,9 +35,12 @@ mod state;
 use state::{EmbeddedTable, FunctionTable, STATE_LOG_TREE};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
-/// A segment (one sled value holding consecutive messages) is closed once it holds this many bytes
-/// of message values; one sled operation per segment rather than per message is what makes appends fast.
-const SEGMENT_BYTES: usize = 1024 * 1024;
+/// A segment (one sled value holding consecutive messages) is closed once its messages take about
+/// this many bytes; one sled operation per segment rather than per message is what makes appends fast.
+/// Sled writes a page over a quarter of its 512 KiB log segment as a file of its own, created and
+/// synced: segments of 1 MiB made every append and every split of a topic's tree such a file, and
+/// 96 KiB segments raised the session pipeline from about 145,000 to about 200,000 messages per second.
+const SEGMENT_BYTES: usize = 96 * 1024;
 const CURSOR_TREE: &str = "cursors";
 const METADATA_TREE: &str = "metadata";
 /// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
@@ -1113,8 +1116,8 @@ fn segments(first: u64, bodies: &[MessageBody]) -> Vec<(u64, Vec<u8>)> {
     while start < bodies.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < bodies.len() && (end == start || bytes + bodies[end].value.len() <= SEGMENT_BYTES) {
-            bytes += bodies[end].value.len();
+        while end < bodies.len() && (end == start || bytes + encoded_size(&bodies[end]) <= SEGMENT_BYTES) {
+            bytes += encoded_size(&bodies[end]);
             end += 1;
         }
         let segment =
@@ -1123,6 +1126,16 @@ fn segments(first: u64, bodies: &[MessageBody]) -> Vec<(u64, Vec<u8>)> {
         start = end;
     }
     encoded
+}
+
+/// About how many bytes `body` takes in an encoded segment (its varint lengths and numbers aside).
+fn encoded_size(body: &MessageBody) -> usize {
+    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+    body.value.len()
+        + text(&body.key)
+        + text(&body.partition_key)
+        + body.properties.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>()
+        + 32
 }
 
 fn decode_segment(bytes: &[u8]) -> Result<Vec<MessageBody>, String> {

@@ -14,12 +14,11 @@
 //! more, mid-checkpoint), and the log holds every record after that prefix. A record holds final
 //! values, so applying records again in id order is harmless, and that is all recovery does.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{bincode_config, lock};
 use crate::names::Fqfn;
-use crate::state::{StateChanges, StateError, StateTable, StateValue, Versioned};
+use crate::state::{KeyMap, StateChanges, StateError, StateTable, StateValue, Versioned};
 
 pub(super) const STATE_TREE_PREFIX: &str = "state:";
 /// The tree of state log records, keyed by the function's name, a 0 byte and the record's id.
@@ -41,9 +40,9 @@ pub(super) struct FunctionTable {
 #[derive(Default)]
 struct Values {
     /// Values of log records not yet checkpointed, newest per key; never dropped until checkpointed.
-    pending: HashMap<String, Pending>,
+    pending: KeyMap<Pending>,
     /// Values read from the tree (`None`: absent), which no pending value overrides.
-    clean: HashMap<String, Option<Versioned>>,
+    clean: KeyMap<Option<Versioned>>,
     /// Records written since the last checkpoint began.
     records: usize,
     checkpointing: bool,

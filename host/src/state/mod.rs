@@ -4,6 +4,7 @@
 //! [`StateChanges`], which the broker commits atomically with the batch that caused them.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use bincode::{Decode, Encode};
 
@@ -77,17 +78,26 @@ impl Change {
     }
 }
 
+/// A map keyed by state keys, which guests choose: foldhash is several times faster than the
+/// standard SipHash on short keys, and its per-process random seed keeps chosen collisions out.
+pub(crate) type KeyMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
+
 /// Pending changes to one state table, keyed by state key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateChanges(HashMap<String, Change>);
+pub struct StateChanges(KeyMap<Change>);
 
 impl StateChanges {
     /// Records `change` after whatever is already pending for `key`.
     pub fn record(&mut self, key: String, change: Change) {
-        match self.0.remove(&key) {
-            Some(pending) => self.0.insert(key, pending.then(change)),
-            None => self.0.insert(key, change),
-        };
+        match self.0.entry(key) {
+            Entry::Occupied(mut pending) => {
+                let earlier = std::mem::replace(pending.get_mut(), Change::Delete);
+                *pending.get_mut() = earlier.then(change);
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(change);
+            }
+        }
     }
 
     /// The pending change for `key`, if any.
@@ -95,9 +105,9 @@ impl StateChanges {
         self.0.get(key)
     }
 
-    /// Moves every change of `later` after the ones here.
-    pub fn absorb(&mut self, later: StateChanges) {
-        for (key, change) in later.0 {
+    /// Moves every change of `later` after the ones here, leaving `later` empty (with its memory).
+    pub fn absorb(&mut self, later: &mut StateChanges) {
+        for (key, change) in later.0.drain() {
             self.record(key, change);
         }
     }
