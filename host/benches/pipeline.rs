@@ -44,13 +44,16 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "guarantees", "latency", "sizes", "languages", "density"].contains(&part) {
-        anyhow::bail!("unknown part `{part}`: give all, guarantees, latency, sizes, languages or density");
+    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density"].contains(&part) {
+        anyhow::bail!("unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages or density");
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
     let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
+    if part == "throughput" {
+        throughput(Path::new(wasm), messages, ROUNDS)?;
+    }
     if part == "all" || part == "guarantees" {
-        guarantees(Path::new(wasm), &exclamation, messages)?;
+        guarantees(Path::new(wasm), &exclamation, messages, ROUNDS)?;
     }
     if part == "all" || part == "latency" {
         latency(Path::new(wasm), messages.min(LATENCY_MESSAGES))?;
@@ -80,7 +83,8 @@ const QUICK_INSTANCES: usize = 100;
 fn quick() -> anyhow::Result<()> {
     let guests = build_guests()?;
     let wasm = guests.join("session_duration.wasm");
-    guarantees(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES)?;
+    throughput(&wasm, QUICK_MESSAGES, 1)?;
+    guarantees(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES, 1)?;
     latency(&wasm, QUICK_MESSAGES)?;
     sizes(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES, QUICK_SIZE_RUN_BYTES, &STATE_KEYS[..1])?;
     languages(&wasm, QUICK_MESSAGES)?;
@@ -233,7 +237,48 @@ const LANGUAGE_MESSAGES: usize = 100_000;
 /// Instantiations timed per language.
 const INSTANCE_STARTS: usize = 200;
 
-fn guarantees(wasm: &Path, exclamation: &Path, messages: usize) -> anyhow::Result<()> {
+/// How many times the throughput figures run the native function and the guest, alternately:
+/// this virtual machine's speed drifts by a quarter within minutes, so one run of each says little.
+const ROUNDS: usize = 5;
+
+/// The session function natively and as the Rust guest under ATLEAST_ONCE, alternated `rounds`
+/// times on fresh data directories; returns the median time of each.
+fn alternated(wasm: &Path, sessions: &Workload<'_>, scratch: &Path, rounds: usize) -> anyhow::Result<[Duration; 2]> {
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (code, times) in [Code::Native, Code::Wasm(wasm)].into_iter().zip(&mut times) {
+            let dir = scratch.join(format!("alternated-{round}"));
+            times.push(pipeline(&dir, sessions, code, (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1))?);
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    Ok(times.map(|mut times| {
+        times.sort();
+        times[times.len() / 2]
+    }))
+}
+
+/// The first target's figures alone: the session function natively and as the Rust guest, the
+/// median of `rounds` alternated runs each (also the part to run under a profiler).
+fn throughput(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
+    let events = session_events(messages);
+    let scratch = tempfile::tempdir()?;
+    let [native, guest] = alternated(wasm, &Workload::sessions(&events), scratch.path(), rounds)?;
+    let rate = |elapsed: Duration| messages as f64 / elapsed.as_secs_f64();
+    println!(
+        "| {messages} session events, ATLEAST_ONCE, median of {rounds} alternated runs | native msg/s | guest msg/s | guest time vs native |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| session-duration | {:.0} | {:.0} | {:.2} |",
+        rate(native),
+        rate(guest),
+        guest.as_secs_f64() / native.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn guarantees(wasm: &Path, exclamation: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let scratch = tempfile::tempdir()?;
     let sessions = Workload::sessions(&events);
@@ -244,8 +289,7 @@ fn guarantees(wasm: &Path, exclamation: &Path, messages: usize) -> anyhow::Resul
     };
     let (unordered, by_key) = (Ordering::Unordered, Ordering::RetainKey);
     let guest = || Code::Wasm(wasm);
-    let native = run("native", Code::Native, ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
-    let at_least_once = run("at-least-once", guest(), ProcessingGuarantee::AtLeastOnce, unordered, 1)?;
+    let [native, at_least_once] = alternated(wasm, &sessions, scratch.path(), rounds)?;
     let others = [
         ("ATMOST_ONCE", run("at-most-once", guest(), ProcessingGuarantee::AtMostOnce, unordered, 1)?),
         ("EFFECTIVELY_ONCE", run("effectively-once", guest(), ProcessingGuarantee::EffectivelyOnce, unordered, 1)?),
@@ -273,12 +317,16 @@ fn guarantees(wasm: &Path, exclamation: &Path, messages: usize) -> anyhow::Resul
     );
     println!("| raw sled read (subscription fetch) | {:.2} | {:.0} | |", read.as_secs_f64(), rate(read));
     println!(
-        "| native Rust function, ATLEAST_ONCE | {:.2} | {:.0} | {:.2} |",
+        "| native Rust function, ATLEAST_ONCE (median of {rounds}) | {:.2} | {:.0} | {:.2} |",
         native.as_secs_f64(),
         rate(native),
         ratio(native)
     );
-    println!("| Rust guest, ATLEAST_ONCE | {:.2} | {:.0} | 1.00 |", at_least_once.as_secs_f64(), rate(at_least_once));
+    println!(
+        "| Rust guest, ATLEAST_ONCE (median of {rounds}) | {:.2} | {:.0} | 1.00 |",
+        at_least_once.as_secs_f64(),
+        rate(at_least_once)
+    );
     for (name, elapsed) in others {
         println!(
             "| Rust guest, {name} | {:.2} | {:.0} | {:.2} |",

@@ -321,8 +321,10 @@ impl MessageContext {
         if !Arc::ptr_eq(&self.batch, batch) {
             self.batch = batch.clone();
         }
-        self.call = call;
         self.outcomes.clear();
+        // The executor takes the outcomes at the end of each call: one allocation instead of a Vec growing message by message.
+        self.outcomes.reserve(call.len());
+        self.call = call;
         self.begin_message();
     }
 
@@ -416,6 +418,7 @@ impl MessageContext {
     /// the next batch reads them while the commit runs. The previous commit must have finished.
     fn take_batch(&mut self, acks: Acks) -> Result<Effects, StateError> {
         self.in_flight.clear();
+        let outputs = self.batch_outputs.len();
         let changes = std::mem::take(&mut self.batch_state);
         for (key, change) in changes.iter() {
             let value = match change {
@@ -426,7 +429,7 @@ impl MessageContext {
         }
         Ok(Effects {
             acks,
-            outputs: std::mem::take(&mut self.batch_outputs),
+            outputs: std::mem::replace(&mut self.batch_outputs, Vec::with_capacity(outputs)),
             state: Some((self.fqfn.clone(), changes)),
         })
     }

@@ -39,7 +39,7 @@ const TOPIC_TREE_PREFIX: &str = "topic:";
 /// this many bytes; one sled operation per segment rather than per message is what makes appends fast.
 /// Sled writes a page over a quarter of its 512 KiB log segment as a file of its own, created and
 /// synced: segments of 1 MiB made every append and every split of a topic's tree such a file, and
-/// 96 KiB segments raised the session pipeline from about 145,000 to about 200,000 messages per second.
+/// 96 KiB segments took the stateless guest pipeline from 234,000 to 382,000 messages per second.
 const SEGMENT_BYTES: usize = 96 * 1024;
 const CURSOR_TREE: &str = "cursors";
 const METADATA_TREE: &str = "metadata";
