@@ -32,7 +32,7 @@ use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 mod state;
 
-use state::{EmbeddedTable, FunctionTable, STATE_LOG_TREE};
+use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_LOG_TREE};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
 /// A segment (one sled value holding consecutive messages) is closed once its messages take about
@@ -85,6 +85,7 @@ struct Inner {
     state_log: sled::Tree,
     /// The state of every function read or written since the store opened.
     state_tables: Mutex<HashMap<Fqfn, Arc<FunctionTable>>>,
+    checkpointer: Checkpointer,
     /// Durable subscriptions with at least one consumer, by name.
     subscriptions: Mutex<HashMap<String, Arc<SharedSubscription>>>,
     /// Bumped whenever a topic is opened for the first time, so that pattern subscriptions look for new topics.
@@ -92,6 +93,12 @@ struct Inner {
     /// Every subscription opened and not yet dropped, durable or not: an append wakes those that
     /// read its topic.
     live: Mutex<Vec<Weak<SharedSubscription>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.checkpointer.close();
+    }
 }
 
 /// Wakes the waiting consumers of one subscription.
@@ -136,6 +143,8 @@ impl EmbeddedStore {
         let metadata = open_tree(METADATA_TREE)?;
         let state_log = open_tree(STATE_LOG_TREE)?;
         state::replay(&db, &state_log).map_err(|reason| OpenError::Other { path: shown.clone(), reason })?;
+        let checkpointer = Checkpointer::start(&db, &state_log)
+            .map_err(|error| OpenError::Other { path: shown.clone(), reason: error.to_string() })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -144,6 +153,7 @@ impl EmbeddedStore {
                 topics: Mutex::new(HashMap::new()),
                 state_log,
                 state_tables: Mutex::new(HashMap::new()),
+                checkpointer,
                 subscriptions: Mutex::new(HashMap::new()),
                 topic_generation: AtomicU64::new(0),
                 live: Mutex::new(Vec::new()),
@@ -238,7 +248,8 @@ impl EmbeddedStore {
         Ok(table)
     }
 
-    /// Checkpoints a function's state once its commits ask for it (see [`state`]).
+    /// Checkpoints a function's state now (see [`state`]); commits queue theirs on the checkpointer.
+    #[cfg(test)]
     fn checkpoint(&self, table: &FunctionTable) -> Result<(), sled::Error> {
         table.checkpoint(&self.inner.db, &self.inner.state_log)
     }
@@ -345,7 +356,7 @@ impl StateStore for EmbeddedStore {
         let (versioned, due) = table.put(&self.inner.db, &self.inner.state_log, key, value)?;
         self.inner.db.flush().map_err(failed)?;
         if due {
-            self.checkpoint(&table).map_err(failed)?;
+            self.inner.checkpointer.request(&table);
         }
         Ok(versioned)
     }
@@ -1057,14 +1068,14 @@ impl Subscription for EmbeddedConsumer {
         let released = shared.apply(updates, &effects.acks);
         drop(commit_guard);
         store.flush()?;
-        if let Some((table, _)) = table.filter(|_| checkpoint_due) {
-            store.checkpoint(&table).map_err(storage)?;
-        }
         if released {
             shared.signal.notify();
         }
         if !by_topic.is_empty() {
             store.notify_appended(by_topic.keys());
+        }
+        if let Some((table, _)) = table.filter(|_| checkpoint_due) {
+            store.inner.checkpointer.request(&table);
         }
         Ok(())
     }
@@ -1514,6 +1525,11 @@ mod tests {
         }
         assert_eq!(log_records(&store), state::CHECKPOINT_RECORDS - 1);
         commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
+        // The checkpoint runs on the checkpointer's thread.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log_records(&store) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(log_records(&store), 0);
         let tree = tree_values(&store, &fqfn);
         assert_eq!(tree.keys().collect::<Vec<_>>(), ["k", "n"]);
@@ -1524,6 +1540,20 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(8)));
         assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
+    }
+
+    #[test]
+    fn a_checkpoint_of_more_keys_than_a_chunk_writes_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let fqfn = Fqfn::parse("t/ns/f").unwrap();
+        let store = open(dir.path());
+        let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+        let keys: Vec<String> = (0..2 * state::CHECKPOINT_CHUNK + 1).map(|i| format!("k{i}")).collect();
+        let changes: Vec<(&str, Change)> = keys.iter().map(|key| (key.as_str(), Change::Add(1))).collect();
+        commit_state(subscription.as_ref(), &fqfn, &changes);
+        store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
+        assert_eq!(log_records(&store), 0);
+        assert_eq!(tree_values(&store, &fqfn).len(), keys.len());
     }
 
     #[test]
