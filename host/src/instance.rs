@@ -322,10 +322,16 @@ impl MessageContext {
             self.batch = batch.clone();
         }
         self.outcomes.clear();
-        // The executor takes the outcomes at the end of each call: one allocation instead of a Vec growing message by message.
+        // The executor takes the outcomes after each call: one allocation, not a Vec growing per message.
         self.outcomes.reserve(call.len());
         self.call = call;
         self.begin_message();
+    }
+
+    /// Lets go of the batch's messages once every call is over, so an idle instance does not hold them.
+    fn end_batch(&mut self) {
+        self.batch = Arc::new([]);
+        self.call = 0..0;
     }
 
     fn begin_message(&mut self) {
@@ -1033,6 +1039,7 @@ fn process_batch(
     let restarts_before = executor.restarts();
     let mut stats = Stats::default();
     let acks = process_messages(messages, config, executor, &mut stats);
+    executor.context().end_batch();
     stats.restarts = executor.restarts() - restarts_before;
     stats.last_invocation = Some(crate::embedded::now_millis());
     stats.user_metrics = std::mem::take(&mut executor.context().metrics);
