@@ -3,6 +3,7 @@
 //! logic as a native Rust function in the host, with raw sled appends and reads as the storage
 //! ceiling, all in one run.
 //!
+//! `throughput` runs only the native and guest session pipelines, alternated, and reports medians.
 //! Further parts: produce-to-output latency at a fixed rate and at saturation (`latency`); how
 //! throughput grows with message size and state size (`sizes`); the same session logic as a Rust,
 //! Python and JavaScript guest, each beside its logic run natively (Rust in the host, CPython,
@@ -10,7 +11,7 @@
 //! start per language (`languages`); idle instances in one worker (`density`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|guarantees|latency|sizes|languages|density]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density]`.
 
 use std::path::Path;
 use std::sync::Arc;
