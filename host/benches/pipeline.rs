@@ -34,7 +34,9 @@ use fnhost::worker::{Worker, WorkerConfig};
 
 const USERS: usize = 10_000;
 
-// No global allocator: the system's, as in the `fnhost` binary, so the figures are the binary's.
+// The `fnhost` binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();

@@ -253,11 +253,13 @@ pub struct MessageContext {
     state: Box<dyn StateTable>,
     batch_state: StateChanges,
     message_state: StateChanges,
-    /// The values of the keys the batch being committed changed, as that batch left them: read
-    /// before the store, which may not have them yet.
-    in_flight: KeyMap<Option<StateValue>>,
-    batch_outputs: Vec<(TopicName, OutMessage)>,
-    message_outputs: Vec<(TopicName, OutMessage)>,
+    /// The changes of the batch being committed: read before the store, which may not have them
+    /// yet. Shared with the commit rather than copied.
+    in_flight: Arc<StateChanges>,
+    /// The counters that `in_flight` increments, as that batch leaves them.
+    in_flight_counters: KeyMap<Option<StateValue>>,
+    batch_outputs: Vec<PendingOutput>,
+    message_outputs: Vec<PendingOutput>,
     publishes: usize,
     /// Whether the function acknowledged the current message.
     acked: bool,
@@ -273,6 +275,9 @@ pub struct MessageContext {
     batch: Arc<[GuestMessage]>,
     /// The messages of `batch` in the current call, in order.
     call: Range<usize>,
+    /// What the context is done with, handed to the next commit with the batch's effects, so that
+    /// the processing thread does not spend its time freeing it.
+    retired: Retired,
     /// How each message of the batch the function finished went, in order.
     outcomes: Vec<Outcome>,
     message_started: Instant,
@@ -296,7 +301,8 @@ impl MessageContext {
             state,
             batch_state: StateChanges::default(),
             message_state: StateChanges::default(),
-            in_flight: KeyMap::default(),
+            in_flight: Arc::default(),
+            in_flight_counters: KeyMap::default(),
             batch_outputs: Vec::new(),
             message_outputs: Vec::new(),
             publishes: 0,
@@ -310,6 +316,7 @@ impl MessageContext {
             output: config.output.clone(),
             batch: Arc::new([]),
             call: 0..0,
+            retired: Retired::default(),
             outcomes: Vec::new(),
             message_started: Instant::now(),
         }
@@ -328,9 +335,10 @@ impl MessageContext {
         self.begin_message();
     }
 
-    /// Lets go of the batch's messages once every call is over, so an idle instance does not hold them.
+    /// Lets go of the batch's messages once every call is over, so an idle instance does not hold
+    /// them; the batch's commit frees them.
     fn end_batch(&mut self) {
-        self.batch = Arc::new([]);
+        self.retired._batches.push(std::mem::replace(&mut self.batch, Arc::new([])));
         self.call = 0..0;
     }
 
@@ -350,24 +358,18 @@ impl MessageContext {
         if self.outcomes.len() >= self.call.len() {
             return false;
         }
-        let origin = &self.batch[self.call.start + self.outcomes.len()];
+        let index = self.call.start + self.outcomes.len();
+        let origin = &self.batch[index];
         let result = match (result, self.host_failure.take()) {
             (_, Some(failure)) => Err(ProcessError::System(failure)),
-            (Ok(Some(value)), None) => match &self.output {
-                Some(output) => {
-                    // Pulsar's properties naming the input a result came from; trigger looks for them.
-                    let properties = vec![
-                        (INPUT_TOPIC_PROPERTY.to_owned(), origin.topic.clone()),
-                        (INPUT_MESSAGE_ID_PROPERTY.to_owned(), origin.message_id.clone()),
-                    ];
-                    let message = OutMessage { value, key: origin.key.clone(), properties, event_time: None };
-                    match check_message(&message) {
-                        Ok(()) => Ok(Some((output.clone(), message))),
-                        Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
-                    }
+            (Ok(Some(value)), None) if self.output.is_some() => {
+                let properties = result_properties(origin);
+                match check_parts(value.len(), origin.key.as_deref(), properties.len(), properties) {
+                    Ok(()) => Ok(Some(PendingOutput::Result { value, batch: self.batch.clone(), index })),
+                    Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
                 }
-                None => Ok(None),
-            },
+            }
+            (Ok(Some(_)), None) => Ok(None),
             (Ok(None), None) => Ok(None),
             (Err(error), None) => Err(error),
         };
@@ -386,7 +388,7 @@ impl MessageContext {
 
     /// Moves the current message's effects into the batch, with its output if it has one;
     /// returns whether the function acknowledged the message.
-    fn keep_message(&mut self, output: Option<(TopicName, OutMessage)>) -> bool {
+    fn keep_message(&mut self, output: Option<PendingOutput>) -> bool {
         self.batch_state.absorb(&mut self.message_state);
         self.batch_outputs.append(&mut self.message_outputs);
         self.batch_outputs.extend(output);
@@ -412,7 +414,7 @@ impl MessageContext {
             properties,
             event_time: message.event_time,
         };
-        self.batch_outputs.push((topic.clone(), letter));
+        self.batch_outputs.push(PendingOutput::Ready(topic.clone(), letter));
     }
 
     fn drop_message(&mut self) {
@@ -422,21 +424,26 @@ impl MessageContext {
 
     /// Hands the batch's effects over for commit, remembering the values it leaves behind so that
     /// the next batch reads them while the commit runs. The previous commit must have finished.
-    fn take_batch(&mut self, acks: Acks) -> Result<Effects, StateError> {
-        self.in_flight.clear();
+    fn take_batch(&mut self, acks: Acks) -> Result<PendingBatch, StateError> {
+        self.in_flight_counters.clear();
         let outputs = self.batch_outputs.len();
-        let changes = std::mem::take(&mut self.batch_state);
+        // The next batch likely changes as many keys: its map then grows without rehashing.
+        let keys = self.batch_state.len();
+        let changes = Arc::new(std::mem::replace(&mut self.batch_state, StateChanges::with_capacity(keys)));
         for (key, change) in changes.iter() {
-            let value = match change {
-                Change::Add(_) => change.apply(self.state.get(key)?.map(|versioned| versioned.value)),
-                absolute => absolute.apply(None),
-            };
-            self.in_flight.insert(key.clone(), value);
+            if let Change::Add(_) = change {
+                let counter = change.apply(self.state.get(key)?.map(|versioned| versioned.value));
+                self.in_flight_counters.insert(key.clone(), counter);
+            }
         }
-        Ok(Effects {
+        let committed = std::mem::replace(&mut self.in_flight, changes.clone());
+        self.retired._changes = Some(committed);
+        Ok(PendingBatch {
             acks,
             outputs: std::mem::replace(&mut self.batch_outputs, Vec::with_capacity(outputs)),
+            output_topic: self.output.clone(),
             state: Some((self.fqfn.clone(), changes)),
+            retired: std::mem::take(&mut self.retired),
         })
     }
 
@@ -452,7 +459,8 @@ impl MessageContext {
             Some(change) if !matches!(change, Change::Add(_)) => change.apply(None),
             batch => {
                 let committed = match self.in_flight.get(key) {
-                    Some(value) => value.clone(),
+                    Some(Change::Add(_)) => self.in_flight_counters.get(key).cloned().flatten(),
+                    Some(absolute) => absolute.apply(None),
                     None => match self.state.get(key) {
                         Ok(stored) => stored.map(|versioned| versioned.value),
                         Err(error) => return Err(self.fail_host(error.to_string())),
@@ -500,7 +508,7 @@ impl MessageContext {
                 ("instance".into(), self.instance_id.to_string()),
             ];
             // Log lines are kept even when the message fails: they explain the failure.
-            self.batch_outputs.push((topic.clone(), line));
+            self.batch_outputs.push(PendingOutput::Ready(topic.clone(), line));
         }
     }
 }
@@ -632,7 +640,7 @@ impl HostContext for MessageContext {
         let message = OutMessage { value, key, properties, event_time: None };
         check_message(&message).map_err(ContextError::LimitExceeded)?;
         self.publishes += 1;
-        self.message_outputs.push((topic, message));
+        self.message_outputs.push(PendingOutput::Ready(topic, message));
         Ok(())
     }
 
@@ -644,13 +652,21 @@ impl HostContext for MessageContext {
 
 /// Checks a message against the size limits; the error names the limit.
 pub fn check_message(message: &OutMessage) -> Result<(), String> {
-    if message.value.len() > MAX_MESSAGE_SIZE {
-        return Err(format!(
-            "message value is {} bytes; the limit (MAX_MESSAGE_SIZE) is {MAX_MESSAGE_SIZE}",
-            message.value.len()
-        ));
+    let properties = message.properties.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+    check_parts(message.value.len(), message.key.as_deref(), message.properties.len(), properties)
+}
+
+/// [`check_message`] of a message with a value of `value_len` bytes, `key`, and `count` properties.
+fn check_parts<'a>(
+    value_len: usize,
+    key: Option<&str>,
+    count: usize,
+    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    if value_len > MAX_MESSAGE_SIZE {
+        return Err(format!("message value is {value_len} bytes; the limit (MAX_MESSAGE_SIZE) is {MAX_MESSAGE_SIZE}"));
     }
-    if let Some(key) = &message.key
+    if let Some(key) = key
         && key.len() > MAX_MESSAGE_KEY_LEN
     {
         return Err(format!(
@@ -658,16 +674,69 @@ pub fn check_message(message: &OutMessage) -> Result<(), String> {
             key.len()
         ));
     }
-    if message.properties.len() > MAX_PROPERTIES {
-        return Err(format!(
-            "message has {} properties; the limit (MAX_PROPERTIES) is {MAX_PROPERTIES}",
-            message.properties.len()
-        ));
+    if count > MAX_PROPERTIES {
+        return Err(format!("message has {count} properties; the limit (MAX_PROPERTIES) is {MAX_PROPERTIES}"));
     }
-    if message.properties.iter().any(|(k, v)| k.len() > MAX_PROPERTY_LEN || v.len() > MAX_PROPERTY_LEN) {
+    if properties.into_iter().any(|(name, value)| name.len() > MAX_PROPERTY_LEN || value.len() > MAX_PROPERTY_LEN) {
         return Err(format!("a property name or value is longer than MAX_PROPERTY_LEN ({MAX_PROPERTY_LEN}) bytes"));
     }
     Ok(())
+}
+
+/// Pulsar's properties naming the input a result came from; trigger looks for them.
+fn result_properties(origin: &GuestMessage) -> [(&'static str, &str); 2] {
+    [(INPUT_TOPIC_PROPERTY, &origin.topic), (INPUT_MESSAGE_ID_PROPERTY, &origin.message_id)]
+}
+
+/// An output of a batch, as processing records it.
+enum PendingOutput {
+    /// A message to append as it is: published by the function, a log line or a dead letter.
+    Ready(TopicName, OutMessage),
+    /// The function's result for message `index` of `batch`, for the output topic.
+    Result { value: Vec<u8>, batch: Arc<[GuestMessage]>, index: usize },
+}
+
+/// A batch's effects as processing leaves them.
+///
+/// The processing thread bounds the pipeline while the commit thread has time to spare, so
+/// [`PendingBatch::into_effects`] turns results into output messages on the commit thread, which
+/// also frees the batch's messages.
+pub(crate) struct PendingBatch {
+    acks: Acks,
+    outputs: Vec<PendingOutput>,
+    output_topic: Option<TopicName>,
+    state: Option<(Fqfn, Arc<StateChanges>)>,
+    retired: Retired,
+}
+
+/// Memory a [`MessageContext`] is done with, held only to be freed by a commit thread.
+#[derive(Default)]
+struct Retired {
+    /// Fetched batches whose calls are over.
+    _batches: Vec<Arc<[GuestMessage]>>,
+    /// The changes of a batch whose commit ended.
+    _changes: Option<Arc<StateChanges>>,
+}
+
+impl PendingBatch {
+    fn into_effects(self) -> Effects {
+        let Self { acks, outputs, output_topic, state, retired } = self;
+        let outputs = outputs
+            .into_iter()
+            .filter_map(|output| match output {
+                PendingOutput::Ready(topic, message) => Some((topic, message)),
+                PendingOutput::Result { value, batch, index } => {
+                    let origin = &batch[index];
+                    let properties =
+                        result_properties(origin).map(|(name, value)| (name.to_owned(), value.to_owned())).into();
+                    let message = OutMessage { value, key: origin.key.clone(), properties, event_time: None };
+                    Some((output_topic.clone()?, message))
+                }
+            })
+            .collect();
+        drop(retired);
+        Effects { acks, outputs, state }
+    }
 }
 
 /// Something that processes messages with a [`MessageContext`]: a wasm instance or a native function.
@@ -963,6 +1032,10 @@ fn run_instance(
             // acknowledgements and log lines would wait for nothing.
             let pending = in_flight.is_some() || (at_most_once && executor.context().has_batch());
             let wait = if pending || !wait_for_more { Duration::ZERO } else { IDLE_WAIT };
+            if !wait.is_zero() {
+                // No commit comes to free them while the instance idles.
+                executor.context().retired = Retired::default();
+            }
             let messages = subscription.fetch(config.batch_size, wait)?;
             if messages.is_empty() {
                 if in_flight.is_some() {
@@ -988,7 +1061,8 @@ fn run_instance(
             let acks = process_batch(messages, config, executor, metrics);
             finish(in_flight.take(), config, executor)?;
             let effects = executor.context().take_batch(acks)?;
-            in_flight = Some(InFlight { commit: scope.spawn(move || subscription.commit(effects)), messages: count });
+            let commit = scope.spawn(move || subscription.commit(effects.into_effects()));
+            in_flight = Some(InFlight { commit, messages: count });
         }
         finish(in_flight.take(), config, executor)?;
         if executor.context().has_batch() {
@@ -1007,7 +1081,7 @@ fn commit_now(
     executor: &mut dyn Executor,
 ) -> Result<(), RunError> {
     let effects = executor.context().take_batch(acks)?;
-    let result = subscription.commit(effects);
+    let result = subscription.commit(effects.into_effects());
     executor.context().logs.flush();
     result?;
     tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");

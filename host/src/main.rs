@@ -4,9 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// The system allocator, not mimalloc: mimalloc's per-thread heaps made an idle instance (a
-// thread) cost 280 KiB instead of 46 KiB; mimalloc was faster in the commit path
-// (docs/BENCHMARKS.md, Density).
+// jemalloc: the pipeline frees on its commit thread what it allocated on its processing thread,
+// which glibc's malloc does slowly (the native session pipeline ran 1.7 times as fast), and its
+// per-thread caches stay small (an idle instance, a thread, costs 80 KiB; mimalloc's heaps cost
+// 280 KiB). docs/BENCHMARKS.md has the figures.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -155,8 +155,9 @@ pub struct Effects {
     pub acks: Acks,
     /// Messages to append, in order, each to its topic.
     pub outputs: Vec<(TopicName, OutMessage)>,
-    /// State changes of one function's table.
-    pub state: Option<(Fqfn, StateChanges)>,
+    /// State changes of one function's table (shared with the instance, which reads them until
+    /// the commit has applied them).
+    pub state: Option<(Fqfn, Arc<StateChanges>)>,
 }
 
 impl Effects {

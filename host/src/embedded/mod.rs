@@ -1278,7 +1278,7 @@ mod tests {
             let effects = Effects {
                 acks: Acks::of(&fetched),
                 outputs: vec![(topic("out"), OutMessage::new("y")), (topic("other"), OutMessage::new("z"))],
-                state: Some((fqfn.clone(), changes)),
+                state: Some((fqfn.clone(), changes.into())),
             };
             subscription.commit(effects).unwrap();
         }
@@ -1451,7 +1451,7 @@ mod tests {
         ] {
             let mut changes = StateChanges::default();
             changes.record("c".into(), change.clone());
-            subscription.commit(Effects { state: Some((fqfn.clone(), changes)), ..Effects::default() }).unwrap();
+            subscription.commit(Effects { state: Some((fqfn.clone(), changes.into())), ..Effects::default() }).unwrap();
             assert_eq!(table.get("c").unwrap().map(|v| v.value), expected, "{change:?}");
         }
     }
@@ -1462,7 +1462,7 @@ mod tests {
         for (key, change) in changes {
             state.record((*key).to_owned(), change.clone());
         }
-        subscription.commit(Effects { state: Some((fqfn.clone(), state)), ..Effects::default() }).unwrap();
+        subscription.commit(Effects { state: Some((fqfn.clone(), state.into())), ..Effects::default() }).unwrap();
     }
 
     fn value(store: &EmbeddedStore, fqfn: &Fqfn, key: &str) -> Option<StateValue> {

@@ -100,6 +100,11 @@ impl StateChanges {
         }
     }
 
+    /// No changes, with room for `keys` keys.
+    pub fn with_capacity(keys: usize) -> Self {
+        Self(KeyMap::with_capacity_and_hasher(keys, Default::default()))
+    }
+
     /// The pending change for `key`, if any.
     pub fn get(&self, key: &str) -> Option<&Change> {
         self.0.get(key)
