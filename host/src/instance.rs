@@ -332,7 +332,7 @@ impl MessageContext {
         // The executor takes the outcomes after each call: one allocation, not a Vec growing per message.
         self.outcomes.reserve(call.len());
         self.call = call;
-        self.begin_message();
+        self.begin_message(Instant::now());
     }
 
     /// Lets go of the batch's messages once every call is over, so an idle instance does not hold
@@ -342,19 +342,19 @@ impl MessageContext {
         self.call = 0..0;
     }
 
-    fn begin_message(&mut self) {
+    fn begin_message(&mut self, now: Instant) {
         self.message_state.clear();
         self.message_outputs.clear();
         self.publishes = 0;
         self.acked = false;
         self.host_failure = None;
-        self.message_started = Instant::now();
+        self.message_started = now;
     }
 
     /// Ends the current message of the batch with what the function said: on success its effects
     /// join the batch, on failure they are dropped. Returns whether the function should go on:
     /// after a failure it stops, so that the message is tried again before the ones after it.
-    fn end_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool {
+    fn end_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, now: Instant) -> bool {
         if self.outcomes.len() >= self.call.len() {
             return false;
         }
@@ -381,8 +381,8 @@ impl MessageContext {
             }
         };
         let go_on = result.is_ok();
-        self.outcomes.push(Outcome { result, elapsed: self.message_started.elapsed() });
-        self.begin_message();
+        self.outcomes.push(Outcome { result, elapsed: now.saturating_duration_since(self.message_started) });
+        self.begin_message(now);
         go_on && self.outcomes.len() < self.call.len()
     }
 
@@ -549,8 +549,8 @@ impl HostContext for MessageContext {
         self.log_level
     }
 
-    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool {
-        self.end_message(result)
+    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, finished_at: Instant) -> bool {
+        self.end_message(result, finished_at)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -804,7 +804,7 @@ impl Executor for WasmExecutor {
         };
         if let Some(error) = failure {
             // The failure belongs to the first message the function did not finish.
-            self.context().end_message(Err(error));
+            self.context().end_message(Err(error), Instant::now());
             if self.instance.is_some() {
                 self.replace_instance();
             }
@@ -849,7 +849,7 @@ where
         self.context.begin_call(batch, call.clone());
         for message in &batch[call] {
             let result = (self.function)(message, &mut self.context).map_err(ProcessError::User);
-            if !self.context.end_message(result) {
+            if !self.context.end_message(result, Instant::now()) {
                 break;
             }
         }

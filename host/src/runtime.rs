@@ -67,9 +67,10 @@ pub trait HostContext: Send + 'static {
     fn ack(&mut self);
     /// The lowest level [`HostContext::log`] writes.
     fn min_log_level(&mut self) -> LogLevel;
-    /// The function finished the current message of a batch with `result`; the answer says
-    /// whether it should go on with the next one.
-    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> bool;
+    /// The function finished the current message of a batch with `result` at `finished_at`
+    /// (the next message starts then: one clock read serves both); the answer says whether it
+    /// should go on with the next one.
+    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, finished_at: Instant) -> bool;
 }
 
 /// What a function can ask about itself: fixed for the life of an instance.
@@ -569,8 +570,9 @@ impl<H: HostContext> context::Host for StoreData<H> {
         }
         self.unfinished -= 1;
         self.forward_guest_output();
-        self.message_deadline = Instant::now() + self.timeout;
-        let go_on = self.host.finish_message(outcome.map_err(ProcessError::User));
+        let now = Instant::now();
+        self.message_deadline = now + self.timeout;
+        let go_on = self.host.finish_message(outcome.map_err(ProcessError::User), now);
         if !go_on {
             self.unfinished = 0;
         }
@@ -584,8 +586,11 @@ struct GuestOutput(Arc<Mutex<Vec<u8>>>);
 
 impl GuestOutput {
     fn take(&self) -> String {
-        let bytes = std::mem::take(&mut *self.lock());
-        String::from_utf8_lossy(&bytes).into_owned()
+        let mut bytes = self.lock();
+        if bytes.is_empty() {
+            return String::new();
+        }
+        String::from_utf8_lossy(&std::mem::take(&mut *bytes)).into_owned()
     }
 
     fn last_panic(&self) -> Option<String> {
