@@ -15,7 +15,6 @@ use std::io::{BufWriter, Stdout, Write};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::{
@@ -1002,17 +1001,14 @@ pub fn spawn(
     RunningInstance { stop, wake, thread }
 }
 
-/// A batch being committed on the commit thread.
-struct InFlight<'scope> {
-    commit: ScopedJoinHandle<'scope, Result<(), BrokerError>>,
-    messages: usize,
-}
-
 /// One instance's loop: fetch, process, commit.
 ///
-/// Under every guarantee but ATMOST_ONCE, a batch's commit runs on a second thread while the next
-/// batch is processed; the next commit starts only once the previous one has returned, so commits
-/// stay in order and at most one batch is unacknowledged in memory besides the one being processed.
+/// Under every guarantee but ATMOST_ONCE, a second thread commits the previous batch and then
+/// fetches the next one while this thread processes the current one, so that neither the commit
+/// nor the fetch waits on the processing thread, which bounds the pipeline. Commits stay in fetch
+/// order, one at a time; besides the batch being processed, at most one batch is fetched ahead
+/// and one is unacknowledged in memory. A loop that stops with a batch fetched ahead gives it back
+/// ([`Subscription::release`]).
 /// Under ATMOST_ONCE, the commit that acknowledges a batch also carries the previous batch's
 /// effects, and processing waits for it.
 fn run_instance(
@@ -1025,77 +1021,95 @@ fn run_instance(
 ) -> Result<(), RunError> {
     let at_most_once = config.guarantee == ProcessingGuarantee::AtMostOnce;
     std::thread::scope(|scope| -> Result<(), RunError> {
-        let mut in_flight: Option<InFlight<'_>> = None;
+        let mut ahead: Vec<Message> = Vec::new();
+        // The last processed batch's effects and its message count, until a commit takes them.
+        let mut uncommitted: Option<(PendingBatch, usize)> = None;
         let mut wait_for_more = until == RunUntil::Stopped;
         while !halt.halted() {
-            // Never sleep on an empty topic while effects wait to be committed: their
-            // acknowledgements and log lines would wait for nothing.
-            let pending = in_flight.is_some() || (at_most_once && executor.context().has_batch());
-            let wait = if pending || !wait_for_more { Duration::ZERO } else { IDLE_WAIT };
-            if !wait.is_zero() {
-                // No commit comes to free them while the instance idles.
-                executor.context().retired = Retired::default();
-            }
-            let messages = subscription.fetch(config.batch_size, wait)?;
-            if messages.is_empty() {
-                if in_flight.is_some() {
-                    finish(in_flight.take(), config, executor)?;
-                } else if at_most_once && executor.context().has_batch() {
-                    commit_now(subscription, Acks::default(), 0, config, executor)?;
-                } else if until == RunUntil::Idle {
-                    if subscription.drained() {
-                        break;
-                    }
-                    // Redeliveries or messages held for this instance are still to come.
-                    wait_for_more = true;
+            let messages = if ahead.is_empty() {
+                // Never sleep on an empty topic while effects wait to be committed: their
+                // acknowledgements and log lines would wait for nothing.
+                if let Some((effects, messages)) = uncommitted.take() {
+                    commit_now(subscription, effects, messages, config, executor)?;
                 }
-                continue;
-            }
+                let pending = at_most_once && executor.context().has_batch();
+                let wait = if pending || !wait_for_more { Duration::ZERO } else { IDLE_WAIT };
+                if !wait.is_zero() {
+                    // No commit comes to free them while the instance idles.
+                    executor.context().retired = Retired::default();
+                }
+                let messages = subscription.fetch(config.batch_size, wait)?;
+                if messages.is_empty() {
+                    if pending {
+                        let effects = executor.context().take_batch(Acks::default())?;
+                        commit_now(subscription, effects, 0, config, executor)?;
+                    } else if until == RunUntil::Idle {
+                        if subscription.drained() {
+                            break;
+                        }
+                        // Redeliveries or messages held for this instance are still to come.
+                        wait_for_more = true;
+                    }
+                    continue;
+                }
+                messages
+            } else {
+                std::mem::take(&mut ahead)
+            };
             wait_for_more = until == RunUntil::Stopped;
             if at_most_once {
-                commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
+                let effects = executor.context().take_batch(Acks::of(&messages))?;
+                commit_now(subscription, effects, messages.len(), config, executor)?;
                 process_batch(messages, config, executor, metrics);
                 continue;
             }
             let count = messages.len();
+            let previous = uncommitted.take();
+            let batch_size = config.batch_size;
+            let commit_and_fetch = scope.spawn(move || {
+                let committed = match previous {
+                    Some((effects, messages)) => subscription.commit(effects.into_effects()).map(|()| messages),
+                    None => Ok(0),
+                };
+                let fetched = match committed {
+                    Ok(_) => subscription.fetch(batch_size, Duration::ZERO),
+                    Err(_) => Ok(Vec::new()),
+                };
+                (committed, fetched)
+            });
             let acks = process_batch(messages, config, executor, metrics);
-            finish(in_flight.take(), config, executor)?;
-            let effects = executor.context().take_batch(acks)?;
-            let commit = scope.spawn(move || subscription.commit(effects.into_effects()));
-            in_flight = Some(InFlight { commit, messages: count });
+            let (committed, fetched) = commit_and_fetch.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            executor.context().logs.flush();
+            let committed = committed?;
+            if committed > 0 {
+                tracing::debug!(fqfn = %config.fqfn, messages = committed, "committed a batch");
+            }
+            ahead = fetched?;
+            uncommitted = Some((executor.context().take_batch(acks)?, count));
         }
-        finish(in_flight.take(), config, executor)?;
+        if let Some((effects, messages)) = uncommitted.take() {
+            commit_now(subscription, effects, messages, config, executor)?;
+        }
         if executor.context().has_batch() {
-            commit_now(subscription, Acks::default(), 0, config, executor)?;
+            let effects = executor.context().take_batch(Acks::default())?;
+            commit_now(subscription, effects, 0, config, executor)?;
+        }
+        if !ahead.is_empty() {
+            subscription.release(ahead);
         }
         Ok(())
     })
 }
 
-/// Commits the batch's effects with `acks` (of `messages` messages) on this thread, then writes out its log lines.
+/// Commits a batch's effects (of `messages` messages) on this thread, then writes out its log lines.
 fn commit_now(
     subscription: &dyn Subscription,
-    acks: Acks,
+    effects: PendingBatch,
     messages: usize,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
 ) -> Result<(), RunError> {
-    let effects = executor.context().take_batch(acks)?;
     let result = subscription.commit(effects.into_effects());
-    executor.context().logs.flush();
-    result?;
-    tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");
-    Ok(())
-}
-
-/// Waits for the batch in flight (if any) to commit, then writes out its log lines.
-fn finish(
-    in_flight: Option<InFlight<'_>>,
-    config: &FunctionConfig,
-    executor: &mut dyn Executor,
-) -> Result<(), RunError> {
-    let Some(InFlight { commit, messages }) = in_flight else { return Ok(()) };
-    let result = commit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     executor.context().logs.flush();
     result?;
     tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");

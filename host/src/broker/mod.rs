@@ -289,6 +289,11 @@ pub trait Subscription: Send + Sync {
     /// none it was given is unacknowledged.
     fn drained(&self) -> bool;
 
+    /// Gives back `messages`, fetched by this consumer but never processed (an instance that stops
+    /// with a batch fetched ahead): the next fetch of any consumer gets them, and that delivery does
+    /// not count as a redelivery (which, under MANUAL, would bring them closer to the dead-letter topic).
+    fn release(&self, messages: Vec<Message>);
+
     /// A handle that ends this consumer's waiting `fetch` early (with what it has, maybe nothing),
     /// so that a loop told to stop need not wait out its fetch.
     fn waker(&self) -> FetchWaker;

@@ -452,6 +452,9 @@ struct Cursor {
     delivered: BTreeMap<u64, Delivered>,
 }
 
+/// The consumer of released messages: no consumer has this id, so they are orphans.
+const NOBODY: u64 = u64::MAX;
+
 struct Delivered {
     consumer: u64,
     /// Times delivered so far.
@@ -806,6 +809,31 @@ impl SharedSubscription {
         topics.into_iter().any(|topic| state.cursors.iter().any(|cursor| cursor.topic.name == *topic))
     }
 
+    /// See [`Subscription::release`]: each message `consumer` still holds goes to nobody, and its
+    /// delivery is taken back.
+    fn release(&self, consumer: u64, messages: &[Message]) {
+        let mut state = lock(&self.state);
+        let mut released = 0;
+        for message in messages {
+            let Some(cursor) = state.cursors.iter_mut().find(|cursor| cursor.topic.name == message.topic) else {
+                continue;
+            };
+            if let Some(delivered) = cursor.delivered.get_mut(&message.sequence)
+                && delivered.consumer == consumer
+            {
+                delivered.consumer = NOBODY;
+                delivered.deliveries = delivered.deliveries.saturating_sub(1);
+                released += 1;
+            }
+        }
+        if released > 0 {
+            state.count_outstanding(consumer, -released);
+            state.orphans = true;
+            drop(state);
+            self.signal.notify();
+        }
+    }
+
     fn leave(&self, consumer: u64) {
         let mut state = lock(&self.state);
         state.consumers.remove(&consumer);
@@ -1082,6 +1110,10 @@ impl Subscription for EmbeddedConsumer {
 
     fn drained(&self) -> bool {
         self.shared.drained(self.id)
+    }
+
+    fn release(&self, messages: Vec<Message>) {
+        self.shared.release(self.id, &messages);
     }
 }
 
@@ -1415,6 +1447,27 @@ mod tests {
         assert_eq!((values(&again), again[0].redelivery_count), (vec!["a".to_owned()], 1));
         ack(subscription.as_ref(), &again);
         assert!(subscription.drained());
+    }
+
+    #[test]
+    fn released_messages_go_to_the_next_fetch_as_first_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        produce(&store, "t", &["a", "b", "c"]);
+        let first = consumer(&store, SubscriptionType::Shared, (0, 1));
+        let fetched = first.fetch(10, Duration::ZERO).unwrap();
+        ack(first.as_ref(), &fetched[..1]);
+        assert!(!first.drained());
+        first.release(fetched[1..].to_vec());
+        assert!(first.drained(), "released messages are no longer this consumer's");
+        let second = consumer(&store, SubscriptionType::Shared, (0, 1));
+        let again = second.fetch(10, Duration::ZERO).unwrap();
+        assert_eq!(values(&again), ["b", "c"]);
+        assert_eq!(again.iter().map(|m| m.redelivery_count).collect::<Vec<_>>(), [0, 0]);
+        // A release takes back only a delivery the consumer holds.
+        first.release(again.clone());
+        ack(second.as_ref(), &again);
+        assert!(second.drained());
     }
 
     #[test]
