@@ -421,8 +421,8 @@ impl MessageContext {
         self.message_outputs.clear();
     }
 
-    /// Hands the batch's effects over for commit, remembering the values it leaves behind so that
-    /// the next batch reads them while the commit runs. The previous commit must have finished.
+    /// Hands the batch's effects over for commit, keeping its changes (shared with the commit) so
+    /// that the next batch reads them while the commit runs. The previous commit must have finished.
     fn take_batch(&mut self, acks: Acks) -> Result<PendingBatch, StateError> {
         self.in_flight_counters.clear();
         let outputs = self.batch_outputs.len();
