@@ -1030,7 +1030,8 @@ fn run_instance(
                 // Never sleep on an empty topic while effects wait to be committed: their
                 // acknowledgements and log lines would wait for nothing.
                 if let Some((effects, messages)) = uncommitted.take() {
-                    commit_now(subscription, effects, messages, config, executor)?;
+                    let committed = subscription.commit(effects.into_effects());
+                    after_commit(committed, messages, config, executor)?;
                 }
                 let pending = at_most_once && executor.context().has_batch();
                 let wait = if pending || !wait_for_more { Duration::ZERO } else { IDLE_WAIT };
@@ -1041,8 +1042,7 @@ fn run_instance(
                 let messages = subscription.fetch(config.batch_size, wait)?;
                 if messages.is_empty() {
                     if pending {
-                        let effects = executor.context().take_batch(Acks::default())?;
-                        commit_now(subscription, effects, 0, config, executor)?;
+                        commit_now(subscription, Acks::default(), 0, config, executor)?;
                     } else if until == RunUntil::Idle {
                         if subscription.drained() {
                             break;
@@ -1058,41 +1058,35 @@ fn run_instance(
             };
             wait_for_more = until == RunUntil::Stopped;
             if at_most_once {
-                let effects = executor.context().take_batch(Acks::of(&messages))?;
-                commit_now(subscription, effects, messages.len(), config, executor)?;
+                commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
                 process_batch(messages, config, executor, metrics);
                 continue;
             }
             let count = messages.len();
-            let previous = uncommitted.take();
+            let (previous, previous_count) = uncommitted.take().unzip();
             let batch_size = config.batch_size;
             let commit_and_fetch = scope.spawn(move || {
-                let committed = match previous {
-                    Some((effects, messages)) => subscription.commit(effects.into_effects()).map(|()| messages),
-                    None => Ok(0),
-                };
+                let committed = previous.map(|effects| subscription.commit(effects.into_effects()));
                 let fetched = match committed {
-                    Ok(_) => subscription.fetch(batch_size, Duration::ZERO),
-                    Err(_) => Ok(Vec::new()),
+                    Some(Err(_)) => Ok(Vec::new()),
+                    _ => subscription.fetch(batch_size, Duration::ZERO),
                 };
                 (committed, fetched)
             });
             let acks = process_batch(messages, config, executor, metrics);
             let (committed, fetched) = commit_and_fetch.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            executor.context().logs.flush();
-            let committed = committed?;
-            if committed > 0 {
-                tracing::debug!(fqfn = %config.fqfn, messages = committed, "committed a batch");
+            if let (Some(committed), Some(messages)) = (committed, previous_count) {
+                after_commit(committed, messages, config, executor)?;
             }
             ahead = fetched?;
             uncommitted = Some((executor.context().take_batch(acks)?, count));
         }
         if let Some((effects, messages)) = uncommitted.take() {
-            commit_now(subscription, effects, messages, config, executor)?;
+            let committed = subscription.commit(effects.into_effects());
+            after_commit(committed, messages, config, executor)?;
         }
         if executor.context().has_batch() {
-            let effects = executor.context().take_batch(Acks::default())?;
-            commit_now(subscription, effects, 0, config, executor)?;
+            commit_now(subscription, Acks::default(), 0, config, executor)?;
         }
         if !ahead.is_empty() {
             subscription.release(ahead);
@@ -1101,15 +1095,26 @@ fn run_instance(
     })
 }
 
-/// Commits a batch's effects (of `messages` messages) on this thread, then writes out its log lines.
+/// Commits the batch's effects with `acks` (of `messages` messages) on this thread.
 fn commit_now(
     subscription: &dyn Subscription,
-    effects: PendingBatch,
+    acks: Acks,
     messages: usize,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
 ) -> Result<(), RunError> {
-    let result = subscription.commit(effects.into_effects());
+    let effects = executor.context().take_batch(acks)?;
+    let committed = subscription.commit(effects.into_effects());
+    after_commit(committed, messages, config, executor)
+}
+
+/// Writes out the log lines of a batch (of `messages` messages) once its commit has returned `result`.
+fn after_commit(
+    result: Result<(), BrokerError>,
+    messages: usize,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+) -> Result<(), RunError> {
     executor.context().logs.flush();
     result?;
     tracing::debug!(fqfn = %config.fqfn, messages, "committed a batch");
