@@ -193,13 +193,20 @@ fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     }
     let memory = memory_total_bytes()?;
     println!();
-    println!(
-        "Resident before the first instance: {:.0} MiB. At {:.0} KiB an instance, this machine's {:.1} GiB would hold about {} idle instances.",
-        before as f64 / (1 << 20) as f64,
-        per_instance as f64 / 1024.0,
-        memory as f64 / (1u64 << 30) as f64,
-        memory.saturating_sub(before) / per_instance.max(1),
-    );
+    let resident_before = before as f64 / (1 << 20) as f64;
+    if per_instance == 0 {
+        // Density runs after the other parts (in the quick mode and `all`): the instances may fit in memory they freed.
+        println!(
+            "Resident before the first instance: {resident_before:.0} MiB. The instances fit in memory the process had already: no figure per instance."
+        );
+    } else {
+        println!(
+            "Resident before the first instance: {resident_before:.0} MiB. At {:.0} KiB an instance, this machine's {:.1} GiB would hold about {} idle instances.",
+            per_instance as f64 / 1024.0,
+            memory as f64 / (1u64 << 30) as f64,
+            memory.saturating_sub(before) / per_instance,
+        );
+    }
     let started = Instant::now();
     worker.shutdown();
     println!("Stopping all {created} took {:.1} s.", started.elapsed().as_secs_f64());
