@@ -1003,12 +1003,14 @@ pub fn spawn(
 
 /// One instance's loop: fetch, process, commit.
 ///
-/// Under every guarantee but ATMOST_ONCE, a second thread commits the previous batch and then
-/// fetches the next one while this thread processes the current one, so that neither the commit
+/// Under every guarantee but ATMOST_ONCE, a full batch (a backlog) is processed while a second
+/// thread commits the previous batch and then fetches the next one, so that neither the commit
 /// nor the fetch waits on the processing thread, which bounds the pipeline. Commits stay in fetch
 /// order, one at a time; besides the batch being processed, at most one batch is fetched ahead
 /// and one is unacknowledged in memory. A loop that stops with a batch fetched ahead gives it back
 /// ([`Subscription::release`]).
+/// A short batch (the instance keeps up) is committed as soon as it is processed, on this thread:
+/// overlapping would make each of its messages wait for the previous batch's commit as well.
 /// Under ATMOST_ONCE, the commit that acknowledges a batch also carries the previous batch's
 /// effects, and processing waits for it.
 fn run_instance(
@@ -1063,6 +1065,18 @@ fn run_instance(
                 continue;
             }
             let count = messages.len();
+            if count < config.batch_size {
+                // A short batch means the instance keeps up with its input, so latency matters more
+                // than overlap: committing this batch behind the next one's processing (below) would
+                // add a commit to the path of every message.
+                if let Some((effects, messages)) = uncommitted.take() {
+                    let committed = subscription.commit(effects.into_effects());
+                    after_commit(committed, messages, config, executor)?;
+                }
+                let acks = process_batch(messages, config, executor, metrics);
+                commit_now(subscription, acks, count, config, executor)?;
+                continue;
+            }
             let (previous, previous_count) = uncommitted.take().unzip();
             let batch_size = config.batch_size;
             let commit_and_fetch = scope.spawn(move || {
@@ -1249,5 +1263,102 @@ fn to_guest(topic: &TopicName, sequence: u64, body: MessageBody) -> GuestMessage
         message_id: message_id(sequence),
         topic: topic.as_str().to_owned(),
         partition_key: body.partition_key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Broker, FetchWaker, OutMessage, Position, SubscriptionSpec};
+    use crate::embedded::EmbeddedStore;
+    use crate::state::StateStore;
+
+    /// What the loop asked of its subscription, in order.
+    #[derive(Debug, PartialEq)]
+    enum Call {
+        /// A fetch, with the sequences it returned.
+        Fetch(Vec<u64>),
+        /// A commit, with what it acknowledged.
+        Commit(Acks),
+    }
+
+    /// A subscription that notes each fetch and commit before passing it on.
+    struct Recording {
+        inner: Box<dyn Subscription>,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl Subscription for Recording {
+        fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
+            let messages = self.inner.fetch(max, wait)?;
+            let sequences = messages.iter().map(|message| message.sequence).collect();
+            self.calls.lock().unwrap().push(Call::Fetch(sequences));
+            Ok(messages)
+        }
+
+        fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
+            self.calls.lock().unwrap().push(Call::Commit(effects.acks.clone()));
+            self.inner.commit(effects)
+        }
+
+        fn drained(&self) -> bool {
+            self.inner.drained()
+        }
+
+        fn release(&self, messages: Vec<Message>) {
+            self.inner.release(messages);
+        }
+
+        fn waker(&self) -> FetchWaker {
+            self.inner.waker()
+        }
+    }
+
+    fn acks(topic: &TopicName, sequences: Range<u64>) -> Acks {
+        let mut acks = Acks::default();
+        for sequence in sequences {
+            acks.add(topic, sequence);
+        }
+        acks
+    }
+
+    /// Full batches are processed while the previous one commits and the next one is fetched; a
+    /// short batch is committed before anything else is fetched, so its messages wait for one
+    /// commit only.
+    #[test]
+    fn full_batches_overlap_their_commits_and_a_short_batch_commits_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let input = TopicName::parse("in").unwrap();
+        store.produce(&input, (0..5).map(|n| OutMessage::new(n.to_string().into_bytes())).collect()).unwrap();
+        let config =
+            FunctionConfig { batch_size: 2, ..FunctionConfig::new(Fqfn::parse("a/b/c").unwrap(), vec![input.clone()]) };
+        let context = MessageContext::new(&config, 0, store.table(&config.fqfn).unwrap(), LogSink::default());
+        let mut executor = NativeExecutor::new(|_: &GuestMessage, _: &mut MessageContext| Ok(None), context);
+        let subscription = Recording {
+            inner: store
+                .subscribe(SubscriptionSpec::single(vec![input.clone()], Some("s".into()), Position::Earliest))
+                .unwrap(),
+            calls: Mutex::new(Vec::new()),
+        };
+        let stop = AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
+        let halt = Halt { stop: &stop, failed: &failed };
+        run_instance(&subscription, &config, &mut executor, &InstanceMetrics::default(), RunUntil::Idle, &halt)
+            .unwrap();
+
+        let expected = vec![
+            Call::Fetch(vec![0, 1]),
+            // Fetched ahead while [0, 1] is processed.
+            Call::Fetch(vec![2, 3]),
+            // Committed, and [4] fetched, while [2, 3] is processed.
+            Call::Commit(acks(&input, 0..2)),
+            Call::Fetch(vec![4]),
+            // [4] is short: the batch before it commits, then [4] is processed and committed.
+            Call::Commit(acks(&input, 2..4)),
+            Call::Commit(acks(&input, 4..5)),
+            Call::Fetch(vec![]),
+        ];
+        assert_eq!(subscription.calls.into_inner().unwrap(), expected);
     }
 }
