@@ -291,7 +291,7 @@ impl fmt::Debug for Error {
 /// ```no_run
 /// # fn f(ctx: &mut fnhost_guest::Context) {
 /// match ctx.state().put("key", vec![0; 10 << 20]) {
-///     Err(fnhost_guest::ContextError::LimitExceeded(why)) => ctx.warn(format!("not stored: {why}")),
+///     Err(fnhost_guest::ContextError::LimitExceeded(why)) => ctx.warn(format_args!("not stored: {why}")),
 ///     _ => {}
 /// }
 /// # }
@@ -569,7 +569,7 @@ impl State {
 /// ```no_run
 /// # fn f(ctx: &mut fnhost_guest::Context) -> Result<(), fnhost_guest::Error> {
 /// let greeting: String = ctx.user_config("greeting")?.unwrap_or_else(|| "hello".into());
-/// ctx.info(format!("{greeting} from {}", ctx.message().topic()));
+/// ctx.info(format_args!("{greeting} from {}", ctx.message().topic()));
 /// ctx.record_metric("greetings", 1.0);
 /// # Ok(()) }
 /// ```
@@ -589,19 +589,29 @@ impl Context {
     }
 
     /// Writes a line to the function's log at `level`, unless the host drops lines at that level.
-    pub fn log(&self, level: Level, message: impl AsRef<str>) {
+    ///
+    /// The line is formatted only if it is written, so pass `format_args!` rather than `format!`:
+    /// a line the host drops then costs nothing.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &fnhost_guest::Context, user: &str) {
+    /// ctx.log(fnhost_guest::Level::Info, format_args!("user {user} logged in"));
+    /// # }
+    /// ```
+    pub fn log(&self, level: Level, message: impl fmt::Display) {
         if self.log_enabled(level) {
-            host::log(level.into(), message.as_ref());
+            host::log(level.into(), &message.to_string());
         }
     }
 
-    /// Whether the host writes lines at `level` (`--log-level`): check it before building a costly
-    /// line.
+    /// Whether the host writes lines at `level` (`--log-level`): check it before computing what
+    /// only a line needs.
     ///
     /// ```no_run
     /// # fn f(ctx: &fnhost_guest::Context, input: &[u8]) {
     /// if ctx.log_enabled(fnhost_guest::Level::Debug) {
-    ///     ctx.debug(format!("input: {}", String::from_utf8_lossy(input)));
+    ///     let words = String::from_utf8_lossy(input).split_whitespace().count();
+    ///     ctx.debug(format_args!("input of {words} words"));
     /// }
     /// # }
     /// ```
@@ -611,22 +621,22 @@ impl Context {
     }
 
     /// Logs at debug level.
-    pub fn debug(&self, message: impl AsRef<str>) {
+    pub fn debug(&self, message: impl fmt::Display) {
         self.log(Level::Debug, message);
     }
 
     /// Logs at info level.
-    pub fn info(&self, message: impl AsRef<str>) {
+    pub fn info(&self, message: impl fmt::Display) {
         self.log(Level::Info, message);
     }
 
     /// Logs at warn level.
-    pub fn warn(&self, message: impl AsRef<str>) {
+    pub fn warn(&self, message: impl fmt::Display) {
         self.log(Level::Warn, message);
     }
 
     /// Logs at error level.
-    pub fn error(&self, message: impl AsRef<str>) {
+    pub fn error(&self, message: impl fmt::Display) {
         self.log(Level::Error, message);
     }
 

@@ -41,25 +41,25 @@ impl Function for __CLASS__ {
 
     fn process(&mut self, data: String, ctx: &mut Context) -> Result<Self::Output, Error> {
         let Some((user_id, event_type, timestamp)) = parse(&data) else {
-            ctx.warn(format!("Skipping malformed record: {data}"));
+            ctx.warn(format_args!("Skipping malformed record: {data}"));
             return Ok(None);
         };
         let state = ctx.state();
         match event_type.as_str() {
             "login" => {
                 state.put(&user_id, timestamp.to_string())?;
-                ctx.info(format!("User {user_id} logged in at {timestamp}"));
+                ctx.info(format_args!("User {user_id} logged in at {timestamp}"));
                 Ok(None)
             }
             "logout" => match state.get_string(&user_id)? {
                 Some(login) => {
                     let duration = timestamp - login.parse::<i64>()?;
-                    ctx.info(format!("User {user_id} session duration: {duration} seconds"));
+                    ctx.info(format_args!("User {user_id} session duration: {duration} seconds"));
                     state.delete(&user_id)?;
                     Ok(Some(Json(SessionEnded { user_id, duration })))
                 }
                 None => {
-                    ctx.warn(format!("User {user_id} logged out without a prior login."));
+                    ctx.warn(format_args!("User {user_id} logged out without a prior login."));
                     Ok(None)
                 }
             },
