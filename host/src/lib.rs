@@ -14,4 +14,5 @@ pub mod names;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod window;
 pub mod worker;

@@ -77,3 +77,9 @@ pub const MAX_RECEIVE_WAIT_MS: u64 = 10_000;
 /// Largest total size of the source files in a Python or JavaScript function's folder, in bytes:
 /// they are all hashed and copied into the build.
 pub const MAX_SOURCE_SIZE: usize = 16 * 1024 * 1024;
+/// Most records in one count window (`--window-length-count`): a window goes to the function in one call.
+pub const MAX_WINDOW_RECORDS: u64 = 100_000;
+/// Longest time window or sliding interval (`--window-length-duration-ms`, `--sliding-interval-duration-ms`): one day.
+pub const MAX_WINDOW_DURATION_MS: u64 = 86_400_000;
+/// Default least time between two moves of the watermark (`--watermark-emit-interval-ms`), as in Pulsar.
+pub const DEFAULT_WATERMARK_INTERVAL_MS: u64 = 1_000;
