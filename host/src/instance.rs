@@ -29,10 +29,13 @@ use crate::limits::{
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{
-    ContextError, FunctionDetails, GuestMessage, HostContext, Identity, Instance, InstanceLimits, LogLevel,
-    PreparedFunction, ProcessError,
+    ContextError, FunctionDetails, GuestMessage, GuestWindow, HostContext, Identity, Instance, InstanceLimits,
+    LogLevel, PreparedFunction, ProcessError,
 };
 use crate::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
+use crate::window::WindowConfig;
+
+mod window_loop;
 
 /// How long an idle loop waits for new messages before looking at its stop flag again. A stop
 /// through [`RunningInstance`] wakes the fetch at once; a long wait keeps thousands of idle
@@ -108,6 +111,8 @@ pub struct FunctionConfig {
     pub ack_timeout: Duration,
     /// Most messages processed between two commits.
     pub batch_size: usize,
+    /// Set for a window function: how its records are cut into windows.
+    pub window: Option<WindowConfig>,
 }
 
 impl FunctionConfig {
@@ -137,6 +142,7 @@ impl FunctionConfig {
             max_message_retries: DEFAULT_MAX_MESSAGE_RETRIES,
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             batch_size: MAX_BATCH_MESSAGES,
+            window: None,
         }
     }
 
@@ -421,6 +427,53 @@ impl MessageContext {
         self.message_outputs.clear();
     }
 
+    /// Starts a window function's call: its context calls are the window's effects.
+    fn begin_window(&mut self) {
+        self.begin_message(Instant::now());
+    }
+
+    /// Ends a window function's call with what it returned: on success its effects and its output
+    /// join the batch, on failure they are dropped.
+    fn end_window(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> Result<(), ProcessError> {
+        let result = match (result, self.host_failure.take()) {
+            (_, Some(failure)) => Err(ProcessError::System(failure)),
+            (Ok(Some(value)), None) => match (&self.output, check_parts(value.len(), None, 0, [])) {
+                (Some(topic), Ok(())) => Ok(Some(PendingOutput::Ready(topic.clone(), OutMessage::new(value)))),
+                (None, _) => Ok(None),
+                (Some(_), Err(limit)) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
+            },
+            (Ok(None), None) => Ok(None),
+            (Err(error), None) => Err(error),
+        };
+        match result {
+            Ok(output) => {
+                self.keep_message(output);
+                Ok(())
+            }
+            Err(error) => {
+                self.drop_message();
+                Err(error)
+            }
+        }
+    }
+
+    /// Adds a host change to the batch (a window record stored or deleted), committed with it.
+    fn stage(&mut self, key: String, change: Change) {
+        self.batch_state.record(key, change);
+    }
+
+    /// Adds a message to the batch's outputs.
+    fn stage_output(&mut self, topic: TopicName, message: OutMessage) {
+        self.batch_outputs.push(PendingOutput::Ready(topic, message));
+    }
+
+    /// The bytes under `key` as the next commit will leave them.
+    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.current(key).map(|value| value.map(StateValue::into_bytes)).map_err(|_| {
+            StateError::Storage(self.host_failure.take().unwrap_or_else(|| format!("cannot read `{key:?}`")))
+        })
+    }
+
     /// Hands the batch's effects over for commit, keeping its changes (shared with the commit) so
     /// that the next batch reads them while the commit runs. The previous commit must have finished.
     fn take_batch(&mut self, acks: Acks) -> Result<PendingBatch, StateError> {
@@ -534,6 +587,11 @@ fn cut(mut text: String, limit: usize, mark: &str) -> String {
 }
 
 fn check_key(key: &str) -> Result<(), ContextError> {
+    if key.starts_with('\0') {
+        return Err(ContextError::InvalidArgument(
+            "state keys starting with a NUL character are the host's (a window function's stored records)".into(),
+        ));
+    }
     if key.len() > MAX_STATE_KEY_LEN {
         return Err(ContextError::LimitExceeded(format!(
             "state key is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",
@@ -749,6 +807,14 @@ pub trait Executor: Send {
     fn restarts(&self) -> u64 {
         0
     }
+    /// Runs a window function on the records of `window`; its context calls go to [`Executor::context`].
+    fn process_window(
+        &mut self,
+        _window: GuestWindow,
+        _records: &[GuestMessage],
+    ) -> Result<Option<Vec<u8>>, ProcessError> {
+        Err(ProcessError::System("this executor runs message functions, not window functions".into()))
+    }
 }
 
 /// Runs a wasm component, replacing its instance after every trap.
@@ -822,6 +888,24 @@ impl Executor for WasmExecutor {
     fn restarts(&self) -> u64 {
         self.restarts
     }
+
+    fn process_window(
+        &mut self,
+        window: GuestWindow,
+        records: &[GuestMessage],
+    ) -> Result<Option<Vec<u8>>, ProcessError> {
+        if self.instance.is_none() {
+            self.replace_instance();
+        }
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.process_window(window, records),
+            None => Err(ProcessError::System("the instance could not be restarted".into())),
+        };
+        if matches!(result, Err(ProcessError::System(_))) && self.instance.is_some() {
+            self.replace_instance();
+        }
+        result
+    }
 }
 
 /// A function written in Rust inside the host: the same pipeline without the sandbox.
@@ -889,6 +973,16 @@ struct Halt<'a> {
 impl Halt<'_> {
     fn halted(&self) -> bool {
         self.stop.load(AtomicOrdering::Relaxed) || self.failed.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// Checks that `function` is the kind of function `config` runs: a window function exactly when
+/// the config has window settings.
+pub fn check_kind(function: &PreparedFunction<MessageContext>, config: &FunctionConfig) -> Result<(), String> {
+    match (function.is_window_function(), config.window.is_some()) {
+        (true, false) => Err("the component is a window function (it exports process-window): give its window settings, --window-length-count or --window-length-duration-ms".into()),
+        (false, true) => Err("window settings were given, but the component is not a window function (it exports process-batch): export it with the SDK's window API, or leave out the window settings".into()),
+        _ => Ok(()),
     }
 }
 
@@ -1021,6 +1115,9 @@ fn run_instance(
     until: RunUntil,
     halt: &Halt<'_>,
 ) -> Result<(), RunError> {
+    if let Some(window) = &config.window {
+        return window_loop::run_window_instance(subscription, config, window, executor, metrics, until, halt);
+    }
     let at_most_once = config.guarantee == ProcessingGuarantee::AtMostOnce;
     std::thread::scope(|scope| -> Result<(), RunError> {
         let mut ahead: Vec<Message> = Vec::new();

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
@@ -32,7 +32,7 @@ mod bindings {
 
 use bindings::fnhost::function::{context, types};
 pub use context::Identity;
-pub use types::{ContextError, LogLevel, Message as GuestMessage};
+pub use types::{ContextError, LogLevel, Message as GuestMessage, Window as GuestWindow};
 
 /// How often the epoch ticks; per-message time limits are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -287,30 +287,56 @@ impl FunctionCode {
         &self.digest
     }
 
-    /// Links the component against the context, checking that it is an fnhost function.
+    /// Links the component against the context, checking that it is an fnhost function (of the
+    /// `function` world) or window function (of the `window-function` world).
     pub fn prepare<H: HostContext>(&self) -> Result<PreparedFunction<H>, LoadError> {
-        let not_a_function =
-            |error: wasmtime::Error| LoadError::NotAFunction { path: self.path.clone(), reason: format!("{error:#}") };
+        let not_a_function = |reason: String| LoadError::NotAFunction { path: self.path.clone(), reason };
         let mut linker = Linker::<StoreData<H>>::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         bindings::Function::add_to_linker::<StoreData<H>, HasSelf<StoreData<H>>>(&mut linker, |data| data)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let instance_pre = linker.instantiate_pre(&self.component).map_err(not_a_function)?;
-        let pre = bindings::FunctionPre::new(instance_pre).map_err(not_a_function)?;
-        Ok(PreparedFunction { engine: self.engine.clone(), pre })
+        let instance_pre =
+            linker.instantiate_pre(&self.component).map_err(|error| not_a_function(format!("{error:#}")))?;
+        let exports = match self.component.get_export_index(None, PROCESS_WINDOW) {
+            Some(process_window) => PreparedExports::Window { pre: instance_pre, process_window },
+            None => PreparedExports::Batch(bindings::FunctionPre::new(instance_pre).map_err(|error| {
+                not_a_function(format!("{error:#} (a window function exports `{PROCESS_WINDOW}` instead)"))
+            })?),
+        };
+        Ok(PreparedFunction { engine: self.engine.clone(), exports })
     }
 }
+
+/// The export of the `window-function` world.
+const PROCESS_WINDOW: &str = "process-window";
 
 /// A linked function, ready to instantiate many times.
 pub struct PreparedFunction<H: 'static> {
     engine: Engine,
-    pre: bindings::FunctionPre<StoreData<H>>,
+    exports: PreparedExports<H>,
+}
+
+/// What a linked component exports, by the world it was built for.
+enum PreparedExports<H: 'static> {
+    /// The `function` world: `process-batch`.
+    Batch(bindings::FunctionPre<StoreData<H>>),
+    /// The `window-function` world: `process-window`.
+    Window { pre: InstancePre<StoreData<H>>, process_window: ComponentExportIndex },
 }
 
 // Not derived: a derive would require `H: Clone`, which the host context need not be.
+impl<H: 'static> Clone for PreparedExports<H> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Batch(pre) => Self::Batch(pre.clone()),
+            Self::Window { pre, process_window } => Self::Window { pre: pre.clone(), process_window: *process_window },
+        }
+    }
+}
+
 impl<H: 'static> Clone for PreparedFunction<H> {
     fn clone(&self) -> Self {
-        Self { engine: self.engine.clone(), pre: self.pre.clone() }
+        Self { engine: self.engine.clone(), exports: self.exports.clone() }
     }
 }
 
@@ -324,6 +350,11 @@ pub struct InstanceLimits {
 }
 
 impl<H: HostContext> PreparedFunction<H> {
+    /// Whether the component is a window function (exports `process-window`).
+    pub fn is_window_function(&self) -> bool {
+        matches!(self.exports, PreparedExports::Window { .. })
+    }
+
     /// Creates an instance in a store of its own.
     pub fn instantiate(
         &self,
@@ -356,8 +387,17 @@ impl<H: HostContext> PreparedFunction<H> {
             Ok(if left.is_zero() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(ticks(left)) })
         });
         store.set_epoch_deadline(ticks(limits.timeout));
-        match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Instance { store, bindings, timeout: limits.timeout }),
+        let exports = match &self.exports {
+            PreparedExports::Batch(pre) => pre.instantiate(&mut store).map(Exports::Batch),
+            PreparedExports::Window { pre, process_window } => pre.instantiate(&mut store).and_then(|instance| {
+                instance
+                    .get_func(&mut store, process_window)
+                    .map(Exports::Window)
+                    .ok_or_else(|| wasmtime::Error::msg(format!("the component has no `{PROCESS_WINDOW}` function")))
+            }),
+        };
+        match exports {
+            Ok(exports) => Ok(Instance { store, exports, timeout: limits.timeout }),
             Err(error) => {
                 let message = describe_trap(&error, &store, limits.timeout);
                 Err((store.into_data().host, ProcessError::System(format!("instantiation failed: {message}"))))
@@ -374,9 +414,18 @@ fn ticks(time: Duration) -> u64 {
 /// One instance of a function: its own store, memory and limits.
 pub struct Instance<H: 'static> {
     store: Store<StoreData<H>>,
-    bindings: bindings::Function,
+    exports: Exports,
     timeout: Duration,
 }
+
+/// An instance's entry point, by the world its component was built for.
+enum Exports {
+    Batch(bindings::Function),
+    Window(Func),
+}
+
+/// What `process-window` returns.
+type WindowResult = (Result<Option<Vec<u8>>, String>,);
 
 impl<H: HostContext> Instance<H> {
     /// Runs the function on a batch of messages. It finishes them in order, each through
@@ -387,16 +436,52 @@ impl<H: HostContext> Instance<H> {
     /// must not be used again: take its context back with [`Instance::into_host`] and instantiate
     /// a new one.
     pub fn process_batch(&mut self, messages: &[GuestMessage]) -> Result<(), ProcessError> {
+        let Exports::Batch(bindings) = &self.exports else {
+            return Err(ProcessError::System(format!(
+                "a window function exports `{PROCESS_WINDOW}`, not process-batch: give it window settings (--window-length-count or --window-length-duration-ms)"
+            )));
+        };
         let data = self.store.data_mut();
         data.unfinished = messages.len();
         data.message_deadline = Instant::now() + self.timeout;
         self.store.set_epoch_deadline(ticks(self.timeout));
-        let result = match self.bindings.call_process_batch(&mut self.store, messages) {
+        let result = match bindings.call_process_batch(&mut self.store, messages) {
             Ok(()) if self.store.data().unfinished == 0 => Ok(()),
             Ok(()) => Err(ProcessError::System(
                 "the function returned from process-batch without finishing every message; call finish-message once per message".into(),
             )),
             // Described before the guest's output is forwarded, which drains the panic message.
+            Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
+        };
+        self.store.data_mut().forward_guest_output();
+        result
+    }
+
+    /// Runs a window function on the records of `window`, oldest first, and returns its result.
+    /// Context calls during it are the window's effects; the time limit covers the whole call.
+    ///
+    /// After a [`ProcessError::System`] the instance must not be used again, as for
+    /// [`Instance::process_batch`].
+    pub fn process_window(
+        &mut self,
+        window: GuestWindow,
+        records: &[GuestMessage],
+    ) -> Result<Option<Vec<u8>>, ProcessError> {
+        let Exports::Window(process_window) = &self.exports else {
+            return Err(ProcessError::System(
+                "the function exports process-batch, not process-window: leave out the window settings, or build it as a window function".into(),
+            ));
+        };
+        let data = self.store.data_mut();
+        data.unfinished = 0;
+        data.message_deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(ticks(self.timeout));
+        let called = process_window
+            .typed::<(GuestWindow, &[GuestMessage]), WindowResult>(&self.store)
+            .and_then(|typed| typed.call(&mut self.store, (window, records)))
+            .map(|(result,)| result);
+        let result = match called {
+            Ok(result) => result.map_err(ProcessError::User),
             Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
         };
         self.store.data_mut().forward_guest_output();

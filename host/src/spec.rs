@@ -20,6 +20,7 @@ use crate::limits::{
 };
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
+use crate::window::{WindowConfig, WindowSettings};
 
 /// The smallest `--ram` that can run a function at all.
 const MIN_RAM_BYTES: u64 = 1024 * 1024;
@@ -136,6 +137,68 @@ pub struct FunctionSpec {
     /// Whether deleting the function deletes its subscription (default true, as in Pulsar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_subscription: Option<bool>,
+    /// Window settings: present for a window function (Pulsar's `windowConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_config: Option<WindowConfigSpec>,
+}
+
+/// A window function's settings, in Pulsar's names (`windowConfig`), each optional so that
+/// documents layer field by field.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowConfigSpec {
+    /// Records per window (`--window-length-count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_length_count: Option<u64>,
+    /// Milliseconds per window (`--window-length-duration-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_length_duration_ms: Option<u64>,
+    /// Records between two windows (`--sliding-interval-count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_interval_count: Option<u64>,
+    /// Milliseconds between two windows (`--sliding-interval-duration-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_interval_duration_ms: Option<u64>,
+    /// Place records by their event time (`--event-time`); fnhost's stand-in for Pulsar's
+    /// `timestampExtractorClassName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<bool>,
+    /// Allowed lateness under event time, milliseconds (`--max-lag-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<u64>,
+    /// Least time between two moves of the watermark, milliseconds (`--watermark-emit-interval-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_emit_interval_ms: Option<u64>,
+    /// Where records behind the watermark go (`--late-data-topic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_data_topic: Option<String>,
+}
+
+impl WindowConfigSpec {
+    fn resolve(&self, guarantee: ProcessingGuarantee) -> Result<WindowConfig, ConfigError> {
+        let settings = WindowSettings {
+            window_length_count: self.window_length_count,
+            window_length_duration_ms: self.window_length_duration_ms,
+            sliding_interval_count: self.sliding_interval_count,
+            sliding_interval_duration_ms: self.sliding_interval_duration_ms,
+            event_time: self.event_time.unwrap_or(false),
+            max_lag_ms: self.max_lag_ms,
+            watermark_emit_interval_ms: self.watermark_emit_interval_ms,
+        };
+        let spec = settings.spec().map_err(|error| ConfigError::new(error.to_string()))?;
+        if guarantee == ProcessingGuarantee::Manual {
+            return Err(ConfigError::new(
+                "--processing-guarantees MANUAL does not apply to a window function: fnhost acknowledges a window function's records when it has stored them; leave it out or give ATLEAST_ONCE",
+            ));
+        }
+        if self.late_data_topic.is_some() && !settings.event_time {
+            return Err(ConfigError::new(
+                "--late-data-topic applies to event time only (under processing time no record is late): add --event-time, or leave it out",
+            ));
+        }
+        let late_data_topic = self.late_data_topic.as_deref().map(TopicName::parse).transpose()?;
+        Ok(WindowConfig { spec, late_data_topic })
+    }
 }
 
 /// Resources per instance.
@@ -230,7 +293,19 @@ impl FunctionSpec {
         else {
             unreachable!("a FunctionSpec serializes to an object")
         };
+        // Window settings layer field by field, like the document's own fields.
+        let window_config = match (base.get("windowConfig"), over.get("windowConfig")) {
+            (Some(serde_json::Value::Object(base)), Some(serde_json::Value::Object(over))) => {
+                let mut merged = base.clone();
+                merged.extend(over.clone());
+                Some(serde_json::Value::Object(merged))
+            }
+            _ => None,
+        };
         base.extend(over);
+        if let Some(window_config) = window_config {
+            base.insert("windowConfig".into(), window_config);
+        }
         serde_json::from_value(serde_json::Value::Object(base)).expect("merging two valid documents stays valid")
     }
 
@@ -342,6 +417,7 @@ impl FunctionSpec {
                 }
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let guarantee = self.processing_guarantees.unwrap_or(ProcessingGuarantee::AtLeastOnce);
         Ok(FunctionConfig {
             subscription: self.sub_name.clone().unwrap_or_else(|| fqfn.to_string()),
             dead_letter_topic: match topic(&self.dead_letter_topic)? {
@@ -356,12 +432,13 @@ impl FunctionSpec {
             secrets,
             limits: InstanceLimits { memory_bytes, timeout: Duration::from_millis(timeout_ms) },
             log_level: self.log_level.unwrap_or(LogLevelName::Info).into(),
-            guarantee: self.processing_guarantees.unwrap_or(ProcessingGuarantee::AtLeastOnce),
             ordering,
             parallelism,
             max_message_retries,
             ack_timeout: Duration::from_millis(ack_timeout_ms),
             batch_size,
+            window: self.window_config.as_ref().map(|window| window.resolve(guarantee)).transpose()?,
+            guarantee,
             fqfn,
         })
     }

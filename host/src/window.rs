@@ -58,6 +58,15 @@ pub struct WindowSpec {
     pub time: TimeBase,
 }
 
+/// What the instance loop needs to run a window function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// How records are cut into windows.
+    pub spec: WindowSpec,
+    /// Where late records go (`--late-data-topic`); without it they are logged, counted and dropped.
+    pub late_data_topic: Option<crate::names::TopicName>,
+}
+
 /// The window settings as users give them, in Pulsar's names (`windowConfig`), all optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WindowSettings {
@@ -247,6 +256,11 @@ impl Windower {
     /// What to save, with the records not yet evicted, to continue later.
     pub fn state(&self) -> &WindowerState {
         &self.state
+    }
+
+    /// The smallest id of a record not yet evicted, if any.
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.waiting.iter().chain(&self.released).map(|entry| entry.id).min()
     }
 
     /// Takes a record with id `id` and event time `event_time` (ignored under processing time,

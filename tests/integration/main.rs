@@ -8,4 +8,5 @@ mod polyglot;
 mod sandbox;
 mod seed;
 mod support;
+mod windows;
 mod worker;

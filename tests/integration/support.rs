@@ -5,7 +5,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The example and test guests, built once per test run for `wasm32-wasip2`.
-const GUESTS: [&str; 4] = ["session-duration", "exclamation", "word-count", "misbehave"];
+const GUESTS: [&str; 7] =
+    ["session-duration", "exclamation", "word-count", "misbehave", "window-list", "user-counts", "sliding-average"];
 
 /// The path of a guest component, building all guests on first use.
 pub fn guest(crate_name: &str) -> PathBuf {

@@ -52,10 +52,50 @@ pub mod __private {
         });
     }
 
-    pub use bindings::Guest;
-    pub use bindings::fnhost::function::types::Message as RawMessage;
+    /// The `window-function` world's export; its imports and types are the ones above.
+    #[allow(missing_docs, unused_qualifications, unsafe_code, clippy::all)]
+    pub mod window_bindings {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "window-function",
+            pub_export_macro: true,
+            export_macro_name: "__fnhost_export_window_world",
+            default_bindings_module: "::fnhost_guest::__private::window_bindings",
+            runtime_path: "::fnhost_guest::__private::wit_bindgen::rt",
+            with: {
+                "fnhost:function/types@0.2.0": super::bindings::fnhost::function::types,
+                "fnhost:function/context@0.2.0": super::bindings::fnhost::function::context,
+            },
+        });
+    }
 
-    use crate::{Context, Function, Input, Message, Output};
+    pub use bindings::Guest;
+    pub use bindings::fnhost::function::types::{Message as RawMessage, Window as RawWindow};
+    pub use window_bindings::Guest as WindowGuest;
+
+    use crate::{Context, Function, Input, Message, Output, Record, Window, WindowFunction};
+
+    /// Runs a window through the function, creating the function on first use.
+    pub fn process_window<F: WindowFunction>(
+        slot: &mut Option<F>,
+        window: RawWindow,
+        records: Vec<RawMessage>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let function = slot.get_or_insert_with(F::default);
+        let mut newest = None;
+        let records = records
+            .into_iter()
+            .map(|raw| {
+                let (value, message) = Message::split(raw);
+                newest = Some(message.clone());
+                Ok(Record { value: F::Input::decode(value)?, message })
+            })
+            .collect::<Result<Vec<_>, crate::Error>>()
+            .map_err(|error| error.to_string())?;
+        let mut context = Context { message: newest.unwrap_or_default() };
+        let window = Window { start: window.start, end: window.end, records };
+        function.process(window, &mut context).and_then(Output::encode).map_err(|error| error.to_string())
+    }
 
     /// Runs a batch through the function, creating the function on first use, and finishes each
     /// message with the host until the batch ends or the host says to stop.
@@ -121,6 +161,153 @@ macro_rules! export {
     $crate::__private::bindings::__fnhost_export_world!(FnhostExport with_types_in $crate::__private::bindings);
         };
     };
+}
+
+/// Exports a [`WindowFunction`] as the component's entry point, instead of [`export!`]. Use it
+/// once per crate.
+///
+/// ```no_run
+/// #[derive(Default)]
+/// struct Count;
+///
+/// impl fnhost_guest::WindowFunction for Count {
+///     type Input = Vec<u8>;
+///     type Output = String;
+///
+///     fn process(
+///         &mut self,
+///         window: fnhost_guest::Window<Vec<u8>>,
+///         _ctx: &mut fnhost_guest::Context,
+///     ) -> Result<String, fnhost_guest::Error> {
+///         Ok(window.records().len().to_string())
+///     }
+/// }
+///
+/// fnhost_guest::export_window!(Count);
+/// ```
+#[macro_export]
+macro_rules! export_window {
+    ($function:ty) => {
+        const _: () = {
+            struct FnhostExport;
+
+            ::std::thread_local! {
+                static FUNCTION: ::std::cell::RefCell<::core::option::Option<$function>> =
+                    const { ::std::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            impl $crate::__private::WindowGuest for FnhostExport {
+                fn process_window(
+                    window: $crate::__private::RawWindow,
+                    records: ::std::vec::Vec<$crate::__private::RawMessage>,
+                ) -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String> {
+                    FUNCTION.with(|slot| {
+                        $crate::__private::process_window::<$function>(&mut slot.borrow_mut(), window, records)
+                    })
+                }
+            }
+
+    $crate::__private::window_bindings::__fnhost_export_window_world!(FnhostExport with_types_in $crate::__private::window_bindings);
+        };
+    };
+}
+
+/// A window function (Pulsar's `WindowFunction`): gets the records of one window at a time.
+///
+/// The host cuts the windows from the function's window settings (`--window-length-count` or
+/// `--window-length-duration-ms`, and optionally a sliding interval) and keeps the records of open
+/// windows durably, so that a restart neither loses nor repeats a window.
+///
+/// ```no_run
+/// use fnhost_guest::{Context, Error, Json, Window, WindowFunction};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Reading { celsius: f64 }
+///
+/// #[derive(Default)]
+/// struct Average;
+///
+/// impl WindowFunction for Average {
+///     type Input = Json<Reading>;
+///     type Output = String;
+///
+///     fn process(&mut self, window: Window<Json<Reading>>, _ctx: &mut Context) -> Result<String, Error> {
+///         let sum: f64 = window.values().map(|Json(reading)| reading.celsius).sum();
+///         Ok(format!("{:.1}", sum / window.records().len() as f64))
+///     }
+/// }
+/// ```
+pub trait WindowFunction: Default + 'static {
+    /// What each record's value is decoded into.
+    type Input: Input;
+    /// What is written to the output topic for the window.
+    type Output: Output;
+
+    /// Processes one window. An error is a user exception for the whole window: none of its
+    /// state changes or publishes take effect. In a window function, [`Context::message`] is the
+    /// window's newest record.
+    fn process(&mut self, window: Window<Self::Input>, ctx: &mut Context) -> Result<Self::Output, Error>;
+}
+
+/// The records of a window that fired, oldest first, and its span.
+///
+/// ```
+/// let window = fnhost_guest::Window::new(0, 10_000, vec![3, 4]);
+/// assert_eq!(window.values().sum::<i32>(), 7);
+/// assert_eq!((window.start(), window.end()), (0, 10_000));
+/// ```
+pub struct Window<T> {
+    start: u64,
+    end: u64,
+    records: Vec<Record<T>>,
+}
+
+impl<T> Window<T> {
+    /// A window of `values` (records with no message details), for tests of a window function.
+    pub fn new(start: u64, end: u64, values: Vec<T>) -> Self {
+        let records = values.into_iter().map(|value| Record { value, message: Message::default() }).collect();
+        Self { start, end, records }
+    }
+
+    /// The first millisecond the window covers (since the Unix epoch). A count window starts at
+    /// its first record's time.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The first millisecond after the window. A count window ends just after its last record's time.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The records, oldest first.
+    pub fn records(&self) -> &[Record<T>] {
+        &self.records
+    }
+
+    /// The records' decoded values, oldest first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.records.iter().map(|record| &record.value)
+    }
+
+    /// The records, oldest first, by value.
+    pub fn into_records(self) -> Vec<Record<T>> {
+        self.records
+    }
+}
+
+/// One record of a window: its decoded value and the message it came in.
+///
+/// ```
+/// let window = fnhost_guest::Window::new(0, 1, vec!["a".to_string()]);
+/// let record = &window.records()[0];
+/// assert_eq!((record.value.as_str(), record.message.key()), ("a", None));
+/// ```
+pub struct Record<T> {
+    /// The decoded value.
+    pub value: T,
+    /// The message's key, properties, times, id and topic.
+    pub message: Message,
 }
 
 /// A function: one instance is created with `Default` and then processes messages one at a time.
@@ -340,7 +527,7 @@ impl std::error::Error for ContextError {}
 /// let origin = format!("{} #{} key {:?}", message.topic(), message.id(), message.key());
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Message {
     key: Option<String>,
     properties: Vec<(String, String)>,

@@ -23,7 +23,7 @@ use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZ
 use crate::metrics::Stats;
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources};
+use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources, WindowConfigSpec};
 use crate::state::StateStore;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
@@ -184,11 +184,51 @@ struct FunctionFlags {
     /// The lowest level of function log lines to keep [default: info].
     #[arg(long, value_enum)]
     log_level: Option<LogLevelName>,
+    /// Window function: records per window.
+    #[arg(long, help_heading = "Window functions")]
+    window_length_count: Option<u64>,
+    /// Window function: milliseconds per window.
+    #[arg(long, help_heading = "Window functions")]
+    window_length_duration_ms: Option<u64>,
+    /// Window function: records between two windows [default: the window length: tumbling windows].
+    #[arg(long, help_heading = "Window functions")]
+    sliding_interval_count: Option<u64>,
+    /// Window function: milliseconds between two windows [default: the window length: tumbling windows].
+    #[arg(long, help_heading = "Window functions")]
+    sliding_interval_duration_ms: Option<u64>,
+    /// Window function: place records by their event time (or publish time, if they have none) instead of their arrival.
+    #[arg(long, help_heading = "Window functions")]
+    event_time: bool,
+    /// Window function, event time: how late a record may be and still count, in milliseconds [default: 0].
+    #[arg(long, help_heading = "Window functions")]
+    max_lag_ms: Option<u64>,
+    /// Window function, event time: least time between two moves of the watermark, in milliseconds [default: 1000].
+    #[arg(long, help_heading = "Window functions")]
+    watermark_emit_interval_ms: Option<u64>,
+    /// Window function, event time: where records behind the watermark go [default: logged, counted and dropped].
+    #[arg(long, help_heading = "Window functions")]
+    late_data_topic: Option<String>,
 }
 
 impl FunctionFlags {
+    /// The window flags as a `windowConfig`, if any was given.
+    fn window_config(&self) -> Option<WindowConfigSpec> {
+        let window = WindowConfigSpec {
+            window_length_count: self.window_length_count,
+            window_length_duration_ms: self.window_length_duration_ms,
+            sliding_interval_count: self.sliding_interval_count,
+            sliding_interval_duration_ms: self.sliding_interval_duration_ms,
+            event_time: self.event_time.then_some(true),
+            max_lag_ms: self.max_lag_ms,
+            watermark_emit_interval_ms: self.watermark_emit_interval_ms,
+            late_data_topic: self.late_data_topic.clone(),
+        };
+        (window != WindowConfigSpec::default()).then_some(window)
+    }
+
     /// The config file (if any) with the flags laid over it.
     fn into_spec(self) -> anyhow::Result<FunctionSpec> {
+        let window_config = self.window_config();
         let file = match &self.function_config_file {
             Some(path) => FunctionSpec::from_file(path)?,
             None => FunctionSpec::default(),
@@ -228,6 +268,7 @@ impl FunctionFlags {
             batch_size: self.batch_size,
             log_level: self.log_level,
             cleanup_subscription: None,
+            window_config,
         };
         Ok(file.overlay(flags))
     }
@@ -335,6 +376,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     })?;
     let code = runtime.load(&wasm)?;
     let function = code.prepare::<MessageContext>()?;
+    instance::check_kind(&function, &config).map_err(anyhow::Error::msg)?;
     let store = open_store(&args.data)?;
     let logs = LogSink::default();
     let mut executors: Vec<Box<dyn Executor>> = Vec::new();

@@ -217,6 +217,7 @@ impl Worker {
             let config = record.spec.resolve()?;
             let code = worker.load_package(&record.digest)?;
             let prepared = code.prepare::<MessageContext>()?;
+            instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!("function {fqfn}: {reason}"))?;
             let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
             worker.start_instances(&mut function)?;
             tracing::info!(%fqfn, instances = function.config.parallelism, "resumed function");
@@ -348,6 +349,7 @@ impl Worker {
             ));
         };
         let (digest, prepared) = self.prepare(&bytes, &shown)?;
+        instance::check_kind(&prepared, &config).map_err(WorkerError::BadRequest)?;
         self.check_capacity(&fqfn, config.parallelism)?;
         self.save_package(&digest, &bytes)?;
         let spec = FunctionSpec {
@@ -398,6 +400,8 @@ impl Worker {
             None => None,
         };
         let mut function = lock(&function);
+        let linked = prepared.as_ref().map_or(&function.prepared, |(_, prepared)| prepared);
+        instance::check_kind(linked, &config).map_err(WorkerError::BadRequest)?;
         stop_instances(&mut function);
         let parallelism = config.parallelism;
         function.record.spec = spec.clone();

@@ -1,0 +1,230 @@
+//! The loop of a window function's instance: each record is stored durably and acknowledged in
+//! one commit, windows fire from the stored records, and a window's output, its state changes
+//! and the deletion of the records no later window needs are committed together.
+//!
+//! So every processing guarantee gets the same, exactly-once windows: a record is acknowledged
+//! only once it is stored, and a window's effects and the windower's progress commit atomically,
+//! so a restart (after SIGKILL too) continues the same windows without losing or repeating one.
+
+use bincode::{Decode, Encode};
+
+use super::{Halt, RunError, RunUntil, commit_now};
+use crate::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
+use crate::embedded::now_millis;
+use crate::instance::{Executor, FunctionConfig, to_guest};
+use crate::metrics::{InstanceMetrics, Stats};
+use crate::names::TopicName;
+use crate::runtime::{GuestWindow, ProcessError};
+use crate::state::Change;
+use crate::window::{Offered, Window, WindowConfig, Windower, WindowerState};
+
+/// How often an instance of a window function looks at the clock while no record arrives, so
+/// that time windows close on time.
+const WINDOW_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A record as stored until no window needs it.
+#[derive(Encode, Decode)]
+struct StoredRecord {
+    topic: String,
+    sequence: u64,
+    timestamp: u64,
+    body: MessageBody,
+}
+
+/// The windower's progress, stored with every commit.
+#[derive(Encode, Decode, Default)]
+struct Progress {
+    windower: WindowerState,
+    /// The id the next accepted record gets.
+    next_id: u64,
+    /// No stored record has a smaller id.
+    oldest_id: u64,
+}
+
+/// Where instance `instance_id`'s window records and progress are kept in the function's state
+/// table: under a NUL byte, which the context refuses in a function's own keys.
+fn progress_key(instance_id: u32) -> String {
+    format!("\0window/{instance_id}")
+}
+
+fn record_key(instance_id: u32, id: u64) -> String {
+    format!("\0window/{instance_id}/{id:016x}")
+}
+
+fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    bincode::encode_to_vec(value, bincode::config::standard()).expect("encoding into a Vec cannot fail")
+}
+
+fn decode<T: Decode<()>>(bytes: &[u8], what: &str) -> Result<T, RunError> {
+    bincode::decode_from_slice(bytes, bincode::config::standard()).map(|(value, _)| value).map_err(|error| {
+        RunError::State(crate::state::StateError::Storage(format!(
+            "a stored {what} of a window function cannot be decoded ({error}); the data directory is damaged or was written by an incompatible fnhost"
+        )))
+    })
+}
+
+/// Runs a window function's instance until it is halted (or, under [`RunUntil::Idle`], until
+/// its inputs are drained; windows still open then stay stored for the next run).
+pub(super) fn run_window_instance(
+    subscription: &dyn Subscription,
+    config: &FunctionConfig,
+    window: &WindowConfig,
+    executor: &mut dyn Executor,
+    metrics: &InstanceMetrics,
+    until: RunUntil,
+    halt: &Halt<'_>,
+) -> Result<(), RunError> {
+    let instance_id = executor.context().instance_id;
+    let progress: Progress = match executor.context().read(&progress_key(instance_id))? {
+        Some(bytes) => decode(&bytes, "window progress")?,
+        None => Progress::default(),
+    };
+    let mut entries = Vec::new();
+    for id in progress.oldest_id..progress.next_id {
+        if let Some(bytes) = executor.context().read(&record_key(instance_id, id))? {
+            let record: StoredRecord = decode(&bytes, "window record")?;
+            entries.push(crate::window::Entry { timestamp: record.timestamp, id });
+        }
+    }
+    let mut windower = Windower::resume(window.spec, progress.windower, entries);
+    let mut next_id = progress.next_id;
+    while !halt.halted() {
+        let wait = if until == RunUntil::Idle { std::time::Duration::ZERO } else { WINDOW_TICK };
+        let messages = subscription.fetch(config.batch_size, wait)?;
+        let now = now_millis();
+        let mut stats = Stats { received: messages.len() as u64, ..Stats::default() };
+        let acks = Acks::of(&messages);
+        let count = messages.len();
+        for message in messages {
+            let event_time = message.body.event_time.unwrap_or(message.body.publish_time);
+            match windower.offer(next_id, event_time, now) {
+                Offered::Accepted => {
+                    let stored = StoredRecord {
+                        topic: message.topic.as_str().to_owned(),
+                        sequence: message.sequence,
+                        timestamp: if windower_uses_event_time(window) { event_time } else { now },
+                        body: message.body,
+                    };
+                    executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored)));
+                    next_id += 1;
+                }
+                Offered::Late => late(message, window.late_data_topic.as_ref(), executor),
+            }
+        }
+        let advance = windower.advance(now);
+        let changed = count > 0 || !advance.fired.is_empty() || !advance.evicted.is_empty();
+        for fired in advance.fired {
+            fire(fired, instance_id, config, executor, &mut stats)?;
+        }
+        for id in advance.evicted {
+            executor.context().stage(record_key(instance_id, id), Change::Delete);
+        }
+        if changed {
+            let progress = Progress {
+                windower: windower.state().clone(),
+                next_id,
+                oldest_id: windower.oldest_id().unwrap_or(next_id),
+            };
+            executor.context().stage(progress_key(instance_id), Change::Put(encode(&progress)));
+            stats.last_invocation = Some(now);
+            stats.user_metrics = std::mem::take(&mut executor.context().metrics);
+            commit_now(subscription, acks, count, config, executor)?;
+            metrics.record_batch(&stats);
+        } else if until == RunUntil::Idle && subscription.drained() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn windower_uses_event_time(window: &WindowConfig) -> bool {
+    matches!(window.spec.time, crate::window::TimeBase::Event { .. })
+}
+
+/// A record behind the watermark: to the late-data topic, or logged and counted.
+fn late(message: Message, late_data_topic: Option<&TopicName>, executor: &mut dyn Executor) {
+    let context = executor.context();
+    match late_data_topic {
+        Some(topic) => {
+            let MessageBody { value, key, properties, event_time, .. } = message.body;
+            context.stage_output(topic.clone(), OutMessage { value, key, properties, event_time });
+        }
+        None => {
+            context.write_log(
+                crate::runtime::LogLevel::Warn,
+                format!(
+                    "message {} from {} is behind the watermark (event time {:?}) and was dropped; give --late-data-topic to keep late records",
+                    message.sequence,
+                    message.topic,
+                    message.body.event_time
+                ),
+            );
+            let late = context.metrics.entry(LATE_RECORDS_METRIC.to_owned()).or_default();
+            late.0 += 1;
+            late.1 += 1.0;
+        }
+    }
+}
+
+/// The metric that counts late records dropped for want of a late-data topic.
+pub const LATE_RECORDS_METRIC: &str = "fnhost_late_records_dropped";
+
+/// Calls the function on a fired window, trying it again after a failure up to the retry limit,
+/// and then sending its records to the dead-letter topic.
+fn fire(
+    window: Window,
+    instance_id: u32,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+    stats: &mut Stats,
+) -> Result<(), RunError> {
+    let mut records = Vec::with_capacity(window.records.len());
+    for id in &window.records {
+        let bytes = executor.context().read(&record_key(instance_id, *id))?.ok_or_else(|| {
+            RunError::State(crate::state::StateError::Storage(format!("window record {id} is missing from the store")))
+        })?;
+        let record: StoredRecord = decode(&bytes, "window record")?;
+        let topic = TopicName::parse(&record.topic).map_err(|error| {
+            RunError::State(crate::state::StateError::Storage(format!(
+                "a stored window record names a bad topic: {error}"
+            )))
+        })?;
+        records.push(to_guest(&topic, record.sequence, record.body));
+    }
+    let span = GuestWindow { start: window.start, end: window.end };
+    let tries = config.max_message_retries + 1;
+    for attempt in 1..=tries {
+        let started = std::time::Instant::now();
+        executor.context().begin_window();
+        let result = executor.process_window(span, &records);
+        let result = executor.context().end_window(result);
+        stats.latency.record(started.elapsed());
+        let error = match result {
+            Ok(()) => {
+                stats.succeeded += 1;
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        stats.record_exception(matches!(error, ProcessError::User(_)), error.to_string());
+        let fate = if attempt < tries {
+            "trying again".to_owned()
+        } else {
+            format!("records sent to {}", config.dead_letter_topic)
+        };
+        executor.context().write_log(
+            crate::runtime::LogLevel::Error,
+            format!(
+                "window [{}, {}) of {} records failed (try {attempt} of {tries}): {error}; {fate}",
+                window.start,
+                window.end,
+                records.len()
+            ),
+        );
+    }
+    for record in &records {
+        executor.context().dead_letter(&config.dead_letter_topic.clone(), record, "the window failed every try");
+        stats.dead_lettered += 1;
+    }
+    Ok(())
+}

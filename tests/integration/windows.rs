@@ -1,0 +1,227 @@
+//! Window functions through the CLI: count windows against an oracle under every guarantee,
+//! event time with out-of-order and late records, the examples, and SIGKILL in the middle of a
+//! window.
+
+use std::io::{BufRead, BufReader};
+
+use serde_json::Value;
+
+use crate::support::{Fnhost, guest};
+
+/// Appends `count` messages `v0`, `v1`, ... to `topic` in one produce.
+fn produce_numbered(fnhost: &Fnhost, topic: &str, range: std::ops::Range<usize>) {
+    let file = fnhost.data_dir().join(format!("{topic}-{}.txt", range.start));
+    let values: Vec<String> = range.map(|i| format!("v{i}")).collect();
+    std::fs::write(&file, values.join("\n")).unwrap();
+    fnhost.ok(&["topics", "produce", topic, "--file", file.to_str().unwrap()]);
+}
+
+/// The windows `window-list` wrote to `topic`, as lists of values.
+fn windows(fnhost: &Fnhost, topic: &str) -> Vec<Vec<String>> {
+    fnhost
+        .consume(topic)
+        .iter()
+        .map(|line| {
+            let listed: Value = serde_json::from_str(line).unwrap();
+            listed["values"].as_array().unwrap().iter().map(|value| value.as_str().unwrap().to_owned()).collect()
+        })
+        .collect()
+}
+
+/// After every `slide` records, the last `length` of them.
+fn count_oracle(length: usize, slide: usize, records: usize) -> Vec<Vec<String>> {
+    (1..=records / slide)
+        .map(|fire| fire * slide)
+        .map(|last| (last.saturating_sub(length)..last).map(|i| format!("v{i}")).collect())
+        .collect()
+}
+
+#[test]
+fn count_windows_are_exact_under_every_guarantee() {
+    // (length, slide, records): tumbling, sliding, hopping; batches of 7 cut across windows.
+    let cases = [(10, 10, 45), (5, 2, 23), (3, 7, 30)];
+    for guarantee in ["ATMOST_ONCE", "ATLEAST_ONCE", "EFFECTIVELY_ONCE"] {
+        for (length, slide, records) in cases {
+            let fnhost = Fnhost::new();
+            produce_numbered(&fnhost, "in", 0..records);
+            let (length_flag, slide_flag) = (length.to_string(), slide.to_string());
+            let mut extra = vec!["--output", "out", "--window-length-count", &length_flag, "--batch-size", "7"];
+            extra.extend(["--processing-guarantees", guarantee]);
+            if slide != length {
+                extra.extend(["--sliding-interval-count", &slide_flag]);
+            }
+            fnhost.localrun("window-list", "windows", "in", &extra);
+            assert_eq!(
+                windows(&fnhost, "out"),
+                count_oracle(length, slide, records),
+                "{guarantee}, length {length}, slide {slide}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_later_run_continues_the_open_windows_where_the_last_one_stopped() {
+    let fnhost = Fnhost::new();
+    let flags = ["--output", "out", "--window-length-count", "10"];
+    produce_numbered(&fnhost, "in", 0..15);
+    fnhost.localrun("window-list", "windows", "in", &flags);
+    assert_eq!(windows(&fnhost, "out"), count_oracle(10, 10, 15));
+    produce_numbered(&fnhost, "in", 15..30);
+    fnhost.localrun("window-list", "windows", "in", &flags);
+    assert_eq!(windows(&fnhost, "out"), count_oracle(10, 10, 30));
+}
+
+#[test]
+fn event_time_windows_take_out_of_order_records_and_send_late_ones_to_the_late_data_topic() {
+    let fnhost = Fnhost::new();
+    let wasm = guest("window-list");
+    let run = || {
+        fnhost.ok(&[
+            "localrun",
+            "--wasm",
+            wasm.to_str().unwrap(),
+            "--name",
+            "readings",
+            "--inputs",
+            "in",
+            "--output",
+            "out",
+            "--window-length-duration-ms",
+            "10000",
+            "--sliding-interval-duration-ms",
+            "5000",
+            "--event-time",
+            "--max-lag-ms",
+            "3000",
+            "--late-data-topic",
+            "late",
+            // Runs are further apart than this, so each run's first look moves the watermark.
+            "--watermark-emit-interval-ms",
+            "1",
+            "--until-idle",
+        ])
+    };
+    let produce = |records: &[(&str, u64)]| {
+        for (value, event_time) in records {
+            fnhost.ok(&["topics", "produce", "in", "-m", value, "--event-time", &event_time.to_string()]);
+        }
+    };
+    // Each run reads its records in one fetch, so the watermark moves once per run: to the newest
+    // event time minus the 3 s lag.
+    produce(&[("a", 1_000), ("b", 3_000), ("c", 2_000), ("d", 12_000)]);
+    run(); // watermark 9 000: [-5 000, 5 000) closes
+    produce(&[("e", 9_500), ("f", 4_000), ("g", 16_000)]);
+    run(); // e is within the lag, f behind the watermark; watermark 13 000: [0, 10 000) closes
+    produce(&[("h", 30_000)]);
+    run(); // watermark 27 000: [5 000, 15 000), [10 000, 20 000) and [15 000, 25 000) close
+    let expected: Vec<Vec<&str>> =
+        vec![vec!["a", "c", "b"], vec!["a", "c", "b", "e"], vec!["e", "d"], vec!["d", "g"], vec!["g"]];
+    assert_eq!(windows(&fnhost, "out"), expected);
+    let spans: Vec<(u64, u64)> = fnhost
+        .consume("out")
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|listed| (listed["start"].as_u64().unwrap_or(0), listed["end"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(spans, [(0, 5_000), (0, 10_000), (5_000, 15_000), (10_000, 20_000), (15_000, 25_000)]);
+    assert_eq!(fnhost.consume("late"), ["f"]);
+}
+
+#[test]
+fn bad_window_settings_are_refused_with_the_flag_named() {
+    let fnhost = Fnhost::new();
+    let window_list = guest("window-list");
+    let exclamation = guest("exclamation");
+    let cases: [(&std::path::Path, &[&str], &str); 6] = [
+        (&window_list, &["--window-length-count", "0"], "--window-length-count 0 is out of range"),
+        (&window_list, &["--window-length-count", "5", "--window-length-duration-ms", "5"], "a window has one length"),
+        (&window_list, &["--window-length-count", "5", "--max-lag-ms", "10"], "applies to event time only"),
+        (&window_list, &[], "the component is a window function"),
+        (&exclamation, &["--window-length-count", "5"], "the component is not a window function"),
+        (
+            &window_list,
+            &["--window-length-count", "5", "--processing-guarantees", "MANUAL"],
+            "MANUAL does not apply to a window function",
+        ),
+    ];
+    for (wasm, flags, expected) in cases {
+        let mut args =
+            vec!["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "w", "--inputs", "in", "--until-idle"];
+        args.extend(flags);
+        let stderr = fnhost.fails(&args);
+        assert!(stderr.contains(expected), "{flags:?}: `{stderr}` does not say `{expected}`");
+    }
+}
+
+#[test]
+fn the_examples_count_per_user_and_average_sliding_event_time_windows() {
+    let fnhost = Fnhost::new();
+    let events: Vec<String> = (0..25).map(|i| format!(r#"{{"user_id": "u{}"}}"#, i % 3)).collect();
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    fnhost.produce("events", &events);
+    fnhost.localrun("user-counts", "user-counts", "events", &["--output", "counts", "--window-length-count", "10"]);
+    assert_eq!(fnhost.consume("counts"), [r#"{"u0":4,"u1":3,"u2":3}"#, r#"{"u0":3,"u1":4,"u2":3}"#]);
+
+    for (value, event_time) in [(10.0, 1_000), (20.0, 6_000), (30.0, 30_000)] {
+        let reading = format!(r#"{{"value": {value}}}"#);
+        fnhost.ok(&["topics", "produce", "readings", "-m", &reading, "--event-time", &event_time.to_string()]);
+    }
+    let flags =
+        ["--output", "averages", "--window-length-duration-ms", "10000", "--sliding-interval-duration-ms", "5000"];
+    let mut flags = flags.to_vec();
+    flags.push("--event-time");
+    fnhost.localrun("sliding-average", "averages", "readings", &flags);
+    let averages: Vec<Value> =
+        fnhost.consume("averages").iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let summary: Vec<(u64, u64, f64)> = averages
+        .iter()
+        .map(|a| (a["end"].as_u64().unwrap(), a["count"].as_u64().unwrap(), a["average"].as_f64().unwrap()))
+        .collect();
+    // Watermark 30 000: every window ending by then that holds a reading.
+    assert_eq!(summary, [(5_000, 1, 10.0), (10_000, 2, 15.0), (15_000, 1, 20.0)]);
+}
+
+/// Records for the crash test: several windows of `CRASH_WINDOW` records.
+const CRASH_RECORDS: usize = 5_000;
+const CRASH_WINDOW: usize = 1_000;
+
+#[test]
+fn a_window_cut_by_sigkill_is_completed_once_by_the_next_run() {
+    let fnhost = Fnhost::new();
+    produce_numbered(&fnhost, "in", 0..CRASH_RECORDS);
+    let wasm = guest("window-list");
+    let window = CRASH_WINDOW.to_string();
+    let args = [
+        "localrun",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        "windows",
+        "--inputs",
+        "in",
+        "--output",
+        "out",
+        "--window-length-count",
+        &window,
+        "--batch-size",
+        "64",
+        "--until-idle",
+    ];
+    // Killed after 5, 20 and 30 commits of 64 records: inside the first and second windows.
+    for commits in [5, 20, 30] {
+        let mut command = fnhost.command(&args);
+        command.env("FNHOST_LOG", "fnhost=debug").stdout(std::process::Stdio::null());
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let seen = stderr.lines().map_while(Result::ok).filter(|line| line.contains("committed a batch")).take(commits);
+        assert_eq!(seen.count(), commits, "the run ended before committing {commits} batches");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let partial = windows(&fnhost, "out").len();
+    // The runs stored 320, 1,600 and 3,520 records: each kill fell inside a window.
+    assert!((1..CRASH_RECORDS / CRASH_WINDOW).contains(&partial), "the kills interrupted the work ({partial} windows)");
+    fnhost.ok(&args);
+    assert_eq!(windows(&fnhost, "out"), count_oracle(CRASH_WINDOW, CRASH_WINDOW, CRASH_RECORDS));
+}
