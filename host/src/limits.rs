@@ -83,3 +83,5 @@ pub const MAX_WINDOW_RECORDS: u64 = 100_000;
 pub const MAX_WINDOW_DURATION_MS: u64 = 86_400_000;
 /// Default least time between two moves of the watermark (`--watermark-emit-interval-ms`), as in Pulsar.
 pub const DEFAULT_WATERMARK_INTERVAL_MS: u64 = 1_000;
+/// Most bytes of record values in one window: a window goes to the function in one call, into its memory.
+pub const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;

@@ -129,6 +129,25 @@ fn event_time_windows_take_out_of_order_records_and_send_late_ones_to_the_late_d
 }
 
 #[test]
+fn a_window_that_fails_every_try_sends_its_records_to_the_dead_letter_topic_and_keeps_no_effects() {
+    let fnhost = Fnhost::new();
+    fnhost.produce("in", &["a", "b", "fail", "c", "d", "e"]);
+    let stdout = fnhost.localrun(
+        "window-list",
+        "windows",
+        "in",
+        &["--output", "out", "--window-length-count", "2", "--max-message-retries", "1"],
+    );
+    assert!(stdout.contains("2 succeeded, 2 user exceptions"), "{stdout}");
+    assert_eq!(windows(&fnhost, "out"), [vec!["a", "b"], vec!["d", "e"]]);
+    let dead: Vec<Value> = fnhost.consume_json("public/default/windows-DLQ");
+    let values: Vec<&str> = dead.iter().map(|message| message["value"].as_str().unwrap()).collect();
+    assert_eq!(values, ["fail", "c"]);
+    let state = fnhost.run(&["functions", "querystate", "--fqfn", "public/default/windows", "--key", "failed window stored this"]);
+    assert!(!state.success, "the failed window's state change was kept: {}", state.stdout);
+}
+
+#[test]
 fn bad_window_settings_are_refused_with_the_flag_named() {
     let fnhost = Fnhost::new();
     let window_list = guest("window-list");

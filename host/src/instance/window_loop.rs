@@ -12,6 +12,7 @@ use super::{Halt, RunError, RunUntil, commit_now};
 use crate::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
 use crate::embedded::now_millis;
 use crate::instance::{Executor, FunctionConfig, to_guest};
+use crate::limits::MAX_WINDOW_BYTES;
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
 use crate::runtime::{GuestWindow, ProcessError};
@@ -192,6 +193,20 @@ fn fire(
         records.push(to_guest(&topic, record.sequence, record.body));
     }
     let span = GuestWindow { start: window.start, end: window.end };
+    let bytes: usize = records.iter().map(|record| record.value.len()).sum();
+    if bytes > MAX_WINDOW_BYTES {
+        let reason = format!(
+            "window [{}, {}) holds {bytes} bytes of records; the limit (MAX_WINDOW_BYTES) is {MAX_WINDOW_BYTES}: use a shorter window",
+            window.start, window.end
+        );
+        stats.record_exception(false, reason.clone());
+        executor.context().write_log(
+            crate::runtime::LogLevel::Error,
+            format!("{reason}; records sent to {}", config.dead_letter_topic),
+        );
+        dead_letter(&records, &reason, config, executor, stats);
+        return Ok(());
+    }
     let tries = config.max_message_retries + 1;
     for attempt in 1..=tries {
         let started = std::time::Instant::now();
@@ -222,9 +237,19 @@ fn fire(
             ),
         );
     }
-    for record in &records {
-        executor.context().dead_letter(&config.dead_letter_topic.clone(), record, "the window failed every try");
+    dead_letter(&records, "the window failed every try", config, executor, stats);
+    Ok(())
+}
+
+fn dead_letter(
+    records: &[crate::runtime::GuestMessage],
+    reason: &str,
+    config: &FunctionConfig,
+    executor: &mut dyn Executor,
+    stats: &mut Stats,
+) {
+    for record in records {
+        executor.context().dead_letter(&config.dead_letter_topic, record, reason);
         stats.dead_lettered += 1;
     }
-    Ok(())
 }
