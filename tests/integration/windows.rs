@@ -143,7 +143,14 @@ fn a_window_that_fails_every_try_sends_its_records_to_the_dead_letter_topic_and_
     let dead: Vec<Value> = fnhost.consume_json("public/default/windows-DLQ");
     let values: Vec<&str> = dead.iter().map(|message| message["value"].as_str().unwrap()).collect();
     assert_eq!(values, ["fail", "c"]);
-    let state = fnhost.run(&["functions", "querystate", "--fqfn", "public/default/windows", "--key", "failed window stored this"]);
+    let state = fnhost.run(&[
+        "functions",
+        "querystate",
+        "--fqfn",
+        "public/default/windows",
+        "--key",
+        "failed window stored this",
+    ]);
     assert!(!state.success, "the failed window's state change was kept: {}", state.stdout);
 }
 
