@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
-use fnhost::guest_build::{Builder, Source, WEVAL_OFF};
+use fnhost::guest_build::{Builder, Source, WEVAL_OFF, World};
 use fnhost::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
     WasmExecutor,
@@ -657,7 +657,8 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         let wasm = match &language.source {
             None => rust_wasm.to_owned(),
-            Some(source) => (language.builder)(&scratch.path().join(format!("build-{folder}"))).component(source)?,
+            Some(source) => (language.builder)(&scratch.path().join(format!("build-{folder}")))
+                .component(source, World::Function)?,
         };
         let build = started.elapsed();
         let compiled = scratch.path().join(format!("compiled-{folder}"));

@@ -219,6 +219,25 @@ fn absolute_program(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
+/// The WIT world a component is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    /// `function`: one message at a time, in batches.
+    Function,
+    /// `window-function`: one window's records at a time.
+    WindowFunction,
+}
+
+impl World {
+    /// The world's name in `wit/function.wit`.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            Self::Function => "function",
+            Self::WindowFunction => "window-function",
+        }
+    }
+}
+
 /// Builds and caches components from source.
 #[derive(Clone, Debug)]
 pub struct Builder {
@@ -237,16 +256,17 @@ impl Builder {
         Self { interpreted_javascript: true, ..self }
     }
 
-    /// The component file for `code`: the file given, or the one built from the source given.
-    pub fn component_file(&self, code: &Code) -> Result<PathBuf, BuildError> {
+    /// The component file for `code`: the file given, or the one built from the source given for `world`.
+    pub fn component_file(&self, code: &Code, world: World) -> Result<PathBuf, BuildError> {
         match code {
             Code::Wasm(path) => Ok(path.clone()),
-            Code::Source(source) => self.component(source),
+            Code::Source(source) => self.component(source, world),
         }
     }
 
-    /// The component built from `source`: from the cache when the same sources were built before.
-    pub fn component(&self, source: &Source) -> Result<PathBuf, BuildError> {
+    /// The component built from `source` for `world`: from the cache when the same sources were
+    /// built before.
+    pub fn component(&self, source: &Source, world: World) -> Result<PathBuf, BuildError> {
         let (toolchain, file) = match source {
             Source::Python { file, .. } => (&COMPONENTIZE_PY, file),
             Source::JavaScript { file } => (&COMPONENTIZE_JS, file),
@@ -258,7 +278,8 @@ impl Builder {
             Source::JavaScript { .. } => Some(JavaScriptMode::choose(&self.cache_dir)?),
         };
         let how = mode.as_ref().map(JavaScriptMode::describe).unwrap_or_default();
-        let built = self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, mode.as_ref(), &siblings)));
+        let built =
+            self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, world, mode.as_ref(), &siblings)));
         if built.exists() {
             tracing::info!("using the component built earlier from {} {how}", file.display());
             return Ok(built);
@@ -268,11 +289,11 @@ impl Builder {
         std::fs::create_dir_all(&self.cache_dir).map_err(cache_error)?;
         let scratch = tempfile::Builder::new().prefix("build-").tempdir_in(&self.cache_dir).map_err(cache_error)?;
         let root = scratch.path();
-        let entry = stage(root, source, &siblings).map_err(cache_error)?;
+        let entry = stage(root, source, world, &siblings).map_err(cache_error)?;
         let partial = root.join("component.wasm");
         let mut command = Command::new(&program);
         match source {
-            Source::Python { .. } => command.args(["-d", "wit", "-w", "function", "componentize"]).args([
+            Source::Python { .. } => command.args(["-d", "wit", "-w", world.wit_name(), "componentize"]).args([
                 "-p",
                 "app",
                 "-p",
@@ -288,7 +309,7 @@ impl Builder {
                 "-w",
                 "wit",
                 "-n",
-                "function",
+                world.wit_name(),
                 "-d",
                 "http",
                 "fetch-event",
@@ -365,6 +386,7 @@ fn sources_beside(file: &Path, source: &Source) -> Result<Vec<(String, Vec<u8>)>
 fn content_key(
     toolchain: &Toolchain,
     source: &Source,
+    world: World,
     mode: Option<&JavaScriptMode>,
     siblings: &[(String, Vec<u8>)],
 ) -> String {
@@ -376,6 +398,7 @@ fn content_key(
     field(toolchain.default_program.as_bytes());
     field(toolchain.version.as_bytes());
     field(WIT.as_bytes());
+    field(world.wit_name().as_bytes());
     match source {
         Source::Python { file, classname } => {
             for (name, text) in PYTHON_SDK {
@@ -407,7 +430,7 @@ fn file_name(file: &Path) -> String {
 
 /// Lays out the build folder (`app/` the function's sources, `sdk/`, `wit/`, and the entry
 /// module) and returns the entry module's file name.
-fn stage(root: &Path, source: &Source, siblings: &[(String, Vec<u8>)]) -> std::io::Result<String> {
+fn stage(root: &Path, source: &Source, world: World, siblings: &[(String, Vec<u8>)]) -> std::io::Result<String> {
     let write = |relative: &str, bytes: &[u8]| {
         let path = root.join(relative);
         if let Some(parent) = path.parent() {
@@ -426,17 +449,25 @@ fn stage(root: &Path, source: &Source, siblings: &[(String, Vec<u8>)]) -> std::i
             }
             // The classname is passed as a Python string literal: JSON's escaping is valid Python.
             let literal = serde_json::to_string(classname).map_err(std::io::Error::other)?;
+            let binder = match world {
+                World::Function => "world",
+                World::WindowFunction => "window_world",
+            };
             write(
                 "fnhost_main.py",
-                format!("import fnhost._component\nWitWorld = fnhost._component.world({literal})\n").as_bytes(),
+                format!("import fnhost._component\nWitWorld = fnhost._component.{binder}({literal})\n").as_bytes(),
             )?;
             Ok("fnhost_main.py".into())
         }
         Source::JavaScript { file } => {
             write("sdk/fnhost.js", JS_SDK.as_bytes())?;
             let module = serde_json::to_string(&format!("./app/{}", file_name(file))).map_err(std::io::Error::other)?;
+            let (export, binder) = match world {
+                World::Function => ("processBatch", "componentProcessBatch"),
+                World::WindowFunction => ("processWindow", "componentProcessWindow"),
+            };
             let entry = format!(
-                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.2.0\";\nimport {{ componentProcessBatch }} from \"./sdk/fnhost.js\";\nexport const processBatch = componentProcessBatch(functionModule, host);\n"
+                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.2.0\";\nimport {{ {binder} }} from \"./sdk/fnhost.js\";\nexport const {export} = {binder}(functionModule, host);\n"
             );
             write("fnhost_main.js", entry.as_bytes())?;
             Ok("fnhost_main.js".into())
@@ -455,24 +486,31 @@ mod tests {
     #[test]
     fn the_key_changes_with_every_input_of_the_build() {
         let files = vec![("f.py".to_owned(), b"x = 1".to_vec())];
-        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), None, &files);
-        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &files), "deterministic");
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), None, &files), "classname");
+        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &files);
+        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &files), "deterministic");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), World::Function, None, &files), "classname");
         let edited = vec![("f.py".to_owned(), b"x = 2".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &edited), "source");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &edited), "source");
         let renamed = vec![("g.py".to_owned(), b"x = 1".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), None, &renamed), "file name");
+        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &renamed), "file name");
         let js = Source::JavaScript { file: "f.py".into() };
-        let interpreted = content_key(&COMPONENTIZE_JS, &js, Some(&JavaScriptMode::Interpreted), &files);
+        let interpreted =
+            content_key(&COMPONENTIZE_JS, &js, World::Function, Some(&JavaScriptMode::Interpreted), &files);
         assert_ne!(base, interpreted, "language");
         let ahead_of_time = JavaScriptMode::AheadOfTime("/usr/bin/weval".into());
-        assert_ne!(interpreted, content_key(&COMPONENTIZE_JS, &js, Some(&ahead_of_time), &files), "AOT");
+        assert_ne!(
+            interpreted,
+            content_key(&COMPONENTIZE_JS, &js, World::Function, Some(&ahead_of_time), &files),
+            "AOT"
+        );
+        let window = content_key(&COMPONENTIZE_PY, &python("f.F"), World::WindowFunction, None, &files);
+        assert_ne!(base, window, "world");
     }
 
     #[test]
     fn the_entry_module_names_the_class_as_a_literal() {
         let root = tempfile::tempdir().unwrap();
-        let entry = stage(root.path(), &python("m.C\"; import os"), &[]).unwrap();
+        let entry = stage(root.path(), &python("m.C\"; import os"), World::Function, &[]).unwrap();
         let text = std::fs::read_to_string(root.path().join(entry)).unwrap();
         assert!(text.ends_with("world(\"m.C\\\"; import os\")\n"), "{text}");
         assert!(root.path().join("sdk/fnhost/_component.py").exists());

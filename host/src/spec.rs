@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Inputs, Position};
-use crate::guest_build::Source;
+use crate::guest_build::{Source, World};
 use crate::instance::{FunctionConfig, Ordering, ProcessingGuarantee};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
@@ -328,6 +328,11 @@ impl FunctionSpec {
                 "give the function's code once: --wasm FILE.wasm, --py FILE.py --classname MODULE.CLASS, or --js FILE.js",
             )),
         }
+    }
+
+    /// The WIT world the function's source is built for: a window function when it has window settings.
+    pub fn world(&self) -> World {
+        if self.window_config.is_some() { World::WindowFunction } else { World::Function }
     }
 
     /// The spec without its code, as the worker keeps it beside the stored component.

@@ -208,6 +208,76 @@ fn the_examples_count_per_user_and_average_sliding_event_time_windows() {
     assert_eq!(summary, [(5_000, 1, 10.0), (10_000, 2, 15.0), (15_000, 1, 20.0)]);
 }
 
+/// The example window functions in `language` (`--py FILE --classname ...` or `--js FILE`):
+/// per-user counts of tumbling 10-event windows, and averages of sliding event-time windows.
+fn example_outputs(fnhost: &Fnhost, code: [&[&str]; 2]) -> (Vec<Value>, Vec<Value>) {
+    let [counts_code, averages_code] = code;
+    let mut args = vec!["localrun", "--name", "user-counts", "--inputs", "events", "--output", "counts"];
+    args.extend(counts_code);
+    args.extend(["--window-length-count", "10", "--until-idle"]);
+    fnhost.ok(&args);
+    let mut args = vec!["localrun", "--name", "averages", "--inputs", "readings", "--output", "averages"];
+    args.extend(averages_code);
+    args.extend(["--window-length-duration-ms", "10000", "--sliding-interval-duration-ms", "5000", "--event-time"]);
+    args.push("--until-idle");
+    fnhost.ok(&args);
+    let parse = |topic| fnhost.consume(topic).iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    (parse("counts"), parse("averages"))
+}
+
+/// The averages' fields as numbers: JavaScript writes 15 where Rust and Python write 15.0.
+fn spans_and_averages(averages: &[Value]) -> Vec<(u64, u64, u64, f64)> {
+    let number = |average: &Value, field: &str| average[field].as_f64().unwrap();
+    averages
+        .iter()
+        .map(|a| (number(a, "start") as u64, number(a, "end") as u64, number(a, "count") as u64, number(a, "average")))
+        .collect()
+}
+
+fn produce_example_inputs(fnhost: &Fnhost) {
+    let events: Vec<String> = (0..25).map(|i| format!(r#"{{"user_id": "u{}"}}"#, i % 3)).collect();
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    fnhost.produce("events", &events);
+    for (value, event_time) in [(10.0, 1_000), (20.0, 6_000), (30.0, 30_000)] {
+        let reading = format!(r#"{{"value": {value}}}"#);
+        fnhost.ok(&["topics", "produce", "readings", "-m", &reading, "--event-time", &event_time.to_string()]);
+    }
+}
+
+#[test]
+fn python_and_javascript_window_functions_get_the_same_windows_as_rust() {
+    let path = |relative: &str| crate::support::workspace().join(relative).display().to_string();
+    let rust = Fnhost::new();
+    produce_example_inputs(&rust);
+    let (counts, averages) = example_outputs(
+        &rust,
+        [&["--wasm", guest("user-counts").to_str().unwrap()], &["--wasm", guest("sliding-average").to_str().unwrap()]],
+    );
+    assert_eq!(counts.len(), 2);
+    assert_eq!(averages.len(), 3);
+    let (py_counts, py_averages) =
+        (path("examples/python-windows/user_counts.py"), path("examples/python-windows/sliding_average.py"));
+    let (js_counts, js_averages) =
+        (path("examples/js-windows/user_counts.js"), path("examples/js-windows/sliding_average.js"));
+    let languages: [(&str, [&[&str]; 2]); 2] = [
+        (
+            "Python",
+            [
+                &["--py", &py_counts, "--classname", "user_counts.UserCounts"],
+                &["--py", &py_averages, "--classname", "sliding_average.SlidingAverage"],
+            ],
+        ),
+        ("JavaScript", [&["--js", &js_counts], &["--js", &js_averages]]),
+    ];
+    for (language, code) in languages {
+        let fnhost = Fnhost::new();
+        produce_example_inputs(&fnhost);
+        let (language_counts, language_averages) = example_outputs(&fnhost, code);
+        assert_eq!(language_counts, counts, "{language}");
+        assert_eq!(spans_and_averages(&language_averages), spans_and_averages(&averages), "{language}");
+    }
+}
+
 /// Records for the crash test: several windows of `CRASH_WINDOW` records.
 const CRASH_RECORDS: usize = 5_000;
 const CRASH_WINDOW: usize = 1_000;

@@ -203,3 +203,43 @@ export function componentProcessBatch(module, host) {
     }
   };
 }
+
+/**
+ * The records of a window that fired, oldest first, and its span in milliseconds since the Unix
+ * epoch: time windows cover [start, end); a count window starts at its first record's time and
+ * ends just after its last one's. A window function is a class with `process(window, context)`
+ * (or such a function), built with window settings such as `--window-length-count`.
+ */
+export class Window {
+  constructor(start, end, records) {
+    this.start = Number(start);
+    this.end = Number(end);
+    /** The records (with `value`, `key`, `properties`, `eventTime`, ...), oldest first. */
+    this.records = records;
+  }
+  /** The records' values (Uint8Array), oldest first. */
+  get values() { return this.records.map((record) => record.value); }
+}
+
+/**
+ * The component's `processWindow` export (the window-function world): runs `module`'s function on
+ * each window with a context over `host`; in it, the context's message is the window's newest record.
+ */
+export function componentProcessWindow(module, host) {
+  const run = functionOf(module);
+  const wrapped = { ...host };
+  for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
+    wrapped[name] = refusable(host[name]);
+  }
+  const context = new Context(wrapped, undefined);
+  return (window, records) => {
+    context._message = records[records.length - 1];
+    try {
+      return encodeOutput(run(new Window(window.start, window.end, records), context));
+    } catch (error) {
+      // A thrown string is the export's `err`; a thrown Error would trap the instance.
+      throw describe(error);
+    }
+  };
+}
+

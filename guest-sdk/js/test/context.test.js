@@ -1,7 +1,7 @@
 // The SDK's context, glue and mock, as a function author meets them: `node --test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ContextError, componentProcessBatch, encodeOutput, functionOf } from "../src/index.js";
+import { ContextError, componentProcessBatch, componentProcessWindow, encodeOutput, functionOf } from "../src/index.js";
 import { MockContext } from "../src/testing.js";
 
 const text = (bytes) => (bytes === undefined ? undefined : new TextDecoder().decode(bytes));
@@ -129,3 +129,19 @@ test("lines below the log level are not sent", () => {
   assert.deepEqual(context.logs, [["warn", "kept"]]);
   assert.equal(context.getLogger().isEnabled("error"), true);
 });
+
+test("a window function gets the window's span and values, the newest record as its message, and fails with a string", () => {
+  const host = { getState() { return undefined; } };
+  const record = (value, messageId) => ({ value: new TextEncoder().encode(value), properties: [], publishTime: 0n, messageId, topic: "t" });
+  const processWindow = componentProcessWindow({
+    process(window, context) {
+      const values = window.values.map(text);
+      if (values.includes("fail")) throw new RangeError("asked to");
+      return `${window.start}-${window.end}: ${values.join(",")} (newest ${context.getMessageId()})`;
+    },
+  }, host);
+  const output = processWindow({ start: 0n, end: 10n }, [record("a", "1"), record("b", "2")]);
+  assert.equal(text(output), "0-10: a,b (newest 2)");
+  assert.throws(() => processWindow({ start: 0n, end: 10n }, [record("fail", "3")]), (thrown) => thrown === "RangeError: asked to");
+});
+

@@ -198,7 +198,7 @@ fn print(json: &serde_json::Value) -> anyhow::Result<()> {
 fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
     let mut fields = Vec::new();
     if let Some(code) = spec.code()? {
-        let path = Builder::new(&cache_dir()).component_file(&code)?;
+        let path = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
         let shown = path.display();
         let size = std::fs::metadata(&path).with_context(|| format!("cannot read the component {shown}"))?.len();
         if size > MAX_PACKAGE_SIZE as u64 {

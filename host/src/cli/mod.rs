@@ -369,7 +369,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let Some(code) = spec.code()? else { bail!(NO_CODE) };
     let config = spec.resolve()?;
     let fqfn = config.fqfn.clone();
-    let wasm = Builder::new(&cache_dir()).component_file(&code)?;
+    let wasm = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir().join(COMPILED_DIR)),
         max_instances: config.parallelism + 1,

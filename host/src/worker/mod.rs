@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
-use crate::guest_build::Builder;
+use crate::guest_build::{Builder, World};
 use crate::instance::{
     self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
     ProcessingGuarantee, RunningInstance, WasmExecutor,
@@ -264,6 +264,7 @@ impl Worker {
     fn package_bytes(
         &self,
         spec: &FunctionSpec,
+        world: World,
         uploaded: Option<Vec<u8>>,
     ) -> Result<Option<(Vec<u8>, String)>, WorkerError> {
         if let Some(bytes) = uploaded {
@@ -278,7 +279,7 @@ impl Worker {
             }
             source => source,
         };
-        let file = self.builder.component_file(&code).map_err(|error| bad(error.to_string()))?;
+        let file = self.builder.component_file(&code, world).map_err(|error| bad(error.to_string()))?;
         let path = file.display();
         let size = std::fs::metadata(&file)
             .map_err(|error| {
@@ -343,7 +344,7 @@ impl Worker {
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
-        let Some((bytes, shown)) = self.package_bytes(&spec, uploaded)? else {
+        let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
                 "no component: upload it (multipart field `data`) or name a file the worker can read (`url`, or `wasm` in the config)".into(),
             ));
@@ -382,8 +383,8 @@ impl Worker {
     ) -> Result<FunctionSpec, WorkerError> {
         let function = self.function(fqfn)?;
         let current = lock(&function).record.clone();
-        let package = self.package_bytes(&changes, uploaded)?;
-        let spec = current.spec.clone().overlay(changes.without_code());
+        let spec = current.spec.clone().overlay(changes.clone().without_code());
+        let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         if spec.sub_name != current.spec.sub_name {
             return Err(WorkerError::BadRequest(format!(
                 "update cannot change the subscription name of {fqfn} (its position is kept under it); delete and create the function instead"

@@ -32,6 +32,7 @@ __all__ = [
     "Function",
     "Context",
     "Message",
+    "Window",
     "State",
     "Logger",
     "ContextError",
@@ -101,6 +102,31 @@ class Message:
     message_id: str = "0"
     topic: str = "persistent://public/default/input"
     partition_key: Optional[str] = None
+
+
+@dataclass
+class Window:
+    """The records of a window that fired, oldest first, and its span in milliseconds since the
+    Unix epoch: time windows cover ``[start, end)``; a count window starts at its first record's
+    time and ends just after its last one's.
+
+    A window function is a class with ``process(self, window, context)`` (or a function taking
+    ``(window, context)``) built with window settings such as ``--window-length-count``; what it
+    returns goes to the output topic, as for a message.
+
+    >>> window = Window(0, 10_000, [Message(value=b"3"), Message(value=b"4")])
+    >>> sum(int(value) for value in window.values)
+    7
+    """
+
+    start: int
+    end: int
+    records: List[Message] = field(default_factory=list)
+
+    @property
+    def values(self) -> List[bytes]:
+        """The records' values, oldest first."""
+        return [record.value for record in self.records]
 
 
 def _to_bytes(value: Union[str, bytes, bytearray, memoryview], what: str) -> bytes:

@@ -5,6 +5,8 @@ Imported only inside a component build, where ``wit_world`` (generated from
 
     import fnhost._component
     WitWorld = fnhost._component.world("module.ClassName")
+
+or, for a window function (built for the ``window-function`` world), ``window_world``.
 """
 
 import importlib
@@ -14,7 +16,7 @@ from componentize_py_types import Err, Ok
 from wit_world.imports import context as host
 from wit_world.imports import types
 
-from . import Context, InvalidArgument, LimitExceeded, NotPermitted, WrongKind, _Runner
+from . import Context, InvalidArgument, LimitExceeded, NotPermitted, Window, WrongKind, _Runner
 
 _LEVELS = {
     "trace": types.LogLevel.TRACE,
@@ -104,3 +106,23 @@ def world(classname):
                     return
 
     return WitWorld
+
+
+def window_world(classname):
+    """The ``WitWorld`` class of the ``window-function`` world, running the window function
+    ``classname`` names on each window."""
+    runner = _Runner(_resolve(classname))
+    context = Context(_Host())
+
+    class WitWorld(wit_world.WitWorld):
+        def process_window(self, window, records):
+            if records:
+                # In a window function the context's message is the window's newest record.
+                context._set_message(records[-1])
+            try:
+                return runner.run(Window(window.start, window.end, list(records)), context)
+            except Exception as error:
+                raise Err(f"{type(error).__name__}: {error}") from None
+
+    return WitWorld
+
