@@ -8,10 +8,11 @@
 //! throughput grows with message size and state size (`sizes`); the same session logic as a Rust,
 //! Python and JavaScript guest, each beside its logic run natively (Rust in the host, CPython,
 //! node), with first deployment (build and compile), restart from the compiled cache and instance
-//! start per language (`languages`); idle instances in one worker (`density`).
+//! start per language (`languages`); idle instances in one worker (`density`); records per second
+//! through count and sliding time windows beside the same pipeline without windows (`windows`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows]`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,11 +26,13 @@ use fnhost::instance::{
     self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
     WasmExecutor,
 };
-use fnhost::limits::{MAX_BATCH_MESSAGES, MAX_PARALLELISM};
+use fnhost::limits::{DEFAULT_WATERMARK_INTERVAL_MS, MAX_BATCH_MESSAGES, MAX_PARALLELISM};
+use fnhost::metrics::Stats;
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::spec::FunctionSpec;
 use fnhost::state::StateStore;
+use fnhost::window::{Extent, TimeBase, WindowConfig, WindowSpec};
 use fnhost::worker::{Worker, WorkerConfig};
 
 const USERS: usize = 10_000;
@@ -47,8 +50,10 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density"].contains(&part) {
-        anyhow::bail!("unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages or density");
+    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows"].contains(&part) {
+        anyhow::bail!(
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density or windows"
+        );
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
     let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
@@ -69,6 +74,9 @@ fn main() -> anyhow::Result<()> {
     }
     if part == "all" || part == "density" {
         density(&exclamation, &DENSITY_STEPS)?;
+    }
+    if part == "all" || part == "windows" {
+        windows(&exclamation, &Path::new(wasm).with_file_name("user_counts.wasm"), messages)?;
     }
     Ok(())
 }
@@ -91,10 +99,11 @@ fn quick() -> anyhow::Result<()> {
     latency(&wasm, QUICK_MESSAGES)?;
     sizes(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES, QUICK_SIZE_RUN_BYTES, &STATE_KEYS[..1])?;
     languages(&wasm, QUICK_MESSAGES)?;
-    density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])
+    density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])?;
+    windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)
 }
 
-/// Builds the session-duration and exclamation guests in a target directory of the benchmark's
+/// Builds the session-duration, exclamation and user-counts guests in a target directory of the benchmark's
 /// own (a nested build in the running one's would wait for its lock); returns their folder.
 fn build_guests() -> anyhow::Result<std::path::PathBuf> {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-guests");
@@ -111,6 +120,8 @@ fn build_guests() -> anyhow::Result<std::path::PathBuf> {
             "session-duration",
             "-p",
             "exclamation",
+            "-p",
+            "user-counts",
         ])
         .arg("--target-dir")
         .arg(&target)
@@ -383,6 +394,104 @@ fn stateless(wasm: &Path, messages: usize, scratch: &Path) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Records per window in the windows part's count windows.
+const WINDOW_RECORDS: u64 = 1_000;
+/// The windows part's time windows: 10 s every 5 s, as in `examples/sliding-average`.
+const WINDOW_LENGTH_MS: u64 = 10_000;
+const WINDOW_SLIDE_MS: u64 = 5_000;
+/// Least event time the windows part's records span.
+const WINDOW_SPAN_MS: u64 = 100_000;
+
+/// Records per second through window functions, beside the same pipeline without windows: the
+/// user-counts guest over tumbling windows of `WINDOW_RECORDS` records and over sliding event-time
+/// windows, against the exclamation guest (one output per record) over the same session events,
+/// which carry event times 1 ms apart (further apart when there are fewer than `WINDOW_SPAN_MS`).
+fn windows(exclamation: &Path, user_counts: &Path, messages: usize) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    // At least `WINDOW_SPAN_MS` of event time, so that even the quick mode's few records fill windows.
+    let spacing = (WINDOW_SPAN_MS / messages as u64).max(1);
+    let events: Vec<OutMessage> = session_events(messages)
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| OutMessage { event_time: Some(i as u64 * spacing), ..event })
+        .collect();
+    let count = WindowConfig {
+        spec: WindowSpec {
+            length: Extent::Count(WINDOW_RECORDS),
+            slide: Extent::Count(WINDOW_RECORDS),
+            time: TimeBase::Processing,
+        },
+        late_data_topic: None,
+    };
+    let sliding = WindowConfig {
+        spec: WindowSpec {
+            length: Extent::DurationMs(WINDOW_LENGTH_MS),
+            slide: Extent::DurationMs(WINDOW_SLIDE_MS),
+            time: TimeBase::Event { max_lag_ms: 0, watermark_interval_ms: DEFAULT_WATERMARK_INTERVAL_MS },
+        },
+        late_data_topic: None,
+    };
+    let baseline = window_run(&scratch.path().join("none"), &events, exclamation, None)?;
+    let rows = [
+        ("exclamation guest, no windows (one output per record)", baseline),
+        (
+            "user-counts guest, tumbling windows of 1,000 records",
+            window_run(&scratch.path().join("count"), &events, user_counts, Some(count))?,
+        ),
+        (
+            "user-counts guest, 10 s windows every 5 s on event time",
+            window_run(&scratch.path().join("sliding"), &events, user_counts, Some(sliding))?,
+        ),
+    ];
+    println!();
+    println!(
+        "| window functions ({messages} records, ATLEAST_ONCE, 1 instance) | seconds | records/s | outputs | vs no windows |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, (elapsed, outputs)) in rows {
+        println!(
+            "| {name} | {:.2} | {:.0} | {outputs} | {:.2} |",
+            elapsed.as_secs_f64(),
+            messages as f64 / elapsed.as_secs_f64(),
+            baseline.0.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// One run of `wasm` over `events` (with `window` settings, if any) until they are drained;
+/// returns the time and the outputs written.
+fn window_run(
+    dir: &Path,
+    events: &[OutMessage],
+    wasm: &Path,
+    window: Option<WindowConfig>,
+) -> anyhow::Result<(Duration, usize)> {
+    let store = EmbeddedStore::open(dir)?;
+    produce(&store, events)?;
+    let config =
+        FunctionConfig { window, ..pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)? };
+    let executors = executors(&store, &config, Code::Wasm(wasm), native_exclamation)?;
+    let started = Instant::now();
+    let stats = instance::run(&store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
+    let elapsed = started.elapsed();
+    let received: u64 = stats.iter().map(|instance| instance.received).sum();
+    anyhow::ensure!(received as usize == events.len(), "only {received} of {} records arrived", events.len());
+    let failures: u64 = stats.iter().map(|instance| instance.user_exceptions + instance.system_exceptions).sum();
+    anyhow::ensure!(failures == 0, "{failures} failures: {:?}", stats.iter().find_map(Stats::last_exception));
+    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
+    let mut written = 0;
+    loop {
+        let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
+        if read == 0 {
+            break;
+        }
+        written += read;
+    }
+    anyhow::ensure!(written > 0, "the run wrote no outputs");
+    Ok((elapsed, written))
 }
 
 /// Most events of the latency part: it runs at a fixed rate, so its time grows with them.
