@@ -42,6 +42,34 @@ struct Progress {
     oldest_id: u64,
 }
 
+/// Most bytes of record values a window function's instance keeps in memory besides storing
+/// them, so that firing a window reads the store only for what did not fit (or came from before a
+/// restart).
+const CACHED_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// The stored records a window may still need, as the function gets them, up to `CACHED_RECORD_BYTES`.
+#[derive(Default)]
+struct RecordCache {
+    records: std::collections::HashMap<u64, crate::runtime::GuestMessage>,
+    bytes: usize,
+}
+
+impl RecordCache {
+    fn insert(&mut self, id: u64, record: impl FnOnce() -> crate::runtime::GuestMessage) {
+        if self.bytes < CACHED_RECORD_BYTES {
+            let record = record();
+            self.bytes += record.value.len();
+            self.records.insert(id, record);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(record) = self.records.remove(&id) {
+            self.bytes -= record.value.len();
+        }
+    }
+}
+
 /// Where instance `instance_id`'s window records and progress are kept in the function's state
 /// table: under a NUL byte, which the context refuses in a function's own keys.
 fn progress_key(instance_id: u32) -> String {
@@ -88,6 +116,7 @@ pub(super) fn run_window_instance(
         }
     }
     let mut windower = Windower::resume(window.spec, progress.windower, entries);
+    let mut cache = RecordCache::default();
     let mut next_id = progress.next_id;
     while !halt.halted() {
         let wait = if until == RunUntil::Idle { std::time::Duration::ZERO } else { WINDOW_TICK };
@@ -107,6 +136,7 @@ pub(super) fn run_window_instance(
                         body: message.body,
                     };
                     executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored)));
+                    cache.insert(next_id, || to_guest(&message.topic, stored.sequence, stored.body.clone()));
                     next_id += 1;
                 }
                 Offered::Late => late(message, window.late_data_topic.as_ref(), executor),
@@ -115,10 +145,11 @@ pub(super) fn run_window_instance(
         let advance = windower.advance(now);
         let changed = count > 0 || !advance.fired.is_empty() || !advance.evicted.is_empty();
         for fired in advance.fired {
-            fire(fired, instance_id, config, executor, &mut stats)?;
+            fire(fired, instance_id, &cache, config, executor, &mut stats)?;
         }
         for id in advance.evicted {
             executor.context().stage(record_key(instance_id, id), Change::Delete);
+            cache.remove(id);
         }
         if changed {
             let progress = Progress {
@@ -175,12 +206,17 @@ pub const LATE_RECORDS_METRIC: &str = "fnhost_late_records_dropped";
 fn fire(
     window: Window,
     instance_id: u32,
+    cache: &RecordCache,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     stats: &mut Stats,
 ) -> Result<(), RunError> {
     let mut records = Vec::with_capacity(window.records.len());
     for id in &window.records {
+        if let Some(record) = cache.records.get(id) {
+            records.push(record.clone());
+            continue;
+        }
         let bytes = executor.context().read(&record_key(instance_id, *id))?.ok_or_else(|| {
             RunError::State(crate::state::StateError::Storage(format!("window record {id} is missing from the store")))
         })?;
