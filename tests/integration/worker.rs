@@ -411,3 +411,39 @@ fn a_worker_sized_for_the_most_instances_starts_and_runs_a_function() {
     let shouts = worker.cli(&["topics", "consume", "shouts", "--subscription", "check", "--until-idle"]);
     assert_eq!(shouts.stdout.trim(), "hello!", "{}", shouts.stderr);
 }
+
+#[test]
+fn a_worker_runs_a_window_function_and_refuses_window_settings_for_a_message_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    let created =
+        create(&worker, "window-list", "public/default/w", "in", &["-o", "out", "--window-length-count", "3"]);
+    assert_eq!(created["windowConfig"]["windowLengthCount"], 3);
+    produce(&worker, "in", &["a", "b", "c", "d", "e", "f", "g"]);
+    let read = |worker: &Worker| worker.cli(&["topics", "consume", "out", "-s", "reader", "--until-idle"]).stdout;
+    let mut windows = String::new();
+    worker.wait_for("two windows", || {
+        windows.push_str(&read(&worker));
+        windows.lines().count() >= 2
+    });
+    let values: Vec<serde_json::Value> = windows
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["values"].clone())
+        .collect();
+    assert_eq!(values, [serde_json::json!(["a", "b", "c"]), serde_json::json!(["d", "e", "f"])]);
+
+    let wasm = guest("exclamation");
+    let refused = worker.cli(&[
+        "functions",
+        "create",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        "ex",
+        "-i",
+        "in",
+        "--window-length-count",
+        "3",
+    ]);
+    assert!(!refused.success && refused.stderr.contains("not a window function"), "{}", refused.stderr);
+}
