@@ -1,6 +1,7 @@
 """sliding-average: the average of readings over windows of 10 s every 5 s, on event time.
 
-Input: JSON readings ``{"value": 21.5}``, produced with their event time. Output, per window:
+Input: JSON readings ``{"value": 21.5}``, produced with their event time, or carrying it as
+``"time_ms"``, which wins. Output, per window:
 ``{"start": MS, "end": MS, "count": N, "average": X}``.
 
 Run it::
@@ -17,3 +18,6 @@ class SlidingAverage:
     def process(self, window, context):
         values = [json.loads(value)["value"] for value in window.values]
         return {"start": window.start, "end": window.end, "count": len(values), "average": sum(values) / len(values)}
+
+    def event_time(self, value, message):
+        return json.loads(value).get("time_ms")

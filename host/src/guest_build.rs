@@ -462,12 +462,16 @@ fn stage(root: &Path, source: &Source, world: World, siblings: &[(String, Vec<u8
         Source::JavaScript { file } => {
             write("sdk/fnhost.js", JS_SDK.as_bytes())?;
             let module = serde_json::to_string(&format!("./app/{}", file_name(file))).map_err(std::io::Error::other)?;
-            let (export, binder) = match world {
-                World::Function => ("processBatch", "componentProcessBatch"),
-                World::WindowFunction => ("processWindow", "componentProcessWindow"),
+            let exports = match world {
+                World::Function => {
+                    "import { componentProcessBatch } from \"./sdk/fnhost.js\";\nexport const processBatch = componentProcessBatch(functionModule, host);\n"
+                }
+                World::WindowFunction => {
+                    "import { componentWindowFunction } from \"./sdk/fnhost.js\";\nconst windowFunction = componentWindowFunction(functionModule, host);\nexport const processWindow = windowFunction.processWindow;\nexport const eventTimes = windowFunction.eventTimes;\n"
+                }
             };
             let entry = format!(
-                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.2.0\";\nimport {{ {binder} }} from \"./sdk/fnhost.js\";\nexport const {export} = {binder}(functionModule, host);\n"
+                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.2.0\";\n{exports}"
             );
             write("fnhost_main.js", entry.as_bytes())?;
             Ok("fnhost_main.js".into())

@@ -815,6 +815,10 @@ pub trait Executor: Send {
     ) -> Result<Option<Vec<u8>>, ProcessError> {
         Err(ProcessError::System("this executor runs message functions, not window functions".into()))
     }
+    /// A window function's own event time for each of `records`, where it reads one from them.
+    fn event_times(&mut self, records: &[GuestMessage]) -> Result<Vec<Option<u64>>, ProcessError> {
+        Ok(vec![None; records.len()])
+    }
 }
 
 /// Runs a wasm component, replacing its instance after every trap.
@@ -902,6 +906,20 @@ impl Executor for WasmExecutor {
             None => Err(ProcessError::System("the instance could not be restarted".into())),
         };
         if matches!(result, Err(ProcessError::System(_))) && self.instance.is_some() {
+            self.replace_instance();
+        }
+        result
+    }
+
+    fn event_times(&mut self, records: &[GuestMessage]) -> Result<Vec<Option<u64>>, ProcessError> {
+        if self.instance.is_none() {
+            self.replace_instance();
+        }
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.event_times(records),
+            None => Err(ProcessError::System("the instance could not be restarted".into())),
+        };
+        if result.is_err() && self.instance.is_some() {
             self.replace_instance();
         }
         result

@@ -298,7 +298,11 @@ impl FunctionCode {
         let instance_pre =
             linker.instantiate_pre(&self.component).map_err(|error| not_a_function(format!("{error:#}")))?;
         let exports = match self.component.get_export_index(None, PROCESS_WINDOW) {
-            Some(process_window) => PreparedExports::Window { pre: instance_pre, process_window },
+            Some(process_window) => PreparedExports::Window {
+                pre: instance_pre,
+                process_window,
+                event_times: self.component.get_export_index(None, EVENT_TIMES),
+            },
             None => PreparedExports::Batch(bindings::FunctionPre::new(instance_pre).map_err(|error| {
                 not_a_function(format!("{error:#} (a window function exports `{PROCESS_WINDOW}` instead)"))
             })?),
@@ -307,8 +311,9 @@ impl FunctionCode {
     }
 }
 
-/// The export of the `window-function` world.
+/// The exports of the `window-function` world; a component without `event-times` gets none asked.
 const PROCESS_WINDOW: &str = "process-window";
+const EVENT_TIMES: &str = "event-times";
 
 /// A linked function, ready to instantiate many times.
 pub struct PreparedFunction<H: 'static> {
@@ -320,8 +325,12 @@ pub struct PreparedFunction<H: 'static> {
 enum PreparedExports<H: 'static> {
     /// The `function` world: `process-batch`.
     Batch(bindings::FunctionPre<StoreData<H>>),
-    /// The `window-function` world: `process-window`.
-    Window { pre: InstancePre<StoreData<H>>, process_window: ComponentExportIndex },
+    /// The `window-function` world: `process-window` and, optionally, `event-times`.
+    Window {
+        pre: InstancePre<StoreData<H>>,
+        process_window: ComponentExportIndex,
+        event_times: Option<ComponentExportIndex>,
+    },
 }
 
 // Not derived: a derive would require `H: Clone`, which the host context need not be.
@@ -329,7 +338,9 @@ impl<H: 'static> Clone for PreparedExports<H> {
     fn clone(&self) -> Self {
         match self {
             Self::Batch(pre) => Self::Batch(pre.clone()),
-            Self::Window { pre, process_window } => Self::Window { pre: pre.clone(), process_window: *process_window },
+            Self::Window { pre, process_window, event_times } => {
+                Self::Window { pre: pre.clone(), process_window: *process_window, event_times: *event_times }
+            }
         }
     }
 }
@@ -389,12 +400,15 @@ impl<H: HostContext> PreparedFunction<H> {
         store.set_epoch_deadline(ticks(limits.timeout));
         let exports = match &self.exports {
             PreparedExports::Batch(pre) => pre.instantiate(&mut store).map(Exports::Batch),
-            PreparedExports::Window { pre, process_window } => pre.instantiate(&mut store).and_then(|instance| {
-                instance
-                    .get_func(&mut store, process_window)
-                    .map(Exports::Window)
-                    .ok_or_else(|| wasmtime::Error::msg(format!("the component has no `{PROCESS_WINDOW}` function")))
-            }),
+            PreparedExports::Window { pre, process_window, event_times } => {
+                pre.instantiate(&mut store).and_then(|instance| {
+                    let process_window = instance.get_func(&mut store, process_window).ok_or_else(|| {
+                        wasmtime::Error::msg(format!("the component has no `{PROCESS_WINDOW}` function"))
+                    })?;
+                    let event_times = event_times.and_then(|index| instance.get_func(&mut store, index));
+                    Ok(Exports::Window { process_window, event_times })
+                })
+            }
         };
         match exports {
             Ok(exports) => Ok(Instance { store, exports, timeout: limits.timeout }),
@@ -418,10 +432,10 @@ pub struct Instance<H: 'static> {
     timeout: Duration,
 }
 
-/// An instance's entry point, by the world its component was built for.
+/// An instance's entry points, by the world its component was built for.
 enum Exports {
     Batch(bindings::Function),
-    Window(Func),
+    Window { process_window: Func, event_times: Option<Func> },
 }
 
 /// What `process-window` returns.
@@ -467,7 +481,7 @@ impl<H: HostContext> Instance<H> {
         window: GuestWindow,
         records: &[GuestMessage],
     ) -> Result<Option<Vec<u8>>, ProcessError> {
-        let Exports::Window(process_window) = &self.exports else {
+        let Exports::Window { process_window, .. } = &self.exports else {
             return Err(ProcessError::System(
                 "the function exports process-batch, not process-window: leave out the window settings, or build it as a window function".into(),
             ));
@@ -482,6 +496,31 @@ impl<H: HostContext> Instance<H> {
             .map(|(result,)| result);
         let result = match called {
             Ok(result) => result.map_err(ProcessError::User),
+            Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
+        };
+        self.store.data_mut().forward_guest_output();
+        result
+    }
+
+    /// A window function's event times for `records` (none for each record where it has none to
+    /// say, or when it does not export `event-times`).
+    pub fn event_times(&mut self, records: &[GuestMessage]) -> Result<Vec<Option<u64>>, ProcessError> {
+        let Exports::Window { event_times: Some(event_times), .. } = &self.exports else {
+            return Ok(vec![None; records.len()]);
+        };
+        self.store.data_mut().message_deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(ticks(self.timeout));
+        let called = event_times
+            .typed::<(&[GuestMessage],), (Vec<Option<u64>>,)>(&self.store)
+            .and_then(|typed| typed.call(&mut self.store, (records,)))
+            .map(|(times,)| times);
+        let result = match called {
+            Ok(times) if times.len() == records.len() => Ok(times),
+            Ok(times) => Err(ProcessError::System(format!(
+                "event-times returned {} times for {} records; return one per record",
+                times.len(),
+                records.len()
+            ))),
             Err(error) => Err(ProcessError::System(describe_trap(&error, &self.store, self.timeout))),
         };
         self.store.data_mut().forward_guest_output();

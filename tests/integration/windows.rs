@@ -183,29 +183,16 @@ fn bad_window_settings_are_refused_with_the_flag_named() {
 #[test]
 fn the_examples_count_per_user_and_average_sliding_event_time_windows() {
     let fnhost = Fnhost::new();
-    let events: Vec<String> = (0..25).map(|i| format!(r#"{{"user_id": "u{}"}}"#, i % 3)).collect();
-    let events: Vec<&str> = events.iter().map(String::as_str).collect();
-    fnhost.produce("events", &events);
-    fnhost.localrun("user-counts", "user-counts", "events", &["--output", "counts", "--window-length-count", "10"]);
-    assert_eq!(fnhost.consume("counts"), [r#"{"u0":4,"u1":3,"u2":3}"#, r#"{"u0":3,"u1":4,"u2":3}"#]);
-
-    for (value, event_time) in [(10.0, 1_000), (20.0, 6_000), (30.0, 30_000)] {
-        let reading = format!(r#"{{"value": {value}}}"#);
-        fnhost.ok(&["topics", "produce", "readings", "-m", &reading, "--event-time", &event_time.to_string()]);
-    }
-    let flags =
-        ["--output", "averages", "--window-length-duration-ms", "10000", "--sliding-interval-duration-ms", "5000"];
-    let mut flags = flags.to_vec();
-    flags.push("--event-time");
-    fnhost.localrun("sliding-average", "averages", "readings", &flags);
-    let averages: Vec<Value> =
-        fnhost.consume("averages").iter().map(|line| serde_json::from_str(line).unwrap()).collect();
-    let summary: Vec<(u64, u64, f64)> = averages
-        .iter()
-        .map(|a| (a["end"].as_u64().unwrap(), a["count"].as_u64().unwrap(), a["average"].as_f64().unwrap()))
-        .collect();
-    // Watermark 30 000: every window ending by then that holds a reading.
-    assert_eq!(summary, [(5_000, 1, 10.0), (10_000, 2, 15.0), (15_000, 1, 20.0)]);
+    produce_example_inputs(&fnhost);
+    let (counts, averages) = example_outputs(
+        &fnhost,
+        [&["--wasm", guest("user-counts").to_str().unwrap()], &["--wasm", guest("sliding-average").to_str().unwrap()]],
+    );
+    let counts: Vec<String> = counts.iter().map(Value::to_string).collect();
+    assert_eq!(counts, [r#"{"u0":4,"u1":3,"u2":3}"#, r#"{"u0":3,"u1":4,"u2":3}"#]);
+    // Watermark 30 000 (the last reading's time, read from its value): every window ending by
+    // then that holds a reading.
+    assert_eq!(spans_and_averages(&averages), [(0, 5_000, 1, 10.0), (0, 10_000, 2, 15.0), (5_000, 15_000, 1, 20.0)]);
 }
 
 /// The example window functions in `language` (`--py FILE --classname ...` or `--js FILE`):
@@ -238,10 +225,12 @@ fn produce_example_inputs(fnhost: &Fnhost) {
     let events: Vec<String> = (0..25).map(|i| format!(r#"{{"user_id": "u{}"}}"#, i % 3)).collect();
     let events: Vec<&str> = events.iter().map(String::as_str).collect();
     fnhost.produce("events", &events);
-    for (value, event_time) in [(10.0, 1_000), (20.0, 6_000), (30.0, 30_000)] {
+    for (value, event_time) in [(10.0, 1_000), (20.0, 6_000)] {
         let reading = format!(r#"{{"value": {value}}}"#);
         fnhost.ok(&["topics", "produce", "readings", "-m", &reading, "--event-time", &event_time.to_string()]);
     }
+    // The function reads this one's event time from the value (`event-times`); the producer's says 1 ms.
+    fnhost.ok(&["topics", "produce", "readings", "-m", r#"{"value": 30.0, "time_ms": 30000}"#, "--event-time", "1"]);
 }
 
 #[test]

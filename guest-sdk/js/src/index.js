@@ -146,19 +146,29 @@ export class Context {
 
 /** Finds the callable a function module offers: a class's `process` (one object per instance) or a function. */
 export function functionOf(module) {
+  return methodsOf(module).process;
+}
+
+/**
+ * A module's `process` and, for window functions, `eventTime` (undefined if it has none), on one
+ * object per instance when the module exports a class.
+ */
+function methodsOf(module) {
   const candidate = module.default ?? module.Function ?? module.process;
   if (typeof candidate !== "function" && typeof candidate?.process !== "function") {
     throw new TypeError("the module exports no function: export a class with process(input, context), or a process(input, context) function");
   }
   if (typeof candidate === "function" && typeof candidate.prototype?.process === "function") {
     let instance;
-    return (input, context) => {
-      instance ??= new candidate();
-      return instance.process(input, context);
-    };
+    const object = () => (instance ??= new candidate());
+    const eventTime = typeof candidate.prototype.eventTime === "function" ? (value, message) => object().eventTime(value, message) : undefined;
+    return { process: (input, context) => object().process(input, context), eventTime };
   }
-  if (typeof candidate === "function") return candidate;
-  return (input, context) => candidate.process(input, context);
+  if (typeof candidate === "function") {
+    return { process: candidate, eventTime: typeof module.eventTime === "function" ? module.eventTime : undefined };
+  }
+  const eventTime = typeof candidate.eventTime === "function" ? (value, message) => candidate.eventTime(value, message) : undefined;
+  return { process: (input, context) => candidate.process(input, context), eventTime };
 }
 
 function describe(error) {
@@ -222,24 +232,30 @@ export class Window {
 }
 
 /**
- * The component's `processWindow` export (the window-function world): runs `module`'s function on
- * each window with a context over `host`; in it, the context's message is the window's newest record.
+ * The component's `processWindow` and `eventTimes` exports (the window-function world): runs
+ * `module`'s function on each window with a context over `host`, in which the context's message is
+ * the window's newest record; under --event-time, its `eventTime(value, message)`, if it has one,
+ * gives each record's event time in milliseconds (undefined: the event time the producer gave).
  */
-export function componentProcessWindow(module, host) {
-  const run = functionOf(module);
+export function componentWindowFunction(module, host) {
+  const { process, eventTime } = methodsOf(module);
   const wrapped = { ...host };
   for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
     wrapped[name] = refusable(host[name]);
   }
   const context = new Context(wrapped, undefined);
-  return (window, records) => {
+  const processWindow = (window, records) => {
     context._message = records[records.length - 1];
     try {
-      return encodeOutput(run(new Window(window.start, window.end, records), context));
+      return encodeOutput(process(new Window(window.start, window.end, records), context));
     } catch (error) {
       // A thrown string is the export's `err`; a thrown Error would trap the instance.
       throw describe(error);
     }
   };
+  const eventTimes = (records) => records.map((record) => {
+    const time = eventTime?.(record.value, record);
+    return time === undefined || time === null ? undefined : BigInt(time);
+  });
+  return { processWindow, eventTimes };
 }
-

@@ -1,7 +1,7 @@
 // The SDK's context, glue and mock, as a function author meets them: `node --test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ContextError, componentProcessBatch, componentProcessWindow, encodeOutput, functionOf } from "../src/index.js";
+import { ContextError, componentProcessBatch, componentWindowFunction, encodeOutput, functionOf } from "../src/index.js";
 import { MockContext } from "../src/testing.js";
 
 const text = (bytes) => (bytes === undefined ? undefined : new TextDecoder().decode(bytes));
@@ -130,16 +130,20 @@ test("lines below the log level are not sent", () => {
   assert.equal(context.getLogger().isEnabled("error"), true);
 });
 
-test("a window function gets the window's span and values, the newest record as its message, and fails with a string", () => {
+test("a window function gets the window's span and values, the newest record as its message, its event times, and fails with a string", () => {
   const host = { getState() { return undefined; } };
   const record = (value, messageId) => ({ value: new TextEncoder().encode(value), properties: [], publishTime: 0n, messageId, topic: "t" });
-  const processWindow = componentProcessWindow({
-    process(window, context) {
-      const values = window.values.map(text);
-      if (values.includes("fail")) throw new RangeError("asked to");
-      return `${window.start}-${window.end}: ${values.join(",")} (newest ${context.getMessageId()})`;
+  const { processWindow, eventTimes } = componentWindowFunction({
+    default: class {
+      process(window, context) {
+        const values = window.values.map(text);
+        if (values.includes("fail")) throw new RangeError("asked to");
+        return `${window.start}-${window.end}: ${values.join(",")} (newest ${context.getMessageId()})`;
+      }
+      eventTime(value) { return text(value) === "b" ? 42 : undefined; }
     },
   }, host);
+  assert.deepEqual(eventTimes([record("a", "1"), record("b", "2")]), [undefined, 42n]);
   const output = processWindow({ start: 0n, end: 10n }, [record("a", "1"), record("b", "2")]);
   assert.equal(text(output), "0-10: a,b (newest 2)");
   assert.throws(() => processWindow({ start: 0n, end: 10n }, [record("fail", "3")]), (thrown) => thrown === "RangeError: asked to");

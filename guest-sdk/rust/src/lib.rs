@@ -75,6 +75,18 @@ pub mod __private {
 
     use crate::{Context, Function, Input, Message, Output, Record, Window, WindowFunction};
 
+    /// Asks the function for each record's event time, creating the function on first use.
+    pub fn event_times<F: WindowFunction>(slot: &mut Option<F>, records: Vec<RawMessage>) -> Vec<Option<u64>> {
+        let function = slot.get_or_insert_with(F::default);
+        records
+            .into_iter()
+            .map(|raw| {
+                let (value, message) = Message::split(raw);
+                function.event_time(&value, &message)
+            })
+            .collect()
+    }
+
     /// Runs a window through the function, creating the function on first use.
     pub fn process_window<F: WindowFunction>(
         slot: &mut Option<F>,
@@ -205,6 +217,12 @@ macro_rules! export_window {
                         $crate::__private::process_window::<$function>(&mut slot.borrow_mut(), window, records)
                     })
                 }
+
+                fn event_times(
+                    records: ::std::vec::Vec<$crate::__private::RawMessage>,
+                ) -> ::std::vec::Vec<::core::option::Option<u64>> {
+                    FUNCTION.with(|slot| $crate::__private::event_times::<$function>(&mut slot.borrow_mut(), records))
+                }
             }
 
     $crate::__private::window_bindings::__fnhost_export_window_world!(FnhostExport with_types_in $crate::__private::window_bindings);
@@ -247,6 +265,29 @@ pub trait WindowFunction: Default + 'static {
     /// state changes or publishes take effect. In a window function, [`Context::message`] is the
     /// window's newest record.
     fn process(&mut self, window: Window<Self::Input>, ctx: &mut Context) -> Result<Self::Output, Error>;
+
+    /// Under `--event-time`, the record's event time in milliseconds since the Unix epoch, read
+    /// from its raw value (Pulsar's timestamp extractor); `None`, the default, takes the event time
+    /// the producer gave (or the publish time).
+    ///
+    /// ```
+    /// # use fnhost_guest::{Message, WindowFunction};
+    /// # #[derive(Default)] struct Readings;
+    /// # impl WindowFunction for Readings {
+    /// #     type Input = Vec<u8>;
+    /// #     type Output = ();
+    /// #     fn process(&mut self, _: fnhost_guest::Window<Vec<u8>>, _: &mut fnhost_guest::Context) -> Result<(), fnhost_guest::Error> { Ok(()) }
+    /// // Values look like `1700000000000,21.5`: the time, then the reading.
+    /// fn event_time(&mut self, value: &[u8], _message: &Message) -> Option<u64> {
+    ///     std::str::from_utf8(value).ok()?.split(',').next()?.parse().ok()
+    /// }
+    /// # }
+    /// assert_eq!(Readings.event_time(b"1700000000000,21.5", &Message::default()), Some(1_700_000_000_000));
+    /// ```
+    fn event_time(&mut self, value: &[u8], message: &Message) -> Option<u64> {
+        let _ = (value, message);
+        None
+    }
 }
 
 /// The records of a window that fired, oldest first, and its span.

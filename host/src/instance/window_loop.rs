@@ -125,8 +125,14 @@ pub(super) fn run_window_instance(
         let mut stats = Stats { received: messages.len() as u64, ..Stats::default() };
         let acks = Acks::of(&messages);
         let count = messages.len();
-        for message in messages {
-            let event_time = message.body.event_time.unwrap_or(message.body.publish_time);
+        let extracted = extract_event_times(&messages, window, executor, &mut stats);
+        for (index, message) in messages.into_iter().enumerate() {
+            let event_time = extracted
+                .get(index)
+                .copied()
+                .flatten()
+                .or(message.body.event_time)
+                .unwrap_or(message.body.publish_time);
             match windower.offer(next_id, event_time, now) {
                 Offered::Accepted => {
                     let stored = StoredRecord {
@@ -167,6 +173,31 @@ pub(super) fn run_window_instance(
         }
     }
     Ok(())
+}
+
+/// Under event time, the event times the function reads from `messages` (none where it has none
+/// to say). If it fails, the records' own event times serve, and the failure is counted and logged.
+fn extract_event_times(
+    messages: &[Message],
+    window: &WindowConfig,
+    executor: &mut dyn Executor,
+    stats: &mut Stats,
+) -> Vec<Option<u64>> {
+    if !windower_uses_event_time(window) || messages.is_empty() {
+        return Vec::new();
+    }
+    let records: Vec<_> =
+        messages.iter().map(|message| to_guest(&message.topic, message.sequence, message.body.clone())).collect();
+    match executor.event_times(&records) {
+        Ok(times) => times,
+        Err(error) => {
+            let reason =
+                format!("event-times failed for {} records: {error}; their own event times serve", records.len());
+            stats.record_exception(matches!(error, ProcessError::User(_)), reason.clone());
+            executor.context().write_log(crate::runtime::LogLevel::Error, reason);
+            Vec::new()
+        }
+    }
 }
 
 fn windower_uses_event_time(window: &WindowConfig) -> bool {

@@ -112,7 +112,9 @@ class Window:
 
     A window function is a class with ``process(self, window, context)`` (or a function taking
     ``(window, context)``) built with window settings such as ``--window-length-count``; what it
-    returns goes to the output topic, as for a message.
+    returns goes to the output topic, as for a message. Under ``--event-time``, a class may also
+    have ``event_time(self, value, message)``, returning a record's event time in milliseconds
+    read from its value, or ``None`` for the event time the producer gave.
 
     >>> window = Window(0, 10_000, [Message(value=b"3"), Message(value=b"4")])
     >>> sum(int(value) for value in window.values)
@@ -464,9 +466,19 @@ class _Runner:
         self._call = None
         self._with_context = True
 
-    def run(self, input: bytes, context: Context) -> Optional[bytes]:
+    def _callable(self) -> Any:
         if self._call is None:
             self._call = _as_callable(self._target)
             self._with_context = _takes_context(self._call)
-        result = self._call(input, context) if self._with_context else self._call(input)
+        return self._call
+
+    def run(self, input: Any, context: Context) -> Optional[bytes]:
+        call = self._callable()
+        result = call(input, context) if self._with_context else call(input)
         return encode_output(result)
+
+    def event_time(self, value: bytes, message: Any) -> Optional[int]:
+        """A window function's ``event_time(value, message)``, if its object has one: the record's
+        event time in milliseconds, read from it (Pulsar's timestamp extractor); else ``None``."""
+        extract = getattr(getattr(self._callable(), "__self__", None), "event_time", None)
+        return extract(value, message) if callable(extract) else None

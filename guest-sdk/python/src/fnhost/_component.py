@@ -124,5 +124,8 @@ def window_world(classname):
             except Exception as error:
                 raise Err(f"{type(error).__name__}: {error}") from None
 
+        def event_times(self, records):
+            return [runner.event_time(record.value, record) for record in records]
+
     return WitWorld
 
