@@ -404,6 +404,19 @@ const WINDOW_SLIDE_MS: u64 = 5_000;
 /// Least event time the windows part's records span.
 const WINDOW_SPAN_MS: u64 = 100_000;
 
+/// The messages in the output topic.
+fn count_outputs(store: &EmbeddedStore) -> anyhow::Result<usize> {
+    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
+    let mut written = 0;
+    loop {
+        let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
+        if read == 0 {
+            return Ok(written);
+        }
+        written += read;
+    }
+}
+
 /// Records per second through window functions, beside the same pipeline without windows: the
 /// user-counts guest over tumbling windows of `WINDOW_RECORDS` records and over sliding event-time
 /// windows, against the exclamation guest (one output per record) over the same session events,
@@ -481,15 +494,7 @@ fn window_run(
     anyhow::ensure!(received as usize == events.len(), "only {received} of {} records arrived", events.len());
     let failures: u64 = stats.iter().map(|instance| instance.user_exceptions + instance.system_exceptions).sum();
     anyhow::ensure!(failures == 0, "{failures} failures: {:?}", stats.iter().find_map(Stats::last_exception));
-    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
-    let mut written = 0;
-    loop {
-        let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
-        if read == 0 {
-            break;
-        }
-        written += read;
-    }
+    let written = count_outputs(&store)?;
     anyhow::ensure!(written > 0, "the run wrote no outputs");
     Ok((elapsed, written))
 }
@@ -1007,15 +1012,7 @@ fn pipeline(
         events.len(),
         stats.iter().find_map(|instance| instance.last_exception().map(|exception| exception.exception_string.clone()))
     );
-    let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
-    let mut written = 0;
-    loop {
-        let read = outputs.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?.len();
-        if read == 0 {
-            break;
-        }
-        written += read;
-    }
+    let written = count_outputs(&store)?;
     let expected = workload.outputs();
     anyhow::ensure!(written == expected, "{guarantee:?} {ordering:?} x{parallelism}: {written} outputs of {expected}");
     Ok(elapsed)

@@ -26,15 +26,7 @@ fn kill_repeatedly(fnhost: &Fnhost, wasm: &str, name: &str, extra: &[&str]) {
         let mut args =
             vec!["localrun", "--wasm", wasm.to_str().unwrap(), "--name", name, "--inputs", "in", "--until-idle"];
         args.extend(extra);
-        let mut command = fnhost.command(&args);
-        command.env("FNHOST_LOG", "fnhost=debug").stdout(std::process::Stdio::null());
-        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let seen = stderr.lines().map_while(Result::ok).filter(|line| line.contains("committed a batch")).take(commits);
-        assert_eq!(seen.count(), commits, "the run ended before committing {commits} batches");
-        // Child::kill sends SIGKILL: no handler runs and nothing is flushed; the next batch is in flight.
-        child.kill().unwrap();
-        child.wait().unwrap();
+        fnhost.kill_after_commits(&args, commits);
     }
 }
 

@@ -158,6 +158,20 @@ impl Fnhost {
         store.produce(&fnhost::names::TopicName::parse(topic).unwrap(), messages).unwrap();
     }
 
+    /// Runs `fnhost ARGS` with debug logs and kills it with SIGKILL once it has committed
+    /// `commits` batches: no handler runs and nothing is flushed, and the next batch is in flight.
+    pub fn kill_after_commits(&self, args: &[&str], commits: usize) {
+        use std::io::{BufRead, BufReader};
+        let mut command = self.command(args);
+        command.env("FNHOST_LOG", "fnhost=debug").stdout(Stdio::null());
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let seen = stderr.lines().map_while(Result::ok).filter(|line| line.contains("committed a batch")).take(commits);
+        assert_eq!(seen.count(), commits, "the run ended before committing {commits} batches");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Every message in `topic`, in order, as `topics consume --json` prints it.
     pub fn consume_json(&self, topic: &str) -> Vec<serde_json::Value> {
         let stdout = self.ok(&["topics", "consume", topic, "--until-idle", "--json"]);

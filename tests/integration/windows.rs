@@ -2,8 +2,6 @@
 //! event time with out-of-order and late records, the examples, and SIGKILL in the middle of a
 //! window.
 
-use std::io::{BufRead, BufReader};
-
 use serde_json::Value;
 
 use crate::support::{Fnhost, guest};
@@ -293,19 +291,12 @@ fn a_window_cut_by_sigkill_is_completed_once_by_the_next_run() {
         "64",
         "--until-idle",
     ];
-    // Killed after 5, 20 and 30 commits of 64 records: inside the first and second windows.
+    // Killed after 5, 20 and 30 commits of 64 records: after 320, 1,600 and 3,520 records, each
+    // inside a window.
     for commits in [5, 20, 30] {
-        let mut command = fnhost.command(&args);
-        command.env("FNHOST_LOG", "fnhost=debug").stdout(std::process::Stdio::null());
-        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let seen = stderr.lines().map_while(Result::ok).filter(|line| line.contains("committed a batch")).take(commits);
-        assert_eq!(seen.count(), commits, "the run ended before committing {commits} batches");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        fnhost.kill_after_commits(&args, commits);
     }
     let partial = windows(&fnhost, "out").len();
-    // The runs stored 320, 1,600 and 3,520 records: each kill fell inside a window.
     assert!((1..CRASH_RECORDS / CRASH_WINDOW).contains(&partial), "the kills interrupted the work ({partial} windows)");
     fnhost.ok(&args);
     assert_eq!(windows(&fnhost, "out"), count_oracle(CRASH_WINDOW, CRASH_WINDOW, CRASH_RECORDS));

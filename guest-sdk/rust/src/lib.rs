@@ -135,6 +135,18 @@ pub mod __private {
 
 use __private::bindings::fnhost::function::{context as host, types as raw};
 
+/// The instance's function object, created on first use: `FUNCTION`, for the export macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fnhost_function_slot {
+    ($function:ty) => {
+        ::std::thread_local! {
+            static FUNCTION: ::std::cell::RefCell<::core::option::Option<$function>> =
+                const { ::std::cell::RefCell::new(::core::option::Option::None) };
+        }
+    };
+}
+
 /// Exports a [`Function`] as the component's entry point. Use it once per crate.
 ///
 /// ```no_run
@@ -158,10 +170,7 @@ macro_rules! export {
         const _: () = {
             struct FnhostExport;
 
-            ::std::thread_local! {
-                static FUNCTION: ::std::cell::RefCell<::core::option::Option<$function>> =
-                    const { ::std::cell::RefCell::new(::core::option::Option::None) };
-            }
+            $crate::__fnhost_function_slot!($function);
 
             impl $crate::__private::Guest for FnhostExport {
                 fn process_batch(messages: ::std::vec::Vec<$crate::__private::RawMessage>) {
@@ -203,10 +212,7 @@ macro_rules! export_window {
         const _: () = {
             struct FnhostExport;
 
-            ::std::thread_local! {
-                static FUNCTION: ::std::cell::RefCell<::core::option::Option<$function>> =
-                    const { ::std::cell::RefCell::new(::core::option::Option::None) };
-            }
+            $crate::__fnhost_function_slot!($function);
 
             impl $crate::__private::WindowGuest for FnhostExport {
                 fn process_window(
