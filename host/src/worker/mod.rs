@@ -395,14 +395,16 @@ impl Worker {
         let prepared = match &package {
             Some((bytes, shown)) => {
                 let (digest, prepared) = self.prepare(bytes, shown)?;
+                instance::check_kind(&prepared, &config).map_err(WorkerError::BadRequest)?;
                 self.save_package(&digest, bytes)?;
                 Some((digest, prepared))
             }
             None => None,
         };
         let mut function = lock(&function);
-        let linked = prepared.as_ref().map_or(&function.prepared, |(_, prepared)| prepared);
-        instance::check_kind(linked, &config).map_err(WorkerError::BadRequest)?;
+        if prepared.is_none() {
+            instance::check_kind(&function.prepared, &config).map_err(WorkerError::BadRequest)?;
+        }
         stop_instances(&mut function);
         let parallelism = config.parallelism;
         function.record.spec = spec.clone();
