@@ -127,6 +127,38 @@ fn event_time_windows_take_out_of_order_records_and_send_late_ones_to_the_late_d
 }
 
 #[test]
+fn without_a_late_data_topic_a_late_record_is_logged_and_dropped() {
+    let fnhost = Fnhost::new();
+    let wasm = guest("window-list");
+    let args = [
+        "localrun",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        "w",
+        "--inputs",
+        "in",
+        "--output",
+        "out",
+        "--window-length-duration-ms",
+        "1000",
+        "--event-time",
+        "--watermark-emit-interval-ms",
+        "1",
+        "--until-idle",
+    ];
+    fnhost.ok(&["topics", "produce", "in", "-m", "on time", "--event-time", "10000"]);
+    fnhost.ok(&args);
+    fnhost.ok(&["topics", "produce", "in", "-m", "late", "--event-time", "500"]);
+    let run = fnhost.run(&args);
+    assert!(run.success, "{}", run.stderr);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("is behind the watermark") && said.contains("dropped"), "{said}");
+    assert!(said.contains("--late-data-topic"), "the line says how to keep late records: {said}");
+    assert!(windows(&fnhost, "out").iter().all(|window| !window.contains(&"late".to_owned())));
+}
+
+#[test]
 fn a_window_that_fails_every_try_sends_its_records_to_the_dead_letter_topic_and_keeps_no_effects() {
     let fnhost = Fnhost::new();
     fnhost.produce("in", &["a", "b", "fail", "c", "d", "e"]);
