@@ -195,8 +195,9 @@ pub struct Advance {
 /// Whether [`Windower::offer`] took a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offered {
-    /// The record will be in the windows it falls into.
-    Accepted,
+    /// The record will be in the windows it falls into, by this time (its event time, or its
+    /// arrival: the caller's `now`, never before an earlier record's).
+    Accepted { timestamp: u64 },
     /// The record is behind the watermark: its windows have fired (late-data topic, or dropped).
     Late,
 }
@@ -271,7 +272,7 @@ impl Windower {
                 // Processing time never goes back, even if the caller's clock does.
                 let timestamp = now.max(self.state.watermark);
                 self.waiting.insert(Entry { timestamp, id });
-                Offered::Accepted
+                Offered::Accepted { timestamp }
             }
             TimeBase::Event { .. } => {
                 if event_time < self.state.watermark {
@@ -279,7 +280,7 @@ impl Windower {
                 }
                 self.state.newest = Some(self.state.newest.map_or(event_time, |newest| newest.max(event_time)));
                 self.waiting.insert(Entry { timestamp: event_time, id });
-                Offered::Accepted
+                Offered::Accepted { timestamp: event_time }
             }
         }
     }
@@ -460,8 +461,7 @@ mod tests {
 
         fn offer(&mut self, id: u64, event_time: u64, now: u64) {
             match self.windower.offer(id, event_time, now) {
-                Offered::Accepted => {
-                    let timestamp = if self.windower.is_processing() { now } else { event_time };
+                Offered::Accepted { timestamp } => {
                     self.stored.insert(id, Entry { timestamp, id });
                 }
                 Offered::Late => self.late.push(id),

@@ -134,18 +134,18 @@ pub(super) fn run_window_instance(
                 .or(message.body.event_time)
                 .unwrap_or(message.body.publish_time);
             match windower.offer(next_id, event_time, now) {
-                Offered::Accepted => {
+                Offered::Accepted { timestamp } => {
                     let stored = StoredRecord {
                         topic: message.topic.as_str().to_owned(),
                         sequence: message.sequence,
-                        timestamp: if windower_uses_event_time(window) { event_time } else { now },
+                        timestamp,
                         body: message.body,
                     };
                     executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored)));
                     cache.insert(next_id, || to_guest(&message.topic, stored.sequence, stored.body.clone()));
                     next_id += 1;
                 }
-                Offered::Late => late(message, window.late_data_topic.as_ref(), executor),
+                Offered::Late => late(message, event_time, window.late_data_topic.as_ref(), executor),
             }
         }
         let advance = windower.advance(now);
@@ -205,7 +205,7 @@ fn windower_uses_event_time(window: &WindowConfig) -> bool {
 }
 
 /// A record behind the watermark: to the late-data topic, or logged and counted.
-fn late(message: Message, late_data_topic: Option<&TopicName>, executor: &mut dyn Executor) {
+fn late(message: Message, event_time: u64, late_data_topic: Option<&TopicName>, executor: &mut dyn Executor) {
     let context = executor.context();
     match late_data_topic {
         Some(topic) => {
@@ -216,10 +216,8 @@ fn late(message: Message, late_data_topic: Option<&TopicName>, executor: &mut dy
             context.write_log(
                 crate::runtime::LogLevel::Warn,
                 format!(
-                    "message {} from {} is behind the watermark (event time {:?}) and was dropped; give --late-data-topic to keep late records",
-                    message.sequence,
-                    message.topic,
-                    message.body.event_time
+                    "message {} from {} is behind the watermark (event time {event_time}) and was dropped; give --late-data-topic to keep late records",
+                    message.sequence, message.topic
                 ),
             );
             let late = context.metrics.entry(LATE_RECORDS_METRIC.to_owned()).or_default();
