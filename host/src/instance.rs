@@ -844,6 +844,25 @@ impl WasmExecutor {
         Ok(Self { function, details, limits, instance: Some(instance), parked: None, restarts: 0 })
     }
 
+    /// Makes one call into the instance, starting one first if the last was lost, and replacing
+    /// it after a system exception.
+    fn call<T>(
+        &mut self,
+        call: impl FnOnce(&mut Instance<MessageContext>) -> Result<T, ProcessError>,
+    ) -> Result<T, ProcessError> {
+        if self.instance.is_none() {
+            self.replace_instance();
+        }
+        let result = match self.instance.as_mut() {
+            Some(instance) => call(instance),
+            None => Err(ProcessError::System("the instance could not be restarted".into())),
+        };
+        if matches!(result, Err(ProcessError::System(_))) && self.instance.is_some() {
+            self.replace_instance();
+        }
+        result
+    }
+
     fn replace_instance(&mut self) {
         let context = match (self.instance.take(), self.parked.take()) {
             (Some(instance), _) => instance.into_host(),
@@ -898,31 +917,11 @@ impl Executor for WasmExecutor {
         window: GuestWindow,
         records: &[GuestMessage],
     ) -> Result<Option<Vec<u8>>, ProcessError> {
-        if self.instance.is_none() {
-            self.replace_instance();
-        }
-        let result = match self.instance.as_mut() {
-            Some(instance) => instance.process_window(window, records),
-            None => Err(ProcessError::System("the instance could not be restarted".into())),
-        };
-        if matches!(result, Err(ProcessError::System(_))) && self.instance.is_some() {
-            self.replace_instance();
-        }
-        result
+        self.call(|instance| instance.process_window(window, records))
     }
 
     fn event_times(&mut self, records: &[GuestMessage]) -> Result<Vec<Option<u64>>, ProcessError> {
-        if self.instance.is_none() {
-            self.replace_instance();
-        }
-        let result = match self.instance.as_mut() {
-            Some(instance) => instance.event_times(records),
-            None => Err(ProcessError::System("the instance could not be restarted".into())),
-        };
-        if result.is_err() && self.instance.is_some() {
-            self.replace_instance();
-        }
-        result
+        self.call(|instance| instance.event_times(records))
     }
 }
 

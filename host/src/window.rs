@@ -67,6 +67,13 @@ pub struct WindowConfig {
     pub late_data_topic: Option<crate::names::TopicName>,
 }
 
+impl WindowSpec {
+    /// Whether records are placed by event time rather than arrival.
+    pub fn is_event_time(&self) -> bool {
+        matches!(self.time, TimeBase::Event { .. })
+    }
+}
+
 /// The window settings as users give them, in Pulsar's names (`windowConfig`), all optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WindowSettings {
@@ -290,7 +297,9 @@ impl Windower {
     pub fn advance(&mut self, now: u64) -> Advance {
         let time = self.move_watermark(now);
         let mut advance = Advance::default();
-        while let Some(&entry) = self.waiting.first().filter(|entry| entry.timestamp < time || self.is_processing()) {
+        while let Some(&entry) =
+            self.waiting.first().filter(|entry| entry.timestamp < time || !self.spec.is_event_time())
+        {
             if matches!(self.spec.slide, Extent::DurationMs(_)) {
                 // Windows that end before this record are complete without it.
                 self.fire_time_windows(entry.timestamp, &mut advance);
@@ -302,10 +311,6 @@ impl Windower {
             self.fire_time_windows(time, &mut advance);
         }
         advance
-    }
-
-    fn is_processing(&self) -> bool {
-        self.spec.time == TimeBase::Processing
     }
 
     /// The time up to which windows may close: `now` under processing time, the watermark under

@@ -15,7 +15,7 @@ use crate::instance::{Executor, FunctionConfig, to_guest};
 use crate::limits::MAX_WINDOW_BYTES;
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
-use crate::runtime::{GuestWindow, ProcessError};
+use crate::runtime::{GuestMessage, GuestWindow, HostContext, ProcessError};
 use crate::state::Change;
 use crate::window::{Offered, Window, WindowConfig, Windower, WindowerState};
 
@@ -50,12 +50,12 @@ const CACHED_RECORD_BYTES: usize = 64 * 1024 * 1024;
 /// The stored records a window may still need, as the function gets them, up to `CACHED_RECORD_BYTES`.
 #[derive(Default)]
 struct RecordCache {
-    records: std::collections::HashMap<u64, crate::runtime::GuestMessage>,
+    records: std::collections::HashMap<u64, GuestMessage>,
     bytes: usize,
 }
 
 impl RecordCache {
-    fn insert(&mut self, id: u64, record: impl FnOnce() -> crate::runtime::GuestMessage) {
+    fn insert(&mut self, id: u64, record: impl FnOnce() -> GuestMessage) {
         if self.bytes < CACHED_RECORD_BYTES {
             let record = record();
             self.bytes += record.value.len();
@@ -86,10 +86,15 @@ fn encode<T: Encode>(value: &T) -> Vec<u8> {
 
 fn decode<T: Decode<()>>(bytes: &[u8], what: &str) -> Result<T, RunError> {
     bincode::decode_from_slice(bytes, bincode::config::standard()).map(|(value, _)| value).map_err(|error| {
-        RunError::State(crate::state::StateError::Storage(format!(
+        damaged(format!(
             "a stored {what} of a window function cannot be decoded ({error}); the data directory is damaged or was written by an incompatible fnhost"
-        )))
+        ))
     })
+}
+
+/// What the store gave back is not what the window loop stored.
+fn damaged(reason: String) -> RunError {
+    RunError::State(crate::state::StateError::Storage(reason))
 }
 
 /// Runs a window function's instance until it is halted (or, under [`RunUntil::Idle`], until
@@ -125,7 +130,7 @@ pub(super) fn run_window_instance(
         let mut stats = Stats { received: messages.len() as u64, ..Stats::default() };
         let acks = Acks::of(&messages);
         let count = messages.len();
-        let extracted = extract_event_times(&messages, window, executor, &mut stats);
+        let (extracted, mut converted) = extract_event_times(&messages, window, executor, &mut stats);
         for (index, message) in messages.into_iter().enumerate() {
             let event_time = extracted
                 .get(index)
@@ -133,6 +138,8 @@ pub(super) fn run_window_instance(
                 .flatten()
                 .or(message.body.event_time)
                 .unwrap_or(message.body.publish_time);
+            // Under event time the record was already made into what the function gets.
+            let guest = converted.next();
             match windower.offer(next_id, event_time, now) {
                 Offered::Accepted { timestamp } => {
                     let stored = StoredRecord {
@@ -142,7 +149,9 @@ pub(super) fn run_window_instance(
                         body: message.body,
                     };
                     executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored)));
-                    cache.insert(next_id, || to_guest(&message.topic, stored.sequence, stored.body.clone()));
+                    cache.insert(next_id, || {
+                        guest.unwrap_or_else(|| to_guest(&message.topic, stored.sequence, stored.body.clone()))
+                    });
                     next_id += 1;
                 }
                 Offered::Late => late(message, event_time, window.late_data_topic.as_ref(), executor),
@@ -176,19 +185,20 @@ pub(super) fn run_window_instance(
 }
 
 /// Under event time, the event times the function reads from `messages` (none where it has none
-/// to say). If it fails, the records' own event times serve, and the failure is counted and logged.
+/// to say), and the records as it got them, in order. If it fails, the records' own event times
+/// serve, and the failure is counted and logged.
 fn extract_event_times(
     messages: &[Message],
     window: &WindowConfig,
     executor: &mut dyn Executor,
     stats: &mut Stats,
-) -> Vec<Option<u64>> {
-    if !windower_uses_event_time(window) || messages.is_empty() {
-        return Vec::new();
+) -> (Vec<Option<u64>>, std::vec::IntoIter<GuestMessage>) {
+    if !window.spec.is_event_time() || messages.is_empty() {
+        return (Vec::new(), Vec::new().into_iter());
     }
-    let records: Vec<_> =
+    let records: Vec<GuestMessage> =
         messages.iter().map(|message| to_guest(&message.topic, message.sequence, message.body.clone())).collect();
-    match executor.event_times(&records) {
+    let times = match executor.event_times(&records) {
         Ok(times) => times,
         Err(error) => {
             let reason =
@@ -197,11 +207,8 @@ fn extract_event_times(
             executor.context().write_log(crate::runtime::LogLevel::Error, reason);
             Vec::new()
         }
-    }
-}
-
-fn windower_uses_event_time(window: &WindowConfig) -> bool {
-    matches!(window.spec.time, crate::window::TimeBase::Event { .. })
+    };
+    (times, records.into_iter())
 }
 
 /// A record behind the watermark: to the late-data topic, or logged and counted.
@@ -220,9 +227,7 @@ fn late(message: Message, event_time: u64, late_data_topic: Option<&TopicName>, 
                     message.sequence, message.topic
                 ),
             );
-            let late = context.metrics.entry(LATE_RECORDS_METRIC.to_owned()).or_default();
-            late.0 += 1;
-            late.1 += 1.0;
+            context.record_metric(LATE_RECORDS_METRIC.to_owned(), 1.0);
         }
     }
 }
@@ -246,15 +251,13 @@ fn fire(
             records.push(record.clone());
             continue;
         }
-        let bytes = executor.context().read(&record_key(instance_id, *id))?.ok_or_else(|| {
-            RunError::State(crate::state::StateError::Storage(format!("window record {id} is missing from the store")))
-        })?;
+        let bytes = executor
+            .context()
+            .read(&record_key(instance_id, *id))?
+            .ok_or_else(|| damaged(format!("window record {id} is missing from the store")))?;
         let record: StoredRecord = decode(&bytes, "window record")?;
-        let topic = TopicName::parse(&record.topic).map_err(|error| {
-            RunError::State(crate::state::StateError::Storage(format!(
-                "a stored window record names a bad topic: {error}"
-            )))
-        })?;
+        let topic = TopicName::parse(&record.topic)
+            .map_err(|error| damaged(format!("a stored window record names a bad topic: {error}")))?;
         records.push(to_guest(&topic, record.sequence, record.body));
     }
     let span = GuestWindow { start: window.start, end: window.end };
@@ -307,7 +310,7 @@ fn fire(
 }
 
 fn dead_letter(
-    records: &[crate::runtime::GuestMessage],
+    records: &[GuestMessage],
     reason: &str,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
