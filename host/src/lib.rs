@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod names;
+pub mod nats;
 pub mod runtime;
 pub mod spec;
 pub mod state;

@@ -41,6 +41,12 @@ pub fn message_id(sequence: u64) -> String {
     sequence.to_string()
 }
 
+/// The key-shared routing hash of a message's partition key or key: FNV-1a, stable across
+/// processes and versions, unlike the standard library's hasher.
+pub fn key_route(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// What is stored for each message.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct MessageBody {

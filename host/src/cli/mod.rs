@@ -22,9 +22,11 @@ use crate::instance::{self, Executor, LogSink, MessageContext, ProcessingGuarant
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_WORKER_INSTANCES};
 use crate::metrics::Stats;
 use crate::names::{Fqfn, TopicName};
+use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources, WindowConfigSpec};
 use crate::state::StateStore;
+use crate::worker::cluster::ClusterConfig;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
 
@@ -284,6 +286,19 @@ struct WorkerArgs {
     max_instances: u32,
     #[command(flatten)]
     data: DataDir,
+    /// Join a cluster on these NATS JetStream servers (nats://HOST:PORT, comma-separated) instead
+    /// of keeping everything in the data directory, which then holds only compiled components.
+    #[arg(long, value_name = "URLS")]
+    cluster: Option<String>,
+    /// How many copies of each stream and bucket NATS keeps (default: one per server given, at most 3).
+    #[arg(long, requires = "cluster")]
+    replicas: Option<usize>,
+    /// This worker's name in the cluster (default: HOSTNAME-PORT).
+    #[arg(long, requires = "cluster")]
+    worker_id: Option<String>,
+    /// The admin URL other workers reach this one at (default: http:// and the listen address).
+    #[arg(long, requires = "cluster")]
+    advertised_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -464,23 +479,37 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         // replacement takes one, and an update stops the old instances before starting new ones.
         max_instances: args.max_instances,
     })?;
-    let store = open_store(&args.data)?;
-    let config = WorkerConfig {
-        data_dir: args.data.data_dir.clone(),
-        cache_dir: cache_dir(),
-        max_instances: args.max_instances,
-    };
-    let worker = Arc::new(Worker::open(config, store, runtime)?);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fnhost-http")
         .build()
         .context("cannot start the HTTP runtime")?;
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("cannot listen on {}: is another worker running there? pass --listen", args.listen))?;
+    let address = listener.local_addr()?;
+    let (store, cluster): (Arc<dyn crate::worker::Engine>, _) = match &args.cluster {
+        None => (Arc::new(open_store(&args.data)?), None),
+        Some(urls) => {
+            let replicas = args.replicas.unwrap_or_else(|| urls.split(',').count().min(3));
+            if !(1..=5).contains(&replicas) {
+                bail!("--replicas {replicas} is out of range: NATS keeps 1 to 5 copies");
+            }
+            let engine = NatsEngine::connect(urls, replicas)?;
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map_or_else(|_| "worker".into(), |name| name.trim().to_owned());
+            let config = ClusterConfig {
+                membership: Arc::new(engine.clone()),
+                worker_id: args.worker_id.clone().unwrap_or_else(|| format!("{host}-{}", address.port())),
+                url: args.advertised_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            };
+            (Arc::new(engine), Some(config))
+        }
+    };
+    let config = WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster };
+    let worker = Arc::new(Worker::open(config, store, runtime)?);
+    worker.run_cluster()?;
     tokio.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-            format!("cannot listen on {}: is another worker running there? pass --listen", args.listen)
-        })?;
-        let address = listener.local_addr()?;
         tracing::info!("fnhost worker listening on http://{address}");
         axum::serve(listener, admin::router(worker.clone()))
             .with_graceful_shutdown(shutdown_signal())

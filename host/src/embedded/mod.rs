@@ -43,6 +43,8 @@ const TOPIC_TREE_PREFIX: &str = "topic:";
 const SEGMENT_BYTES: usize = 96 * 1024;
 const CURSOR_TREE: &str = "cursors";
 const METADATA_TREE: &str = "metadata";
+/// Function components, by digest.
+const PACKAGE_TREE: &str = "packages";
 /// Most messages of a key-shared subscription read ahead for consumers that have not fetched them
 /// yet, per consumer: bounds memory when one consumer is slower than the others.
 const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
@@ -80,6 +82,7 @@ struct Inner {
     db: sled::Db,
     cursors: sled::Tree,
     metadata: sled::Tree,
+    packages: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
     /// Records of state changes not yet checkpointed into the functions' trees (see [`state`]).
     state_log: sled::Tree,
@@ -141,6 +144,7 @@ impl EmbeddedStore {
         };
         let cursors = open_tree(CURSOR_TREE)?;
         let metadata = open_tree(METADATA_TREE)?;
+        let packages = open_tree(PACKAGE_TREE)?;
         let state_log = open_tree(STATE_LOG_TREE)?;
         state::replay(&db, &state_log).map_err(|reason| OpenError::Other { path: shown.clone(), reason })?;
         let checkpointer = Checkpointer::start(&db, &state_log)
@@ -150,6 +154,7 @@ impl EmbeddedStore {
                 db,
                 cursors,
                 metadata,
+                packages,
                 topics: Mutex::new(HashMap::new()),
                 state_log,
                 state_tables: Mutex::new(HashMap::new()),
@@ -390,6 +395,23 @@ impl MetadataStore for EmbeddedStore {
                 Ok((String::from_utf8_lossy(&key).into_owned(), value.to_vec()))
             })
             .collect()
+    }
+
+    fn put_package(&self, digest: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+        if self.inner.packages.contains_key(digest).map_err(metadata_error)? {
+            return Ok(());
+        }
+        self.inner.packages.insert(digest, bytes).map_err(metadata_error)?;
+        self.inner.packages.flush().map(drop).map_err(metadata_error)
+    }
+
+    fn package(&self, digest: &str) -> Result<Option<Vec<u8>>, MetadataError> {
+        Ok(self.inner.packages.get(digest).map_err(metadata_error)?.map(|bytes| bytes.to_vec()))
+    }
+
+    fn remove_package(&self, digest: &str) -> Result<(), MetadataError> {
+        self.inner.packages.remove(digest).map_err(metadata_error)?;
+        self.inner.packages.flush().map(drop).map_err(metadata_error)
     }
 }
 
@@ -897,10 +919,7 @@ impl SharedSubscription {
 /// routed by its sequence number, so keyless messages are spread.
 fn route(message: &Message) -> u64 {
     match message.body.partition_key.as_deref().or(message.body.key.as_deref()) {
-        // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
-        Some(key) => key
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)),
+        Some(key) => crate::broker::key_route(key),
         None => message.sequence,
     }
 }

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -79,6 +79,8 @@ pub fn router(worker: Arc<Worker>) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/metrics", get(metrics))
+        .route("/admin/v2/worker/cluster", get(cluster))
+        .route("/admin/v2/worker/rebalance", put(rebalance))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .route(functions, get(list))
         .route(function, get(get_function).post(create_or_update).put(create_or_update).delete(delete))
@@ -166,6 +168,15 @@ async fn function_form(request: Request) -> ApiResult<(FunctionSpec, Option<Vec<
 async fn metrics(State(worker): Shared) -> ApiResult<Response> {
     let text = blocking(move || Ok(worker.metrics_text())).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn cluster(State(worker): Shared) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(blocking(move || worker.cluster_info()).await?))
+}
+
+async fn rebalance(State(worker): Shared) -> ApiResult<Json<serde_json::Value>> {
+    blocking(move || worker.rebalance()).await?;
+    Ok(Json(serde_json::json!({ "rebalance": "requested" })))
 }
 
 async fn list(State(worker): Shared, Path((tenant, namespace)): Path<(String, String)>) -> Json<Vec<String>> {

@@ -1,15 +1,18 @@
 //! The function worker: many functions of many tenants in one process, managed while they run.
 //!
 //! The worker keeps each function's record (its config as given, its code's digest, which
-//! instances an operator stopped) in the metadata store and its code in `packages/`, so that a
+//! instances an operator stopped) and its code in the engine's metadata store, so that a
 //! restart, even after SIGKILL, runs the same functions again; they resume from their
 //! subscriptions' committed positions with their state, because both live in the engine.
+//! In a cluster ([`cluster`]) every worker knows every function, and runs the instances the
+//! leader assigns to it.
 //! Changing a function (update, restart, stop) drains its instances first: each finishes and
 //! commits the batch it holds, then its consumer leaves, so nothing is lost or applied twice.
 //!
 //! [`admin`] serves this over HTTP; the worker itself knows nothing of HTTP.
 
 pub mod admin;
+pub mod cluster;
 mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +24,6 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
-use crate::embedded::EmbeddedStore;
 use crate::guest_build::{Builder, World};
 use crate::instance::{
     self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
@@ -75,10 +77,14 @@ fn not_found(fqfn: &Fqfn) -> WorkerError {
 struct FunctionRecord {
     /// The config as given (tenant, namespace and name filled in; no local component path).
     spec: FunctionSpec,
-    /// The SHA-256 of the component, naming its file in `packages/`.
+    /// The SHA-256 of the component, under which the metadata store keeps it.
     digest: String,
     /// Instances an operator stopped.
     stopped: BTreeSet<u32>,
+    /// In a cluster, how many times an operator restarted each instance: a change tells the
+    /// worker running it to restart it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    restarts: BTreeMap<u32, u64>,
 }
 
 /// A function the worker runs.
@@ -124,15 +130,19 @@ impl InstanceSlot {
 }
 
 /// Where the worker keeps its data and how much it may run.
-#[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The data directory: the database and the functions' components.
-    pub data_dir: PathBuf,
     /// Where components built from Python and JavaScript sources are cached.
     pub cache_dir: PathBuf,
     /// Most instances across all functions.
     pub max_instances: u32,
+    /// How to take part in a cluster; `None`: the worker runs every instance itself.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
+
+/// What a worker keeps its functions in: the embedded engine, or a distributed one.
+pub trait Engine: Broker + StateStore + MetadataStore {}
+
+impl<T: Broker + StateStore + MetadataStore> Engine for T {}
 
 /// Memory maps an idle instance adds to the process (its thread's stack and signal stack with their
 /// guard pages, its pool slots): nine measured (docs/BENCHMARKS.md), with room to spare.
@@ -147,12 +157,15 @@ pub fn memory_maps() -> Option<(usize, usize)> {
 
 /// The function worker.
 pub struct Worker {
-    store: EmbeddedStore,
+    store: Arc<dyn Engine>,
     runtime: Runtime,
     builder: Builder,
-    packages: PathBuf,
     max_instances: u32,
     functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
+    cluster: Option<cluster::Cluster>,
+    /// Held by every change to a function and, in a cluster, by each round of catching up with
+    /// the records, so that a round never sees a change half made.
+    changing: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,19 +209,21 @@ pub fn state_json(key: &str, stored: Versioned) -> serde_json::Value {
 }
 
 impl Worker {
-    /// Opens the data directory and starts every function recorded there.
-    pub fn open(config: WorkerConfig, store: EmbeddedStore, runtime: Runtime) -> anyhow::Result<Self> {
-        let packages = config.data_dir.join("packages");
-        std::fs::create_dir_all(&packages)
-            .with_context(|| format!("cannot create the package directory {}", packages.display()))?;
+    /// Opens the worker on `store` and starts every function recorded there; in a cluster the
+    /// functions start when [`Worker::run_cluster`] has learnt which instances are this worker's.
+    pub fn open(config: WorkerConfig, store: Arc<dyn Engine>, runtime: Runtime) -> anyhow::Result<Self> {
         let worker = Self {
             store,
             runtime,
             builder: Builder::new(&config.cache_dir),
-            packages,
             max_instances: config.max_instances,
             functions: Mutex::new(BTreeMap::new()),
+            cluster: config.cluster.map(cluster::Cluster::new),
+            changing: Mutex::new(()),
         };
+        if worker.cluster.is_some() {
+            return Ok(worker);
+        }
         for (key, bytes) in worker.store.records(FUNCTION_RECORD_PREFIX)? {
             let record: FunctionRecord = serde_json::from_slice(&bytes).with_context(|| {
                 format!("the function record `{key}` is damaged; remove it from the data directory")
@@ -226,28 +241,16 @@ impl Worker {
         Ok(worker)
     }
 
-    fn package_path(&self, digest: &str) -> PathBuf {
-        self.packages.join(format!("{digest}.wasm"))
-    }
-
     fn load_package(&self, digest: &str) -> anyhow::Result<FunctionCode> {
-        let path = self.package_path(digest);
-        Ok(self.runtime.load(&path)?)
+        let bytes = self.store.package(digest)?.with_context(|| {
+            format!("the component {digest} is missing from the metadata store; create the function again")
+        })?;
+        Ok(self.runtime.load_bytes(&bytes, &format!("package {digest}"))?)
     }
 
-    /// Writes a component's bytes under its digest, atomically and durably.
+    /// Keeps a component's bytes under its digest, durably.
     fn save_package(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let path = self.package_path(digest);
-        if path.exists() {
-            return Ok(());
-        }
-        let partial = path.with_extension(format!("partial-{}", std::process::id()));
-        let file = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        std::io::Write::write_all(&mut &file, bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, &path)?;
-        std::fs::File::open(&self.packages)?.sync_all()?;
-        Ok(())
+        Ok(self.store.put_package(digest, bytes)?)
     }
 
     fn save_record(&self, fqfn: &Fqfn, record: &FunctionRecord) -> anyhow::Result<()> {
@@ -338,6 +341,7 @@ impl Worker {
 
     /// Creates a function and starts its instances; returns its config as stored.
     pub fn create(&self, spec: FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<FunctionSpec, WorkerError> {
+        let _changing = lock(&self.changing);
         let bad = |error: crate::spec::ConfigError| WorkerError::BadRequest(error.to_string());
         let fqfn = spec.fqfn().map_err(bad)?;
         let config = spec.resolve().map_err(bad)?;
@@ -359,7 +363,7 @@ impl Worker {
             name: Some(fqfn.name().into()),
             ..spec.without_code()
         };
-        let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new() };
+        let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new(), restarts: BTreeMap::new() };
         let mut functions = lock(&self.functions);
         if functions.contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
@@ -381,6 +385,7 @@ impl Worker {
         changes: FunctionSpec,
         uploaded: Option<Vec<u8>>,
     ) -> Result<FunctionSpec, WorkerError> {
+        let _changing = lock(&self.changing);
         let function = self.function(fqfn)?;
         let current = lock(&function).record.clone();
         let spec = current.spec.clone().overlay(changes.clone().without_code());
@@ -428,6 +433,7 @@ impl Worker {
     /// Stops a function's instances and forgets it, its subscription (unless `cleanupSubscription`
     /// is false) and its state.
     pub fn delete(&self, fqfn: &Fqfn) -> Result<(), WorkerError> {
+        let _changing = lock(&self.changing);
         let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
         let mut function = lock(&function);
         stop_instances(&mut function);
@@ -448,8 +454,8 @@ impl Worker {
     /// Removes the package `digest` if no function uses it any more; the caller holds no function's lock.
     fn remove_unused_packages(&self, digest: &str) {
         let used = lock(&self.functions).values().any(|function| lock(function).record.digest == digest);
-        if !used {
-            let _ = std::fs::remove_file(self.package_path(digest));
+        if !used && let Err(error) = self.store.remove_package(digest) {
+            tracing::warn!(digest, "cannot remove the unused component: {error}");
         }
     }
 
@@ -469,14 +475,30 @@ impl Worker {
             .collect()
     }
 
-    /// Starts every instance not stopped by an operator that is not running.
+    /// True when instance `instance_id` of `fqfn` is this worker's to run.
+    fn runs_here(&self, fqfn: &Fqfn, instance_id: u32) -> bool {
+        self.cluster.as_ref().is_none_or(|cluster| cluster.runs_here(fqfn, instance_id))
+    }
+
+    /// Starts every instance of this worker not stopped by an operator that is not running, and
+    /// stops those the cluster has moved to another worker.
     fn start_instances(&self, function: &mut Function) -> Result<(), WorkerError> {
         let count = function.config.parallelism;
+        let fqfn = function.config.fqfn.clone();
         function.instances.resize_with(count as usize, InstanceSlot::default);
+        for (instance_id, slot) in function.instances.iter_mut().enumerate() {
+            if slot.running.is_some() && !self.runs_here(&fqfn, instance_id as u32) {
+                tracing::info!(%fqfn, instance_id, "instance moved to another worker");
+                slot.stop();
+            }
+        }
         let mut idle = Vec::new();
         for instance_id in 0..count {
             let slot = &mut function.instances[instance_id as usize];
-            if !function.record.stopped.contains(&instance_id) && !slot.is_running() {
+            if !function.record.stopped.contains(&instance_id)
+                && self.runs_here(&fqfn, instance_id)
+                && !slot.is_running()
+            {
                 idle.push(instance_id);
             }
         }
@@ -541,6 +563,7 @@ impl Worker {
 
     /// Starts the function's instances (or one), which stay started across worker restarts.
     pub fn start(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let _changing = lock(&self.changing);
         let function = self.function(fqfn)?;
         let mut function = lock(&function);
         for instance_id in Self::instance_ids(&function, instance)? {
@@ -554,6 +577,7 @@ impl Worker {
     /// Stops the function's instances (or one) after their current batch; they stay stopped
     /// across worker restarts until started.
     pub fn stop(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let _changing = lock(&self.changing);
         let function = self.function(fqfn)?;
         let mut function = lock(&function);
         for instance_id in Self::instance_ids(&function, instance)? {
@@ -567,11 +591,19 @@ impl Worker {
 
     /// Restarts the function's running instances (or one, which starts it if it was stopped).
     pub fn restart(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
+        let _changing = lock(&self.changing);
         let function = self.function(fqfn)?;
         let mut function = lock(&function);
         let ids = Self::instance_ids(&function, instance)?;
-        if instance.is_some() {
-            function.record.stopped.retain(|id| !ids.contains(id));
+        if instance.is_some() || self.cluster.is_some() {
+            if instance.is_some() {
+                function.record.stopped.retain(|id| !ids.contains(id));
+            }
+            if self.cluster.is_some() {
+                for &instance_id in &ids {
+                    *function.record.restarts.entry(instance_id).or_default() += 1;
+                }
+            }
             let record = function.record.clone();
             self.save_record(fqfn, &record)?;
         }
@@ -591,6 +623,14 @@ impl Worker {
         let mut instances = Vec::new();
         let mut running_count = 0;
         for instance_id in ids {
+            if let Some(cluster) = &self.cluster
+                && !cluster.runs_here(fqfn, instance_id)
+            {
+                let status = cluster.remote_status(fqfn, instance_id);
+                running_count += u32::from(status["running"] == true);
+                instances.push(serde_json::json!({ "instanceId": instance_id, "status": status }));
+                continue;
+            }
             let slot = &mut function.instances[instance_id as usize];
             let running = slot.is_running();
             running_count += u32::from(running);
@@ -611,7 +651,7 @@ impl Worker {
                     "numDeadLettered": stats.dead_lettered,
                     "averageLatency": stats.latency.mean_millis(),
                     "lastInvocationTime": stats.last_invocation.unwrap_or(0),
-                    "workerId": "embedded",
+                    "workerId": self.cluster.as_ref().map_or("embedded", |cluster| cluster.worker_id()),
                 },
             }));
         }
@@ -630,6 +670,23 @@ impl Worker {
         let function = self.function(fqfn)?;
         let function = lock(&function);
         let ids = Self::instance_ids(&function, instance)?;
+        if let Some(cluster) = &self.cluster
+            && ids.iter().any(|&instance_id| !cluster.runs_here(fqfn, instance_id))
+        {
+            let mut instances = Vec::new();
+            for instance_id in ids {
+                let metrics = &function.instances[instance_id as usize].metrics;
+                let stats = match cluster.runs_here(fqfn, instance_id) {
+                    true => stats_json(&metrics.snapshot(), &metrics.last_minute()),
+                    false => cluster.remote_stats(fqfn, instance_id)?,
+                };
+                instances.push((instance_id, stats));
+            }
+            if instance.is_some() {
+                return Ok(instances.remove(0).1);
+            }
+            return Ok(cluster::total_stats(instances));
+        }
         let per_instance: Vec<(u32, Stats, crate::metrics::MinuteCounts)> = ids
             .iter()
             .map(|&instance_id| {
@@ -664,7 +721,9 @@ impl Worker {
         for (fqfn, function) in functions {
             let function = lock(&function);
             for (instance_id, slot) in function.instances.iter().enumerate() {
-                all.push((fqfn.clone(), instance_id as u32, slot.metrics.snapshot()));
+                if self.runs_here(&fqfn, instance_id as u32) {
+                    all.push((fqfn.clone(), instance_id as u32, slot.metrics.snapshot()));
+                }
             }
         }
         all
@@ -681,7 +740,8 @@ impl Worker {
         let function = self.function(fqfn)?;
         let config = {
             let mut function = lock(&function);
-            if !function.instances.iter_mut().any(InstanceSlot::is_running) {
+            // In a cluster the instances may run on other workers; their status tells.
+            if self.cluster.is_none() && !function.instances.iter_mut().any(InstanceSlot::is_running) {
                 return Err(WorkerError::Conflict(format!(
                     "{fqfn} has no running instance to process the trigger; start it first"
                 )));
@@ -847,6 +907,7 @@ impl Worker {
 
     /// Stops every instance after its current batch: what the worker does before it exits.
     pub fn shutdown(&self) {
+        self.leave_cluster();
         let functions: Vec<Arc<Mutex<Function>>> = lock(&self.functions).values().cloned().collect();
         for function in &functions {
             for slot in &lock(function).instances {

@@ -1,0 +1,547 @@
+//! The cluster engine: topics, subscriptions, state and metadata in NATS JetStream, shared by
+//! every worker connected to the same NATS cluster.
+//!
+//! A topic is a stream (`FNT-<topic>`); a durable subscription is a durable pull consumer per
+//! topic with explicit acknowledgement, shared by every instance that reads it; key-shared
+//! instances each have their own consumer, whose filter subject selects their keys.
+//! Function state is a key-value bucket per function (`FNS-<fqfn>`); metadata, packages,
+//! membership and the leader lease live in buckets of their own.
+//!
+//! JetStream has no transaction across streams and buckets, so a commit is a sequence of
+//! idempotent steps: outputs carry a `Nats-Msg-Id` (the stream drops a repeat within its
+//! duplicate window), ordered subscriptions (failover and key-shared) first write the commit's
+//! final values as an intent record that a successor replays, and the acknowledgements go last.
+//! See `docs/CLUSTER.md` for what that guarantees.
+//!
+//! The traits are synchronous and async-nats is not: the engine owns a small tokio runtime and
+//! blocks on it, from the instance threads and from the admin API's blocking pool alike.
+
+mod names;
+mod subscription;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::ServerAddr;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use bincode::{Decode, Encode};
+use tokio::io::AsyncReadExt as _;
+
+use crate::broker::{Broker, BrokerError, MessageBody, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::metadata::{Membership, MetadataError, MetadataStore};
+use crate::names::{Fqfn, TopicName};
+use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
+
+pub use names::subject_matches;
+use names::{STATE_BUCKET_PREFIX, kv_key, kv_key_name, message_subject, token, topic_stream, topic_subject_prefix};
+
+/// The bucket of metadata records (function records, commit intents).
+const METADATA_BUCKET: &str = "fnhost-metadata";
+/// The object store of function components, by digest.
+const PACKAGE_BUCKET: &str = "fnhost-packages";
+/// The bucket of worker heartbeats; an entry expires MEMBER_TTL after its last renewal.
+const MEMBER_BUCKET: &str = "fnhost-workers";
+/// The bucket of the leader lease; it expires MEMBER_TTL after its last renewal.
+const LEADER_BUCKET: &str = "fnhost-leader";
+const LEADER_KEY: &str = "leader";
+/// How long a worker that stops renewing stays a member (and, if it led, the leader).
+pub const MEMBER_TTL: Duration = Duration::from_secs(5);
+/// A message delivered to an instance and not acknowledged this long after is delivered again:
+/// how long a dead worker's in-flight messages wait before another instance gets them.
+pub const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long a repeated output is recognised and dropped (the streams' duplicate window).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long one JetStream request may take before it fails (leader elections take a few seconds).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The addresses could not be parsed.
+    #[error("--cluster `{given}` is not a list of NATS addresses ({reason}); give nats://HOST:PORT,nats://HOST:PORT,…")]
+    BadAddress {
+        /// What was given.
+        given: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// No server answered, or JetStream is off.
+    #[error("cannot use the NATS cluster at {urls}: {reason}; is nats-server running there with JetStream (-js)?")]
+    Unavailable {
+        /// The addresses.
+        urls: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The NATS JetStream engine; cheap to clone.
+#[derive(Clone)]
+pub struct NatsEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    replicas: usize,
+    streams: Mutex<HashMap<TopicName, stream::Stream>>,
+    tables: Mutex<HashMap<Fqfn, kv::Store>>,
+    metadata: kv::Store,
+    packages: object_store::ObjectStore,
+    members: kv::Store,
+    leader: kv::Store,
+    /// The reply subject of each message delivered to a durable subscription in this process and
+    /// not yet acknowledged, by subscription, topic and sequence: an acknowledgement goes there.
+    delivered: Mutex<HashMap<(String, TopicName, u64), async_nats::Subject>>,
+    /// Makes output message ids unique across this process's commits.
+    commits: AtomicU64,
+    /// Spreads keyless messages over key shares.
+    keyless: AtomicU64,
+    /// Distinguishes this process's output message ids from other processes'.
+    process: String,
+}
+
+fn storage(error: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(format!("NATS: {error}"))
+}
+
+fn state_storage(error: impl std::fmt::Display) -> StateError {
+    StateError::Storage(format!("NATS: {error}"))
+}
+
+fn metadata_storage(error: impl std::fmt::Display) -> MetadataError {
+    MetadataError(format!("NATS: {error}"))
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
+fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    bincode::encode_to_vec(value, bincode::config::standard()).expect("encoding to memory cannot fail")
+}
+
+fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
+    bincode::decode_from_slice(bytes, bincode::config::standard()).map(|(value, _)| value).map_err(|e| e.to_string())
+}
+
+impl NatsEngine {
+    /// Connects to the servers in `urls` (comma-separated) and opens the shared buckets, creating
+    /// them with `replicas` copies if they are new.
+    pub fn connect(urls: &str, replicas: usize) -> Result<Self, NatsError> {
+        let addresses = urls
+            .split(',')
+            .map(|url| url.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| NatsError::BadAddress { given: urls.into(), reason: error.to_string() })?;
+        let unavailable = |reason: String| NatsError::Unavailable { urls: urls.into(), reason };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fnhost-nats")
+            .enable_all()
+            .build()
+            .map_err(|error| unavailable(format!("cannot start its runtime: {error}")))?;
+        let (client, jetstream, metadata, packages, members, leader) = runtime
+            .block_on(async {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(addresses.as_slice())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let mut jetstream = jetstream::new(client.clone());
+                jetstream.set_timeout(REQUEST_TIMEOUT);
+                let metadata = open_bucket(&jetstream, METADATA_BUCKET, replicas, Duration::ZERO).await?;
+                let members = open_bucket(&jetstream, MEMBER_BUCKET, replicas, MEMBER_TTL).await?;
+                let leader = open_bucket(&jetstream, LEADER_BUCKET, replicas, MEMBER_TTL).await?;
+                let packages = match jetstream.get_object_store(PACKAGE_BUCKET).await {
+                    Ok(store) => store,
+                    Err(_) => jetstream
+                        .create_object_store(object_store::Config {
+                            bucket: PACKAGE_BUCKET.into(),
+                            num_replicas: replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|error| format!("cannot create the package store: {error}"))?,
+                };
+                Ok::<_, String>((client, jetstream, metadata, packages, members, leader))
+            })
+            .map_err(unavailable)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runtime,
+                client,
+                jetstream,
+                replicas,
+                streams: Mutex::default(),
+                tables: Mutex::default(),
+                metadata,
+                packages,
+                members,
+                leader,
+                delivered: Mutex::default(),
+                commits: AtomicU64::new(0),
+                keyless: AtomicU64::new(0),
+                process: format!("{:x}{:x}", std::process::id(), now_millis()),
+            }),
+        })
+    }
+}
+
+/// Opens a key-value bucket, creating it if it is new; `max_age` zero keeps entries forever.
+async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    jetstream
+        .create_key_value(kv::Config {
+            bucket: bucket.into(),
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| format!("cannot create the bucket {bucket}: {error}"))
+}
+
+impl Inner {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// The stream holding `topic`, created on first use.
+    async fn topic_stream(&self, topic: &TopicName) -> Result<stream::Stream, BrokerError> {
+        if let Some(stream) = self.streams.lock().unwrap().get(topic) {
+            return Ok(stream.clone());
+        }
+        let stream = self
+            .jetstream
+            .get_or_create_stream(stream::Config {
+                name: topic_stream(topic),
+                subjects: vec![format!("{}.>", topic_subject_prefix(topic))],
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| storage(format!("cannot open the stream of {topic}: {error}")))?;
+        self.streams.lock().unwrap().insert(topic.clone(), stream.clone());
+        Ok(stream)
+    }
+
+    /// Every topic that has a stream.
+    async fn topics(&self) -> Result<Vec<TopicName>, BrokerError> {
+        use futures_util::TryStreamExt as _;
+        let names: Vec<String> = self.jetstream.stream_names().try_collect().await.map_err(storage)?;
+        Ok(names.iter().filter_map(|name| names::stream_topic(name)).collect())
+    }
+
+    /// Publishes `messages` to `topic`, each with its message id if given, pipelined; returns their sequences.
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: impl IntoIterator<Item = (OutMessage, Option<String>)>,
+    ) -> Result<Vec<u64>, BrokerError> {
+        self.topic_stream(topic).await?;
+        let publish_time = now_millis();
+        let mut pending = Vec::new();
+        for (message, id) in messages {
+            let route = match message.key.as_deref() {
+                Some(key) => key_route(key),
+                None => self.keyless.fetch_add(1, Ordering::Relaxed),
+            };
+            let body = MessageBody {
+                value: message.value,
+                key: message.key,
+                properties: message.properties,
+                event_time: message.event_time,
+                publish_time,
+                partition_key: None,
+            };
+            let mut publish = jetstream::context::Publish::build().payload(encode(&body).into());
+            if let Some(id) = id {
+                publish = publish.message_id(id);
+            }
+            let ack = self.jetstream.send_publish(message_subject(topic, route), publish).await.map_err(storage)?;
+            pending.push(ack);
+        }
+        let mut sequences = Vec::with_capacity(pending.len());
+        for ack in pending {
+            sequences.push(ack.await.map_err(storage)?.sequence - 1);
+        }
+        Ok(sequences)
+    }
+
+    /// The state bucket of `fqfn`, created on first use.
+    async fn table(&self, fqfn: &Fqfn) -> Result<kv::Store, StateError> {
+        if let Some(store) = self.tables.lock().unwrap().get(fqfn) {
+            return Ok(store.clone());
+        }
+        let bucket = format!("{STATE_BUCKET_PREFIX}{}", token(&fqfn.to_string()));
+        let store =
+            open_bucket(&self.jetstream, &bucket, self.replicas, Duration::ZERO).await.map_err(state_storage)?;
+        self.tables.lock().unwrap().insert(fqfn.clone(), store.clone());
+        Ok(store)
+    }
+
+    /// A new id for one commit's outputs, unique across processes.
+    fn commit_id(&self) -> String {
+        format!("{}-{}", self.process, self.commits.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Sends the acknowledgement of each message, by its reply subject, and flushes them to the server.
+    async fn acknowledge(&self, replies: Vec<async_nats::Subject>) -> Result<(), BrokerError> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        for reply in replies {
+            self.client.publish(reply, bytes::Bytes::new()).await.map_err(storage)?;
+        }
+        self.client.flush().await.map_err(storage)
+    }
+}
+
+/// A stored value in a state bucket.
+fn decode_state(fqfn: &Fqfn, key: &str, entry: kv::Entry) -> Result<Option<Versioned>, StateError> {
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let value = decode::<StateValue>(&entry.value).map_err(|reason| StateError::Corrupt {
+        fqfn: fqfn.clone(),
+        key: key.into(),
+        reason,
+    })?;
+    Ok(Some(Versioned { value, version: entry.revision }))
+}
+
+impl Broker for NatsEngine {
+    fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(inner.publish(topic, messages.into_iter().map(|message| (message, None))))
+    }
+
+    fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
+        Ok(Box::new(subscription::NatsSubscription::open(self.inner.clone(), spec)?))
+    }
+
+    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let durable = token(name);
+        inner.block_on(async {
+            use futures_util::TryStreamExt as _;
+            for topic in inner.topics().await? {
+                let stream = inner.topic_stream(&topic).await?;
+                let consumers: Vec<String> = stream.consumer_names().try_collect().await.map_err(storage)?;
+                for consumer in consumers {
+                    if subscription::consumer_belongs_to(&consumer, &durable) {
+                        stream.delete_consumer(&consumer).await.map_err(storage)?;
+                    }
+                }
+            }
+            let intents = format!("{}{name}/", subscription::INTENT_PREFIX);
+            for (key, _) in records(&inner.metadata, &intents).await.map_err(storage)? {
+                inner.metadata.purge(kv_key(&key)).await.map_err(storage)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        let durable = token(subscription);
+        inner.block_on(async {
+            use futures_util::TryStreamExt as _;
+            let stream = inner.topic_stream(topic).await?;
+            let message = match stream.direct_get(sequence + 1).await {
+                Ok(message) => message,
+                Err(_) => return Ok(false),
+            };
+            let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
+            Ok(consumers.iter().any(|consumer| {
+                subscription::consumer_belongs_to(&consumer.name, &durable)
+                    && (consumer.config.filter_subject.is_empty()
+                        || subject_matches(&consumer.config.filter_subject, &message.subject))
+                    && consumer.ack_floor.stream_sequence > sequence
+            }))
+        })
+    }
+}
+
+/// Every record of `store` whose (decoded) key starts with `prefix`, in key order.
+async fn records(store: &kv::Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    use futures_util::TryStreamExt as _;
+    let keys: Vec<String> =
+        store.keys().await.map_err(|e| e.to_string())?.try_collect().await.map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for key in keys {
+        let Some(name) = kv_key_name(&key) else { continue };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        if let Some(value) = store.get(&key).await.map_err(|e| e.to_string())? {
+            found.push((name, value.to_vec()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+impl StateStore for NatsEngine {
+    fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
+        let inner = &self.inner;
+        let store = inner.block_on(inner.table(fqfn))?;
+        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store }))
+    }
+
+    fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let store = inner.table(fqfn).await?;
+            let version = store.put(kv_key(key), encode(&value).into()).await.map_err(state_storage)?;
+            Ok(Versioned { value, version })
+        })
+    }
+
+    fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
+        let inner = &self.inner;
+        let bucket = format!("{STATE_BUCKET_PREFIX}{}", token(&fqfn.to_string()));
+        inner.tables.lock().unwrap().remove(fqfn);
+        inner.block_on(async {
+            match inner.jetstream.delete_key_value(&bucket).await {
+                Ok(_) => Ok(()),
+                Err(error) if error.to_string().contains("not found") => Ok(()),
+                Err(error) => Err(state_storage(error)),
+            }
+        })
+    }
+}
+
+/// A function's state bucket, read by one instance.
+struct NatsTable {
+    inner: Arc<Inner>,
+    fqfn: Fqfn,
+    store: kv::Store,
+}
+
+impl StateTable for NatsTable {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        let entry = self.inner.block_on(self.store.entry(kv_key(key))).map_err(state_storage)?;
+        match entry {
+            Some(entry) => decode_state(&self.fqfn, key, entry),
+            None => Ok(None),
+        }
+    }
+}
+
+impl MetadataStore for NatsEngine {
+    fn put_record(&self, key: &str, value: &[u8]) -> Result<(), MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(inner.metadata.put(kv_key(key), value.to_vec().into())).map(drop).map_err(metadata_storage)
+    }
+
+    fn remove_record(&self, key: &str) -> Result<(), MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(inner.metadata.purge(kv_key(key))).map_err(metadata_storage)
+    }
+
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(records(&inner.metadata, prefix)).map_err(metadata_storage)
+    }
+
+    fn put_package(&self, digest: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            if inner.packages.info(digest).await.is_ok() {
+                return Ok(());
+            }
+            inner.packages.put(digest, &mut &bytes[..]).await.map(drop).map_err(metadata_storage)
+        })
+    }
+
+    fn package(&self, digest: &str) -> Result<Option<Vec<u8>>, MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut object = match inner.packages.get(digest).await {
+                Ok(object) => object,
+                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(metadata_storage(error)),
+            };
+            let mut bytes = Vec::new();
+            object.read_to_end(&mut bytes).await.map_err(metadata_storage)?;
+            Ok(Some(bytes))
+        })
+    }
+
+    fn remove_package(&self, digest: &str) -> Result<(), MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            match inner.packages.delete(digest).await {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+                Err(error) => Err(metadata_storage(error)),
+            }
+        })
+    }
+}
+
+impl Membership for NatsEngine {
+    fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into())).map(drop).map_err(metadata_storage)
+    }
+
+    fn members(&self) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(records(&inner.members, "")).map_err(metadata_storage)
+    }
+
+    fn lead(&self, worker: &str) -> Result<bool, MetadataError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let current = inner.leader.entry(LEADER_KEY).await.map_err(metadata_storage)?;
+            let held = match current {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    if entry.value != worker.as_bytes() {
+                        return Ok(false);
+                    }
+                    inner.leader.update(LEADER_KEY, worker.as_bytes().to_vec().into(), entry.revision).await.is_ok()
+                }
+                _ => inner.leader.create(LEADER_KEY, worker.as_bytes().to_vec().into()).await.is_ok(),
+            };
+            Ok(held)
+        })
+    }
+
+    fn leader(&self) -> Result<Option<String>, MetadataError> {
+        let inner = &self.inner;
+        let entry = inner.block_on(inner.leader.entry(LEADER_KEY)).map_err(metadata_storage)?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned()))
+    }
+
+    fn leave(&self, worker: &str) {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let _ = inner.members.purge(kv_key(worker)).await;
+            if let Ok(Some(entry)) = inner.leader.entry(LEADER_KEY).await
+                && entry.value == worker.as_bytes()
+            {
+                let _ = inner.leader.purge(LEADER_KEY).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,584 @@
+//! One consumer of a subscription in NATS: a pull consumer per input topic, and the commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::kv;
+use bincode::{Decode, Encode};
+use futures_util::StreamExt as _;
+
+use super::names::{key_share_filter, kv_key, token};
+use super::{CLUSTER_ACK_WAIT, Inner, decode, encode, storage};
+use crate::broker::{
+    BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
+    SubscriptionType,
+};
+use crate::limits::{MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
+use crate::names::{TopicName, TopicPattern};
+use crate::state::{Change, StateValue};
+
+/// Metadata keys of commit intents start with this, then the subscription name and `/`.
+pub(super) const INTENT_PREFIX: &str = "intent/";
+/// How often a subscription with a topics pattern looks for new topics.
+const PATTERN_REFRESH: Duration = Duration::from_secs(2);
+/// How long one waiting pull may last when several topics take turns.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// A pull shorter than this is not worth a request.
+const SHORTEST_WAIT: Duration = Duration::from_millis(5);
+
+/// True when the consumer named `consumer` is one of the durable subscription whose token is `durable`.
+pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
+    consumer == durable || consumer.strip_prefix(durable).is_some_and(|rest| rest.starts_with("_k"))
+}
+
+/// A commit's effects with every state change resolved to the value it leaves, written before
+/// the commit applies them, so that the instance that takes over can finish it.
+#[derive(Encode, Decode)]
+struct Intent {
+    /// The id prefix of the commit's output message ids.
+    commit: String,
+    /// Outputs: topic, value, key, properties, event time.
+    outputs: Vec<(String, Vec<u8>, Option<String>, Vec<(String, String)>, Option<u64>)>,
+    /// The function's state bucket is that of this fully qualified name.
+    fqfn: Option<String>,
+    /// Each changed key and what it holds after the commit (`None`: removed).
+    state: Vec<(String, Option<StateValue>)>,
+    /// For each topic, the highest sequence this consumer has committed.
+    committed: Vec<(String, u64)>,
+}
+
+struct TopicConsumer {
+    topic: TopicName,
+    consumer: PullConsumer,
+}
+
+pub(super) struct NatsSubscription {
+    inner: Arc<Inner>,
+    spec: SubscriptionSpec,
+    consumers: Mutex<Vec<TopicConsumer>>,
+    last_refresh: Mutex<Instant>,
+    rotation: AtomicUsize,
+    wake: Arc<tokio::sync::Notify>,
+    /// Messages this consumer was given and has not acknowledged: topic and sequence.
+    outstanding: Mutex<Vec<(TopicName, u64)>>,
+    /// For ordered subscriptions: the metadata key of this consumer's commit intent.
+    intent_key: Option<String>,
+    /// For ordered subscriptions: per topic, the highest committed sequence; a message at or below
+    /// it was processed already (its acknowledgement was lost) and is acknowledged again, not delivered.
+    committed: Mutex<HashMap<TopicName, u64>>,
+}
+
+impl NatsSubscription {
+    pub(super) fn open(inner: Arc<Inner>, spec: SubscriptionSpec) -> Result<Self, BrokerError> {
+        let ordered = spec.subscription_type != SubscriptionType::Shared;
+        let intent_key =
+            spec.name.as_ref().filter(|_| ordered).map(|name| format!("{INTENT_PREFIX}{name}/{}", spec.key_shares.0));
+        let subscription = Self {
+            inner,
+            spec,
+            consumers: Mutex::default(),
+            last_refresh: Mutex::new(Instant::now()),
+            rotation: AtomicUsize::new(0),
+            wake: Arc::default(),
+            outstanding: Mutex::default(),
+            intent_key,
+            committed: Mutex::default(),
+        };
+        let mut topics = subscription.spec.inputs.topics.clone();
+        if let Some(pattern) = &subscription.spec.inputs.pattern {
+            topics.extend(subscription.pattern_topics(pattern)?);
+        }
+        subscription.join(topics)?;
+        subscription.finish_intent()?;
+        Ok(subscription)
+    }
+
+    /// Whether this consumer receives messages at all: of a failover subscription only instance 0
+    /// does, and the cluster moves instance 0 to another worker when its worker dies.
+    fn is_active(&self) -> bool {
+        self.spec.subscription_type != SubscriptionType::Failover || self.spec.key_shares.0 == 0
+    }
+
+    fn pattern_topics(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
+        let topics = self.inner.block_on(self.inner.topics())?;
+        let found: Vec<TopicName> = topics.into_iter().filter(|topic| pattern.matches(topic)).collect();
+        if found.len() > MAX_SUBSCRIPTION_TOPICS {
+            return Err(BrokerError::TooManyTopics {
+                name: self.spec.name.clone().unwrap_or_default(),
+                limit: MAX_SUBSCRIPTION_TOPICS,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Adds a pull consumer for each of `topics` this subscription does not read yet.
+    fn join(&self, topics: Vec<TopicName>) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut consumers = self.consumers.lock().unwrap();
+        for topic in topics {
+            if consumers.iter().any(|joined| joined.topic == topic) {
+                continue;
+            }
+            let consumer = inner.block_on(self.consumer(&topic))?;
+            consumers.push(TopicConsumer { topic, consumer });
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &TopicName) -> Result<PullConsumer, BrokerError> {
+        let stream = self.inner.topic_stream(topic).await?;
+        let deliver_policy = match self.spec.initial_position {
+            Position::Earliest => DeliverPolicy::All,
+            Position::Latest => DeliverPolicy::New,
+        };
+        let Some(name) = &self.spec.name else {
+            // A reader: an ephemeral consumer that the server forgets soon after it goes quiet.
+            return stream
+                .create_consumer(pull::Config {
+                    deliver_policy,
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await
+                .map_err(storage);
+        };
+        let (share, count) = self.spec.key_shares;
+        let key_shared = self.spec.subscription_type == SubscriptionType::KeyShared && count > 1;
+        let durable = if key_shared { format!("{}_k{share}_{count}", token(name)) } else { token(name) };
+        let ack_wait = self.spec.ack_timeout.unwrap_or(CLUSTER_ACK_WAIT);
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            deliver_policy,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            filter_subject: if key_shared { key_share_filter(topic, (share, count)) } else { String::new() },
+            max_ack_pending: MAX_UNACKED_MESSAGES as i64,
+            ..Default::default()
+        };
+        let consumer: PullConsumer = stream.get_or_create_consumer(&durable, config).await.map_err(storage)?;
+        Ok(consumer)
+    }
+
+    /// Finishes the commit a predecessor of this consumer may have left half done, and learns
+    /// what it committed.
+    fn finish_intent(&self) -> Result<(), BrokerError> {
+        let Some(key) = &self.intent_key else { return Ok(()) };
+        let inner = &self.inner;
+        inner.block_on(async {
+            let Some(bytes) = inner.metadata.get(kv_key(key)).await.map_err(storage)? else { return Ok(()) };
+            let intent: Intent = decode(&bytes).map_err(|reason| {
+                storage(format!(
+                    "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
+                ))
+            })?;
+            let mut committed = HashMap::new();
+            for (topic, sequence) in &intent.committed {
+                if let Ok(topic) = TopicName::parse(topic) {
+                    committed.insert(topic, *sequence);
+                }
+            }
+            // Applying it again is harmless: outputs keep their message ids and state its final values.
+            apply_intent(inner, &intent).await?;
+            *self.committed.lock().unwrap() = committed;
+            Ok(())
+        })
+    }
+
+    /// Turns a pulled message into a [`Message`], or acknowledges it again if it was committed already.
+    async fn take(
+        &self,
+        topic: &TopicName,
+        message: async_nats::jetstream::Message,
+    ) -> Result<Option<Message>, BrokerError> {
+        let info = message.info().map_err(storage)?;
+        let sequence = info.stream_sequence - 1;
+        let redelivery_count = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        if let (Some(reply), Some(&committed)) = (&message.reply, self.committed.lock().unwrap().get(topic))
+            && sequence <= committed
+        {
+            self.inner.client.publish(reply.clone(), bytes::Bytes::new()).await.map_err(storage)?;
+            return Ok(None);
+        }
+        let body: MessageBody = decode(&message.payload).map_err(|reason| BrokerError::Corrupt {
+            topic: topic.clone(),
+            sequence,
+            reason,
+        })?;
+        if let (Some(name), Some(reply)) = (&self.spec.name, &message.reply) {
+            self.inner.delivered.lock().unwrap().insert((name.clone(), topic.clone(), sequence), reply.clone());
+            self.outstanding.lock().unwrap().push((topic.clone(), sequence));
+        }
+        Ok(Some(Message { topic: topic.clone(), sequence, body, redelivery_count }))
+    }
+
+    /// Pulls up to `max` messages that are there now, taking the topics in turn.
+    async fn pull_ready(
+        &self,
+        consumers: &[(TopicName, PullConsumer)],
+        max: usize,
+    ) -> Result<Vec<Message>, BrokerError> {
+        let mut taken = Vec::new();
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..consumers.len() {
+            if taken.len() >= max {
+                break;
+            }
+            let (topic, consumer) = &consumers[(start + offset) % consumers.len()];
+            let mut batch = consumer.fetch().max_messages(max - taken.len()).messages().await.map_err(storage)?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(storage)?;
+                if let Some(message) = self.take(topic, message).await? {
+                    taken.push(message);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Waits up to `wait` for one message of `consumer`.
+    async fn pull_one(
+        &self,
+        topic: &TopicName,
+        consumer: &PullConsumer,
+        wait: Duration,
+    ) -> Result<Vec<Message>, BrokerError> {
+        let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(storage)?;
+        let mut taken = Vec::new();
+        while let Some(message) = batch.next().await {
+            if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
+                taken.push(message);
+            }
+        }
+        Ok(taken)
+    }
+
+    fn refresh_pattern(&self) -> Result<(), BrokerError> {
+        let Some(pattern) = &self.spec.inputs.pattern else { return Ok(()) };
+        let mut last = self.last_refresh.lock().unwrap();
+        if last.elapsed() < PATTERN_REFRESH {
+            return Ok(());
+        }
+        *last = Instant::now();
+        drop(last);
+        let topics = self.pattern_topics(pattern)?;
+        self.join(topics)
+    }
+
+    /// Resolves `effects.state` into final values, reading the stored counters it adds to.
+    async fn final_values(
+        &self,
+        store: &kv::Store,
+        changes: &crate::state::StateChanges,
+    ) -> Result<Vec<(String, Option<StateValue>)>, BrokerError> {
+        let mut finals = Vec::with_capacity(changes.len());
+        for (key, change) in changes.iter() {
+            let stored = match change {
+                Change::Add(_) => match store.entry(kv_key(key)).await.map_err(storage)? {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        Some(decode::<StateValue>(&entry.value).map_err(storage)?)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            finals.push((key.clone(), change.apply(stored)));
+        }
+        Ok(finals)
+    }
+}
+
+/// Applies an intent: publishes its outputs (the streams drop repeats by message id) and writes its final values.
+async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), BrokerError> {
+    let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
+    for (index, (topic, value, key, properties, event_time)) in intent.outputs.iter().enumerate() {
+        let topic = TopicName::parse(topic).map_err(storage)?;
+        let message = OutMessage {
+            value: value.clone(),
+            key: key.clone(),
+            properties: properties.clone(),
+            event_time: *event_time,
+        };
+        let id = Some(format!("{}-{index}", intent.commit));
+        match by_topic.iter_mut().find(|(known, _)| *known == topic) {
+            Some((_, messages)) => messages.push((message, id)),
+            None => by_topic.push((topic, vec![(message, id)])),
+        }
+    }
+    for (topic, messages) in by_topic {
+        inner.publish(&topic, messages).await?;
+    }
+    if let Some(fqfn) = &intent.fqfn {
+        let fqfn = crate::names::Fqfn::parse(fqfn).map_err(storage)?;
+        let store = inner.table(&fqfn).await.map_err(storage)?;
+        put_values(&store, &intent.state).await?;
+    }
+    Ok(())
+}
+
+/// Writes final values, all requests in flight at once.
+async fn put_values(store: &kv::Store, values: &[(String, Option<StateValue>)]) -> Result<(), BrokerError> {
+    let writes = values.iter().map(|(key, value)| async move {
+        match value {
+            Some(value) => store.put(kv_key(key), encode(value).into()).await.map(drop).map_err(storage),
+            None => store.delete(kv_key(key)).await.map_err(storage),
+        }
+    });
+    futures_util::future::try_join_all(writes).await.map(drop)
+}
+
+/// Applies changes that other instances may be making to the same keys at the same time:
+/// puts and deletes as they are, increments with a revision check, retried on conflict.
+async fn apply_shared(store: &kv::Store, changes: &crate::state::StateChanges) -> Result<(), BrokerError> {
+    let writes = changes.iter().map(|(key, change)| async move {
+        let key = kv_key(key);
+        match change {
+            Change::Put(bytes) => {
+                store.put(&key, encode(&StateValue::Bytes(bytes.clone())).into()).await.map(drop).map_err(storage)
+            }
+            Change::SetCounter(value) => {
+                store.put(&key, encode(&StateValue::Counter(*value)).into()).await.map(drop).map_err(storage)
+            }
+            Change::Delete => store.delete(&key).await.map_err(storage),
+            Change::Add(_) => loop {
+                let entry = store.entry(&key).await.map_err(storage)?;
+                let (stored, revision) = match entry {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        (Some(decode::<StateValue>(&entry.value).map_err(storage)?), Some(entry.revision))
+                    }
+                    Some(entry) => (None, Some(entry.revision)),
+                    None => (None, None),
+                };
+                let value = encode(&change.apply(stored).expect("an increment leaves a counter")).into();
+                let written = match revision {
+                    Some(revision) => store.update(&key, value, revision).await.map(drop).map_err(|e| e.to_string()),
+                    None => store.create(&key, value).await.map(drop).map_err(|e| e.to_string()),
+                };
+                match written {
+                    Ok(()) => break Ok(()),
+                    // Another instance wrote the key in between: read it again.
+                    Err(error) if error.contains("wrong last sequence") || error.contains("exists") => continue,
+                    Err(error) => break Err(storage(error)),
+                }
+            },
+        }
+    });
+    futures_util::future::try_join_all(writes).await.map(drop)
+}
+
+impl Subscription for NatsSubscription {
+    fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + wait;
+        if !self.is_active() {
+            inner.block_on(async {
+                let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+            });
+            return Ok(Vec::new());
+        }
+        self.refresh_pattern()?;
+        let consumers: Vec<(TopicName, PullConsumer)> = self
+            .consumers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|joined| (joined.topic.clone(), joined.consumer.clone()))
+            .collect();
+        if consumers.is_empty() {
+            inner.block_on(async {
+                let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+            });
+            return Ok(Vec::new());
+        }
+        inner.block_on(async {
+            loop {
+                let taken = self.pull_ready(&consumers, max).await?;
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if !taken.is_empty() || remaining < SHORTEST_WAIT {
+                    return Ok(taken);
+                }
+                let slice = if consumers.len() == 1 { remaining } else { remaining.min(WAIT_SLICE) };
+                let (topic, consumer) = &consumers[self.rotation.load(Ordering::Relaxed) % consumers.len()];
+                tokio::select! {
+                    first = self.pull_one(topic, consumer, slice) => {
+                        let mut taken = first?;
+                        if !taken.is_empty() {
+                            if max > 1 {
+                                taken.extend(self.pull_ready(&consumers, max - 1).await?);
+                            }
+                            return Ok(taken);
+                        }
+                    }
+                    () = self.wake.notified() => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+
+    fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let name = self.spec.name.clone().unwrap_or_default();
+        let mut replies = Vec::new();
+        let mut acked = Vec::new();
+        let mut highest: HashMap<TopicName, u64> = HashMap::new();
+        {
+            let mut delivered = inner.delivered.lock().unwrap();
+            for (topic, ranges) in effects.acks.iter() {
+                for &(start, end) in ranges {
+                    for sequence in start..end {
+                        match delivered.remove(&(name.clone(), topic.clone(), sequence)) {
+                            Some(reply) => replies.push(reply),
+                            None => {
+                                return Err(BrokerError::Storage(format!(
+                                    "message {sequence} of {topic} was not received by subscription `{name}` through this worker; acknowledge it on the worker that received it"
+                                )));
+                            }
+                        }
+                        acked.push((topic.clone(), sequence));
+                    }
+                    let high = highest.entry(topic.clone()).or_default();
+                    *high = (*high).max(end - 1);
+                }
+            }
+        }
+        inner.block_on(async {
+            let commit = inner.commit_id();
+            let intent = match (&self.intent_key, &effects.state) {
+                (Some(key), state) => {
+                    let (fqfn, finals) = match state {
+                        Some((fqfn, changes)) => {
+                            let store = inner.table(fqfn).await.map_err(storage)?;
+                            (Some(fqfn.to_string()), self.final_values(&store, changes).await?)
+                        }
+                        None => (None, Vec::new()),
+                    };
+                    let mut committed = self.committed.lock().unwrap().clone();
+                    for (topic, high) in &highest {
+                        let entry = committed.entry(topic.clone()).or_default();
+                        *entry = (*entry).max(*high);
+                    }
+                    let intent = Intent {
+                        commit: commit.clone(),
+                        outputs: effects
+                            .outputs
+                            .iter()
+                            .map(|(topic, message)| {
+                                (
+                                    topic.to_string(),
+                                    message.value.clone(),
+                                    message.key.clone(),
+                                    message.properties.clone(),
+                                    message.event_time,
+                                )
+                            })
+                            .collect(),
+                        fqfn,
+                        state: finals,
+                        committed: committed.iter().map(|(topic, high)| (topic.to_string(), *high)).collect(),
+                    };
+                    inner.metadata.put(kv_key(key), encode(&intent).into()).await.map_err(|error| {
+                        storage(format!("cannot write the commit intent (lower --batch-size if the batch's effects are large): {error}"))
+                    })?;
+                    Some((intent, committed))
+                }
+                _ => None,
+            };
+            match intent {
+                Some((intent, committed)) => {
+                    apply_intent(inner, &intent).await?;
+                    *self.committed.lock().unwrap() = committed;
+                }
+                None => {
+                    let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
+                    for (index, (topic, message)) in effects.outputs.into_iter().enumerate() {
+                        let id = Some(format!("{commit}-{index}"));
+                        match by_topic.iter_mut().find(|(known, _)| *known == topic) {
+                            Some((_, messages)) => messages.push((message, id)),
+                            None => by_topic.push((topic, vec![(message, id)])),
+                        }
+                    }
+                    for (topic, messages) in by_topic {
+                        inner.publish(&topic, messages).await?;
+                    }
+                    if let Some((fqfn, changes)) = &effects.state {
+                        let store = inner.table(fqfn).await.map_err(storage)?;
+                        apply_shared(&store, changes).await?;
+                    }
+                }
+            }
+            inner.acknowledge(replies).await
+        })?;
+        let mut outstanding = self.outstanding.lock().unwrap();
+        outstanding.retain(|message| !acked.contains(message));
+        Ok(())
+    }
+
+    fn drained(&self) -> bool {
+        if !self.outstanding.lock().unwrap().is_empty() {
+            return false;
+        }
+        let consumers: Vec<PullConsumer> =
+            self.consumers.lock().unwrap().iter().map(|joined| joined.consumer.clone()).collect();
+        self.inner.block_on(async {
+            for mut consumer in consumers {
+                match consumer.info().await {
+                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+    }
+
+    fn release(&self, messages: Vec<Message>) {
+        let Some(name) = &self.spec.name else { return };
+        let replies: Vec<async_nats::Subject> = {
+            let mut delivered = self.inner.delivered.lock().unwrap();
+            messages
+                .iter()
+                .filter_map(|message| delivered.remove(&(name.clone(), message.topic.clone(), message.sequence)))
+                .collect()
+        };
+        self.outstanding.lock().unwrap().retain(|(topic, sequence)| {
+            !messages.iter().any(|message| message.topic == *topic && message.sequence == *sequence)
+        });
+        let client = self.inner.client.clone();
+        self.inner.block_on(async move {
+            for reply in replies {
+                let _ = client.publish(reply, bytes::Bytes::from_static(b"-NAK")).await;
+            }
+            let _ = client.flush().await;
+        });
+    }
+
+    fn waker(&self) -> FetchWaker {
+        let wake = self.wake.clone();
+        Arc::new(move || wake.notify_one())
+    }
+}
+
+impl Drop for NatsSubscription {
+    fn drop(&mut self) {
+        // What this consumer did not acknowledge goes to the others now rather than after the
+        // acknowledgement wait; the reply subjects stay known, for an acknowledgement by id later.
+        let Some(name) = &self.spec.name else { return };
+        let outstanding = std::mem::take(&mut *self.outstanding.lock().unwrap());
+        let replies: Vec<async_nats::Subject> = {
+            let delivered = self.inner.delivered.lock().unwrap();
+            outstanding
+                .into_iter()
+                .filter_map(|(topic, sequence)| delivered.get(&(name.clone(), topic, sequence)).cloned())
+                .collect()
+        };
+        let client = self.inner.client.clone();
+        self.inner.runtime.spawn(async move {
+            for reply in replies {
+                let _ = client.publish(reply, bytes::Bytes::from_static(b"-NAK")).await;
+            }
+            let _ = client.flush().await;
+        });
+    }
+}

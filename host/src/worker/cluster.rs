@@ -1,0 +1,439 @@
+//! Cluster mode: several workers on one distributed engine share every function, and each runs
+//! the instances the leader assigns to it.
+//!
+//! Every worker renews its membership each [`TICK`] and tries to take or renew the leader lease;
+//! both expire on their own when a worker dies.
+//! The leader keeps the assignment record (`cluster/assignments`): instances keep their worker
+//! while it lives, and the others go to the live worker with the fewest (Pulsar's round-robin
+//! scheduler); a rebalance request (`cluster/rebalance`) spreads them all again.
+//! Each round, every worker reads the function records and the assignments and catches up:
+//! it loads functions created elsewhere, applies updates, drops deleted functions, and starts
+//! and stops its instances to match.
+//! Admin requests about an instance that runs elsewhere are asked of its worker over HTTP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::{FUNCTION_RECORD_PREFIX, Function, FunctionRecord, Worker, WorkerError, lock, stop_instances};
+use crate::instance::{self, MessageContext};
+use crate::metadata::Membership;
+use crate::names::Fqfn;
+
+/// How often a worker renews its membership, and the leader schedules.
+pub const TICK: Duration = Duration::from_millis(500);
+/// The metadata record of the assignments.
+const ASSIGNMENTS_RECORD: &str = "cluster/assignments";
+/// The metadata record that asks the leader to spread every instance again.
+const REBALANCE_RECORD: &str = "cluster/rebalance";
+/// How long a request to another worker may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a worker takes part in a cluster.
+pub struct ClusterConfig {
+    /// Membership and the leader lease, in the shared engine.
+    pub membership: Arc<dyn Membership>,
+    /// This worker's name, unique in the cluster.
+    pub worker_id: String,
+    /// Where other workers reach this worker's admin API.
+    pub url: String,
+}
+
+/// Which worker runs each instance of each function.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Assignments(BTreeMap<String, Vec<Option<String>>>);
+
+/// What a worker knows of the cluster.
+pub(super) struct Cluster {
+    config: ClusterConfig,
+    assignments: Mutex<Assignments>,
+    /// Live workers and their admin URLs.
+    members: Mutex<BTreeMap<String, String>>,
+    leading: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Cluster {
+    pub(super) fn new(config: ClusterConfig) -> Self {
+        Self {
+            config,
+            assignments: Mutex::default(),
+            members: Mutex::default(),
+            leading: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    fn owner(&self, fqfn: &Fqfn, instance_id: u32) -> Option<String> {
+        lock(&self.assignments).0.get(&fqfn.to_string())?.get(instance_id as usize)?.clone()
+    }
+
+    pub(super) fn runs_here(&self, fqfn: &Fqfn, instance_id: u32) -> bool {
+        self.owner(fqfn, instance_id).as_deref() == Some(self.worker_id())
+    }
+
+    /// Asks the worker running an instance for `what` (`status` or `stats`) of it.
+    fn ask_owner(&self, fqfn: &Fqfn, instance_id: u32, what: &str) -> Result<serde_json::Value, String> {
+        let owner = self.owner(fqfn, instance_id).ok_or("the instance is not assigned to a live worker yet")?;
+        let url = lock(&self.members).get(&owner).cloned().ok_or(format!("its worker {owner} is not live"))?;
+        let path = format!(
+            "{url}/admin/v3/functions/{}/{}/{}/{instance_id}/{what}",
+            fqfn.tenant(),
+            fqfn.namespace(),
+            fqfn.name()
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(PEER_TIMEOUT)).build().into();
+        let mut response =
+            agent.get(&path).call().map_err(|error| format!("its worker {owner} did not answer: {error}"))?;
+        response.body_mut().read_json().map_err(|error| format!("its worker {owner} answered badly: {error}"))
+    }
+
+    /// An instance's status, from the worker running it.
+    pub(super) fn remote_status(&self, fqfn: &Fqfn, instance_id: u32) -> serde_json::Value {
+        self.ask_owner(fqfn, instance_id, "status").unwrap_or_else(
+            |error| serde_json::json!({ "running": false, "error": error, "workerId": self.owner(fqfn, instance_id) }),
+        )
+    }
+
+    /// An instance's stats, from the worker running it.
+    pub(super) fn remote_stats(&self, fqfn: &Fqfn, instance_id: u32) -> Result<serde_json::Value, WorkerError> {
+        self.ask_owner(fqfn, instance_id, "stats")
+            .map_err(|error| WorkerError::Conflict(format!("instance {instance_id} of {fqfn}: {error}")))
+    }
+
+    /// Live workers, the leader and the assignments, as `GET /admin/v2/worker/cluster` shows them.
+    pub(super) fn describe(&self, leader: Option<String>) -> serde_json::Value {
+        let members: Vec<serde_json::Value> = lock(&self.members)
+            .iter()
+            .map(|(worker, url)| serde_json::json!({ "workerId": worker, "url": url }))
+            .collect();
+        serde_json::json!({
+            "workers": members,
+            "leader": leader,
+            "assignments": lock(&self.assignments).0,
+        })
+    }
+}
+
+/// Sums per-instance FunctionInstanceStats into FunctionStats, as Pulsar's totals are.
+pub(super) fn total_stats(instances: Vec<(u32, serde_json::Value)>) -> serde_json::Value {
+    let sum = |path: &[&str]| -> u64 {
+        instances.iter().map(|(_, stats)| path.iter().fold(stats, |value, key| &value[key]).as_u64().unwrap_or(0)).sum()
+    };
+    let mean = |path: &[&str], weight: &[&str]| -> f64 {
+        let (mut total, mut count) = (0.0, 0.0);
+        for (_, stats) in &instances {
+            let value = path.iter().fold(stats, |value, key| &value[key]).as_f64().unwrap_or(0.0);
+            let weight = weight.iter().fold(stats, |value, key| &value[key]).as_f64().unwrap_or(0.0);
+            total += value * weight;
+            count += weight;
+        }
+        if count > 0.0 { total / count } else { 0.0 }
+    };
+    let counters = ["receivedTotal", "processedSuccessfullyTotal", "systemExceptionsTotal", "userExceptionsTotal"];
+    let mut json = serde_json::json!({});
+    for counter in counters.iter().chain(&["deadLetteredTotal"]) {
+        json[*counter] = sum(&[counter]).into();
+    }
+    json["avgProcessLatency"] = mean(&["avgProcessLatency"], &["processedSuccessfullyTotal"]).into();
+    let mut minute = serde_json::json!({});
+    for counter in counters {
+        minute[counter] = sum(&["oneMin", counter]).into();
+    }
+    minute["avgProcessLatency"] =
+        mean(&["oneMin", "avgProcessLatency"], &["oneMin", "processedSuccessfullyTotal"]).into();
+    json["oneMin"] = minute;
+    json["lastInvocation"] =
+        instances.iter().filter_map(|(_, stats)| stats["lastInvocation"].as_u64()).max().unwrap_or(0).into();
+    json["instances"] = instances
+        .into_iter()
+        .map(|(instance_id, metrics)| serde_json::json!({ "instanceId": instance_id, "metrics": metrics }))
+        .collect();
+    json
+}
+
+/// The assignments after `current`, for `functions` (name and instance count) and the live
+/// `workers`: instances keep a live worker (unless `rebalance`), the rest go to the worker with
+/// the fewest, the first by name on a tie.
+fn schedule(
+    current: &Assignments,
+    functions: &[(String, u32)],
+    workers: &BTreeSet<String>,
+    rebalance: bool,
+) -> Assignments {
+    let mut load: BTreeMap<&str, usize> = workers.iter().map(|worker| (worker.as_str(), 0)).collect();
+    let mut next = Assignments::default();
+    for (fqfn, parallelism) in functions {
+        let kept: Vec<Option<String>> = (0..*parallelism as usize)
+            .map(|instance_id| {
+                let owner = current.0.get(fqfn)?.get(instance_id)?.as_ref()?;
+                (!rebalance && workers.contains(owner)).then(|| owner.clone())
+            })
+            .collect();
+        for owner in kept.iter().flatten() {
+            *load.get_mut(owner.as_str()).expect("kept owners are live") += 1;
+        }
+        next.0.insert(fqfn.clone(), kept);
+    }
+    for owners in next.0.values_mut() {
+        for owner in owners.iter_mut().filter(|owner| owner.is_none()) {
+            let Some((&fewest, _)) = load.iter().min_by_key(|(worker, count)| (**count, **worker)) else {
+                return next;
+            };
+            *load.get_mut(fewest).expect("from the map") += 1;
+            *owner = Some(fewest.to_owned());
+        }
+    }
+    next
+}
+
+impl Worker {
+    /// Runs the cluster's rounds on a thread of its own until [`Worker::shutdown`]; a worker
+    /// without a cluster returns at once.
+    pub fn run_cluster(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        // The first round runs here, so that a worker that cannot reach the engine fails to start.
+        self.cluster_round().context("cannot join the cluster")?;
+        tracing::info!(worker = cluster.worker_id(), "joined the cluster");
+        let worker: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("fnhost-cluster".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    let Some(worker) = worker.upgrade() else { return };
+                    if worker.cluster.as_ref().is_none_or(|cluster| cluster.stopping.load(Ordering::Relaxed)) {
+                        return;
+                    }
+                    if let Err(error) = worker.cluster_round() {
+                        tracing::warn!("cluster round failed: {error:#}");
+                    }
+                }
+            })
+            .context("cannot start the cluster thread")?;
+        Ok(())
+    }
+
+    /// One round: renew membership, lead if possible, then catch up with records and assignments.
+    fn cluster_round(&self) -> anyhow::Result<()> {
+        let cluster = self.cluster.as_ref().expect("called in a cluster");
+        let membership = &cluster.config.membership;
+        let info = serde_json::json!({ "url": cluster.config.url }).to_string();
+        membership.heartbeat(cluster.worker_id(), info.as_bytes())?;
+        let members: BTreeMap<String, String> = membership
+            .members()?
+            .into_iter()
+            .filter_map(|(worker, info)| {
+                let info: serde_json::Value = serde_json::from_slice(&info).ok()?;
+                Some((worker, info["url"].as_str()?.to_owned()))
+            })
+            .collect();
+        *lock(&cluster.members) = members.clone();
+        let _changing = lock(&self.changing);
+        let records = self.store.records(FUNCTION_RECORD_PREFIX)?;
+        let leads = membership.lead(cluster.worker_id())?;
+        if leads != cluster.leading.swap(leads, Ordering::Relaxed) {
+            tracing::info!(worker = cluster.worker_id(), leads, "leadership changed");
+        }
+        if leads {
+            self.schedule(&records, &members.keys().cloned().collect())?;
+        }
+        let assignments =
+            match self.store.records(ASSIGNMENTS_RECORD)?.into_iter().find(|(key, _)| key == ASSIGNMENTS_RECORD) {
+                Some((_, bytes)) => serde_json::from_slice(&bytes).context("the assignment record is damaged")?,
+                None => Assignments::default(),
+            };
+        *lock(&cluster.assignments) = assignments;
+        self.catch_up(records);
+        Ok(())
+    }
+
+    /// The leader's part of a round: writes new assignments if instances need a worker.
+    fn schedule(&self, records: &[(String, Vec<u8>)], workers: &BTreeSet<String>) -> anyhow::Result<()> {
+        let functions: Vec<(String, u32)> = records
+            .iter()
+            .filter_map(|(key, bytes)| {
+                let record: FunctionRecord = serde_json::from_slice(bytes).ok()?;
+                let parallelism = record.spec.resolve().ok()?.parallelism;
+                Some((key.strip_prefix(FUNCTION_RECORD_PREFIX)?.to_owned(), parallelism))
+            })
+            .collect();
+        let current: Assignments = self
+            .store
+            .records(ASSIGNMENTS_RECORD)?
+            .into_iter()
+            .find(|(key, _)| key == ASSIGNMENTS_RECORD)
+            .and_then(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let rebalance = self.store.records(REBALANCE_RECORD)?.iter().any(|(key, _)| key == REBALANCE_RECORD);
+        let next = schedule(&current, &functions, workers, rebalance);
+        if next != current {
+            tracing::info!(?next, "assigned instances");
+            self.store.put_record(ASSIGNMENTS_RECORD, &serde_json::to_vec(&next).expect("serializes"))?;
+        }
+        if rebalance {
+            self.store.remove_record(REBALANCE_RECORD)?;
+        }
+        Ok(())
+    }
+
+    /// Loads, updates and drops functions to match `records`, and runs this worker's instances.
+    fn catch_up(&self, records: Vec<(String, Vec<u8>)>) {
+        let mut seen = BTreeSet::new();
+        for (key, bytes) in records {
+            let record: FunctionRecord = match serde_json::from_slice(&bytes) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::error!(key, "the function record is damaged: {error}");
+                    continue;
+                }
+            };
+            let Ok(fqfn) = record.spec.fqfn() else { continue };
+            seen.insert(fqfn.clone());
+            if let Err(error) = self.catch_up_function(&fqfn, record) {
+                tracing::error!(%fqfn, "cannot run the function here: {error:#}");
+            }
+        }
+        let gone: Vec<(Fqfn, Arc<Mutex<Function>>)> = {
+            let mut functions = lock(&self.functions);
+            let names: Vec<Fqfn> = functions.keys().filter(|fqfn| !seen.contains(*fqfn)).cloned().collect();
+            names.into_iter().filter_map(|fqfn| functions.remove(&fqfn).map(|function| (fqfn, function))).collect()
+        };
+        for (fqfn, function) in gone {
+            stop_instances(&mut lock(&function));
+            tracing::info!(%fqfn, "function deleted on another worker");
+        }
+    }
+
+    fn catch_up_function(&self, fqfn: &Fqfn, record: FunctionRecord) -> anyhow::Result<()> {
+        let existing = lock(&self.functions).get(fqfn).cloned();
+        let Some(function) = existing else {
+            let config = record.spec.resolve()?;
+            let prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
+            instance::check_kind(&prepared, &config).map_err(anyhow::Error::msg)?;
+            let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
+            self.start_instances(&mut function)?;
+            lock(&self.functions).insert(fqfn.clone(), Arc::new(Mutex::new(function)));
+            return Ok(());
+        };
+        let mut function = lock(&function);
+        let same_config = function.record.spec == record.spec && function.record.digest == record.digest;
+        if !same_config {
+            stop_instances(&mut function);
+            let config = record.spec.resolve()?;
+            if function.record.digest != record.digest {
+                function.prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
+            }
+            function.config = Arc::new(config);
+        } else {
+            let Function { instances, record: known, .. } = &mut *function;
+            for (instance_id, slot) in instances.iter_mut().enumerate() {
+                let instance_id = instance_id as u32;
+                let restarted = record.restarts.get(&instance_id) != known.restarts.get(&instance_id);
+                if record.stopped.contains(&instance_id) || restarted {
+                    slot.stop();
+                    if restarted {
+                        slot.metrics.record_restart();
+                    }
+                }
+            }
+        }
+        function.record = record;
+        self.start_instances(&mut function)?;
+        Ok(())
+    }
+
+    /// Asks the leader to spread every instance over the live workers again.
+    pub fn rebalance(&self) -> Result<(), WorkerError> {
+        self.cluster()?;
+        Ok(self.store.put_record(REBALANCE_RECORD, b"{}").map_err(anyhow::Error::from)?)
+    }
+
+    /// The cluster: live workers, the leader and the assignments.
+    pub fn cluster_info(&self) -> Result<serde_json::Value, WorkerError> {
+        let cluster = self.cluster()?;
+        let leader = cluster.config.membership.leader().map_err(anyhow::Error::from)?;
+        Ok(cluster.describe(leader))
+    }
+
+    fn cluster(&self) -> Result<&Cluster, WorkerError> {
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| WorkerError::BadRequest("this worker is not in a cluster (start it with --cluster)".into()))
+    }
+
+    /// Leaves the cluster: no more rounds, and membership and leadership given up at once.
+    pub(super) fn leave_cluster(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stopping.store(true, Ordering::Relaxed);
+            cluster.config.membership.leave(cluster.worker_id());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    fn count(assignments: &Assignments, worker: &str) -> usize {
+        assignments.0.values().flatten().filter(|owner| owner.as_deref() == Some(worker)).count()
+    }
+
+    #[test]
+    fn instances_spread_evenly_and_keep_their_worker_until_it_dies() {
+        let functions = vec![("t/n/a".to_owned(), 3), ("t/n/b".to_owned(), 2)];
+        let first = schedule(&Assignments::default(), &functions, &workers(&["w1", "w2", "w3"]), false);
+        assert_eq!([count(&first, "w1"), count(&first, "w2"), count(&first, "w3")], [2, 2, 1]);
+        assert!(first.0.values().flatten().all(Option::is_some));
+
+        let again = schedule(&first, &functions, &workers(&["w1", "w2", "w3"]), false);
+        assert_eq!(again, first, "a stable cluster moves nothing");
+
+        let after_death = schedule(&first, &functions, &workers(&["w1", "w3"]), false);
+        for (fqfn, owners) in &first.0 {
+            for (instance_id, owner) in owners.iter().enumerate() {
+                let now = &after_death.0[fqfn][instance_id];
+                if owner.as_deref() == Some("w2") {
+                    assert_ne!(now.as_deref(), Some("w2"), "{fqfn} {instance_id} left the dead worker");
+                } else {
+                    assert_eq!(now, owner, "{fqfn} {instance_id} stayed");
+                }
+            }
+        }
+        assert_eq!(count(&after_death, "w1") + count(&after_death, "w3"), 5);
+
+        let joined = schedule(&after_death, &functions, &workers(&["w1", "w2", "w3"]), false);
+        assert_eq!(count(&joined, "w2"), 0, "a new worker gets nothing until a rebalance");
+        let rebalanced = schedule(&joined, &functions, &workers(&["w1", "w2", "w3"]), true);
+        assert_eq!([count(&rebalanced, "w1"), count(&rebalanced, "w2"), count(&rebalanced, "w3")], [2, 2, 1]);
+    }
+
+    #[test]
+    fn totals_sum_the_instances_and_weigh_latency_by_processed_messages() {
+        let instance = |received: u64, processed: u64, latency: f64| {
+            serde_json::json!({
+                "receivedTotal": received, "processedSuccessfullyTotal": processed, "avgProcessLatency": latency,
+                "lastInvocation": received,
+                "oneMin": { "receivedTotal": received, "processedSuccessfullyTotal": processed, "avgProcessLatency": latency },
+            })
+        };
+        let total = total_stats(vec![(0, instance(10, 10, 1.0)), (1, instance(30, 30, 3.0))]);
+        assert_eq!(total["receivedTotal"], 40);
+        assert_eq!(total["avgProcessLatency"], 2.5);
+        assert_eq!(total["oneMin"]["processedSuccessfullyTotal"], 40);
+        assert_eq!(total["lastInvocation"], 30);
+        assert_eq!(total["instances"][1]["instanceId"], 1);
+    }
+}
