@@ -66,8 +66,8 @@ fn state_survives_sigkill_and_counts_every_message_once() {
 /// Session events for the crash tests under each processing guarantee.
 const SESSION_EVENTS: usize = 20_000;
 const USERS: usize = 200;
-/// A prime above `SESSION_EVENTS`, for the timestamps below.
-const SIDON_PRIME: u64 = 20_011;
+/// A prime above `SESSION_EVENTS` and the cluster tests' events, for the timestamps below.
+const SIDON_PRIME: u64 = 30_011;
 /// Kills that must land while a run is processing.
 const KILLS: usize = 20;
 /// Small batches, so that a run commits often and each kill interrupts a run part of the way.
@@ -81,10 +81,10 @@ fn timestamp(k: u64) -> i64 {
 }
 
 /// A small deterministic generator, seeded per run and printed, so that a failure can be replayed.
-struct Random(u64);
+pub(crate) struct Random(u64);
 
 impl Random {
-    fn seeded() -> Self {
+    pub(crate) fn seeded() -> Self {
         let seed = std::env::var("FNHOST_CRASH_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         });
@@ -92,7 +92,7 @@ impl Random {
         Self(seed | 1)
     }
 
-    fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -102,16 +102,18 @@ impl Random {
 
 /// The events, and what session-duration must produce from them: its outputs (user, duration)
 /// and the open sessions left in its state.
-struct Oracle {
-    events: Vec<String>,
-    outputs: Vec<(String, i64)>,
-    open: BTreeMap<String, i64>,
+pub(crate) struct Oracle {
+    pub(crate) events: Vec<String>,
+    pub(crate) outputs: Vec<(String, i64)>,
+    pub(crate) open: BTreeMap<String, i64>,
 }
 
-fn oracle(random: &mut Random) -> Oracle {
+/// `events` random session events of `USERS` users, and their outputs.
+pub(crate) fn oracle(random: &mut Random, events: usize) -> Oracle {
+    assert!((events as u64) < SIDON_PRIME, "timestamps are distinct in their differences only below SIDON_PRIME");
     assert!((2..SIDON_PRIME).take_while(|d| d * d <= SIDON_PRIME).all(|d| !SIDON_PRIME.is_multiple_of(d)));
     let mut oracle = Oracle { events: Vec::new(), outputs: Vec::new(), open: BTreeMap::new() };
-    for k in 0..SESSION_EVENTS as u64 {
+    for k in 0..events as u64 {
         let user = format!("user{}", random.below(USERS as u64));
         let kind = ["login", "logout", "click"][random.below(5).min(2) as usize];
         let at = timestamp(k);
@@ -191,7 +193,7 @@ fn crash_sessions(fnhost: &Fnhost, guarantee: &str, random: &mut Random) -> Vec<
         .collect()
 }
 
-fn counts(outputs: &[(String, i64)]) -> BTreeMap<&(String, i64), usize> {
+pub(crate) fn counts(outputs: &[(String, i64)]) -> BTreeMap<&(String, i64), usize> {
     let mut counts = BTreeMap::new();
     for output in outputs {
         *counts.entry(output).or_default() += 1;
@@ -216,7 +218,7 @@ fn open_sessions(fnhost: &Fnhost) -> BTreeMap<String, i64> {
 /// Fresh events and their oracle, produced to a fresh data directory, then `crash_sessions`.
 fn crash_with_oracle(guarantee: &str) -> (Oracle, Fnhost, Vec<(String, i64)>) {
     let mut random = Random::seeded();
-    let oracle = oracle(&mut random);
+    let oracle = oracle(&mut random, SESSION_EVENTS);
     let fnhost = Fnhost::new();
     let file = fnhost.data_dir().join("events.jsonl");
     std::fs::write(&file, oracle.events.join("\n")).unwrap();

@@ -1,6 +1,7 @@
 //! Integration tests: they build the guest components and drive the `fnhost` binary and library.
 
 mod cli_errors;
+mod cluster;
 mod crash;
 mod delivery;
 mod library;

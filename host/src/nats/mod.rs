@@ -193,25 +193,33 @@ impl NatsEngine {
 }
 
 /// Opens a key-value bucket, creating it if it is new; `max_age` zero keeps entries forever.
+///
+/// The bucket's stream is made here rather than by async-nats, without direct gets: on NATS 2.9
+/// a direct get kept timing out after a server of the cluster died, while a get through the
+/// stream's leader works again once a new leader is elected.
 async fn open_bucket(
     jetstream: &jetstream::Context,
     bucket: &str,
     replicas: usize,
     max_age: Duration,
 ) -> Result<kv::Store, String> {
-    if let Ok(store) = jetstream.get_key_value(bucket).await {
-        return Ok(store);
-    }
     jetstream
-        .create_key_value(kv::Config {
-            bucket: bucket.into(),
-            history: 1,
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
             max_age,
+            storage: stream::StorageType::File,
             num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            discard: stream::DiscardPolicy::New,
+            allow_direct: false,
             ..Default::default()
         })
         .await
-        .map_err(|error| format!("cannot create the bucket {bucket}: {error}"))
+        .map_err(|error| format!("cannot create the bucket {bucket}: {error}"))?;
+    jetstream.get_key_value(bucket).await.map_err(|error| format!("cannot open the bucket {bucket}: {error}"))
 }
 
 impl Inner {
@@ -232,7 +240,6 @@ impl Inner {
                 storage: stream::StorageType::File,
                 num_replicas: self.replicas,
                 duplicate_window: DUPLICATE_WINDOW,
-                allow_direct: true,
                 ..Default::default()
             })
             .await
@@ -351,7 +358,7 @@ impl Broker for NatsEngine {
                 }
             }
             let intents = format!("{}{name}/", subscription::INTENT_PREFIX);
-            for (key, _) in records(&inner.metadata, &intents).await.map_err(storage)? {
+            for (key, _) in records(&inner.jetstream, METADATA_BUCKET, &intents).await.map_err(storage)? {
                 inner.metadata.purge(kv_key(&key)).await.map_err(storage)?;
             }
             Ok(())
@@ -364,7 +371,7 @@ impl Broker for NatsEngine {
         inner.block_on(async {
             use futures_util::TryStreamExt as _;
             let stream = inner.topic_stream(topic).await?;
-            let message = match stream.direct_get(sequence + 1).await {
+            let message = match stream.get_raw_message(sequence + 1).await {
                 Ok(message) => message,
                 Err(_) => return Ok(false),
             };
@@ -379,19 +386,37 @@ impl Broker for NatsEngine {
     }
 }
 
-/// Every record of `store` whose (decoded) key starts with `prefix`, in key order.
-async fn records(store: &kv::Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+/// Every record of `bucket` whose (decoded) key starts with `prefix`, in key order.
+///
+/// The keys come from the stream's subjects and each value from its leader: async-nats's key
+/// listing makes a consumer, which kept timing out on NATS 2.9 after a server of the cluster died.
+async fn records(jetstream: &jetstream::Context, bucket: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     use futures_util::TryStreamExt as _;
-    let keys: Vec<String> =
-        store.keys().await.map_err(|e| e.to_string())?.try_collect().await.map_err(|e| e.to_string())?;
+    let stream = jetstream.get_stream(format!("KV_{bucket}")).await.map_err(|e| format!("opening {bucket}: {e}"))?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("$KV.{bucket}.>"))
+        .await
+        .map_err(|e| format!("listing {bucket}: {e}"))?
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing {bucket}: {e}"))?;
+    let key_prefix = format!("$KV.{bucket}.");
     let mut found = Vec::new();
-    for key in keys {
-        let Some(name) = kv_key_name(&key) else { continue };
+    for (subject, _) in subjects {
+        let Some(name) = subject.strip_prefix(&key_prefix).and_then(kv_key_name) else { continue };
         if !name.starts_with(prefix) {
             continue;
         }
-        if let Some(value) = store.get(&key).await.map_err(|e| e.to_string())? {
-            found.push((name, value.to_vec()));
+        let message = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            // Removed since the listing.
+            Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(error) => return Err(format!("reading {name} in {bucket}: {error}")),
+        };
+        let removed =
+            message.headers.get("KV-Operation").is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+        if !removed {
+            found.push((name, message.payload.to_vec()));
         }
     }
     found.sort();
@@ -458,7 +483,7 @@ impl MetadataStore for NatsEngine {
 
     fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
         let inner = &self.inner;
-        inner.block_on(records(&inner.metadata, prefix)).map_err(metadata_storage)
+        inner.block_on(records(&inner.jetstream, METADATA_BUCKET, prefix)).map_err(metadata_storage)
     }
 
     fn put_package(&self, digest: &str, bytes: &[u8]) -> Result<(), MetadataError> {
@@ -500,18 +525,23 @@ impl MetadataStore for NatsEngine {
 impl Membership for NatsEngine {
     fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError> {
         let inner = &self.inner;
-        inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into())).map(drop).map_err(metadata_storage)
+        let renewed = inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into()));
+        renewed.map(drop).map_err(|error| metadata_storage(format!("renewing membership: {error}")))
     }
 
     fn members(&self) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
         let inner = &self.inner;
-        inner.block_on(records(&inner.members, "")).map_err(metadata_storage)
+        inner.block_on(records(&inner.jetstream, MEMBER_BUCKET, "")).map_err(metadata_storage)
     }
 
     fn lead(&self, worker: &str) -> Result<bool, MetadataError> {
         let inner = &self.inner;
         inner.block_on(async {
-            let current = inner.leader.entry(LEADER_KEY).await.map_err(metadata_storage)?;
+            let current = inner
+                .leader
+                .entry(LEADER_KEY)
+                .await
+                .map_err(|e| metadata_storage(format!("reading the lease: {e}")))?;
             let held = match current {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     if entry.value != worker.as_bytes() {

@@ -159,6 +159,20 @@ impl NatsSubscription {
             max_ack_pending: MAX_UNACKED_MESSAGES as i64,
             ..Default::default()
         };
+        let ordered = self.spec.subscription_type != SubscriptionType::Shared;
+        if ordered && let Ok(info) = stream.consumer_info(&durable).await {
+            if info.num_ack_pending == 0 {
+                return stream.get_consumer(&durable).await.map_err(storage);
+            }
+            // A predecessor (a killed worker's instance) left messages unacknowledged. The server
+            // would hand them out again only after the acknowledgement wait, behind newer ones,
+            // which breaks each key's order; the consumer starts again after its acknowledgement
+            // floor instead, and what was committed beyond the floor is skipped (`committed`).
+            stream.delete_consumer(&durable).await.map_err(storage)?;
+            let start_sequence = info.ack_floor.stream_sequence + 1;
+            let config = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence }, ..config };
+            return stream.create_consumer(config).await.map_err(storage);
+        }
         let consumer: PullConsumer = stream.get_or_create_consumer(&durable, config).await.map_err(storage)?;
         Ok(consumer)
     }

@@ -179,8 +179,11 @@ async fn rebalance(State(worker): Shared) -> ApiResult<Json<serde_json::Value>> 
     Ok(Json(serde_json::json!({ "rebalance": "requested" })))
 }
 
-async fn list(State(worker): Shared, Path((tenant, namespace)): Path<(String, String)>) -> Json<Vec<String>> {
-    Json(worker.list(&tenant, &namespace))
+async fn list(
+    State(worker): Shared,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<String>>> {
+    Ok(Json(blocking(move || worker.list(&tenant, &namespace)).await?))
 }
 
 async fn get_function(

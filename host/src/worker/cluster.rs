@@ -313,6 +313,16 @@ impl Worker {
         }
     }
 
+    /// Loads `fqfn` now if it has a record: for a request that names a function this worker has
+    /// not caught up with yet.
+    pub(super) fn catch_up_with(&self, fqfn: &Fqfn) -> anyhow::Result<()> {
+        let key = format!("{FUNCTION_RECORD_PREFIX}{fqfn}");
+        let Some((_, bytes)) = self.store.records(&key)?.into_iter().find(|(found, _)| *found == key) else {
+            return Ok(());
+        };
+        self.catch_up_function(fqfn, serde_json::from_slice(&bytes).context("the function record is damaged")?)
+    }
+
     fn catch_up_function(&self, fqfn: &Fqfn, record: FunctionRecord) -> anyhow::Result<()> {
         let existing = lock(&self.functions).get(fqfn).cloned();
         let Some(function) = existing else {
@@ -321,7 +331,14 @@ impl Worker {
             instance::check_kind(&prepared, &config).map_err(anyhow::Error::msg)?;
             let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
             self.start_instances(&mut function)?;
-            lock(&self.functions).insert(fqfn.clone(), Arc::new(Mutex::new(function)));
+            let mut functions = lock(&self.functions);
+            if functions.contains_key(fqfn) {
+                // A request loaded it meanwhile (`catch_up_with`): one copy runs, not two.
+                drop(functions);
+                stop_instances(&mut function);
+            } else {
+                functions.insert(fqfn.clone(), Arc::new(Mutex::new(function)));
+            }
             return Ok(());
         };
         let mut function = lock(&function);

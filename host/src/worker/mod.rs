@@ -259,6 +259,13 @@ impl Worker {
     }
 
     fn function(&self, fqfn: &Fqfn) -> Result<Arc<Mutex<Function>>, WorkerError> {
+        if let Some(function) = lock(&self.functions).get(fqfn) {
+            return Ok(function.clone());
+        }
+        // Another worker of the cluster may have created it since this one's last round.
+        if self.cluster.is_some() {
+            self.catch_up_with(fqfn).map_err(WorkerError::Internal)?;
+        }
         lock(&self.functions).get(fqfn).cloned().ok_or_else(|| not_found(fqfn))
     }
 
@@ -467,12 +474,16 @@ impl Worker {
     }
 
     /// The names of the functions in a namespace.
-    pub fn list(&self, tenant: &str, namespace: &str) -> Vec<String> {
-        lock(&self.functions)
-            .keys()
-            .filter(|fqfn| fqfn.tenant() == tenant && fqfn.namespace() == namespace)
-            .map(|fqfn| fqfn.name().to_owned())
-            .collect()
+    pub fn list(&self, tenant: &str, namespace: &str) -> Result<Vec<String>, WorkerError> {
+        let keep = |fqfn: &Fqfn| fqfn.tenant() == tenant && fqfn.namespace() == namespace;
+        if self.cluster.is_some() {
+            // The records, not this worker's copy, which may be a round behind the cluster.
+            let records = self.store.records(FUNCTION_RECORD_PREFIX).map_err(anyhow::Error::from)?;
+            let names =
+                records.iter().filter_map(|(key, _)| Fqfn::parse(key.strip_prefix(FUNCTION_RECORD_PREFIX)?).ok());
+            return Ok(names.filter(keep).map(|fqfn| fqfn.name().to_owned()).collect());
+        }
+        Ok(lock(&self.functions).keys().filter(|fqfn| keep(fqfn)).map(|fqfn| fqfn.name().to_owned()).collect())
     }
 
     /// True when instance `instance_id` of `fqfn` is this worker's to run.

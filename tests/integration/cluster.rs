@@ -1,0 +1,366 @@
+//! Cluster mode: NATS JetStream servers and several workers on loopback, each test with its own
+//! servers, ports and directories. Workers and servers are killed with SIGKILL mid-stream; the
+//! session-duration outputs are checked against the oracle of the crash tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::crash::{Oracle, Random, counts, oracle};
+use crate::support::{Worker, guest};
+
+/// The figure: enough events that kills land mid-stream.
+const EVENTS: usize = 30_000;
+/// Events per produce request.
+const PRODUCE_CHUNK: usize = 1_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn nats_server() -> PathBuf {
+    match std::env::var_os("FNHOST_NATS_SERVER") {
+        Some(path) => path.into(),
+        None if std::path::Path::new("/usr/sbin/nats-server").exists() => "/usr/sbin/nats-server".into(),
+        None => "nats-server".into(),
+    }
+}
+
+/// NATS JetStream servers on loopback, each with its own ports and store directory; a cluster if
+/// there are several.
+pub struct Nats {
+    nodes: Vec<Option<Child>>,
+    client_ports: Vec<u16>,
+    monitor_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports.iter().map(|port| format!("nats-route://127.0.0.1:{port}")).collect();
+        let mut nodes = Vec::new();
+        for index in 0..size {
+            let store = dir.path().join(format!("n{index}"));
+            let mut config = format!(
+                "server_name: n{index}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n",
+                client_ports[index],
+                monitor_ports[index],
+                store.to_str().unwrap()
+            );
+            if size > 1 {
+                config.push_str(&format!(
+                    "cluster {{ name: fnhost-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    route_ports[index],
+                    routes.join(", ")
+                ));
+            }
+            let file = dir.path().join(format!("n{index}.conf"));
+            std::fs::write(&file, config).unwrap();
+            let child = Command::new(nats_server())
+                .arg("-c")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server runs (apt-get install nats-server, or set FNHOST_NATS_SERVER)");
+            nodes.push(Some(child));
+        }
+        let nats = Self { nodes, client_ports, monitor_ports, _dir: dir };
+        for index in 0..size {
+            nats.wait_healthy(index);
+        }
+        nats
+    }
+
+    /// Waits until server `index` has JetStream up and, in a cluster, a meta leader.
+    fn wait_healthy(&self, index: usize) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[index]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        loop {
+            if agent.get(&url).call().is_ok_and(|response| response.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "NATS server {index} did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every server's client URL, comma-separated, as `--cluster` takes them.
+    pub fn urls(&self) -> String {
+        self.client_ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kills server `index` with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        let mut child = self.nodes[index].take().expect("a live server");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The consumers of `stream` as a live server reports them: name, pending and unacknowledged counts.
+    fn consumers(&self, stream: &str) -> Vec<(String, u64, u64)> {
+        let index = self.nodes.iter().position(Option::is_some).expect("a live server");
+        let url =
+            format!("http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true", self.monitor_ports[index]);
+        let json: serde_json::Value = ureq::get(&url).call().unwrap().body_mut().read_json().unwrap();
+        let mut found = Vec::new();
+        for account in json["account_details"].as_array().into_iter().flatten() {
+            for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                if detail["name"] != stream {
+                    continue;
+                }
+                for consumer in detail["consumer_detail"].as_array().into_iter().flatten() {
+                    found.push((
+                        consumer["name"].as_str().unwrap_or_default().to_owned(),
+                        consumer["num_pending"].as_u64().unwrap_or(0),
+                        consumer["num_ack_pending"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    /// Waits until `consumers` consumers of the events topic for function `public/default/NAME`
+    /// exist and have nothing pending or unacknowledged.
+    fn wait_drained(&self, name: &str, consumers: usize) {
+        let prefix = format!("public_2fdefault_2f{name}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let found: Vec<_> = self
+                .consumers(EVENTS_STREAM)
+                .into_iter()
+                .filter(|(consumer, _, _)| consumer.starts_with(&prefix))
+                .collect();
+            if found.len() == consumers && found.iter().all(|(_, pending, unacked)| pending + unacked == 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the consumers of {prefix} did not drain: {found:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The stream of `persistent://public/default/events`.
+const EVENTS_STREAM: &str = "FNT-persistent_3a_2f_2fpublic_2fdefault_2fevents";
+
+fn start_workers(nats: &Nats, count: usize) -> (Vec<Worker>, Vec<tempfile::TempDir>) {
+    let dirs: Vec<tempfile::TempDir> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+    let urls = nats.urls();
+    let workers = dirs
+        .iter()
+        .enumerate()
+        .map(|(index, dir)| Worker::start_with(dir.path(), &["--cluster", &urls, "--worker-id", &format!("w{index}")]))
+        .collect();
+    (workers, dirs)
+}
+
+fn create_sessions(worker: &Worker, name: &str, output: &str, extra: &[&str]) {
+    let wasm = guest("session-duration");
+    let mut args = vec![
+        "functions",
+        "create",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--name",
+        name,
+        "-i",
+        "events",
+        "-o",
+        output,
+        "--log-level",
+        "error",
+    ];
+    args.extend(extra);
+    worker.ok(&args);
+}
+
+/// Produces events `range` of the oracle, each keyed by its user, through `worker`.
+fn produce(worker: &Worker, oracle: &Oracle, range: std::ops::Range<usize>) {
+    for chunk in oracle.events[range].chunks(PRODUCE_CHUNK) {
+        let messages: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|event| {
+                let json: serde_json::Value = serde_json::from_str(event).unwrap();
+                serde_json::json!({
+                    "payload": base64::engine::general_purpose::STANDARD.encode(event),
+                    "key": json["user_id"],
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
+        let (status, answer) =
+            worker.http("POST", "/topics/persistent/public/default/events", Some(("application/json", body)));
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// Every session in `topic`, read through `worker`.
+fn sessions(worker: &Worker, topic: &str) -> Vec<(String, i64)> {
+    let run = worker.cli(&["topics", "consume", topic, "--subscription", "verify", "--until-idle"]);
+    assert!(run.success, "{}", run.stderr);
+    run.stdout
+        .lines()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            (json["user_id"].as_str().unwrap().to_owned(), json["duration"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+fn cluster_info(worker: &Worker) -> serde_json::Value {
+    let (status, json) = worker.http("GET", "/admin/v2/worker/cluster", None);
+    assert_eq!(status, 200, "{json}");
+    json
+}
+
+/// The worker running each instance of `fqfn`, by the status `worker` reports.
+fn owners(worker: &Worker, name: &str) -> Vec<String> {
+    let status = worker.ok(&["functions", "status", "--name", name]);
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| {
+            let status = &instance["status"];
+            match status["running"].as_bool() {
+                Some(true) => status["workerId"].as_str().unwrap_or_default().to_owned(),
+                _ => String::new(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn three_workers_share_a_function_and_any_of_them_answers_for_it() {
+    let nats = Nats::start(3);
+    let (workers, _dirs) = start_workers(&nats, 3);
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random, EVENTS);
+    create_sessions(&workers[1], "sd", "sessions", &["--parallelism", "3", "--retain-key-ordering"]);
+    workers[0].wait_for("every instance to run", || owners(&workers[0], "sd").iter().all(|owner| !owner.is_empty()));
+    let spread: BTreeSet<String> = owners(&workers[2], "sd").into_iter().collect();
+    assert_eq!(spread.len(), 3, "one instance on each worker: {spread:?}");
+
+    produce(&workers[2], &oracle, 0..EVENTS);
+    nats.wait_drained("sd", 3);
+    let outputs = sessions(&workers[0], "sessions");
+    assert_eq!(counts(&outputs), counts(&oracle.outputs), "outputs equal the oracle's, once each");
+
+    let config = workers[0].ok(&["functions", "get", "--name", "sd"]);
+    let (user, login) = oracle.open.iter().next().expect("an open session");
+    for worker in &workers {
+        assert_eq!(worker.ok(&["functions", "list"]), serde_json::json!(["sd"]));
+        assert_eq!(worker.ok(&["functions", "get", "--name", "sd"]), config);
+        let status = worker.ok(&["functions", "status", "--name", "sd"]);
+        assert_eq!((status["numInstances"].as_u64(), status["numRunning"].as_u64()), (Some(3), Some(3)), "{status}");
+        let stats = worker.ok(&["functions", "stats", "--name", "sd"]);
+        assert_eq!(stats["processedSuccessfullyTotal"], EVENTS, "{stats}");
+        let state = worker.ok(&["functions", "querystate", "--name", "sd", "--key", user]);
+        assert_eq!(state["stringValue"].as_str().and_then(|value| value.parse::<i64>().ok()), Some(*login), "{state}");
+        let cluster = cluster_info(worker);
+        assert_eq!(cluster["workers"].as_array().map(Vec::len), Some(3), "{cluster}");
+        assert_eq!(cluster["leader"], cluster_info(&workers[0])["leader"]);
+    }
+}
+
+#[test]
+fn killed_workers_and_a_killed_nats_server_lose_nothing() {
+    let mut nats = Nats::start(3);
+    let (mut workers, _dirs) = start_workers(&nats, 3);
+    let mut random = Random::seeded();
+    let oracle = oracle(&mut random, EVENTS);
+    create_sessions(&workers[0], "at-least", "sessions-alo", &["--parallelism", "3", "--retain-key-ordering"]);
+    create_sessions(
+        &workers[0],
+        "once",
+        "sessions-eo",
+        &["--parallelism", "2", "--processing-guarantees", "EFFECTIVELY_ONCE"],
+    );
+    workers[0].wait_for("every instance to run", || {
+        owners(&workers[0], "at-least").iter().chain(&owners(&workers[0], "once")).all(|owner| !owner.is_empty())
+    });
+
+    let third = EVENTS / 3;
+    produce(&workers[0], &oracle, 0..third);
+    nats.kill(2);
+    produce(&workers[0], &oracle, third..2 * third);
+    // The worker running the EFFECTIVELY_ONCE function's active instance (0) dies mid-stream.
+    let victim = owners(&workers[0], "once")[0].clone();
+    let index: usize = victim.trim_start_matches('w').parse().unwrap();
+    workers.remove(index).kill();
+    let survivor = &workers[0];
+    let moved_at = Instant::now();
+    survivor.wait_for("the dead worker's instances to move", || {
+        let all: Vec<String> = owners(survivor, "at-least").into_iter().chain(owners(survivor, "once")).collect();
+        all.iter().all(|owner| !owner.is_empty() && *owner != victim)
+    });
+    eprintln!("instances moved {:?} after the kill\n{}", moved_at.elapsed(), survivor.log());
+    produce(survivor, &oracle, 2 * third..EVENTS);
+
+    nats.wait_drained("at-least", 3);
+    nats.wait_drained("once", 1);
+    let at_least = sessions(survivor, "sessions-alo");
+    let expected = counts(&oracle.outputs);
+    let found = counts(&at_least);
+    let missing: Vec<_> = expected.keys().filter(|output| !found.contains_key(*output)).collect();
+    assert!(missing.is_empty(), "ATLEAST_ONCE lost {} sessions, such as {:?}", missing.len(), missing.first());
+    let invented: Vec<_> = found.keys().filter(|output| !expected.contains_key(*output)).collect();
+    assert!(invented.is_empty(), "ATLEAST_ONCE invented {invented:?}");
+    let once = sessions(survivor, "sessions-eo");
+    assert_eq!(counts(&once), expected, "EFFECTIVELY_ONCE: every session once");
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_scheduling_goes_on() {
+    let nats = Nats::start(1);
+    let (mut workers, _dirs) = start_workers(&nats, 3);
+    let leader = cluster_info(&workers[0])["leader"].as_str().expect("a leader").to_owned();
+    let index: usize = leader.trim_start_matches('w').parse().unwrap();
+    workers.remove(index).kill();
+    let survivor = &workers[0];
+    survivor.wait_for("a new leader", || cluster_info(survivor)["leader"].as_str().is_some_and(|now| now != leader));
+    let exclamation = guest("exclamation");
+    survivor.ok(&[
+        "functions",
+        "create",
+        "--wasm",
+        exclamation.to_str().unwrap(),
+        "--name",
+        "shout",
+        "-i",
+        "words",
+        "-o",
+        "shouted",
+        "--parallelism",
+        "2",
+    ]);
+    survivor.wait_for("both instances to run", || owners(survivor, "shout").iter().all(|owner| !owner.is_empty()));
+    let owners: BTreeMap<String, usize> =
+        owners(survivor, "shout").into_iter().fold(BTreeMap::new(), |mut map, owner| {
+            *map.entry(owner).or_default() += 1;
+            map
+        });
+    assert_eq!(owners.len(), 2, "one instance on each live worker: {owners:?}");
+    assert!(!owners.contains_key(&leader), "nothing on the dead worker: {owners:?}");
+    let triggered = workers[1].ok(&["functions", "trigger", "--name", "shout", "--trigger-value", "hello"]);
+    assert_eq!(triggered["value"], "hello!", "{triggered}");
+}
