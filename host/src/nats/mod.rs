@@ -55,6 +55,11 @@ pub const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long one JetStream request may take before it fails (leader elections take a few seconds).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a publish that failed for a passing reason is repeated, RETRY_PAUSE apart:
+/// a new stream's subjects reach every server of a cluster a moment after it is created, and a
+/// leader election takes a few seconds.
+const PUBLISH_RETRIES: u32 = 50;
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,12 @@ struct Inner {
     keyless: AtomicU64,
     /// Distinguishes this process's output message ids from other processes'.
     process: String,
+}
+
+/// True for failures that pass: no stream yet for the subject, no leader, a timeout.
+pub(crate) fn is_transient(error: &BrokerError) -> bool {
+    let text = error.to_string();
+    ["no stream found", "timed out", "no responders", "leader"].iter().any(|passing| text.contains(passing))
 }
 
 fn storage(error: impl std::fmt::Display) -> BrokerError {
@@ -255,7 +266,9 @@ impl Inner {
         Ok(names.iter().filter_map(|name| names::stream_topic(name)).collect())
     }
 
-    /// Publishes `messages` to `topic`, each with its message id if given, pipelined; returns their sequences.
+    /// Publishes `messages` to `topic`, pipelined, and returns their sequences once stored.
+    /// Each message has an id (`Nats-Msg-Id`, given or made here), so a publish that failed
+    /// in a leader election is simply repeated: the stream drops what it already has.
     async fn publish(
         &self,
         topic: &TopicName,
@@ -263,26 +276,43 @@ impl Inner {
     ) -> Result<Vec<u64>, BrokerError> {
         self.topic_stream(topic).await?;
         let publish_time = now_millis();
-        let mut pending = Vec::new();
-        for (message, id) in messages {
-            let route = match message.key.as_deref() {
-                Some(key) => key_route(key),
-                None => self.keyless.fetch_add(1, Ordering::Relaxed),
-            };
-            let body = MessageBody {
-                value: message.value,
-                key: message.key,
-                properties: message.properties,
-                event_time: message.event_time,
-                publish_time,
-                partition_key: None,
-            };
-            let mut publish = jetstream::context::Publish::build().payload(encode(&body).into());
-            if let Some(id) = id {
-                publish = publish.message_id(id);
+        let prepared: Vec<(String, bytes::Bytes, String)> = messages
+            .into_iter()
+            .map(|(message, id)| {
+                let route = match message.key.as_deref() {
+                    Some(key) => key_route(key),
+                    None => self.keyless.fetch_add(1, Ordering::Relaxed),
+                };
+                let body = MessageBody {
+                    value: message.value,
+                    key: message.key,
+                    properties: message.properties,
+                    event_time: message.event_time,
+                    publish_time,
+                    partition_key: None,
+                };
+                let id = id.unwrap_or_else(|| self.commit_id());
+                (message_subject(topic, route), encode(&body).into(), id)
+            })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            match self.publish_once(&prepared).await {
+                Err(error) if attempt < PUBLISH_RETRIES && is_transient(&error) => {
+                    attempt += 1;
+                    tracing::debug!(%topic, attempt, "publishing again: {error}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                result => return result,
             }
-            let ack = self.jetstream.send_publish(message_subject(topic, route), publish).await.map_err(storage)?;
-            pending.push(ack);
+        }
+    }
+
+    async fn publish_once(&self, prepared: &[(String, bytes::Bytes, String)]) -> Result<Vec<u64>, BrokerError> {
+        let mut pending = Vec::with_capacity(prepared.len());
+        for (subject, payload, id) in prepared {
+            let publish = jetstream::context::Publish::build().payload(payload.clone()).message_id(id);
+            pending.push(self.jetstream.send_publish(subject.clone(), publish).await.map_err(storage)?);
         }
         let mut sequences = Vec::with_capacity(pending.len());
         for ack in pending {

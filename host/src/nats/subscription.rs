@@ -26,6 +26,10 @@ pub(super) const INTENT_PREFIX: &str = "intent/";
 const PATTERN_REFRESH: Duration = Duration::from_secs(2);
 /// How long one waiting pull may last when several topics take turns.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// How many times a commit that failed for a passing reason is repeated.
+const COMMIT_RETRIES: u32 = 50;
+/// How long past its expiry a pull may go without an answer before it is given up.
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pull shorter than this is not worth a request.
 const SHORTEST_WAIT: Duration = Duration::from_millis(5);
 
@@ -243,7 +247,8 @@ impl NatsSubscription {
             }
             let (topic, consumer) = &consumers[(start + offset) % consumers.len()];
             let mut batch = consumer.fetch().max_messages(max - taken.len()).messages().await.map_err(storage)?;
-            while let Some(message) = batch.next().await {
+            // The server ends a pull with a status message; should that never come, the pull ends here.
+            while let Ok(Some(message)) = tokio::time::timeout(PULL_TIMEOUT, batch.next()).await {
                 let message = message.map_err(storage)?;
                 if let Some(message) = self.take(topic, message).await? {
                     taken.push(message);
@@ -262,7 +267,7 @@ impl NatsSubscription {
     ) -> Result<Vec<Message>, BrokerError> {
         let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(storage)?;
         let mut taken = Vec::new();
-        while let Some(message) = batch.next().await {
+        while let Ok(Some(message)) = tokio::time::timeout(wait + PULL_TIMEOUT, batch.next()).await {
             if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
                 taken.push(message);
             }
@@ -280,6 +285,84 @@ impl NatsSubscription {
         drop(last);
         let topics = self.pattern_topics(pattern)?;
         self.join(topics)
+    }
+
+    /// Writes a commit's effects (not its acknowledgements); repeating it is harmless, because
+    /// outputs keep their ids (`commit`) and an ordered subscription writes final values.
+    async fn apply(
+        &self,
+        effects: &Effects,
+        commit: &str,
+        highest: &HashMap<TopicName, u64>,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let intent = match (&self.intent_key, &effects.state) {
+            (Some(key), state) => {
+                let (fqfn, finals) = match state {
+                    Some((fqfn, changes)) => {
+                        let store = inner.table(fqfn).await.map_err(storage)?;
+                        (Some(fqfn.to_string()), self.final_values(&store, changes).await?)
+                    }
+                    None => (None, Vec::new()),
+                };
+                let mut committed = self.committed.lock().unwrap().clone();
+                for (topic, high) in highest {
+                    let entry = committed.entry(topic.clone()).or_default();
+                    *entry = (*entry).max(*high);
+                }
+                let intent = Intent {
+                    commit: commit.to_owned(),
+                    outputs: effects
+                        .outputs
+                        .iter()
+                        .map(|(topic, message)| {
+                            (
+                                topic.to_string(),
+                                message.value.clone(),
+                                message.key.clone(),
+                                message.properties.clone(),
+                                message.event_time,
+                            )
+                        })
+                        .collect(),
+                    fqfn,
+                    state: finals,
+                    committed: committed.iter().map(|(topic, high)| (topic.to_string(), *high)).collect(),
+                };
+                inner.metadata.put(kv_key(key), encode(&intent).into()).await.map_err(|error| {
+                    storage(format!(
+                        "cannot write the commit intent (lower --batch-size if the batch's effects are large): {error}"
+                    ))
+                })?;
+                Some((intent, committed))
+            }
+            _ => None,
+        };
+        match intent {
+            Some((intent, committed)) => {
+                apply_intent(inner, &intent).await?;
+                *self.committed.lock().unwrap() = committed;
+            }
+            None => {
+                let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
+                for (index, (topic, message)) in effects.outputs.iter().enumerate() {
+                    let (topic, message) = (topic.clone(), message.clone());
+                    let id = Some(format!("{commit}-{index}"));
+                    match by_topic.iter_mut().find(|(known, _)| *known == topic) {
+                        Some((_, messages)) => messages.push((message, id)),
+                        None => by_topic.push((topic, vec![(message, id)])),
+                    }
+                }
+                for (topic, messages) in by_topic {
+                    inner.publish(&topic, messages).await?;
+                }
+                if let Some((fqfn, changes)) = &effects.state {
+                    let store = inner.table(fqfn).await.map_err(storage)?;
+                    apply_shared(&store, changes).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Resolves `effects.state` into final values, reading the stored counters it adds to.
@@ -440,17 +523,21 @@ impl Subscription for NatsSubscription {
         let mut highest: HashMap<TopicName, u64> = HashMap::new();
         {
             let mut delivered = inner.delivered.lock().unwrap();
+            let unknown = effects.acks.iter().find_map(|(topic, ranges)| {
+                let mut sequences = ranges.iter().flat_map(|&(start, end)| start..end);
+                let missing =
+                    sequences.find(|&sequence| !delivered.contains_key(&(name.clone(), topic.clone(), sequence)));
+                missing.map(|sequence| (topic, sequence))
+            });
+            if let Some((topic, sequence)) = unknown {
+                return Err(BrokerError::Storage(format!(
+                    "message {sequence} of {topic} was not received by subscription `{name}` through this worker; acknowledge it on the worker that received it"
+                )));
+            }
             for (topic, ranges) in effects.acks.iter() {
                 for &(start, end) in ranges {
                     for sequence in start..end {
-                        match delivered.remove(&(name.clone(), topic.clone(), sequence)) {
-                            Some(reply) => replies.push(reply),
-                            None => {
-                                return Err(BrokerError::Storage(format!(
-                                    "message {sequence} of {topic} was not received by subscription `{name}` through this worker; acknowledge it on the worker that received it"
-                                )));
-                            }
-                        }
+                        replies.extend(delivered.remove(&(name.clone(), topic.clone(), sequence)));
                         acked.push((topic.clone(), sequence));
                     }
                     let high = highest.entry(topic.clone()).or_default();
@@ -458,71 +545,19 @@ impl Subscription for NatsSubscription {
                 }
             }
         }
+        let commit = inner.commit_id();
+        let mut attempt = 0;
         inner.block_on(async {
-            let commit = inner.commit_id();
-            let intent = match (&self.intent_key, &effects.state) {
-                (Some(key), state) => {
-                    let (fqfn, finals) = match state {
-                        Some((fqfn, changes)) => {
-                            let store = inner.table(fqfn).await.map_err(storage)?;
-                            (Some(fqfn.to_string()), self.final_values(&store, changes).await?)
-                        }
-                        None => (None, Vec::new()),
-                    };
-                    let mut committed = self.committed.lock().unwrap().clone();
-                    for (topic, high) in &highest {
-                        let entry = committed.entry(topic.clone()).or_default();
-                        *entry = (*entry).max(*high);
+            loop {
+                match self.apply(&effects, &commit, &highest).await {
+                    Err(error) if attempt < COMMIT_RETRIES && super::is_transient(&error) => {
+                        attempt += 1;
+                        tracing::debug!(attempt, "committing again: {error}");
+                        tokio::time::sleep(super::RETRY_PAUSE).await;
                     }
-                    let intent = Intent {
-                        commit: commit.clone(),
-                        outputs: effects
-                            .outputs
-                            .iter()
-                            .map(|(topic, message)| {
-                                (
-                                    topic.to_string(),
-                                    message.value.clone(),
-                                    message.key.clone(),
-                                    message.properties.clone(),
-                                    message.event_time,
-                                )
-                            })
-                            .collect(),
-                        fqfn,
-                        state: finals,
-                        committed: committed.iter().map(|(topic, high)| (topic.to_string(), *high)).collect(),
-                    };
-                    inner.metadata.put(kv_key(key), encode(&intent).into()).await.map_err(|error| {
-                        storage(format!("cannot write the commit intent (lower --batch-size if the batch's effects are large): {error}"))
-                    })?;
-                    Some((intent, committed))
+                    result => break result,
                 }
-                _ => None,
-            };
-            match intent {
-                Some((intent, committed)) => {
-                    apply_intent(inner, &intent).await?;
-                    *self.committed.lock().unwrap() = committed;
-                }
-                None => {
-                    let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
-                    for (index, (topic, message)) in effects.outputs.into_iter().enumerate() {
-                        let id = Some(format!("{commit}-{index}"));
-                        match by_topic.iter_mut().find(|(known, _)| *known == topic) {
-                            Some((_, messages)) => messages.push((message, id)),
-                            None => by_topic.push((topic, vec![(message, id)])),
-                        }
-                    }
-                    for (topic, messages) in by_topic {
-                        inner.publish(&topic, messages).await?;
-                    }
-                    if let Some((fqfn, changes)) = &effects.state {
-                        let store = inner.table(fqfn).await.map_err(storage)?;
-                        apply_shared(&store, changes).await?;
-                    }
-                }
-            }
+            }?;
             inner.acknowledge(replies).await
         })?;
         let mut outstanding = self.outstanding.lock().unwrap();

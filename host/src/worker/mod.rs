@@ -516,11 +516,15 @@ impl Worker {
         // Every consumer joins before any fetches, so that the first cannot take what the others would get.
         let mut consumers = Vec::new();
         for &instance_id in &idle {
-            let consumer = self
-                .store
-                .subscribe(function.config.subscription_spec(instance_id, count))
-                .map_err(anyhow::Error::from)?;
-            consumers.push((instance_id, consumer));
+            match self.store.subscribe(function.config.subscription_spec(instance_id, count)) {
+                Ok(consumer) => consumers.push((instance_id, consumer)),
+                // In a cluster the engine may be electing a leader: the next round tries again.
+                Err(error) if self.cluster.is_some() => {
+                    tracing::warn!(%fqfn, instance_id, "cannot subscribe yet: {error}");
+                    function.instances[instance_id as usize].error = Some(format!("cannot subscribe: {error}"));
+                }
+                Err(error) => return Err(anyhow::Error::from(error).into()),
+            }
         }
         for (instance_id, consumer) in consumers {
             self.start_instance(function, instance_id, consumer)?;
