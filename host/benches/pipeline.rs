@@ -50,9 +50,11 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows"].contains(&part) {
+    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows", "cluster"]
+        .contains(&part)
+    {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density or windows"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows or cluster"
         );
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
@@ -78,6 +80,9 @@ fn main() -> anyhow::Result<()> {
     if part == "all" || part == "windows" {
         windows(&exclamation, &Path::new(wasm).with_file_name("user_counts.wasm"), messages)?;
     }
+    if part == "all" || part == "cluster" {
+        cluster(Path::new(wasm), messages.min(CLUSTER_MESSAGES), ROUNDS)?;
+    }
     Ok(())
 }
 
@@ -100,7 +105,8 @@ fn quick() -> anyhow::Result<()> {
     sizes(&wasm, &guests.join("exclamation.wasm"), QUICK_MESSAGES, QUICK_SIZE_RUN_BYTES, &STATE_KEYS[..1])?;
     languages(&wasm, QUICK_MESSAGES)?;
     density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])?;
-    windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)
+    windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)?;
+    cluster(&wasm, QUICK_MESSAGES, 1)
 }
 
 /// Builds the session-duration, exclamation and user-counts guests in a target directory of the benchmark's
@@ -150,8 +156,8 @@ fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     // A compiled-component cache, as a worker has: functions after the first load rather than compile.
     let compiled = Some(scratch.path().join("compiled"));
     let runtime = Runtime::new(RuntimeConfig { cache_dir: compiled, max_instances: most as u32 })?;
-    let config = WorkerConfig { data_dir, cache_dir: scratch.path().join("cache"), max_instances: most as u32 };
-    let worker = Worker::open(config, store, runtime)?;
+    let config = WorkerConfig { cache_dir: scratch.path().join("cache"), max_instances: most as u32, cluster: None };
+    let worker = Worker::open(config, Arc::new(store), runtime)?;
     let wasm = std::fs::read(exclamation)?;
     let before = resident_bytes()?;
     let maps =
@@ -405,7 +411,7 @@ const WINDOW_SLIDE_MS: u64 = 5_000;
 const WINDOW_SPAN_MS: u64 = 100_000;
 
 /// The messages in the output topic.
-fn count_outputs(store: &EmbeddedStore) -> anyhow::Result<usize> {
+fn count_outputs(store: &dyn Broker) -> anyhow::Result<usize> {
     let outputs = store.subscribe(SubscriptionSpec::single(vec![output()], None, Position::Earliest))?;
     let mut written = 0;
     loop {
@@ -962,7 +968,7 @@ fn pipeline_config(
 
 /// One executor per instance of `config`, running `code` (or `native` for [`Code::Native`]).
 fn executors(
-    store: &EmbeddedStore,
+    store: &dyn StateStore,
     config: &FunctionConfig,
     code: Code<'_>,
     native: NativeFunction,
@@ -1067,4 +1073,139 @@ fn native_session_duration(message: &GuestMessage, ctx: &mut MessageContext) -> 
         },
         _ => Ok(None),
     }
+}
+
+/// Events per run of the cluster part: NATS is several times slower than sled here.
+const CLUSTER_MESSAGES: usize = 200_000;
+/// Messages per fetch in the raw JetStream ceiling, as the issue measured it.
+const RAW_FETCH: usize = 500;
+
+/// A `nats-server` with JetStream on a loopback port of its own and a scratch store, stopped on drop.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let binary = std::env::var("FNHOST_NATS_SERVER").unwrap_or_else(|_| {
+            if Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".into()
+            } else {
+                "nats-server".into()
+            }
+        });
+        let child = std::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| anyhow::anyhow!("cannot run {binary} ({error}); apt-get install nats-server"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The session-duration guest in cluster mode (one NATS server, the NATS engine under the same
+/// pipeline), beside the engine's own ceiling measured on the same server: raw JetStream fetch in
+/// batches of 500 with an acknowledgement per message. Alternated, `rounds` times; medians.
+fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
+    let events = session_events(messages);
+    let mut raw = Vec::new();
+    let mut guest = Vec::new();
+    for round in 0..rounds {
+        let server = NatsServer::start()?;
+        raw.push(raw_jetstream(&server.url, &events, round)?);
+        let engine = fnhost::nats::NatsEngine::connect(&server.url, 1)?;
+        let config = FunctionConfig {
+            subscription: format!("bench-{round}"),
+            ..pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)?
+        };
+        for chunk in events.chunks(MAX_BATCH_MESSAGES) {
+            engine.produce(&input(), chunk.to_vec())?;
+        }
+        let executors = executors(&engine, &config, Code::Wasm(wasm), native_session_duration)?;
+        let started = Instant::now();
+        let stats = instance::run(&engine, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
+        guest.push(started.elapsed());
+        let succeeded: u64 = stats.iter().map(|instance| instance.succeeded).sum();
+        anyhow::ensure!(
+            succeeded as usize == events.len(),
+            "cluster: {succeeded} of {} messages succeeded",
+            events.len()
+        );
+        let written = count_outputs(&engine)?;
+        let expected = Workload::sessions(&events).outputs();
+        anyhow::ensure!(written == expected, "cluster: {written} outputs of {expected}");
+    }
+    let rate = |times: &mut Vec<Duration>| {
+        times.sort();
+        messages as f64 / times[times.len() / 2].as_secs_f64()
+    };
+    let (raw, guest) = (rate(&mut raw), rate(&mut guest));
+    println!();
+    println!("| cluster mode, one NATS server, {messages} events, median of {rounds} | messages/s | of the ceiling |");
+    println!("|---|---|---|");
+    println!("| raw JetStream fetch ({RAW_FETCH}) and ack (ceiling) | {raw:.0} | 1.00 |");
+    println!("| session-duration guest, ATLEAST_ONCE | {guest:.0} | {:.2} |", guest / raw);
+    Ok(())
+}
+
+/// Publishes `events` to a stream of their own, then times fetching them in batches of
+/// `RAW_FETCH` through a durable pull consumer, acknowledging each: what any JetStream consumer pays.
+fn raw_jetstream(url: &str, events: &[OutMessage], round: usize) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let name = format!("RAW{round}");
+        let stream = jetstream
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("raw{round}.>")],
+                ..Default::default()
+            })
+            .await?;
+        let mut acks = Vec::new();
+        for event in events {
+            acks.push(jetstream.publish(format!("raw{round}.events"), event.value.clone().into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        let started = Instant::now();
+        let mut acknowledged = 0;
+        while acknowledged < events.len() {
+            let mut batch = consumer.fetch().max_messages(RAW_FETCH).messages().await?;
+            while let Some(message) = batch.next().await {
+                message.map_err(|e| anyhow::anyhow!("{e}"))?.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                acknowledged += 1;
+            }
+        }
+        client.flush().await?;
+        anyhow::Ok(started.elapsed())
+    })
 }

@@ -106,24 +106,40 @@ impl Nats {
         child.wait().unwrap();
     }
 
-    /// The consumers of `stream` as a live server reports them: name, pending and unacknowledged counts.
+    /// The consumers of `stream` as their leaders report them (a follower's view lags): name,
+    /// pending and unacknowledged counts.
     fn consumers(&self, stream: &str) -> Vec<(String, u64, u64)> {
-        let index = self.nodes.iter().position(Option::is_some).expect("a live server");
-        let url =
-            format!("http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true", self.monitor_ports[index]);
-        let json: serde_json::Value = ureq::get(&url).call().unwrap().body_mut().read_json().unwrap();
         let mut found = Vec::new();
-        for account in json["account_details"].as_array().into_iter().flatten() {
-            for detail in account["stream_detail"].as_array().into_iter().flatten() {
-                if detail["name"] != stream {
-                    continue;
-                }
-                for consumer in detail["consumer_detail"].as_array().into_iter().flatten() {
-                    found.push((
-                        consumer["name"].as_str().unwrap_or_default().to_owned(),
-                        consumer["num_pending"].as_u64().unwrap_or(0),
-                        consumer["num_ack_pending"].as_u64().unwrap_or(0),
-                    ));
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            let url =
+                format!("http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true", self.monitor_ports[index]);
+            let Ok(mut response) = ureq::get(&url).call() else { continue };
+            let json: serde_json::Value = response.body_mut().read_json().unwrap();
+            for account in json["account_details"].as_array().into_iter().flatten() {
+                for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                    if detail["name"] != stream {
+                        continue;
+                    }
+                    for consumer in detail["consumer_detail"].as_array().into_iter().flatten() {
+                        // A leader lists the other replicas; a follower lists the leader among them.
+                        let cluster = &consumer["cluster"];
+                        let by_leader = cluster.is_null()
+                            || cluster["replicas"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .all(|replica| replica["name"] != cluster["leader"]);
+                        if by_leader {
+                            found.push((
+                                consumer["name"].as_str().unwrap_or_default().to_owned(),
+                                consumer["num_pending"].as_u64().unwrap_or(0),
+                                consumer["num_ack_pending"].as_u64().unwrap_or(0),
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -145,7 +161,13 @@ impl Nats {
                 return;
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = workers.iter().map(Worker::log).collect();
+                let logs: Vec<String> = workers
+                    .iter()
+                    .map(|worker| {
+                        let status = worker.cli(&["functions", "status", "--name", name]).stdout;
+                        format!("{}\n{status}\n{}", cluster_info(worker), worker.log())
+                    })
+                    .collect();
                 panic!("the consumers of {prefix} did not drain: {found:?}\nworker logs:\n{}", logs.join("\n----\n"));
             }
             std::thread::sleep(Duration::from_millis(200));
