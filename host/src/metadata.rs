@@ -35,6 +35,9 @@ pub trait MetadataStore: Send + Sync {
 /// Both are leases: an entry lives for a fixed time after its last renewal, so a worker killed
 /// without a word drops out on its own.
 pub trait Membership: Send + Sync {
+    /// How long a membership or the leader lease lasts after its last renewal.
+    fn lease(&self) -> std::time::Duration;
+
     /// Announces `worker`, with `info` (how to reach it), as alive for another lease period.
     fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError>;
 

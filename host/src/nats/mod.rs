@@ -46,8 +46,10 @@ const MEMBER_BUCKET: &str = "fnhost-workers";
 /// The bucket of the leader lease; it expires MEMBER_TTL after its last renewal.
 const LEADER_BUCKET: &str = "fnhost-leader";
 const LEADER_KEY: &str = "leader";
-/// How long a worker that stops renewing stays a member (and, if it led, the leader).
-pub const MEMBER_TTL: Duration = Duration::from_secs(5);
+/// How long a worker that stops renewing stays a member (and, if it led, the leader): longer
+/// than a NATS leader election (a few seconds), so that a dying NATS server does not make live
+/// workers look dead.
+pub const MEMBER_TTL: Duration = Duration::from_secs(15);
 /// A message delivered to an instance and not acknowledged this long after is delivered again:
 /// how long a dead worker's in-flight messages wait before another instance gets them.
 pub const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
@@ -553,6 +555,10 @@ impl MetadataStore for NatsEngine {
 }
 
 impl Membership for NatsEngine {
+    fn lease(&self) -> Duration {
+        MEMBER_TTL
+    }
+
     fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError> {
         let inner = &self.inner;
         let renewed = inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into()));

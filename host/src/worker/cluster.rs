@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ pub(super) struct Cluster {
     members: Mutex<BTreeMap<String, String>>,
     leading: AtomicBool,
     stopping: AtomicBool,
+    /// When this worker last renewed its membership.
+    renewed: Mutex<Instant>,
 }
 
 impl Cluster {
@@ -65,6 +67,7 @@ impl Cluster {
             members: Mutex::default(),
             leading: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            renewed: Mutex::new(Instant::now()),
         }
     }
 
@@ -227,7 +230,21 @@ impl Worker {
         let cluster = self.cluster.as_ref().expect("called in a cluster");
         let membership = &cluster.config.membership;
         let info = serde_json::json!({ "url": cluster.config.url }).to_string();
-        membership.heartbeat(cluster.worker_id(), info.as_bytes())?;
+        if let Err(error) = membership.heartbeat(cluster.worker_id(), info.as_bytes()) {
+            // Past half the membership's lease, the leader may soon give this worker's instances
+            // to others: stop them first, so that no instance runs twice.
+            let fence_after = membership.lease() / 2;
+            if lock(&cluster.renewed).elapsed() > fence_after && !lock(&cluster.assignments).0.is_empty() {
+                tracing::warn!("cannot renew membership; stopping every instance here until it can");
+                *lock(&cluster.assignments) = Assignments::default();
+                let functions: Vec<Arc<Mutex<Function>>> = lock(&self.functions).values().cloned().collect();
+                for function in functions {
+                    self.start_instances(&mut lock(&function))?;
+                }
+            }
+            return Err(error.into());
+        }
+        *lock(&cluster.renewed) = Instant::now();
         let members: BTreeMap<String, String> = membership
             .members()?
             .into_iter()
