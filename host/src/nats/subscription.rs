@@ -44,14 +44,24 @@ pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
 struct Intent {
     /// The id prefix of the commit's output message ids.
     commit: String,
-    /// Outputs: topic, value, key, properties, event time.
-    outputs: Vec<(String, Vec<u8>, Option<String>, Vec<(String, String)>, Option<u64>)>,
+    /// The outputs, in order.
+    outputs: Vec<IntentOutput>,
     /// The function's state bucket is that of this fully qualified name.
     fqfn: Option<String>,
     /// Each changed key and what it holds after the commit (`None`: removed).
     state: Vec<(String, Option<StateValue>)>,
     /// For each topic, the highest sequence this consumer has committed.
     committed: Vec<(String, u64)>,
+}
+
+/// One output of an [`Intent`].
+#[derive(Encode, Decode)]
+struct IntentOutput {
+    topic: String,
+    value: Vec<u8>,
+    key: Option<String>,
+    properties: Vec<(String, String)>,
+    event_time: Option<u64>,
 }
 
 struct TopicConsumer {
@@ -177,6 +187,24 @@ impl NatsSubscription {
             let config = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence }, ..config };
             return stream.create_consumer(config).await.map_err(storage);
         }
+        if key_shared {
+            // A new instance count: start where the consumers of the old count all were, not
+            // at the initial position, which would process the whole topic again.
+            use futures_util::TryStreamExt as _;
+            let family: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
+            let floor = family
+                .iter()
+                .filter(|other| other.name != durable && consumer_belongs_to(&other.name, &token(name)))
+                .map(|other| other.ack_floor.stream_sequence)
+                .min();
+            if let Some(floor) = floor {
+                let config = pull::Config {
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: floor + 1 },
+                    ..config
+                };
+                return stream.get_or_create_consumer(&durable, config).await.map_err(storage);
+            }
+        }
         let consumer: PullConsumer = stream.get_or_create_consumer(&durable, config).await.map_err(storage)?;
         Ok(consumer)
     }
@@ -215,7 +243,8 @@ impl NatsSubscription {
         let info = message.info().map_err(storage)?;
         let sequence = info.stream_sequence - 1;
         let redelivery_count = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
-        if let (Some(reply), Some(&committed)) = (&message.reply, self.committed.lock().unwrap().get(topic))
+        let committed = self.committed.lock().unwrap().get(topic).copied();
+        if let (Some(reply), Some(committed)) = (&message.reply, committed)
             && sequence <= committed
         {
             self.inner.client.publish(reply.clone(), bytes::Bytes::new()).await.map_err(storage)?;
@@ -315,14 +344,12 @@ impl NatsSubscription {
                     outputs: effects
                         .outputs
                         .iter()
-                        .map(|(topic, message)| {
-                            (
-                                topic.to_string(),
-                                message.value.clone(),
-                                message.key.clone(),
-                                message.properties.clone(),
-                                message.event_time,
-                            )
+                        .map(|(topic, message)| IntentOutput {
+                            topic: topic.to_string(),
+                            value: message.value.clone(),
+                            key: message.key.clone(),
+                            properties: message.properties.clone(),
+                            event_time: message.event_time,
                         })
                         .collect(),
                     fqfn,
@@ -344,18 +371,7 @@ impl NatsSubscription {
                 *self.committed.lock().unwrap() = committed;
             }
             None => {
-                let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
-                for (index, (topic, message)) in effects.outputs.iter().enumerate() {
-                    let (topic, message) = (topic.clone(), message.clone());
-                    let id = Some(format!("{commit}-{index}"));
-                    match by_topic.iter_mut().find(|(known, _)| *known == topic) {
-                        Some((_, messages)) => messages.push((message, id)),
-                        None => by_topic.push((topic, vec![(message, id)])),
-                    }
-                }
-                for (topic, messages) in by_topic {
-                    inner.publish(&topic, messages).await?;
-                }
+                publish_outputs(inner, effects.outputs.iter().cloned(), commit).await?;
                 if let Some((fqfn, changes)) = &effects.state {
                     let store = inner.table(fqfn).await.map_err(storage)?;
                     apply_shared(&store, changes).await?;
@@ -390,28 +406,48 @@ impl NatsSubscription {
 
 /// Applies an intent: publishes its outputs (the streams drop repeats by message id) and writes its final values.
 async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), BrokerError> {
-    let mut by_topic: Vec<(TopicName, Vec<(OutMessage, Option<String>)>)> = Vec::new();
-    for (index, (topic, value, key, properties, event_time)) in intent.outputs.iter().enumerate() {
-        let topic = TopicName::parse(topic).map_err(storage)?;
-        let message = OutMessage {
-            value: value.clone(),
-            key: key.clone(),
-            properties: properties.clone(),
-            event_time: *event_time,
-        };
-        let id = Some(format!("{}-{index}", intent.commit));
-        match by_topic.iter_mut().find(|(known, _)| *known == topic) {
-            Some((_, messages)) => messages.push((message, id)),
-            None => by_topic.push((topic, vec![(message, id)])),
-        }
-    }
-    for (topic, messages) in by_topic {
-        inner.publish(&topic, messages).await?;
-    }
+    let outputs = intent
+        .outputs
+        .iter()
+        .map(|output| {
+            let message = OutMessage {
+                value: output.value.clone(),
+                key: output.key.clone(),
+                properties: output.properties.clone(),
+                event_time: output.event_time,
+            };
+            Ok((TopicName::parse(&output.topic).map_err(storage)?, message))
+        })
+        .collect::<Result<Vec<_>, BrokerError>>()?;
+    publish_outputs(inner, outputs, &intent.commit).await?;
     if let Some(fqfn) = &intent.fqfn {
         let fqfn = crate::names::Fqfn::parse(fqfn).map_err(storage)?;
         let store = inner.table(&fqfn).await.map_err(storage)?;
         put_values(&store, &intent.state).await?;
+    }
+    Ok(())
+}
+
+/// Publishes a commit's outputs, topic by topic, each with the id `COMMIT-INDEX`.
+async fn publish_outputs(
+    inner: &Inner,
+    outputs: impl IntoIterator<Item = (TopicName, OutMessage)>,
+    commit: &str,
+) -> Result<(), BrokerError> {
+    let mut topics: Vec<TopicName> = Vec::new();
+    let mut messages: Vec<Vec<(OutMessage, Option<String>)>> = Vec::new();
+    for (index, (topic, message)) in outputs.into_iter().enumerate() {
+        let id = Some(format!("{commit}-{index}"));
+        match topics.iter().position(|known| *known == topic) {
+            Some(position) => messages[position].push((message, id)),
+            None => {
+                topics.push(topic);
+                messages.push(vec![(message, id)]);
+            }
+        }
+    }
+    for (topic, messages) in topics.iter().zip(messages) {
+        inner.publish(topic, messages).await?;
     }
     Ok(())
 }
