@@ -174,14 +174,19 @@ impl NatsSubscription {
             ..Default::default()
         };
         let ordered = self.spec.subscription_type != SubscriptionType::Shared;
-        if ordered && let Ok(info) = stream.consumer_info(&durable).await {
-            if info.num_ack_pending == 0 {
+        if ordered
+            && self.is_active()
+            && let Ok(info) = stream.consumer_info(&durable).await
+        {
+            if info.delivered.stream_sequence == 0 {
                 return stream.get_consumer(&durable).await.map_err(storage);
             }
-            // A predecessor (a killed worker's instance) left messages unacknowledged. The server
-            // would hand them out again only after the acknowledgement wait, behind newer ones,
-            // which breaks each key's order; the consumer starts again after its acknowledgement
-            // floor instead, and what was committed beyond the floor is skipped (`committed`).
+            // The consumer is made again, starting after its acknowledgement floor, for two reasons.
+            // A predecessor (a killed worker's instance) may have left messages unacknowledged,
+            // which the server would hand out only after the acknowledgement wait, behind newer
+            // ones, breaking each key's order. And a predecessor that still runs (its worker has
+            // not yet seen that the instance moved) fails its next pull at once, instead of
+            // pulling beside this one. What was committed beyond the floor is skipped (`committed`).
             stream.delete_consumer(&durable).await.map_err(storage)?;
             let start_sequence = info.ack_floor.stream_sequence + 1;
             let config = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence }, ..config };
