@@ -57,6 +57,8 @@ pub const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long one JetStream request may take before it fails (leader elections take a few seconds).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker waits at start for a NATS cluster that is still forming.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// How many times a publish that failed for a passing reason is repeated, RETRY_PAUSE apart:
 /// a new stream's subjects reach every server of a cluster a moment after it is created, and a
 /// leader election takes a few seconds.
@@ -114,8 +116,13 @@ struct Inner {
 
 /// True for failures that pass: no stream yet for the subject, no leader, a timeout.
 pub(crate) fn is_transient(error: &BrokerError) -> bool {
-    let text = error.to_string();
-    ["no stream found", "timed out", "no responders", "leader"].iter().any(|passing| text.contains(passing))
+    is_passing(&error.to_string())
+}
+
+fn is_passing(error: &str) -> bool {
+    ["no stream found", "timed out", "no responders", "leader", "no suitable peers"]
+        .iter()
+        .any(|passing| error.contains(passing))
 }
 
 fn storage(error: impl std::fmt::Display) -> BrokerError {
@@ -167,7 +174,17 @@ impl NatsEngine {
                     .map_err(|error| error.to_string())?;
                 let mut jetstream = jetstream::new(client.clone());
                 jetstream.set_timeout(REQUEST_TIMEOUT);
-                let metadata = open_bucket(&jetstream, METADATA_BUCKET, replicas, Duration::ZERO).await?;
+                // A cluster that is starting too may not know all its servers yet ("no suitable
+                // peers for placement"): keep trying for a while.
+                let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+                let metadata = loop {
+                    match open_bucket(&jetstream, METADATA_BUCKET, replicas, Duration::ZERO).await {
+                        Err(error) if tokio::time::Instant::now() < deadline && is_passing(&error) => {
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                        opened => break opened?,
+                    }
+                };
                 let members = open_bucket(&jetstream, MEMBER_BUCKET, replicas, MEMBER_TTL).await?;
                 let leader = open_bucket(&jetstream, LEADER_BUCKET, replicas, MEMBER_TTL).await?;
                 let packages = match jetstream.get_object_store(PACKAGE_BUCKET).await {
