@@ -82,6 +82,18 @@ impl OutMessage {
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
         Self { value: value.into(), ..Self::default() }
     }
+
+    /// The message as a broker stores it, appended at `publish_time`.
+    pub fn stamp(self, publish_time: u64) -> MessageBody {
+        MessageBody {
+            value: self.value,
+            key: self.key,
+            properties: self.properties,
+            event_time: self.event_time,
+            publish_time,
+            partition_key: None,
+        }
+    }
 }
 
 /// Where a new subscription starts reading (Pulsar's `SubscriptionInitialPosition`).

@@ -283,7 +283,7 @@ impl Broker for EmbeddedStore {
         let topic = self.topic(topic)?;
         let publish_time = now_millis();
         let mut next = lock(&topic.next);
-        let bodies: Vec<MessageBody> = messages.into_iter().map(|message| stamp(message, publish_time)).collect();
+        let bodies: Vec<MessageBody> = messages.into_iter().map(|message| message.stamp(publish_time)).collect();
         let sequences: Vec<u64> = (*next..*next + bodies.len() as u64).collect();
         let mut batch = sled::Batch::default();
         for (first, segment) in segments(*next, &bodies) {
@@ -1050,7 +1050,7 @@ impl Subscription for EmbeddedConsumer {
         let publish_time = now_millis();
         let mut by_topic: BTreeMap<TopicName, Vec<MessageBody>> = BTreeMap::new();
         for (topic, message) in effects.outputs {
-            by_topic.entry(topic).or_default().push(stamp(message, publish_time));
+            by_topic.entry(topic).or_default().push(message.stamp(publish_time));
         }
         let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
         let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
@@ -1133,17 +1133,6 @@ impl Subscription for EmbeddedConsumer {
 
     fn release(&self, messages: Vec<Message>) {
         self.shared.release(self.id, &messages);
-    }
-}
-
-fn stamp(message: OutMessage, publish_time: u64) -> MessageBody {
-    MessageBody {
-        value: message.value,
-        key: message.key,
-        properties: message.properties,
-        event_time: message.event_time,
-        publish_time,
-        partition_key: None,
     }
 }
 

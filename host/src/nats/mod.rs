@@ -29,7 +29,7 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use bincode::{Decode, Encode};
 use tokio::io::AsyncReadExt as _;
 
-use crate::broker::{Broker, BrokerError, MessageBody, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::broker::{Broker, BrokerError, OutMessage, Subscription, SubscriptionSpec, key_route};
 use crate::metadata::{Membership, MetadataError, MetadataStore};
 use crate::names::{Fqfn, TopicName};
 use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
@@ -302,14 +302,7 @@ impl Inner {
                     Some(key) => key_route(key),
                     None => self.keyless.fetch_add(1, Ordering::Relaxed),
                 };
-                let body = MessageBody {
-                    value: message.value,
-                    key: message.key,
-                    properties: message.properties,
-                    event_time: message.event_time,
-                    publish_time,
-                    partition_key: None,
-                };
+                let body = message.stamp(publish_time);
                 let id = id.unwrap_or_else(|| self.commit_id());
                 (message_subject(topic, route), encode(&body).into(), id)
             })

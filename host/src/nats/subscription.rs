@@ -28,10 +28,20 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(2);
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How many times a commit that failed for a passing reason is repeated.
 const COMMIT_RETRIES: u32 = 50;
-/// How long past its expiry a pull may go without an answer before it is given up.
-const PULL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long past its expiry a pull may go without an answer before the instance gives up.
+const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pull shorter than this is not worth a request.
 const SHORTEST_WAIT: Duration = Duration::from_millis(5);
+
+/// The next message of a pull, or an error if none comes within `limit`. A pull given up on
+/// quietly would deliver its remaining messages to nobody, to come again after the
+/// acknowledgement wait behind newer ones; the error stops the instance instead, and the next
+/// one starts its consumer again after the acknowledgement floor, in order.
+async fn within<T>(limit: Duration, next: impl Future<Output = Option<T>>) -> Result<Option<T>, BrokerError> {
+    tokio::time::timeout(limit, next)
+        .await
+        .map_err(|_| storage(format!("a pull from NATS got no answer within {} s", limit.as_secs())))
+}
 
 /// True when the consumer named `consumer` is one of the durable subscription whose token is `durable`.
 pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
@@ -281,10 +291,8 @@ impl NatsSubscription {
             }
             let (topic, consumer) = &consumers[(start + offset) % consumers.len()];
             let mut batch = consumer.fetch().max_messages(max - taken.len()).messages().await.map_err(storage)?;
-            // The server ends a pull with a status message; should that never come, the pull ends here.
-            while let Ok(Some(message)) = tokio::time::timeout(PULL_TIMEOUT, batch.next()).await {
-                let message = message.map_err(storage)?;
-                if let Some(message) = self.take(topic, message).await? {
+            while let Some(message) = within(PULL_TIMEOUT, batch.next()).await? {
+                if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
                     taken.push(message);
                 }
             }
@@ -301,7 +309,7 @@ impl NatsSubscription {
     ) -> Result<Vec<Message>, BrokerError> {
         let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(storage)?;
         let mut taken = Vec::new();
-        while let Ok(Some(message)) = tokio::time::timeout(wait + PULL_TIMEOUT, batch.next()).await {
+        while let Some(message) = within(wait + PULL_TIMEOUT, batch.next()).await? {
             if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
                 taken.push(message);
             }
