@@ -65,6 +65,29 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 const PUBLISH_RETRIES: u32 = 50;
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// Most state keys a function's [`ValueCache`] holds; past it the cache starts again empty.
+const MAX_CACHED_KEYS: usize = 65_536;
+
+/// The state values of one function this process last read or wrote, by key (`None`: no value).
+///
+/// A read from a bucket is a round trip to the stream's leader, several times what the rest of a
+/// message costs; an instance of an ordered subscription is its keys' only writer, so what it
+/// wrote is what it would read. The cache of a function is emptied whenever an instance of it
+/// starts in this process, which is when its keys may have changed hands.
+pub(crate) type ValueCache = Arc<Mutex<HashMap<String, Option<Versioned>>>>;
+
+/// Records `value` as `key`'s in `cache`; window records (NUL-prefixed keys) are not kept twice.
+pub(crate) fn remember(cache: &ValueCache, key: &str, value: Option<Versioned>) {
+    if key.starts_with('\0') {
+        return;
+    }
+    let mut cache = cache.lock().unwrap();
+    if cache.len() >= MAX_CACHED_KEYS && !cache.contains_key(key) {
+        cache.clear();
+    }
+    cache.insert(key.to_owned(), value);
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -99,6 +122,7 @@ struct Inner {
     replicas: usize,
     streams: Mutex<HashMap<TopicName, stream::Stream>>,
     tables: Mutex<HashMap<Fqfn, kv::Store>>,
+    caches: Mutex<HashMap<Fqfn, ValueCache>>,
     metadata: kv::Store,
     packages: object_store::ObjectStore,
     members: kv::Store,
@@ -209,6 +233,7 @@ impl NatsEngine {
                 replicas,
                 streams: Mutex::default(),
                 tables: Mutex::default(),
+                caches: Mutex::default(),
                 metadata,
                 packages,
                 members,
@@ -345,6 +370,11 @@ impl Inner {
         Ok(store)
     }
 
+    /// The value cache of `fqfn`'s state.
+    fn cache(&self, fqfn: &Fqfn) -> ValueCache {
+        self.caches.lock().unwrap().entry(fqfn.clone()).or_default().clone()
+    }
+
     /// A new id for one commit's outputs, unique across processes.
     fn commit_id(&self) -> String {
         format!("{}-{}", self.process, self.commits.fetch_add(1, Ordering::Relaxed))
@@ -469,7 +499,9 @@ impl StateStore for NatsEngine {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
         let inner = &self.inner;
         let store = inner.block_on(inner.table(fqfn))?;
-        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store }))
+        let cache = inner.cache(fqfn);
+        cache.lock().unwrap().clear();
+        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache }))
     }
 
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
@@ -477,7 +509,9 @@ impl StateStore for NatsEngine {
         inner.block_on(async {
             let store = inner.table(fqfn).await?;
             let version = store.put(kv_key(key), encode(&value).into()).await.map_err(state_storage)?;
-            Ok(Versioned { value, version })
+            let stored = Versioned { value, version };
+            remember(&inner.cache(fqfn), key, Some(stored.clone()));
+            Ok(stored)
         })
     }
 
@@ -485,6 +519,7 @@ impl StateStore for NatsEngine {
         let inner = &self.inner;
         let bucket = format!("{STATE_BUCKET_PREFIX}{}", token(&fqfn.to_string()));
         inner.tables.lock().unwrap().remove(fqfn);
+        inner.caches.lock().unwrap().remove(fqfn);
         inner.block_on(async {
             match inner.jetstream.delete_key_value(&bucket).await {
                 Ok(_) => Ok(()),
@@ -500,15 +535,21 @@ struct NatsTable {
     inner: Arc<Inner>,
     fqfn: Fqfn,
     store: kv::Store,
+    cache: ValueCache,
 }
 
 impl StateTable for NatsTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        let entry = self.inner.block_on(self.store.entry(kv_key(key))).map_err(state_storage)?;
-        match entry {
-            Some(entry) => decode_state(&self.fqfn, key, entry),
-            None => Ok(None),
+        if let Some(known) = self.cache.lock().unwrap().get(key) {
+            return Ok(known.clone());
         }
+        let entry = self.inner.block_on(self.store.entry(kv_key(key))).map_err(state_storage)?;
+        let stored = match entry {
+            Some(entry) => decode_state(&self.fqfn, key, entry)?,
+            None => None,
+        };
+        remember(&self.cache, key, stored.clone());
+        Ok(stored)
     }
 }
 

@@ -11,14 +11,14 @@ use bincode::{Decode, Encode};
 use futures_util::StreamExt as _;
 
 use super::names::{key_share_filter, kv_key, token};
-use super::{CLUSTER_ACK_WAIT, Inner, decode, encode, storage};
+use super::{CLUSTER_ACK_WAIT, Inner, ValueCache, decode, encode, remember, storage};
 use crate::broker::{
     BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
     SubscriptionType,
 };
 use crate::limits::{MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::names::{TopicName, TopicPattern};
-use crate::state::{Change, StateValue};
+use crate::state::{Change, StateValue, Versioned};
 
 /// Metadata keys of commit intents start with this, then the subscription name and `/`.
 pub(super) const INTENT_PREFIX: &str = "intent/";
@@ -387,7 +387,7 @@ impl NatsSubscription {
                 publish_outputs(inner, effects.outputs.iter().cloned(), commit).await?;
                 if let Some((fqfn, changes)) = &effects.state {
                     let store = inner.table(fqfn).await.map_err(storage)?;
-                    apply_shared(&store, changes).await?;
+                    apply_shared(&store, &inner.cache(fqfn), changes).await?;
                 }
             }
         }
@@ -436,7 +436,7 @@ async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), BrokerError>
     if let Some(fqfn) = &intent.fqfn {
         let fqfn = crate::names::Fqfn::parse(fqfn).map_err(storage)?;
         let store = inner.table(&fqfn).await.map_err(storage)?;
-        put_values(&store, &intent.state).await?;
+        put_values(&store, &inner.cache(&fqfn), &intent.state).await?;
     }
     Ok(())
 }
@@ -466,31 +466,53 @@ async fn publish_outputs(
 }
 
 /// Writes final values, all requests in flight at once.
-async fn put_values(store: &kv::Store, values: &[(String, Option<StateValue>)]) -> Result<(), BrokerError> {
+async fn put_values(
+    store: &kv::Store,
+    cache: &ValueCache,
+    values: &[(String, Option<StateValue>)],
+) -> Result<(), BrokerError> {
     let writes = values.iter().map(|(key, value)| async move {
-        match value {
-            Some(value) => store.put(kv_key(key), encode(value).into()).await.map(drop).map_err(storage),
-            None => store.delete(kv_key(key)).await.map_err(storage),
-        }
+        let stored = match value {
+            Some(value) => {
+                let version = store.put(kv_key(key), encode(value).into()).await.map_err(storage)?;
+                Some(Versioned { value: value.clone(), version })
+            }
+            None => {
+                store.delete(kv_key(key)).await.map_err(storage)?;
+                None
+            }
+        };
+        remember(cache, key, stored);
+        Ok::<_, BrokerError>(())
     });
     futures_util::future::try_join_all(writes).await.map(drop)
 }
 
 /// Applies changes that other instances may be making to the same keys at the same time:
 /// puts and deletes as they are, increments with a revision check, retried on conflict.
-async fn apply_shared(store: &kv::Store, changes: &crate::state::StateChanges) -> Result<(), BrokerError> {
-    let writes = changes.iter().map(|(key, change)| async move {
-        let key = kv_key(key);
+async fn apply_shared(
+    store: &kv::Store,
+    cache: &ValueCache,
+    changes: &crate::state::StateChanges,
+) -> Result<(), BrokerError> {
+    let writes = changes.iter().map(|(name, change)| async move {
+        let key = kv_key(name);
+        let key = &key;
+        let put = |value: StateValue| async move {
+            let version = store.put(key, encode(&value).into()).await.map_err(storage)?;
+            remember(cache, name, Some(Versioned { value, version }));
+            Ok::<_, BrokerError>(())
+        };
         match change {
-            Change::Put(bytes) => {
-                store.put(&key, encode(&StateValue::Bytes(bytes.clone())).into()).await.map(drop).map_err(storage)
+            Change::Put(bytes) => put(StateValue::Bytes(bytes.clone())).await,
+            Change::SetCounter(value) => put(StateValue::Counter(*value)).await,
+            Change::Delete => {
+                store.delete(key).await.map_err(storage)?;
+                remember(cache, name, None);
+                Ok(())
             }
-            Change::SetCounter(value) => {
-                store.put(&key, encode(&StateValue::Counter(*value)).into()).await.map(drop).map_err(storage)
-            }
-            Change::Delete => store.delete(&key).await.map_err(storage),
             Change::Add(_) => loop {
-                let entry = store.entry(&key).await.map_err(storage)?;
+                let entry = store.entry(key).await.map_err(storage)?;
                 let (stored, revision) = match entry {
                     Some(entry) if entry.operation == kv::Operation::Put => {
                         (Some(decode::<StateValue>(&entry.value).map_err(storage)?), Some(entry.revision))
@@ -498,13 +520,17 @@ async fn apply_shared(store: &kv::Store, changes: &crate::state::StateChanges) -
                     Some(entry) => (None, Some(entry.revision)),
                     None => (None, None),
                 };
-                let value = encode(&change.apply(stored).expect("an increment leaves a counter")).into();
+                let value = change.apply(stored).expect("an increment leaves a counter");
+                let bytes = encode(&value).into();
                 let written = match revision {
-                    Some(revision) => store.update(&key, value, revision).await.map(drop).map_err(|e| e.to_string()),
-                    None => store.create(&key, value).await.map(drop).map_err(|e| e.to_string()),
+                    Some(revision) => store.update(key, bytes, revision).await.map_err(|e| e.to_string()),
+                    None => store.create(key, bytes).await.map_err(|e| e.to_string()),
                 };
                 match written {
-                    Ok(()) => break Ok(()),
+                    Ok(version) => {
+                        remember(cache, name, Some(Versioned { value, version }));
+                        break Ok(());
+                    }
                     // Another instance wrote the key in between: read it again.
                     Err(error) if error.contains("wrong last sequence") || error.contains("exists") => continue,
                     Err(error) => break Err(storage(error)),
