@@ -317,6 +317,14 @@ impl NatsSubscription {
         Ok(taken)
     }
 
+    /// Waits out `wait` (or until woken) for a consumer that has nothing to pull from: no messages.
+    fn idle(&self, wait: Duration) -> Vec<Message> {
+        self.inner.block_on(async {
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        });
+        Vec::new()
+    }
+
     fn refresh_pattern(&self) -> Result<(), BrokerError> {
         let Some(pattern) = &self.spec.inputs.pattern else { return Ok(()) };
         let mut last = self.last_refresh.lock().unwrap();
@@ -546,10 +554,7 @@ impl Subscription for NatsSubscription {
         let inner = &self.inner;
         let deadline = Instant::now() + wait;
         if !self.is_active() {
-            inner.block_on(async {
-                let _ = tokio::time::timeout(wait, self.wake.notified()).await;
-            });
-            return Ok(Vec::new());
+            return Ok(self.idle(wait));
         }
         self.refresh_pattern()?;
         let consumers: Vec<(TopicName, PullConsumer)> = self
@@ -560,10 +565,7 @@ impl Subscription for NatsSubscription {
             .map(|joined| (joined.topic.clone(), joined.consumer.clone()))
             .collect();
         if consumers.is_empty() {
-            inner.block_on(async {
-                let _ = tokio::time::timeout(wait, self.wake.notified()).await;
-            });
-            return Ok(Vec::new());
+            return Ok(self.idle(wait));
         }
         inner.block_on(async {
             loop {

@@ -260,21 +260,33 @@ impl Worker {
         if leads != cluster.leading.swap(leads, Ordering::Relaxed) {
             tracing::info!(worker = cluster.worker_id(), leads, "leadership changed");
         }
-        if leads {
-            self.schedule(&records, &members.keys().cloned().collect())?;
-        }
-        let assignments =
-            match self.store.records(ASSIGNMENTS_RECORD)?.into_iter().find(|(key, _)| key == ASSIGNMENTS_RECORD) {
-                Some((_, bytes)) => serde_json::from_slice(&bytes).context("the assignment record is damaged")?,
-                None => Assignments::default(),
-            };
+        let stored = self.record(ASSIGNMENTS_RECORD).and_then(|bytes| match bytes {
+            Some(bytes) => serde_json::from_slice(&bytes).context("the assignment record is damaged"),
+            None => Ok(Assignments::default()),
+        });
+        // The leader replaces a damaged record; the others wait for it to.
+        let assignments = match leads {
+            true => self.schedule(&records, &members.keys().cloned().collect(), stored.unwrap_or_default())?,
+            false => stored?,
+        };
         *lock(&cluster.assignments) = assignments;
         self.catch_up(records);
         Ok(())
     }
 
-    /// The leader's part of a round: writes new assignments if instances need a worker.
-    fn schedule(&self, records: &[(String, Vec<u8>)], workers: &BTreeSet<String>) -> anyhow::Result<()> {
+    /// The metadata record under exactly `key`, if there is one.
+    fn record(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.store.records(key)?.into_iter().find(|(found, _)| found == key).map(|(_, bytes)| bytes))
+    }
+
+    /// The leader's part of a round: the assignments after `current`, written if instances
+    /// need a worker.
+    fn schedule(
+        &self,
+        records: &[(String, Vec<u8>)],
+        workers: &BTreeSet<String>,
+        current: Assignments,
+    ) -> anyhow::Result<Assignments> {
         let functions: Vec<(String, u32)> = records
             .iter()
             .filter_map(|(key, bytes)| {
@@ -283,14 +295,7 @@ impl Worker {
                 Some((key.strip_prefix(FUNCTION_RECORD_PREFIX)?.to_owned(), parallelism))
             })
             .collect();
-        let current: Assignments = self
-            .store
-            .records(ASSIGNMENTS_RECORD)?
-            .into_iter()
-            .find(|(key, _)| key == ASSIGNMENTS_RECORD)
-            .and_then(|(_, bytes)| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let rebalance = self.store.records(REBALANCE_RECORD)?.iter().any(|(key, _)| key == REBALANCE_RECORD);
+        let rebalance = self.record(REBALANCE_RECORD)?.is_some();
         let next = schedule(&current, &functions, workers, rebalance);
         if next != current {
             tracing::info!(?next, "assigned instances");
@@ -299,7 +304,7 @@ impl Worker {
         if rebalance {
             self.store.remove_record(REBALANCE_RECORD)?;
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Loads, updates and drops functions to match `records`, and runs this worker's instances.
@@ -333,10 +338,7 @@ impl Worker {
     /// Loads `fqfn` now if it has a record: for a request that names a function this worker has
     /// not caught up with yet.
     pub(super) fn catch_up_with(&self, fqfn: &Fqfn) -> anyhow::Result<()> {
-        let key = format!("{FUNCTION_RECORD_PREFIX}{fqfn}");
-        let Some((_, bytes)) = self.store.records(&key)?.into_iter().find(|(found, _)| *found == key) else {
-            return Ok(());
-        };
+        let Some(bytes) = self.record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}"))? else { return Ok(()) };
         self.catch_up_function(fqfn, serde_json::from_slice(&bytes).context("the function record is damaged")?)
     }
 
