@@ -1,6 +1,6 @@
 //! One consumer of a subscription in NATS: a pull consumer per input topic, and the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ pub(super) struct NatsSubscription {
     rotation: AtomicUsize,
     wake: Arc<tokio::sync::Notify>,
     /// Messages this consumer was given and has not acknowledged: topic and sequence.
-    outstanding: Mutex<Vec<(TopicName, u64)>>,
+    outstanding: Mutex<HashSet<(TopicName, u64)>>,
     /// For ordered subscriptions: the metadata key of this consumer's commit intent.
     intent_key: Option<String>,
     /// For ordered subscriptions: per topic, the highest committed sequence; a message at or below
@@ -272,7 +272,7 @@ impl NatsSubscription {
         })?;
         if let (Some(name), Some(reply)) = (&self.spec.name, &message.reply) {
             self.inner.delivered.lock().unwrap().insert((name.clone(), topic.clone(), sequence), reply.clone());
-            self.outstanding.lock().unwrap().push((topic.clone(), sequence));
+            self.outstanding.lock().unwrap().insert((topic.clone(), sequence));
         }
         Ok(Some(Message { topic: topic.clone(), sequence, body, redelivery_count }))
     }
@@ -392,11 +392,15 @@ impl NatsSubscription {
                 *self.committed.lock().unwrap() = committed;
             }
             None => {
-                publish_outputs(inner, effects.outputs.iter().cloned(), commit).await?;
-                if let Some((fqfn, changes)) = &effects.state {
-                    let store = inner.table(fqfn).await.map_err(storage)?;
-                    apply_shared(&store, &inner.cache(fqfn), changes).await?;
-                }
+                // Neither write depends on the other, and the acknowledgement waits for both.
+                let state = async {
+                    if let Some((fqfn, changes)) = &effects.state {
+                        let store = inner.table(fqfn).await.map_err(storage)?;
+                        apply_shared(&store, &inner.cache(fqfn), changes).await?;
+                    }
+                    Ok(())
+                };
+                tokio::try_join!(publish_outputs(inner, effects.outputs.iter().cloned(), commit), state)?;
             }
         }
         Ok(())
@@ -638,7 +642,9 @@ impl Subscription for NatsSubscription {
             inner.acknowledge(replies).await
         })?;
         let mut outstanding = self.outstanding.lock().unwrap();
-        outstanding.retain(|message| !acked.contains(message));
+        for message in &acked {
+            outstanding.remove(message);
+        }
         Ok(())
     }
 
@@ -668,9 +674,11 @@ impl Subscription for NatsSubscription {
                 .filter_map(|message| delivered.remove(&(name.clone(), message.topic.clone(), message.sequence)))
                 .collect()
         };
-        self.outstanding.lock().unwrap().retain(|(topic, sequence)| {
-            !messages.iter().any(|message| message.topic == *topic && message.sequence == *sequence)
-        });
+        let mut outstanding = self.outstanding.lock().unwrap();
+        for message in &messages {
+            outstanding.remove(&(message.topic.clone(), message.sequence));
+        }
+        drop(outstanding);
         let client = self.inner.client.clone();
         self.inner.block_on(async move {
             for reply in replies {
