@@ -156,7 +156,12 @@ fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     // A compiled-component cache, as a worker has: functions after the first load rather than compile.
     let compiled = Some(scratch.path().join("compiled"));
     let runtime = Runtime::new(RuntimeConfig { cache_dir: compiled, max_instances: most as u32 })?;
-    let config = WorkerConfig { cache_dir: scratch.path().join("cache"), max_instances: most as u32, cluster: None };
+    let config = WorkerConfig {
+        cache_dir: scratch.path().join("cache"),
+        max_instances: most as u32,
+        cluster: None,
+        access: Default::default(),
+    };
     let worker = Worker::open(config, Arc::new(store), runtime)?;
     let wasm = std::fs::read(exclamation)?;
     let before = resident_bytes()?;

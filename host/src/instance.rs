@@ -23,11 +23,12 @@ use crate::broker::{
 };
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
-    MAX_LOG_LINE_LEN, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE,
-    MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
+    MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN,
+    MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN,
+    MAX_STATE_VALUE_SIZE, MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::metrics::{InstanceMetrics, Stats};
-use crate::names::{Fqfn, TopicName};
+use crate::names::{Fqfn, NameError, TopicAccess, TopicName};
 use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, GuestWindow, HostContext, Identity, Instance, InstanceLimits,
     LogLevel, PreparedFunction, ProcessError,
@@ -113,9 +114,30 @@ pub struct FunctionConfig {
     pub batch_size: usize,
     /// Set for a window function: how its records are cut into windows.
     pub window: Option<WindowConfig>,
+    /// The topics the function may read and publish to.
+    pub topic_access: TopicAccess,
 }
 
 impl FunctionConfig {
+    /// The same function, limited to the topics `access` allows: every topic it names must be
+    /// one of them, and a topics pattern matches no others.
+    pub fn within(mut self, access: TopicAccess) -> Result<Self, NameError> {
+        let named = self.inputs.topics.iter().map(|topic| (topic, "input topic"));
+        let named = named
+            .chain(self.output.iter().map(|topic| (topic, "output topic")))
+            .chain(self.log_topic.iter().map(|topic| (topic, "log topic")))
+            .chain([(&self.dead_letter_topic, "dead-letter topic")])
+            .chain(
+                self.window.iter().flat_map(|window| &window.late_data_topic).map(|topic| (topic, "late-data topic")),
+            );
+        for (topic, role) in named {
+            access.check(topic, role)?;
+        }
+        self.inputs.pattern = self.inputs.pattern.map(|pattern| pattern.within(access.clone()));
+        self.topic_access = access;
+        Ok(self)
+    }
+
     /// A function over `inputs` with the defaults: no output or log topic, the fully qualified
     /// name as the subscription, starting at the earliest message, no user config or secrets,
     /// the default memory and time limits, info-level logs, one instance, ATLEAST_ONCE without
@@ -143,6 +165,7 @@ impl FunctionConfig {
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             batch_size: MAX_BATCH_MESSAGES,
             window: None,
+            topic_access: TopicAccess::Any,
         }
     }
 
@@ -266,9 +289,14 @@ pub struct MessageContext {
     batch_outputs: Vec<PendingOutput>,
     message_outputs: Vec<PendingOutput>,
     publishes: usize,
+    /// Bytes of state and published messages the current message wrote (MAX_WRITTEN_BYTES_PER_MESSAGE).
+    written: usize,
+    /// Log lines the function wrote while processing the current message (MAX_LOG_LINES_PER_MESSAGE).
+    log_lines: usize,
     /// Whether the function acknowledged the current message.
     acked: bool,
     topics: HashMap<String, TopicName>,
+    topic_access: TopicAccess,
     log_topic: Option<TopicName>,
     log_level: LogLevel,
     logs: LogSink,
@@ -311,8 +339,11 @@ impl MessageContext {
             batch_outputs: Vec::new(),
             message_outputs: Vec::new(),
             publishes: 0,
+            written: 0,
+            log_lines: 0,
             acked: false,
             topics: HashMap::new(),
+            topic_access: config.topic_access.clone(),
             log_topic: config.log_topic.clone(),
             log_level: config.log_level,
             logs,
@@ -351,6 +382,8 @@ impl MessageContext {
         self.message_state.clear();
         self.message_outputs.clear();
         self.publishes = 0;
+        self.written = 0;
+        self.log_lines = 0;
         self.acked = false;
         self.host_failure = None;
         self.message_started = now;
@@ -530,6 +563,17 @@ impl MessageContext {
         })
     }
 
+    /// Counts `bytes` more written by the current message, which the host holds until the commit.
+    fn spend(&mut self, bytes: usize) -> Result<(), ContextError> {
+        if self.written + bytes > MAX_WRITTEN_BYTES_PER_MESSAGE {
+            return Err(ContextError::LimitExceeded(format!(
+                "the message's state writes and publishes come to more than {MAX_WRITTEN_BYTES_PER_MESSAGE} bytes, the limit (MAX_WRITTEN_BYTES_PER_MESSAGE)"
+            )));
+        }
+        self.written += bytes;
+        Ok(())
+    }
+
     /// Records a host failure: the message fails as a system exception whatever the function does next.
     fn fail_host(&mut self, reason: String) -> ContextError {
         self.host_failure = Some(reason.clone());
@@ -541,6 +585,7 @@ impl MessageContext {
             return Ok(topic.clone());
         }
         let topic = TopicName::parse(name).map_err(|error| ContextError::InvalidArgument(error.to_string()))?;
+        self.topic_access.check(&topic, "topic").map_err(|error| ContextError::NotPermitted(error.to_string()))?;
         self.topics.insert(name.to_owned(), topic.clone());
         Ok(topic)
     }
@@ -611,6 +656,18 @@ impl HostContext for MessageContext {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_MESSAGE {
+            if self.log_lines == MAX_LOG_LINES_PER_MESSAGE + 1 {
+                self.write_log(
+                    LogLevel::Warn,
+                    format!(
+                        "further log lines of this message are dropped: the limit (MAX_LOG_LINES_PER_MESSAGE) is {MAX_LOG_LINES_PER_MESSAGE}"
+                    ),
+                );
+            }
+            return;
+        }
         self.write_log(level, message);
     }
 
@@ -645,6 +702,7 @@ impl HostContext for MessageContext {
                 value.len()
             )));
         }
+        self.spend(key.len() + value.len())?;
         self.message_state.record(key, Change::Put(value));
         Ok(())
     }
@@ -696,6 +754,7 @@ impl HostContext for MessageContext {
         let topic = self.topic(&topic)?;
         let message = OutMessage { value, key, properties, event_time: None };
         check_message(&message).map_err(ContextError::LimitExceeded)?;
+        self.spend(message.value.len() + message.key.as_ref().map_or(0, String::len))?;
         self.publishes += 1;
         self.message_outputs.push(PendingOutput::Ready(topic, message));
         Ok(())

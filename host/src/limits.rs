@@ -21,6 +21,12 @@ pub const MAX_STATE_KEY_LEN: usize = 1024;
 pub const MAX_STATE_VALUE_SIZE: usize = 1024 * 1024;
 /// Most `publish` calls while processing one message.
 pub const MAX_PUBLISHES_PER_MESSAGE: usize = 1_000;
+/// Most bytes of state writes (keys and values) and published messages (values and keys) while
+/// processing one message: the host holds them until the batch commits.
+pub const MAX_WRITTEN_BYTES_PER_MESSAGE: usize = 16 * 1024 * 1024;
+/// Most log lines a function writes while processing one message; the rest are dropped, and one
+/// line says so.
+pub const MAX_LOG_LINES_PER_MESSAGE: usize = 1_000;
 /// Longest log line, in bytes; longer lines are cut and marked.
 pub const MAX_LOG_LINE_LEN: usize = 16 * 1024;
 /// Most bytes a guest may write to stdout and stderr while processing one message; the rest is dropped.
@@ -66,6 +72,16 @@ pub const MAX_UNACKED_MESSAGES: usize = 50_000;
 pub const MAX_PACKAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Largest HTTP request body the worker reads, in bytes: a component plus its config.
 pub const MAX_REQUEST_SIZE: usize = MAX_PACKAGE_SIZE + MAX_CONFIG_SIZE;
+/// Most functions of one tenant, when the worker's access file gives no `maxFunctions`.
+pub const DEFAULT_TENANT_MAX_FUNCTIONS: u32 = 1_000;
+/// Most instances of one tenant's functions (their `--parallelism` summed), when the worker's
+/// access file gives no `maxInstances`.
+pub const DEFAULT_TENANT_MAX_INSTANCES: u32 = DEFAULT_WORKER_INSTANCES;
+/// Most memory one tenant's instances may reserve (each instance's `--ram` summed), in bytes, when
+/// the worker's access file gives no `maxMemoryBytes`: the default `--ram` for every default instance.
+pub const DEFAULT_TENANT_MAX_MEMORY_BYTES: u64 = DEFAULT_TENANT_MAX_INSTANCES as u64 * DEFAULT_RAM_BYTES;
+/// Shortest bearer token an access file may give, in characters: 32 hex digits are 128 bits.
+pub const MIN_TOKEN_LEN: usize = 32;
 /// Instances one worker runs when `--max-instances` is not given.
 pub const DEFAULT_WORKER_INSTANCES: u32 = 1_024;
 /// Largest `--max-instances`: each instance is a thread and a pooled sandbox.

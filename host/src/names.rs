@@ -124,6 +124,66 @@ impl TopicName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The tenant the topic belongs to.
+    pub fn tenant(&self) -> &str {
+        self.segments().0
+    }
+
+    /// The namespace the topic belongs to, within its tenant.
+    pub fn namespace(&self) -> &str {
+        self.segments().1
+    }
+
+    fn segments(&self) -> (&str, &str) {
+        let rest = &self.0["persistent://".len()..];
+        let mut parts = rest.splitn(3, '/');
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+    }
+}
+
+/// Which topics a function may read and publish to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TopicAccess {
+    /// Every topic: what `localrun` gives, since its user owns the whole data directory.
+    #[default]
+    Any,
+    /// The topics of the function's own tenant, and of the tenants (`tenant`) and namespaces
+    /// (`tenant/namespace`) the worker's operator granted it: what a worker gives.
+    Tenant {
+        /// The function's tenant.
+        tenant: String,
+        /// More tenants and namespaces, from the worker's access file.
+        granted: Vec<String>,
+    },
+}
+
+impl TopicAccess {
+    /// True when a function with this access may read and publish to `topic`.
+    pub fn allows(&self, topic: &TopicName) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Tenant { tenant, granted } => {
+                topic.tenant() == tenant
+                    || granted.iter().any(|grant| match grant.split_once('/') {
+                        Some((tenant, namespace)) => topic.tenant() == tenant && topic.namespace() == namespace,
+                        None => topic.tenant() == grant,
+                    })
+            }
+        }
+    }
+
+    /// [`TopicAccess::allows`], as an error that says what to do; `role` says what the topic is for.
+    pub fn check(&self, topic: &TopicName, role: &str) -> Result<(), NameError> {
+        match self {
+            _ if self.allows(topic) => Ok(()),
+            Self::Any => Ok(()),
+            Self::Tenant { tenant, .. } => Err(NameError(format!(
+                "{role} {topic} belongs to tenant `{}`: functions of tenant `{tenant}` read and publish only their own tenant's topics, unless the worker's operator grants more (grantedTopics of tenant `{tenant}` in the access file)",
+                topic.tenant()
+            ))),
+        }
+    }
 }
 
 impl fmt::Display for TopicName {
@@ -141,6 +201,7 @@ impl fmt::Display for TopicName {
 pub struct TopicPattern {
     text: String,
     regex: regex::Regex,
+    access: TopicAccess,
 }
 
 impl TopicPattern {
@@ -165,12 +226,18 @@ impl TopicPattern {
             .size_limit(MAX_TOPICS_PATTERN_COMPILED_SIZE)
             .build()
             .map_err(|error| NameError(format!("topics pattern `{text}` is not a regular expression: {error}")))?;
-        Ok(Self { text: text.to_owned(), regex })
+        Ok(Self { text: text.to_owned(), regex, access: TopicAccess::Any })
+    }
+
+    /// The same pattern, limited to the topics `access` allows: a pattern never reaches past
+    /// its function's access, whatever it says.
+    pub fn within(self, access: TopicAccess) -> Self {
+        Self { access, ..self }
     }
 
     /// True when `topic` is one of the pattern's topics.
     pub fn matches(&self, topic: &TopicName) -> bool {
-        self.regex.is_match(topic.as_str())
+        self.regex.is_match(topic.as_str()) && self.access.allows(topic)
     }
 }
 
@@ -203,6 +270,34 @@ fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_reaches_its_own_topics_and_what_is_granted_and_a_pattern_no_further() {
+        let access =
+            TopicAccess::Tenant { tenant: "acme".into(), granted: vec!["shared".into(), "globex/public".into()] };
+        let cases = [
+            ("persistent://acme/any/t", true),
+            ("persistent://shared/ns/t", true),
+            ("persistent://globex/public/t", true),
+            ("persistent://globex/private/t", false),
+            ("persistent://acmes/ns/t", false),
+            ("t", false),
+        ];
+        for (topic, allowed) in cases {
+            let topic = TopicName::parse(topic).unwrap();
+            assert_eq!(access.allows(&topic), allowed, "{topic}");
+            assert_eq!(access.check(&topic, "input").is_ok(), allowed, "{topic}");
+            assert!(TopicAccess::Any.allows(&topic));
+        }
+        let pattern = TopicPattern::parse("persistent://(acme|globex)/.*/t", "acme", "ns").unwrap().within(access);
+        assert!(pattern.matches(&TopicName::parse("persistent://acme/x/t").unwrap()));
+        assert!(!pattern.matches(&TopicName::parse("persistent://globex/private/t").unwrap()));
+        let refusal = TopicAccess::Tenant { tenant: "acme".into(), granted: vec![] }
+            .check(&TopicName::parse("globex/ns/t").unwrap(), "output topic")
+            .unwrap_err()
+            .to_string();
+        assert!(refusal.contains("belongs to tenant `globex`") && refusal.contains("grantedTopics"), "{refusal}");
+    }
 
     #[test]
     fn topic_short_forms_expand_to_the_persistent_default_namespace() {

@@ -547,6 +547,13 @@ fn describe_trap<H>(error: &wasmtime::Error, store: &Store<StoreData<H>>, timeou
     }
     // wasmtime's message carries a multi-line backtrace; the trap's own description is the useful part.
     let trap = match error.downcast_ref::<Trap>() {
+        // Compilers for wasm keep a stack of their own at the bottom of linear memory: when it
+        // overflows, the guest's next access falls below address 0.
+        Some(Trap::MemoryOutOfBounds) => format!(
+            "{} (the function read or wrote outside its memory; a function whose own stack overflowed, as in deep recursion, ends this way)",
+            Trap::MemoryOutOfBounds
+        ),
+        Some(Trap::StackOverflow) => format!("{} (the function recursed too deeply)", Trap::StackOverflow),
         Some(trap) => trap.to_string(),
         None => format!("{error:#}").lines().map(str::trim).collect::<Vec<_>>().join(" "),
     };

@@ -18,7 +18,7 @@ use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
 };
-use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicName, TopicPattern};
+use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicAccess, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
 use crate::window::{WindowConfig, WindowSettings};
 
@@ -445,6 +445,7 @@ impl FunctionSpec {
             window: self.window_config.as_ref().map(|window| window.resolve(guarantee)).transpose()?,
             guarantee,
             fqfn,
+            topic_access: TopicAccess::Any,
         })
     }
 }

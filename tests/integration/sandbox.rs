@@ -5,33 +5,63 @@ use crate::support::Fnhost;
 #[test]
 fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
     let fnhost = Fnhost::new();
-    let messages = ["a", "trap", "b", "loop", "c", "alloc", "d", "open", "e", "big-state", "f"];
-    fnhost.produce("commands", &messages);
+    // Each command and the start of the line that reports its failure; "" for the detail when
+    // the reason says it all.
+    let expected = [
+        ("trap", "system exception: the function trapped: panicked at", "boom, as requested"),
+        ("loop", "system exception: processing took longer than the time limit of 300 ms (--timeout-ms)", ""),
+        ("alloc", "system exception: the function needed", "its limit is 33554432 bytes (--ram)"),
+        ("stack", "system exception: the function trapped", "stack overflowed"),
+        ("open", "user exception: cannot open /etc/passwd", ""),
+        ("socket", "user exception: cannot connect", ""),
+        ("big-state", "user exception: limit exceeded: state value is 2097152 bytes", "MAX_STATE_VALUE_SIZE"),
+        ("long-key", "user exception: limit exceeded", "MAX_STATE_KEY_LEN"),
+        ("big-output", "system exception: the output was refused: message value is", "MAX_MESSAGE_SIZE"),
+        ("put-flood", "user exception: limit exceeded", "MAX_WRITTEN_BYTES_PER_MESSAGE"),
+        ("publish-flood", "user exception: limit exceeded", "MAX_PUBLISHES_PER_MESSAGE"),
+        ("log-flood", "system exception: processing took longer than the time limit of 300 ms (--timeout-ms)", ""),
+    ];
+    let mut messages = Vec::new();
+    for (index, (command, _, _)) in expected.iter().enumerate() {
+        messages.extend([format!("good{index}"), (*command).to_owned()]);
+    }
+    messages.push("last".into());
+    fnhost.produce("commands", &messages.iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = fnhost.localrun(
         "misbehave",
         "misbehave",
         "commands",
         &["--output", "results", "--timeout-ms", "300", "--ram", "32M", "--max-message-retries", "0"],
     );
+    // The log without the flood's lines, for failure messages.
+    let shown: String =
+        stdout.lines().filter(|line| !line.ends_with("flooding the log")).collect::<Vec<_>>().join("\n");
     let failures: Vec<&str> = stdout.lines().filter(|line| line.starts_with("ERROR [misbehave] message")).collect();
-    let expected = [
-        ("trap", "system exception: the function trapped: panicked at", "boom, as requested"),
-        ("loop", "system exception: processing took longer than the time limit of 300 ms (--timeout-ms)", ""),
-        ("alloc", "system exception: the function needed", "its limit is 33554432 bytes (--ram)"),
-        ("open", "user exception: cannot open /etc/passwd", ""),
-        ("big-state", "user exception: limit exceeded: state value is 2097152 bytes", "MAX_STATE_VALUE_SIZE"),
-    ];
-    assert_eq!(failures.len(), expected.len(), "{stdout}");
+    assert_eq!(failures.len(), expected.len(), "{shown}");
     for ((command, reason, detail), line) in expected.iter().zip(&failures) {
         assert!(line.contains(reason) && line.contains(detail), "{command}: {line}");
     }
-    assert!(
-        stdout.contains(
-            "processed 11 messages: 6 succeeded, 2 user exceptions, 3 system exceptions, 3 restarts, 5 dead-lettered"
-        ),
-        "{stdout}"
+    let system = expected.iter().filter(|(_, reason, _)| reason.starts_with("system")).count();
+    let user = expected.len() - system;
+    // Each trap or timeout restarts the instance (a refused output leaves it as it is); none of
+    // the failures is retried.
+    let restarts = system - expected.iter().filter(|(_, reason, _)| reason.contains("output was refused")).count();
+    let summary = format!(
+        "processed {} messages: {} succeeded, {user} user exceptions, {system} system exceptions, {restarts} restarts, {} dead-lettered",
+        messages.len(),
+        messages.len() - expected.len(),
+        expected.len()
     );
-    assert_eq!(fnhost.consume("results"), ["ok:a", "ok:b", "ok:c", "ok:d", "ok:e", "ok:f"]);
+    assert!(stdout.contains(&summary), "{summary} in:\n{shown}");
+    // The log flood was cut at its limit, and said so once.
+    let flood = stdout.lines().filter(|line| line.ends_with("flooding the log")).count();
+    assert_eq!(flood, fnhost::limits::MAX_LOG_LINES_PER_MESSAGE, "lines of the log flood");
+    assert_eq!(shown.matches("(MAX_LOG_LINES_PER_MESSAGE)").count(), 1, "{shown}");
+    let good: Vec<String> =
+        (0..expected.len()).map(|index| format!("ok:good{index}")).chain(["ok:last".into()]).collect();
+    assert_eq!(fnhost.consume("results"), good);
+    // Nothing a failed message published or stored was kept.
+    assert!(fnhost.consume("flood").is_empty());
 }
 
 #[test]

@@ -11,6 +11,29 @@ use crate::limits::MAX_REQUEST_SIZE;
 pub const DEFAULT_WORKER_URL: &str = "http://127.0.0.1:6750";
 /// How long the CLI waits for the worker to answer: a trigger may wait up to TRIGGER_TIMEOUT_MS.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The variable holding the bearer token the CLI presents to a worker that requires one.
+pub const TOKEN_VARIABLE: &str = "FNHOST_TOKEN";
+/// The variable naming a file that holds the token, for those who keep it out of the environment.
+pub const TOKEN_FILE_VARIABLE: &str = "FNHOST_TOKEN_FILE";
+
+fn authorize<B>(request: ureq::RequestBuilder<B>, authorization: Option<&str>) -> ureq::RequestBuilder<B> {
+    match authorization {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    }
+}
+
+/// The token from FNHOST_TOKEN, else from the file FNHOST_TOKEN_FILE names, else none.
+fn token() -> anyhow::Result<Option<String>> {
+    if let Ok(token) = std::env::var(TOKEN_VARIABLE) {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    let Some(path) = std::env::var_os(TOKEN_FILE_VARIABLE) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path).map_err(|error| {
+        anyhow!("cannot read the token file {} ({TOKEN_FILE_VARIABLE}): {error}", std::path::Path::new(&path).display())
+    })?;
+    Ok(Some(text.trim().to_owned()))
+}
 
 /// A request body.
 pub enum Body {
@@ -50,13 +73,19 @@ impl Client {
                 (Some(format!("multipart/form-data; boundary={boundary}")), bytes)
             }
         };
+        let authorization = token()?.map(|token| format!("Bearer {token}"));
+        let authorization = authorization.as_deref();
         let result = match (method, content_type) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", Some(content_type)) => self.agent.post(&url).header("Content-Type", content_type).send(&bytes[..]),
-            ("POST", None) => self.agent.post(&url).send_empty(),
-            ("PUT", Some(content_type)) => self.agent.put(&url).header("Content-Type", content_type).send(&bytes[..]),
-            ("PUT", None) => self.agent.put(&url).send_empty(),
+            ("GET", _) => authorize(self.agent.get(&url), authorization).call(),
+            ("DELETE", _) => authorize(self.agent.delete(&url), authorization).call(),
+            ("POST", Some(content_type)) => {
+                authorize(self.agent.post(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("POST", None) => authorize(self.agent.post(&url), authorization).send_empty(),
+            ("PUT", Some(content_type)) => {
+                authorize(self.agent.put(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("PUT", None) => authorize(self.agent.put(&url), authorization).send_empty(),
             _ => unreachable!("the CLI uses GET, POST, PUT and DELETE"),
         };
         let mut response = result.map_err(|error| {

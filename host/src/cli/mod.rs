@@ -26,6 +26,7 @@ use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources, WindowConfigSpec};
 use crate::state::StateStore;
+use crate::worker::access::Access;
 use crate::worker::cluster::ClusterConfig;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
@@ -299,6 +300,10 @@ struct WorkerArgs {
     /// The admin URL other workers reach this one at (default: http:// and the listen address).
     #[arg(long, requires = "cluster")]
     advertised_url: Option<String>,
+    /// The access file (YAML or JSON): operator and tenant tokens, topic grants and tenant quotas
+    /// (docs/SECURITY.md). Without tokens the worker listens only on loopback.
+    #[arg(long, value_name = "FILE")]
+    access: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -479,6 +484,25 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         // replacement takes one, and an update stops the old instances before starting new ones.
         max_instances: args.max_instances,
     })?;
+    let access = match &args.access {
+        Some(path) => Access::load(path)?,
+        None => Access::default(),
+    };
+    if !access.enforced() {
+        if !args.listen.ip().is_loopback() {
+            bail!(
+                "--listen {} is not a loopback address, and no tokens are configured: anyone who reached it could run code on this machine. Give --access FILE with tokens (docs/SECURITY.md), or listen on 127.0.0.1",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            "no tokens are configured (--access): the admin API accepts every request, so it listens only on loopback"
+        );
+    } else if args.cluster.is_some() && access.worker_token().is_none() {
+        bail!(
+            "in a cluster, an access file with tokens must give workerToken, the operator token workers present to each other"
+        );
+    }
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fnhost-http")
@@ -502,11 +526,12 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 membership: Arc::new(engine.clone()),
                 worker_id: args.worker_id.clone().unwrap_or_else(|| format!("{host}-{}", address.port())),
                 url: args.advertised_url.clone().unwrap_or_else(|| format!("http://{address}")),
+                token: access.worker_token().map(str::to_owned),
             };
             (Arc::new(engine), Some(config))
         }
     };
-    let config = WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster };
+    let config = WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster, access };
     let worker = Arc::new(Worker::open(config, store, runtime)?);
     worker.run_cluster()?;
     tokio.block_on(async {

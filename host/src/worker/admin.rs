@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::access::Role;
 use super::{Worker, WorkerError, message_json};
 use crate::broker::{OutMessage, Position};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REQUEST_SIZE};
@@ -42,6 +43,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WorkerError::NotFound(_) => StatusCode::NOT_FOUND,
             WorkerError::Conflict(_) => StatusCode::CONFLICT,
+            WorkerError::Forbidden(_) => StatusCode::FORBIDDEN,
             WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -109,7 +111,59 @@ pub fn router(worker: Arc<Worker>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_SIZE))
+        .layer(axum::middleware::from_fn_with_state(worker.clone(), authorize))
         .with_state(worker)
+}
+
+/// Paths anyone may read: they show nothing of any tenant.
+const PUBLIC_PATHS: [&str; 2] = ["/health", "/openapi.yaml"];
+
+/// Lets a request through when the worker has no tokens, or its bearer token's role covers the
+/// path: an operator token every path, a tenant token its own tenant's functions and topics.
+async fn authorize(State(worker): Shared, request: Request, next: axum::middleware::Next) -> Response {
+    let access = worker.access();
+    let path = request.uri().path();
+    if !access.enforced() || PUBLIC_PATHS.contains(&path) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let Some(presented) = presented else {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this worker requires a token: send `Authorization: Bearer TOKEN` (the CLI reads FNHOST_TOKEN or FNHOST_TOKEN_FILE)".into(),
+        )
+        .into_response();
+    };
+    let Some(role) = access.role(presented.trim()) else {
+        return ApiError(StatusCode::UNAUTHORIZED, "the token is not one this worker knows".into()).into_response();
+    };
+    match (role, path_tenant(path)) {
+        (Role::Operator, _) => next.run(request).await,
+        (Role::Tenant(tenant), Some(wanted)) if tenant == wanted => next.run(request).await,
+        (Role::Tenant(tenant), Some(wanted)) => ApiError(
+            StatusCode::FORBIDDEN,
+            format!("a token of tenant `{tenant}` cannot reach tenant `{wanted}`'s functions, topics or state"),
+        )
+        .into_response(),
+        (Role::Tenant(tenant), None) => ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{path} is the operator's: a token of tenant `{tenant}` reaches only /admin/v3/functions/{tenant}/… and /topics/persistent/{tenant}/…"),
+        )
+        .into_response(),
+    }
+}
+
+/// The tenant a path belongs to, as written in it; `None` for the worker's own paths.
+///
+/// The segment is compared undecoded: a tenant name has no `%`, so an encoded segment never
+/// equals a tenant's name and is refused, never let through.
+fn path_tenant(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/admin/v3/functions/").or_else(|| path.strip_prefix("/topics/persistent/"))?;
+    rest.split('/').next().filter(|tenant| !tenant.is_empty())
 }
 
 fn fqfn(tenant: &str, namespace: &str, name: &str) -> ApiResult<Fqfn> {

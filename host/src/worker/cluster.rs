@@ -41,6 +41,8 @@ pub struct ClusterConfig {
     pub worker_id: String,
     /// Where other workers reach this worker's admin API.
     pub url: String,
+    /// The operator token this worker presents to the others, when they require tokens.
+    pub token: Option<String>,
 }
 
 /// Which worker runs each instance of each function.
@@ -94,8 +96,11 @@ impl Cluster {
             fqfn.name()
         );
         let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(PEER_TIMEOUT)).build().into();
-        let mut response =
-            agent.get(&path).call().map_err(|error| format!("its worker {owner} did not answer: {error}"))?;
+        let mut request = agent.get(&path);
+        if let Some(token) = &self.config.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.call().map_err(|error| format!("its worker {owner} did not answer: {error}"))?;
         response.body_mut().read_json().map_err(|error| format!("its worker {owner} answered badly: {error}"))
     }
 
@@ -345,7 +350,7 @@ impl Worker {
     fn catch_up_function(&self, fqfn: &Fqfn, record: FunctionRecord) -> anyhow::Result<()> {
         let existing = lock(&self.functions).get(fqfn).cloned();
         let Some(function) = existing else {
-            let config = record.spec.resolve()?;
+            let config = self.function_config(&record.spec)?;
             let prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
             instance::check_kind(&prepared, &config).map_err(anyhow::Error::msg)?;
             let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
@@ -364,7 +369,7 @@ impl Worker {
         let same_config = function.record.spec == record.spec && function.record.digest == record.digest;
         if !same_config {
             stop_instances(&mut function);
-            let config = record.spec.resolve()?;
+            let config = self.function_config(&record.spec)?;
             if function.record.digest != record.digest {
                 function.prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
             }

@@ -11,6 +11,7 @@
 //!
 //! [`admin`] serves this over HTTP; the worker itself knows nothing of HTTP.
 
+pub mod access;
 pub mod admin;
 pub mod cluster;
 mod prometheus;
@@ -56,6 +57,9 @@ pub enum WorkerError {
     /// The function already exists, or its state forbids the request.
     #[error("{0}")]
     Conflict(String),
+    /// The request would cross a tenant's boundary or exceed its quota.
+    #[error("{0}")]
+    Forbidden(String),
     /// The function did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -137,6 +141,8 @@ pub struct WorkerConfig {
     pub max_instances: u32,
     /// How to take part in a cluster; `None`: the worker runs every instance itself.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Tokens, topic grants and quotas.
+    pub access: access::Access,
 }
 
 /// What a worker keeps its functions in: the embedded engine, or a distributed one.
@@ -163,6 +169,7 @@ pub struct Worker {
     max_instances: u32,
     functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
     cluster: Option<cluster::Cluster>,
+    access: access::Access,
     /// Held by every change to a function and, in a cluster, by each round of catching up with
     /// the records, so that a round never sees a change half made.
     changing: Mutex<()>,
@@ -219,6 +226,7 @@ impl Worker {
             max_instances: config.max_instances,
             functions: Mutex::new(BTreeMap::new()),
             cluster: config.cluster.map(cluster::Cluster::new),
+            access: config.access,
             changing: Mutex::new(()),
         };
         if worker.cluster.is_some() {
@@ -229,7 +237,7 @@ impl Worker {
                 format!("the function record `{key}` is damaged; remove it from the data directory")
             })?;
             let fqfn = record.spec.fqfn()?;
-            let config = record.spec.resolve()?;
+            let config = worker.function_config(&record.spec)?;
             let code = worker.load_package(&record.digest)?;
             let prepared = code.prepare::<MessageContext>()?;
             instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!("function {fqfn}: {reason}"))?;
@@ -346,15 +354,80 @@ impl Worker {
         Ok(())
     }
 
+    /// The access rules this worker was started with.
+    pub fn access(&self) -> &access::Access {
+        &self.access
+    }
+
+    /// The config of a function as this worker runs it: limited to its tenant's topics and grants.
+    fn function_config(&self, spec: &FunctionSpec) -> Result<FunctionConfig, WorkerError> {
+        let config = spec.resolve().map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        let access = self.access.topic_access(config.fqfn.tenant());
+        config.within(access).map_err(|error| WorkerError::Forbidden(error.to_string()))
+    }
+
+    /// Refuses a function that would take its tenant past its quota; `config` replaces the
+    /// function's current config, if it has one.
+    fn check_quota(&self, fqfn: &Fqfn, config: &FunctionConfig) -> Result<(), WorkerError> {
+        let tenant = fqfn.tenant();
+        let quota = self.access.quota(tenant);
+        let others: Vec<(u32, u64)> = if self.cluster.is_some() {
+            self.store
+                .records(FUNCTION_RECORD_PREFIX)
+                .map_err(anyhow::Error::from)?
+                .into_iter()
+                .filter_map(|(_, bytes)| serde_json::from_slice::<FunctionRecord>(&bytes).ok()?.spec.resolve().ok())
+                .filter(|other| other.fqfn.tenant() == tenant && other.fqfn != *fqfn)
+                .map(|other| (other.parallelism, other.limits.memory_bytes))
+                .collect()
+        } else {
+            lock(&self.functions)
+                .iter()
+                .filter(|(other, _)| other.tenant() == tenant && *other != fqfn)
+                .map(|(_, function)| {
+                    let config = &lock(function).config;
+                    (config.parallelism, config.limits.memory_bytes)
+                })
+                .collect()
+        };
+        let functions = others.len() + 1;
+        let instances: u64 =
+            others.iter().map(|(parallelism, _)| u64::from(*parallelism)).sum::<u64>() + u64::from(config.parallelism);
+        let memory: u64 = others.iter().map(|(parallelism, ram)| u64::from(*parallelism) * ram).sum::<u64>()
+            + u64::from(config.parallelism) * config.limits.memory_bytes;
+        let refuse = |what: String, field: &str| {
+            Err(WorkerError::Forbidden(format!(
+                "tenant `{tenant}` would have {what} with {fqfn}; the operator can raise {field} of tenant `{tenant}` in the worker's access file"
+            )))
+        };
+        if functions > quota.max_functions as usize {
+            return refuse(format!("{functions} functions, past its quota of {}", quota.max_functions), "maxFunctions");
+        }
+        if instances > u64::from(quota.max_instances) {
+            return refuse(format!("{instances} instances, past its quota of {}", quota.max_instances), "maxInstances");
+        }
+        if memory > quota.max_memory_bytes {
+            return refuse(
+                format!(
+                    "instances reserving {memory} bytes of memory (--ram × --parallelism), past its quota of {}",
+                    quota.max_memory_bytes
+                ),
+                "maxMemoryBytes",
+            );
+        }
+        Ok(())
+    }
+
     /// Creates a function and starts its instances; returns its config as stored.
     pub fn create(&self, spec: FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<FunctionSpec, WorkerError> {
         let _changing = lock(&self.changing);
         let bad = |error: crate::spec::ConfigError| WorkerError::BadRequest(error.to_string());
         let fqfn = spec.fqfn().map_err(bad)?;
-        let config = spec.resolve().map_err(bad)?;
+        let config = self.function_config(&spec)?;
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
+        self.check_quota(&fqfn, &config)?;
         let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
                 "no component: upload it (multipart field `data`) or name a file the worker can read (`url`, or `wasm` in the config)".into(),
@@ -402,7 +475,8 @@ impl Worker {
                 "update cannot change the subscription name of {fqfn} (its position is kept under it); delete and create the function instead"
             )));
         }
-        let config = spec.resolve().map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        let config = self.function_config(&spec)?;
+        self.check_quota(fqfn, &config)?;
         self.check_capacity(fqfn, config.parallelism)?;
         let prepared = match &package {
             Some((bytes, shown)) => {

@@ -6,6 +6,10 @@
 //! the state limit, `fail` returns an error, `fail-once:<text>` returns an error the first time
 //! this instance sees it, `spin:<ms>` keeps the CPU busy for that long, `log-levels` says which
 //! levels the host writes, `whoami:<text>` comes back as `<instance id>:<text>`;
+//! `publish-to:<topic>` publishes to that topic; the floods call the host without end:
+//! `log-flood` logs, `put-flood` stores ever new keys, `publish-flood` publishes;
+//! `big-output` returns a value over the message size limit, `long-key` stores under a key over
+//! the key limit, `stack` recurses without end, `socket` tries to open a TCP connection;
 //! anything else comes back as `ok:<message>`.
 //! Every message is acknowledged (which only MANUAL notices) except those starting with `noack:`.
 //! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
@@ -46,7 +50,33 @@ impl Function for Misbehave {
             let enabled = |level| ctx.log_enabled(level);
             return Ok(format!("debug:{} warn:{}", enabled(Level::Debug), enabled(Level::Warn)));
         }
+        if let Some(topic) = command.strip_prefix("publish-to:") {
+            ctx.publish(topic, "published")?;
+            return Ok(format!("published to {topic}"));
+        }
         match command.as_str() {
+            "log-flood" => loop {
+                ctx.info("flooding the log");
+            },
+            "put-flood" => {
+                for round in 0u64.. {
+                    ctx.state().put(&format!("flood-{round}"), vec![7u8; 64 * 1024])?;
+                }
+                unreachable!("the loop ends only with an error")
+            }
+            "publish-flood" => loop {
+                ctx.publish("flood", "again")?;
+            },
+            "big-output" => Ok("x".repeat(6 << 20)),
+            "long-key" => {
+                ctx.state().put(&"k".repeat(2048), "value")?;
+                Ok("stored".into())
+            }
+            "stack" => Ok(format!("depth {}", recurse(std::hint::black_box(1)))),
+            "socket" => match std::net::TcpStream::connect("127.0.0.1:9") {
+                Ok(_) => Ok("connected to 127.0.0.1:9".into()),
+                Err(error) => Err(Error::msg(format!("cannot connect: {error}"))),
+            },
             "fail" => Err(Error::msg("failed as requested")),
             "trap" => panic!("boom, as requested"),
             "loop" => {
@@ -78,6 +108,13 @@ impl Function for Misbehave {
             other => Ok(format!("ok:{other}")),
         }
     }
+}
+
+/// Recurses until the stack runs out: each frame keeps a buffer the optimiser cannot drop.
+#[allow(unconditional_recursion, reason = "overflowing the stack is this command's purpose")]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[7]
 }
 
 fnhost_guest::export!(Misbehave);
