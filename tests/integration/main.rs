@@ -9,5 +9,6 @@ mod polyglot;
 mod sandbox;
 mod seed;
 mod support;
+mod tenants;
 mod windows;
 mod worker;

@@ -230,8 +230,17 @@ impl Worker {
 
     /// Runs `fnhost ARGS --url URL`.
     pub fn cli(&self, args: &[&str]) -> Run {
-        let Output { status, stdout, stderr } =
-            fnhost_command().args(args).args(["--url", &self.url]).output().expect("fnhost runs");
+        self.cli_as(None, args)
+    }
+
+    /// Runs `fnhost ARGS --url URL` presenting `token` (FNHOST_TOKEN), if given.
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut command = fnhost_command();
+        command.args(args).args(["--url", &self.url]);
+        if let Some(token) = token {
+            command.env("FNHOST_TOKEN", token);
+        }
+        let Output { status, stdout, stderr } = command.output().expect("fnhost runs");
         Run {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -256,20 +265,37 @@ impl Worker {
 
     /// Sends an HTTP request; returns the status and the body (as JSON if it is JSON).
     pub fn http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, serde_json::Value) {
+        self.http_as(None, method, path, body)
+    }
+
+    /// [`Worker::http`] with `Authorization: Bearer TOKEN`, if a token is given.
+    pub fn http_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, serde_json::Value) {
+        fn authorize<B>(request: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+            match token {
+                Some(token) => request.header("Authorization", format!("Bearer {token}")),
+                None => request,
+            }
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let url = format!("{}{path}", self.url);
         let response = match (method, body) {
-            ("GET", _) => agent.get(&url).call(),
-            ("DELETE", _) => agent.delete(&url).call(),
+            ("GET", _) => authorize(agent.get(&url), token).call(),
+            ("DELETE", _) => authorize(agent.delete(&url), token).call(),
             ("POST", Some((content_type, bytes))) => {
-                agent.post(&url).header("Content-Type", content_type).send(&bytes[..])
+                authorize(agent.post(&url), token).header("Content-Type", content_type).send(&bytes[..])
             }
-            ("POST", None) => agent.post(&url).send_empty(),
+            ("POST", None) => authorize(agent.post(&url), token).send_empty(),
             ("PUT", Some((content_type, bytes))) => {
-                agent.put(&url).header("Content-Type", content_type).send(&bytes[..])
+                authorize(agent.put(&url), token).header("Content-Type", content_type).send(&bytes[..])
             }
-            ("PUT", None) => agent.put(&url).send_empty(),
-            ("PATCH", _) => agent.patch(&url).send_empty(),
+            ("PUT", None) => authorize(agent.put(&url), token).send_empty(),
+            ("PATCH", _) => authorize(agent.patch(&url), token).send_empty(),
             (other, _) => panic!("the tests do not send {other}"),
         };
         let mut response = response.expect("the worker answers");
