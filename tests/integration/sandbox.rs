@@ -90,3 +90,64 @@ fn with_fnhost_perfmap_set_the_guests_functions_are_named_for_perf() {
     let guest_functions = text.lines().filter(|line| line.contains("wasm[0]::function[")).count();
     assert!(guest_functions > 10, "{map:?} holds {} lines:\n{text:.2000}", text.lines().count());
 }
+
+/// Components a worker must refuse when they are loaded, each with what the refusal names.
+#[test]
+fn hostile_components_are_refused_or_contained_and_a_neighbour_keeps_working() {
+    let fnhost = Fnhost::new();
+    let dir = fnhost.data_dir().with_extension("components");
+    std::fs::create_dir_all(&dir).unwrap();
+    let misbehave = std::fs::read(crate::support::guest("misbehave")).unwrap();
+    let truncated = dir.join("truncated.wasm");
+    std::fs::write(&truncated, &misbehave[..misbehave.len() / 2]).unwrap();
+    let flipped = dir.join("flipped.wasm");
+    let mut bytes = misbehave.clone();
+    for byte in bytes.iter_mut().skip(64).step_by(97) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&flipped, bytes).unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let foreign = crate::support::guest("foreign-import");
+    let window = crate::support::guest("window-list");
+    let worker = crate::support::Worker::start(fnhost.data_dir());
+    let cases = [
+        (foreign.as_path(), "imports instance `evil:backdoor/door`"),
+        (truncated.as_path(), "is not a valid WebAssembly component"),
+        (flipped.as_path(), "is not a valid WebAssembly component"),
+        (core.as_path(), "is a core WebAssembly module, not a component"),
+        (window.as_path(), "window"),
+    ];
+    for (path, reason) in cases {
+        let args = ["functions", "create", "--wasm", path.to_str().unwrap(), "--name", "hostile", "-i", "in"];
+        let stderr = worker.fails(&args);
+        assert!(stderr.contains(reason) && stderr.contains("HTTP 400"), "{path:?}: expected `{reason}` in:\n{stderr}");
+    }
+    let (_, listed) = worker.http("GET", "/admin/v3/functions/public/default", None);
+    assert_eq!(listed, serde_json::json!([]), "nothing refused was kept");
+
+    // A component that traps before its first message fails each message as a system exception,
+    // which is tried again and dead-lettered, while its neighbour goes on.
+    let trap = crate::support::guest("trap-at-start");
+    let exclamation = crate::support::guest("exclamation");
+    worker.ok(&["functions", "create", "--wasm", trap.to_str().unwrap(), "--name", "trap", "-i", "trap-in"]);
+    let args = ["functions", "create", "--wasm", exclamation.to_str().unwrap(), "--name", "neighbour", "-i", "in"];
+    worker.ok(&[&args[..], &["-o", "out"]].concat());
+    for produce in
+        [&["topics", "produce", "trap-in", "-m", "one", "-m", "two"][..], &["topics", "produce", "in", "-m", "hello"]]
+    {
+        let run = worker.cli(produce);
+        assert!(run.success, "{}", run.stderr);
+    }
+    let tries = u64::from(fnhost::limits::DEFAULT_MAX_MESSAGE_RETRIES) + 1;
+    worker.wait_for("both messages dead-lettered", || {
+        let (_, stats) = worker.http("GET", "/admin/v3/functions/public/default/trap/stats", None);
+        stats["deadLetteredTotal"] == 2
+    });
+    let (_, stats) = worker.http("GET", "/admin/v3/functions/public/default/trap/stats", None);
+    assert_eq!(stats["systemExceptionsTotal"].as_u64(), Some(2 * tries), "{stats}");
+    let (_, status) = worker.http("GET", "/admin/v3/functions/public/default/trap/status", None);
+    assert!(status.to_string().contains("unreachable"), "the status names the trap: {status}");
+    let out = worker.cli(&["topics", "consume", "out", "--subscription", "check", "--until-idle"]);
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["hello!"], "{}", out.stderr);
+}

@@ -5,8 +5,17 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The example and test guests, built once per test run for `wasm32-wasip2`.
-const GUESTS: [&str; 7] =
-    ["session-duration", "exclamation", "word-count", "misbehave", "window-list", "user-counts", "sliding-average"];
+const GUESTS: [&str; 9] = [
+    "session-duration",
+    "exclamation",
+    "word-count",
+    "misbehave",
+    "window-list",
+    "user-counts",
+    "sliding-average",
+    "trap-at-start",
+    "foreign-import",
+];
 
 /// The path of a guest component, building all guests on first use.
 pub fn guest(crate_name: &str) -> PathBuf {
