@@ -50,11 +50,11 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows", "cluster"]
+    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows", "cluster", "hostile"]
         .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows or cluster"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster or hostile"
         );
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
@@ -83,6 +83,14 @@ fn main() -> anyhow::Result<()> {
     if part == "all" || part == "cluster" {
         cluster(Path::new(wasm), messages.min(CLUSTER_MESSAGES), ROUNDS)?;
     }
+    if part == "all" || part == "hostile" {
+        hostile(
+            Path::new(wasm),
+            &Path::new(wasm).with_file_name("misbehave.wasm"),
+            messages.min(HOSTILE_MESSAGES),
+            ROUNDS,
+        )?;
+    }
     Ok(())
 }
 
@@ -106,10 +114,11 @@ fn quick() -> anyhow::Result<()> {
     languages(&wasm, QUICK_MESSAGES)?;
     density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])?;
     windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)?;
-    cluster(&wasm, QUICK_MESSAGES, 1)
+    cluster(&wasm, QUICK_MESSAGES, 1)?;
+    hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)
 }
 
-/// Builds the session-duration, exclamation and user-counts guests in a target directory of the benchmark's
+/// Builds the session-duration, exclamation, user-counts and misbehave guests in a target directory of the benchmark's
 /// own (a nested build in the running one's would wait for its lock); returns their folder.
 fn build_guests() -> anyhow::Result<std::path::PathBuf> {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-guests");
@@ -128,6 +137,8 @@ fn build_guests() -> anyhow::Result<std::path::PathBuf> {
             "exclamation",
             "-p",
             "user-counts",
+            "-p",
+            "misbehave",
         ])
         .arg("--target-dir")
         .arg(&target)
@@ -1296,4 +1307,117 @@ fn raw_jetstream(url: &str, events: &[OutMessage], round: usize, work: RawWork) 
         client.flush().await?;
         anyhow::Ok(started.elapsed())
     })
+}
+
+/// Events the neighbour of the hostile part processes per run.
+const HOSTILE_MESSAGES: usize = 300_000;
+/// What the attacker of the hostile part does, in turn, one command per message.
+const ATTACKS: [&str; 7] = ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap"];
+/// Messages the attacker gets: more than it can get through while its neighbour runs.
+const ATTACK_MESSAGES: usize = 100_000;
+
+/// The session-duration guest as a neighbour in one worker, alone and beside an attacker (the
+/// misbehave guest, cycling through endless loops, memory bombs, floods of logs, state and
+/// publishes, stack overflows and traps, with a 100 ms time limit and no retries). Alternated,
+/// `rounds` times; medians.
+fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
+    let events = session_events(messages);
+    let mut alone = Vec::new();
+    let mut attacked = Vec::new();
+    let mut attacks = Vec::new();
+    for _ in 0..rounds {
+        alone.push(neighbour_run(session, None, &events)?.0);
+        let (elapsed, failed) = neighbour_run(session, Some(misbehave), &events)?;
+        attacked.push(elapsed);
+        attacks.push(failed);
+    }
+    let rate = |times: &mut Vec<Duration>| {
+        times.sort();
+        messages as f64 / times[times.len() / 2].as_secs_f64()
+    };
+    let (alone, attacked) = (rate(&mut alone), rate(&mut attacked));
+    attacks.sort_unstable();
+    println!();
+    println!(
+        "| one worker, session-duration neighbour, {messages} events, median of {rounds} | messages/s | of alone |"
+    );
+    println!("|---|---|---|");
+    println!("| neighbour alone | {alone:.0} | 1.00 |");
+    println!(
+        "| neighbour beside the attacker ({} of its messages failed during the run, median) | {attacked:.0} | {:.2} |",
+        attacks[attacks.len() / 2],
+        attacked / alone
+    );
+    Ok(())
+}
+
+/// Runs the session guest over `events` in a fresh in-process worker, beside `attacker` if given
+/// (started first, and busy before the neighbour starts); returns the neighbour's time from its
+/// creation to its last message, and how many of the attacker's messages failed meanwhile.
+fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage]) -> anyhow::Result<(Duration, u64)> {
+    let scratch = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(&scratch.path().join("data"))?;
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(scratch.path().join("compiled")), max_instances: 4 })?;
+    let config = WorkerConfig {
+        cache_dir: scratch.path().join("cache"),
+        max_instances: 4,
+        cluster: None,
+        access: Default::default(),
+    };
+    let worker = Worker::open(config, Arc::new(store), runtime)?;
+    let fqfn = |name: &str| Fqfn::new("public", "default", name);
+    let failed = |stats: &serde_json::Value| {
+        stats["systemExceptionsTotal"].as_u64().unwrap_or(0) + stats["userExceptionsTotal"].as_u64().unwrap_or(0)
+    };
+    if let Some(attacker) = attacker {
+        let commands: Vec<OutMessage> =
+            (0..ATTACK_MESSAGES).map(|index| OutMessage::new(ATTACKS[index % ATTACKS.len()])).collect();
+        for chunk in commands.chunks(MAX_BATCH_MESSAGES) {
+            worker.produce(&TopicName::parse("attacks")?, chunk.to_vec())?;
+        }
+        let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+            "name": "attacker",
+            "inputs": ["attacks"],
+            "timeoutMs": 100,
+            "maxMessageRetries": 0,
+            "resources": { "ram": "32M" },
+            "logLevel": "warn",
+        }))?;
+        worker.create(spec, Some(std::fs::read(attacker)?))?;
+        while failed(&worker.stats(&fqfn("attacker")?, None)?) == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for chunk in events.chunks(MAX_BATCH_MESSAGES) {
+        worker.produce(&input(), chunk.to_vec())?;
+    }
+    let attacks_before = match attacker {
+        Some(_) => failed(&worker.stats(&fqfn("attacker")?, None)?),
+        None => 0,
+    };
+    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+        "name": "neighbour",
+        "inputs": [input().to_string()],
+        "output": output().to_string(),
+        "logLevel": "warn",
+    }))?;
+    let started = Instant::now();
+    worker.create(spec, Some(std::fs::read(session)?))?;
+    while worker.stats(&fqfn("neighbour")?, None)?["processedSuccessfullyTotal"].as_u64() < Some(events.len() as u64) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed();
+    let attacks = match attacker {
+        Some(_) => {
+            let stats = worker.stats(&fqfn("attacker")?, None)?;
+            anyhow::ensure!(
+                stats["receivedTotal"].as_u64() < Some(ATTACK_MESSAGES as u64),
+                "the attacker ran out of messages before its neighbour finished; raise ATTACK_MESSAGES"
+            );
+            failed(&stats) - attacks_before
+        }
+        None => 0,
+    };
+    worker.shutdown();
+    Ok((elapsed, attacks))
 }
