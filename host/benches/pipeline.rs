@@ -1314,7 +1314,7 @@ const HOSTILE_MESSAGES: usize = 300_000;
 /// What the attacker of the hostile part does, in turn, one command per message.
 const ATTACKS: [&str; 7] = ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap"];
 /// Messages the attacker gets: more than it can get through while its neighbour runs.
-const ATTACK_MESSAGES: usize = 100_000;
+const ATTACK_MESSAGES: usize = 10_000;
 
 /// The session-duration guest as a neighbour in one worker, alone and beside an attacker (the
 /// misbehave guest, cycling through endless loops, memory bombs, floods of logs, state and
@@ -1382,6 +1382,8 @@ fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage])
             "maxMessageRetries": 0,
             "resources": { "ram": "32M" },
             "logLevel": "warn",
+            // Stats move once per batch; a batch of hostile messages lasts a long time.
+            "batchSize": 8,
         }))?;
         worker.create(spec, Some(std::fs::read(attacker)?))?;
         while failed(&worker.stats(&fqfn("attacker")?, None)?) == 0 {
