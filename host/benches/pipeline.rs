@@ -156,24 +156,24 @@ const DENSITY_STEPS: [usize; 2] = [1_000, 10_000];
 /// How long the density part watches the idle worker's CPU time at each step.
 const IDLE_WATCH: Duration = Duration::from_secs(5);
 
+/// A worker in this process, with its data directory and caches under `scratch`, for up to
+/// `max_instances` instances.
+fn in_process_worker(scratch: &Path, max_instances: u32) -> anyhow::Result<Worker> {
+    let store = EmbeddedStore::open(&scratch.join("data"))?;
+    // A compiled-component cache, as a worker has: functions after the first load rather than compile.
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(scratch.join("compiled")), max_instances })?;
+    let config =
+        WorkerConfig { cache_dir: scratch.join("cache"), max_instances, cluster: None, access: Default::default() };
+    Worker::open(config, Arc::new(store), runtime)
+}
+
 /// Idle instances of the exclamation function in one in-process worker, created through the
 /// worker's own API in functions of `MAX_PARALLELISM` instances: resident memory, the time to
 /// start them, and the CPU the idle instances burn.
 fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let most = steps.iter().copied().max().unwrap_or_default();
-    let data_dir = scratch.path().join("data");
-    let store = EmbeddedStore::open(&data_dir)?;
-    // A compiled-component cache, as a worker has: functions after the first load rather than compile.
-    let compiled = Some(scratch.path().join("compiled"));
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: compiled, max_instances: most as u32 })?;
-    let config = WorkerConfig {
-        cache_dir: scratch.path().join("cache"),
-        max_instances: most as u32,
-        cluster: None,
-        access: Default::default(),
-    };
-    let worker = Worker::open(config, Arc::new(store), runtime)?;
+    let worker = in_process_worker(scratch.path(), most as u32)?;
     let wasm = std::fs::read(exclamation)?;
     let before = resident_bytes()?;
     let maps =
@@ -1356,15 +1356,7 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
 /// creation to its last message, and how many of the attacker's messages failed meanwhile.
 fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage]) -> anyhow::Result<(Duration, u64)> {
     let scratch = tempfile::tempdir()?;
-    let store = EmbeddedStore::open(&scratch.path().join("data"))?;
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(scratch.path().join("compiled")), max_instances: 4 })?;
-    let config = WorkerConfig {
-        cache_dir: scratch.path().join("cache"),
-        max_instances: 4,
-        cluster: None,
-        access: Default::default(),
-    };
-    let worker = Worker::open(config, Arc::new(store), runtime)?;
+    let worker = in_process_worker(scratch.path(), 4)?;
     let fqfn = |name: &str| Fqfn::new("public", "default", name);
     let failed = |stats: &serde_json::Value| {
         stats["systemExceptionsTotal"].as_u64().unwrap_or(0) + stats["userExceptionsTotal"].as_u64().unwrap_or(0)
