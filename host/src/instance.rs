@@ -10,7 +10,7 @@
 //! [`run`] runs one loop per instance, each with its own consumer of the function's subscription;
 //! the processing guarantee decides when messages are acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufWriter, Stdout, Write};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -22,10 +22,11 @@ use crate::broker::{
     SubscriptionSpec, SubscriptionType, message_id,
 };
 use crate::limits::{
-    DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
-    MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE, MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN,
-    MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN,
-    MAX_STATE_VALUE_SIZE, MAX_WRITTEN_BYTES_PER_MESSAGE,
+    COOL_DOWN_MEMORY_MS, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS,
+    MAX_BATCH_MESSAGES, MAX_COOL_DOWN_FACTOR, MAX_COOL_DOWN_MS, MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE,
+    MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES,
+    MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
+    MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, NameError, TopicAccess, TopicName};
@@ -866,6 +867,16 @@ pub trait Executor: Send {
     fn restarts(&self) -> u64 {
         0
     }
+    /// The rest the instance owes before its next call, after a system exception (it no longer
+    /// owes it): a function that keeps trapping or running out of time cannot keep a core from
+    /// its neighbours.
+    fn take_rest(&mut self) -> Option<Rest> {
+        None
+    }
+    /// Until when the instance rests: its next call waits for it.
+    fn resting_until(&self) -> Option<Instant> {
+        None
+    }
     /// Runs a window function on the records of `window`; its context calls go to [`Executor::context`].
     fn process_window(
         &mut self,
@@ -880,7 +891,62 @@ pub trait Executor: Send {
     }
 }
 
-/// Runs a wasm component, replacing its instance after every trap.
+/// The rests an instance owes after system exceptions.
+///
+/// After a system exception that is the n-th within [`COOL_DOWN_MEMORY_MS`], the instance rests
+/// 2^(n-1) times as long as the failed message ran, at most [`MAX_COOL_DOWN_FACTOR`] times and
+/// [`MAX_COOL_DOWN_MS`]: a function that keeps failing that way gets an ever smaller share of a
+/// core, even when it succeeds in between, and one that fails now and then hardly notices.
+#[derive(Debug, Default)]
+struct CoolDown {
+    /// When the latest system exceptions within [`COOL_DOWN_MEMORY_MS`] happened, oldest first.
+    recent: VecDeque<Instant>,
+    /// The latest rest, until it is reported.
+    owed: Option<Rest>,
+    /// When the latest rest ends.
+    until: Option<Instant>,
+}
+
+impl CoolDown {
+    /// Notes a system exception at `now` from a message that ran for `ran`, and owes its rest.
+    fn failed(&mut self, ran: Duration, now: Instant) {
+        let memory = Duration::from_millis(COOL_DOWN_MEMORY_MS);
+        // Only as many failures as it takes to reach the largest factor are worth keeping.
+        let kept = MAX_COOL_DOWN_FACTOR.ilog2() as usize + 1;
+        while self.recent.front().is_some_and(|&failed| now.saturating_duration_since(failed) > memory)
+            || self.recent.len() >= kept
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        let factor = (1u32 << (self.recent.len() - 1)).min(MAX_COOL_DOWN_FACTOR);
+        let duration = ran.saturating_mul(factor).min(Duration::from_millis(MAX_COOL_DOWN_MS));
+        self.owed = Some(Rest { duration, factor });
+        self.until = Some(now + duration);
+    }
+}
+
+/// A rest an instance takes before its next call, after a system exception.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rest {
+    /// How long.
+    pub duration: Duration,
+    /// How many times as long as the failed message ran.
+    pub factor: u32,
+}
+
+impl std::fmt::Display for Rest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "the instance rests {:?} ({}x the failed message's time; see MAX_COOL_DOWN_FACTOR)",
+            self.duration, self.factor
+        )
+    }
+}
+
+/// Runs a wasm component, replacing its instance after every trap, and resting after each
+/// system exception ([`CoolDown`]).
 pub struct WasmExecutor {
     function: PreparedFunction<MessageContext>,
     details: Arc<FunctionDetails>,
@@ -889,6 +955,7 @@ pub struct WasmExecutor {
     /// The context while no instance holds it (after an instantiation failed).
     parked: Option<MessageContext>,
     restarts: u64,
+    cool_down: CoolDown,
 }
 
 impl WasmExecutor {
@@ -900,7 +967,15 @@ impl WasmExecutor {
         context: MessageContext,
     ) -> Result<Self, ProcessError> {
         let instance = function.instantiate(context, details.clone(), limits).map_err(|(_, error)| error)?;
-        Ok(Self { function, details, limits, instance: Some(instance), parked: None, restarts: 0 })
+        Ok(Self {
+            function,
+            details,
+            limits,
+            instance: Some(instance),
+            parked: None,
+            restarts: 0,
+            cool_down: CoolDown::default(),
+        })
     }
 
     /// Makes one call into the instance, starting one first if the last was lost, and replacing
@@ -912,12 +987,16 @@ impl WasmExecutor {
         if self.instance.is_none() {
             self.replace_instance();
         }
+        let started = Instant::now();
         let result = match self.instance.as_mut() {
             Some(instance) => call(instance),
             None => Err(ProcessError::System("the instance could not be restarted".into())),
         };
-        if matches!(result, Err(ProcessError::System(_))) && self.instance.is_some() {
-            self.replace_instance();
+        if matches!(result, Err(ProcessError::System(_))) {
+            self.cool_down.failed(started.elapsed(), Instant::now());
+            if self.instance.is_some() {
+                self.replace_instance();
+            }
         }
         result
     }
@@ -951,12 +1030,23 @@ impl Executor for WasmExecutor {
         };
         if let Some(error) = failure {
             // The failure belongs to the first message the function did not finish.
-            self.context().end_message(Err(error), Instant::now());
+            let context = self.context();
+            context.end_message(Err(error), Instant::now());
+            let ran = context.outcomes.last().map_or(Duration::ZERO, |outcome| outcome.elapsed);
+            self.cool_down.failed(ran, Instant::now());
             if self.instance.is_some() {
                 self.replace_instance();
             }
         }
         std::mem::take(&mut self.context().outcomes)
+    }
+
+    fn take_rest(&mut self) -> Option<Rest> {
+        self.cool_down.owed.take()
+    }
+
+    fn resting_until(&self) -> Option<Instant> {
+        self.cool_down.until
     }
 
     fn context(&mut self) -> &mut MessageContext {
@@ -1050,7 +1140,22 @@ impl Halt<'_> {
     fn halted(&self) -> bool {
         self.stop.load(AtomicOrdering::Relaxed) || self.failed.load(AtomicOrdering::Relaxed)
     }
+
+    /// Waits until the executor's rest is over, or until the instance is halted.
+    fn rest(&self, executor: &dyn Executor) {
+        let Some(until) = executor.resting_until() else { return };
+        while !self.halted() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(HALT_CHECK_INTERVAL));
+        }
+    }
 }
+
+/// How often a resting instance checks whether it was told to stop.
+const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Checks that `function` is the kind of function `config` runs: a window function exactly when
 /// the config has window settings.
@@ -1234,7 +1339,7 @@ fn run_instance(
             wait_for_more = until == RunUntil::Stopped;
             if at_most_once {
                 commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
-                process_batch(messages, config, executor, metrics);
+                process_batch(messages, config, executor, metrics, halt);
                 continue;
             }
             let count = messages.len();
@@ -1246,7 +1351,7 @@ fn run_instance(
                     let committed = subscription.commit(effects.into_effects());
                     after_commit(committed, messages, config, executor)?;
                 }
-                let acks = process_batch(messages, config, executor, metrics);
+                let acks = process_batch(messages, config, executor, metrics, halt);
                 commit_now(subscription, acks, count, config, executor)?;
                 continue;
             }
@@ -1260,7 +1365,7 @@ fn run_instance(
                 };
                 (committed, fetched)
             });
-            let acks = process_batch(messages, config, executor, metrics);
+            let acks = process_batch(messages, config, executor, metrics, halt);
             let (committed, fetched) = commit_and_fetch.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             if let (Some(committed), Some(messages)) = (committed, previous_count) {
                 after_commit(committed, messages, config, executor)?;
@@ -1315,10 +1420,11 @@ fn process_batch(
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     metrics: &InstanceMetrics,
+    halt: &Halt<'_>,
 ) -> Acks {
     let restarts_before = executor.restarts();
     let mut stats = Stats::default();
-    let acks = process_messages(messages, config, executor, &mut stats);
+    let acks = process_messages(messages, config, executor, &mut stats, halt);
     executor.context().end_batch();
     stats.restarts = executor.restarts() - restarts_before;
     stats.last_invocation = Some(crate::embedded::now_millis());
@@ -1343,6 +1449,7 @@ fn process_messages(
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     stats: &mut Stats,
+    halt: &Halt<'_>,
 ) -> Acks {
     let manual = config.guarantee == ProcessingGuarantee::Manual;
     let mut acks = Acks::default();
@@ -1383,6 +1490,7 @@ fn process_messages(
     let mut next = 0;
     while next < guests.len() {
         let call = next..guests.len().min(next + MESSAGES_PER_CALL);
+        halt.rest(executor);
         for outcome in executor.process_batch(&guests, call) {
             let (topic, sequence) = &positions[next];
             let guest = &guests[next];
@@ -1406,16 +1514,18 @@ fn process_messages(
                     guest.message_id, guest.topic, outcome.elapsed,
                 );
                 stats.record_exception(matches!(error, ProcessError::User(_)), text.clone());
+                let rest = executor.take_rest().map(|rest| format!("; {rest}")).unwrap_or_default();
                 let context = executor.context();
                 if attempt < tries {
-                    context.write_log(LogLevel::Warn, format!("{text}; trying again"));
+                    context.write_log(LogLevel::Warn, format!("{text}; trying again{rest}"));
+                    halt.rest(executor);
                     outcome = executor.process_batch(&guests, next - 1..next).pop().unwrap_or_else(|| Outcome {
                         result: Err(ProcessError::System("the message was not processed".into())),
                         elapsed: Duration::ZERO,
                     });
                     continue;
                 }
-                context.write_log(LogLevel::Error, format!("{text}; sent to {}", config.dead_letter_topic));
+                context.write_log(LogLevel::Error, format!("{text}; sent to {}{rest}", config.dead_letter_topic));
                 context.dead_letter(&config.dead_letter_topic, guest, &error.to_string());
                 stats.dead_lettered += 1;
                 acks.add(topic, *sequence);
@@ -1533,5 +1643,53 @@ mod tests {
             Call::Fetch(vec![]),
         ];
         assert_eq!(subscription.calls.into_inner().unwrap(), expected);
+    }
+
+    #[test]
+    fn each_system_exception_within_the_memory_doubles_the_rest_up_to_its_limits() {
+        let mut cool_down = CoolDown::default();
+        let start = Instant::now();
+        let ran = Duration::from_millis(10);
+        let mut factors = Vec::new();
+        for failure in 0..9u64 {
+            cool_down.failed(ran, start + Duration::from_secs(failure));
+            let rest = cool_down.owed.take().unwrap();
+            assert_eq!(rest.duration, ran * rest.factor);
+            factors.push(rest.factor);
+        }
+        assert_eq!(factors, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+        assert!(cool_down.owed.is_none(), "a rest is owed once");
+
+        // Failures older than the memory no longer count.
+        cool_down.failed(ran, start + Duration::from_secs(9) + Duration::from_millis(COOL_DOWN_MEMORY_MS));
+        assert_eq!(cool_down.owed.map(|rest| rest.factor), Some(1));
+
+        // However long the failed message ran, the rest has a ceiling.
+        cool_down.failed(Duration::from_secs(3_600), start + Duration::from_secs(200));
+        assert_eq!(cool_down.owed.map(|rest| rest.duration), Some(Duration::from_millis(MAX_COOL_DOWN_MS)));
+    }
+
+    /// An executor that rests for an hour.
+    struct Resting;
+
+    impl Executor for Resting {
+        fn process_batch(&mut self, _batch: &Arc<[GuestMessage]>, _call: Range<usize>) -> Vec<Outcome> {
+            Vec::new()
+        }
+        fn context(&mut self) -> &mut MessageContext {
+            unreachable!("resting needs no context")
+        }
+        fn resting_until(&self) -> Option<Instant> {
+            Some(Instant::now() + Duration::from_secs(3_600))
+        }
+    }
+
+    #[test]
+    fn a_stopped_instance_does_not_wait_out_its_rest() {
+        let stop = AtomicBool::new(true);
+        let failed = AtomicBool::new(false);
+        let halt = Halt { stop: &stop, failed: &failed };
+        // Returns at once; waiting out the hour would hang the test.
+        halt.rest(&Resting);
     }
 }

@@ -45,6 +45,16 @@ pub const MAX_RAM_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Largest `--timeout-ms`: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// After a system exception (a trap, the time limit or the memory limit) that is the n-th within
+/// [`COOL_DOWN_MEMORY_MS`], an instance rests 2^(n-1) times as long as the failed message ran
+/// before its next call, but at most this many times as long: a function that keeps failing that
+/// way takes at most 1/65 of a core, and its neighbours the rest.
+pub const MAX_COOL_DOWN_FACTOR: u32 = 64;
+/// How long a system exception counts towards an instance's rests, in milliseconds (see
+/// [`MAX_COOL_DOWN_FACTOR`]).
+pub const COOL_DOWN_MEMORY_MS: u64 = 60_000;
+/// Longest rest after a system exception, in milliseconds (see [`MAX_COOL_DOWN_FACTOR`]).
+pub const MAX_COOL_DOWN_MS: u64 = 60_000;
 /// Largest user config or secrets document (`--user-config`, `--secrets`), in bytes.
 pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
 /// Most messages processed between two commits; larger batches commit less often.

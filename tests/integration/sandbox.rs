@@ -41,6 +41,15 @@ fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
     for ((command, reason, detail), line) in expected.iter().zip(&failures) {
         assert!(line.contains(reason) && line.contains(detail), "{command}: {line}");
     }
+    // Each trap or timeout makes the instance rest, twice as long as the one before (they are all
+    // within COOL_DOWN_MEMORY_MS); a refused output is not the instance's failure.
+    let rests: Vec<&str> = failures
+        .iter()
+        .filter_map(|line| line.split("the instance rests ").nth(1))
+        .map(|rest| rest.split(" the failed message's time").next().unwrap_or(rest))
+        .collect();
+    let factors: Vec<String> = rests.iter().map(|rest| rest.rsplit('(').next().unwrap_or(rest).to_owned()).collect();
+    assert_eq!(factors, ["1x", "2x", "4x", "8x", "16x"], "{shown}");
     let system = expected.iter().filter(|(_, reason, _)| reason.starts_with("system")).count();
     let user = expected.len() - system;
     // Each trap or timeout restarts the instance (a refused output leaves it as it is); none of

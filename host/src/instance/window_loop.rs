@@ -130,6 +130,7 @@ pub(super) fn run_window_instance(
         let mut stats = Stats { received: messages.len() as u64, ..Stats::default() };
         let acks = Acks::of(&messages);
         let count = messages.len();
+        halt.rest(executor);
         let (extracted, mut converted) = extract_event_times(&messages, window, executor, &mut stats);
         for (index, message) in messages.into_iter().enumerate() {
             let event_time = extracted
@@ -160,7 +161,7 @@ pub(super) fn run_window_instance(
         let advance = windower.advance(now);
         let changed = count > 0 || !advance.fired.is_empty() || !advance.evicted.is_empty();
         for fired in advance.fired {
-            fire(fired, instance_id, &cache, config, executor, &mut stats)?;
+            fire(fired, instance_id, &cache, config, executor, &mut stats, halt)?;
         }
         for id in advance.evicted {
             executor.context().stage(record_key(instance_id, id), Change::Delete);
@@ -244,6 +245,7 @@ fn fire(
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     stats: &mut Stats,
+    halt: &Halt<'_>,
 ) -> Result<(), RunError> {
     let mut records = Vec::with_capacity(window.records.len());
     for id in &window.records {
@@ -277,6 +279,7 @@ fn fire(
     }
     let tries = config.max_message_retries + 1;
     for attempt in 1..=tries {
+        halt.rest(executor);
         let started = std::time::Instant::now();
         executor.context().begin_window();
         let result = executor.process_window(span, &records);
@@ -295,10 +298,11 @@ fn fire(
         } else {
             format!("records sent to {}", config.dead_letter_topic)
         };
+        let rest = executor.take_rest().map(|rest| format!("; {rest}")).unwrap_or_default();
         executor.context().write_log(
             crate::runtime::LogLevel::Error,
             format!(
-                "window [{}, {}) of {} records failed (try {attempt} of {tries}): {error}; {fate}",
+                "window [{}, {}) of {} records failed (try {attempt} of {tries}): {error}; {fate}{rest}",
                 window.start,
                 window.end,
                 records.len()
