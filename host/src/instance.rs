@@ -39,6 +39,8 @@ use crate::window::WindowConfig;
 
 mod window_loop;
 
+pub(crate) use window_loop::{Progress as WindowProgress, StoredRecord as StoredWindowRecord};
+
 /// How long an idle loop waits for new messages before looking at its stop flag again. A stop
 /// through [`RunningInstance`] wakes the fetch at once; a long wait keeps thousands of idle
 /// instances from costing CPU.

@@ -4,7 +4,9 @@
 
 pub mod broker;
 pub mod cli;
+pub mod codec;
 pub mod embedded;
+pub mod fuzzing;
 pub mod guest_build;
 pub mod instance;
 pub mod limits;

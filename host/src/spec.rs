@@ -260,9 +260,14 @@ impl FunctionSpec {
                 text.len()
             )));
         }
-        serde_saphyr::from_str(&text).map_err(|error| {
+        Self::from_yaml(&text, &format!("the function config file {shown}"))
+    }
+
+    /// Parses a YAML (or JSON) config; `shown` names it in errors.
+    pub fn from_yaml(text: &str, shown: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|error| {
             ConfigError::new(format!(
-                "the function config file {shown} is not a valid function config: {error}; its fields are those of `fnhost functions create --help`, in camelCase"
+                "{shown} is not a valid function config: {error}; its fields are those of `fnhost functions create --help`, in camelCase"
             ))
         })
     }

@@ -4,6 +4,7 @@ mod cli_errors;
 mod cluster;
 mod crash;
 mod delivery;
+mod fuzz_corpus;
 mod library;
 mod polyglot;
 mod sandbox;

@@ -32,6 +32,8 @@ use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 mod state;
 
+pub(crate) use state::Record as StateLogRecord;
+
 use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_LOG_TREE};
 
 const TOPIC_TREE_PREFIX: &str = "topic:";
@@ -1146,17 +1148,12 @@ fn cursor_key(subscription: &str, topic: &TopicName) -> Vec<u8> {
 
 fn encode_cursor(mark: u64, acked: &RangeSet) -> Vec<u8> {
     let ranges: Vec<(u64, u64)> = acked.0.iter().map(|(&start, &end)| (start, end)).collect();
-    bincode::encode_to_vec((mark, ranges), bincode_config()).expect("encoding into a Vec cannot fail")
+    crate::codec::encode(&(mark, ranges))
 }
 
 fn decode_cursor(bytes: &[u8]) -> Result<(u64, RangeSet), String> {
-    let ((mark, ranges), _): ((u64, Vec<(u64, u64)>), usize) =
-        bincode::decode_from_slice(bytes, bincode_config()).map_err(|error| error.to_string())?;
+    let (mark, ranges): (u64, Vec<(u64, u64)>) = crate::codec::decode(bytes).map_err(|error| error.to_string())?;
     Ok((mark, RangeSet(ranges.into_iter().collect())))
-}
-
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
 }
 
 /// Splits consecutive messages starting at sequence `first` into encoded segments of about
@@ -1171,8 +1168,7 @@ fn segments(first: u64, bodies: &[MessageBody]) -> Vec<(u64, Vec<u8>)> {
             bytes += encoded_size(&bodies[end]);
             end += 1;
         }
-        let segment =
-            bincode::encode_to_vec(&bodies[start..end], bincode_config()).expect("encoding into a Vec cannot fail");
+        let segment = crate::codec::encode(&&bodies[start..end]);
         encoded.push((first + start as u64, segment));
         start = end;
     }
@@ -1190,7 +1186,7 @@ fn encoded_size(body: &MessageBody) -> usize {
 }
 
 fn decode_segment(bytes: &[u8]) -> Result<Vec<MessageBody>, String> {
-    bincode::decode_from_slice(bytes, bincode_config()).map(|(bodies, _)| bodies).map_err(|error| error.to_string())
+    crate::codec::decode(bytes).map_err(|error| error.to_string())
 }
 
 fn decode_sequence(bytes: &[u8]) -> u64 {

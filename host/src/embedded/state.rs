@@ -24,7 +24,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::{bincode_config, lock};
+use super::lock;
 use crate::names::Fqfn;
 use crate::state::{KeyMap, StateChanges, StateError, StateTable, StateValue, Versioned};
 
@@ -67,7 +67,7 @@ struct Pending {
 }
 
 /// A record: each changed key with its value after the commit (`None`: deleted).
-type Record = Vec<(String, Option<Versioned>)>;
+pub(crate) type Record = Vec<(String, Option<Versioned>)>;
 
 /// A commit's state part, prepared under the function's lock, which it holds until the commit is
 /// applied in memory, so that records are written and seen in the order of their ids.
@@ -127,7 +127,7 @@ impl FunctionTable {
     }
 
     fn write<'a>(&self, values: MutexGuard<'a, Values>, id: u64, record: Record) -> StateWrite<'a> {
-        let encoded = bincode::encode_to_vec(&record, bincode_config()).expect("encoding into a Vec cannot fail");
+        let encoded = crate::codec::encode(&record);
         StateWrite { values, id, log_key: log_key(&self.fqfn, id), encoded, record }
     }
 
@@ -295,7 +295,7 @@ pub(super) fn replay(db: &sled::Db, log: &sled::Tree) -> Result<(), String> {
         let (key, bytes) = entry.map_err(|error| error.to_string())?;
         let name = key.split(|byte| *byte == 0).next().unwrap_or_default();
         let name = String::from_utf8_lossy(name);
-        let (record, _): (Record, _) = bincode::decode_from_slice(&bytes, bincode_config())
+        let record: Record = crate::codec::decode(&bytes)
             .map_err(|error| format!("a state log record of {name} cannot be decoded: {error}"))?;
         let tree = db.open_tree(format!("{STATE_TREE_PREFIX}{name}")).map_err(|error| error.to_string())?;
         tree.apply_batch(tree_batch(record.iter().map(|(key, value)| (key, value))))
@@ -331,9 +331,9 @@ fn log_key(fqfn: &Fqfn, id: u64) -> Vec<u8> {
 }
 
 fn encode_state(value: &Versioned) -> Vec<u8> {
-    bincode::encode_to_vec(value, bincode_config()).expect("encoding into a Vec cannot fail")
+    crate::codec::encode(value)
 }
 
 fn decode_state(bytes: &[u8]) -> Result<Versioned, String> {
-    bincode::decode_from_slice(bytes, bincode_config()).map(|(value, _)| value).map_err(|error| error.to_string())
+    crate::codec::decode(bytes).map_err(|error| error.to_string())
 }

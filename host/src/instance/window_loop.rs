@@ -24,8 +24,8 @@ use crate::window::{Offered, Window, WindowConfig, Windower, WindowerState};
 const WINDOW_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A record as stored until no window needs it.
-#[derive(Encode, Decode)]
-struct StoredRecord {
+#[derive(Debug, PartialEq, Encode, Decode)]
+pub(crate) struct StoredRecord {
     topic: String,
     sequence: u64,
     timestamp: u64,
@@ -33,8 +33,8 @@ struct StoredRecord {
 }
 
 /// The windower's progress, stored with every commit.
-#[derive(Encode, Decode, Default)]
-struct Progress {
+#[derive(Debug, PartialEq, Encode, Decode, Default)]
+pub(crate) struct Progress {
     windower: WindowerState,
     /// The id the next accepted record gets.
     next_id: u64,
@@ -81,11 +81,11 @@ fn record_key(instance_id: u32, id: u64) -> String {
 }
 
 fn encode<T: Encode>(value: &T) -> Vec<u8> {
-    bincode::encode_to_vec(value, bincode::config::standard()).expect("encoding into a Vec cannot fail")
+    crate::codec::encode(value)
 }
 
 fn decode<T: Decode<()>>(bytes: &[u8], what: &str) -> Result<T, RunError> {
-    bincode::decode_from_slice(bytes, bincode::config::standard()).map(|(value, _)| value).map_err(|error| {
+    crate::codec::decode(bytes).map_err(|error| {
         damaged(format!(
             "a stored {what} of a window function cannot be decoded ({error}); the data directory is damaged or was written by an incompatible fnhost"
         ))

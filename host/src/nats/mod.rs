@@ -19,6 +19,8 @@
 mod names;
 mod subscription;
 
+pub(crate) use subscription::Intent as CommitIntent;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,10 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, kv, object_store, stream};
-use bincode::{Decode, Encode};
+use bincode::Decode;
 use tokio::io::AsyncReadExt as _;
 
 use crate::broker::{Broker, BrokerError, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::codec::encode;
 use crate::metadata::{Membership, MetadataError, MetadataStore};
 use crate::names::{Fqfn, TopicName};
 use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
@@ -165,12 +168,8 @@ fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
-fn encode<T: Encode>(value: &T) -> Vec<u8> {
-    bincode::encode_to_vec(value, bincode::config::standard()).expect("encoding to memory cannot fail")
-}
-
 fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
-    bincode::decode_from_slice(bytes, bincode::config::standard()).map(|(value, _)| value).map_err(|e| e.to_string())
+    crate::codec::decode(bytes).map_err(|error| error.to_string())
 }
 
 impl NatsEngine {

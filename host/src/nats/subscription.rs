@@ -50,8 +50,8 @@ pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
 
 /// A commit's effects with every state change resolved to the value it leaves, written before
 /// the commit applies them, so that the instance that takes over can finish it.
-#[derive(Encode, Decode)]
-struct Intent {
+#[derive(Debug, PartialEq, Encode, Decode)]
+pub(crate) struct Intent {
     /// The id prefix of the commit's output message ids.
     commit: String,
     /// The outputs, in order.
@@ -65,7 +65,7 @@ struct Intent {
 }
 
 /// One output of an [`Intent`].
-#[derive(Encode, Decode)]
+#[derive(Debug, PartialEq, Encode, Decode)]
 struct IntentOutput {
     topic: String,
     value: Vec<u8>,
