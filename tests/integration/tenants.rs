@@ -80,6 +80,26 @@ fn a_tenant_token_reaches_only_its_own_tenant_and_nothing_changes_across_the_bou
     let refused = produce(&worker, ACME, "globex/ns/words", "the");
     assert!(!refused.success && refused.stderr.contains("HTTP 403"), "{}", refused.stderr);
 
+    // A tenant cannot have the worker read its own files, as a component or as source; the
+    // operator can.
+    let on_the_worker = guest("word_count");
+    for field in ["wasm", "py", "js"] {
+        let config = format!(r#"{{"inputs": ["acme/ns/in"], "{field}": "{}"}}"#, on_the_worker.display());
+        let form = multipart_config(&config);
+        let (status, answer) = worker.http_as(Some(ACME), "POST", "/admin/v3/functions/acme/ns/local", Some(form));
+        assert_eq!(status, 403, "{field}: {answer}");
+        assert!(answer["reason"].as_str().is_some_and(|reason| reason.contains("upload the component")), "{answer}");
+    }
+    let (status, _) = worker.http_as(Some(ACME), "GET", "/admin/v3/functions/acme/ns/local", None);
+    assert_eq!(status, 404, "nothing was created");
+    let config = format!(r#"{{"inputs": ["acme/ns/in"], "wasm": "{}"}}"#, on_the_worker.display());
+    let (status, answer) =
+        worker.http_as(Some(OPERATOR), "POST", "/admin/v3/functions/acme/ns/local", Some(multipart_config(&config)));
+    assert_eq!(status, 200, "{answer}");
+    // Within acme's quota of two functions.
+    let (status, answer) = worker.http_as(Some(OPERATOR), "DELETE", "/admin/v3/functions/acme/ns/local", None);
+    assert_eq!(status, 200, "{answer}");
+
     // An acme function may neither read nor publish to globex's topics, named in its config...
     for (extra, role) in [
         (&["-i", "globex/ns/words"][..], "input topic"),
@@ -196,4 +216,12 @@ fn a_worker_without_tokens_listens_only_on_loopback_and_says_so() {
     let worker = Worker::start(fnhost.data_dir());
     assert!(worker.log().contains("listens only on loopback"), "{}", worker.log());
     assert_eq!(worker.http("GET", "/admin/v3/functions/public/default", None).0, 200);
+}
+
+/// A multipart form with only the `functionConfig` field, as the CLI sends it.
+fn multipart_config(config: &str) -> (&'static str, Vec<u8>) {
+    let body = format!(
+        "--boundary\r\nContent-Disposition: form-data; name=\"functionConfig\"\r\nContent-Type: application/json\r\n\r\n{config}\r\n--boundary--\r\n"
+    );
+    ("multipart/form-data; boundary=boundary", body.into_bytes())
 }

@@ -143,7 +143,11 @@ async fn authorize(State(worker): Shared, request: Request, next: axum::middlewa
     };
     match (role, path_tenant(path)) {
         (Role::Operator, _) => next.run(request).await,
-        (Role::Tenant(tenant), Some(wanted)) if tenant == wanted => next.run(request).await,
+        (Role::Tenant(tenant), Some(wanted)) if tenant == wanted => {
+            let mut request = request;
+            request.extensions_mut().insert(Role::Tenant(tenant));
+            next.run(request).await
+        }
         (Role::Tenant(tenant), Some(wanted)) => ApiError(
             StatusCode::FORBIDDEN,
             format!("a token of tenant `{tenant}` cannot reach tenant `{wanted}`'s functions, topics or state"),
@@ -272,8 +276,17 @@ async fn create_or_update(
     request: Request,
 ) -> ApiResult<Json<FunctionSpec>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let by_tenant = request.extensions().get::<Role>().is_some_and(|role| matches!(role, Role::Tenant(_)));
     let (spec, package) = function_form(request).await?;
     let spec = named(spec, &fqfn)?;
+    // The worker's files are the operator's: a tenant who could name one would have the worker
+    // read it, and tell from the error whether it exists.
+    if by_tenant && package.is_none() && (spec.wasm.is_some() || spec.py.is_some() || spec.js.is_some()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "a tenant token cannot name a file on the worker (`wasm`, `py` or `js` in the config): upload the component in the multipart field `data` (`fnhost functions create --wasm` or `--py` does)".into(),
+        ));
+    }
     let create = method == Method::POST;
     Ok(Json(
         blocking(move || if create { worker.create(spec, package) } else { worker.update(&fqfn, spec, package) })
