@@ -5,4 +5,6 @@ use std::sync::LazyLock;
 
 static COMPONENTS: LazyLock<fnhost::fuzzing::Components> = LazyLock::new(fnhost::fuzzing::Components::new);
 
-libfuzzer_sys::fuzz_target!(|bytes: &[u8]| COMPONENTS.load(bytes));
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
+    COMPONENTS.load(bytes);
+});
