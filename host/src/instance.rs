@@ -869,13 +869,13 @@ pub trait Executor: Send {
     fn restarts(&self) -> u64 {
         0
     }
-    /// The rest the instance owes before its next call, after a system exception (it no longer
-    /// owes it): a function that keeps trapping or running out of time cannot keep a core from
-    /// its neighbours.
+    /// The rest the latest system exception cost the instance, once, for its log line; the rest
+    /// itself is [`Executor::resting_until`].
     fn take_rest(&mut self) -> Option<Rest> {
         None
     }
-    /// Until when the instance rests: its next call waits for it.
+    /// Until when the instance rests, so that a function that keeps trapping or running out of
+    /// time cannot keep a core from its neighbours: its next call waits for it.
     fn resting_until(&self) -> Option<Instant> {
         None
     }
