@@ -948,7 +948,7 @@ impl std::fmt::Display for Rest {
 }
 
 /// Runs a wasm component, replacing its instance after every trap, and resting after each
-/// system exception ([`CoolDown`]).
+/// system exception (see [`MAX_COOL_DOWN_FACTOR`]).
 pub struct WasmExecutor {
     function: PreparedFunction<MessageContext>,
     details: Arc<FunctionDetails>,
