@@ -146,14 +146,14 @@ impl Nats {
         found
     }
 
-    /// Waits until `consumers` consumers of the events topic for function `public/default/NAME`
-    /// exist and have nothing pending or unacknowledged.
-    fn wait_drained(&self, name: &str, consumers: usize, workers: &[Worker]) {
+    /// Waits until `consumers` consumers of topic `public/default/TOPIC` for function
+    /// `public/default/NAME` exist and have nothing pending or unacknowledged.
+    fn wait_drained(&self, topic: &str, name: &str, consumers: usize, workers: &[Worker]) {
         let prefix = format!("public_2fdefault_2f{name}");
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let found: Vec<_> = self
-                .consumers(EVENTS_STREAM)
+                .consumers(&topic_stream(topic))
                 .into_iter()
                 .filter(|(consumer, _, _)| consumer.starts_with(&prefix))
                 .collect();
@@ -184,8 +184,10 @@ impl Drop for Nats {
     }
 }
 
-/// The stream of `persistent://public/default/events`.
-const EVENTS_STREAM: &str = "FNT-persistent_3a_2f_2fpublic_2fdefault_2fevents";
+/// The stream of `persistent://public/default/TOPIC`.
+fn topic_stream(topic: &str) -> String {
+    format!("FNT-persistent_3a_2f_2fpublic_2fdefault_2f{topic}")
+}
 
 fn start_workers(nats: &Nats, count: usize) -> (Vec<Worker>, Vec<tempfile::TempDir>) {
     let dirs: Vec<tempfile::TempDir> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -286,7 +288,7 @@ fn three_workers_share_a_function_and_any_of_them_answers_for_it() {
     assert_eq!(spread.len(), 3, "one instance on each worker: {spread:?}");
 
     produce(&workers[2], &oracle, 0..EVENTS);
-    nats.wait_drained("sd", 3, &workers);
+    nats.wait_drained("events", "sd", 3, &workers);
     let outputs = sessions(&workers[0], "sessions");
     assert_eq!(counts(&outputs), counts(&oracle.outputs), "outputs equal the oracle's, once each");
 
@@ -341,8 +343,8 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
     eprintln!("instances moved {:?} after the kill", moved_at.elapsed());
     produce(survivor, &oracle, 2 * third..EVENTS);
 
-    nats.wait_drained("at-least", 3, &workers);
-    nats.wait_drained("once", 1, &workers);
+    nats.wait_drained("events", "at-least", 3, &workers);
+    nats.wait_drained("events", "once", 1, &workers);
     let at_least = sessions(survivor, "sessions-alo");
     let expected = counts(&oracle.outputs);
     let found = counts(&at_least);
@@ -352,6 +354,96 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
     assert!(invented.is_empty(), "ATLEAST_ONCE invented {invented:?}");
     let once = sessions(survivor, "sessions-eo");
     assert_eq!(counts(&once), expected, "EFFECTIVELY_ONCE: every session once");
+}
+
+/// Produces `values` to `topic`, all with key `key`, through `worker`.
+fn produce_keyed(worker: &Worker, topic: &str, key: &str, values: &[&str]) {
+    let messages: Vec<serde_json::Value> = values
+        .iter()
+        .map(|value| serde_json::json!({ "payload": base64::engine::general_purpose::STANDARD.encode(value), "key": key }))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
+    let (status, answer) =
+        worker.http("POST", &format!("/topics/persistent/public/default/{topic}"), Some(("application/json", body)));
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A JetStream client of the test's own, beside the workers.
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl Client {
+    fn connect(nats: &Nats) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = format!("nats://127.0.0.1:{}", nats.client_ports[0]);
+        let client = runtime.block_on(async_nats::connect(url)).unwrap();
+        Self { runtime, jetstream: async_nats::jetstream::new(client) }
+    }
+
+    /// Consumer `durable` of the stream of `persistent://public/default/TOPIC`.
+    fn consumer(&self, topic: &str, durable: &str) -> async_nats::jetstream::consumer::PullConsumer {
+        self.runtime.block_on(async {
+            self.jetstream.get_stream(topic_stream(topic)).await.unwrap().get_consumer(durable).await.unwrap()
+        })
+    }
+
+    /// What `consumer` has delivered (a stream sequence) and how many deliveries wait for an acknowledgement.
+    fn delivered(&self, consumer: &mut async_nats::jetstream::consumer::PullConsumer) -> (u64, usize) {
+        let info = self.runtime.block_on(consumer.info()).unwrap();
+        (info.delivered.stream_sequence, info.num_ack_pending)
+    }
+
+    /// Pulls the next message of `consumer` and forgets it, as a connection that dies with a
+    /// delivery on its way does: the server counts it delivered, and nobody processes it.
+    /// Returns its stream sequence.
+    fn lose_next(&self, consumer: &async_nats::jetstream::consumer::PullConsumer) -> u64 {
+        use futures_util::StreamExt as _;
+        self.runtime.block_on(async {
+            let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+            let message = batch.next().await.expect("a message to lose").unwrap();
+            message.info().unwrap().stream_sequence
+        })
+    }
+}
+
+/// The fault the kill test met by chance, made on purpose: NATS delivers a message to an
+/// ordered instance that never receives it. The instance must not take the messages after it
+/// (the lost one would come back behind them, and was skipped as committed); it starts again
+/// after its acknowledgement floor, and every message is processed once, in order.
+#[test]
+fn a_delivery_lost_on_its_way_to_an_ordered_instance_is_processed_in_order() {
+    let nats = Nats::start(1);
+    let (workers, _dirs) = start_workers(&nats, 1);
+    let worker = &workers[0];
+    let client = Client::connect(&nats);
+    let misbehave = guest("misbehave");
+    // Long enough for this test to act while the instance spins, on the busiest machine.
+    let spin = "spin:15000";
+    // MANUAL (the guest acknowledges every message) for its acknowledgement timeout: the lost
+    // message must not come back before the instance takes the next one, and a minute is far
+    // beyond the spin. Key-shared and failover subscriptions are the two ordered ones.
+    for (name, ordering) in [("keyed", "--retain-key-ordering"), ("ordered", "--retain-ordering")] {
+        let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+        let mut args = vec!["functions", "create", "--wasm", misbehave.to_str().unwrap(), "--name", name];
+        args.extend(["-i", &input, "-o", &output, "--timeout-ms", "120000", ordering]);
+        args.extend(["--processing-guarantees", "MANUAL", "--ack-timeout-ms", "60000"]);
+        worker.ok(&args);
+        worker.wait_for("the instance to run", || owners(worker, name).iter().all(|owner| !owner.is_empty()));
+        // While the instance spins on the first message it has no pull open, so the next
+        // message goes to the pull made here, which then loses it.
+        produce_keyed(worker, &input, "k", &[spin]);
+        let mut consumer = client.consumer(&input, &format!("public_2fdefault_2f{name}"));
+        worker.wait_for("the instance to take the first message", || client.delivered(&mut consumer) == (1, 1));
+        produce_keyed(worker, &input, "k", &["a", "b"]);
+        assert_eq!(client.lose_next(&consumer), 2, "{name}: the lost message is `a`, while the instance spins");
+        nats.wait_drained(&input, name, 1, &workers);
+        let run = worker.cli(&["topics", "consume", &output, "--subscription", "verify", "--until-idle"]);
+        assert!(run.success, "{}", run.stderr);
+        assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [spin, "ok:a", "ok:b"], "{name}: {}", worker.log());
+        assert!(worker.log().contains("missed deliveries 2 to 3"), "{name}: {}", worker.log());
+    }
 }
 
 #[test]

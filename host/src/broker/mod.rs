@@ -263,6 +263,20 @@ pub enum BrokerError {
         /// The limit.
         limit: usize,
     },
+    /// An ordered consumer missed a delivery: the server handed a message to this consumer that
+    /// never reached it (lost in a reconnection, or a pull given up on). Taking the messages
+    /// after it would break each key's order, and the missed one would come back behind them.
+    #[error(
+        "the consumer of {topic} missed deliveries {expected} to {received}: the server sent them but they never arrived; the instance starts again after the consumer's acknowledgement floor"
+    )]
+    MissedDelivery {
+        /// The topic.
+        topic: TopicName,
+        /// The consumer's delivery number this consumer expected.
+        expected: u64,
+        /// The one it received instead.
+        received: u64,
+    },
     /// The subscription has consumers, so it cannot be deleted.
     #[error("subscription `{name}` has consumers; stop them before deleting it")]
     InUse {

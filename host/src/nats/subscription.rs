@@ -48,6 +48,42 @@ pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
     consumer == durable || consumer.strip_prefix(durable).is_some_and(|rest| rest.starts_with("_k"))
 }
 
+/// Whether `spec` keeps each key's order: failover and key-shared subscriptions.
+fn is_ordered(spec: &SubscriptionSpec) -> bool {
+    spec.subscription_type != SubscriptionType::Shared
+}
+
+/// The metadata key of the commit intent of the consumer `spec` makes of subscription `name`.
+///
+/// Key-shared consumers of different instance counts split the keys differently, so each count
+/// has intents of its own: what instance 0 of 3 committed says nothing of what instance 0 of 2
+/// may skip.
+fn intent_key(name: &str, spec: &SubscriptionSpec) -> String {
+    let (share, count) = spec.key_shares;
+    match spec.subscription_type == SubscriptionType::KeyShared && count > 1 {
+        true => format!("{INTENT_PREFIX}{name}/{share}_{count}"),
+        false => format!("{INTENT_PREFIX}{name}/{share}"),
+    }
+}
+
+/// The consumer `durable` of `stream`, or `None` if there is none; any other failure is an error,
+/// so that an ordered consumer never takes over a consumer whose deliveries it does not know.
+async fn consumer_info(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &async_nats::jetstream::stream::Stream,
+    durable: &str,
+) -> Result<Option<async_nats::jetstream::consumer::Info>, BrokerError> {
+    use async_nats::jetstream::{ErrorCode, response::Response};
+    let subject = format!("CONSUMER.INFO.{}.{durable}", stream.cached_info().config.name);
+    let response: Response<async_nats::jetstream::consumer::Info> =
+        jetstream.request(subject, &serde_json::json!({})).await.map_err(storage)?;
+    match response {
+        Response::Ok(info) => Ok(Some(info)),
+        Response::Err { error } if error.error_code() == ErrorCode::CONSUMER_NOT_FOUND => Ok(None),
+        Response::Err { error } => Err(storage(error)),
+    }
+}
+
 /// A commit's effects with every state change resolved to the value it leaves, written before
 /// the commit applies them, so that the instance that takes over can finish it.
 #[derive(Debug, PartialEq, Encode, Decode)]
@@ -79,6 +115,55 @@ struct TopicConsumer {
     consumer: PullConsumer,
 }
 
+/// What an ordered consumer has received of one topic, to keep it in the topic's order.
+///
+/// The server numbers every delivery of a consumer, first deliveries and redeliveries alike. A
+/// number skipped means a message was delivered that never arrived (lost with a connection to a
+/// server that died, or left in a pull given up on); the server sends it again after the
+/// acknowledgement wait, behind messages this consumer would have processed and committed by
+/// then. So a gap stops the instance, and its successor starts the consumer again after the
+/// acknowledgement floor: every message at or below [`NatsSubscription::committed`] is then
+/// one that was processed, which is what lets the successor skip them.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Deliveries {
+    /// The delivery number the next delivery must have.
+    next: u64,
+    /// The highest stream sequence received; a delivery at or below it is a redelivery of a
+    /// message this consumer holds (its acknowledgement is late, not lost).
+    highest: Option<u64>,
+}
+
+/// What one delivery to an ordered consumer is.
+#[derive(Debug, PartialEq)]
+enum Delivery {
+    /// The next message of the topic.
+    Next,
+    /// A message this consumer received before and has not committed yet.
+    Again,
+    /// Deliveries `expected` to the one before `received` never arrived.
+    Missed { expected: u64, received: u64 },
+}
+
+impl Deliveries {
+    /// Deliveries to a consumer that has made `delivered` deliveries before.
+    fn after(delivered: u64) -> Self {
+        Self { next: delivered + 1, highest: None }
+    }
+
+    /// Records delivery number `number` of stream sequence `sequence`.
+    fn observe(&mut self, number: u64, sequence: u64) -> Delivery {
+        if number != self.next {
+            return Delivery::Missed { expected: self.next, received: number };
+        }
+        self.next += 1;
+        if self.highest.is_some_and(|highest| sequence <= highest) {
+            return Delivery::Again;
+        }
+        self.highest = Some(sequence);
+        Delivery::Next
+    }
+}
+
 pub(super) struct NatsSubscription {
     inner: Arc<Inner>,
     spec: SubscriptionSpec,
@@ -93,13 +178,13 @@ pub(super) struct NatsSubscription {
     /// For ordered subscriptions: per topic, the highest committed sequence; a message at or below
     /// it was processed already (its acknowledgement was lost) and is acknowledged again, not delivered.
     committed: Mutex<HashMap<TopicName, u64>>,
+    /// For the active consumer of an ordered subscription: what it received of each topic.
+    deliveries: Mutex<HashMap<TopicName, Deliveries>>,
 }
 
 impl NatsSubscription {
     pub(super) fn open(inner: Arc<Inner>, spec: SubscriptionSpec) -> Result<Self, BrokerError> {
-        let ordered = spec.subscription_type != SubscriptionType::Shared;
-        let intent_key =
-            spec.name.as_ref().filter(|_| ordered).map(|name| format!("{INTENT_PREFIX}{name}/{}", spec.key_shares.0));
+        let intent_key = spec.name.as_ref().filter(|_| is_ordered(&spec)).map(|name| intent_key(name, &spec));
         let subscription = Self {
             inner,
             spec,
@@ -110,6 +195,7 @@ impl NatsSubscription {
             outstanding: Mutex::default(),
             intent_key,
             committed: Mutex::default(),
+            deliveries: Mutex::default(),
         };
         let mut topics = subscription.spec.inputs.topics.clone();
         if let Some(pattern) = &subscription.spec.inputs.pattern {
@@ -124,6 +210,12 @@ impl NatsSubscription {
     /// does, and the cluster moves instance 0 to another worker when its worker dies.
     fn is_active(&self) -> bool {
         self.spec.subscription_type != SubscriptionType::Failover || self.spec.key_shares.0 == 0
+    }
+
+    /// Whether this consumer must receive each topic in order, without gaps: the active consumer
+    /// of a durable ordered subscription.
+    fn keeps_order(&self) -> bool {
+        self.spec.name.is_some() && is_ordered(&self.spec) && self.is_active()
     }
 
     fn pattern_topics(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
@@ -147,6 +239,10 @@ impl NatsSubscription {
                 continue;
             }
             let consumer = inner.block_on(self.consumer(&topic))?;
+            if self.keeps_order() {
+                let delivered = consumer.cached_info().delivered.consumer_sequence;
+                self.deliveries.lock().unwrap().insert(topic.clone(), Deliveries::after(delivered));
+            }
             consumers.push(TopicConsumer { topic, consumer });
         }
         Ok(())
@@ -183,10 +279,8 @@ impl NatsSubscription {
             max_ack_pending: MAX_UNACKED_MESSAGES as i64,
             ..Default::default()
         };
-        let ordered = self.spec.subscription_type != SubscriptionType::Shared;
-        if ordered
-            && self.is_active()
-            && let Ok(info) = stream.consumer_info(&durable).await
+        if self.keeps_order()
+            && let Some(info) = consumer_info(&self.inner.jetstream, &stream, &durable).await?
         {
             if info.delivered.stream_sequence == 0 {
                 return stream.get_consumer(&durable).await.map_err(storage);
@@ -195,8 +289,9 @@ impl NatsSubscription {
             // A predecessor (a killed worker's instance) may have left messages unacknowledged,
             // which the server would hand out only after the acknowledgement wait, behind newer
             // ones, breaking each key's order. And a predecessor that still runs (its worker has
-            // not yet seen that the instance moved) fails its next pull at once, instead of
-            // pulling beside this one. What was committed beyond the floor is skipped (`committed`).
+            // not yet seen that the instance moved) loses its pull and sees the delivery numbers
+            // start again, a gap that stops it ([`Deliveries`]), instead of pulling beside this one.
+            // What was committed beyond the floor is skipped (`committed`).
             stream.delete_consumer(&durable).await.map_err(storage)?;
             let start_sequence = info.ack_floor.stream_sequence + 1;
             let config = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence }, ..config };
@@ -258,11 +353,25 @@ impl NatsSubscription {
         let info = message.info().map_err(storage)?;
         let sequence = info.stream_sequence - 1;
         let redelivery_count = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        let delivery = match self.deliveries.lock().unwrap().get_mut(topic) {
+            Some(deliveries) => deliveries.observe(info.consumer_sequence, sequence),
+            None => Delivery::Next,
+        };
+        match delivery {
+            Delivery::Missed { expected, received } => {
+                return Err(BrokerError::MissedDelivery { topic: topic.clone(), expected, received });
+            }
+            Delivery::Again | Delivery::Next => {}
+        }
         let committed = self.committed.lock().unwrap().get(topic).copied();
         if let (Some(reply), Some(committed)) = (&message.reply, committed)
             && sequence <= committed
         {
             self.inner.client.publish(reply.clone(), bytes::Bytes::new()).await.map_err(storage)?;
+            return Ok(None);
+        }
+        if delivery == Delivery::Again {
+            // Its first delivery is being processed, and that one's commit acknowledges it.
             return Ok(None);
         }
         let body: MessageBody = decode(&message.payload).map_err(|reason| BrokerError::Corrupt {
@@ -667,6 +776,11 @@ impl Subscription for NatsSubscription {
 
     fn release(&self, messages: Vec<Message>) {
         let Some(name) = &self.spec.name else { return };
+        if is_ordered(&self.spec) {
+            // The next consumer starts again after the acknowledgement floor; a negative
+            // acknowledgement could reach it (it has the same name) and deliver a message twice.
+            return;
+        }
         let replies: Vec<async_nats::Subject> = {
             let mut delivered = self.inner.delivered.lock().unwrap();
             messages
@@ -699,6 +813,10 @@ impl Drop for NatsSubscription {
         // What this consumer did not acknowledge goes to the others now rather than after the
         // acknowledgement wait; the reply subjects stay known, for an acknowledgement by id later.
         let Some(name) = &self.spec.name else { return };
+        if is_ordered(&self.spec) {
+            // As in `release`: the next consumer starts after the acknowledgement floor.
+            return;
+        }
         let outstanding = std::mem::take(&mut *self.outstanding.lock().unwrap());
         let replies: Vec<async_nats::Subject> = {
             let delivered = self.inner.delivered.lock().unwrap();
@@ -714,5 +832,48 @@ impl Drop for NatsSubscription {
             }
             let _ = client.flush().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_in_order_pass_a_late_acknowledgement_is_held_back_and_a_gap_is_missed() {
+        let mut deliveries = Deliveries::after(0);
+        assert_eq!(deliveries.observe(1, 10), Delivery::Next);
+        assert_eq!(deliveries.observe(2, 12), Delivery::Next);
+        // The server sends 10 again because its acknowledgement is late: this consumer holds it.
+        assert_eq!(deliveries.observe(3, 10), Delivery::Again);
+        assert_eq!(deliveries.observe(4, 13), Delivery::Next);
+        // Delivery 5 never arrived.
+        assert_eq!(deliveries.observe(6, 14), Delivery::Missed { expected: 5, received: 6 });
+    }
+
+    #[test]
+    fn a_consumer_taken_over_expects_the_delivery_after_its_last_and_a_restart_of_numbers_is_a_gap() {
+        let mut deliveries = Deliveries::after(7);
+        assert_eq!(deliveries.observe(7, 3), Delivery::Missed { expected: 8, received: 7 });
+        let mut deliveries = Deliveries::after(7);
+        assert_eq!(deliveries.observe(8, 3), Delivery::Next);
+        // The consumer was made again elsewhere: its numbers start again.
+        assert_eq!(deliveries.observe(1, 4), Delivery::Missed { expected: 9, received: 1 });
+    }
+
+    #[test]
+    fn each_instance_count_of_a_key_shared_subscription_has_intents_of_its_own() {
+        let spec = |subscription_type, key_shares| SubscriptionSpec {
+            subscription_type,
+            key_shares,
+            ..SubscriptionSpec::single(Vec::new(), Some("t/n/f".into()), Position::Earliest)
+        };
+        let keyed = |shares| intent_key("t/n/f", &spec(SubscriptionType::KeyShared, shares));
+        assert_ne!(keyed((0, 3)), keyed((0, 2)));
+        assert_eq!(keyed((0, 1)), intent_key("t/n/f", &spec(SubscriptionType::Failover, (0, 1))));
+        // A failover subscription's active consumer keeps its intent whatever the instance count.
+        let failover = |shares| intent_key("t/n/f", &spec(SubscriptionType::Failover, shares));
+        assert_eq!(failover((0, 3)), failover((0, 2)));
+        assert!(keyed((1, 3)).starts_with(INTENT_PREFIX));
     }
 }
