@@ -323,6 +323,25 @@ impl Worker {
         }
     }
 
+    /// The first `count` messages of `topic`, read through subscription `reader` as their
+    /// commits land: a message counts as processed in stats before its batch commits, so one
+    /// read may come early.
+    pub fn read(&self, topic: &str, count: usize) -> Vec<String> {
+        self.read_as(None, topic, count)
+    }
+
+    /// [`Worker::read`] with a token.
+    pub fn read_as(&self, token: Option<&str>, topic: &str, count: usize) -> Vec<String> {
+        let mut read = Vec::new();
+        self.wait_for(&format!("{count} messages on {topic}"), || {
+            let run = self.cli_as(token, &["topics", "consume", topic, "-s", "reader", "--until-idle"]);
+            assert!(run.success, "{}", run.stderr);
+            read.extend(run.stdout.lines().map(str::to_owned));
+            read.len() >= count
+        });
+        read
+    }
+
     /// Kills the worker with SIGKILL and waits for it to be gone.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

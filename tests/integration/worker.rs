@@ -73,8 +73,7 @@ fn the_whole_lifecycle_over_http_and_the_cli() {
     assert_eq!(stats["userExceptionsTotal"], 0);
     assert_eq!(stats["oneMin"]["receivedTotal"], 4);
     assert!(stats["lastInvocation"].as_u64().unwrap() > 0);
-    let sessions = worker.cli(&["topics", "consume", "sessions", "-s", "reader", "--until-idle"]);
-    assert_eq!(sessions.stdout.trim(), r#"{"user_id":"user123","duration":20}"#, "{}", sessions.stderr);
+    assert_eq!(worker.read("sessions", 1), [r#"{"user_id":"user123","duration":20}"#]);
 
     // State: user123's open session, then an operator's value; counters are refused.
     let state = worker.ok(&["functions", "querystate", "--fqfn", SD, "-k", "user123"]);
@@ -407,9 +406,7 @@ fn a_worker_sized_for_the_most_instances_starts_and_runs_a_function() {
     let worker = Worker::start_with(dir.path(), &["--max-instances", &most]);
     create(&worker, "exclamation", "public/default/shout", "words", &["-o", "shouts"]);
     produce(&worker, "words", &["hello"]);
-    wait_until_processed(&worker, "public/default/shout", 1);
-    let shouts = worker.cli(&["topics", "consume", "shouts", "--subscription", "check", "--until-idle"]);
-    assert_eq!(shouts.stdout.trim(), "hello!", "{}", shouts.stderr);
+    assert_eq!(worker.read("shouts", 1), ["hello!"]);
 }
 
 #[test]
@@ -420,14 +417,9 @@ fn a_worker_runs_a_window_function_and_refuses_window_settings_for_a_message_fun
         create(&worker, "window-list", "public/default/w", "in", &["-o", "out", "--window-length-count", "3"]);
     assert_eq!(created["windowConfig"]["windowLengthCount"], 3);
     produce(&worker, "in", &["a", "b", "c", "d", "e", "f", "g"]);
-    let read = |worker: &Worker| worker.cli(&["topics", "consume", "out", "-s", "reader", "--until-idle"]).stdout;
-    let mut windows = String::new();
-    worker.wait_for("two windows", || {
-        windows.push_str(&read(&worker));
-        windows.lines().count() >= 2
-    });
-    let values: Vec<serde_json::Value> = windows
-        .lines()
+    let values: Vec<serde_json::Value> = worker
+        .read("out", 2)
+        .iter()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["values"].clone())
         .collect();
     assert_eq!(values, [serde_json::json!(["a", "b", "c"]), serde_json::json!(["d", "e", "f"])]);
