@@ -7,6 +7,7 @@ mod delivery;
 mod fuzz_corpus;
 mod library;
 mod polyglot;
+mod pulsar_cli;
 mod sandbox;
 mod seed;
 mod support;

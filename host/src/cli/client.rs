@@ -35,6 +35,108 @@ fn token() -> anyhow::Result<Option<String>> {
     Ok(Some(text.trim().to_owned()))
 }
 
+/// pulsar-admin's global options, which scripts pass before the verb (`pulsar-admin --admin-url
+/// URL functions create …`); they apply to `fnhost functions`.
+#[derive(Debug, Default, clap::Args)]
+pub struct AdminOptions {
+    /// pulsar-admin's name for `--url`: the worker's REST API (for `fnhost functions`).
+    #[arg(long, global = true, value_name = "URL")]
+    admin_url: Option<String>,
+    /// pulsar-admin's authentication plugin: fnhost understands token authentication
+    /// (org.apache.pulsar.client.impl.auth.AuthenticationToken) only.
+    #[arg(long, global = true, value_name = "CLASS")]
+    auth_plugin: Option<String>,
+    /// pulsar-admin's authentication parameters: `token:TOKEN` or `file:PATH`, sent as FNHOST_TOKEN is.
+    #[arg(long, global = true, value_name = "PARAMS")]
+    auth_params: Option<String>,
+    /// pulsar-admin's request timeout, in seconds [default: 120].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    request_timeout: Option<u64>,
+    /// Refused: the CLI speaks plain HTTP to the worker.
+    #[arg(long, global = true, hide = true, value_name = "PATH")]
+    tls_trust_cert_path: Option<String>,
+    /// Refused: the CLI speaks plain HTTP to the worker.
+    #[arg(long, global = true, hide = true)]
+    tls_allow_insecure: bool,
+    /// Refused: the CLI speaks plain HTTP to the worker.
+    #[arg(long, global = true, hide = true)]
+    tls_enable_hostname_verification: bool,
+}
+
+/// The class of Pulsar's token authentication, the one plugin fnhost understands.
+const TOKEN_PLUGIN: &str = "org.apache.pulsar.client.impl.auth.AuthenticationToken";
+
+impl AdminOptions {
+    /// Whether any of the options was given.
+    pub fn given(&self) -> bool {
+        self.admin_url.is_some()
+            || self.auth_plugin.is_some()
+            || self.auth_params.is_some()
+            || self.request_timeout.is_some()
+            || self.tls_given()
+    }
+
+    fn tls_given(&self) -> bool {
+        self.tls_trust_cert_path.is_some() || self.tls_allow_insecure || self.tls_enable_hostname_verification
+    }
+
+    /// A client of the worker at `url` (`--url`), else `--admin-url`, else the default, with
+    /// the token of `--auth-params`, else of FNHOST_TOKEN.
+    pub fn client(&self, url: Option<&str>) -> anyhow::Result<Client> {
+        if self.tls_given() {
+            bail!(
+                "the --tls-* options are not supported: fnhost's CLI speaks plain HTTP to the worker; reach a remote worker through a TLS-terminating proxy or an SSH tunnel on this host"
+            );
+        }
+        let url = match (url, &self.admin_url) {
+            (Some(url), Some(admin_url)) if url != admin_url => {
+                bail!("--url {url} and --admin-url {admin_url} name different workers: give one")
+            }
+            (Some(url), _) => url,
+            (None, Some(admin_url)) => admin_url,
+            (None, None) => DEFAULT_WORKER_URL,
+        };
+        let timeout = match self.request_timeout {
+            Some(0) => bail!("--request-timeout 0 is out of range: give a number of seconds from 1"),
+            Some(seconds) => Duration::from_secs(seconds),
+            None => REQUEST_TIMEOUT,
+        };
+        let token = match self.auth_token()? {
+            Some(token) => Some(token),
+            None => token()?,
+        };
+        Ok(Client::new(url, timeout, token))
+    }
+
+    /// The token `--auth-params` gives, if any.
+    fn auth_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(plugin) = &self.auth_plugin
+            && plugin != TOKEN_PLUGIN
+            && plugin != "AuthenticationToken"
+        {
+            bail!(
+                "--auth-plugin {plugin} is not supported: fnhost understands token authentication only (--auth-plugin {TOKEN_PLUGIN} --auth-params token:TOKEN), the worker's tenant and operator tokens"
+            );
+        }
+        let Some(params) = &self.auth_params else {
+            if self.auth_plugin.is_some() {
+                bail!("--auth-plugin needs --auth-params token:TOKEN or file:PATH (or set {TOKEN_VARIABLE})");
+            }
+            return Ok(None);
+        };
+        if let Some(token) = params.strip_prefix("token:") {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        if let Some(path) = params.strip_prefix("file:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| anyhow!("cannot read the token file {path} (--auth-params): {error}"))?;
+            return Ok(Some(text.trim().to_owned()));
+        }
+        bail!("--auth-params must be token:TOKEN or file:PATH (Pulsar's token authentication)")
+    }
+}
+
 /// A request body.
 pub enum Body {
     /// No body.
@@ -49,17 +151,20 @@ pub enum Body {
 pub struct Client {
     agent: ureq::Agent,
     url: String,
+    /// The bearer token presented with every request.
+    token: Option<String>,
 }
 
 impl Client {
-    /// A client of the worker at `url`.
-    pub fn new(url: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .build()
-            .into();
-        Self { agent, url: url.trim_end_matches('/').to_owned() }
+    /// A client of the worker at `url`, with the token of FNHOST_TOKEN (or FNHOST_TOKEN_FILE).
+    pub fn at(url: &str) -> anyhow::Result<Self> {
+        Ok(Self::new(url, REQUEST_TIMEOUT, token()?))
+    }
+
+    fn new(url: &str, timeout: Duration, token: Option<String>) -> Self {
+        let agent =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+        Self { agent, url: url.trim_end_matches('/').to_owned(), token }
     }
 
     /// Sends a request and returns the JSON answer; a refusal becomes an error with the worker's reason.
@@ -73,7 +178,7 @@ impl Client {
                 (Some(format!("multipart/form-data; boundary={boundary}")), bytes)
             }
         };
-        let authorization = token()?.map(|token| format!("Bearer {token}"));
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
         let authorization = authorization.as_deref();
         let result = match (method, content_type) {
             ("GET", _) => authorize(self.agent.get(&url), authorization).call(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::client::{Body, Client, DEFAULT_WORKER_URL, encode_segment};
+use super::client::{AdminOptions, Body, encode_segment};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
 use crate::guest_build::Builder;
@@ -54,9 +54,9 @@ pub(super) enum FunctionsCommand {
 
 #[derive(Debug, Args)]
 pub(super) struct WorkerUrl {
-    /// The worker's REST API.
-    #[arg(long, default_value = DEFAULT_WORKER_URL)]
-    url: String,
+    /// The worker's REST API [default: http://127.0.0.1:6750].
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +73,13 @@ pub(super) struct Naming {
     /// The function name.
     #[arg(long)]
     name: Option<String>,
+}
+
+impl WorkerUrl {
+    /// A client of this worker, with pulsar-admin's global options.
+    fn client(&self, admin: &AdminOptions) -> anyhow::Result<super::client::Client> {
+        admin.client(self.url.as_deref())
+    }
 }
 
 impl Naming {
@@ -211,7 +218,7 @@ fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
     Ok(Body::Form(fields))
 }
 
-pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
+pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Result<()> {
     match command {
         FunctionsCommand::Create(args) => {
             let spec = args.function.into_spec()?;
@@ -220,32 +227,32 @@ pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
                 bail!(NO_CODE);
             }
             let body = function_form(spec)?;
-            print(&Client::new(&args.worker.url).send("POST", &function_path(&fqfn), body)?)
+            print(&args.worker.client(admin)?.send("POST", &function_path(&fqfn), body)?)
         }
         FunctionsCommand::Update(args) => {
             let spec = args.function.into_spec()?;
             let fqfn = spec.fqfn()?;
             let body = function_form(spec)?;
-            print(&Client::new(&args.worker.url).send("PUT", &function_path(&fqfn), body)?)
+            print(&args.worker.client(admin)?.send("PUT", &function_path(&fqfn), body)?)
         }
         FunctionsCommand::Delete(args) => {
             let path = function_path(&args.naming.fqfn()?);
-            print(&Client::new(&args.worker.url).send("DELETE", &path, Body::Empty)?)
+            print(&args.worker.client(admin)?.send("DELETE", &path, Body::Empty)?)
         }
         FunctionsCommand::Get(args) => {
             let path = function_path(&args.naming.fqfn()?);
-            print(&Client::new(&args.worker.url).send("GET", &path, Body::Empty)?)
+            print(&args.worker.client(admin)?.send("GET", &path, Body::Empty)?)
         }
         FunctionsCommand::List(args) => {
             let path =
                 format!("/admin/v3/functions/{}/{}", encode_segment(&args.tenant), encode_segment(&args.namespace));
-            print(&Client::new(&args.worker.url).send("GET", &path, Body::Empty)?)
+            print(&args.worker.client(admin)?.send("GET", &path, Body::Empty)?)
         }
-        FunctionsCommand::Status(args) => instance_request(&args, "GET", "status"),
-        FunctionsCommand::Stats(args) => instance_request(&args, "GET", "stats"),
-        FunctionsCommand::Start(args) => instance_request(&args, "POST", "start"),
-        FunctionsCommand::Stop(args) => instance_request(&args, "POST", "stop"),
-        FunctionsCommand::Restart(args) => instance_request(&args, "POST", "restart"),
+        FunctionsCommand::Status(args) => instance_request(&args, admin, "GET", "status"),
+        FunctionsCommand::Stats(args) => instance_request(&args, admin, "GET", "stats"),
+        FunctionsCommand::Start(args) => instance_request(&args, admin, "POST", "start"),
+        FunctionsCommand::Stop(args) => instance_request(&args, admin, "POST", "stop"),
+        FunctionsCommand::Restart(args) => instance_request(&args, admin, "POST", "restart"),
         FunctionsCommand::Trigger(args) => {
             let value = match (&args.trigger_value, &args.trigger_file) {
                 (Some(value), _) => value.clone().into_bytes(),
@@ -259,9 +266,9 @@ pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
                 fields.push(("topic", topic.clone().into_bytes()));
             }
             let path = format!("{}/trigger", function_path(&args.naming.fqfn()?));
-            print(&Client::new(&args.worker.url).send("POST", &path, Body::Form(fields))?)
+            print(&args.worker.client(admin)?.send("POST", &path, Body::Form(fields))?)
         }
-        FunctionsCommand::Querystate(args) => querystate(&args),
+        FunctionsCommand::Querystate(args) => querystate(&args, admin),
         FunctionsCommand::Putstate(args) => {
             let state: serde_json::Value = serde_json::from_str(&args.state).map_err(|error| {
                 anyhow::anyhow!("--state is not JSON ({error}); give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'")
@@ -270,17 +277,17 @@ pub(super) fn run(command: FunctionsCommand) -> anyhow::Result<()> {
                 bail!("--state has no \"key\"; give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'");
             };
             let path = format!("{}/state/{}", function_path(&args.naming.fqfn()?), encode_segment(key));
-            print(&Client::new(&args.worker.url).send("POST", &path, Body::Json(state.clone()))?)
+            print(&args.worker.client(admin)?.send("POST", &path, Body::Json(state.clone()))?)
         }
     }
 }
 
-fn instance_request(args: &InstanceArgs, method: &str, action: &str) -> anyhow::Result<()> {
+fn instance_request(args: &InstanceArgs, admin: &AdminOptions, method: &str, action: &str) -> anyhow::Result<()> {
     let path = instance_path(&args.naming.fqfn()?, args.instance_id, action);
-    print(&Client::new(&args.worker.url).send(method, &path, Body::Empty)?)
+    print(&args.worker.client(admin)?.send(method, &path, Body::Empty)?)
 }
 
-fn querystate(args: &QuerystateArgs) -> anyhow::Result<()> {
+fn querystate(args: &QuerystateArgs, admin: &AdminOptions) -> anyhow::Result<()> {
     let fqfn = args.naming.fqfn()?;
     if let Some(data_dir) = &args.data_dir {
         let store = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?;
@@ -289,7 +296,7 @@ fn querystate(args: &QuerystateArgs) -> anyhow::Result<()> {
         };
         return print(&state_json(&args.key, stored));
     }
-    let client = Client::new(&args.worker.url);
+    let client = args.worker.client(admin)?;
     let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(&args.key));
     if !args.watch {
         return print(&client.send("GET", &path, Body::Empty)?);

@@ -12,24 +12,25 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod function_flags;
 mod functions;
 mod new;
 
 use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
 use crate::guest_build::Builder;
-use crate::instance::{self, Executor, LogSink, MessageContext, ProcessingGuarantee, RunUntil, WasmExecutor};
-use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_WORKER_INSTANCES};
+use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
+use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES};
 use crate::metrics::Stats;
-use crate::names::{Fqfn, TopicName};
+use crate::names::TopicName;
 use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::spec::{FunctionSpec, LogLevelName, RamSize, Resources, WindowConfigSpec};
 use crate::state::StateStore;
 use crate::worker::access::Access;
 use crate::worker::cluster::ClusterConfig;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
+pub(crate) use function_flags::FunctionFlags;
 
 /// The data directory used when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = "./fnhost-data";
@@ -59,6 +60,8 @@ pub(crate) const NO_CODE: &str = "no function code: give --wasm FILE.wasm, --py 
 #[derive(Debug, Parser)]
 #[command(name = "fnhost", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    admin: client::AdminOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,186 +98,6 @@ struct LocalrunArgs {
     until_idle: bool,
     #[command(flatten)]
     data: DataDir,
-}
-
-/// A function's config as flags; each has a field of the same name in camelCase in
-/// `--function-config-file`, and a flag given overrides the file.
-#[derive(Debug, Args)]
-struct FunctionFlags {
-    /// A YAML (or JSON) file with the function's config; flags override its fields.
-    #[arg(long)]
-    function_config_file: Option<PathBuf>,
-    /// The function: a WebAssembly component implementing wit/function.wit.
-    #[arg(long)]
-    wasm: Option<PathBuf>,
-    /// The function as a Python module, built into a component with componentize-py (cached).
-    #[arg(long, requires = "classname")]
-    py: Option<PathBuf>,
-    /// With --py: the function's class (or function) as MODULE.CLASS.
-    #[arg(long)]
-    classname: Option<String>,
-    /// The function as a JavaScript ES module, built into a component with componentize-js (cached).
-    #[arg(long)]
-    js: Option<PathBuf>,
-    /// The function as tenant/namespace/name (instead of --tenant, --namespace and --name).
-    #[arg(long, conflicts_with_all = ["tenant", "namespace", "name"])]
-    fqfn: Option<String>,
-    /// The function's name.
-    #[arg(long)]
-    name: Option<String>,
-    /// The function's tenant [default: public].
-    #[arg(long)]
-    tenant: Option<String>,
-    /// The function's namespace [default: default].
-    #[arg(long)]
-    namespace: Option<String>,
-    /// Input topics, separated by commas.
-    #[arg(short = 'i', long, value_delimiter = ',')]
-    inputs: Option<Vec<String>>,
-    /// A regular expression: every topic whose name it matches is an input, including topics
-    /// created later. Without persistent:// it applies to topic names in the function's namespace.
-    #[arg(long)]
-    topics_pattern: Option<String>,
-    /// The topic returned values are written to.
-    #[arg(short = 'o', long)]
-    output: Option<String>,
-    /// A topic that also receives the function's log lines.
-    #[arg(long)]
-    log_topic: Option<String>,
-    /// User config, a JSON object the function reads with user-config-value.
-    #[arg(long)]
-    user_config: Option<String>,
-    /// Secrets, a JSON object of strings the function reads with secret.
-    #[arg(long)]
-    secrets: Option<String>,
-    /// Memory per instance: bytes, or a number with K, M or G (binary units) [default: 128M].
-    #[arg(long)]
-    ram: Option<String>,
-    /// Time limit for processing one message, in milliseconds [default: 10000].
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// The subscription name [default: the fully qualified function name].
-    #[arg(long)]
-    subs_name: Option<String>,
-    /// Where a new subscription starts. fnhost defaults to earliest (Pulsar: latest), see docs.
-    #[arg(long, value_enum)]
-    subs_position: Option<Position>,
-    /// When messages are acknowledged: before processing, after their effects commit (with or
-    /// without failover ordering), or when the function acknowledges them [default: ATLEAST_ONCE].
-    #[arg(long, value_enum, ignore_case = true)]
-    processing_guarantees: Option<ProcessingGuarantee>,
-    /// Process messages in input order, one instance at a time (a failover subscription).
-    #[arg(long, conflicts_with = "retain_key_ordering")]
-    retain_ordering: bool,
-    /// Process the messages of each key in input order, each key on one instance (key-shared).
-    #[arg(long)]
-    retain_key_ordering: bool,
-    /// How many instances run, each in its own sandbox [default: 1].
-    #[arg(long)]
-    parallelism: Option<u32>,
-    /// How many times a failed message is tried again before it goes to the dead-letter topic [default: 2].
-    #[arg(long)]
-    max_message_retries: Option<u32>,
-    /// Where messages go that failed every try [default: NAME-DLQ in the function's namespace].
-    #[arg(long)]
-    dead_letter_topic: Option<String>,
-    /// MANUAL only: how long after delivery an unacknowledged message is delivered again, in milliseconds [default: 30000].
-    #[arg(long)]
-    ack_timeout_ms: Option<u64>,
-    /// Most messages processed between two commits: smaller batches commit sooner, larger ones cost less [default: 4096].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// The lowest level of function log lines to keep [default: info].
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevelName>,
-    /// Window function: records per window.
-    #[arg(long, help_heading = "Window functions")]
-    window_length_count: Option<u64>,
-    /// Window function: milliseconds per window.
-    #[arg(long, help_heading = "Window functions")]
-    window_length_duration_ms: Option<u64>,
-    /// Window function: records between two windows [default: the window length: tumbling windows].
-    #[arg(long, help_heading = "Window functions")]
-    sliding_interval_count: Option<u64>,
-    /// Window function: milliseconds between two windows [default: the window length: tumbling windows].
-    #[arg(long, help_heading = "Window functions")]
-    sliding_interval_duration_ms: Option<u64>,
-    /// Window function: place records by their event time (or publish time, if they have none) instead of their arrival.
-    #[arg(long, help_heading = "Window functions")]
-    event_time: bool,
-    /// Window function, event time: how late a record may be and still count, in milliseconds [default: 0].
-    #[arg(long, help_heading = "Window functions")]
-    max_lag_ms: Option<u64>,
-    /// Window function, event time: least time between two moves of the watermark, in milliseconds [default: 1000].
-    #[arg(long, help_heading = "Window functions")]
-    watermark_emit_interval_ms: Option<u64>,
-    /// Window function, event time: where records behind the watermark go [default: logged, counted and dropped].
-    #[arg(long, help_heading = "Window functions")]
-    late_data_topic: Option<String>,
-}
-
-impl FunctionFlags {
-    /// The window flags as a `windowConfig`, if any was given.
-    fn window_config(&self) -> Option<WindowConfigSpec> {
-        let window = WindowConfigSpec {
-            window_length_count: self.window_length_count,
-            window_length_duration_ms: self.window_length_duration_ms,
-            sliding_interval_count: self.sliding_interval_count,
-            sliding_interval_duration_ms: self.sliding_interval_duration_ms,
-            event_time: self.event_time.then_some(true),
-            max_lag_ms: self.max_lag_ms,
-            watermark_emit_interval_ms: self.watermark_emit_interval_ms,
-            late_data_topic: self.late_data_topic.clone(),
-        };
-        (window != WindowConfigSpec::default()).then_some(window)
-    }
-
-    /// The config file (if any) with the flags laid over it.
-    fn into_spec(self) -> anyhow::Result<FunctionSpec> {
-        let window_config = self.window_config();
-        let file = match &self.function_config_file {
-            Some(path) => FunctionSpec::from_file(path)?,
-            None => FunctionSpec::default(),
-        };
-        let (tenant, namespace, name) = match &self.fqfn {
-            Some(text) => {
-                let fqfn = Fqfn::parse(text)?;
-                (Some(fqfn.tenant().to_owned()), Some(fqfn.namespace().to_owned()), Some(fqfn.name().to_owned()))
-            }
-            None => (self.tenant, self.namespace, self.name),
-        };
-        let flags = FunctionSpec {
-            tenant,
-            namespace,
-            name,
-            wasm: self.wasm.map(|path| path.display().to_string()),
-            py: self.py.map(|path| path.display().to_string()),
-            class_name: self.classname,
-            js: self.js.map(|path| path.display().to_string()),
-            inputs: self.inputs,
-            topics_pattern: self.topics_pattern,
-            output: self.output,
-            log_topic: self.log_topic,
-            dead_letter_topic: self.dead_letter_topic,
-            max_message_retries: self.max_message_retries,
-            sub_name: self.subs_name,
-            subscription_position: self.subs_position,
-            processing_guarantees: self.processing_guarantees,
-            retain_ordering: self.retain_ordering.then_some(true),
-            retain_key_ordering: self.retain_key_ordering.then_some(true),
-            timeout_ms: self.timeout_ms,
-            parallelism: self.parallelism,
-            resources: self.ram.map(|ram| Resources { ram: Some(RamSize::Text(ram)) }),
-            user_config: parse_json_object("--user-config", self.user_config.as_deref())?,
-            secrets: parse_json_object("--secrets", self.secrets.as_deref())?,
-            ack_timeout_ms: self.ack_timeout_ms,
-            batch_size: self.batch_size,
-            log_level: self.log_level,
-            cleanup_subscription: None,
-            window_config,
-        };
-        Ok(file.overlay(flags))
-    }
 }
 
 #[derive(Debug, Args)]
@@ -368,12 +191,17 @@ struct ConsumeArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.admin.given() && !matches!(cli.command, Command::Functions(_)) {
+        bail!(
+            "--admin-url, --auth-plugin, --auth-params, --request-timeout and the --tls-* options are pulsar-admin's and apply to `fnhost functions`; give `fnhost topics` --url, and the token in FNHOST_TOKEN"
+        );
+    }
     match cli.command {
         Command::Localrun(args) => localrun(*args),
         Command::Worker(args) => worker(args),
         Command::Topics(TopicsCommand::Produce(args)) => produce(args),
         Command::Topics(TopicsCommand::Consume(args)) => consume(args),
-        Command::Functions(command) => functions::run(*command),
+        Command::Functions(command) => functions::run(*command, &cli.admin),
         Command::New(args) => new::run(args),
     }
 }
@@ -451,24 +279,6 @@ fn summary(stats: &Stats) -> String {
         stats.restarts,
         stats.dead_lettered
     )
-}
-
-/// Parses a JSON object given on the command line.
-fn parse_json_object(
-    flag: &str,
-    text: Option<&str>,
-) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
-    let Some(text) = text else { return Ok(None) };
-    if text.len() > MAX_CONFIG_SIZE {
-        bail!("{flag} is {} bytes; the limit (MAX_CONFIG_SIZE) is {MAX_CONFIG_SIZE}", text.len());
-    }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
-        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'")
-    })?;
-    let serde_json::Value::Object(map) = value else {
-        bail!("{flag} must be a JSON object such as '{{\"key\": \"value\"}}', not {value}");
-    };
-    Ok(Some(map))
 }
 
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -591,7 +401,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let count = messages.len();
     if let Some(url) = &args.url {
-        let client = Client::new(url);
+        let client = Client::at(url)?;
         let path = topic_path(&topic);
         for chunk in messages.chunks(MAX_BATCH_MESSAGES) {
             let body: Vec<serde_json::Value> = chunk
@@ -669,7 +479,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Receives, prints, then acknowledges, so that a message is acknowledged only once printed.
 fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyhow::Result<()> {
-    let client = Client::new(url);
+    let client = Client::at(url)?;
     let subscription = args.subscription.as_deref().expect("clap requires --subscription with --url");
     let path = format!("{}/subscription/{}", topic_path(topic), client::encode_segment(subscription));
     let position = match args.position {
@@ -717,17 +527,6 @@ fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_config_must_be_a_json_object() {
-        let parsed = parse_json_object("--user-config", Some(r#"{"a": 1, "b": "x"}"#)).unwrap().unwrap();
-        assert_eq!(parsed["a"], 1);
-        assert_eq!(parsed["b"], "x");
-        for bad in ["{", "[1]", "3"] {
-            let error = parse_json_object("--user-config", Some(bad)).unwrap_err().to_string();
-            assert!(error.contains("--user-config"), "{bad}: {error}");
-        }
-    }
 
     #[test]
     fn flags_override_the_config_file() {

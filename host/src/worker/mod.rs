@@ -424,6 +424,9 @@ impl Worker {
         let bad = |error: crate::spec::ConfigError| WorkerError::BadRequest(error.to_string());
         let fqfn = spec.fqfn().map_err(bad)?;
         let config = self.function_config(&spec)?;
+        for note in crate::spec::pulsar::notes(&spec).unwrap_or_default() {
+            tracing::info!(%fqfn, "{note}");
+        }
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }

@@ -22,6 +22,10 @@ use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicAccess, TopicNa
 use crate::runtime::{InstanceLimits, LogLevel};
 use crate::window::{WindowConfig, WindowSettings};
 
+pub mod pulsar;
+
+pub use pulsar::PulsarFields;
+
 /// The smallest `--ram` that can run a function at all.
 const MIN_RAM_BYTES: u64 = 1024 * 1024;
 
@@ -140,6 +144,13 @@ pub struct FunctionSpec {
     /// Window settings: present for a window function (Pulsar's `windowConfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_config: Option<WindowConfigSpec>,
+    /// `false`: MANUAL acknowledgement (`--auto-ack`, Pulsar's older name for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_ack: Option<bool>,
+    /// Pulsar fields whose meaning differs in fnhost: each is noted or refused as
+    /// [`pulsar::PULSAR_FLAGS`] says, and otherwise kept as given.
+    #[serde(flatten)]
+    pub pulsar: PulsarFields,
 }
 
 /// A window function's settings, in Pulsar's names (`windowConfig`), each optional so that
@@ -208,6 +219,12 @@ pub struct Resources {
     /// Memory: bytes, or a number with K, M or G.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ram: Option<RamSize>,
+    /// Cores (`--cpu`): kept, not enforced ([`pulsar::PULSAR_FLAGS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Disk bytes (`--disk`): kept, not enforced ([`pulsar::PULSAR_FLAGS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
 }
 
 /// A memory size as bytes (Pulsar's form) or text such as `128M`.
@@ -427,7 +444,17 @@ impl FunctionSpec {
                 }
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let guarantee = self.processing_guarantees.unwrap_or(ProcessingGuarantee::AtLeastOnce);
+        pulsar::notes(self)?;
+        let guarantee = match (self.processing_guarantees, self.auto_ack) {
+            (None | Some(ProcessingGuarantee::Manual), Some(false)) => ProcessingGuarantee::Manual,
+            (Some(other), Some(false)) => {
+                return Err(ConfigError::new(format!(
+                    "--auto-ack false (autoAck) means MANUAL acknowledgement, which contradicts --processing-guarantees {}: give one of them",
+                    serde_json::json!(other).as_str().unwrap_or_default()
+                )));
+            }
+            (guarantee, _) => guarantee.unwrap_or(ProcessingGuarantee::AtLeastOnce),
+        };
         Ok(FunctionConfig {
             subscription: self.sub_name.clone().unwrap_or_else(|| fqfn.to_string()),
             dead_letter_topic: match topic(&self.dead_letter_topic)? {
