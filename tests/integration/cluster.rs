@@ -223,21 +223,26 @@ fn create_sessions(worker: &Worker, name: &str, output: &str, extra: &[&str]) {
 /// Produces events `range` of the oracle, each keyed by its user, through `worker`.
 fn produce(worker: &Worker, oracle: &Oracle, range: std::ops::Range<usize>) {
     for chunk in oracle.events[range].chunks(PRODUCE_CHUNK) {
-        let messages: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|event| {
-                let json: serde_json::Value = serde_json::from_str(event).unwrap();
-                serde_json::json!({
-                    "payload": base64::engine::general_purpose::STANDARD.encode(event),
-                    "key": json["user_id"],
-                })
-            })
-            .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
-        let (status, answer) =
-            worker.http("POST", "/topics/persistent/public/default/events", Some(("application/json", body)));
-        assert_eq!(status, 200, "{answer}");
+        let keyed = chunk.iter().map(|event| {
+            let json: serde_json::Value = serde_json::from_str(event).unwrap();
+            (event.as_str(), json["user_id"].as_str().unwrap().to_owned())
+        });
+        produce_keyed(worker, "events", keyed);
     }
+}
+
+/// Produces each `(value, key)` to `persistent://public/default/TOPIC` through `worker`, in one request.
+fn produce_keyed<'a>(worker: &Worker, topic: &str, messages: impl IntoIterator<Item = (&'a str, String)>) {
+    let messages: Vec<serde_json::Value> = messages
+        .into_iter()
+        .map(|(value, key)| {
+            serde_json::json!({ "payload": base64::engine::general_purpose::STANDARD.encode(value), "key": key })
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
+    let (status, answer) =
+        worker.http("POST", &format!("/topics/persistent/public/default/{topic}"), Some(("application/json", body)));
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Every session in `topic`, read through `worker`.
@@ -356,18 +361,6 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
     assert_eq!(counts(&once), expected, "EFFECTIVELY_ONCE: every session once");
 }
 
-/// Produces `values` to `topic`, all with key `key`, through `worker`.
-fn produce_keyed(worker: &Worker, topic: &str, key: &str, values: &[&str]) {
-    let messages: Vec<serde_json::Value> = values
-        .iter()
-        .map(|value| serde_json::json!({ "payload": base64::engine::general_purpose::STANDARD.encode(value), "key": key }))
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
-    let (status, answer) =
-        worker.http("POST", &format!("/topics/persistent/public/default/{topic}"), Some(("application/json", body)));
-    assert_eq!(status, 200, "{answer}");
-}
-
 /// A JetStream client of the test's own, beside the workers.
 struct Client {
     runtime: tokio::runtime::Runtime,
@@ -433,10 +426,10 @@ fn a_delivery_lost_on_its_way_to_an_ordered_instance_is_processed_in_order() {
         worker.wait_for("the instance to run", || owners(worker, name).iter().all(|owner| !owner.is_empty()));
         // While the instance spins on the first message it has no pull open, so the next
         // message goes to the pull made here, which then loses it.
-        produce_keyed(worker, &input, "k", &[spin]);
+        produce_keyed(worker, &input, [(spin, "k".to_owned())]);
         let mut consumer = client.consumer(&input, &format!("public_2fdefault_2f{name}"));
         worker.wait_for("the instance to take the first message", || client.delivered(&mut consumer) == (1, 1));
-        produce_keyed(worker, &input, "k", &["a", "b"]);
+        produce_keyed(worker, &input, ["a", "b"].map(|value| (value, "k".to_owned())));
         assert_eq!(client.lose_next(&consumer), 2, "{name}: the lost message is `a`, while the instance spins");
         nats.wait_drained(&input, name, 1, &workers);
         let run = worker.cli(&["topics", "consume", &output, "--subscription", "verify", "--until-idle"]);
