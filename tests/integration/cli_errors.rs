@@ -26,7 +26,7 @@ fn bad_function_files_and_flags_are_refused_with_the_reason() {
         (vec!["--wasm", empty_component.to_str().unwrap()], "does not implement the fnhost:function/function world"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--user-config", "{oops"], "--user-config is not valid JSON"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--user-config", "[1]"], "--user-config must be a JSON object"),
-        (vec!["--wasm", exclamation.to_str().unwrap(), "--ram", "lots"], "--ram `lots` is not a size"),
+        (vec!["--wasm", exclamation.to_str().unwrap(), "--ram", "lots"], "--ram (--memory) `lots` is not a size"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--timeout-ms", "0"], "--timeout-ms 0 is out of range"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--output", "a/b"], "is not a topic name"),
         (vec!["--wasm", exclamation.to_str().unwrap(), "--parallelism", "0"], "--parallelism 0 is out of range"),

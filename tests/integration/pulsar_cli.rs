@@ -159,6 +159,26 @@ fn every_pulsar_flag_is_taken_noted_or_refused_and_none_is_unexpected() {
 }
 
 #[test]
+fn memory_takes_the_sizes_ram_takes_and_json_flags_refuse_bad_json() {
+    let fnhost = Fnhost::new();
+    let wasm = guest("exclamation");
+    let run = |extra: &[&str]| {
+        let args = ["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "f", "-i", "in", "--until-idle"];
+        fnhost.run(&[&args[..], extra].concat())
+    };
+    for size in ["128M", "1Gi", "67108864"] {
+        let taken = run(&["--memory", size]);
+        assert!(taken.success, "--memory {size}: {}", taken.stderr);
+    }
+    let too_big = run(&["--memory", "5G"]);
+    assert!(!too_big.success && too_big.stderr.contains("--ram (--memory) `5G` is out of range"), "{}", too_big.stderr);
+    for flag in ["--state-storage-config", "--producer-config", "--custom-serde-inputs"] {
+        let bad = run(&[flag, "{type: bookkeeper"]);
+        assert!(!bad.success && bad.stderr.contains(&format!("{flag} is not valid JSON")), "{flag}: {}", bad.stderr);
+    }
+}
+
+#[test]
 fn the_config_file_takes_pulsar_fields_by_the_same_rules() {
     let fnhost = Fnhost::new();
     let wasm = guest("exclamation");

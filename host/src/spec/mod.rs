@@ -493,7 +493,9 @@ fn in_range(flag: &str, value: u64, low: u64, high: u64, unit: &str) -> Result<(
 /// Parses `--ram`: bytes, or a number with K, M or G (binary units, an optional trailing `i` or `B`).
 pub fn parse_ram(text: &str) -> Result<u64, ConfigError> {
     let not_a_size = || {
-        ConfigError::new(format!("--ram `{text}` is not a size: give bytes or a number with K, M or G, such as 128M"))
+        ConfigError::new(format!(
+            "--ram (--memory) `{text}` is not a size: give bytes or a number with K, M or G, such as 128M"
+        ))
     };
     let trimmed = text.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
     let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -516,7 +518,7 @@ fn check_ram(bytes: u64, text: &str) -> Result<u64, ConfigError> {
         Ok(bytes)
     } else {
         Err(ConfigError::new(format!(
-            "--ram `{text}` is out of range: give 1M to 4G (the default is {}M)",
+            "--ram (--memory) `{text}` is out of range: give 1M to 4G (the default is {}M)",
             DEFAULT_RAM_BYTES >> 20
         )))
     }
