@@ -776,11 +776,6 @@ impl Subscription for NatsSubscription {
 
     fn release(&self, messages: Vec<Message>) {
         let Some(name) = &self.spec.name else { return };
-        if is_ordered(&self.spec) {
-            // The next consumer starts again after the acknowledgement floor; a negative
-            // acknowledgement could reach it (it has the same name) and deliver a message twice.
-            return;
-        }
         let replies: Vec<async_nats::Subject> = {
             let mut delivered = self.inner.delivered.lock().unwrap();
             messages
@@ -793,6 +788,11 @@ impl Subscription for NatsSubscription {
             outstanding.remove(&(message.topic.clone(), message.sequence));
         }
         drop(outstanding);
+        if is_ordered(&self.spec) {
+            // The next consumer starts again after the acknowledgement floor; a negative
+            // acknowledgement could reach it (it has the same name) and deliver a message twice.
+            return;
+        }
         let client = self.inner.client.clone();
         self.inner.block_on(async move {
             for reply in replies {
