@@ -36,11 +36,27 @@ pub struct Nats {
     nodes: Vec<Option<Child>>,
     client_ports: Vec<u16>,
     monitor_ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
+
+/// How many times a cluster is started again on fresh ports when one of its servers exits at
+/// start: a port found free can be taken by another test's server before this one binds it.
+const START_ATTEMPTS: usize = 5;
 
 impl Nats {
     pub fn start(size: usize) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(size) {
+                Ok(nats) => return nats,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("NATS did not start in {START_ATTEMPTS} attempts:\n{}", failures.join("\n----\n"));
+    }
+
+    /// Starts the servers on ports free a moment ago; an error (with the server's log) if one exits.
+    fn try_start(size: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let monitor_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
@@ -64,32 +80,38 @@ impl Nats {
             }
             let file = dir.path().join(format!("n{index}.conf"));
             std::fs::write(&file, config).unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("n{index}.log"))).unwrap();
             let child = Command::new(nats_server())
                 .arg("-c")
                 .arg(&file)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("nats-server runs (apt-get install nats-server, or set FNHOST_NATS_SERVER)");
             nodes.push(Some(child));
         }
-        let nats = Self { nodes, client_ports, monitor_ports, _dir: dir };
+        let mut nats = Self { nodes, client_ports, monitor_ports, dir };
         for index in 0..size {
-            nats.wait_healthy(index);
+            nats.wait_healthy(index)?;
         }
-        nats
+        Ok(nats)
     }
 
-    /// Waits until server `index` has JetStream up and, in a cluster, a meta leader.
-    fn wait_healthy(&self, index: usize) {
+    /// Waits until server `index` has JetStream up and, in a cluster, a meta leader; an error if
+    /// it exits first.
+    fn wait_healthy(&mut self, index: usize) -> Result<(), String> {
         let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[index]);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         loop {
-            if agent.get(&url).call().is_ok_and(|response| response.status() == 200) {
-                return;
+            if let Some(status) = self.nodes[index].as_mut().and_then(|child| child.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("n{index}.log"))).unwrap_or_default();
+                return Err(format!("NATS server {index} exited ({status}):\n{log}"));
             }
-            assert!(Instant::now() < deadline, "NATS server {index} did not become healthy");
+            if agent.get(&url).call().is_ok_and(|response| response.status() == 200) {
+                return Ok(());
+            }
+            assert!(Instant::now() < deadline, "NATS server {index} did not become healthy in two minutes");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
