@@ -6,6 +6,11 @@ use crate::support::Fnhost;
 /// line must hold ("" when the reason says it all).
 type Misbehaviour = (&'static str, &'static str, &'static str);
 
+/// A run's output without the log flood's lines, for failure messages.
+fn without_flood(stdout: &str) -> String {
+    stdout.lines().filter(|line| !line.ends_with("flooding the log")).collect::<Vec<_>>().join("\n")
+}
+
 /// Runs function `name` over `commands`, each between two good messages, with a time limit of
 /// `timeout_ms`; checks that each command failed alone with its reason, that the instance rested
 /// after each trap or timeout, twice as long as after the one before, and that every good message
@@ -24,8 +29,7 @@ fn run_misbehaviours(fnhost: &Fnhost, name: &str, timeout_ms: &str, commands: &[
         &input,
         &["--output", &output, "--timeout-ms", timeout_ms, "--ram", "32M", "--max-message-retries", "0"],
     );
-    let shown: String =
-        stdout.lines().filter(|line| !line.ends_with("flooding the log")).collect::<Vec<_>>().join("\n");
+    let shown = without_flood(&stdout);
     let failures: Vec<&str> =
         stdout.lines().filter(|line| line.starts_with(&format!("ERROR [{name}] message"))).collect();
     assert_eq!(failures.len(), commands.len(), "{shown}");
@@ -92,12 +96,7 @@ fn each_misbehaving_message_fails_alone_and_the_next_ones_are_processed() {
     let flood = stdout.lines().filter(|line| line.ends_with("flooding the log")).count();
     assert_eq!(flood, fnhost::limits::MAX_LOG_LINES_PER_MESSAGE, "lines of the log flood");
     let marks = stdout.matches("(MAX_LOG_LINES_PER_MESSAGE)").count();
-    assert_eq!(
-        marks,
-        1,
-        "{}",
-        stdout.lines().filter(|line| !line.ends_with("flooding the log")).collect::<Vec<_>>().join("\n")
-    );
+    assert_eq!(marks, 1, "{}", without_flood(&stdout));
 }
 
 #[test]

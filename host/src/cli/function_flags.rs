@@ -319,17 +319,11 @@ fn parse_json_object(
     flag: &str,
     text: Option<&str>,
 ) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
-    let Some(text) = text else { return Ok(None) };
-    if text.len() > MAX_CONFIG_SIZE {
-        bail!("{flag} is {} bytes; the limit (MAX_CONFIG_SIZE) is {MAX_CONFIG_SIZE}", text.len());
+    match parse_json(flag, text)? {
+        None => Ok(None),
+        Some(serde_json::Value::Object(map)) => Ok(Some(map)),
+        Some(value) => bail!("{flag} must be a JSON object such as '{{\"key\": \"value\"}}', not {value}"),
     }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
-        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'")
-    })?;
-    let serde_json::Value::Object(map) = value else {
-        bail!("{flag} must be a JSON object such as '{{\"key\": \"value\"}}', not {value}");
-    };
-    Ok(Some(map))
 }
 
 /// Parses a JSON value given on the command line (Pulsar's JSON flags take objects or strings).
@@ -339,7 +333,7 @@ fn parse_json(flag: &str, text: Option<&str>) -> anyhow::Result<Option<serde_jso
         bail!("{flag} is {} bytes; the limit (MAX_CONFIG_SIZE) is {MAX_CONFIG_SIZE}", text.len());
     }
     let value = serde_json::from_str(text).map_err(|error| {
-        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"type\": \"bookkeeper\"}}'")
+        anyhow!("{flag} is not valid JSON ({error}); give an object such as '{{\"key\": \"value\"}}'")
     })?;
     Ok(Some(value))
 }
