@@ -28,7 +28,7 @@ use fnhost::instance::{
 };
 use fnhost::limits::{DEFAULT_WATERMARK_INTERVAL_MS, MAX_BATCH_MESSAGES, MAX_PARALLELISM};
 use fnhost::metrics::Stats;
-use fnhost::names::{Fqfn, TopicName};
+use fnhost::names::{Fqfn, SubscriptionName, TopicName};
 use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::spec::FunctionSpec;
 use fnhost::state::StateStore;
@@ -1154,7 +1154,7 @@ fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
         batched.push(raw_jetstream(&server.url, &events, round, RawWork::BatchedState)?);
         let engine = fnhost::nats::NatsEngine::connect(&server.url, 1)?;
         let config = FunctionConfig {
-            subscription: format!("bench-{round}"),
+            subscription: SubscriptionName::new("public", "default", &format!("bench-{round}"))?,
             ..pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)?
         };
         for chunk in events.chunks(MAX_BATCH_MESSAGES) {

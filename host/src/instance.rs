@@ -29,7 +29,7 @@ use crate::limits::{
     MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::metrics::{InstanceMetrics, Stats};
-use crate::names::{Fqfn, NameError, TopicAccess, TopicName};
+use crate::names::{Fqfn, NameError, SubscriptionName, TopicAccess, TopicName};
 use crate::runtime::{
     ContextError, FunctionDetails, GuestMessage, GuestWindow, HostContext, Identity, Instance, InstanceLimits,
     LogLevel, PreparedFunction, ProcessError,
@@ -90,7 +90,7 @@ pub struct FunctionConfig {
     /// Where log lines are also published.
     pub log_topic: Option<TopicName>,
     /// The durable subscription name.
-    pub subscription: String,
+    pub subscription: SubscriptionName,
     /// Where the subscription starts the first time.
     pub initial_position: Position,
     /// User config: top-level key to JSON text.
@@ -147,7 +147,7 @@ impl FunctionConfig {
     /// ordering, the default retries, `<name>-DLQ` as the dead-letter topic and full batches.
     pub fn new(fqfn: Fqfn, inputs: Vec<TopicName>) -> Self {
         Self {
-            subscription: fqfn.to_string(),
+            subscription: SubscriptionName::of_function(&fqfn),
             dead_letter_topic: fqfn.default_dead_letter_topic(),
             fqfn,
             inputs: inputs.into(),
@@ -1622,7 +1622,11 @@ mod tests {
         let mut executor = NativeExecutor::new(|_: &GuestMessage, _: &mut MessageContext| Ok(None), context);
         let subscription = Recording {
             inner: store
-                .subscribe(SubscriptionSpec::single(vec![input.clone()], Some("s".into()), Position::Earliest))
+                .subscribe(SubscriptionSpec::single(
+                    vec![input.clone()],
+                    Some(SubscriptionName::on_topic(&input, "s").unwrap()),
+                    Position::Earliest,
+                ))
                 .unwrap(),
             calls: Mutex::new(Vec::new()),
         };

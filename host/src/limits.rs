@@ -111,3 +111,9 @@ pub const MAX_WINDOW_DURATION_MS: u64 = 86_400_000;
 pub const DEFAULT_WATERMARK_INTERVAL_MS: u64 = 1_000;
 /// Most bytes of record values in one window: a window goes to the function in one call, into its memory.
 pub const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes of message values one REST receive answers with (at least one message is always given).
+pub const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
+/// Most REST receives and acknowledgements one tenant has open at once; more are refused (429).
+pub const MAX_CONCURRENT_RECEIVES_PER_TENANT: usize = 8;
+/// How often a waiting REST receive looks for messages, without holding a thread between looks.
+pub const RECEIVE_POLL_MS: u64 = 50;

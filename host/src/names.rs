@@ -192,6 +192,54 @@ impl fmt::Display for TopicName {
     }
 }
 
+/// A durable subscription's name: a local name inside a tenant and namespace.
+///
+/// Every name a tenant gives (`--subs-name`, a REST consumer's path) lands inside that tenant, so
+/// no tenant can name, join or delete another's subscription. It shows as `tenant/namespace/local`,
+/// which for a function's default subscription is its fully qualified name, as in Pulsar.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionName {
+    tenant: String,
+    namespace: String,
+    local: String,
+}
+
+impl SubscriptionName {
+    /// The subscription `local` inside `tenant/namespace`; `local` is one name segment, never a path.
+    pub fn new(tenant: &str, namespace: &str, local: &str) -> Result<Self, NameError> {
+        check_segment("tenant", tenant)?;
+        check_segment("namespace", namespace)?;
+        check_segment("subscription name", local)?;
+        Ok(Self { tenant: tenant.into(), namespace: namespace.into(), local: local.into() })
+    }
+
+    /// A function's default subscription: its own name, in its namespace.
+    pub fn of_function(fqfn: &Fqfn) -> Self {
+        Self { tenant: fqfn.tenant.clone(), namespace: fqfn.namespace.clone(), local: fqfn.name.clone() }
+    }
+
+    /// The subscription `local` of a consumer of `topic`, in the topic's namespace.
+    pub fn on_topic(topic: &TopicName, local: &str) -> Result<Self, NameError> {
+        Self::new(topic.tenant(), topic.namespace(), local)
+    }
+
+    /// The tenant it belongs to.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The name as given, without its tenant and namespace.
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+}
+
+impl fmt::Display for SubscriptionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.namespace, self.local)
+    }
+}
+
 /// A regular expression over topic names, for `--topics-pattern`: every topic whose fully qualified
 /// name it matches in full is an input, including topics created later.
 ///
@@ -261,6 +309,9 @@ fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
             segment.len()
         )));
     }
+    if segment == "." || segment == ".." {
+        return Err(NameError(format!("the {what} `{segment}` is a dot segment; use letters, digits and - _ . = :")));
+    }
     if let Some(bad) = segment.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.=:".contains(*c))) {
         return Err(NameError(format!("the {what} `{segment}` contains `{bad}`; use letters, digits and - _ . = :")));
     }
@@ -270,6 +321,19 @@ fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_name_stays_inside_its_tenant() {
+        let topic = TopicName::parse("persistent://evil/ns/t").unwrap();
+        let name = SubscriptionName::on_topic(&topic, "s").unwrap();
+        assert_eq!((name.to_string(), name.tenant()), ("evil/ns/s".to_owned(), "evil"));
+        let fqfn = Fqfn::parse("acme/ns/f").unwrap();
+        assert_eq!(SubscriptionName::of_function(&fqfn).to_string(), fqfn.to_string());
+        for hostile in ["acme/ns/f", "..", ".", "a\0b", "", "%2F", &"x".repeat(10_000)] {
+            let error = SubscriptionName::on_topic(&topic, hostile).unwrap_err().to_string();
+            assert!(error.contains("subscription name"), "{hostile:?}: {error}");
+        }
+    }
 
     #[test]
     fn a_tenant_reaches_its_own_topics_and_what_is_granted_and_a_pattern_no_further() {

@@ -5,6 +5,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod fuzz_corpus;
+mod hostile;
 mod library;
 mod polyglot;
 mod pulsar_cli;

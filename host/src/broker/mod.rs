@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bincode::{Decode, Encode};
 
-use crate::names::{Fqfn, TopicName, TopicPattern};
+use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use crate::state::StateChanges;
 
 /// A message as stored in a topic and delivered to a subscription.
@@ -128,6 +128,13 @@ pub struct Inputs {
     pub pattern: Option<TopicPattern>,
 }
 
+impl Inputs {
+    /// True when `topic` is one of these inputs, named or matched.
+    pub fn covers(&self, topic: &TopicName) -> bool {
+        self.topics.contains(topic) || self.pattern.as_ref().is_some_and(|pattern| pattern.matches(topic))
+    }
+}
+
 impl From<Vec<TopicName>> for Inputs {
     fn from(topics: Vec<TopicName>) -> Self {
         Self { topics, pattern: None }
@@ -140,7 +147,7 @@ pub struct SubscriptionSpec {
     /// The topics, consumed together.
     pub inputs: Inputs,
     /// The durable subscription name, or `None` for a reader whose position is not kept.
-    pub name: Option<String>,
+    pub name: Option<SubscriptionName>,
     /// Where a subscription seen for the first time starts. Topics a pattern finds later are read from their start.
     pub initial_position: Position,
     /// How messages are spread over the subscription's consumers.
@@ -154,7 +161,7 @@ pub struct SubscriptionSpec {
 
 impl SubscriptionSpec {
     /// The only consumer of a failover subscription over `topics`, never redelivering.
-    pub fn single(topics: Vec<TopicName>, name: Option<String>, initial_position: Position) -> Self {
+    pub fn single(topics: Vec<TopicName>, name: Option<SubscriptionName>, initial_position: Position) -> Self {
         Self {
             inputs: topics.into(),
             name,
@@ -245,20 +252,22 @@ pub enum BrokerError {
         /// What the decoder said.
         reason: String,
     },
-    /// The subscription exists with settings this consumer contradicts.
-    #[error("cannot join subscription `{name}`: {reason}")]
+    /// The subscription has consumers that read other topics, or with another type or key split,
+    /// than this consumer asks for. The error says only what the asker gave, never what the
+    /// subscription's consumers read.
+    #[error(
+        "subscription `{name}` is in use by consumers with other topics, another type or another key split; stop them or give this consumer another subscription name"
+    )]
     Mismatch {
         /// The subscription.
-        name: String,
-        /// What differs.
-        reason: String,
+        name: SubscriptionName,
     },
     /// A topics pattern matched more topics than one subscription reads.
     #[error(
         "subscription `{name}` would read more than MAX_SUBSCRIPTION_TOPICS ({limit}) topics; narrow --topics-pattern"
     )]
     TooManyTopics {
-        /// The subscription.
+        /// The subscription, or `(reader)`.
         name: String,
         /// The limit.
         limit: usize,
@@ -281,7 +290,7 @@ pub enum BrokerError {
     #[error("subscription `{name}` has consumers; stop them before deleting it")]
     InUse {
         /// The subscription.
-        name: String,
+        name: SubscriptionName,
     },
 }
 
@@ -293,13 +302,19 @@ pub trait Broker: Send + Sync {
     /// Joins a subscription as a new consumer (creating its cursors at the initial position if it is new).
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError>;
 
-    /// Forgets a durable subscription's positions; it must have no consumers.
-    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError>;
+    /// Forgets a durable subscription's positions on the topics `inputs` names or matches, and no
+    /// others: the same name on other topics is another consumer's. It must have no consumers.
+    fn delete_subscription(&self, name: &SubscriptionName, inputs: &Inputs) -> Result<(), BrokerError>;
 
     /// True once subscription `subscription` has acknowledged the message at `sequence` of `topic`
     /// (false for an unknown subscription). Once true, the effects committed with the
     /// acknowledgement are readable.
-    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError>;
+    fn is_acknowledged(
+        &self,
+        subscription: &SubscriptionName,
+        topic: &TopicName,
+        sequence: u64,
+    ) -> Result<bool, BrokerError>;
 }
 
 /// One consumer of a subscription. Dropping it leaves the subscription; the messages it had not

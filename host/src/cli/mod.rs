@@ -22,7 +22,7 @@ use crate::guest_build::Builder;
 use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES};
 use crate::metrics::Stats;
-use crate::names::TopicName;
+use crate::names::{SubscriptionName, TopicName};
 use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::state::StateStore;
@@ -446,8 +446,8 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         return consume_from_worker(&args, &topic, url);
     }
     let store = open_store(&args.data)?;
-    let subscription =
-        store.subscribe(SubscriptionSpec::single(vec![topic], args.subscription.clone(), args.position))?;
+    let name = args.subscription.as_deref().map(|local| SubscriptionName::on_topic(&topic, local)).transpose()?;
+    let subscription = store.subscribe(SubscriptionSpec::single(vec![topic], name, args.position))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))

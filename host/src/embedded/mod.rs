@@ -22,12 +22,12 @@ use sled::Transactional;
 use sled::transaction::TransactionError;
 
 use crate::broker::{
-    Acks, Broker, BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription,
+    Acks, Broker, BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, OutMessage, Position, Subscription,
     SubscriptionSpec, SubscriptionType,
 };
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::metadata::{MetadataError, MetadataStore};
-use crate::names::{Fqfn, TopicName, TopicPattern};
+use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 mod state;
@@ -92,8 +92,11 @@ struct Inner {
     state_tables: Mutex<HashMap<Fqfn, Arc<FunctionTable>>>,
     checkpointer: Checkpointer,
     /// Durable subscriptions with at least one consumer, by name.
-    subscriptions: Mutex<HashMap<String, Arc<SharedSubscription>>>,
-    /// Bumped whenever a topic is opened for the first time, so that pattern subscriptions look for new topics.
+    subscriptions: Mutex<HashMap<SubscriptionName, Arc<SharedSubscription>>>,
+    /// Every topic opened since the store opened, in order: a pattern subscription matches the
+    /// ones it has not seen yet, never every topic again.
+    opened_topics: Mutex<Vec<TopicName>>,
+    /// How many topics `opened_topics` holds, readable without its lock.
     topic_generation: AtomicU64,
     /// Every subscription opened and not yet dropped, durable or not: an append wakes those that
     /// read its topic.
@@ -162,6 +165,7 @@ impl EmbeddedStore {
                 state_tables: Mutex::new(HashMap::new()),
                 checkpointer,
                 subscriptions: Mutex::new(HashMap::new()),
+                opened_topics: Mutex::new(Vec::new()),
                 topic_generation: AtomicU64::new(0),
                 live: Mutex::new(Vec::new()),
             }),
@@ -193,7 +197,9 @@ impl EmbeddedStore {
         };
         let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next), length: AtomicU64::new(next) });
         topics.insert(name.clone(), topic.clone());
-        self.inner.topic_generation.fetch_add(1, Ordering::Release);
+        let mut opened = lock(&self.inner.opened_topics);
+        opened.push(name.clone());
+        self.inner.topic_generation.store(opened.len() as u64, Ordering::Release);
         Ok(topic)
     }
 
@@ -215,7 +221,12 @@ impl EmbeddedStore {
     }
 
     /// A cursor over `topic` for subscription `name`, from its record or, for a new one, at `position`.
-    fn cursor(&self, name: Option<&str>, topic: &TopicName, position: Position) -> Result<Cursor, BrokerError> {
+    fn cursor(
+        &self,
+        name: Option<&SubscriptionName>,
+        topic: &TopicName,
+        position: Position,
+    ) -> Result<Cursor, BrokerError> {
         let topic = self.topic(topic)?;
         let start = match position {
             Position::Earliest => topic.tree.first().map_err(storage)?.map_or(0, |(key, _)| decode_sequence(&key)),
@@ -236,7 +247,11 @@ impl EmbeddedStore {
     }
 
     /// The durable cursor record of subscription `name` on `topic`: its mark and acknowledged ranges.
-    fn stored_cursor(&self, name: &str, topic: &TopicName) -> Result<Option<(u64, RangeSet)>, BrokerError> {
+    fn stored_cursor(
+        &self,
+        name: &SubscriptionName,
+        topic: &TopicName,
+    ) -> Result<Option<(u64, RangeSet)>, BrokerError> {
         let Some(record) = self.inner.cursors.get(cursor_key(name, topic)).map_err(storage)? else { return Ok(None) };
         decode_cursor(&record).map(Some).map_err(|reason| BrokerError::Corrupt {
             topic: topic.clone(),
@@ -322,21 +337,30 @@ impl Broker for EmbeddedStore {
         Ok(Box::new(EmbeddedConsumer { store: self.clone(), shared, id, woken: Arc::default() }))
     }
 
-    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+    fn delete_subscription(&self, name: &SubscriptionName, inputs: &Inputs) -> Result<(), BrokerError> {
         if lock(&self.inner.subscriptions).contains_key(name) {
-            return Err(BrokerError::InUse { name: name.into() });
+            return Err(BrokerError::InUse { name: name.clone() });
         }
-        let mut prefix = name.as_bytes().to_vec();
+        let mut prefix = name.to_string().into_bytes();
         prefix.push(0);
         let mut batch = sled::Batch::default();
         for entry in self.inner.cursors.scan_prefix(&prefix) {
-            batch.remove(entry.map_err(storage)?.0);
+            let key = entry.map_err(storage)?.0;
+            let topic = std::str::from_utf8(&key[prefix.len()..]).ok().and_then(|topic| TopicName::parse(topic).ok());
+            if topic.is_some_and(|topic| inputs.covers(&topic)) {
+                batch.remove(key);
+            }
         }
         self.inner.cursors.apply_batch(batch).map_err(storage)?;
         self.flush()
     }
 
-    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError> {
+    fn is_acknowledged(
+        &self,
+        subscription: &SubscriptionName,
+        topic: &TopicName,
+        sequence: u64,
+    ) -> Result<bool, BrokerError> {
         // The in-memory cursors of an open subscription change only after their commit is durable.
         let open = lock(&self.inner.subscriptions).get(subscription).cloned();
         if let Some(shared) = open {
@@ -491,7 +515,9 @@ struct Delivered {
 
 /// A subscription as all its consumers in this process share it.
 struct SharedSubscription {
-    name: Option<String>,
+    name: Option<SubscriptionName>,
+    /// The topics it was opened with, sorted, and its pattern: a consumer asking for others is refused.
+    asked: (Vec<TopicName>, Option<String>),
     subscription_type: SubscriptionType,
     pattern: Option<TopicPattern>,
     ack_timeout: Option<Duration>,
@@ -539,7 +565,8 @@ impl SubscriptionState {
 
 impl SharedSubscription {
     fn open(store: &EmbeddedStore, spec: &SubscriptionSpec) -> Result<Self, BrokerError> {
-        let name = spec.name.as_deref();
+        let name = spec.name.as_ref();
+        let topic_generation = store.inner.topic_generation.load(Ordering::Acquire);
         let mut topics = spec.inputs.topics.clone();
         if let Some(pattern) = &spec.inputs.pattern {
             topics.extend(store.topics_matching(pattern)?);
@@ -548,15 +575,15 @@ impl SharedSubscription {
         topics.dedup();
         if topics.len() > MAX_SUBSCRIPTION_TOPICS {
             return Err(BrokerError::TooManyTopics {
-                name: name.unwrap_or("(reader)").into(),
+                name: name.map_or_else(|| "(reader)".into(), ToString::to_string),
                 limit: MAX_SUBSCRIPTION_TOPICS,
             });
         }
-        let topic_generation = store.inner.topic_generation.load(Ordering::Acquire);
         let cursors =
             topics.iter().map(|topic| store.cursor(name, topic, spec.initial_position)).collect::<Result<_, _>>()?;
         Ok(Self {
             name: spec.name.clone(),
+            asked: asked_inputs(&spec.inputs),
             subscription_type: spec.subscription_type,
             pattern: spec.inputs.pattern.clone(),
             ack_timeout: spec.ack_timeout,
@@ -579,19 +606,13 @@ impl SharedSubscription {
 
     /// Adds a consumer and returns its id.
     fn join(&self, spec: &SubscriptionSpec) -> Result<u64, BrokerError> {
-        let mismatch = |reason: String| BrokerError::Mismatch { name: self.name.clone().unwrap_or_default(), reason };
-        if spec.subscription_type != self.subscription_type {
-            return Err(mismatch(format!(
-                "it is {:?} and this consumer asks for {:?}; stop its other consumers or use another --subs-name",
-                self.subscription_type, spec.subscription_type
-            )));
-        }
         let (share, count) = spec.key_shares;
-        if self.subscription_type == SubscriptionType::KeyShared && (count != self.key_share_count || share >= count) {
-            return Err(mismatch(format!(
-                "its consumers split keys {} ways; this one asks for share {share} of {count}",
-                self.key_share_count
-            )));
+        let same = spec.subscription_type == self.subscription_type
+            && asked_inputs(&spec.inputs) == self.asked
+            && (self.subscription_type != SubscriptionType::KeyShared
+                || (count == self.key_share_count && share < count));
+        if !same && let Some(name) = &self.name {
+            return Err(BrokerError::Mismatch { name: name.clone() });
         }
         let mut state = lock(&self.state);
         let id = state.next_consumer;
@@ -607,20 +628,22 @@ impl SharedSubscription {
         if generation == state.topic_generation {
             return Ok(());
         }
+        let opened: Vec<TopicName> =
+            lock(&store.inner.opened_topics)[state.topic_generation as usize..generation as usize].to_vec();
         state.topic_generation = generation;
-        for topic in store.topics_matching(pattern)? {
+        for topic in opened.into_iter().filter(|topic| pattern.matches(topic)) {
             if state.cursors.iter().any(|cursor| cursor.topic.name == topic) {
                 continue;
             }
             if state.cursors.len() >= MAX_SUBSCRIPTION_TOPICS {
                 return Err(BrokerError::TooManyTopics {
-                    name: self.name.clone().unwrap_or_default(),
+                    name: self.name.as_ref().map(ToString::to_string).unwrap_or_default(),
                     limit: MAX_SUBSCRIPTION_TOPICS,
                 });
             }
             // A topic that appears after the subscription was made is read from its start: its
             // first messages were produced after the subscription, so they are all new to it.
-            state.cursors.push(store.cursor(self.name.as_deref(), &topic, Position::Earliest)?);
+            state.cursors.push(store.cursor(self.name.as_ref(), &topic, Position::Earliest)?);
         }
         Ok(())
     }
@@ -1138,7 +1161,16 @@ impl Subscription for EmbeddedConsumer {
     }
 }
 
-fn cursor_key(subscription: &str, topic: &TopicName) -> Vec<u8> {
+/// What a consumer asks to read, comparable: its named topics, sorted, and its pattern.
+fn asked_inputs(inputs: &Inputs) -> (Vec<TopicName>, Option<String>) {
+    let mut topics = inputs.topics.clone();
+    topics.sort();
+    topics.dedup();
+    (topics, inputs.pattern.as_ref().map(ToString::to_string))
+}
+
+fn cursor_key(subscription: &SubscriptionName, topic: &TopicName) -> Vec<u8> {
+    let subscription = subscription.to_string();
     let mut key = Vec::with_capacity(subscription.len() + 1 + topic.as_str().len());
     key.extend_from_slice(subscription.as_bytes());
     key.push(0);
@@ -1237,7 +1269,8 @@ mod tests {
     }
 
     fn spec(topics: &[&str], name: Option<&str>, position: Position) -> SubscriptionSpec {
-        SubscriptionSpec::single(topics.iter().map(|t| topic(t)).collect(), name.map(str::to_owned), position)
+        let name = name.map(|name| SubscriptionName::new("public", "default", name).unwrap());
+        SubscriptionSpec::single(topics.iter().map(|t| topic(t)).collect(), name, position)
     }
 
     fn values(messages: &[Message]) -> Vec<String> {
@@ -1481,7 +1514,7 @@ mod tests {
         produce(&store, "in-1", &["a"]);
         let pattern = TopicPattern::parse("in-.*", "public", "default").unwrap();
         let spec = SubscriptionSpec {
-            inputs: crate::broker::Inputs { topics: Vec::new(), pattern: Some(pattern) },
+            inputs: Inputs { topics: Vec::new(), pattern: Some(pattern) },
             ..spec(&[], Some("s"), Position::Latest)
         };
         let subscription = store.subscribe(spec).unwrap();

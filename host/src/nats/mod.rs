@@ -31,10 +31,10 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use bincode::Decode;
 use tokio::io::AsyncReadExt as _;
 
-use crate::broker::{Broker, BrokerError, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
 use crate::codec::encode;
 use crate::metadata::{Membership, MetadataError, MetadataStore};
-use crate::names::{Fqfn, TopicName};
+use crate::names::{Fqfn, SubscriptionName, TopicName};
 use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 pub use names::subject_matches;
@@ -132,7 +132,7 @@ struct Inner {
     leader: kv::Store,
     /// The reply subject of each message delivered to a durable subscription in this process and
     /// not yet acknowledged, by subscription, topic and sequence: an acknowledgement goes there.
-    delivered: Mutex<HashMap<(String, TopicName, u64), async_nats::Subject>>,
+    delivered: Mutex<HashMap<(SubscriptionName, TopicName, u64), async_nats::Subject>>,
     /// Makes output message ids unique across this process's commits.
     commits: AtomicU64,
     /// Spreads keyless messages over key shares.
@@ -414,12 +414,12 @@ impl Broker for NatsEngine {
         Ok(Box::new(subscription::NatsSubscription::open(self.inner.clone(), spec)?))
     }
 
-    fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+    fn delete_subscription(&self, name: &SubscriptionName, inputs: &Inputs) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let durable = token(name);
+        let durable = token(&name.to_string());
         inner.block_on(async {
             use futures_util::TryStreamExt as _;
-            for topic in inner.topics().await? {
+            for topic in inner.topics().await?.into_iter().filter(|topic| inputs.covers(topic)) {
                 let stream = inner.topic_stream(&topic).await?;
                 let consumers: Vec<String> = stream.consumer_names().try_collect().await.map_err(storage)?;
                 for consumer in consumers {
@@ -436,9 +436,14 @@ impl Broker for NatsEngine {
         })
     }
 
-    fn is_acknowledged(&self, subscription: &str, topic: &TopicName, sequence: u64) -> Result<bool, BrokerError> {
+    fn is_acknowledged(
+        &self,
+        subscription: &SubscriptionName,
+        topic: &TopicName,
+        sequence: u64,
+    ) -> Result<bool, BrokerError> {
         let inner = &self.inner;
-        let durable = token(subscription);
+        let durable = token(&subscription.to_string());
         inner.block_on(async {
             use futures_util::TryStreamExt as _;
             let stream = inner.topic_stream(topic).await?;

@@ -17,7 +17,7 @@ use crate::broker::{
     SubscriptionType,
 };
 use crate::limits::{MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
-use crate::names::{TopicName, TopicPattern};
+use crate::names::{SubscriptionName, TopicName, TopicPattern};
 use crate::state::{Change, StateValue, Versioned};
 
 /// Metadata keys of commit intents start with this, then the subscription name and `/`.
@@ -58,7 +58,7 @@ fn is_ordered(spec: &SubscriptionSpec) -> bool {
 /// Key-shared consumers of different instance counts split the keys differently, so each count
 /// has intents of its own: what instance 0 of 3 committed says nothing of what instance 0 of 2
 /// may skip.
-fn intent_key(name: &str, spec: &SubscriptionSpec) -> String {
+fn intent_key(name: &SubscriptionName, spec: &SubscriptionSpec) -> String {
     let (share, count) = spec.key_shares;
     match spec.subscription_type == SubscriptionType::KeyShared && count > 1 {
         true => format!("{INTENT_PREFIX}{name}/{share}_{count}"),
@@ -223,7 +223,7 @@ impl NatsSubscription {
         let found: Vec<TopicName> = topics.into_iter().filter(|topic| pattern.matches(topic)).collect();
         if found.len() > MAX_SUBSCRIPTION_TOPICS {
             return Err(BrokerError::TooManyTopics {
-                name: self.spec.name.clone().unwrap_or_default(),
+                name: self.spec.name.as_ref().map(ToString::to_string).unwrap_or_default(),
                 limit: MAX_SUBSCRIPTION_TOPICS,
             });
         }
@@ -268,7 +268,8 @@ impl NatsSubscription {
         };
         let (share, count) = self.spec.key_shares;
         let key_shared = self.spec.subscription_type == SubscriptionType::KeyShared && count > 1;
-        let durable = if key_shared { format!("{}_k{share}_{count}", token(name)) } else { token(name) };
+        let name = name.to_string();
+        let durable = if key_shared { format!("{}_k{share}_{count}", token(&name)) } else { token(&name) };
         let ack_wait = self.spec.ack_timeout.unwrap_or(CLUSTER_ACK_WAIT);
         let config = pull::Config {
             durable_name: Some(durable.clone()),
@@ -304,7 +305,7 @@ impl NatsSubscription {
             let family: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
             let floor = family
                 .iter()
-                .filter(|other| other.name != durable && consumer_belongs_to(&other.name, &token(name)))
+                .filter(|other| other.name != durable && consumer_belongs_to(&other.name, &token(&name)))
                 .map(|other| other.ack_floor.stream_sequence)
                 .min();
             if let Some(floor) = floor {
@@ -707,7 +708,13 @@ impl Subscription for NatsSubscription {
 
     fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let name = self.spec.name.clone().unwrap_or_default();
+        // A reader has no subscription, so nothing was delivered to it for acknowledgement.
+        let name = self.spec.name.clone();
+        let received = |delivered: &HashMap<(SubscriptionName, TopicName, u64), async_nats::Subject>,
+                        topic: &TopicName,
+                        sequence: u64| {
+            name.as_ref().is_some_and(|name| delivered.contains_key(&(name.clone(), topic.clone(), sequence)))
+        };
         let mut replies = Vec::new();
         let mut acked = Vec::new();
         let mut highest: HashMap<TopicName, u64> = HashMap::new();
@@ -715,19 +722,21 @@ impl Subscription for NatsSubscription {
             let mut delivered = inner.delivered.lock().unwrap();
             let unknown = effects.acks.iter().find_map(|(topic, ranges)| {
                 let mut sequences = ranges.iter().flat_map(|&(start, end)| start..end);
-                let missing =
-                    sequences.find(|&sequence| !delivered.contains_key(&(name.clone(), topic.clone(), sequence)));
+                let missing = sequences.find(|&sequence| !received(&delivered, topic, sequence));
                 missing.map(|sequence| (topic, sequence))
             });
             if let Some((topic, sequence)) = unknown {
                 return Err(BrokerError::Storage(format!(
-                    "message {sequence} of {topic} was not received by subscription `{name}` through this worker; acknowledge it on the worker that received it"
+                    "message {sequence} of {topic} was not received by subscription `{}` through this worker; acknowledge it on the worker that received it",
+                    name.as_ref().map(ToString::to_string).unwrap_or_default()
                 )));
             }
             for (topic, ranges) in effects.acks.iter() {
                 for &(start, end) in ranges {
                     for sequence in start..end {
-                        replies.extend(delivered.remove(&(name.clone(), topic.clone(), sequence)));
+                        if let Some(name) = &name {
+                            replies.extend(delivered.remove(&(name.clone(), topic.clone(), sequence)));
+                        }
                         acked.push((topic.clone(), sequence));
                     }
                     let high = highest.entry(topic.clone()).or_default();
@@ -863,16 +872,17 @@ mod tests {
 
     #[test]
     fn each_instance_count_of_a_key_shared_subscription_has_intents_of_its_own() {
+        let name = SubscriptionName::new("t", "n", "f").unwrap();
         let spec = |subscription_type, key_shares| SubscriptionSpec {
             subscription_type,
             key_shares,
-            ..SubscriptionSpec::single(Vec::new(), Some("t/n/f".into()), Position::Earliest)
+            ..SubscriptionSpec::single(Vec::new(), Some(name.clone()), Position::Earliest)
         };
-        let keyed = |shares| intent_key("t/n/f", &spec(SubscriptionType::KeyShared, shares));
+        let keyed = |shares| intent_key(&name, &spec(SubscriptionType::KeyShared, shares));
         assert_ne!(keyed((0, 3)), keyed((0, 2)));
-        assert_eq!(keyed((0, 1)), intent_key("t/n/f", &spec(SubscriptionType::Failover, (0, 1))));
+        assert_eq!(keyed((0, 1)), intent_key(&name, &spec(SubscriptionType::Failover, (0, 1))));
         // A failover subscription's active consumer keeps its intent whatever the instance count.
-        let failover = |shares| intent_key("t/n/f", &spec(SubscriptionType::Failover, shares));
+        let failover = |shares| intent_key(&name, &spec(SubscriptionType::Failover, shares));
         assert_eq!(failover((0, 3)), failover((0, 2)));
         assert!(keyed((1, 3)).starts_with(INTENT_PREFIX));
     }

@@ -18,7 +18,7 @@ use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
 };
-use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, TopicAccess, TopicName, TopicPattern};
+use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, SubscriptionName, TopicAccess, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
 use crate::window::{WindowConfig, WindowSettings};
 
@@ -456,7 +456,14 @@ impl FunctionSpec {
             (guarantee, _) => guarantee.unwrap_or(ProcessingGuarantee::AtLeastOnce),
         };
         Ok(FunctionConfig {
-            subscription: self.sub_name.clone().unwrap_or_else(|| fqfn.to_string()),
+            subscription: match &self.sub_name {
+                Some(local) => SubscriptionName::new(fqfn.tenant(), fqfn.namespace(), local).map_err(|error| {
+                    ConfigError::new(format!(
+                        "--subs-name (subName): {error}; it names a subscription inside the function's own namespace"
+                    ))
+                })?,
+                None => SubscriptionName::of_function(&fqfn),
+            },
             dead_letter_topic: match topic(&self.dead_letter_topic)? {
                 Some(topic) => topic,
                 None => fqfn.default_dead_letter_topic(),

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use super::access::Role;
 use super::{Worker, WorkerError, message_json};
 use crate::broker::{OutMessage, Position};
-use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REQUEST_SIZE};
-use crate::names::{Fqfn, TopicName};
+use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REQUEST_SIZE, RECEIVE_POLL_MS};
+use crate::names::{Fqfn, SubscriptionName, TopicName};
 use crate::spec::FunctionSpec;
 
 /// The OpenAPI document of this API, kept beside the code that implements it.
@@ -45,6 +45,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Conflict(_) => StatusCode::CONFLICT,
             WorkerError::Forbidden(_) => StatusCode::FORBIDDEN,
             WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            WorkerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -534,6 +535,12 @@ struct ReceiveQuery {
     position: Position,
 }
 
+/// A REST consumer's subscription: the name in the path, inside the topic's namespace. A `/` in
+/// it (`%2F` in the path) is refused, never read as another tenant's subscription.
+fn subscription_name(topic: &TopicName, local: &str) -> ApiResult<SubscriptionName> {
+    SubscriptionName::on_topic(topic, local).map_err(|error| bad_request(error.to_string()))
+}
+
 fn one() -> usize {
     1
 }
@@ -556,9 +563,23 @@ async fn receive(
             query.wait_ms
         )));
     }
-    let wait = Duration::from_millis(query.wait_ms);
-    let messages = blocking(move || worker.receive(&topic, &subscription, query.position, query.count, wait)).await?;
-    let messages: Vec<serde_json::Value> = messages.iter().map(message_json).collect();
+    let subscription = subscription_name(&topic, &subscription)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
+    let consumer = Arc::new(blocking(move || worker.rest_consumer(&topic, &subscription, query.position)).await?);
+    let mut received = Vec::new();
+    loop {
+        let (taking, mut taken) = (consumer.clone(), std::mem::take(&mut received));
+        received = blocking(move || taking.take(query.count, &mut taken).map(|()| taken)).await?;
+        if !received.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        // The wait holds no thread: a tenant's long-polls cannot take the pool other requests need.
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(RECEIVE_POLL_MS)))
+            .await;
+    }
+    // Leaving the subscription gives back what was not acknowledged, which takes the store.
+    tokio::task::spawn_blocking(move || drop(consumer));
+    let messages: Vec<serde_json::Value> = received.iter().map(message_json).collect();
     Ok(Json(serde_json::json!({ "messages": messages })))
 }
 
@@ -580,6 +601,10 @@ async fn acknowledge(
         return Err(bad_request(format!("more than MAX_BATCH_MESSAGES ({MAX_BATCH_MESSAGES}) ids in one request")));
     }
     let count = request.message_ids.len();
-    blocking(move || worker.acknowledge(&topic, &subscription, &request.message_ids)).await?;
+    let subscription = subscription_name(&topic, &subscription)?;
+    blocking(move || {
+        worker.rest_consumer(&topic, &subscription, Position::Earliest)?.acknowledge(&topic, &request.message_ids)
+    })
+    .await?;
     Ok(Json(serde_json::json!({ "acknowledged": count })))
 }

@@ -15,6 +15,7 @@ pub mod access;
 pub mod admin;
 pub mod cluster;
 mod prometheus;
+mod rest_consumer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Acks, Broker, Effects, Message, OutMessage, Position, SubscriptionSpec};
+use crate::broker::{Broker, Message, OutMessage, Position, SubscriptionSpec};
 use crate::guest_build::{Builder, World};
 use crate::instance::{
     self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
@@ -63,6 +64,9 @@ pub enum WorkerError {
     /// The function did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// The caller has too much open at once; it may try again later.
+    #[error("{0}")]
+    Busy(String),
     /// The worker itself failed.
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
@@ -173,6 +177,7 @@ pub struct Worker {
     /// Held by every change to a function and, in a cluster, by each round of catching up with
     /// the records, so that a round never sees a change half made.
     changing: Mutex<()>,
+    consumer_gate: rest_consumer::ConsumerGate,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -228,6 +233,7 @@ impl Worker {
             cluster: config.cluster.map(cluster::Cluster::new),
             access: config.access,
             changing: Mutex::new(()),
+            consumer_gate: rest_consumer::ConsumerGate::default(),
         };
         if worker.cluster.is_some() {
             return Ok(worker);
@@ -525,7 +531,8 @@ impl Worker {
         // resumes without its state.
         self.store.remove_record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}")).map_err(anyhow::Error::from)?;
         if function.record.spec.cleanup_subscription.unwrap_or(true) {
-            self.store.delete_subscription(&function.config.subscription).map_err(anyhow::Error::from)?;
+            let config = &function.config;
+            self.store.delete_subscription(&config.subscription, &config.inputs).map_err(anyhow::Error::from)?;
         }
         self.store.delete_table(fqfn).map_err(anyhow::Error::from)?;
         let digest = function.record.digest.clone();
@@ -960,41 +967,6 @@ impl Worker {
         }
         let sequences = self.store.produce(topic, messages).map_err(anyhow::Error::from)?;
         Ok(sequences.into_iter().map(crate::broker::message_id).collect())
-    }
-
-    /// Up to `count` messages of `topic` for durable subscription `subscription`, without
-    /// acknowledging them: they come again until [`Worker::acknowledge`]d.
-    pub fn receive(
-        &self,
-        topic: &TopicName,
-        subscription: &str,
-        position: Position,
-        count: usize,
-        wait: Duration,
-    ) -> Result<Vec<Message>, WorkerError> {
-        let consumer = self
-            .store
-            .subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(subscription.to_owned()), position))
-            .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
-        // Dropping the consumer hands what it did not acknowledge back to the subscription.
-        Ok(consumer.fetch(count, wait).map_err(anyhow::Error::from)?)
-    }
-
-    /// Acknowledges messages of `topic` for `subscription`, by id.
-    pub fn acknowledge(&self, topic: &TopicName, subscription: &str, ids: &[String]) -> Result<(), WorkerError> {
-        let mut acks = Acks::default();
-        for id in ids {
-            let sequence = id
-                .parse::<u64>()
-                .map_err(|_| WorkerError::BadRequest(format!("`{id}` is not a message id (a decimal number)")))?;
-            acks.add(topic, sequence);
-        }
-        let consumer = self
-            .store
-            .subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(subscription.to_owned()), Position::Earliest))
-            .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
-        consumer.commit(Effects { acks, ..Effects::default() }).map_err(anyhow::Error::from)?;
-        Ok(())
     }
 
     /// Stops every instance after its current batch: what the worker does before it exits.
