@@ -59,11 +59,11 @@ fn a_subscription_name_never_reaches_another_tenants_subscription() {
     // evil cannot give acme's subscription as its function's: a subscription name is one segment
     // inside the function's own namespace.
     let refused =
-        create(&worker, EVIL, "exclamation", "evil/ns/thief", &["-i", "evil/ns/in", "--subs-name", "acme/ns/f"]);
+        create(&worker, EVIL, "misbehave", "evil/ns/thief", &["-i", "evil/ns/in", "--subs-name", "acme/ns/f"]);
     assert!(!refused.success && refused.stderr.contains("HTTP 400"), "{}", refused.stderr);
     assert!(refused.stderr.contains("--subs-name") && refused.stderr.contains("contains `/`"), "{}", refused.stderr);
     // The same local name is evil's own subscription, beside acme's.
-    let twin = create(&worker, EVIL, "exclamation", "evil/ns/f", &["-i", "evil/ns/in", "-o", "evil/ns/out"]);
+    let twin = create(&worker, EVIL, "misbehave", "evil/ns/f", &["-i", "evil/ns/in", "-o", "evil/ns/out"]);
     assert!(twin.success, "{}", twin.stderr);
 
     // Nor through the REST consumer, by any spelling of acme's name.
@@ -146,4 +146,71 @@ fn a_rest_consumer_joins_only_a_subscription_over_the_same_topics_and_deletes_on
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = worker.http_as(Some(ACME), "POST", &format!("{on_a}/receive?count=10"), json("{}"));
     assert_eq!((status, values(&answer)), (200, vec!["a1".to_owned()]), "{answer}");
+}
+
+#[test]
+fn failed_creates_leave_no_record_and_a_restarted_worker_serves_everyone_within_todays_quotas() {
+    let fnhost = Fnhost::new();
+    let worker = start_worker(&fnhost, "");
+    let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in", "-o", "acme/ns/out"]);
+    assert!(created.success, "{}", created.stderr);
+
+    // Creates that fail: too many input topics, and a subscription of the same name over other
+    // topics (evil's own, since a name never leaves its tenant).
+    let many: Vec<String> = (0..=fnhost::limits::MAX_SUBSCRIPTION_TOPICS).map(|n| format!("evil/ns/t{n}")).collect();
+    let refused = create(&worker, EVIL, "misbehave", "evil/ns/wide", &["-i", &many.join(",")]);
+    assert!(!refused.success && refused.stderr.contains("MAX_SUBSCRIPTION_TOPICS"), "{}", refused.stderr);
+    assert!(create(&worker, EVIL, "misbehave", "evil/ns/one", &["-i", "evil/ns/a"]).success);
+    let refused = create(
+        &worker,
+        EVIL,
+        "exclamation",
+        "evil/ns/two",
+        &["-i", "evil/ns/b", "--subs-name", "one", "--retain-ordering"],
+    );
+    assert!(!refused.success && refused.stderr.contains("HTTP 409"), "{}", refused.stderr);
+    for failed in ["wide", "two"] {
+        let (status, answer) =
+            worker.http_as(Some(EVIL), "GET", &format!("/admin/v3/functions/evil/ns/{failed}"), None);
+        assert_eq!(status, 404, "{failed}: {answer}");
+    }
+
+    // evil has three functions; then the operator lowers its quota to one and the worker
+    // restarts after a SIGKILL. Every other function runs, and evil's are held to today's quota.
+    assert!(create(&worker, EVIL, "misbehave", "evil/ns/three", &["-i", "evil/ns/c"]).success);
+    assert!(create(&worker, EVIL, "misbehave", "evil/ns/four", &["-i", "evil/ns/d"]).success);
+    worker.kill();
+    let access = fnhost.data_dir().with_extension("access.yaml");
+    std::fs::write(&access, access_file("    maxFunctions: 1\n")).unwrap();
+    let worker = Worker::start_with(fnhost.data_dir(), &["--access", access.to_str().unwrap()]);
+    produce(&worker, ACME, "acme/ns/in", &["after".to_owned()]);
+    assert_eq!(worker.read_as(Some(ACME), "acme/ns/out", 1), ["after!"]);
+    let (status, answer) = worker.http_as(Some(EVIL), "GET", "/admin/v3/functions/evil/ns", None);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer.as_array().map(Vec::len), Some(3), "the failed ones are listed: {answer}");
+    let statuses: Vec<(u16, serde_json::Value)> = ["four", "one", "three"]
+        .iter()
+        .map(|name| worker.http_as(Some(EVIL), "GET", &format!("/admin/v3/functions/evil/ns/{name}/status"), None))
+        .collect();
+    let refused: Vec<&serde_json::Value> =
+        statuses.iter().filter(|(status, _)| *status == 409).map(|(_, body)| body).collect();
+    assert_eq!(refused.len(), 2, "{statuses:?}");
+    for answer in refused {
+        let reason = answer["reason"].as_str().unwrap();
+        assert!(reason.contains("could not be resumed") && reason.contains("maxFunctions"), "{reason}");
+    }
+    // Deleting the one that runs leaves the package the failed ones still need: with the quota
+    // back, the next start resumes them.
+    let running = ["four", "one", "three"].iter().zip(&statuses).find(|(_, (status, _))| *status == 200).unwrap().0;
+    let (status, answer) =
+        worker.http_as(Some(EVIL), "DELETE", &format!("/admin/v3/functions/evil/ns/{running}"), None);
+    assert_eq!(status, 200, "{answer}");
+    worker.kill();
+    std::fs::write(&access, access_file("")).unwrap();
+    let worker = Worker::start_with(fnhost.data_dir(), &["--access", access.to_str().unwrap()]);
+    for name in ["four", "one", "three"].iter().filter(|name| *name != running) {
+        let (status, answer) =
+            worker.http_as(Some(EVIL), "GET", &format!("/admin/v3/functions/evil/ns/{name}/status"), None);
+        assert_eq!((status, answer["numRunning"].as_u64()), (200, Some(1)), "{name}: {answer}\n{}", worker.log());
+    }
 }

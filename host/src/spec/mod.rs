@@ -16,7 +16,8 @@ use crate::guest_build::{Source, World};
 use crate::instance::{FunctionConfig, Ordering, ProcessingGuarantee};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
-    MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_TIMEOUT_MS,
+    MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_SUBSCRIPTION_TOPICS,
+    MAX_TIMEOUT_MS,
 };
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, SubscriptionName, TopicAccess, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
@@ -384,6 +385,12 @@ impl FunctionSpec {
             .transpose()?;
         let topics =
             self.inputs.iter().flatten().map(|name| TopicName::parse(name.trim())).collect::<Result<Vec<_>, _>>()?;
+        if topics.len() > MAX_SUBSCRIPTION_TOPICS {
+            return Err(ConfigError::new(format!(
+                "--inputs names {} topics; the limit (MAX_SUBSCRIPTION_TOPICS) is {MAX_SUBSCRIPTION_TOPICS}",
+                topics.len()
+            )));
+        }
         if topics.is_empty() && pattern.is_none() {
             return Err(ConfigError::new(
                 "the function has no inputs: give --inputs (inputs) or --topics-pattern (topicsPattern)",

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, Message, OutMessage, Position, SubscriptionSpec};
+use crate::broker::{Broker, BrokerError, Message, OutMessage, Position, SubscriptionSpec};
 use crate::guest_build::{Builder, World};
 use crate::instance::{
     self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
@@ -178,6 +178,9 @@ pub struct Worker {
     /// the records, so that a round never sees a change half made.
     changing: Mutex<()>,
     consumer_gate: rest_consumer::ConsumerGate,
+    /// Recorded functions that could not be resumed when the worker opened, with why: they stay
+    /// stopped until deleted or created again, and every other function runs.
+    failed: Mutex<BTreeMap<Fqfn, String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,25 +237,44 @@ impl Worker {
             access: config.access,
             changing: Mutex::new(()),
             consumer_gate: rest_consumer::ConsumerGate::default(),
+            failed: Mutex::new(BTreeMap::new()),
         };
         if worker.cluster.is_some() {
             return Ok(worker);
         }
         for (key, bytes) in worker.store.records(FUNCTION_RECORD_PREFIX)? {
-            let record: FunctionRecord = serde_json::from_slice(&bytes).with_context(|| {
-                format!("the function record `{key}` is damaged; remove it from the data directory")
-            })?;
-            let fqfn = record.spec.fqfn()?;
-            let config = worker.function_config(&record.spec)?;
-            let code = worker.load_package(&record.digest)?;
-            let prepared = code.prepare::<MessageContext>()?;
-            instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!("function {fqfn}: {reason}"))?;
-            let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
-            worker.start_instances(&mut function)?;
-            tracing::info!(%fqfn, instances = function.config.parallelism, "resumed function");
-            lock(&worker.functions).insert(fqfn, Arc::new(Mutex::new(function)));
+            let Some(fqfn) = key.strip_prefix(FUNCTION_RECORD_PREFIX).and_then(|name| Fqfn::parse(name).ok()) else {
+                tracing::error!(key, "a function record under a name that is not a function's; remove it");
+                continue;
+            };
+            if let Err(error) = worker.resume(&fqfn, &bytes) {
+                let reason = format!("{error:#}");
+                tracing::error!(%fqfn, "cannot resume the function, which stays stopped: {reason}");
+                lock(&worker.failed).insert(fqfn, reason);
+            }
         }
         Ok(worker)
+    }
+
+    /// Starts a recorded function again, as its record and the tenant's quota allow today.
+    fn resume(&self, fqfn: &Fqfn, bytes: &[u8]) -> anyhow::Result<()> {
+        let record: FunctionRecord =
+            serde_json::from_slice(bytes).context("its record is damaged; delete the function and create it again")?;
+        anyhow::ensure!(record.spec.fqfn()? == *fqfn, "its record names another function");
+        let config = self.function_config(&record.spec)?;
+        self.check_quota(fqfn, &config)?;
+        self.check_capacity(fqfn, config.parallelism)?;
+        let code = self.load_package(&record.digest)?;
+        let prepared = code.prepare::<MessageContext>()?;
+        instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!(reason))?;
+        let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
+        if let Err(error) = self.start_instances(&mut function) {
+            stop_instances(&mut function);
+            return Err(error.into());
+        }
+        tracing::info!(%fqfn, instances = function.config.parallelism, "resumed function");
+        lock(&self.functions).insert(fqfn.clone(), Arc::new(Mutex::new(function)));
+        Ok(())
     }
 
     fn load_package(&self, digest: &str) -> anyhow::Result<FunctionCode> {
@@ -275,6 +297,11 @@ impl Worker {
     fn function(&self, fqfn: &Fqfn) -> Result<Arc<Mutex<Function>>, WorkerError> {
         if let Some(function) = lock(&self.functions).get(fqfn) {
             return Ok(function.clone());
+        }
+        if let Some(reason) = lock(&self.failed).get(fqfn) {
+            return Err(WorkerError::Conflict(format!(
+                "function {fqfn} could not be resumed when the worker started ({reason}); delete it, or create it again"
+            )));
         }
         // Another worker of the cluster may have created it since this one's last round.
         if self.cluster.is_some() {
@@ -457,9 +484,15 @@ impl Worker {
         if functions.contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
-        self.save_record(&fqfn, &record)?;
+        // The record is saved only once the instances have started: a create that fails leaves
+        // nothing that the next start of the worker would trip over.
         let mut function = Function { record, config: Arc::new(config), prepared, instances: Vec::new() };
-        self.start_instances(&mut function)?;
+        let started = self.start_instances(&mut function);
+        if let Err(error) = started.and_then(|()| Ok(self.save_record(&fqfn, &function.record)?)) {
+            stop_instances(&mut function);
+            return Err(error);
+        }
+        lock(&self.failed).remove(&fqfn);
         tracing::info!(%fqfn, instances = function.config.parallelism, "created function");
         functions.insert(fqfn, Arc::new(Mutex::new(function)));
         Ok(spec)
@@ -524,6 +557,9 @@ impl Worker {
     /// is false) and its state.
     pub fn delete(&self, fqfn: &Fqfn) -> Result<(), WorkerError> {
         let _changing = lock(&self.changing);
+        if lock(&self.failed).contains_key(fqfn) {
+            return self.delete_failed(fqfn);
+        }
         let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
         let mut function = lock(&function);
         stop_instances(&mut function);
@@ -542,9 +578,42 @@ impl Worker {
         Ok(())
     }
 
-    /// Removes the package `digest` if no function uses it any more; the caller holds no function's lock.
+    /// Deletes a function that could not be resumed: its record, its state, and its subscription
+    /// if its record still says which.
+    fn delete_failed(&self, fqfn: &Fqfn) -> Result<(), WorkerError> {
+        let key = format!("{FUNCTION_RECORD_PREFIX}{fqfn}");
+        let record =
+            self.store.records(&key).map_err(anyhow::Error::from)?.into_iter().find(|(found, _)| *found == key);
+        let record = record.and_then(|(_, bytes)| serde_json::from_slice::<FunctionRecord>(&bytes).ok());
+        self.store.remove_record(&key).map_err(anyhow::Error::from)?;
+        if let Some(config) = record.as_ref().and_then(|record| record.spec.resolve().ok())
+            && record.as_ref().is_some_and(|record| record.spec.cleanup_subscription.unwrap_or(true))
+        {
+            self.store.delete_subscription(&config.subscription, &config.inputs).map_err(anyhow::Error::from)?;
+        }
+        self.store.delete_table(fqfn).map_err(anyhow::Error::from)?;
+        lock(&self.failed).remove(fqfn);
+        if let Some(record) = record {
+            self.remove_unused_packages(&record.digest);
+        }
+        tracing::info!(%fqfn, "deleted function");
+        Ok(())
+    }
+
+    /// Removes the package `digest` if no function record names it any more (a function that
+    /// could not be resumed still needs its package); the caller holds no function's lock.
     fn remove_unused_packages(&self, digest: &str) {
-        let used = lock(&self.functions).values().any(|function| lock(function).record.digest == digest);
+        let records = match self.store.records(FUNCTION_RECORD_PREFIX) {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(digest, "cannot read the function records, so the component is kept: {error}");
+                return;
+            }
+        };
+        let used = lock(&self.functions).values().any(|function| lock(function).record.digest == digest)
+            || records.iter().any(|(_, bytes)| {
+                serde_json::from_slice::<FunctionRecord>(bytes).map_or(true, |record| record.digest == digest)
+            });
         if !used && let Err(error) = self.store.remove_package(digest) {
             tracing::warn!(digest, "cannot remove the unused component: {error}");
         }
@@ -567,7 +636,9 @@ impl Worker {
                 records.iter().filter_map(|(key, _)| Fqfn::parse(key.strip_prefix(FUNCTION_RECORD_PREFIX)?).ok());
             return Ok(names.filter(keep).map(|fqfn| fqfn.name().to_owned()).collect());
         }
-        Ok(lock(&self.functions).keys().filter(|fqfn| keep(fqfn)).map(|fqfn| fqfn.name().to_owned()).collect())
+        let functions = lock(&self.functions);
+        let failed = lock(&self.failed);
+        Ok(functions.keys().chain(failed.keys()).filter(|fqfn| keep(fqfn)).map(|fqfn| fqfn.name().to_owned()).collect())
     }
 
     /// True when instance `instance_id` of `fqfn` is this worker's to run.
@@ -606,6 +677,10 @@ impl Worker {
                 Err(error) if self.cluster.is_some() => {
                     tracing::warn!(%fqfn, instance_id, "cannot subscribe yet: {error}");
                     function.instances[instance_id as usize].error = Some(format!("cannot subscribe: {error}"));
+                }
+                Err(error @ BrokerError::Mismatch { .. }) => return Err(WorkerError::Conflict(error.to_string())),
+                Err(error @ BrokerError::TooManyTopics { .. }) => {
+                    return Err(WorkerError::BadRequest(error.to_string()));
                 }
                 Err(error) => return Err(anyhow::Error::from(error).into()),
             }
