@@ -26,7 +26,7 @@ use crate::limits::{
     MAX_BATCH_MESSAGES, MAX_COOL_DOWN_FACTOR, MAX_COOL_DOWN_MS, MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE,
     MAX_MESSAGE_KEY_LEN, MAX_MESSAGE_SIZE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES,
     MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
-    MAX_WRITTEN_BYTES_PER_MESSAGE,
+    MAX_WORKER_LOG_LINES_PER_SECOND, MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, NameError, SubscriptionName, TopicAccess, TopicName};
@@ -277,8 +277,40 @@ fn level_rank(level: LogLevel) -> u8 {
     level as u8
 }
 
+/// How many guest log lines an instance may still write into the worker's log: a token bucket
+/// that fills at MAX_WORKER_LOG_LINES_PER_SECOND and holds a second's worth.
+struct LogBudget {
+    tokens: f64,
+    filled_at: Instant,
+    /// Lines left out since the last one written.
+    left_out: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self { tokens: f64::from(MAX_WORKER_LOG_LINES_PER_SECOND), filled_at: Instant::now(), left_out: 0 }
+    }
+}
+
+impl LogBudget {
+    /// Takes one line at `now`: `None` if it is left out, else how many were left out before it.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let rate = f64::from(MAX_WORKER_LOG_LINES_PER_SECOND);
+        self.tokens = (self.tokens + now.saturating_duration_since(self.filled_at).as_secs_f64() * rate).min(rate);
+        self.filled_at = now;
+        if self.tokens < 1.0 {
+            self.left_out += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
+    /// Set when the instance is told to stop; the running guest is interrupted (see [`spawn`]).
+    stop: Arc<AtomicBool>,
     fqfn: Fqfn,
     instance_id: u32,
     state: Box<dyn StateTable>,
@@ -296,6 +328,8 @@ pub struct MessageContext {
     written: usize,
     /// Log lines the function wrote while processing the current message (MAX_LOG_LINES_PER_MESSAGE).
     log_lines: usize,
+    /// Bounds this instance's lines in the worker's log (not in its log topic).
+    worker_log_budget: LogBudget,
     /// Whether the function acknowledged the current message.
     acked: bool,
     topics: HashMap<String, TopicName>,
@@ -332,6 +366,7 @@ impl MessageContext {
     /// A context for instance `instance_id` of the function in `config`.
     pub fn new(config: &FunctionConfig, instance_id: u32, state: Box<dyn StateTable>, logs: LogSink) -> Self {
         Self {
+            stop: Arc::default(),
             fqfn: config.fqfn.clone(),
             instance_id,
             state,
@@ -344,6 +379,7 @@ impl MessageContext {
             publishes: 0,
             written: 0,
             log_lines: 0,
+            worker_log_budget: LogBudget::default(),
             acked: false,
             topics: HashMap::new(),
             topic_access: config.topic_access.clone(),
@@ -599,7 +635,17 @@ impl MessageContext {
             return;
         }
         let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
-        self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
+        if !matches!(self.logs, LogSink::Tracing) {
+            self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
+        } else if let Some(left_out) = self.worker_log_budget.take(Instant::now()) {
+            if left_out > 0 {
+                let note = format!(
+                    "{left_out} log lines of this instance were left out of the worker's log (MAX_WORKER_LOG_LINES_PER_SECOND is {MAX_WORKER_LOG_LINES_PER_SECOND}); its log topic, if it has one, has them all"
+                );
+                self.logs.write_line(LogLevel::Warn, &self.fqfn, self.instance_id, &note);
+            }
+            self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
+        }
         if let Some(topic) = &self.log_topic {
             let mut line = OutMessage::new(message);
             line.properties = vec![
@@ -635,11 +681,7 @@ fn cut(mut text: String, limit: usize, mark: &str) -> String {
 }
 
 fn check_key(key: &str) -> Result<(), ContextError> {
-    if key.starts_with('\0') {
-        return Err(ContextError::InvalidArgument(
-            "state keys starting with a NUL character are the host's (a window function's stored records)".into(),
-        ));
-    }
+    crate::state::check_user_key(key).map_err(ContextError::InvalidArgument)?;
     if key.len() > MAX_STATE_KEY_LEN {
         return Err(ContextError::LimitExceeded(format!(
             "state key is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",
@@ -655,7 +697,12 @@ impl HostContext for MessageContext {
     }
 
     fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, finished_at: Instant) -> bool {
-        self.end_message(result, finished_at)
+        // A stopped instance takes no further message of the call; they come again.
+        self.end_message(result, finished_at) && !self.stop_requested()
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(AtomicOrdering::Relaxed)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -1257,7 +1304,8 @@ pub fn spawn(
     mut executor: Box<dyn Executor>,
     metrics: Arc<InstanceMetrics>,
 ) -> RunningInstance {
-    let stop = Arc::new(AtomicBool::new(false));
+    // The context's flag: a stop both ends the loop and interrupts the guest it is running.
+    let stop = executor.context().stop.clone();
     let flag = stop.clone();
     let wake = consumer.waker();
     let thread = std::thread::Builder::new()
@@ -1490,7 +1538,7 @@ fn process_messages(
     // keep their order.
     let guests: Arc<[GuestMessage]> = guests.into();
     let mut next = 0;
-    while next < guests.len() {
+    while next < guests.len() && !halt.halted() {
         let call = next..guests.len().min(next + MESSAGES_PER_CALL);
         halt.rest(executor);
         for outcome in executor.process_batch(&guests, call) {
@@ -1499,6 +1547,11 @@ fn process_messages(
             next += 1;
             let mut outcome = outcome;
             for attempt in 1.. {
+                // A failure while stopping is the stop's interruption, not the message's fault:
+                // the message and the ones after it are left unacknowledged, for the next delivery.
+                if outcome.result.is_err() && halt.halted() {
+                    return acks;
+                }
                 stats.record_latency(outcome.elapsed);
                 let error = match outcome.result {
                     Ok(acked) => {

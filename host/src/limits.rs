@@ -82,11 +82,14 @@ pub const MAX_UNACKED_MESSAGES: usize = 50_000;
 pub const MAX_PACKAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Largest HTTP request body the worker reads, in bytes: a component plus its config.
 pub const MAX_REQUEST_SIZE: usize = MAX_PACKAGE_SIZE + MAX_CONFIG_SIZE;
+/// The share of a default worker that a tenant gets when the access file sets no quota for it:
+/// one quarter, so that the first tenant cannot take every instance slot.
+pub const DEFAULT_TENANT_SHARE_DIVISOR: u32 = 4;
 /// Most functions of one tenant, when the worker's access file gives no `maxFunctions`.
-pub const DEFAULT_TENANT_MAX_FUNCTIONS: u32 = 1_000;
+pub const DEFAULT_TENANT_MAX_FUNCTIONS: u32 = DEFAULT_WORKER_INSTANCES / DEFAULT_TENANT_SHARE_DIVISOR;
 /// Most instances of one tenant's functions (their `--parallelism` summed), when the worker's
 /// access file gives no `maxInstances`.
-pub const DEFAULT_TENANT_MAX_INSTANCES: u32 = DEFAULT_WORKER_INSTANCES;
+pub const DEFAULT_TENANT_MAX_INSTANCES: u32 = DEFAULT_WORKER_INSTANCES / DEFAULT_TENANT_SHARE_DIVISOR;
 /// Most memory one tenant's instances may reserve (each instance's `--ram` summed), in bytes, when
 /// the worker's access file gives no `maxMemoryBytes`: the default `--ram` for every default instance.
 pub const DEFAULT_TENANT_MAX_MEMORY_BYTES: u64 = DEFAULT_TENANT_MAX_INSTANCES as u64 * DEFAULT_RAM_BYTES;
@@ -117,3 +120,14 @@ pub const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_CONCURRENT_RECEIVES_PER_TENANT: usize = 8;
 /// How often a waiting REST receive looks for messages, without holding a thread between looks.
 pub const RECEIVE_POLL_MS: u64 = 50;
+/// Widest range of record ids a window function's stored progress may span: more is damage (or a
+/// forged record), which the instance refuses rather than spin over. Every open window together
+/// holds at most MAX_WINDOW_BYTES of values, so only windows of empty records come near it.
+pub const MAX_STORED_WINDOW_RECORDS: u64 = 16 * 1024 * 1024;
+/// Most guest log lines per second one instance writes into the worker's own log, which every
+/// tenant shares (bursts up to a second's worth are let through); the rest go only to the
+/// function's log topic, and the worker's log says how many were left out.
+pub const MAX_WORKER_LOG_LINES_PER_SECOND: u32 = 100;
+/// Most user metric series (a name on one instance) one tenant has in the worker's `/metrics`:
+/// the rest are left out, and a comment says how many.
+pub const MAX_METRIC_SERIES_PER_TENANT: usize = 10_000;

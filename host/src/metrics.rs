@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::embedded::now_millis;
+use crate::limits::MAX_METRICS_PER_INSTANCE;
 
 /// How many recent exceptions of each kind are kept, as Pulsar keeps them.
 pub const LATEST_EXCEPTIONS: usize = 10;
@@ -100,7 +101,12 @@ impl Stats {
         }
         self.latency.absorb(&other.latency);
         self.last_invocation = self.last_invocation.max(other.last_invocation);
+        // Names count over the stats' whole life, not per batch: new names past the limit are
+        // dropped (the context has logged that), so that no instance grows /metrics without end.
         for (name, (count, sum)) in &other.user_metrics {
+            if self.user_metrics.len() >= MAX_METRICS_PER_INSTANCE && !self.user_metrics.contains_key(name) {
+                continue;
+            }
             let entry = self.user_metrics.entry(name.clone()).or_default();
             entry.0 += count;
             entry.1 += sum;

@@ -37,6 +37,10 @@ pub use types::{ContextError, LogLevel, Message as GuestMessage, Window as Guest
 /// How often the epoch ticks; per-message time limits are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Most ticks a running guest goes without the store asking whether its instance was told to
+/// stop (20 ticks, 100 ms): a stop interrupts even a guest with an hour's time limit.
+const STOP_CHECK_TICKS: u64 = 20;
+
 /// What the host does for a function's context calls.
 ///
 /// Implemented by the instance loop; the runtime only forwards to it.
@@ -67,6 +71,11 @@ pub trait HostContext: Send + 'static {
     fn ack(&mut self);
     /// The lowest level [`HostContext::log`] writes.
     fn min_log_level(&mut self) -> LogLevel;
+    /// True once the instance was told to stop: a running call is interrupted at the store's next
+    /// check, and its message is left for the next delivery.
+    fn stop_requested(&self) -> bool {
+        false
+    }
     /// The function finished the current message of a batch with `result` at `finished_at`
     /// (the next message starts then: one clock read serves both); the answer says whether it
     /// should go on with the next one.
@@ -394,10 +403,13 @@ impl<H: HostContext> PreparedFunction<H> {
         // The time limit is per message, and a batch's messages are finished inside one call: at
         // each tick past the deadline the store checks the current message's own deadline.
         store.epoch_deadline_callback(|store| {
+            if store.data().host.stop_requested() {
+                return Ok(UpdateDeadline::Interrupt);
+            }
             let left = store.data().message_deadline.saturating_duration_since(Instant::now());
-            Ok(if left.is_zero() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(ticks(left)) })
+            Ok(if left.is_zero() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(next_check(left)) })
         });
-        store.set_epoch_deadline(ticks(limits.timeout));
+        store.set_epoch_deadline(next_check(limits.timeout));
         let exports = match &self.exports {
             PreparedExports::Batch(pre) => pre.instantiate(&mut store).map(Exports::Batch),
             PreparedExports::Window { pre, process_window, event_times } => {
@@ -423,6 +435,11 @@ impl<H: HostContext> PreparedFunction<H> {
 /// Epoch ticks that cover `time`, plus one because the first tick may come at once.
 fn ticks(time: Duration) -> u64 {
     time.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+/// The ticks until the store next looks at the clock and the stop flag.
+fn next_check(time_left: Duration) -> u64 {
+    ticks(time_left).min(STOP_CHECK_TICKS)
 }
 
 /// One instance of a function: its own store, memory and limits.
@@ -458,7 +475,7 @@ impl<H: HostContext> Instance<H> {
         let data = self.store.data_mut();
         data.unfinished = messages.len();
         data.message_deadline = Instant::now() + self.timeout;
-        self.store.set_epoch_deadline(ticks(self.timeout));
+        self.store.set_epoch_deadline(next_check(self.timeout));
         let result = match bindings.call_process_batch(&mut self.store, messages) {
             Ok(()) if self.store.data().unfinished == 0 => Ok(()),
             Ok(()) => Err(ProcessError::System(
@@ -489,7 +506,7 @@ impl<H: HostContext> Instance<H> {
         let data = self.store.data_mut();
         data.unfinished = 0;
         data.message_deadline = Instant::now() + self.timeout;
-        self.store.set_epoch_deadline(ticks(self.timeout));
+        self.store.set_epoch_deadline(next_check(self.timeout));
         let called = process_window
             .typed::<(GuestWindow, &[GuestMessage]), WindowResult>(&self.store)
             .and_then(|typed| typed.call(&mut self.store, (window, records)))
@@ -509,7 +526,7 @@ impl<H: HostContext> Instance<H> {
             return Ok(vec![None; records.len()]);
         };
         self.store.data_mut().message_deadline = Instant::now() + self.timeout;
-        self.store.set_epoch_deadline(ticks(self.timeout));
+        self.store.set_epoch_deadline(next_check(self.timeout));
         let called = event_times
             .typed::<(&[GuestMessage],), (Vec<Option<u64>>,)>(&self.store)
             .and_then(|typed| typed.call(&mut self.store, (records,)))
@@ -538,9 +555,12 @@ impl<H: HostContext> Instance<H> {
     }
 }
 
-fn describe_trap<H>(error: &wasmtime::Error, store: &Store<StoreData<H>>, timeout: Duration) -> String {
+fn describe_trap<H: HostContext>(error: &wasmtime::Error, store: &Store<StoreData<H>>, timeout: Duration) -> String {
     if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
         return limit.to_string();
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) && store.data().host.stop_requested() {
+        return "the instance was stopped while the function processed the message".into();
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return format!("processing took longer than the time limit of {} ms (--timeout-ms)", timeout.as_millis());

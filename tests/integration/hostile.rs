@@ -214,3 +214,77 @@ fn failed_creates_leave_no_record_and_a_restarted_worker_serves_everyone_within_
         assert_eq!((status, answer["numRunning"].as_u64()), (200, Some(1)), "{name}: {answer}\n{}", worker.log());
     }
 }
+
+/// The status of instance 0 of `fqfn`, as `token`'s bearer.
+fn instance_running(worker: &Worker, token: &str, fqfn: &str) -> bool {
+    let (_, status) = worker.http_as(Some(token), "GET", &format!("/admin/v3/functions/{fqfn}/status"), None);
+    status["numRunning"].as_u64() == Some(1)
+}
+
+#[test]
+fn a_stop_interrupts_a_guest_with_an_hours_time_limit_and_its_message_is_not_lost() {
+    let fnhost = Fnhost::new();
+    let worker = start_worker(&fnhost, "");
+    let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in", "-o", "acme/ns/out"]);
+    assert!(created.success, "{}", created.stderr);
+    let looping = create(
+        &worker,
+        EVIL,
+        "misbehave",
+        "evil/ns/loop",
+        &["-i", "evil/ns/in", "-o", "evil/ns/out", "--timeout-ms", "3600000"],
+    );
+    assert!(looping.success, "{}", looping.stderr);
+    produce(&worker, EVIL, "evil/ns/in", &["loop".to_owned()]);
+    worker.wait_for("evil's guest to be in its loop", || worker.log().contains("entering an endless loop"));
+    // evil's stop returns (the guest is interrupted, not waited out for an hour), the worker
+    // answers acme meanwhile, and the message stays for the next run.
+    let stopped = worker.cli_as(Some(EVIL), &["functions", "stop", "--fqfn", "evil/ns/loop"]);
+    assert!(stopped.success, "{}", stopped.stderr);
+    assert!(!instance_running(&worker, EVIL, "evil/ns/loop"));
+    produce(&worker, ACME, "acme/ns/in", &["hello".to_owned()]);
+    assert_eq!(worker.read_as(Some(ACME), "acme/ns/out", 1), ["hello!"]);
+    let (_, stats) = worker.http_as(Some(EVIL), "GET", "/admin/v3/functions/evil/ns/loop/stats", None);
+    assert_eq!(
+        (stats["systemExceptionsTotal"].as_u64(), stats["deadLetteredTotal"].as_u64()),
+        (Some(0), Some(0)),
+        "an interruption is not the message's failure: {stats}"
+    );
+    let (_, answer) = worker.http_as(
+        Some(EVIL),
+        "POST",
+        "/topics/persistent/evil/ns/in/subscription/evil-ns-loop-check/receive?count=10",
+        json("{}"),
+    );
+    assert_eq!(values(&answer), ["loop"], "still in the topic");
+    // The shutdown of a worker whose guest loops is bounded too.
+    let restarted = worker.cli_as(Some(EVIL), &["functions", "start", "--fqfn", "evil/ns/loop"]);
+    assert!(restarted.success, "{}", restarted.stderr);
+    worker.wait_for("the loop to run again", || instance_running(&worker, EVIL, "evil/ns/loop"));
+    assert!(worker.terminate(), "the worker exits cleanly on SIGTERM");
+}
+
+#[test]
+fn host_owned_state_keys_are_out_of_reach_and_user_metric_names_are_bounded_for_an_instances_life() {
+    let fnhost = Fnhost::new();
+    let worker = start_worker(&fnhost, "");
+    let created = create(&worker, EVIL, "misbehave", "evil/ns/m", &["-i", "evil/ns/in", "-o", "evil/ns/out"]);
+    assert!(created.success, "{}", created.stderr);
+    for key in ["%00window/0", "%00window/0/0000000000000000", "%00"] {
+        let path = format!("/admin/v3/functions/evil/ns/m/state/{key}");
+        let (status, answer) = worker.http_as(Some(EVIL), "GET", &path, None);
+        assert_eq!(status, 400, "{key}: {answer}");
+        let body = r#"{"stringValue": "forged"}"#;
+        let (status, answer) = worker.http_as(Some(EVIL), "POST", &path, json(body));
+        assert_eq!(status, 400, "{key}: {answer}");
+        assert!(answer["reason"].as_str().unwrap().contains("the host's own"), "{answer}");
+    }
+    let batches: Vec<String> = (0..3).map(|batch| format!("metrics-from:{}", batch * 1_000)).collect();
+    for batch in &batches {
+        produce(&worker, EVIL, "evil/ns/in", std::slice::from_ref(batch));
+    }
+    worker.read_as(Some(EVIL), "evil/ns/out", 3);
+    let (_, stats) = worker.http_as(Some(EVIL), "GET", "/admin/v3/functions/evil/ns/m/stats", None);
+    let names = stats["userMetrics"].as_object().unwrap().len();
+    assert_eq!(names, fnhost::limits::MAX_METRICS_PER_INSTANCE, "{stats}");
+}

@@ -12,11 +12,11 @@ use super::{Halt, RunError, RunUntil, commit_now};
 use crate::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
 use crate::embedded::now_millis;
 use crate::instance::{Executor, FunctionConfig, to_guest};
-use crate::limits::MAX_WINDOW_BYTES;
+use crate::limits::{MAX_STORED_WINDOW_RECORDS, MAX_WINDOW_BYTES};
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
 use crate::runtime::{GuestMessage, GuestWindow, HostContext, ProcessError};
-use crate::state::Change;
+use crate::state::{Change, HOST_KEY_PREFIX};
 use crate::window::{Offered, Window, WindowConfig, Windower, WindowerState};
 
 /// How often an instance of a window function looks at the clock while no record arrives, so
@@ -73,11 +73,11 @@ impl RecordCache {
 /// Where instance `instance_id`'s window records and progress are kept in the function's state
 /// table: under a NUL byte, which the context refuses in a function's own keys.
 fn progress_key(instance_id: u32) -> String {
-    format!("\0window/{instance_id}")
+    format!("{HOST_KEY_PREFIX}window/{instance_id}")
 }
 
 fn record_key(instance_id: u32, id: u64) -> String {
-    format!("\0window/{instance_id}/{id:016x}")
+    format!("{HOST_KEY_PREFIX}window/{instance_id}/{id:016x}")
 }
 
 fn encode<T: Encode>(value: &T) -> Vec<u8> {
@@ -113,8 +113,19 @@ pub(super) fn run_window_instance(
         Some(bytes) => decode(&bytes, "window progress")?,
         None => Progress::default(),
     };
+    // Stored progress is checked before the host loops over it: an instance keeps at most
+    // MAX_STORED_WINDOW_RECORDS records, so a wider range is damage, never a reason to spin.
+    if progress.next_id < progress.oldest_id || progress.next_id - progress.oldest_id > MAX_STORED_WINDOW_RECORDS {
+        return Err(damaged(format!(
+            "the stored window progress spans records {} to {}, more than MAX_STORED_WINDOW_RECORDS ({MAX_STORED_WINDOW_RECORDS}); the data directory is damaged",
+            progress.oldest_id, progress.next_id
+        )));
+    }
     let mut entries = Vec::new();
     for id in progress.oldest_id..progress.next_id {
+        if halt.halted() {
+            return Ok(());
+        }
         if let Some(bytes) = executor.context().read(&record_key(instance_id, id))? {
             let record: StoredRecord = decode(&bytes, "window record")?;
             entries.push(crate::window::Entry { timestamp: record.timestamp, id });

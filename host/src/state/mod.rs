@@ -80,6 +80,19 @@ impl Change {
 
 /// A map keyed by state keys, which guests choose: foldhash is several times faster than the
 /// standard SipHash on short keys, and its per-process random seed keeps chosen collisions out.
+/// What starts every key the host keeps in a function's table (a window function's records and
+/// progress): no key a function or a client gives may start with it, so those keys are a keyspace
+/// of the host's own that no context call and no admin call reaches.
+pub const HOST_KEY_PREFIX: char = '\0';
+
+/// Refuses a key that a function or a client gives when it would reach the host's keys.
+pub fn check_user_key(key: &str) -> Result<(), String> {
+    match key.starts_with(HOST_KEY_PREFIX) {
+        true => Err("state keys starting with a NUL character are the host's own (a window function's records); choose another key".into()),
+        false => Ok(()),
+    }
+}
+
 pub(crate) type KeyMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
 
 /// Pending changes to one state table, keyed by state key.

@@ -104,13 +104,22 @@ struct Tenant {
 }
 
 /// The worker's access rules: tokens, grants and quotas.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Access {
     /// Digests of the known tokens, with what each allows.
     tokens: Vec<([u8; 32], Role)>,
     worker_token: Option<String>,
     tenants: BTreeMap<String, Tenant>,
     defaults: Quota,
+}
+
+impl Default for Access {
+    /// A worker without an access file: no tokens, so every client may do anything and quotas
+    /// would separate nobody; the worker's own capacity is the only bound.
+    fn default() -> Self {
+        let whole_worker = Quota { max_functions: u32::MAX, max_instances: u32::MAX, max_memory_bytes: u64::MAX };
+        Self { tokens: Vec::new(), worker_token: None, tenants: BTreeMap::new(), defaults: whole_worker }
+    }
 }
 
 impl Access {
@@ -135,7 +144,8 @@ impl Access {
 
     fn from_file(file: AccessFile) -> Result<Self, String> {
         let defaults = file.tenant_defaults.over(Quota::default());
-        let mut access = Self { worker_token: file.worker_token, defaults, ..Self::default() };
+        let mut access =
+            Self { tokens: Vec::new(), worker_token: file.worker_token, tenants: BTreeMap::new(), defaults };
         for token in &file.operator_tokens {
             access.add_token(token, Role::Operator, "an operator token")?;
         }

@@ -1002,6 +1002,7 @@ impl Worker {
     /// The committed value of a state key, as FunctionState JSON.
     pub fn query_state(&self, fqfn: &Fqfn, key: &str) -> Result<serde_json::Value, WorkerError> {
         self.function(fqfn)?;
+        crate::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         let stored = self.store.table(fqfn).and_then(|table| table.get(key)).map_err(anyhow::Error::from)?;
         match stored {
             Some(stored) => Ok(state_json(key, stored)),
@@ -1012,6 +1013,7 @@ impl Worker {
     /// Sets a state key to bytes; counters are refused, both as the new value and as the old one.
     pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
         self.function(fqfn)?;
+        crate::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         if key.len() > MAX_STATE_KEY_LEN {
             return Err(WorkerError::BadRequest(format!(
                 "state key is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use crate::limits::MAX_METRIC_SERIES_PER_TENANT;
 use crate::metrics::Stats;
 use crate::names::Fqfn;
 
@@ -53,12 +54,28 @@ pub(super) fn render(instances: &[(Fqfn, u32, Stats)]) -> String {
     }
     // Names that differ only in characters Prometheus refuses are one metric.
     let mut user: BTreeMap<String, BTreeMap<&str, (u64, f64)>> = BTreeMap::new();
-    for (labels, stats) in &labelled {
+    let mut series: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut left_out: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((labels, stats), (fqfn, _, _)) in labelled.iter().zip(instances) {
+        let tenant = fqfn.tenant();
         for (name, (count, sum)) in &stats.user_metrics {
+            let taken = series.entry(tenant).or_default();
+            if *taken >= MAX_METRIC_SERIES_PER_TENANT {
+                *left_out.entry(tenant).or_default() += 1;
+                continue;
+            }
+            *taken += 1;
             let sample = user.entry(metric_name(name)).or_default().entry(labels).or_default();
             sample.0 += count;
             sample.1 += sum;
         }
+    }
+    for (tenant, count) in left_out {
+        let _ = writeln!(
+            out,
+            "# {count} user metric series of tenant {} left out: MAX_METRIC_SERIES_PER_TENANT is {MAX_METRIC_SERIES_PER_TENANT}",
+            escape(tenant)
+        );
     }
     for (name, samples) in user {
         family(&mut out, &format!("user_metric_{name}"), "summary", "A metric the function records.");

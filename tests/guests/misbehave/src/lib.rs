@@ -46,6 +46,14 @@ impl Function for Misbehave {
             }
             return Ok(command);
         }
+        if let Some(first) = command.strip_prefix("metrics-from:") {
+            // A thousand metric names of its own per message: a tenant trying to grow /metrics.
+            let first: u64 = first.parse().map_err(|_| Error::msg("metrics-from:<first name number>"))?;
+            for number in first..first + 1_000 {
+                ctx.record_metric(&format!("m{number}"), 1.0);
+            }
+            return Ok(command);
+        }
         if command == "log-levels" {
             let enabled = |level| ctx.log_enabled(level);
             return Ok(format!("debug:{} warn:{}", enabled(Level::Debug), enabled(Level::Warn)));
@@ -80,6 +88,8 @@ impl Function for Misbehave {
             "fail" => Err(Error::msg("failed as requested")),
             "trap" => panic!("boom, as requested"),
             "loop" => {
+                // Said first, so that a test knows the guest is in its loop.
+                ctx.info("entering an endless loop");
                 let mut spins = 0u64;
                 loop {
                     spins = std::hint::black_box(spins.wrapping_add(1));
