@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::{FUNCTION_RECORD_PREFIX, Function, FunctionRecord, Worker, WorkerError, lock, stop_instances};
+use super::{FUNCTION_RECORD_PREFIX, Footprint, Function, FunctionRecord, Worker, WorkerError, lock};
 use crate::instance::{self, MessageContext};
 use crate::metadata::Membership;
 use crate::names::Fqfn;
@@ -259,7 +259,6 @@ impl Worker {
             })
             .collect();
         *lock(&cluster.members) = members.clone();
-        let _changing = lock(&self.changing);
         let records = self.store.records(FUNCTION_RECORD_PREFIX)?;
         let leads = membership.lead(cluster.worker_id())?;
         if leads != cluster.leading.swap(leads, Ordering::Relaxed) {
@@ -313,6 +312,8 @@ impl Worker {
     }
 
     /// Loads, updates and drops functions to match `records`, and runs this worker's instances.
+    /// Each function is caught up under its change lock, with its record read again where a
+    /// change made here since `records` were read could make them stale.
     fn catch_up(&self, records: Vec<(String, Vec<u8>)>) {
         let mut seen = BTreeSet::new();
         for (key, bytes) in records {
@@ -325,23 +326,43 @@ impl Worker {
             };
             let Ok(fqfn) = record.spec.fqfn() else { continue };
             seen.insert(fqfn.clone());
-            if let Err(error) = self.catch_up_function(&fqfn, record) {
+            let changes = self.changes.of(&fqfn);
+            let _changing = lock(&changes);
+            let known = lock(&self.functions).get(&fqfn).cloned();
+            let caught_up = match known {
+                // Only the assignments may have changed.
+                Some(function) if lock(&function).record == record => {
+                    self.start_instances(&mut lock(&function)).map_err(anyhow::Error::from)
+                }
+                _ => self.catch_up_with(&fqfn),
+            };
+            if let Err(error) = caught_up {
                 tracing::error!(%fqfn, "cannot run the function here: {error:#}");
             }
         }
-        let gone: Vec<(Fqfn, Arc<Mutex<Function>>)> = {
-            let mut functions = lock(&self.functions);
-            let names: Vec<Fqfn> = functions.keys().filter(|fqfn| !seen.contains(*fqfn)).cloned().collect();
-            names.into_iter().filter_map(|fqfn| functions.remove(&fqfn).map(|function| (fqfn, function))).collect()
-        };
-        for (fqfn, function) in gone {
-            stop_instances(&mut lock(&function));
+        let unseen: Vec<Fqfn> = lock(&self.functions).keys().filter(|fqfn| !seen.contains(*fqfn)).cloned().collect();
+        for fqfn in unseen {
+            let changes = self.changes.of(&fqfn);
+            let _changing = lock(&changes);
+            match self.record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}")) {
+                // Created here since the records were read.
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%fqfn, "cannot read the function's record, so it runs on: {error:#}");
+                    continue;
+                }
+            }
+            let Some(function) = lock(&self.functions).remove(&fqfn) else { continue };
+            super::drain(&function, None);
+            self.ledger.release(&fqfn);
             tracing::info!(%fqfn, "function deleted on another worker");
         }
     }
 
     /// Loads `fqfn` now if it has a record: for a request that names a function this worker has
-    /// not caught up with yet.
+    /// not caught up with yet, or a round whose record of it may be stale. The caller holds the
+    /// function's change lock.
     pub(super) fn catch_up_with(&self, fqfn: &Fqfn) -> anyhow::Result<()> {
         let Some(bytes) = self.record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}"))? else { return Ok(()) };
         self.catch_up_function(fqfn, serde_json::from_slice(&bytes).context("the function record is damaged")?)
@@ -353,40 +374,48 @@ impl Worker {
             let config = self.function_config(&record.spec)?;
             let prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
             instance::check_kind(&prepared, &config).map_err(anyhow::Error::msg)?;
+            self.ledger.set(fqfn, Footprint::of(&config));
             let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
             self.start_instances(&mut function)?;
-            let mut functions = lock(&self.functions);
-            if functions.contains_key(fqfn) {
-                // A request loaded it meanwhile (`catch_up_with`): one copy runs, not two.
-                drop(functions);
-                stop_instances(&mut function);
-            } else {
-                functions.insert(fqfn.clone(), Arc::new(Mutex::new(function)));
-            }
+            lock(&self.functions).insert(fqfn.clone(), Arc::new(Mutex::new(function)));
             return Ok(());
         };
-        let mut function = lock(&function);
-        let same_config = function.record.spec == record.spec && function.record.digest == record.digest;
+        let same_config = {
+            let known = lock(&function);
+            known.record.spec == record.spec && known.record.digest == record.digest
+        };
         if !same_config {
-            stop_instances(&mut function);
+            super::drain(&function, None);
             let config = self.function_config(&record.spec)?;
-            if function.record.digest != record.digest {
-                function.prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
+            let prepared = match lock(&function).record.digest != record.digest {
+                true => Some(self.load_package(&record.digest)?.prepare::<MessageContext>()?),
+                false => None,
+            };
+            self.ledger.set(fqfn, Footprint::of(&config));
+            let mut function = lock(&function);
+            if let Some(prepared) = prepared {
+                function.prepared = prepared;
             }
             function.config = Arc::new(config);
         } else {
-            let Function { instances, record: known, .. } = &mut *function;
-            for (instance_id, slot) in instances.iter_mut().enumerate() {
-                let instance_id = instance_id as u32;
-                let restarted = record.restarts.get(&instance_id) != known.restarts.get(&instance_id);
-                if record.stopped.contains(&instance_id) || restarted {
-                    slot.stop();
-                    if restarted {
-                        slot.metrics.record_restart();
-                    }
+            let restarted: Vec<u32> = {
+                let known = lock(&function);
+                (0..known.instances.len() as u32)
+                    .filter(|instance_id| {
+                        record.stopped.contains(instance_id)
+                            || record.restarts.get(instance_id) != known.record.restarts.get(instance_id)
+                    })
+                    .collect()
+            };
+            super::drain(&function, Some(&restarted));
+            let known = lock(&function);
+            for &instance_id in &restarted {
+                if record.restarts.get(&instance_id) != known.record.restarts.get(&instance_id) {
+                    known.instances[instance_id as usize].metrics.record_restart();
                 }
             }
         }
+        let mut function = lock(&function);
         function.record = record;
         self.start_instances(&mut function)?;
         Ok(())

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod admin;
 pub mod cluster;
+mod ledger;
 mod prometheus;
 mod rest_consumer;
 
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ledger::Footprint;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, BrokerError, Message, OutMessage, Position, SubscriptionSpec};
@@ -81,7 +83,7 @@ fn not_found(fqfn: &Fqfn) -> WorkerError {
 }
 
 /// What the worker keeps about a function, durably.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct FunctionRecord {
     /// The config as given (tenant, namespace and name filled in; no local component path).
     spec: FunctionSpec,
@@ -174,9 +176,11 @@ pub struct Worker {
     functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
     cluster: Option<cluster::Cluster>,
     access: access::Access,
-    /// Held by every change to a function and, in a cluster, by each round of catching up with
-    /// the records, so that a round never sees a change half made.
-    changing: Mutex<()>,
+    /// Held by every change to one function and, in a cluster, by a round while it catches up
+    /// with that function's record, so that a round never sees a change half made.
+    changes: ledger::ChangeLocks,
+    /// What every function reserves of quotas and capacity, checked and taken in one step.
+    ledger: ledger::Ledger,
     consumer_gate: rest_consumer::ConsumerGate,
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
     /// stopped until deleted or created again, and every other function runs.
@@ -235,7 +239,8 @@ impl Worker {
             functions: Mutex::new(BTreeMap::new()),
             cluster: config.cluster.map(cluster::Cluster::new),
             access: config.access,
-            changing: Mutex::new(()),
+            changes: ledger::ChangeLocks::default(),
+            ledger: ledger::Ledger::default(),
             consumer_gate: rest_consumer::ConsumerGate::default(),
             failed: Mutex::new(BTreeMap::new()),
         };
@@ -262,14 +267,14 @@ impl Worker {
             serde_json::from_slice(bytes).context("its record is damaged; delete the function and create it again")?;
         anyhow::ensure!(record.spec.fqfn()? == *fqfn, "its record names another function");
         let config = self.function_config(&record.spec)?;
-        self.check_quota(fqfn, &config)?;
-        self.check_capacity(fqfn, config.parallelism)?;
         let code = self.load_package(&record.digest)?;
         let prepared = code.prepare::<MessageContext>()?;
         instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!(reason))?;
+        self.reserve(fqfn, &config)?;
         let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
         if let Err(error) = self.start_instances(&mut function) {
             stop_instances(&mut function);
+            self.ledger.release(fqfn);
             return Err(error.into());
         }
         tracing::info!(%fqfn, instances = function.config.parallelism, "resumed function");
@@ -294,7 +299,17 @@ impl Worker {
         Ok(self.store.put_record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}"), &bytes)?)
     }
 
+    /// The function `fqfn`, for a caller that does not hold its change lock.
     fn function(&self, fqfn: &Fqfn) -> Result<Arc<Mutex<Function>>, WorkerError> {
+        self.find_function(fqfn, false)
+    }
+
+    /// The function `fqfn`, for a caller that holds its change lock.
+    fn changing_function(&self, fqfn: &Fqfn) -> Result<Arc<Mutex<Function>>, WorkerError> {
+        self.find_function(fqfn, true)
+    }
+
+    fn find_function(&self, fqfn: &Fqfn, change_lock_held: bool) -> Result<Arc<Mutex<Function>>, WorkerError> {
         if let Some(function) = lock(&self.functions).get(fqfn) {
             return Ok(function.clone());
         }
@@ -305,6 +320,8 @@ impl Worker {
         }
         // Another worker of the cluster may have created it since this one's last round.
         if self.cluster.is_some() {
+            let changes = (!change_lock_held).then(|| self.changes.of(fqfn));
+            let _changing = changes.as_ref().map(|changes| lock(changes));
             self.catch_up_with(fqfn).map_err(WorkerError::Internal)?;
         }
         lock(&self.functions).get(fqfn).cloned().ok_or_else(|| not_found(fqfn))
@@ -357,17 +374,41 @@ impl Worker {
         Ok((code.digest().to_owned(), prepared))
     }
 
-    /// The number of instances all functions but `except` have.
-    fn instances_besides(&self, except: &Fqfn) -> u32 {
-        lock(&self.functions)
-            .iter()
-            .filter(|(fqfn, _)| *fqfn != except)
-            .map(|(_, function)| lock(function).config.parallelism)
-            .sum()
+    /// Reserves what `config` needs for `fqfn` (replacing what it held) if its tenant's quota and
+    /// the worker's capacity allow; returns what it held, for [`ledger::Ledger::restore`].
+    fn reserve(&self, fqfn: &Fqfn, config: &FunctionConfig) -> Result<Option<Footprint>, WorkerError> {
+        // A cluster counts its tenants' functions in the records that every worker shares; read
+        // before the ledger is locked, so that no store call holds up other reservations.
+        let recorded = match self.cluster {
+            Some(_) => Some(self.recorded_footprints(fqfn)?),
+            None => None,
+        };
+        let footprint = Footprint::of(config);
+        self.ledger.reserve(fqfn, footprint, |reserved| {
+            let besides = || reserved.iter().filter(|(other, _)| *other != fqfn);
+            let tenant_others: Vec<Footprint> = match recorded {
+                Some(recorded) => recorded,
+                None => besides().filter(|(other, _)| other.tenant() == fqfn.tenant()).map(|(_, it)| *it).collect(),
+            };
+            self.check_quota(fqfn, footprint, &tenant_others)?;
+            self.check_capacity(fqfn, footprint.instances, besides().map(|(_, it)| it.instances).sum())
+        })
     }
 
-    fn check_capacity(&self, fqfn: &Fqfn, parallelism: u32) -> Result<(), WorkerError> {
-        let others = self.instances_besides(fqfn);
+    /// The footprints of the recorded functions of `fqfn`'s tenant, but `fqfn`.
+    fn recorded_footprints(&self, fqfn: &Fqfn) -> Result<Vec<Footprint>, WorkerError> {
+        let records = self.store.records(FUNCTION_RECORD_PREFIX).map_err(anyhow::Error::from)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<FunctionRecord>(&bytes).ok()?.spec.resolve().ok())
+            .filter(|other| other.fqfn.tenant() == fqfn.tenant() && other.fqfn != *fqfn)
+            .map(|other| Footprint::of(&other))
+            .collect())
+    }
+
+    /// Refuses `parallelism` more instances if, beside the `others` that other functions take,
+    /// they would pass the worker's capacity or the system's memory maps.
+    fn check_capacity(&self, fqfn: &Fqfn, parallelism: u32, others: u32) -> Result<(), WorkerError> {
         if others + parallelism > self.max_instances {
             return Err(WorkerError::BadRequest(format!(
                 "{fqfn} needs {parallelism} instance(s) but the worker runs at most {} (--max-instances) and {others} are taken; lower --parallelism or start the worker with more",
@@ -399,35 +440,14 @@ impl Worker {
         config.within(access).map_err(|error| WorkerError::Forbidden(error.to_string()))
     }
 
-    /// Refuses a function that would take its tenant past its quota; `config` replaces the
-    /// function's current config, if it has one.
-    fn check_quota(&self, fqfn: &Fqfn, config: &FunctionConfig) -> Result<(), WorkerError> {
+    /// Refuses a function of `footprint` beside the tenant's `others` if it would take its tenant
+    /// past its quota.
+    fn check_quota(&self, fqfn: &Fqfn, footprint: Footprint, others: &[Footprint]) -> Result<(), WorkerError> {
         let tenant = fqfn.tenant();
         let quota = self.access.quota(tenant);
-        let others: Vec<(u32, u64)> = if self.cluster.is_some() {
-            self.store
-                .records(FUNCTION_RECORD_PREFIX)
-                .map_err(anyhow::Error::from)?
-                .into_iter()
-                .filter_map(|(_, bytes)| serde_json::from_slice::<FunctionRecord>(&bytes).ok()?.spec.resolve().ok())
-                .filter(|other| other.fqfn.tenant() == tenant && other.fqfn != *fqfn)
-                .map(|other| (other.parallelism, other.limits.memory_bytes))
-                .collect()
-        } else {
-            lock(&self.functions)
-                .iter()
-                .filter(|(other, _)| other.tenant() == tenant && *other != fqfn)
-                .map(|(_, function)| {
-                    let config = &lock(function).config;
-                    (config.parallelism, config.limits.memory_bytes)
-                })
-                .collect()
-        };
         let functions = others.len() + 1;
-        let instances: u64 =
-            others.iter().map(|(parallelism, _)| u64::from(*parallelism)).sum::<u64>() + u64::from(config.parallelism);
-        let memory: u64 = others.iter().map(|(parallelism, ram)| u64::from(*parallelism) * ram).sum::<u64>()
-            + u64::from(config.parallelism) * config.limits.memory_bytes;
+        let instances: u64 = others.iter().chain([&footprint]).map(|other| u64::from(other.instances)).sum();
+        let memory: u64 = others.iter().chain([&footprint]).map(|other| other.memory_bytes).sum();
         let refuse = |what: String, field: &str| {
             Err(WorkerError::Forbidden(format!(
                 "tenant `{tenant}` would have {what} with {fqfn}; the operator can raise {field} of tenant `{tenant}` in the worker's access file"
@@ -453,7 +473,6 @@ impl Worker {
 
     /// Creates a function and starts its instances; returns its config as stored.
     pub fn create(&self, spec: FunctionSpec, uploaded: Option<Vec<u8>>) -> Result<FunctionSpec, WorkerError> {
-        let _changing = lock(&self.changing);
         let bad = |error: crate::spec::ConfigError| WorkerError::BadRequest(error.to_string());
         let fqfn = spec.fqfn().map_err(bad)?;
         let config = self.function_config(&spec)?;
@@ -463,7 +482,7 @@ impl Worker {
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
-        self.check_quota(&fqfn, &config)?;
+        // Built and compiled before any lock is taken: a slow compile holds up no one else.
         let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
                 "no component: upload it (multipart field `data`) or name a file the worker can read (`url`, or `wasm` in the config)".into(),
@@ -471,8 +490,12 @@ impl Worker {
         };
         let (digest, prepared) = self.prepare(&bytes, &shown)?;
         instance::check_kind(&prepared, &config).map_err(WorkerError::BadRequest)?;
-        self.check_capacity(&fqfn, config.parallelism)?;
-        self.save_package(&digest, &bytes)?;
+        let changes = self.changes.of(&fqfn);
+        let _changing = lock(&changes);
+        if lock(&self.functions).contains_key(&fqfn) {
+            return Err(already_exists(&fqfn));
+        }
+        self.reserve(&fqfn, &config)?;
         let spec = FunctionSpec {
             tenant: Some(fqfn.tenant().into()),
             namespace: Some(fqfn.namespace().into()),
@@ -480,21 +503,22 @@ impl Worker {
             ..spec.without_code()
         };
         let record = FunctionRecord { spec: spec.clone(), digest, stopped: BTreeSet::new(), restarts: BTreeMap::new() };
-        let mut functions = lock(&self.functions);
-        if functions.contains_key(&fqfn) {
-            return Err(already_exists(&fqfn));
-        }
         // The record is saved only once the instances have started: a create that fails leaves
         // nothing that the next start of the worker would trip over.
         let mut function = Function { record, config: Arc::new(config), prepared, instances: Vec::new() };
-        let started = self.start_instances(&mut function);
-        if let Err(error) = started.and_then(|()| Ok(self.save_record(&fqfn, &function.record)?)) {
+        let started = self
+            .save_package(&function.record.digest, &bytes)
+            .map_err(WorkerError::from)
+            .and_then(|()| self.start_instances(&mut function))
+            .and_then(|()| Ok(self.save_record(&fqfn, &function.record)?));
+        if let Err(error) = started {
             stop_instances(&mut function);
+            self.ledger.release(&fqfn);
             return Err(error);
         }
         lock(&self.failed).remove(&fqfn);
         tracing::info!(%fqfn, instances = function.config.parallelism, "created function");
-        functions.insert(fqfn, Arc::new(Mutex::new(function)));
+        lock(&self.functions).insert(fqfn, Arc::new(Mutex::new(function)));
         Ok(spec)
     }
 
@@ -507,33 +531,37 @@ impl Worker {
         changes: FunctionSpec,
         uploaded: Option<Vec<u8>>,
     ) -> Result<FunctionSpec, WorkerError> {
-        let _changing = lock(&self.changing);
-        let function = self.function(fqfn)?;
+        let change_lock = self.changes.of(fqfn);
+        let _changing = lock(&change_lock);
+        let function = self.changing_function(fqfn)?;
         let current = lock(&function).record.clone();
         let spec = current.spec.clone().overlay(changes.clone().without_code());
-        let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         if spec.sub_name != current.spec.sub_name {
             return Err(WorkerError::BadRequest(format!(
                 "update cannot change the subscription name of {fqfn} (its position is kept under it); delete and create the function instead"
             )));
         }
         let config = self.function_config(&spec)?;
-        self.check_quota(fqfn, &config)?;
-        self.check_capacity(fqfn, config.parallelism)?;
+        // Built and compiled under this function's change lock only.
+        let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         let prepared = match &package {
-            Some((bytes, shown)) => {
-                let (digest, prepared) = self.prepare(bytes, shown)?;
-                instance::check_kind(&prepared, &config).map_err(WorkerError::BadRequest)?;
-                self.save_package(&digest, bytes)?;
-                Some((digest, prepared))
-            }
+            Some((bytes, shown)) => Some(self.prepare(bytes, shown)?),
             None => None,
         };
-        let mut function = lock(&function);
-        if prepared.is_none() {
-            instance::check_kind(&function.prepared, &config).map_err(WorkerError::BadRequest)?;
+        match &prepared {
+            Some((_, prepared)) => instance::check_kind(prepared, &config),
+            None => instance::check_kind(&lock(&function).prepared, &config),
         }
-        stop_instances(&mut function);
+        .map_err(WorkerError::BadRequest)?;
+        let previous = self.reserve(fqfn, &config)?;
+        if let (Some((bytes, _)), Some((digest, _))) = (&package, &prepared)
+            && let Err(error) = self.save_package(digest, bytes)
+        {
+            self.ledger.restore(fqfn, previous);
+            return Err(error.into());
+        }
+        drain(&function, None);
+        let mut function = lock(&function);
         let parallelism = config.parallelism;
         function.record.spec = spec.clone();
         function.record.stopped.retain(|&instance_id| instance_id < parallelism);
@@ -556,13 +584,15 @@ impl Worker {
     /// Stops a function's instances and forgets it, its subscription (unless `cleanupSubscription`
     /// is false) and its state.
     pub fn delete(&self, fqfn: &Fqfn) -> Result<(), WorkerError> {
-        let _changing = lock(&self.changing);
+        let changes = self.changes.of(fqfn);
+        let _changing = lock(&changes);
         if lock(&self.failed).contains_key(fqfn) {
             return self.delete_failed(fqfn);
         }
         let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
-        let mut function = lock(&function);
-        stop_instances(&mut function);
+        drain(&function, None);
+        self.ledger.release(fqfn);
+        let function = lock(&function);
         // The record goes first: a crash after it leaves unused data, never a function that
         // resumes without its state.
         self.store.remove_record(&format!("{FUNCTION_RECORD_PREFIX}{fqfn}")).map_err(anyhow::Error::from)?;
@@ -610,7 +640,8 @@ impl Worker {
                 return;
             }
         };
-        let used = lock(&self.functions).values().any(|function| lock(function).record.digest == digest)
+        let functions: Vec<Arc<Mutex<Function>>> = lock(&self.functions).values().cloned().collect();
+        let used = functions.iter().any(|function| lock(function).record.digest == digest)
             || records.iter().any(|(_, bytes)| {
                 serde_json::from_slice::<FunctionRecord>(bytes).map_or(true, |record| record.digest == digest)
             });
@@ -737,8 +768,9 @@ impl Worker {
 
     /// Starts the function's instances (or one), which stay started across worker restarts.
     pub fn start(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
-        let _changing = lock(&self.changing);
-        let function = self.function(fqfn)?;
+        let changes = self.changes.of(fqfn);
+        let _changing = lock(&changes);
+        let function = self.changing_function(fqfn)?;
         let mut function = lock(&function);
         for instance_id in Self::instance_ids(&function, instance)? {
             function.record.stopped.remove(&instance_id);
@@ -751,24 +783,29 @@ impl Worker {
     /// Stops the function's instances (or one) after their current batch; they stay stopped
     /// across worker restarts until started.
     pub fn stop(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
-        let _changing = lock(&self.changing);
-        let function = self.function(fqfn)?;
-        let mut function = lock(&function);
-        for instance_id in Self::instance_ids(&function, instance)? {
-            function.record.stopped.insert(instance_id);
-            function.instances[instance_id as usize].stop();
-        }
-        let record = function.record.clone();
-        self.save_record(fqfn, &record)?;
+        let changes = self.changes.of(fqfn);
+        let _changing = lock(&changes);
+        let function = self.changing_function(fqfn)?;
+        let ids = {
+            let mut function = lock(&function);
+            let ids = Self::instance_ids(&function, instance)?;
+            function.record.stopped.extend(&ids);
+            let record = function.record.clone();
+            self.save_record(fqfn, &record)?;
+            ids
+        };
+        drain(&function, Some(&ids));
         Ok(())
     }
 
     /// Restarts the function's running instances (or one, which starts it if it was stopped).
     pub fn restart(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<(), WorkerError> {
-        let _changing = lock(&self.changing);
-        let function = self.function(fqfn)?;
+        let changes = self.changes.of(fqfn);
+        let _changing = lock(&changes);
+        let function = self.changing_function(fqfn)?;
+        let ids = Self::instance_ids(&lock(&function), instance)?;
+        drain(&function, Some(&ids));
         let mut function = lock(&function);
-        let ids = Self::instance_ids(&function, instance)?;
         if instance.is_some() || self.cluster.is_some() {
             if instance.is_some() {
                 function.record.stopped.retain(|id| !ids.contains(id));
@@ -782,9 +819,7 @@ impl Worker {
             self.save_record(fqfn, &record)?;
         }
         for &instance_id in &ids {
-            let slot = &mut function.instances[instance_id as usize];
-            slot.stop();
-            slot.metrics.record_restart();
+            function.instances[instance_id as usize].metrics.record_restart();
         }
         self.start_instances(&mut function)
     }
@@ -1050,19 +1085,52 @@ impl Worker {
     pub fn shutdown(&self) {
         self.leave_cluster();
         let functions: Vec<Arc<Mutex<Function>>> = lock(&self.functions).values().cloned().collect();
-        for function in &functions {
-            for slot in &lock(function).instances {
-                if let Some(running) = &slot.running {
-                    running.request_stop();
-                }
-            }
-        }
-        for function in functions {
-            stop_instances(&mut lock(&function));
+        // Every instance is asked first, so that they all wind down together.
+        let taken: Vec<_> =
+            functions.iter().map(|function| (function, take_running(&mut lock(function), None))).collect();
+        for (function, running) in taken {
+            wait_for_stops(function, running);
         }
     }
 }
 
+/// Takes the loops of the function's instances (all, or those in `ids`) out of their slots and
+/// asks each to stop; [`wait_for_stops`] waits for them.
+fn take_running(function: &mut Function, ids: Option<&[u32]>) -> Vec<(u32, RunningInstance)> {
+    let mut taken = Vec::new();
+    for (instance_id, slot) in function.instances.iter_mut().enumerate() {
+        let instance_id = instance_id as u32;
+        if ids.is_none_or(|ids| ids.contains(&instance_id))
+            && let Some(running) = slot.running.take()
+        {
+            running.request_stop();
+            taken.push((instance_id, running));
+        }
+    }
+    taken
+}
+
+/// Waits for taken loops to end, without the function's lock (its status and stats answer
+/// meanwhile), and notes in their slots how those that failed ended.
+fn wait_for_stops(function: &Mutex<Function>, taken: Vec<(u32, RunningInstance)>) {
+    let ended: Vec<(u32, Result<(), instance::RunError>)> =
+        taken.into_iter().map(|(instance_id, running)| (instance_id, running.stop())).collect();
+    let mut function = lock(function);
+    for (instance_id, result) in ended {
+        if let (Err(error), Some(slot)) = (result, function.instances.get_mut(instance_id as usize)) {
+            slot.error = Some(error.to_string());
+        }
+    }
+}
+
+/// Stops the function's instances (all, or those in `ids`) and waits for them, holding its lock
+/// only to take them out; the caller holds its change lock, so that nothing starts them meanwhile.
+fn drain(function: &Mutex<Function>, ids: Option<&[u32]>) {
+    let taken = take_running(&mut lock(function), ids);
+    wait_for_stops(function, taken);
+}
+
+/// Stops the instances of a function no one else can see yet (one whose start failed).
 fn stop_instances(function: &mut Function) {
     for slot in &function.instances {
         if let Some(running) = &slot.running {
