@@ -162,8 +162,13 @@ fn in_process_worker(scratch: &Path, max_instances: u32) -> anyhow::Result<Worke
     let store = EmbeddedStore::open(&scratch.join("data"))?;
     // A compiled-component cache, as a worker has: functions after the first load rather than compile.
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(scratch.join("compiled")), max_instances })?;
-    let config =
-        WorkerConfig { cache_dir: scratch.join("cache"), max_instances, cluster: None, access: Default::default() };
+    let config = WorkerConfig {
+        cache_dir: scratch.join("cache"),
+        max_instances,
+        cluster: None,
+        access: Default::default(),
+        disk_guard: None,
+    };
     Worker::open(config, Arc::new(store), runtime)
 }
 

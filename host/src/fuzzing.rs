@@ -116,8 +116,13 @@ impl AdminApi {
     pub fn open(dir: &Path) -> Self {
         let store = EmbeddedStore::open(&dir.join("data")).expect("the store opens");
         let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 4 }).expect("the engine starts");
-        let config =
-            WorkerConfig { cache_dir: dir.join("cache"), max_instances: 4, cluster: None, access: Default::default() };
+        let config = WorkerConfig {
+            cache_dir: dir.join("cache"),
+            max_instances: 4,
+            cluster: None,
+            access: Default::default(),
+            disk_guard: None,
+        };
         let worker = Worker::open(config, Arc::new(store), runtime).expect("the worker opens");
         let router = crate::worker::admin::router(Arc::new(worker));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");

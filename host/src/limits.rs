@@ -114,6 +114,10 @@ pub const MAX_WINDOW_DURATION_MS: u64 = 86_400_000;
 pub const DEFAULT_WATERMARK_INTERVAL_MS: u64 = 1_000;
 /// Most bytes of record values in one window: a window goes to the function in one call, into its memory.
 pub const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// Free space the worker keeps in its data directory's file system (`--min-free-disk-bytes`):
+/// below it, writes are refused (507) and instances fetch nothing, so that what is stored and
+/// accepted can still be committed and the disk never fills.
+pub const MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
 /// Most bytes of message values one REST receive answers with (at least one message is always given).
 pub const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
 /// Most REST receives and acknowledgements one tenant has open at once; more are refused (429).

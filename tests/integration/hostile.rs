@@ -288,3 +288,120 @@ fn host_owned_state_keys_are_out_of_reach_and_user_metric_names_are_bounded_for_
     let names = stats["userMetrics"].as_object().unwrap().len();
     assert_eq!(names, fnhost::limits::MAX_METRICS_PER_INSTANCE, "{stats}");
 }
+
+/// Sends `method path` with exactly `headers` (and `body`) over a plain socket, as a browser
+/// could; returns the status.
+fn raw_request(worker: &Worker, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let address = worker.url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split(' ').nth(1).and_then(|status| status.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn a_web_page_cannot_reach_a_worker_without_tokens_and_the_cli_still_can() {
+    let fnhost = Fnhost::new();
+    let worker = Worker::start(fnhost.data_dir());
+    let own_host = worker.url.strip_prefix("http://").unwrap();
+    let own_origin = worker.url.clone();
+    let payload = r#"{"messages": [{"payload": "Zm9yZ2Vk"}]}"#;
+    let produce = "/topics/persistent/public/default/in";
+    // What a page of another site can send: a simple POST (text/plain, no custom header), with
+    // its own Origin, or through a name that resolves to loopback (DNS rebinding).
+    let attacks = [
+        ("POST", produce, vec![("Host", own_host), ("Content-Type", "text/plain")]),
+        ("POST", produce, vec![("Host", own_host), ("Origin", "http://evil.example"), ("x-fnhost-client", "x")]),
+        ("POST", produce, vec![("Host", "evil.example"), ("x-fnhost-client", "x")]),
+        ("GET", "/admin/v3/functions/public/default", vec![("Host", "evil.example:80")]),
+        ("POST", "/admin/v3/functions/public/default/f/stop", vec![("Host", own_host), ("Origin", "null")]),
+    ];
+    for (method, path, headers) in &attacks {
+        assert_eq!(raw_request(&worker, method, path, headers, payload), 403, "{method} {path} {headers:?}");
+    }
+    let nothing = worker.cli(&["topics", "consume", "in", "-s", "check", "--until-idle"]);
+    assert!(
+        nothing.success && nothing.stdout.is_empty(),
+        "nothing was produced: {} {}",
+        nothing.stdout,
+        nothing.stderr
+    );
+    // The worker's own origin, a loopback name and the CLI's header pass.
+    let same_site = [("Host", own_host), ("Origin", own_origin.as_str()), ("x-fnhost-client", "page")];
+    assert_eq!(raw_request(&worker, "POST", produce, &same_site, payload), 200);
+    let port = own_host.rsplit_once(':').unwrap().1;
+    let localhost = format!("localhost:{port}");
+    let by_name = [("Host", localhost.as_str()), ("x-fnhost-client", "curl")];
+    assert_eq!(raw_request(&worker, "POST", produce, &by_name, payload), 200);
+    assert_eq!(worker.read("in", 2), ["forged", "forged"]);
+    let produced = worker.cli(&["topics", "produce", "in", "-m", "from the cli"]);
+    assert!(produced.success, "{}", produced.stderr);
+}
+
+#[test]
+fn a_worker_with_tokens_refuses_other_origins_but_needs_no_client_header() {
+    let fnhost = Fnhost::new();
+    let worker = start_worker(&fnhost, "");
+    let bearer = format!("Bearer {ACME}");
+    let own_host = worker.url.strip_prefix("http://").unwrap().to_owned();
+    let payload = r#"{"messages": [{"payload": "aGk="}]}"#;
+    let produce = "/topics/persistent/acme/ns/in";
+    let foreign = [("Host", own_host.as_str()), ("Authorization", bearer.as_str()), ("Origin", "http://evil.example")];
+    assert_eq!(raw_request(&worker, "POST", produce, &foreign, payload), 403);
+    // A token is what a page cannot send, so Pulsar's clients need nothing more than it.
+    let plain = [("Host", own_host.as_str()), ("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    assert_eq!(raw_request(&worker, "POST", produce, &plain, payload), 200);
+    assert_eq!(worker.read_as(Some(ACME), "acme/ns/in", 1), ["hi"]);
+}
+
+#[test]
+fn below_the_free_space_reserve_writes_are_refused_reads_go_on_and_nothing_is_lost() {
+    let fnhost = Fnhost::new();
+    let worker = Worker::start(fnhost.data_dir());
+    worker.ok(&[
+        "functions",
+        "create",
+        "--wasm",
+        guest("exclamation").to_str().unwrap(),
+        "--name",
+        "f",
+        "-i",
+        "in",
+        "-o",
+        "out",
+    ]);
+    let produced = worker.cli(&["topics", "produce", "in", "-m", "before"]);
+    assert!(produced.success, "{}", produced.stderr);
+    assert_eq!(worker.read("out", 1), ["before!"]);
+    assert!(worker.terminate());
+    // The same data directory, with a reserve larger than any disk: every write is below it.
+    let worker = Worker::start_with(fnhost.data_dir(), &["--min-free-disk-bytes", &u64::MAX.to_string()]);
+    let refused = worker.cli(&["topics", "produce", "in", "-m", "after"]);
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("--min-free-disk-bytes") && refused.stderr.contains("reserve"),
+        "{}",
+        refused.stderr
+    );
+    let body = Some(("application/json", br#"{"stringValue": "x"}"#.to_vec()));
+    let (status, answer) = worker.http("POST", "/admin/v3/functions/public/default/f/state/k", body);
+    assert_eq!(status, 507, "{answer}");
+    let wasm = guest("exclamation");
+    let create = worker.cli(&["functions", "create", "--wasm", wasm.to_str().unwrap(), "--name", "g", "-i", "in"]);
+    assert!(!create.success && create.stderr.contains("reserve"), "{}", create.stderr);
+    // Reads and the control plane answer, and what was stored is there.
+    let status = worker.ok(&["functions", "status", "--name", "f"]);
+    assert_eq!(status["numRunning"], 1, "{status}");
+    assert_eq!(worker.ok(&["functions", "list"]), serde_json::json!(["f"]));
+    let again = worker.cli(&["topics", "consume", "out", "-s", "again", "--until-idle"]);
+    assert_eq!(again.stdout.lines().collect::<Vec<_>>(), ["before!"], "{}", again.stderr);
+    assert!(worker.terminate());
+}

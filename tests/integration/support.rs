@@ -286,6 +286,7 @@ impl Worker {
         body: Option<(&str, Vec<u8>)>,
     ) -> (u16, serde_json::Value) {
         fn authorize<B>(request: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+            let request = request.header("x-fnhost-client", "fnhost-tests");
             match token {
                 Some(token) => request.header("Authorization", format!("Bearer {token}")),
                 None => request,

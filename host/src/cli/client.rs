@@ -16,7 +16,10 @@ pub const TOKEN_VARIABLE: &str = "FNHOST_TOKEN";
 /// The variable naming a file that holds the token, for those who keep it out of the environment.
 pub const TOKEN_FILE_VARIABLE: &str = "FNHOST_TOKEN_FILE";
 
+/// `request` with the bearer token, if any, and the header that marks a request as the CLI's, not
+/// a web page's (a worker without tokens refuses writes without it).
 fn authorize<B>(request: ureq::RequestBuilder<B>, authorization: Option<&str>) -> ureq::RequestBuilder<B> {
+    let request = request.header(crate::worker::admin::CLIENT_HEADER, "fnhost-cli");
     match authorization {
         Some(value) => request.header("Authorization", value),
         None => request,

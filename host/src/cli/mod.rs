@@ -20,7 +20,7 @@ use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, Subscri
 use crate::embedded::EmbeddedStore;
 use crate::guest_build::Builder;
 use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
-use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES};
+use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES, MIN_FREE_DISK_BYTES};
 use crate::metrics::Stats;
 use crate::names::{SubscriptionName, TopicName};
 use crate::nats::NatsEngine;
@@ -28,6 +28,7 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::state::StateStore;
 use crate::worker::access::Access;
 use crate::worker::cluster::ClusterConfig;
+use crate::worker::disk_guard::DiskGuard;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
 pub(crate) use function_flags::FunctionFlags;
@@ -123,6 +124,10 @@ struct WorkerArgs {
     /// The admin URL other workers reach this one at (default: http:// and the listen address).
     #[arg(long, requires = "cluster")]
     advertised_url: Option<String>,
+    /// Free space to keep in the data directory's file system: below it, writes are refused (507)
+    /// and instances fetch nothing until space is freed. Not used with --cluster.
+    #[arg(long, value_name = "BYTES", default_value_t = MIN_FREE_DISK_BYTES)]
+    min_free_disk_bytes: u64,
     /// The access file (YAML or JSON): operator and tenant tokens, topic grants and tenant quotas
     /// (docs/SECURITY.md). Without tokens the worker listens only on loopback.
     #[arg(long, value_name = "FILE")]
@@ -341,7 +346,12 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             (Arc::new(engine), Some(config))
         }
     };
-    let config = WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster, access };
+    let disk_guard = match cluster {
+        None => Some(DiskGuard::new(args.data.data_dir.clone(), args.min_free_disk_bytes)),
+        Some(_) => None,
+    };
+    let config =
+        WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster, access, disk_guard };
     let worker = Arc::new(Worker::open(config, store, runtime)?);
     worker.run_cluster()?;
     tokio.block_on(async {

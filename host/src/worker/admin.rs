@@ -46,6 +46,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Forbidden(_) => StatusCode::FORBIDDEN,
             WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             WorkerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            WorkerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -113,7 +114,62 @@ pub fn router(worker: Arc<Worker>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_SIZE))
         .layer(axum::middleware::from_fn_with_state(worker.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(worker.clone(), refuse_cross_site))
         .with_state(worker)
+}
+
+/// The header that every write to a worker without tokens carries (the CLI sends it). A web page
+/// can send it to another site only after a CORS preflight, which the worker never grants, so a
+/// page the local user opens cannot change anything through a worker on loopback.
+pub const CLIENT_HEADER: &str = "x-fnhost-client";
+
+/// Refuses what a web page of another site could send: a request whose `Origin` is not the
+/// worker's own and, on a worker without tokens (which listens only on loopback), a `Host` that is
+/// not a loopback name (DNS rebinding) or a write without [`CLIENT_HEADER`].
+async fn refuse_cross_site(State(worker): Shared, request: Request, next: axum::middleware::Next) -> Response {
+    match cross_site_refusal(worker.access().enforced(), request.method(), request.headers()) {
+        Some(reason) => ApiError(StatusCode::FORBIDDEN, reason).into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// Why a request looks cross-site, if it does; `tokens`: the worker requires tokens.
+fn cross_site_refusal(tokens: bool, method: &Method, headers: &header::HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = host.map(|host| format!("http://{host}"));
+        if origin.to_str().ok() != own.as_deref() {
+            return Some(format!(
+                "requests from web pages of other sites are refused (Origin {origin:?} is not this worker's); use the CLI, or a client that sends no Origin"
+            ));
+        }
+    }
+    if tokens {
+        // A bearer token is not sent by a browser on its own, so a cross-site page has none.
+        return None;
+    }
+    if !host.is_some_and(is_loopback_host) {
+        return Some(format!(
+            "this worker has no tokens, so it answers only requests addressed to it on loopback (Host localhost, 127.0.0.1 or [::1]), not Host {host:?}; give the worker --access FILE with tokens to serve other names"
+        ));
+    }
+    let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+    if !reads.contains(method) && !headers.contains_key(CLIENT_HEADER) {
+        return Some(format!(
+            "a write to a worker without tokens needs the header `{CLIENT_HEADER}` (any value; the CLI sends it), so that no web page can make one"
+        ));
+    }
+    None
+}
+
+/// True for `localhost` or a loopback address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or(bracketed, |(address, _)| address),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
 /// Paths anyone may read: they show nothing of any tenant.

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod admin;
 pub mod cluster;
+pub mod disk_guard;
 mod ledger;
 mod prometheus;
 mod rest_consumer;
@@ -69,6 +70,9 @@ pub enum WorkerError {
     /// The caller has too much open at once; it may try again later.
     #[error("{0}")]
     Busy(String),
+    /// The worker's disk is below its reserve of free space: no new writes until space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The worker itself failed.
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
@@ -149,6 +153,8 @@ pub struct WorkerConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Tokens, topic grants and quotas.
     pub access: access::Access,
+    /// The free space kept in the data directory, for a worker that stores there.
+    pub disk_guard: Option<disk_guard::DiskGuard>,
 }
 
 /// What a worker keeps its functions in: the embedded engine, or a distributed one.
@@ -182,6 +188,7 @@ pub struct Worker {
     /// What every function reserves of quotas and capacity, checked and taken in one step.
     ledger: ledger::Ledger,
     consumer_gate: rest_consumer::ConsumerGate,
+    disk_guard: Option<disk_guard::DiskGuard>,
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
     /// stopped until deleted or created again, and every other function runs.
     failed: Mutex<BTreeMap<Fqfn, String>>,
@@ -242,6 +249,7 @@ impl Worker {
             changes: ledger::ChangeLocks::default(),
             ledger: ledger::Ledger::default(),
             consumer_gate: rest_consumer::ConsumerGate::default(),
+            disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
         };
         if worker.cluster.is_some() {
@@ -374,6 +382,19 @@ impl Worker {
         Ok((code.digest().to_owned(), prepared))
     }
 
+    /// Refuses a write while the data directory's disk is below its reserve of free space.
+    fn check_disk(&self) -> Result<(), WorkerError> {
+        self.disk_guard.as_ref().map_or(Ok(()), disk_guard::DiskGuard::check)
+    }
+
+    /// `consumer`, held by the free-space guard, if the worker has one.
+    fn guarded(&self, consumer: Box<dyn crate::broker::Subscription>) -> Box<dyn crate::broker::Subscription> {
+        match &self.disk_guard {
+            Some(guard) => guard.guard(consumer),
+            None => consumer,
+        }
+    }
+
     /// Reserves what `config` needs for `fqfn` (replacing what it held) if its tenant's quota and
     /// the worker's capacity allow; returns what it held, for [`ledger::Ledger::restore`].
     fn reserve(&self, fqfn: &Fqfn, config: &FunctionConfig) -> Result<Option<Footprint>, WorkerError> {
@@ -482,6 +503,7 @@ impl Worker {
         if lock(&self.functions).contains_key(&fqfn) {
             return Err(already_exists(&fqfn));
         }
+        self.check_disk()?;
         // Built and compiled before any lock is taken: a slow compile holds up no one else.
         let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
@@ -542,6 +564,7 @@ impl Worker {
             )));
         }
         let config = self.function_config(&spec)?;
+        self.check_disk()?;
         // Built and compiled under this function's change lock only.
         let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         let prepared = match &package {
@@ -703,7 +726,7 @@ impl Worker {
         let mut consumers = Vec::new();
         for &instance_id in &idle {
             match self.store.subscribe(function.config.subscription_spec(instance_id, count)) {
-                Ok(consumer) => consumers.push((instance_id, consumer)),
+                Ok(consumer) => consumers.push((instance_id, self.guarded(consumer))),
                 // In a cluster the engine may be electing a leader: the next round tries again.
                 Err(error) if self.cluster.is_some() => {
                     tracing::warn!(%fqfn, instance_id, "cannot subscribe yet: {error}");
@@ -947,6 +970,7 @@ impl Worker {
     /// has processed it, and returns its output, if it had one.
     pub fn trigger(&self, fqfn: &Fqfn, topic: Option<&str>, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
         let function = self.function(fqfn)?;
+        self.check_disk()?;
         let config = {
             let mut function = lock(&function);
             // In a cluster the instances may run on other workers; their status tells.
@@ -1048,6 +1072,7 @@ impl Worker {
     /// Sets a state key to bytes; counters are refused, both as the new value and as the old one.
     pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
         self.function(fqfn)?;
+        self.check_disk()?;
         crate::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         if key.len() > MAX_STATE_KEY_LEN {
             return Err(WorkerError::BadRequest(format!(
@@ -1077,6 +1102,7 @@ impl Worker {
             instance::check_message(message)
                 .map_err(|limit| WorkerError::BadRequest(format!("message {} was refused: {limit}", index + 1)))?;
         }
+        self.check_disk()?;
         let sequences = self.store.produce(topic, messages).map_err(anyhow::Error::from)?;
         Ok(sequences.into_iter().map(crate::broker::message_id).collect())
     }
