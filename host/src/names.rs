@@ -299,6 +299,12 @@ fn in_topic(text: &str, error: NameError) -> NameError {
     NameError(format!("topic `{text}`: {}", error.0))
 }
 
+/// Checks a tenant and namespace as they appear in a path that names no function or topic.
+pub fn check_namespace(tenant: &str, namespace: &str) -> Result<(), NameError> {
+    check_segment("tenant", tenant)?;
+    check_segment("namespace", namespace)
+}
+
 fn check_segment(what: &str, segment: &str) -> Result<(), NameError> {
     if segment.is_empty() {
         return Err(NameError(format!("the {what} is empty")));

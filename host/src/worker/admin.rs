@@ -298,6 +298,7 @@ async fn list(
     State(worker): Shared,
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<String>>> {
+    crate::names::check_namespace(&tenant, &namespace).map_err(|error| bad_request(error.to_string()))?;
     Ok(Json(blocking(move || worker.list(&tenant, &namespace)).await?))
 }
 
