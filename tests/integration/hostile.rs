@@ -540,3 +540,76 @@ fn every_name_field_of_every_path_and_verb_refuses_other_tenants_and_malformed_n
     let stats = worker.cli_as(Some(ACME), &["functions", "stats", "--fqfn", "acme/ns/f"]);
     assert!(stats.stdout.contains("\"processedSuccessfullyTotal\": 1"), "processed once: {}", stats.stdout);
 }
+
+#[test]
+fn evils_long_polls_are_capped_and_answers_are_bounded_while_acme_is_served() {
+    use base64::Engine as _;
+    let fnhost = Fnhost::new();
+    let worker = std::sync::Arc::new(start_worker(&fnhost, ""));
+    let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in", "-o", "acme/ns/out"]);
+    assert!(created.success, "{}", created.stderr);
+    // evil keeps long-polls open on an empty topic, more of them than it may have.
+    let attacking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pollers: Vec<_> = (0..12)
+        .map(|poller| {
+            let (worker, attacking, busy) = (worker.clone(), attacking.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let path = format!("/topics/persistent/evil/ns/empty/subscription/s{poller}/receive?waitMs=10000");
+                while attacking.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, answer) = worker.http_as(Some(EVIL), "POST", &path, json("{}"));
+                    match status {
+                        200 => {}
+                        429 => {
+                            let reason = answer["reason"].as_str().unwrap_or_default().to_owned();
+                            assert!(reason.contains("MAX_CONCURRENT_RECEIVES_PER_TENANT"), "{answer}");
+                            assert!(!reason.contains("acme"), "{answer}");
+                            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        other => panic!("evil's receive answered {other}: {answer}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    worker.wait_for("evil to reach its cap of long-polls", || busy.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // acme is served meanwhile, and its function goes on.
+    let (status, answer) = worker.http_as(Some(ACME), "GET", "/admin/v3/functions/acme/ns/f/status", None);
+    assert_eq!((status, answer["numRunning"].as_u64()), (200, Some(1)), "{answer}");
+    produce(&worker, ACME, "acme/ns/in", &["hello".to_owned()]);
+    assert_eq!(worker.read_as(Some(ACME), "acme/ns/out", 1), ["hello!"]);
+    let path = "/topics/persistent/acme/ns/out/subscription/poll/receive?waitMs=100&position=earliest";
+    let (status, answer) = worker.http_as(Some(ACME), "POST", path, json("{}"));
+    assert_eq!((status, values(&answer)), (200, vec!["hello!".to_owned()]), "{answer}");
+    attacking.store(false, std::sync::atomic::Ordering::Relaxed);
+    for poller in pollers {
+        poller.join().unwrap();
+    }
+
+    // However many messages evil asks for, one answer holds at most MAX_RECEIVE_BYTES of them.
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 3 << 20]);
+    let body = format!(r#"{{"messages": [{{"payload": "{big}"}}, {{"payload": "{big}"}}, {{"payload": "{big}"}}]}}"#);
+    let (status, answer) = worker.http_as(Some(EVIL), "POST", "/topics/persistent/evil/ns/big", json(&body));
+    assert_eq!(status, 200, "{answer}");
+    let mut received = 0;
+    let path = "/topics/persistent/evil/ns/big/subscription/hoard/receive?count=40&position=earliest";
+    for answers in 1..=3 {
+        let (status, answer) = worker.http_as(Some(EVIL), "POST", path, json("{}"));
+        assert_eq!(status, 200, "{answer}");
+        let messages = answer["messages"].as_array().unwrap();
+        let count = messages.len();
+        assert!((1..=2).contains(&count), "8 MiB hold at most two 3 MiB messages, got {count}");
+        let ids: Vec<&serde_json::Value> = messages.iter().map(|message| &message["messageId"]).collect();
+        let acknowledge = serde_json::json!({ "messageIds": ids }).to_string();
+        let path = "/topics/persistent/evil/ns/big/subscription/hoard/acknowledge";
+        let (status, answer) = worker.http_as(Some(EVIL), "POST", path, json(&acknowledge));
+        assert_eq!(status, 200, "{answer}");
+        received += count;
+        if received == 3 {
+            assert!(answers >= 2, "three messages came in one answer");
+            break;
+        }
+    }
+    assert_eq!(received, 3, "every message comes, over several answers");
+}
