@@ -82,17 +82,10 @@ pub const MAX_UNACKED_MESSAGES: usize = 50_000;
 pub const MAX_PACKAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Largest HTTP request body the worker reads, in bytes: a component plus its config.
 pub const MAX_REQUEST_SIZE: usize = MAX_PACKAGE_SIZE + MAX_CONFIG_SIZE;
-/// The share of a default worker that a tenant gets when the access file sets no quota for it:
-/// one quarter, so that the first tenant cannot take every instance slot.
+/// The share of a worker's instances that a tenant gets when the access file sets no quota for
+/// it: one quarter, so that the first tenant cannot take every instance slot
+/// (`access::Quota::share_of`).
 pub const DEFAULT_TENANT_SHARE_DIVISOR: u32 = 4;
-/// Most functions of one tenant, when the worker's access file gives no `maxFunctions`.
-pub const DEFAULT_TENANT_MAX_FUNCTIONS: u32 = DEFAULT_WORKER_INSTANCES / DEFAULT_TENANT_SHARE_DIVISOR;
-/// Most instances of one tenant's functions (their `--parallelism` summed), when the worker's
-/// access file gives no `maxInstances`.
-pub const DEFAULT_TENANT_MAX_INSTANCES: u32 = DEFAULT_WORKER_INSTANCES / DEFAULT_TENANT_SHARE_DIVISOR;
-/// Most memory one tenant's instances may reserve (each instance's `--ram` summed), in bytes, when
-/// the worker's access file gives no `maxMemoryBytes`: the default `--ram` for every default instance.
-pub const DEFAULT_TENANT_MAX_MEMORY_BYTES: u64 = DEFAULT_TENANT_MAX_INSTANCES as u64 * DEFAULT_RAM_BYTES;
 /// Shortest bearer token an access file may give, in characters: 32 hex digits are 128 bits.
 pub const MIN_TOKEN_LEN: usize = 32;
 /// Instances one worker runs when `--max-instances` is not given.

@@ -613,3 +613,40 @@ fn evils_long_polls_are_capped_and_answers_are_bounded_while_acme_is_served() {
     }
     assert_eq!(received, 3, "every message comes, over several answers");
 }
+
+#[test]
+fn a_guest_flooding_its_log_reaches_the_workers_log_at_a_bounded_rate() {
+    let fnhost = Fnhost::new();
+    let worker = start_worker(&fnhost, "");
+    let args = ["-i", "evil/ns/in", "--timeout-ms", "1500", "--max-message-retries", "0"];
+    let created = create(&worker, EVIL, "misbehave", "evil/ns/flood", &args);
+    assert!(created.success, "{}", created.stderr);
+    let started = std::time::Instant::now();
+    produce(&worker, EVIL, "evil/ns/in", &["log-flood".to_owned()]);
+    worker.wait_for("the flood to hit its time limit", || {
+        let (_, stats) = worker.http_as(Some(EVIL), "GET", "/admin/v3/functions/evil/ns/flood/stats", None);
+        stats["systemExceptionsTotal"].as_u64() == Some(1)
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = worker.log();
+    let lines = log.lines().filter(|line| line.contains("flooding the log")).count() as u64;
+    // The guest writes hundreds of thousands of lines a second; the worker's log takes a budget.
+    assert!(lines > 0, "the first lines get through");
+    assert!(lines <= 100 * (seconds + 1), "{lines} lines in about {seconds} s");
+    assert!(log.contains("MAX_WORKER_LOG_LINES_PER_SECOND"), "the log says that lines were left out");
+}
+
+#[test]
+fn a_tenant_without_a_quota_gets_a_quarter_of_the_worker_and_the_rest_stays_for_others() {
+    let fnhost = Fnhost::new();
+    let access = fnhost.data_dir().with_extension("access.yaml");
+    std::fs::write(&access, access_file("")).unwrap();
+    let worker = Worker::start_with(fnhost.data_dir(), &["--access", access.to_str().unwrap(), "--max-instances", "8"]);
+    let refused = create(&worker, EVIL, "exclamation", "evil/ns/all", &["-i", "evil/ns/in", "--parallelism", "3"]);
+    assert!(!refused.success, "a quarter of 8 instances is 2");
+    assert!(refused.stderr.contains("maxInstances") && !refused.stderr.contains("acme"), "{}", refused.stderr);
+    let created = create(&worker, EVIL, "exclamation", "evil/ns/two", &["-i", "evil/ns/in", "--parallelism", "2"]);
+    assert!(created.success, "{}", created.stderr);
+    let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in", "--parallelism", "2"]);
+    assert!(created.success, "acme still has its share: {}", created.stderr);
+}

@@ -300,7 +300,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
     })?;
     let access = match &args.access {
-        Some(path) => Access::load(path)?,
+        Some(path) => Access::load(path, args.max_instances)?,
         None => Access::default(),
     };
     if !access.enforced() {

@@ -11,10 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::limits::{
-    DEFAULT_TENANT_MAX_FUNCTIONS, DEFAULT_TENANT_MAX_INSTANCES, DEFAULT_TENANT_MAX_MEMORY_BYTES, MAX_CONFIG_SIZE,
-    MIN_TOKEN_LEN,
-};
+use crate::limits::{DEFAULT_RAM_BYTES, DEFAULT_TENANT_SHARE_DIVISOR, MAX_CONFIG_SIZE, MIN_TOKEN_LEN};
 use crate::names::{Fqfn, TopicAccess};
 
 /// What a presented token lets its bearer do.
@@ -37,12 +34,17 @@ pub struct Quota {
     pub max_memory_bytes: u64,
 }
 
-impl Default for Quota {
-    fn default() -> Self {
+impl Quota {
+    /// What a tenant may reserve of a worker of `worker_instances` when the access file sets no
+    /// quota for it: one DEFAULT_TENANT_SHARE_DIVISOR-th of the instances (at least one), as many
+    /// functions, and the default `--ram` for each instance; so that no tenant can take the
+    /// whole worker.
+    pub fn share_of(worker_instances: u32) -> Self {
+        let instances = (worker_instances / DEFAULT_TENANT_SHARE_DIVISOR).max(1);
         Self {
-            max_functions: DEFAULT_TENANT_MAX_FUNCTIONS,
-            max_instances: DEFAULT_TENANT_MAX_INSTANCES,
-            max_memory_bytes: DEFAULT_TENANT_MAX_MEMORY_BYTES,
+            max_functions: instances,
+            max_instances: instances,
+            max_memory_bytes: u64::from(instances) * DEFAULT_RAM_BYTES,
         }
     }
 }
@@ -97,7 +99,7 @@ impl QuotaFile {
 }
 
 /// A tenant's grants and quota.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Tenant {
     granted_topics: Vec<String>,
     quota: Quota,
@@ -123,8 +125,9 @@ impl Default for Access {
 }
 
 impl Access {
-    /// Reads an access file (JSON or YAML). Its errors never quote the file, which holds tokens.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// Reads an access file (JSON or YAML) for a worker of `worker_instances`, whose share each
+    /// tenant without a quota gets. Its errors never quote the file, which holds tokens.
+    pub fn load(path: &Path, worker_instances: u32) -> anyhow::Result<Self> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|error| anyhow::anyhow!("cannot read {shown}: {error}"))?;
         anyhow::ensure!(
@@ -139,11 +142,11 @@ impl Access {
                 location.map(|line| format!(" (near {})", redact(&line))).unwrap_or_default()
             )
         })?;
-        Self::from_file(file).map_err(|reason| anyhow::anyhow!("the access file {shown}: {reason}"))
+        Self::from_file(file, worker_instances).map_err(|reason| anyhow::anyhow!("the access file {shown}: {reason}"))
     }
 
-    fn from_file(file: AccessFile) -> Result<Self, String> {
-        let defaults = file.tenant_defaults.over(Quota::default());
+    fn from_file(file: AccessFile, worker_instances: u32) -> Result<Self, String> {
+        let defaults = file.tenant_defaults.over(Quota::share_of(worker_instances));
         let mut access =
             Self { tokens: Vec::new(), worker_token: file.worker_token, tenants: BTreeMap::new(), defaults };
         for token in &file.operator_tokens {
@@ -255,7 +258,7 @@ mod tests {
     const ACME: &str = "acme-token-0123456789abcdef0123456789abcd";
 
     fn access(yaml: &str) -> Result<Access, String> {
-        Access::from_file(serde_saphyr::from_str(yaml).map_err(|error| error.to_string())?)
+        Access::from_file(serde_saphyr::from_str(yaml).map_err(|error| error.to_string())?, 64)
     }
 
     #[test]
@@ -270,8 +273,11 @@ mod tests {
         assert_eq!(access.role(ACME), Some(Role::Tenant("acme".into())));
         assert_eq!(access.role(&ACME[1..]), None);
         assert_eq!(access.role(""), None);
-        assert_eq!(access.quota("acme"), Quota { max_functions: 7, max_instances: 4, ..Quota::default() });
-        assert_eq!(access.quota("globex"), Quota { max_functions: 7, ..Quota::default() });
+        let share = Quota::share_of(64);
+        assert_eq!(share, Quota { max_functions: 16, max_instances: 16, max_memory_bytes: 16 * DEFAULT_RAM_BYTES });
+        assert_eq!(access.quota("acme"), Quota { max_functions: 7, max_instances: 4, ..share });
+        assert_eq!(access.quota("globex"), Quota { max_functions: 7, ..share });
+        assert_eq!(Quota::share_of(2).max_instances, 1, "a tiny worker still gives each tenant an instance");
         assert_eq!(
             access.topic_access("acme"),
             TopicAccess::Tenant { tenant: "acme".into(), granted: vec!["shared".into()] }
@@ -301,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.yaml");
         std::fs::write(&path, format!("operatorTokens: [\"{OPERATOR}\"]\nunknownField: \"{ACME}\"\n")).unwrap();
-        let error = Access::load(&path).unwrap_err().to_string();
+        let error = Access::load(&path, 64).unwrap_err().to_string();
         assert!(error.contains("is not valid") && error.contains("docs/SECURITY.md"), "{error}");
         assert!(!error.contains(OPERATOR) && !error.contains(ACME), "the error shows a token: {error}");
     }
