@@ -1317,30 +1317,44 @@ fn raw_jetstream(url: &str, events: &[OutMessage], round: usize, work: RawWork) 
 /// Events the neighbour of the hostile part processes per run.
 const HOSTILE_MESSAGES: usize = 300_000;
 /// What the attacker of the hostile part does, in turn, one command per message.
-const ATTACKS: [&str; 7] = ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap"];
+const ATTACKS: [&str; 8] =
+    ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap", "metrics-from:0"];
 /// Messages the attacker gets: more than it can get through while its neighbour runs.
 const ATTACK_MESSAGES: usize = 10_000;
 
 /// The session-duration guest as a neighbour in one worker, alone and beside an attacker (the
-/// misbehave guest, cycling through endless loops, memory bombs, floods of logs, state and
-/// publishes, stack overflows and traps, with a 100 ms time limit and no retries). Alternated,
-/// `rounds` times; medians.
+/// misbehave guest, cycling through endless loops, memory bombs, floods of logs, state,
+/// publishes and metric names, stack overflows and traps, with a 100 ms time limit and no
+/// retries) and a control-plane attacker (creating, updating and deleting a function, opening a
+/// new topic and REST-receiving from it, over and over). Alternated, `rounds` times; medians, and
+/// how long the neighbour's status took meanwhile.
 fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let mut alone = Vec::new();
-    let mut attacked = Vec::new();
+    let mut beside_guest = Vec::new();
+    let mut beside_both = Vec::new();
     let mut attacks = Vec::new();
+    let mut status_times = Vec::new();
     for _ in 0..rounds {
-        alone.push(neighbour_run(session, None, &events)?.0);
-        let (elapsed, failed) = neighbour_run(session, Some(misbehave), &events)?;
-        attacked.push(elapsed);
-        attacks.push(failed);
+        alone.push(neighbour_run(session, None, false, &events)?.elapsed);
+        let run = neighbour_run(session, Some(misbehave), false, &events)?;
+        beside_guest.push(run.elapsed);
+        attacks.push(run.failed_attacks);
+        let run = neighbour_run(session, Some(misbehave), true, &events)?;
+        beside_both.push(run.elapsed);
+        status_times.extend(run.status_times);
     }
+    status_times.sort_unstable();
+    let status_time = |quantile: f64| {
+        let index = ((status_times.len() as f64 * quantile) as usize).min(status_times.len().saturating_sub(1));
+        status_times.get(index).map_or(0.0, |time| time.as_secs_f64() * 1e3)
+    };
     let rate = |times: &mut Vec<Duration>| {
         times.sort();
         messages as f64 / times[times.len() / 2].as_secs_f64()
     };
-    let (alone, attacked) = (rate(&mut alone), rate(&mut attacked));
+    let alone = rate(&mut alone);
+    let (beside_guest, beside_both) = (rate(&mut beside_guest), rate(&mut beside_both));
     attacks.sort_unstable();
     println!();
     println!(
@@ -1349,18 +1363,69 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
     println!("|---|---|---|");
     println!("| neighbour alone | {alone:.0} | 1.00 |");
     println!(
-        "| neighbour beside the attacker ({} of its messages failed during the run, median) | {attacked:.0} | {:.2} |",
+        "| beside the hostile guest ({} of its messages failed during the run, median) | {beside_guest:.0} | {:.2} |",
         attacks[attacks.len() / 2],
-        attacked / alone
+        beside_guest / alone
     );
+    println!(
+        "| beside the hostile guest and a tenant churning the control plane | {beside_both:.0} | {:.2} |",
+        beside_both / alone
+    );
+    println!();
+    println!("| the neighbour's status during both attacks ({} calls) | ms |", status_times.len());
+    println!("|---|---|");
+    println!("| median | {:.2} |", status_time(0.5));
+    println!("| 99th percentile | {:.2} |", status_time(0.99));
+    println!("| slowest | {:.2} |", status_time(1.0));
+    Ok(())
+}
+
+/// What one run of the hostile part measured.
+struct NeighbourRun {
+    /// The neighbour's time from its creation to its last message.
+    elapsed: Duration,
+    /// The attacker's messages that failed meanwhile.
+    failed_attacks: u64,
+    /// How long each of the neighbour's status calls took, during the attacks.
+    status_times: Vec<Duration>,
+}
+
+/// Until `done`, creates, updates and deletes a function of `attacker`'s code, and opens a new
+/// topic and REST-receives from it each round: an attacker of the control plane and the broker.
+fn churn(worker: &Worker, attacker: &[u8], done: &AtomicBool) -> anyhow::Result<()> {
+    let fqfn = Fqfn::new("public", "default", "churn")?;
+    let subscription = SubscriptionName::new("public", "default", "churn")?;
+    for round in 0.. {
+        if done.load(AtomicOrdering::Relaxed) {
+            break;
+        }
+        let spec = |parallelism: u32| -> anyhow::Result<FunctionSpec> {
+            Ok(serde_json::from_value(serde_json::json!({
+                "name": "churn", "inputs": ["churn-in"], "parallelism": parallelism, "resources": { "ram": "32M" },
+            }))?)
+        };
+        worker.create(spec(1)?, Some(attacker.to_vec()))?;
+        worker.update(&fqfn, spec(2)?, Some(attacker.to_vec()))?;
+        worker.delete(&fqfn)?;
+        let topic = TopicName::parse(&format!("spam-{round}"))?;
+        worker.produce(&topic, vec![OutMessage::new("spam")])?;
+        let consumer = worker.rest_consumer(&topic, &subscription, Position::Earliest)?;
+        let mut received = Vec::new();
+        consumer.take(40, &mut received)?;
+    }
     Ok(())
 }
 
 /// Runs the session guest over `events` in a fresh in-process worker, beside `attacker` if given
 /// (started just before the neighbour, so that the neighbour's run includes the attacker's first,
-/// and least held back, attacks); returns the neighbour's time from its creation to its last
-/// message, and how many of the attacker's messages failed meanwhile.
-fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage]) -> anyhow::Result<(Duration, u64)> {
+/// and least held back, attacks) and, if `churning`, a tenant churning the control plane
+/// ([`churn`]), timing the neighbour's status calls meanwhile.
+fn neighbour_run(
+    session: &Path,
+    attacker: Option<&Path>,
+    churning: bool,
+    events: &[OutMessage],
+) -> anyhow::Result<NeighbourRun> {
     let scratch = tempfile::tempdir()?;
     let worker = in_process_worker(scratch.path(), 4)?;
     let fqfn = |name: &str| Fqfn::new("public", "default", name);
@@ -1396,10 +1461,30 @@ fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage])
     }))?;
     let started = Instant::now();
     worker.create(spec, Some(std::fs::read(session)?))?;
-    while worker.stats(&fqfn("neighbour")?, None)?["processedSuccessfullyTotal"].as_u64() < Some(events.len() as u64) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = started.elapsed();
+    let done = AtomicBool::new(false);
+    let attacker_code = attacker.map(std::fs::read).transpose()?;
+    let mut status_times = Vec::new();
+    let elapsed = std::thread::scope(|scope| -> anyhow::Result<Duration> {
+        let churner =
+            attacker_code.as_deref().filter(|_| churning).map(|code| scope.spawn(|| churn(&worker, code, &done)));
+        let neighbour = fqfn("neighbour")?;
+        let finished = loop {
+            if churning {
+                let asked = Instant::now();
+                worker.status(&neighbour, None)?;
+                status_times.push(asked.elapsed());
+            }
+            if worker.stats(&neighbour, None)?["processedSuccessfullyTotal"].as_u64() >= Some(events.len() as u64) {
+                break started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        done.store(true, AtomicOrdering::Relaxed);
+        if let Some(churner) = churner {
+            churner.join().expect("the churn thread does not panic")?;
+        }
+        Ok(finished)
+    })?;
     let attacks = match attacker {
         Some(_) => {
             let stats = worker.stats(&fqfn("attacker")?, None)?;
@@ -1412,5 +1497,5 @@ fn neighbour_run(session: &Path, attacker: Option<&Path>, events: &[OutMessage])
         None => 0,
     };
     worker.shutdown();
-    Ok((elapsed, attacks))
+    Ok(NeighbourRun { elapsed, failed_attacks: attacks, status_times })
 }

@@ -138,6 +138,9 @@ impl AdminApi {
             .method(method)
             .uri(*path)
             .header(header::CONTENT_TYPE, *media_type)
+            // What the CLI sends, so that the bodies reach the handlers past the cross-site guard.
+            .header(header::HOST, "127.0.0.1")
+            .header(crate::worker::admin::CLIENT_HEADER, "fnhost-fuzz")
             .body(Body::from(body.to_vec()))
             .expect("the request is well formed");
         let status =
