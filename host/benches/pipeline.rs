@@ -33,7 +33,7 @@ use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runti
 use fnhost::spec::FunctionSpec;
 use fnhost::state::StateStore;
 use fnhost::window::{Extent, TimeBase, WindowConfig, WindowSpec};
-use fnhost::worker::{Worker, WorkerConfig};
+use fnhost::worker::{Worker, WorkerConfig, WorkerError};
 
 const USERS: usize = 10_000;
 
@@ -1334,6 +1334,7 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
     let mut beside_guest = Vec::new();
     let mut beside_both = Vec::new();
     let mut attacks = Vec::new();
+    let mut refused_changes = Vec::new();
     let mut status_times = Vec::new();
     for _ in 0..rounds {
         alone.push(neighbour_run(session, None, false, &events)?.elapsed);
@@ -1342,6 +1343,7 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
         attacks.push(run.failed_attacks);
         let run = neighbour_run(session, Some(misbehave), true, &events)?;
         beside_both.push(run.elapsed);
+        refused_changes.push(run.refused_changes);
         status_times.extend(run.status_times);
     }
     status_times.sort_unstable();
@@ -1356,6 +1358,7 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
     let alone = rate(&mut alone);
     let (beside_guest, beside_both) = (rate(&mut beside_guest), rate(&mut beside_both));
     attacks.sort_unstable();
+    refused_changes.sort_unstable();
     println!();
     println!(
         "| one worker, session-duration neighbour, {messages} events, median of {rounds} | messages/s | of alone |"
@@ -1368,7 +1371,8 @@ fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> 
         beside_guest / alone
     );
     println!(
-        "| beside the hostile guest and a tenant churning the control plane | {beside_both:.0} | {:.2} |",
+        "| beside the hostile guest and another tenant churning the control plane ({} of its changes refused, median) | {beside_both:.0} | {:.2} |",
+        refused_changes[refused_changes.len() / 2],
         beside_both / alone
     );
     println!();
@@ -1386,34 +1390,53 @@ struct NeighbourRun {
     elapsed: Duration,
     /// The attacker's messages that failed meanwhile.
     failed_attacks: u64,
+    /// The churning tenant's function changes that were refused for its rate.
+    refused_changes: u64,
     /// How long each of the neighbour's status calls took, during the attacks.
     status_times: Vec<Duration>,
 }
 
-/// Until `done`, creates, updates and deletes a function of `attacker`'s code, and opens a new
-/// topic and REST-receives from it each round: an attacker of the control plane and the broker.
-fn churn(worker: &Worker, attacker: &[u8], done: &AtomicBool) -> anyhow::Result<()> {
-    let fqfn = Fqfn::new("public", "default", "churn")?;
-    let subscription = SubscriptionName::new("public", "default", "churn")?;
+/// Until `done`, creates, updates and deletes a function of `attacker`'s code as another tenant
+/// than the neighbour's, and opens a new topic and REST-receives from it each round: an attacker
+/// of the control plane and the broker. A change past the tenant's rate is refused (429) and the
+/// attacker goes on, a millisecond later, as a client over HTTP would; returns how many changes
+/// were refused.
+fn churn(worker: &Worker, attacker: &[u8], done: &AtomicBool) -> anyhow::Result<u64> {
+    let fqfn = Fqfn::new("evil", "ns", "churn")?;
+    let subscription = SubscriptionName::new("evil", "ns", "spam-reader")?;
+    let spec = |parallelism: u32| -> anyhow::Result<FunctionSpec> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "tenant": "evil", "namespace": "ns", "name": "churn", "inputs": ["evil/ns/churn-in"],
+            "parallelism": parallelism, "resources": { "ram": "32M" },
+        }))?)
+    };
+    let mut refused = 0;
+    let mut count = |result: Result<(), WorkerError>| match result {
+        Ok(()) => Ok(()),
+        Err(WorkerError::Busy(_)) => {
+            refused += 1;
+            Ok(())
+        }
+        // After a refused create there is nothing to update or delete; after a refused delete,
+        // the function is there to be created again.
+        Err(WorkerError::NotFound(_) | WorkerError::Conflict(_)) => Ok(()),
+        Err(error) => Err(error),
+    };
     for round in 0.. {
         if done.load(AtomicOrdering::Relaxed) {
             break;
         }
-        let spec = |parallelism: u32| -> anyhow::Result<FunctionSpec> {
-            Ok(serde_json::from_value(serde_json::json!({
-                "name": "churn", "inputs": ["churn-in"], "parallelism": parallelism, "resources": { "ram": "32M" },
-            }))?)
-        };
-        worker.create(spec(1)?, Some(attacker.to_vec()))?;
-        worker.update(&fqfn, spec(2)?, Some(attacker.to_vec()))?;
-        worker.delete(&fqfn)?;
-        let topic = TopicName::parse(&format!("spam-{round}"))?;
+        count(worker.create(spec(1)?, Some(attacker.to_vec())).map(drop))?;
+        count(worker.update(&fqfn, spec(2)?, Some(attacker.to_vec())).map(drop))?;
+        count(worker.delete(&fqfn))?;
+        let topic = TopicName::parse(&format!("evil/ns/spam-{round}"))?;
         worker.produce(&topic, vec![OutMessage::new("spam")])?;
         let consumer = worker.rest_consumer(&topic, &subscription, Position::Earliest)?;
         let mut received = Vec::new();
         consumer.take(40, &mut received)?;
+        std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// Runs the session guest over `events` in a fresh in-process worker, beside `attacker` if given
@@ -1464,7 +1487,7 @@ fn neighbour_run(
     let done = AtomicBool::new(false);
     let attacker_code = attacker.map(std::fs::read).transpose()?;
     let mut status_times = Vec::new();
-    let elapsed = std::thread::scope(|scope| -> anyhow::Result<Duration> {
+    let (elapsed, refused_changes) = std::thread::scope(|scope| -> anyhow::Result<(Duration, u64)> {
         let churner =
             attacker_code.as_deref().filter(|_| churning).map(|code| scope.spawn(|| churn(&worker, code, &done)));
         let neighbour = fqfn("neighbour")?;
@@ -1480,10 +1503,11 @@ fn neighbour_run(
             std::thread::sleep(Duration::from_millis(5));
         };
         done.store(true, AtomicOrdering::Relaxed);
-        if let Some(churner) = churner {
-            churner.join().expect("the churn thread does not panic")?;
-        }
-        Ok(finished)
+        let refused = match churner {
+            Some(churner) => churner.join().expect("the churn thread does not panic")?,
+            None => 0,
+        };
+        Ok((finished, refused))
     })?;
     let attacks = match attacker {
         Some(_) => {
@@ -1497,5 +1521,5 @@ fn neighbour_run(
         None => 0,
     };
     worker.shutdown();
-    Ok(NeighbourRun { elapsed, failed_attacks: attacks, status_times })
+    Ok(NeighbourRun { elapsed, failed_attacks: attacks, refused_changes, status_times })
 }

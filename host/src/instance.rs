@@ -35,6 +35,7 @@ use crate::runtime::{
     LogLevel, PreparedFunction, ProcessError,
 };
 use crate::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
+use crate::token_bucket::TokenBucket;
 use crate::window::WindowConfig;
 
 mod window_loop;
@@ -277,33 +278,31 @@ fn level_rank(level: LogLevel) -> u8 {
     level as u8
 }
 
-/// How many guest log lines an instance may still write into the worker's log: a token bucket
-/// that fills at MAX_WORKER_LOG_LINES_PER_SECOND and holds a second's worth.
+/// How many guest log lines an instance may still write into the worker's log: a bucket that
+/// fills at MAX_WORKER_LOG_LINES_PER_SECOND and holds a second's worth.
 struct LogBudget {
-    tokens: f64,
-    filled_at: Instant,
+    bucket: TokenBucket,
     /// Lines left out since the last one written.
     left_out: u64,
 }
 
 impl Default for LogBudget {
     fn default() -> Self {
-        Self { tokens: f64::from(MAX_WORKER_LOG_LINES_PER_SECOND), filled_at: Instant::now(), left_out: 0 }
+        let rate = MAX_WORKER_LOG_LINES_PER_SECOND;
+        Self { bucket: TokenBucket::full(rate, f64::from(rate), Instant::now()), left_out: 0 }
     }
 }
 
 impl LogBudget {
     /// Takes one line at `now`: `None` if it is left out, else how many were left out before it.
     fn take(&mut self, now: Instant) -> Option<u64> {
-        let rate = f64::from(MAX_WORKER_LOG_LINES_PER_SECOND);
-        self.tokens = (self.tokens + now.saturating_duration_since(self.filled_at).as_secs_f64() * rate).min(rate);
-        self.filled_at = now;
-        if self.tokens < 1.0 {
-            self.left_out += 1;
-            return None;
+        match self.bucket.take(now) {
+            Ok(()) => Some(std::mem::take(&mut self.left_out)),
+            Err(_) => {
+                self.left_out += 1;
+                None
+            }
         }
-        self.tokens -= 1.0;
-        Some(std::mem::take(&mut self.left_out))
     }
 }
 

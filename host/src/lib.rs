@@ -17,5 +17,6 @@ pub mod nats;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod token_bucket;
 pub mod window;
 pub mod worker;

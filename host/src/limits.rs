@@ -128,3 +128,9 @@ pub const MAX_WORKER_LOG_LINES_PER_SECOND: u32 = 100;
 /// Most user metric series (a name on one instance) one tenant has in the worker's `/metrics`:
 /// the rest are left out, and a comment says how many.
 pub const MAX_METRIC_SERIES_PER_TENANT: usize = 10_000;
+/// Function changes (creates, updates and deletes) a tenant may make a minute on one worker, ten
+/// seconds' worth at once, unless its quota says otherwise (`maxFunctionChangesPerMinute`); more
+/// are refused (429) with the time until the next is let through. A change builds, compiles and
+/// starts instances, so a tenant changing functions in a loop would take the CPU that its
+/// neighbours' functions run on.
+pub const FUNCTION_CHANGES_PER_MINUTE: u32 = 60;

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::limits::{DEFAULT_RAM_BYTES, DEFAULT_TENANT_SHARE_DIVISOR, MAX_CONFIG_SIZE, MIN_TOKEN_LEN};
+use crate::limits::{
+    DEFAULT_RAM_BYTES, DEFAULT_TENANT_SHARE_DIVISOR, FUNCTION_CHANGES_PER_MINUTE, MAX_CONFIG_SIZE, MIN_TOKEN_LEN,
+};
 use crate::names::{Fqfn, TopicAccess};
 
 /// What a presented token lets its bearer do.
@@ -32,6 +34,9 @@ pub struct Quota {
     pub max_instances: u32,
     /// Most memory, summed over each instance's `--ram`.
     pub max_memory_bytes: u64,
+    /// Most function creates, updates and deletes a minute on one worker, ten seconds' worth at
+    /// once (see [`crate::limits::FUNCTION_CHANGES_PER_MINUTE`]).
+    pub max_function_changes_per_minute: u32,
 }
 
 impl Quota {
@@ -45,6 +50,7 @@ impl Quota {
             max_functions: instances,
             max_instances: instances,
             max_memory_bytes: u64::from(instances) * DEFAULT_RAM_BYTES,
+            max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
         }
     }
 }
@@ -86,6 +92,7 @@ struct QuotaFile {
     max_instances: Option<u32>,
     /// Bytes.
     max_memory_bytes: Option<u64>,
+    max_function_changes_per_minute: Option<u32>,
 }
 
 impl QuotaFile {
@@ -94,6 +101,9 @@ impl QuotaFile {
             max_functions: self.max_functions.unwrap_or(base.max_functions),
             max_instances: self.max_instances.unwrap_or(base.max_instances),
             max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
+            max_function_changes_per_minute: self
+                .max_function_changes_per_minute
+                .unwrap_or(base.max_function_changes_per_minute),
         }
     }
 }
@@ -117,9 +127,15 @@ pub struct Access {
 
 impl Default for Access {
     /// A worker without an access file: no tokens, so every client may do anything and quotas
-    /// would separate nobody; the worker's own capacity is the only bound.
+    /// would separate nobody; the worker's own capacity is the only bound, but for the rate of
+    /// function changes, which keeps the CPU for the functions that run.
     fn default() -> Self {
-        let whole_worker = Quota { max_functions: u32::MAX, max_instances: u32::MAX, max_memory_bytes: u64::MAX };
+        let whole_worker = Quota {
+            max_functions: u32::MAX,
+            max_instances: u32::MAX,
+            max_memory_bytes: u64::MAX,
+            max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
+        };
         Self { tokens: Vec::new(), worker_token: None, tenants: BTreeMap::new(), defaults: whole_worker }
     }
 }
@@ -138,7 +154,7 @@ impl Access {
         let file: AccessFile = serde_saphyr::from_str(&text).map_err(|error| {
             let location = error.to_string().lines().find(|line| line.contains("line")).map(str::to_owned);
             anyhow::anyhow!(
-                "the access file {shown} is not valid{}: its fields are operatorTokens, workerToken, tenantDefaults and tenants (each with tokens, grantedTopics, maxFunctions, maxInstances and maxMemoryBytes); see docs/SECURITY.md",
+                "the access file {shown} is not valid{}: its fields are operatorTokens, workerToken, tenantDefaults and tenants (each with tokens, grantedTopics, maxFunctions, maxInstances, maxMemoryBytes and maxFunctionChangesPerMinute); see docs/SECURITY.md",
                 location.map(|line| format!(" (near {})", redact(&line))).unwrap_or_default()
             )
         })?;
@@ -265,7 +281,7 @@ mod tests {
     fn tokens_map_to_roles_by_digest_and_unknown_ones_to_nothing() {
         let acme_digest: String = Sha256::digest(ACME.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
         let access = access(&format!(
-            "operatorTokens: [{OPERATOR}]\nworkerToken: {OPERATOR}\ntenants:\n  acme:\n    tokens: ['sha256:{acme_digest}']\n    grantedTopics: [shared]\n    maxInstances: 4\ntenantDefaults:\n  maxFunctions: 7\n"
+            "operatorTokens: [{OPERATOR}]\nworkerToken: {OPERATOR}\ntenants:\n  acme:\n    tokens: ['sha256:{acme_digest}']\n    grantedTopics: [shared]\n    maxInstances: 4\n    maxFunctionChangesPerMinute: 2\ntenantDefaults:\n  maxFunctions: 7\n"
         ))
         .unwrap();
         assert!(access.enforced());
@@ -274,8 +290,15 @@ mod tests {
         assert_eq!(access.role(&ACME[1..]), None);
         assert_eq!(access.role(""), None);
         let share = Quota::share_of(64);
-        assert_eq!(share, Quota { max_functions: 16, max_instances: 16, max_memory_bytes: 16 * DEFAULT_RAM_BYTES });
-        assert_eq!(access.quota("acme"), Quota { max_functions: 7, max_instances: 4, ..share });
+        let expected = Quota {
+            max_functions: 16,
+            max_instances: 16,
+            max_memory_bytes: 16 * DEFAULT_RAM_BYTES,
+            max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
+        };
+        assert_eq!(share, expected);
+        let acme = Quota { max_functions: 7, max_instances: 4, max_function_changes_per_minute: 2, ..share };
+        assert_eq!(access.quota("acme"), acme);
         assert_eq!(access.quota("globex"), Quota { max_functions: 7, ..share });
         assert_eq!(Quota::share_of(2).max_instances, 1, "a tiny worker still gives each tenant an instance");
         assert_eq!(

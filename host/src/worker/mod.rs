@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod admin;
+mod change_rate;
 pub mod cluster;
 pub mod disk_guard;
 mod ledger;
@@ -187,6 +188,8 @@ pub struct Worker {
     changes: ledger::ChangeLocks,
     /// What every function reserves of quotas and capacity, checked and taken in one step.
     ledger: ledger::Ledger,
+    /// How fast each tenant may create, update and delete functions.
+    change_rate: change_rate::ChangeRate,
     consumer_gate: rest_consumer::ConsumerGate,
     disk_guard: Option<disk_guard::DiskGuard>,
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
@@ -248,6 +251,7 @@ impl Worker {
             access: config.access,
             changes: ledger::ChangeLocks::default(),
             ledger: ledger::Ledger::default(),
+            change_rate: change_rate::ChangeRate::default(),
             consumer_gate: rest_consumer::ConsumerGate::default(),
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
@@ -504,6 +508,7 @@ impl Worker {
             return Err(already_exists(&fqfn));
         }
         self.check_disk()?;
+        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         // Built and compiled before any lock is taken: a slow compile holds up no one else.
         let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
@@ -565,6 +570,7 @@ impl Worker {
         }
         let config = self.function_config(&spec)?;
         self.check_disk()?;
+        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         // Built and compiled under this function's change lock only.
         let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         let prepared = match &package {
@@ -612,6 +618,10 @@ impl Worker {
         if lock(&self.failed).contains_key(fqfn) {
             return self.delete_failed(fqfn);
         }
+        if !lock(&self.functions).contains_key(fqfn) {
+            return Err(not_found(fqfn));
+        }
+        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
         drain(&function, None);
         self.ledger.release(fqfn);

@@ -1,5 +1,6 @@
 //! Shared resources evil tries to take: a guest that never returns, host-owned keys, metric
-//! names, long-polls and big answers, the worker's log, instance slots and the disk.
+//! names, long-polls and big answers, the worker's log, instance slots, the control plane's CPU
+//! and the disk.
 
 use super::*;
 use crate::support::{Fnhost, Worker, guest};
@@ -180,6 +181,38 @@ fn a_tenant_without_a_quota_gets_a_quarter_of_the_worker_and_the_rest_stays_for_
     assert!(created.success, "{}", created.stderr);
     let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in", "--parallelism", "2"]);
     assert!(created.success, "acme still has its share: {}", created.stderr);
+}
+
+#[test]
+fn a_tenant_changing_functions_past_its_rate_is_refused_and_others_change_theirs() {
+    let fnhost = Fnhost::new();
+    // One change at once, then one each 30 s: evil's second change comes too soon on any machine.
+    let worker = start_worker(&fnhost, "    maxFunctionChangesPerMinute: 2\n");
+    let created = create(&worker, EVIL, "exclamation", "evil/ns/f", &["-i", "evil/ns/in", "-o", "evil/ns/out"]);
+    assert!(created.success, "{}", created.stderr);
+    let refused = worker.cli_as(Some(EVIL), &["functions", "update", "--fqfn", "evil/ns/f", "--parallelism", "2"]);
+    assert!(!refused.success && refused.stderr.contains("HTTP 429"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("maxFunctionChangesPerMinute") && refused.stderr.contains("try again in"),
+        "{}",
+        refused.stderr
+    );
+    let deleted = worker.cli_as(Some(EVIL), &["functions", "delete", "--fqfn", "evil/ns/f"]);
+    assert!(!deleted.success && deleted.stderr.contains("HTTP 429"), "{}", deleted.stderr);
+    // The refused changes changed nothing: evil's function runs as created, with one instance.
+    assert!(instance_running(&worker, EVIL, "evil/ns/f"));
+    let (_, status) = worker.http_as(Some(EVIL), "GET", "/admin/v3/functions/evil/ns/f/status", None);
+    assert_eq!(status["numInstances"], 1, "{status}");
+    produce(&worker, EVIL, "evil/ns/in", &["hi".into()]);
+    assert_eq!(worker.read_as(Some(EVIL), "evil/ns/out", 1), ["hi!"]);
+
+    // acme's changes are its own, at the default rate.
+    let created = create(&worker, ACME, "exclamation", "acme/ns/f", &["-i", "acme/ns/in"]);
+    assert!(created.success, "{}", created.stderr);
+    let updated = worker.cli_as(Some(ACME), &["functions", "update", "--fqfn", "acme/ns/f", "--parallelism", "2"]);
+    assert!(updated.success, "{}", updated.stderr);
+    let deleted = worker.cli_as(Some(ACME), &["functions", "delete", "--fqfn", "acme/ns/f"]);
+    assert!(deleted.success, "{}", deleted.stderr);
 }
 
 #[test]
