@@ -111,7 +111,8 @@ pub const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// below it, writes are refused (507) and instances fetch nothing, so that what is stored and
 /// accepted can still be committed and the disk never fills.
 pub const MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
-/// Most bytes of message values one REST receive answers with (at least one message is always given).
+/// Most bytes of messages, as encoded in the answer (escaped text or base64, with key and
+/// properties), one REST receive answers with (at least one message is always given).
 pub const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
 /// Most REST receives and acknowledgements one tenant has open at once; more are refused (429).
 pub const MAX_CONCURRENT_RECEIVES_PER_TENANT: usize = 8;
@@ -134,3 +135,9 @@ pub const MAX_METRIC_SERIES_PER_TENANT: usize = 10_000;
 /// starts instances, so a tenant changing functions in a loop would take the CPU that its
 /// neighbours' functions run on.
 pub const FUNCTION_CHANGES_PER_MINUTE: u32 = 60;
+/// Bytes of messages a tenant may receive a second over HTTP on one worker (a second's worth, or
+/// one answer of MAX_RECEIVE_BYTES, at once), unless its quota says otherwise
+/// (`maxReceiveBytesPerSecond`); past it, receives are refused (429) with the time until the
+/// tenant may receive again. Encoding answers takes the worker's CPU, so a tenant receiving the
+/// largest answers in a loop would take the cores its neighbours' functions run on.
+pub const RECEIVE_BYTES_PER_SECOND: u32 = 16 * 1024 * 1024;

@@ -1,5 +1,5 @@
 //! A token bucket: a rate with a burst, for the bounds that a tenant's requests or a guest's
-//! calls spend over time (guest log lines in the worker's log, function changes).
+//! calls spend over time (guest log lines in the worker's log, function changes, bytes received).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,23 @@ impl TokenBucket {
         Ok(())
     }
 
+    /// Ok if the bucket holds any token at `now`, or how long until it does: a bucket that
+    /// [`Self::spend`] took into debt refuses until the debt is paid back.
+    pub fn ready(&mut self, now: Instant) -> Result<(), Duration> {
+        self.fill(now);
+        if self.tokens > 0.0 {
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((f64::EPSILON - self.tokens) / self.per_second))
+    }
+
+    /// Spends `amount` at `now`, into debt if the bucket holds less: for costs known only once
+    /// they are paid, such as the bytes of an answer.
+    pub fn spend(&mut self, amount: f64, now: Instant) {
+        self.fill(now);
+        self.tokens -= amount;
+    }
+
     /// True if the bucket is full at `now`: it holds nothing a fresh one would not.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.fill(now);
@@ -39,7 +56,7 @@ impl TokenBucket {
     fn fill(&mut self, now: Instant) {
         let gained = now.saturating_duration_since(self.filled_at).as_secs_f64() * self.per_second;
         self.tokens = (self.tokens + gained).min(self.capacity);
-        self.filled_at = now;
+        self.filled_at = self.filled_at.max(now);
     }
 }
 
@@ -64,5 +81,17 @@ mod tests {
             assert_eq!(bucket.take(start + Duration::from_secs(60)), Ok(()));
         }
         assert!(bucket.take(start + Duration::from_secs(60)).is_err());
+    }
+
+    #[test]
+    fn a_bucket_in_debt_refuses_until_the_debt_is_paid_back() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(100, 100.0, start);
+        assert_eq!(bucket.ready(start), Ok(()));
+        bucket.spend(300.0, start);
+        let wait = bucket.ready(start).expect_err("200 in debt");
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+        assert!(bucket.ready(start + Duration::from_millis(1_990)).is_err(), "still in debt");
+        assert_eq!(bucket.ready(start + Duration::from_millis(2_010)), Ok(()));
     }
 }

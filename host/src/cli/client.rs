@@ -177,8 +177,8 @@ impl Client {
             Body::Empty => (None, Vec::new()),
             Body::Json(json) => (Some("application/json".to_owned()), serde_json::to_vec(&json)?),
             Body::Form(fields) => {
-                let (boundary, bytes) = multipart(&fields);
-                (Some(format!("multipart/form-data; boundary={boundary}")), bytes)
+                let (content_type, bytes) = multipart(&fields);
+                (Some(content_type), bytes)
             }
         };
         let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
@@ -217,9 +217,9 @@ impl Client {
     }
 }
 
-/// Encodes a multipart form; the boundary is a digest of the content, so it cannot occur in it
-/// except by a SHA-256 collision.
-fn multipart(fields: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
+/// Encodes a multipart form as its `Content-Type` and body; the boundary is a digest of the
+/// content, so it cannot occur in it except by a SHA-256 collision.
+pub fn multipart(fields: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
     let mut hasher = Sha256::new();
     for (name, value) in fields {
         hasher.update(name.as_bytes());
@@ -238,7 +238,7 @@ fn multipart(fields: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (boundary, body)
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 /// `text` with every byte outside the URL path's unreserved set percent-encoded.

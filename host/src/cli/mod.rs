@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 
-mod client;
+pub mod client;
 mod function_flags;
 mod functions;
 mod new;

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::limits::{
     DEFAULT_RAM_BYTES, DEFAULT_TENANT_SHARE_DIVISOR, FUNCTION_CHANGES_PER_MINUTE, MAX_CONFIG_SIZE, MIN_TOKEN_LEN,
+    RECEIVE_BYTES_PER_SECOND,
 };
 use crate::names::{Fqfn, TopicAccess};
 
@@ -37,6 +38,9 @@ pub struct Quota {
     /// Most function creates, updates and deletes a minute on one worker, ten seconds' worth at
     /// once (see [`crate::limits::FUNCTION_CHANGES_PER_MINUTE`]).
     pub max_function_changes_per_minute: u32,
+    /// Most bytes of messages received a second over HTTP on one worker (see
+    /// [`crate::limits::RECEIVE_BYTES_PER_SECOND`]).
+    pub max_receive_bytes_per_second: u32,
 }
 
 impl Quota {
@@ -51,6 +55,7 @@ impl Quota {
             max_instances: instances,
             max_memory_bytes: u64::from(instances) * DEFAULT_RAM_BYTES,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
+            max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
         }
     }
 }
@@ -93,6 +98,7 @@ struct QuotaFile {
     /// Bytes.
     max_memory_bytes: Option<u64>,
     max_function_changes_per_minute: Option<u32>,
+    max_receive_bytes_per_second: Option<u32>,
 }
 
 impl QuotaFile {
@@ -104,6 +110,9 @@ impl QuotaFile {
             max_function_changes_per_minute: self
                 .max_function_changes_per_minute
                 .unwrap_or(base.max_function_changes_per_minute),
+            max_receive_bytes_per_second: self
+                .max_receive_bytes_per_second
+                .unwrap_or(base.max_receive_bytes_per_second),
         }
     }
 }
@@ -135,6 +144,7 @@ impl Default for Access {
             max_instances: u32::MAX,
             max_memory_bytes: u64::MAX,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
+            max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
         };
         Self { tokens: Vec::new(), worker_token: None, tenants: BTreeMap::new(), defaults: whole_worker }
     }
@@ -154,7 +164,7 @@ impl Access {
         let file: AccessFile = serde_saphyr::from_str(&text).map_err(|error| {
             let location = error.to_string().lines().find(|line| line.contains("line")).map(str::to_owned);
             anyhow::anyhow!(
-                "the access file {shown} is not valid{}: its fields are operatorTokens, workerToken, tenantDefaults and tenants (each with tokens, grantedTopics, maxFunctions, maxInstances, maxMemoryBytes and maxFunctionChangesPerMinute); see docs/SECURITY.md",
+                "the access file {shown} is not valid{}: its fields are operatorTokens, workerToken, tenantDefaults and tenants (each with tokens, grantedTopics, maxFunctions, maxInstances, maxMemoryBytes, maxFunctionChangesPerMinute and maxReceiveBytesPerSecond); see docs/SECURITY.md",
                 location.map(|line| format!(" (near {})", redact(&line))).unwrap_or_default()
             )
         })?;
@@ -281,7 +291,7 @@ mod tests {
     fn tokens_map_to_roles_by_digest_and_unknown_ones_to_nothing() {
         let acme_digest: String = Sha256::digest(ACME.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
         let access = access(&format!(
-            "operatorTokens: [{OPERATOR}]\nworkerToken: {OPERATOR}\ntenants:\n  acme:\n    tokens: ['sha256:{acme_digest}']\n    grantedTopics: [shared]\n    maxInstances: 4\n    maxFunctionChangesPerMinute: 2\ntenantDefaults:\n  maxFunctions: 7\n"
+            "operatorTokens: [{OPERATOR}]\nworkerToken: {OPERATOR}\ntenants:\n  acme:\n    tokens: ['sha256:{acme_digest}']\n    grantedTopics: [shared]\n    maxInstances: 4\n    maxFunctionChangesPerMinute: 2\n    maxReceiveBytesPerSecond: 1024\ntenantDefaults:\n  maxFunctions: 7\n"
         ))
         .unwrap();
         assert!(access.enforced());
@@ -295,9 +305,10 @@ mod tests {
             max_instances: 16,
             max_memory_bytes: 16 * DEFAULT_RAM_BYTES,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
+            max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
         };
         assert_eq!(share, expected);
-        let acme = Quota { max_functions: 7, max_instances: 4, max_function_changes_per_minute: 2, ..share };
+        let acme = Quota { max_functions: 7, max_instances: 4, max_function_changes_per_minute: 2, max_receive_bytes_per_second: 1024, ..share };
         assert_eq!(access.quota("acme"), acme);
         assert_eq!(access.quota("globex"), Quota { max_functions: 7, ..share });
         assert_eq!(Quota::share_of(2).max_instances, 1, "a tiny worker still gives each tenant an instance");

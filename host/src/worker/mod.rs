@@ -13,7 +13,7 @@
 
 pub mod access;
 pub mod admin;
-mod change_rate;
+mod tenant_rates;
 pub mod cluster;
 pub mod disk_guard;
 mod ledger;
@@ -188,8 +188,8 @@ pub struct Worker {
     changes: ledger::ChangeLocks,
     /// What every function reserves of quotas and capacity, checked and taken in one step.
     ledger: ledger::Ledger,
-    /// How fast each tenant may create, update and delete functions.
-    change_rate: change_rate::ChangeRate,
+    /// How fast each tenant may change functions and receive over HTTP.
+    rates: Arc<tenant_rates::TenantRates>,
     consumer_gate: rest_consumer::ConsumerGate,
     disk_guard: Option<disk_guard::DiskGuard>,
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
@@ -222,6 +222,34 @@ pub fn message_json(message: &Message) -> serde_json::Value {
     json
 }
 
+/// Bytes that `message` takes in [`message_json`]'s encoding, at most: what bounds an answer and
+/// counts against a tenant's receive rate, since text of control characters takes six times its
+/// size once escaped.
+pub fn message_json_len(message: &Message) -> usize {
+    /// The fixed fields and their names, with the longest numbers and topic name.
+    const FIELDS: usize = 256 + crate::limits::MAX_TOPIC_NAME_LEN;
+    let body = &message.body;
+    let value = match std::str::from_utf8(&body.value) {
+        Ok(text) => escaped_len(text),
+        Err(_) => body.value.len().div_ceil(3) * 4,
+    };
+    let key = body.key.as_deref().map_or(0, escaped_len);
+    let properties: usize = body.properties.iter().map(|(name, value)| escaped_len(name) + escaped_len(value) + 6).sum();
+    FIELDS + value + key + properties
+}
+
+/// The length of `text` as a JSON string, quotes included.
+fn escaped_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// A state value as Pulsar's `FunctionState` JSON: numberValue for counters, stringValue for
 /// UTF-8, else byteValue (base64).
 pub fn state_json(key: &str, stored: Versioned) -> serde_json::Value {
@@ -251,7 +279,7 @@ impl Worker {
             access: config.access,
             changes: ledger::ChangeLocks::default(),
             ledger: ledger::Ledger::default(),
-            change_rate: change_rate::ChangeRate::default(),
+            rates: Arc::default(),
             consumer_gate: rest_consumer::ConsumerGate::default(),
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
@@ -508,7 +536,7 @@ impl Worker {
             return Err(already_exists(&fqfn));
         }
         self.check_disk()?;
-        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         // Built and compiled before any lock is taken: a slow compile holds up no one else.
         let Some((bytes, shown)) = self.package_bytes(&spec, spec.world(), uploaded)? else {
             return Err(WorkerError::BadRequest(
@@ -570,7 +598,7 @@ impl Worker {
         }
         let config = self.function_config(&spec)?;
         self.check_disk()?;
-        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         // Built and compiled under this function's change lock only.
         let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         let prepared = match &package {
@@ -621,7 +649,7 @@ impl Worker {
         if !lock(&self.functions).contains_key(fqfn) {
             return Err(not_found(fqfn));
         }
-        self.change_rate.take(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
         let function = lock(&self.functions).remove(fqfn).ok_or_else(|| not_found(fqfn))?;
         drain(&function, None);
         self.ledger.release(fqfn);

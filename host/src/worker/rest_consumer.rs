@@ -2,13 +2,16 @@
 //!
 //! Each call joins the topic's subscription as a consumer of its own and leaves it when done.
 //! A tenant has at most [`MAX_CONCURRENT_RECEIVES_PER_TENANT`] such calls open; a receive takes
-//! messages one at a time up to [`MAX_RECEIVE_BYTES`], so that an answer's size, not the count
-//! asked for, bounds the memory it holds; and a long-poll waits between looks without a thread.
+//! messages one at a time up to [`MAX_RECEIVE_BYTES`] as encoded, so that an answer's size, not the count
+//! asked for, bounds the memory it holds; the bytes a tenant receives are held to its quota's
+//! rate (`maxReceiveBytesPerSecond`), so that encoding its answers cannot take its neighbours'
+//! cores; and a long-poll waits between looks without a thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Worker, WorkerError, lock};
+use super::tenant_rates::TenantRates;
+use super::{Worker, WorkerError, lock, message_json_len};
 use crate::broker::{Acks, BrokerError, Effects, Message, Position, Subscription, SubscriptionSpec};
 use crate::limits::{MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES};
 use crate::names::{SubscriptionName, TopicName};
@@ -56,6 +59,10 @@ impl ConsumerGate {
 pub struct RestConsumer {
     consumer: Box<dyn Subscription>,
     _permit: ConsumerPermit,
+    rates: Arc<TenantRates>,
+    tenant: String,
+    /// The tenant's quota of bytes received a second.
+    bytes_per_second: u32,
 }
 
 impl Worker {
@@ -75,28 +82,39 @@ impl Worker {
             }
             other => WorkerError::Internal(other.into()),
         })?;
-        Ok(RestConsumer { consumer, _permit: permit })
+        Ok(RestConsumer {
+            consumer,
+            _permit: permit,
+            rates: self.rates.clone(),
+            tenant: topic.tenant().to_owned(),
+            bytes_per_second: self.access.quota(topic.tenant()).max_receive_bytes_per_second,
+        })
     }
 }
 
 impl RestConsumer {
     /// Up to `count` messages that are here now, not acknowledged: they come again until
-    /// acknowledged. Stops before the values pass [`MAX_RECEIVE_BYTES`], giving the message that
-    /// would pass it back to the subscription (unless it is the first).
+    /// acknowledged. Stops before the messages as encoded ([`message_json_len`]) pass
+    /// [`MAX_RECEIVE_BYTES`], giving the message that would pass it back to the subscription
+    /// (unless it is the first). Refused while the tenant has received more than its rate allows.
     pub fn take(&self, count: usize, received: &mut Vec<Message>) -> Result<(), WorkerError> {
-        let mut bytes: usize = received.iter().map(|message| message.body.value.len()).sum();
+        self.rates.check_receive(&self.tenant, self.bytes_per_second)?;
+        let held = |received: &[Message]| received.iter().map(message_json_len).sum::<usize>();
+        let before = held(received);
+        let mut bytes = before;
         while received.len() < count {
             let Some(message) = self.consumer.fetch(1, std::time::Duration::ZERO).map_err(anyhow::Error::from)?.pop()
             else {
                 break;
             };
-            bytes += message.body.value.len();
+            bytes += message_json_len(&message);
             if bytes > MAX_RECEIVE_BYTES && !received.is_empty() {
                 self.consumer.release(vec![message]);
                 break;
             }
             received.push(message);
         }
+        self.rates.spend_received(&self.tenant, self.bytes_per_second, held(received) - before);
         Ok(())
     }
 
@@ -111,5 +129,44 @@ impl RestConsumer {
         }
         self.consumer.commit(Effects { acks, ..Effects::default() }).map_err(anyhow::Error::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::OutMessage;
+    use crate::worker::message_json;
+
+    #[test]
+    fn an_answers_length_is_never_more_than_counted() {
+        let longest = "t".repeat(crate::limits::MAX_NAME_LEN);
+        let topic = TopicName::parse(&format!("{longest}/{longest}/{longest}")).unwrap();
+        let control: Vec<u8> = (0..0x20).chain([b'"', b'\\', 0x7f]).collect();
+        let messages = [
+            OutMessage::new("plain text"),
+            OutMessage::new(control.repeat(100)),
+            OutMessage::new("\u{2028}é漢字🦀 \"quoted\" \\ back"),
+            OutMessage::new(vec![0xff, 0xfe, 0x00, 0x80]),
+            OutMessage::new(Vec::new()),
+            OutMessage {
+                key: Some("\u{1}\n".repeat(50)),
+                properties: vec![("\t".repeat(20), "\"".repeat(30)), (String::new(), String::new())],
+                event_time: Some(u64::MAX),
+                ..OutMessage::new("v")
+            },
+        ];
+        for out in messages {
+            let message = Message {
+                topic: topic.clone(),
+                sequence: u64::MAX,
+                body: out.stamp(u64::MAX),
+                redelivery_count: u32::MAX,
+            };
+            let encoded = serde_json::to_vec(&message_json(&message)).unwrap().len();
+            let counted = message_json_len(&message);
+            assert!(encoded <= counted, "{encoded} bytes encoded, {counted} counted: {:?}", message.body);
+            assert!(counted <= encoded + 1024, "the count is close: {encoded} encoded, {counted} counted");
+        }
     }
 }

@@ -216,6 +216,45 @@ fn a_tenant_changing_functions_past_its_rate_is_refused_and_others_change_theirs
 }
 
 #[test]
+fn a_tenant_receiving_past_its_byte_rate_is_refused_and_others_receive() {
+    use base64::Engine as _;
+    let fnhost = Fnhost::new();
+    // A byte a second: after its first answers evil is in debt for longer than any test runs.
+    let worker = start_worker(&fnhost, "    maxReceiveBytesPerSecond: 1\n");
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 3 << 20]);
+    let body = format!(r#"{{"messages": [{{"payload": "{big}"}}, {{"payload": "{big}"}}, {{"payload": "{big}"}}]}}"#);
+    for token_and_topic in [(EVIL, "evil/ns/big"), (ACME, "acme/ns/big")] {
+        let path = format!("/topics/persistent/{}", token_and_topic.1);
+        let (status, answer) = worker.http_as(Some(token_and_topic.0), "POST", &path, json(&body));
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Never acknowledged, the same messages come again: each answer costs the worker anew.
+    let receive = "/topics/persistent/evil/ns/big/subscription/hoard/receive?count=40&position=earliest";
+    // The first answers are let through (the bucket holds one largest answer, MAX_RECEIVE_BYTES);
+    // the tenant is then in debt, and refused.
+    let mut statuses = Vec::new();
+    let answer = loop {
+        let (status, answer) = worker.http_as(Some(EVIL), "POST", receive, json("{}"));
+        statuses.push(status);
+        if status != 200 || statuses.len() > 3 {
+            break answer;
+        }
+        assert_eq!(answer["messages"].as_array().map(Vec::len), Some(2), "8 MiB hold two 3 MiB messages");
+    };
+    assert_eq!(statuses, [200, 200, 429], "{answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(reason.contains("maxReceiveBytesPerSecond") && reason.contains("try again in"), "{answer}");
+    assert!(!reason.contains("acme"), "{answer}");
+    // acme receives at its own rate: three answers of 6 MiB, past what evil may have.
+    let path = "/topics/persistent/acme/ns/big/subscription/reader/receive?count=40&position=earliest";
+    for _ in 0..3 {
+        let (status, answer) = worker.http_as(Some(ACME), "POST", path, json("{}"));
+        let reason = &answer["reason"];
+        assert_eq!((status, answer["messages"].as_array().map(Vec::len)), (200, Some(2)), "{reason}");
+    }
+}
+
+#[test]
 fn below_the_free_space_reserve_writes_are_refused_reads_go_on_and_nothing_is_lost() {
     let fnhost = Fnhost::new();
     let worker = Worker::start(fnhost.data_dir());

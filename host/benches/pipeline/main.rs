@@ -33,7 +33,11 @@ use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runti
 use fnhost::spec::FunctionSpec;
 use fnhost::state::StateStore;
 use fnhost::window::{Extent, TimeBase, WindowConfig, WindowSpec};
-use fnhost::worker::{Worker, WorkerConfig, WorkerError};
+use fnhost::worker::{Worker, WorkerConfig};
+
+mod hostile;
+
+use hostile::{HOSTILE_MESSAGES, hostile};
 
 const USERS: usize = 10_000;
 
@@ -746,7 +750,7 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
     // Python: `fnhost new`'s template, which writes an output per logout as the others do.
     let python = scratch.path().join("python/session.py");
     std::fs::create_dir_all(python.parent().expect("a folder"))?;
-    let template = include_str!("../src/cli/templates/python/function.py");
+    let template = include_str!("../../src/cli/templates/python/function.py");
     std::fs::write(
         &python,
         template.replace("__NAME__", "session").replace("__MODULE__", "session").replace("__CLASS__", "Session"),
@@ -1312,214 +1316,4 @@ fn raw_jetstream(url: &str, events: &[OutMessage], round: usize, work: RawWork) 
         client.flush().await?;
         anyhow::Ok(started.elapsed())
     })
-}
-
-/// Events the neighbour of the hostile part processes per run.
-const HOSTILE_MESSAGES: usize = 300_000;
-/// What the attacker of the hostile part does, in turn, one command per message.
-const ATTACKS: [&str; 8] =
-    ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap", "metrics-from:0"];
-/// Messages the attacker gets: more than it can get through while its neighbour runs.
-const ATTACK_MESSAGES: usize = 10_000;
-
-/// The session-duration guest as a neighbour in one worker, alone and beside an attacker (the
-/// misbehave guest, cycling through endless loops, memory bombs, floods of logs, state,
-/// publishes and metric names, stack overflows and traps, with a 100 ms time limit and no
-/// retries) and a control-plane attacker (creating, updating and deleting a function, opening a
-/// new topic and REST-receiving from it, over and over). Alternated, `rounds` times; medians, and
-/// how long the neighbour's status took meanwhile.
-fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
-    let events = session_events(messages);
-    let mut alone = Vec::new();
-    let mut beside_guest = Vec::new();
-    let mut beside_both = Vec::new();
-    let mut attacks = Vec::new();
-    let mut refused_changes = Vec::new();
-    let mut status_times = Vec::new();
-    for _ in 0..rounds {
-        alone.push(neighbour_run(session, None, false, &events)?.elapsed);
-        let run = neighbour_run(session, Some(misbehave), false, &events)?;
-        beside_guest.push(run.elapsed);
-        attacks.push(run.failed_attacks);
-        let run = neighbour_run(session, Some(misbehave), true, &events)?;
-        beside_both.push(run.elapsed);
-        refused_changes.push(run.refused_changes);
-        status_times.extend(run.status_times);
-    }
-    status_times.sort_unstable();
-    let status_time = |quantile: f64| {
-        let index = ((status_times.len() as f64 * quantile) as usize).min(status_times.len().saturating_sub(1));
-        status_times.get(index).map_or(0.0, |time| time.as_secs_f64() * 1e3)
-    };
-    let rate = |times: &mut Vec<Duration>| {
-        times.sort();
-        messages as f64 / times[times.len() / 2].as_secs_f64()
-    };
-    let alone = rate(&mut alone);
-    let (beside_guest, beside_both) = (rate(&mut beside_guest), rate(&mut beside_both));
-    attacks.sort_unstable();
-    refused_changes.sort_unstable();
-    println!();
-    println!(
-        "| one worker, session-duration neighbour, {messages} events, median of {rounds} | messages/s | of alone |"
-    );
-    println!("|---|---|---|");
-    println!("| neighbour alone | {alone:.0} | 1.00 |");
-    println!(
-        "| beside the hostile guest ({} of its messages failed during the run, median) | {beside_guest:.0} | {:.2} |",
-        attacks[attacks.len() / 2],
-        beside_guest / alone
-    );
-    println!(
-        "| beside the hostile guest and another tenant churning the control plane ({} of its changes refused, median) | {beside_both:.0} | {:.2} |",
-        refused_changes[refused_changes.len() / 2],
-        beside_both / alone
-    );
-    println!();
-    println!("| the neighbour's status during both attacks ({} calls) | ms |", status_times.len());
-    println!("|---|---|");
-    println!("| median | {:.2} |", status_time(0.5));
-    println!("| 99th percentile | {:.2} |", status_time(0.99));
-    println!("| slowest | {:.2} |", status_time(1.0));
-    Ok(())
-}
-
-/// What one run of the hostile part measured.
-struct NeighbourRun {
-    /// The neighbour's time from its creation to its last message.
-    elapsed: Duration,
-    /// The attacker's messages that failed meanwhile.
-    failed_attacks: u64,
-    /// The churning tenant's function changes that were refused for its rate.
-    refused_changes: u64,
-    /// How long each of the neighbour's status calls took, during the attacks.
-    status_times: Vec<Duration>,
-}
-
-/// Until `done`, creates, updates and deletes a function of `attacker`'s code as another tenant
-/// than the neighbour's, and opens a new topic and REST-receives from it each round: an attacker
-/// of the control plane and the broker. A change past the tenant's rate is refused (429) and the
-/// attacker goes on, a millisecond later, as a client over HTTP would; returns how many changes
-/// were refused.
-fn churn(worker: &Worker, attacker: &[u8], done: &AtomicBool) -> anyhow::Result<u64> {
-    let fqfn = Fqfn::new("evil", "ns", "churn")?;
-    let subscription = SubscriptionName::new("evil", "ns", "spam-reader")?;
-    let spec = |parallelism: u32| -> anyhow::Result<FunctionSpec> {
-        Ok(serde_json::from_value(serde_json::json!({
-            "tenant": "evil", "namespace": "ns", "name": "churn", "inputs": ["evil/ns/churn-in"],
-            "parallelism": parallelism, "resources": { "ram": "32M" },
-        }))?)
-    };
-    let mut refused = 0;
-    let mut count = |result: Result<(), WorkerError>| match result {
-        Ok(()) => Ok(()),
-        Err(WorkerError::Busy(_)) => {
-            refused += 1;
-            Ok(())
-        }
-        // After a refused create there is nothing to update or delete; after a refused delete,
-        // the function is there to be created again.
-        Err(WorkerError::NotFound(_) | WorkerError::Conflict(_)) => Ok(()),
-        Err(error) => Err(error),
-    };
-    for round in 0.. {
-        if done.load(AtomicOrdering::Relaxed) {
-            break;
-        }
-        count(worker.create(spec(1)?, Some(attacker.to_vec())).map(drop))?;
-        count(worker.update(&fqfn, spec(2)?, Some(attacker.to_vec())).map(drop))?;
-        count(worker.delete(&fqfn))?;
-        let topic = TopicName::parse(&format!("evil/ns/spam-{round}"))?;
-        worker.produce(&topic, vec![OutMessage::new("spam")])?;
-        let consumer = worker.rest_consumer(&topic, &subscription, Position::Earliest)?;
-        let mut received = Vec::new();
-        consumer.take(40, &mut received)?;
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(refused)
-}
-
-/// Runs the session guest over `events` in a fresh in-process worker, beside `attacker` if given
-/// (started just before the neighbour, so that the neighbour's run includes the attacker's first,
-/// and least held back, attacks) and, if `churning`, a tenant churning the control plane
-/// ([`churn`]), timing the neighbour's status calls meanwhile.
-fn neighbour_run(
-    session: &Path,
-    attacker: Option<&Path>,
-    churning: bool,
-    events: &[OutMessage],
-) -> anyhow::Result<NeighbourRun> {
-    let scratch = tempfile::tempdir()?;
-    let worker = in_process_worker(scratch.path(), 4)?;
-    let fqfn = |name: &str| Fqfn::new("public", "default", name);
-    let failed = |stats: &serde_json::Value| {
-        stats["systemExceptionsTotal"].as_u64().unwrap_or(0) + stats["userExceptionsTotal"].as_u64().unwrap_or(0)
-    };
-    for chunk in events.chunks(MAX_BATCH_MESSAGES) {
-        worker.produce(&input(), chunk.to_vec())?;
-    }
-    if let Some(attacker) = attacker {
-        let commands: Vec<OutMessage> =
-            (0..ATTACK_MESSAGES).map(|index| OutMessage::new(ATTACKS[index % ATTACKS.len()])).collect();
-        for chunk in commands.chunks(MAX_BATCH_MESSAGES) {
-            worker.produce(&TopicName::parse("attacks")?, chunk.to_vec())?;
-        }
-        let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
-            "name": "attacker",
-            "inputs": ["attacks"],
-            "timeoutMs": 100,
-            "maxMessageRetries": 0,
-            "resources": { "ram": "32M" },
-            "logLevel": "warn",
-            // Stats move once per batch: with batches of one, they count each attack.
-            "batchSize": 1,
-        }))?;
-        worker.create(spec, Some(std::fs::read(attacker)?))?;
-    }
-    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
-        "name": "neighbour",
-        "inputs": [input().to_string()],
-        "output": output().to_string(),
-        "logLevel": "warn",
-    }))?;
-    let started = Instant::now();
-    worker.create(spec, Some(std::fs::read(session)?))?;
-    let done = AtomicBool::new(false);
-    let attacker_code = attacker.map(std::fs::read).transpose()?;
-    let mut status_times = Vec::new();
-    let (elapsed, refused_changes) = std::thread::scope(|scope| -> anyhow::Result<(Duration, u64)> {
-        let churner =
-            attacker_code.as_deref().filter(|_| churning).map(|code| scope.spawn(|| churn(&worker, code, &done)));
-        let neighbour = fqfn("neighbour")?;
-        let finished = loop {
-            if churning {
-                let asked = Instant::now();
-                worker.status(&neighbour, None)?;
-                status_times.push(asked.elapsed());
-            }
-            if worker.stats(&neighbour, None)?["processedSuccessfullyTotal"].as_u64() >= Some(events.len() as u64) {
-                break started.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        done.store(true, AtomicOrdering::Relaxed);
-        let refused = match churner {
-            Some(churner) => churner.join().expect("the churn thread does not panic")?,
-            None => 0,
-        };
-        Ok((finished, refused))
-    })?;
-    let attacks = match attacker {
-        Some(_) => {
-            let stats = worker.stats(&fqfn("attacker")?, None)?;
-            anyhow::ensure!(
-                stats["receivedTotal"].as_u64() < Some(ATTACK_MESSAGES as u64),
-                "the attacker ran out of messages before its neighbour finished; raise ATTACK_MESSAGES"
-            );
-            failed(&stats)
-        }
-        None => 0,
-    };
-    worker.shutdown();
-    Ok(NeighbourRun { elapsed, failed_attacks: attacks, refused_changes, status_times })
 }
