@@ -106,7 +106,9 @@ pub fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize)
     println!("|---|---|");
     println!("| requests sent (long-polls, largest receives, changes, produces) | {requests} |");
     println!("| of them refused (429 or 403) | {refused} |");
-    println!("| function creates, updates and deletes tried / refused for the tenant's rate | {changes} / {refused_changes} |");
+    println!(
+        "| function creates, updates and deletes tried / refused for the tenant's rate | {changes} / {refused_changes} |"
+    );
     println!("| new topics opened | {topics} |");
     println!("| MiB received in answers | {megabytes} |");
     println!();
@@ -225,8 +227,7 @@ impl HostileTenant {
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<Answer> {
-        let mut response =
-            self.agent.delete(&format!("{}{path}", self.url)).header(CLIENT_HEADER, "bench").call()?;
+        let mut response = self.agent.delete(&format!("{}{path}", self.url)).header(CLIENT_HEADER, "bench").call()?;
         self.counters.requests.fetch_add(1, AtomicOrdering::Relaxed);
         std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink())?;
         Ok(match response.status().as_u16() {
@@ -249,8 +250,9 @@ impl HostileTenant {
     }
 
     fn receive(&self, topic: &str, subscription: &str, count: usize, wait_ms: u64) -> anyhow::Result<Answer> {
-        let path =
-            format!("/topics/persistent/evil/ns/{topic}/subscription/{subscription}/receive?count={count}&waitMs={wait_ms}");
+        let path = format!(
+            "/topics/persistent/evil/ns/{topic}/subscription/{subscription}/receive?count={count}&waitMs={wait_ms}"
+        );
         self.send("POST", &path, "application/json", b"")
     }
 

@@ -308,7 +308,13 @@ mod tests {
             max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
         };
         assert_eq!(share, expected);
-        let acme = Quota { max_functions: 7, max_instances: 4, max_function_changes_per_minute: 2, max_receive_bytes_per_second: 1024, ..share };
+        let acme = Quota {
+            max_functions: 7,
+            max_instances: 4,
+            max_function_changes_per_minute: 2,
+            max_receive_bytes_per_second: 1024,
+            ..share
+        };
         assert_eq!(access.quota("acme"), acme);
         assert_eq!(access.quota("globex"), Quota { max_functions: 7, ..share });
         assert_eq!(Quota::share_of(2).max_instances, 1, "a tiny worker still gives each tenant an instance");

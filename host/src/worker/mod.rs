@@ -13,12 +13,12 @@
 
 pub mod access;
 pub mod admin;
-mod tenant_rates;
 pub mod cluster;
 pub mod disk_guard;
 mod ledger;
 mod prometheus;
 mod rest_consumer;
+mod tenant_rates;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -234,7 +234,8 @@ pub fn message_json_len(message: &Message) -> usize {
         Err(_) => body.value.len().div_ceil(3) * 4,
     };
     let key = body.key.as_deref().map_or(0, escaped_len);
-    let properties: usize = body.properties.iter().map(|(name, value)| escaped_len(name) + escaped_len(value) + 6).sum();
+    let properties: usize =
+        body.properties.iter().map(|(name, value)| escaped_len(name) + escaped_len(value) + 6).sum();
     FIELDS + value + key + properties
 }
 

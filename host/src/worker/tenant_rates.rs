@@ -101,9 +101,12 @@ impl TenantRates {
             return;
         }
         let now = Instant::now();
-        self.received_bytes.with(tenant, now, || receive_bucket(per_second, now), |bucket| {
-            bucket.spend(bytes as f64, now)
-        });
+        self.received_bytes.with(
+            tenant,
+            now,
+            || receive_bucket(per_second, now),
+            |bucket| bucket.spend(bytes as f64, now),
+        );
     }
 }
 
@@ -134,7 +137,9 @@ mod tests {
             "{refused}"
         );
         rates.take_change_at("acme", PER_MINUTE, now).expect("another tenant has its own burst");
-        rates.take_change_at("evil", PER_MINUTE, now + Duration::from_secs(1)).expect("one change comes back each second");
+        rates
+            .take_change_at("evil", PER_MINUTE, now + Duration::from_secs(1))
+            .expect("one change comes back each second");
         let forbidden = rates.take_change_at("evil", 0, now).expect_err("a quota of 0 allows no change");
         assert!(matches!(forbidden, WorkerError::Forbidden(_)), "{forbidden}");
     }
