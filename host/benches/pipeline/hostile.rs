@@ -196,15 +196,19 @@ impl HostileTenant {
         Self { agent, url: url.to_owned(), counters: AttackCounters::default() }
     }
 
-    /// Sends one request and reads its answer to the end.
-    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<Answer> {
+    /// Sends one request (a body with its content type, or none) and reads its answer to the end.
+    fn send(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.url);
-        let request = match method {
-            "POST" => self.agent.post(&url),
-            "PUT" => self.agent.put(&url),
-            _ => anyhow::bail!("the hostile tenant sends POST and PUT, not {method}"),
+        let mut response = match (method, body) {
+            ("POST", Some((content_type, bytes))) => {
+                self.agent.post(&url).header(CLIENT_HEADER, "bench").header("Content-Type", content_type).send(bytes)?
+            }
+            ("PUT", Some((content_type, bytes))) => {
+                self.agent.put(&url).header(CLIENT_HEADER, "bench").header("Content-Type", content_type).send(bytes)?
+            }
+            ("DELETE", None) => self.agent.delete(&url).header(CLIENT_HEADER, "bench").call()?,
+            _ => anyhow::bail!("the hostile tenant sends POST and PUT with a body and DELETE without, not {method}"),
         };
-        let mut response = request.header(CLIENT_HEADER, "bench").header("Content-Type", content_type).send(body)?;
         self.counters.requests.fetch_add(1, AtomicOrdering::Relaxed);
         let mut answer = response.body_mut().with_config().limit(MAX_REQUEST_SIZE as u64).reader();
         let mut reason = Vec::new();
@@ -226,46 +230,27 @@ impl HostileTenant {
         }
     }
 
-    fn delete(&self, path: &str) -> anyhow::Result<Answer> {
-        let mut response = self.agent.delete(&format!("{}{path}", self.url)).header(CLIENT_HEADER, "bench").call()?;
-        self.counters.requests.fetch_add(1, AtomicOrdering::Relaxed);
-        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink())?;
-        Ok(match response.status().as_u16() {
-            200..=299 => Answer::Served,
-            403 | 429 => {
-                self.counters.refused.fetch_add(1, AtomicOrdering::Relaxed);
-                Answer::Refused
-            }
-            _ => Answer::Moot,
-        })
-    }
-
     fn produce(&self, topic: &str, values: &[Vec<u8>]) -> anyhow::Result<Answer> {
         let messages: Vec<_> = values
             .iter()
             .map(|value| serde_json::json!({ "payload": base64::engine::general_purpose::STANDARD.encode(value) }))
             .collect();
         let body = serde_json::to_vec(&serde_json::json!({ "messages": messages }))?;
-        self.send("POST", &format!("/topics/persistent/evil/ns/{topic}"), "application/json", &body)
+        self.send("POST", &format!("/topics/persistent/evil/ns/{topic}"), Some(("application/json", &body)))
     }
 
     fn receive(&self, topic: &str, subscription: &str, count: usize, wait_ms: u64) -> anyhow::Result<Answer> {
         let path = format!(
             "/topics/persistent/evil/ns/{topic}/subscription/{subscription}/receive?count={count}&waitMs={wait_ms}"
         );
-        self.send("POST", &path, "application/json", b"")
+        self.send("POST", &path, Some(("application/json", b"")))
     }
 
-    /// Creates (or, with `update`, updates) the churned function, with `parallelism` instances.
-    fn change(&self, code: &[u8], parallelism: u32, update: bool) -> anyhow::Result<Answer> {
-        let config = serde_json::json!({
-            "tenant": "evil", "namespace": "ns", "name": "churn", "inputs": ["evil/ns/churn-in"],
-            "parallelism": parallelism, "resources": { "ram": "32M" },
-        });
-        let (content_type, body) =
-            multipart(&[("functionConfig", serde_json::to_vec(&config)?), ("data", code.to_vec())]);
+    /// Creates (POST), updates (PUT) or deletes (DELETE, without a form) the churned function.
+    fn change(&self, method: &str, form: Option<(String, Vec<u8>)>) -> anyhow::Result<Answer> {
         self.counters.changes.fetch_add(1, AtomicOrdering::Relaxed);
-        let answer = self.send(if update { "PUT" } else { "POST" }, CHURNED, &content_type, &body)?;
+        let body = form.as_ref().map(|(content_type, body)| (content_type.as_str(), body.as_slice()));
+        let answer = self.send(method, CHURNED, body)?;
         if matches!(answer, Answer::Refused) {
             self.counters.refused_changes.fetch_add(1, AtomicOrdering::Relaxed);
         }
@@ -308,12 +293,9 @@ impl HostileTenant {
             if done.load(AtomicOrdering::Relaxed) {
                 break;
             }
-            self.change(code, 1, false)?;
-            self.change(code, 2, true)?;
-            self.counters.changes.fetch_add(1, AtomicOrdering::Relaxed);
-            if matches!(self.delete(CHURNED)?, Answer::Refused) {
-                self.counters.refused_changes.fetch_add(1, AtomicOrdering::Relaxed);
-            }
+            self.change("POST", Some(churned_form(code, 1)?))?;
+            self.change("PUT", Some(churned_form(code, 2)?))?;
+            self.change("DELETE", None)?;
             let topic = format!("spam-{round}");
             self.produce(&topic, &[b"spam".to_vec()])?;
             self.counters.topics.fetch_add(1, AtomicOrdering::Relaxed);
@@ -326,6 +308,15 @@ impl HostileTenant {
 
 /// The path of the hostile tenant's churned function.
 const CHURNED: &str = "/admin/v3/functions/evil/ns/churn";
+
+/// The multipart form of the churned function with `code` and `parallelism` instances.
+fn churned_form(code: &[u8], parallelism: u32) -> anyhow::Result<(String, Vec<u8>)> {
+    let config = serde_json::json!({
+        "tenant": "evil", "namespace": "ns", "name": "churn", "inputs": ["evil/ns/churn-in"],
+        "parallelism": parallelism, "resources": { "ram": "32M" },
+    });
+    Ok(multipart(&[("functionConfig", serde_json::to_vec(&config)?), ("data", code.to_vec())]))
+}
 
 /// The worker's admin API on a loopback port, served by a runtime like the worker's own until
 /// dropped.
