@@ -114,10 +114,18 @@ pub const MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
 /// Most bytes of messages, as encoded in the answer (escaped text or base64, with key and
 /// properties), one REST receive answers with (at least one message is always given).
 pub const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
-/// Most REST receives and acknowledgements one tenant has open at once; more are refused (429).
+/// Most REST receives and acknowledgements one tenant has open at once; more are held, then
+/// refused (429).
 pub const MAX_CONCURRENT_RECEIVES_PER_TENANT: usize = 8;
 /// How often a waiting REST receive looks for messages, without holding a thread between looks.
 pub const RECEIVE_POLL_MS: u64 = 50;
+/// Longest a request that a tenant's rate or cap refuses (a receive, an acknowledgement, a
+/// function change) is held, waiting without a thread for the rate or cap to let it through,
+/// before its 429 is answered: a client that tries again at once is slowed to what its quota
+/// allows, instead of costing the worker a refusal each time.
+pub const MAX_REFUSAL_HOLD_MS: u64 = 1_000;
+/// Most requests one tenant has held so at once; past it, its refusals are answered at once.
+pub const MAX_HELD_REQUESTS_PER_TENANT: usize = 2 * MAX_CONCURRENT_RECEIVES_PER_TENANT;
 /// Widest range of record ids a window function's stored progress may span: more is damage (or a
 /// forged record), which the instance refuses rather than spin over. Every open window together
 /// holds at most MAX_WINDOW_BYTES of values, so only windows of empty records come near it.
@@ -137,7 +145,9 @@ pub const MAX_METRIC_SERIES_PER_TENANT: usize = 10_000;
 pub const FUNCTION_CHANGES_PER_MINUTE: u32 = 60;
 /// Bytes of messages a tenant may receive a second over HTTP on one worker (a second's worth, or
 /// one answer of MAX_RECEIVE_BYTES, at once), unless its quota says otherwise
-/// (`maxReceiveBytesPerSecond`); past it, receives are refused (429) with the time until the
-/// tenant may receive again. Encoding answers takes the worker's CPU, so a tenant receiving the
-/// largest answers in a loop would take the cores its neighbours' functions run on.
-pub const RECEIVE_BYTES_PER_SECOND: u32 = 16 * 1024 * 1024;
+/// (`maxReceiveBytesPerSecond`); past it, receives are held, then refused (429) with the time
+/// until the tenant may receive again. Encoding answers takes the worker's CPU, so a tenant
+/// receiving the largest answers in a loop would take the cores its neighbours' functions run on:
+/// the worker serves answers of escaped text at about 175 MiB/s per core (docs/BENCHMARKS.md, "A
+/// neighbour beside a hostile tenant over HTTP"), so this default is under 5% of a core.
+pub const RECEIVE_BYTES_PER_SECOND: u32 = 8 * 1024 * 1024;

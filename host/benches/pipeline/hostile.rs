@@ -19,7 +19,7 @@ use fnhost::worker::admin::CLIENT_HEADER;
 use super::{in_process_worker, input, output, session_events};
 
 /// Events the neighbour of the hostile part processes per run.
-pub const HOSTILE_MESSAGES: usize = 300_000;
+pub const HOSTILE_MESSAGES: usize = 3_000_000;
 /// What the hostile guest does, in turn, one command per message.
 const ATTACKS: [&str; 8] =
     ["loop", "alloc", "log-flood", "put-flood", "publish-flood", "stack", "trap", "metrics-from:0"];
@@ -52,6 +52,9 @@ pub fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize)
     let mut failed_attacks = Vec::new();
     let mut tenant_attacks = Vec::new();
     let mut status_times = Vec::new();
+    // Cores kept busy in the runs beside both attacks: the attacker's client, the admin API's
+    // threads, and the whole process.
+    let (mut client_cores, mut server_cores, mut process_cores) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         alone.push(neighbour_run(session, None, false, &events)?.elapsed);
         let run = neighbour_run(session, Some(misbehave), false, &events)?;
@@ -59,6 +62,10 @@ pub fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize)
         failed_attacks.push(run.failed_attacks);
         let run = neighbour_run(session, Some(misbehave), true, &events)?;
         beside_both.push(run.elapsed);
+        let cores = |cpu: Duration| cpu.as_secs_f64() / run.elapsed.as_secs_f64();
+        client_cores.push(cores(run.tenant_attacks.client_cpu));
+        server_cores.push(cores(run.server_cpu));
+        process_cores.push(cores(run.process_cpu));
         tenant_attacks.push(run.tenant_attacks);
         status_times.extend(run.status_times);
     }
@@ -74,6 +81,10 @@ pub fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize)
     let median = |counts: &mut Vec<u64>| {
         counts.sort_unstable();
         counts[counts.len() / 2]
+    };
+    let median_cores = |cores: &mut Vec<f64>| {
+        cores.sort_by(f64::total_cmp);
+        cores[cores.len() / 2]
     };
     let alone = rate(&mut alone);
     let (beside_guest, beside_both) = (rate(&mut beside_guest), rate(&mut beside_both));
@@ -111,6 +122,18 @@ pub fn hostile(session: &Path, misbehave: &Path, messages: usize, rounds: usize)
     );
     println!("| new topics opened | {topics} |");
     println!("| MiB received in answers | {megabytes} |");
+    println!(
+        "| cores busy with the attacker's client (its threads' CPU time over the run) | {:.2} |",
+        median_cores(&mut client_cores)
+    );
+    println!(
+        "| cores busy with the admin API's threads (server and blocking pool) | {:.2} |",
+        median_cores(&mut server_cores)
+    );
+    println!(
+        "| cores busy in the whole process (worker, both attacks, bench) | {:.2} |",
+        median_cores(&mut process_cores)
+    );
     println!();
     println!("| the neighbour's status over HTTP during both attacks ({} calls) | ms |", status_times.len());
     println!("|---|---|");
@@ -130,6 +153,10 @@ struct NeighbourRun {
     tenant_attacks: AttackTally,
     /// How long each of the neighbour's status calls took over HTTP, during the attacks.
     status_times: Vec<Duration>,
+    /// The CPU time of the admin API's threads (its server and its blocking pool) in the run.
+    server_cpu: Duration,
+    /// The CPU time of the whole process in the run: the worker, the attacks and the bench.
+    process_cpu: Duration,
 }
 
 /// Counts of the hostile tenant's requests, kept by its threads.
@@ -141,6 +168,8 @@ struct AttackCounters {
     refused_changes: AtomicU64,
     topics: AtomicU64,
     received_bytes: AtomicU64,
+    /// The CPU time of the attacking threads (the attacker's client), in microseconds.
+    client_cpu_micros: AtomicU64,
 }
 
 /// [`AttackCounters`] read after a run.
@@ -152,6 +181,7 @@ struct AttackTally {
     refused_changes: u64,
     topics: u64,
     received_bytes: u64,
+    client_cpu: Duration,
 }
 
 impl AttackCounters {
@@ -164,8 +194,41 @@ impl AttackCounters {
             refused_changes: read(&self.refused_changes),
             topics: read(&self.topics),
             received_bytes: read(&self.received_bytes),
+            client_cpu: Duration::from_micros(read(&self.client_cpu_micros)),
         }
     }
+
+    /// Counts the calling attacking thread's CPU time so far; called as it ends.
+    fn count_client_cpu(&self) {
+        let cpu = cpu_time(rustix::time::ClockId::ThreadCPUTime);
+        self.client_cpu_micros.fetch_add(cpu.as_micros() as u64, AtomicOrdering::Relaxed);
+    }
+}
+
+/// The CPU time of `clock` (the calling thread's or the process's) so far.
+fn cpu_time(clock: rustix::time::ClockId) -> Duration {
+    let time = rustix::time::clock_gettime(clock);
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// The CPU time so far of this process's live threads named `name`, from `/proc` (in clock ticks
+/// of 10 ms, Linux's `USER_HZ`).
+fn named_threads_cpu(name: &str) -> anyhow::Result<Duration> {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        // A thread may end between the listing and the read; it is then not live.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        // After the name: state, then 10 fields, then utime and stime (fields 14 and 15 of proc(5)).
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        for field in fields.get(11..13).unwrap_or_default() {
+            ticks += field.parse::<u64>()?;
+        }
+    }
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// Tenant `evil` attacking, over the worker's admin API, what the worker's tenants share: long-polls
@@ -267,24 +330,35 @@ impl HostileTenant {
             let threads: Vec<_> = (0..LONG_POLLERS)
                 .map(|index| {
                     scope.spawn(move || {
-                        while !done.load(AtomicOrdering::Relaxed) {
-                            self.receive("quiet", &format!("poll-{index}"), 1, LONG_POLL_WAIT_MS)?;
-                        }
-                        anyhow::Ok(())
+                        self.counting_cpu(|| {
+                            while !done.load(AtomicOrdering::Relaxed) {
+                                self.receive("quiet", &format!("poll-{index}"), 1, LONG_POLL_WAIT_MS)?;
+                            }
+                            Ok(())
+                        })
                     })
                 })
                 .chain((0..AMPLIFIERS).map(|index| {
                     scope.spawn(move || {
-                        while !done.load(AtomicOrdering::Relaxed) {
-                            self.receive("big", &format!("amplify-{index}"), MAX_BATCH_MESSAGES, 0)?;
-                        }
-                        anyhow::Ok(())
+                        self.counting_cpu(|| {
+                            while !done.load(AtomicOrdering::Relaxed) {
+                                self.receive("big", &format!("amplify-{index}"), MAX_BATCH_MESSAGES, 0)?;
+                            }
+                            Ok(())
+                        })
                     })
                 }))
-                .chain(std::iter::once(scope.spawn(move || self.churn(code, done))))
+                .chain(std::iter::once(scope.spawn(move || self.counting_cpu(|| self.churn(code, done)))))
                 .collect();
             threads.into_iter().try_for_each(|thread| thread.join().expect("an attacking thread does not panic"))
         })
+    }
+
+    /// Runs one attacking thread's `attack`, then counts the thread's CPU time.
+    fn counting_cpu(&self, attack: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let result = attack();
+        self.counters.count_client_cpu();
+        result
     }
 
     /// Function changes and new topics, round after round, until `done`.
@@ -318,6 +392,9 @@ fn churned_form(code: &[u8], parallelism: u32) -> anyhow::Result<(String, Vec<u8
     Ok(multipart(&[("functionConfig", serde_json::to_vec(&config)?), ("data", code.to_vec())]))
 }
 
+/// The name of the admin API's threads, by which the bench finds their CPU time.
+const HTTP_THREADS: &str = "fnhost-http";
+
 /// The worker's admin API on a loopback port, served by a runtime like the worker's own until
 /// dropped.
 struct AdminServer {
@@ -328,7 +405,7 @@ struct AdminServer {
 
 impl AdminServer {
     fn start(worker: Arc<Worker>) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("fnhost-http").build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(HTTP_THREADS).build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -403,6 +480,7 @@ fn neighbour_run(
         "logLevel": "warn",
     }))?;
     let started = Instant::now();
+    let process_cpu_before = cpu_time(rustix::time::ClockId::ProcessCPUTime);
     worker.create(spec, Some(std::fs::read(session)?))?;
     let done = AtomicBool::new(false);
     let mut status_times = Vec::new();
@@ -440,8 +518,10 @@ fn neighbour_run(
         }
         None => 0,
     };
+    let process_cpu = cpu_time(rustix::time::ClockId::ProcessCPUTime).saturating_sub(process_cpu_before);
     let tenant_attacks = hostile.map(|hostile| hostile.counters.tally()).unwrap_or_default();
+    let server_cpu = if server.is_some() { named_threads_cpu(HTTP_THREADS)? } else { Duration::ZERO };
     drop(server);
     worker.shutdown();
-    Ok(NeighbourRun { elapsed, failed_attacks, tenant_attacks, status_times })
+    Ok(NeighbourRun { elapsed, failed_attacks, tenant_attacks, status_times, server_cpu, process_cpu })
 }

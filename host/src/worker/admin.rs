@@ -18,22 +18,40 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::access::Role;
+use super::tenant_rates::Metered;
 use super::{Worker, WorkerError, message_json};
 use crate::broker::{OutMessage, Position};
-use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REQUEST_SIZE, RECEIVE_POLL_MS};
+use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REFUSAL_HOLD_MS, MAX_REQUEST_SIZE, RECEIVE_POLL_MS};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
 use crate::spec::FunctionSpec;
 
 /// The OpenAPI document of this API, kept beside the code that implements it.
 pub const OPENAPI: &str = include_str!("openapi.yaml");
 
-/// An error response: a status and the reason.
+/// An error response: a status, the reason, and for a refusal that passes, when to try again.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    status: StatusCode,
+    reason: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self { status, reason: reason.into(), retry_after: None }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "reason": self.1 }))).into_response()
+        let mut response = (self.status, Json(serde_json::json!({ "reason": self.reason }))).into_response();
+        if let Some(retry_after) = self.retry_after {
+            // Whole seconds, as HTTP's Retry-After has them; never 0, which would invite a retry
+            // that comes too soon.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }
 
@@ -45,19 +63,23 @@ impl From<WorkerError> for ApiError {
             WorkerError::Conflict(_) => StatusCode::CONFLICT,
             WorkerError::Forbidden(_) => StatusCode::FORBIDDEN,
             WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            WorkerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            WorkerError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("request failed: {error}");
         }
-        Self(status, error.to_string())
+        let retry_after = match &error {
+            WorkerError::Busy { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        Self { status, reason: error.to_string(), retry_after }
     }
 }
 
 fn bad_request(reason: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, reason.into())
+    ApiError::new(StatusCode::BAD_REQUEST, reason.into())
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -70,8 +92,35 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(operation).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(panic) => {
-            Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed in the worker: {panic}")))
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed in the worker: {panic}")))
         }
+    }
+}
+
+/// Holds a request of `tenant` while its rates or caps refuse it, waiting without a thread as
+/// long as each refusal says, then lets it through; answers the refusal once
+/// [`MAX_REFUSAL_HOLD_MS`] have passed, or at once if the tenant already has
+/// [`MAX_HELD_REQUESTS_PER_TENANT`](crate::limits::MAX_HELD_REQUESTS_PER_TENANT) held. A client that tries again as soon as it is refused is
+/// thus slowed to what its quota allows, and costs the worker a refusal a second per request it
+/// has open, not one per try. Only waits: the request's own operation checks again and may still
+/// refuse (another of the tenant's requests can take what this one waited for).
+async fn hold_until_ready(worker: &Worker, tenant: &str, request: Metered) -> ApiResult<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(MAX_REFUSAL_HOLD_MS);
+    let mut held = None;
+    loop {
+        let Err(refusal) = worker.ready(tenant, request) else { return Ok(()) };
+        let WorkerError::Busy { retry_after, .. } = &refusal else { return Err(refusal.into()) };
+        let now = tokio::time::Instant::now();
+        if held.is_none() {
+            held = worker.hold(tenant);
+        }
+        if now >= deadline || held.is_none() {
+            return Err(refusal.into());
+        }
+        // Looks again no sooner than a receive's poll: a refusal that passes in microseconds
+        // (a nearly paid back rate) is not worth a busy loop.
+        let look_again = now + (*retry_after).max(Duration::from_millis(RECEIVE_POLL_MS));
+        tokio::time::sleep_until(deadline.min(look_again)).await;
     }
 }
 
@@ -104,10 +153,10 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))
         .route(&format!("{topic}/subscription/{{subscription}}/acknowledge"), post(acknowledge))
         .fallback(|method: Method, uri: Uri| async move {
-            ApiError(StatusCode::NOT_FOUND, format!("no route for {method} {uri}; /openapi.yaml lists the API"))
+            ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {uri}; /openapi.yaml lists the API"))
         })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
-            ApiError(
+            ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{uri} does not take {method}; /openapi.yaml lists the methods of each path"),
             )
@@ -128,7 +177,7 @@ pub const CLIENT_HEADER: &str = "x-fnhost-client";
 /// not a loopback name (DNS rebinding) or a write without [`CLIENT_HEADER`].
 async fn refuse_cross_site(State(worker): Shared, request: Request, next: axum::middleware::Next) -> Response {
     match cross_site_refusal(worker.access().enforced(), request.method(), request.headers()) {
-        Some(reason) => ApiError(StatusCode::FORBIDDEN, reason).into_response(),
+        Some(reason) => ApiError::new(StatusCode::FORBIDDEN, reason).into_response(),
         None => next.run(request).await,
     }
 }
@@ -189,14 +238,14 @@ async fn authorize(State(worker): Shared, request: Request, next: axum::middlewa
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let Some(presented) = presented else {
-        return ApiError(
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "this worker requires a token: send `Authorization: Bearer TOKEN` (the CLI reads FNHOST_TOKEN or FNHOST_TOKEN_FILE)".into(),
+            "this worker requires a token: send `Authorization: Bearer TOKEN` (the CLI reads FNHOST_TOKEN or FNHOST_TOKEN_FILE)",
         )
         .into_response();
     };
     let Some(role) = access.role(presented.trim()) else {
-        return ApiError(StatusCode::UNAUTHORIZED, "the token is not one this worker knows".into()).into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "the token is not one this worker knows").into_response();
     };
     match (role, path_tenant(path)) {
         (Role::Operator, _) => next.run(request).await,
@@ -205,12 +254,12 @@ async fn authorize(State(worker): Shared, request: Request, next: axum::middlewa
             request.extensions_mut().insert(Role::Tenant(tenant));
             next.run(request).await
         }
-        (Role::Tenant(tenant), Some(wanted)) => ApiError(
+        (Role::Tenant(tenant), Some(wanted)) => ApiError::new(
             StatusCode::FORBIDDEN,
             format!("a token of tenant `{tenant}` cannot reach tenant `{wanted}`'s functions, topics or state"),
         )
         .into_response(),
-        (Role::Tenant(tenant), None) => ApiError(
+        (Role::Tenant(tenant), None) => ApiError::new(
             StatusCode::FORBIDDEN,
             format!("{path} is the operator's: a token of tenant `{tenant}` reaches only /admin/v3/functions/{tenant}/… and /topics/persistent/{tenant}/…"),
         )
@@ -326,6 +375,14 @@ fn named(spec: FunctionSpec, fqfn: &Fqfn) -> ApiResult<FunctionSpec> {
     })
 }
 
+/// Reads `request`'s body to its end and drops it: a connection closed with its request body
+/// unread is reset, and a reset can throw away the answer before the client reads it.
+async fn drain(request: Request) {
+    use futures_util::StreamExt as _;
+    let mut body = request.into_body().into_data_stream();
+    while let Some(Ok(_)) = body.next().await {}
+}
+
 /// POST creates, PUT updates.
 async fn create_or_update(
     State(worker): Shared,
@@ -335,14 +392,19 @@ async fn create_or_update(
 ) -> ApiResult<Json<FunctionSpec>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let by_tenant = request.extensions().get::<Role>().is_some_and(|role| matches!(role, Role::Tenant(_)));
+    // Held before the form is read, so that a held request holds no package in memory.
+    if let Err(refused) = hold_until_ready(&worker, &tenant, Metered::Change).await {
+        drain(request).await;
+        return Err(refused);
+    }
     let (spec, package) = function_form(request).await?;
     let spec = named(spec, &fqfn)?;
     // The worker's files are the operator's: a tenant who could name one would have the worker
     // read it, and tell from the error whether it exists.
     if by_tenant && package.is_none() && (spec.wasm.is_some() || spec.py.is_some() || spec.js.is_some()) {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "a tenant token cannot name a file on the worker (`wasm`, `py` or `js` in the config): upload the component in the multipart field `data` (`fnhost functions create --wasm` or `--py` does)".into(),
+            "a tenant token cannot name a file on the worker (`wasm`, `py` or `js` in the config): upload the component in the multipart field `data` (`fnhost functions create --wasm` or `--py` does)",
         ));
     }
     let create = method == Method::POST;
@@ -358,6 +420,7 @@ async fn delete(
 ) -> ApiResult<Json<serde_json::Value>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let shown = fqfn.to_string();
+    hold_until_ready(&worker, &tenant, Metered::Change).await?;
     blocking(move || worker.delete(&fqfn)).await?;
     Ok(Json(serde_json::json!({ "deleted": shown })))
 }
@@ -624,12 +687,19 @@ async fn receive(
         )));
     }
     let subscription = subscription_name(&topic, &subscription)?;
+    hold_until_ready(&worker, topic.tenant(), Metered::Receive).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     let consumer = Arc::new(blocking(move || worker.rest_consumer(&topic, &subscription, query.position)).await?);
     let mut received = Vec::new();
     loop {
         let (taking, mut taken) = (consumer.clone(), std::mem::take(&mut received));
-        received = blocking(move || taking.take(query.count, &mut taken).map(|()| taken)).await?;
+        match blocking(move || Ok(taking.take(query.count, &mut taken).map(|()| taken))).await? {
+            Ok(taken) => received = taken,
+            // Past its byte rate (nothing was taken), a long-poll waits for the rate as it waits
+            // for messages, rather than answering a refusal its client would send again at once.
+            Err(WorkerError::Busy { .. }) if tokio::time::Instant::now() < deadline => {}
+            Err(refused) => return Err(refused.into()),
+        }
         if !received.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -662,9 +732,27 @@ async fn acknowledge(
     }
     let count = request.message_ids.len();
     let subscription = subscription_name(&topic, &subscription)?;
+    hold_until_ready(&worker, topic.tenant(), Metered::Acknowledge).await?;
     blocking(move || {
         worker.rest_consumer(&topic, &subscription, Position::Earliest)?.acknowledge(&topic, &request.message_ids)
     })
     .await?;
     Ok(Json(serde_json::json!({ "acknowledged": count })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_that_passes_says_when_to_try_again_in_whole_seconds() {
+        let busy = |millis| WorkerError::Busy { reason: "busy".into(), retry_after: Duration::from_millis(millis) };
+        for (millis, seconds) in [(0, "1"), (1, "1"), (1_000, "1"), (1_001, "2"), (29_500, "30")] {
+            let response = ApiError::from(busy(millis)).into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], seconds, "after {millis} ms");
+        }
+        let refused = ApiError::from(WorkerError::Forbidden("no".into())).into_response();
+        assert!(!refused.headers().contains_key(header::RETRY_AFTER), "only a refusal that passes says when");
+    }
 }

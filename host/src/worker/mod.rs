@@ -18,6 +18,7 @@ pub mod disk_guard;
 mod ledger;
 mod prometheus;
 mod rest_consumer;
+mod tenant_gate;
 mod tenant_rates;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +37,8 @@ use crate::instance::{
     ProcessingGuarantee, RunningInstance, WasmExecutor,
 };
 use crate::limits::{
-    MAX_BATCH_MESSAGES, MAX_PACKAGE_SIZE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE, TRIGGER_TIMEOUT_MS,
+    MAX_BATCH_MESSAGES, MAX_HELD_REQUESTS_PER_TENANT, MAX_PACKAGE_SIZE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
+    TRIGGER_TIMEOUT_MS,
 };
 use crate::metadata::MetadataStore;
 use crate::metrics::{InstanceMetrics, Stats};
@@ -68,9 +70,10 @@ pub enum WorkerError {
     /// The function did not answer in time.
     #[error("{0}")]
     Timeout(String),
-    /// The caller has too much open at once; it may try again later.
-    #[error("{0}")]
-    Busy(String),
+    /// The caller has too much open at once, or is past a rate; it may try again after
+    /// `retry_after`.
+    #[error("{reason}")]
+    Busy { reason: String, retry_after: Duration },
     /// The worker's disk is below its reserve of free space: no new writes until space is freed.
     #[error("{0}")]
     InsufficientStorage(String),
@@ -191,6 +194,8 @@ pub struct Worker {
     /// How fast each tenant may change functions and receive over HTTP.
     rates: Arc<tenant_rates::TenantRates>,
     consumer_gate: rest_consumer::ConsumerGate,
+    /// Requests each tenant has held until its rates or caps let them through.
+    held: tenant_gate::TenantGate,
     disk_guard: Option<disk_guard::DiskGuard>,
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
     /// stopped until deleted or created again, and every other function runs.
@@ -282,6 +287,7 @@ impl Worker {
             ledger: ledger::Ledger::default(),
             rates: Arc::default(),
             consumer_gate: rest_consumer::ConsumerGate::default(),
+            held: tenant_gate::TenantGate::new(MAX_HELD_REQUESTS_PER_TENANT),
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
         };

@@ -7,58 +7,51 @@
 //! rate (`maxReceiveBytesPerSecond`), so that encoding its answers cannot take its neighbours'
 //! cores; and a long-poll waits between looks without a thread.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
+use super::tenant_gate::{TenantGate, TenantPermit};
 use super::tenant_rates::TenantRates;
-use super::{Worker, WorkerError, lock, message_json_len};
+use super::{Worker, WorkerError, message_json_len};
 use crate::broker::{Acks, BrokerError, Effects, Message, Position, Subscription, SubscriptionSpec};
-use crate::limits::{MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES};
+use crate::limits::{MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES, RECEIVE_POLL_MS};
 use crate::names::{SubscriptionName, TopicName};
 
 /// How many REST consumer calls each tenant has open.
-#[derive(Default)]
-pub struct ConsumerGate {
-    open: Arc<Mutex<HashMap<String, usize>>>,
-}
+pub struct ConsumerGate(TenantGate);
 
-/// One open REST consumer call of a tenant; dropping it closes the call.
-pub struct ConsumerPermit {
-    open: Arc<Mutex<HashMap<String, usize>>>,
-    tenant: String,
-}
-
-impl Drop for ConsumerPermit {
-    fn drop(&mut self) {
-        let mut open = lock(&self.open);
-        if let Some(count) = open.get_mut(&self.tenant) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.tenant);
-            }
-        }
+impl Default for ConsumerGate {
+    fn default() -> Self {
+        Self(TenantGate::new(MAX_CONCURRENT_RECEIVES_PER_TENANT))
     }
 }
 
 impl ConsumerGate {
     /// Opens a call for `tenant`, or refuses it when the tenant has its most open.
-    pub fn enter(&self, tenant: &str) -> Result<ConsumerPermit, WorkerError> {
-        let mut open = lock(&self.open);
-        let count = open.entry(tenant.to_owned()).or_default();
-        if *count >= MAX_CONCURRENT_RECEIVES_PER_TENANT {
-            return Err(WorkerError::Busy(format!(
-                "tenant `{tenant}` has {MAX_CONCURRENT_RECEIVES_PER_TENANT} receives or acknowledgements open (MAX_CONCURRENT_RECEIVES_PER_TENANT); wait for one to end, then try again"
-            )));
-        }
-        *count += 1;
-        Ok(ConsumerPermit { open: self.open.clone(), tenant: tenant.to_owned() })
+    pub fn enter(&self, tenant: &str) -> Result<TenantPermit, WorkerError> {
+        self.0.enter(tenant).ok_or_else(|| full(tenant))
+    }
+
+    /// Ok if `tenant` may open a call now, or the refusal [`Self::enter`] would give.
+    pub fn has_room(&self, tenant: &str) -> Result<(), WorkerError> {
+        if self.0.has_room(tenant) { Ok(()) } else { Err(full(tenant)) }
+    }
+}
+
+/// The refusal of a call to a tenant that has its most open: it may look again soon.
+fn full(tenant: &str) -> WorkerError {
+    WorkerError::Busy {
+        reason: format!(
+            "tenant `{tenant}` has {MAX_CONCURRENT_RECEIVES_PER_TENANT} receives or acknowledgements open (MAX_CONCURRENT_RECEIVES_PER_TENANT); wait for one to end, then try again"
+        ),
+        retry_after: Duration::from_millis(RECEIVE_POLL_MS),
     }
 }
 
 /// A REST consumer of one topic's subscription, for the length of one call.
 pub struct RestConsumer {
     consumer: Box<dyn Subscription>,
-    _permit: ConsumerPermit,
+    _permit: TenantPermit,
     rates: Arc<TenantRates>,
     tenant: String,
     /// The tenant's quota of bytes received a second.
@@ -103,8 +96,7 @@ impl RestConsumer {
         let before = held(received);
         let mut bytes = before;
         while received.len() < count {
-            let Some(message) = self.consumer.fetch(1, std::time::Duration::ZERO).map_err(anyhow::Error::from)?.pop()
-            else {
+            let Some(message) = self.consumer.fetch(1, Duration::ZERO).map_err(anyhow::Error::from)?.pop() else {
                 break;
             };
             bytes += message_json_len(&message);

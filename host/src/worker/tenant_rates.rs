@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{WorkerError, lock};
+use super::tenant_gate::TenantPermit;
+use super::{Worker, WorkerError, lock};
 use crate::limits::MAX_RECEIVE_BYTES;
 use crate::token_bucket::TokenBucket;
 
@@ -63,14 +64,28 @@ impl TenantRates {
                 "tenant {tenant} may not change functions on this worker (its quota maxFunctionChangesPerMinute is 0); ask the operator"
             )));
         }
-        let burst = (per_minute / 6).max(1);
-        let new = || TokenBucket::full(burst, f64::from(per_minute) / 60.0, now);
-        self.changes.with(tenant, now, new, |bucket| bucket.take(now)).map_err(|wait| {
-            WorkerError::Busy(format!(
-                "tenant {tenant} is changing functions faster than its quota allows ({per_minute} creates, updates and deletes a minute, {burst} at once: maxFunctionChangesPerMinute, by default FUNCTION_CHANGES_PER_MINUTE); try again in {:.1} s",
-                wait.as_secs_f64()
-            ))
-        })
+        self.changes
+            .with(tenant, now, || change_bucket(per_minute, now), |bucket| bucket.take(now))
+            .map_err(|wait| changing_too_fast(tenant, per_minute, wait))
+    }
+
+    /// Ok if `tenant` could change a function now, or the refusal [`Self::take_change`] would
+    /// give; takes nothing.
+    pub fn change_ready(&self, tenant: &str, per_minute: u32) -> Result<(), WorkerError> {
+        self.change_ready_at(tenant, per_minute, Instant::now())
+    }
+
+    fn change_ready_at(&self, tenant: &str, per_minute: u32, now: Instant) -> Result<(), WorkerError> {
+        if per_minute == 0 {
+            return self.take_change_at(tenant, per_minute, now);
+        }
+        let ready = |bucket: &mut TokenBucket| {
+            let mut copy = *bucket;
+            copy.take(now)
+        };
+        self.changes
+            .with(tenant, now, || change_bucket(per_minute, now), ready)
+            .map_err(|wait| changing_too_fast(tenant, per_minute, wait))
     }
 
     /// Refuses a receive of `tenant` while it has received more than `per_second` (its quota)
@@ -86,11 +101,12 @@ impl TenantRates {
             )));
         }
         self.received_bytes.with(tenant, now, || receive_bucket(per_second, now), |bucket| bucket.ready(now)).map_err(
-            |wait| {
-                WorkerError::Busy(format!(
+            |wait| WorkerError::Busy {
+                reason: format!(
                     "tenant {tenant} is receiving faster than its quota allows ({per_second} bytes a second: maxReceiveBytesPerSecond, by default RECEIVE_BYTES_PER_SECOND); try again in {:.1} s",
                     wait.as_secs_f64()
-                ))
+                ),
+                retry_after: wait,
             },
         )
     }
@@ -110,6 +126,60 @@ impl TenantRates {
     }
 }
 
+/// A kind of request that a tenant's rates or caps may hold back.
+#[derive(Clone, Copy, Debug)]
+pub enum Metered {
+    /// A function create, update or delete: `maxFunctionChangesPerMinute`.
+    Change,
+    /// A REST receive: the concurrent calls' cap and `maxReceiveBytesPerSecond`.
+    Receive,
+    /// A REST acknowledgement: the concurrent calls' cap.
+    Acknowledge,
+}
+
+impl Worker {
+    /// Ok if `tenant`'s rates and caps let a `request` through now, or the refusal it would get;
+    /// takes nothing, so that a request can wait for this before it is read and run.
+    pub fn ready(&self, tenant: &str, request: Metered) -> Result<(), WorkerError> {
+        let quota = self.access.quota(tenant);
+        match request {
+            Metered::Change => self.rates.change_ready(tenant, quota.max_function_changes_per_minute),
+            Metered::Receive => {
+                self.consumer_gate.has_room(tenant)?;
+                self.rates.check_receive(tenant, quota.max_receive_bytes_per_second)
+            }
+            Metered::Acknowledge => self.consumer_gate.has_room(tenant),
+        }
+    }
+
+    /// One of `tenant`'s held requests, or `None` when it has its most held
+    /// ([`MAX_HELD_REQUESTS_PER_TENANT`](crate::limits::MAX_HELD_REQUESTS_PER_TENANT)).
+    pub fn hold(&self, tenant: &str) -> Option<TenantPermit> {
+        self.held.enter(tenant)
+    }
+}
+
+/// A tenant's bucket of function changes: `per_minute`, ten seconds' worth at once.
+fn change_bucket(per_minute: u32, now: Instant) -> TokenBucket {
+    TokenBucket::full(change_burst(per_minute), f64::from(per_minute) / 60.0, now)
+}
+
+fn change_burst(per_minute: u32) -> u32 {
+    (per_minute / 6).max(1)
+}
+
+/// The refusal of a change `wait` too soon.
+fn changing_too_fast(tenant: &str, per_minute: u32, wait: Duration) -> WorkerError {
+    WorkerError::Busy {
+        reason: format!(
+            "tenant {tenant} is changing functions faster than its quota allows ({per_minute} creates, updates and deletes a minute, {} at once: maxFunctionChangesPerMinute, by default FUNCTION_CHANGES_PER_MINUTE); try again in {:.1} s",
+            change_burst(per_minute),
+            wait.as_secs_f64()
+        ),
+        retry_after: wait,
+    }
+}
+
 /// A tenant's bucket of received bytes: a second's worth at once, or at least one largest answer.
 fn receive_bucket(per_second: u32, now: Instant) -> TokenBucket {
     let largest_answer = u32::try_from(MAX_RECEIVE_BYTES).unwrap_or(u32::MAX);
@@ -118,8 +188,6 @@ fn receive_bucket(per_second: u32, now: Instant) -> TokenBucket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     const PER_MINUTE: u32 = 60;
@@ -133,14 +201,30 @@ mod tests {
         }
         let refused = rates.take_change_at("evil", PER_MINUTE, now).expect_err("past the burst");
         assert!(
-            matches!(&refused, WorkerError::Busy(why) if why.contains("maxFunctionChangesPerMinute") && why.contains("try again in 1.0 s")),
+            matches!(&refused, WorkerError::Busy { reason, retry_after } if reason.contains("maxFunctionChangesPerMinute") && reason.contains("try again in 1.0 s") && *retry_after == Duration::from_secs(1)),
             "{refused}"
         );
         rates.take_change_at("acme", PER_MINUTE, now).expect("another tenant has its own burst");
+        let not_ready = rates.change_ready_at("evil", PER_MINUTE, now).expect_err("no change left");
+        assert!(matches!(not_ready, WorkerError::Busy { .. }), "{not_ready}");
         rates
             .take_change_at("evil", PER_MINUTE, now + Duration::from_secs(1))
             .expect("one change comes back each second");
         let forbidden = rates.take_change_at("evil", 0, now).expect_err("a quota of 0 allows no change");
+        assert!(matches!(forbidden, WorkerError::Forbidden(_)), "{forbidden}");
+    }
+
+    #[test]
+    fn asking_whether_a_change_is_ready_takes_none() {
+        let rates = TenantRates::default();
+        let now = Instant::now();
+        for _ in 0..3 * PER_MINUTE {
+            rates.change_ready_at("evil", PER_MINUTE, now).expect("asking takes nothing");
+        }
+        for _ in 0..PER_MINUTE / 6 {
+            rates.take_change_at("evil", PER_MINUTE, now).expect("the whole burst is still there");
+        }
+        let forbidden = rates.change_ready_at("evil", 0, now).expect_err("a quota of 0 allows no change");
         assert!(matches!(forbidden, WorkerError::Forbidden(_)), "{forbidden}");
     }
 
@@ -154,7 +238,7 @@ mod tests {
         rates.spend_received("evil", per_second, 2 * MAX_RECEIVE_BYTES);
         let refused = rates.check_receive_at("evil", per_second, now).expect_err("in debt");
         assert!(
-            matches!(&refused, WorkerError::Busy(why) if why.contains("maxReceiveBytesPerSecond") && why.contains("try again in")),
+            matches!(&refused, WorkerError::Busy { reason, retry_after } if reason.contains("maxReceiveBytesPerSecond") && reason.contains("try again in") && *retry_after > Duration::ZERO),
             "{refused}"
         );
         rates.check_receive_at("acme", per_second, now).expect("another tenant has its own rate");

@@ -255,6 +255,25 @@ fn a_tenant_receiving_past_its_byte_rate_is_refused_and_others_receive() {
 }
 
 #[test]
+fn a_receive_just_past_the_byte_rate_is_held_until_the_rate_lets_it_through() {
+    use base64::Engine as _;
+    let fnhost = Fnhost::new();
+    // Answers of 6 MiB: about two and a half at once, then one each 0.4 s. From the third on,
+    // each receive finds the tenant in debt for up to 0.4 s, less than a refusal is held.
+    let worker = start_worker(&fnhost, "    maxReceiveBytesPerSecond: 16777216\n");
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 3 << 20]);
+    let body = format!(r#"{{"messages": [{{"payload": "{big}"}}, {{"payload": "{big}"}}]}}"#);
+    let (status, answer) = worker.http_as(Some(EVIL), "POST", "/topics/persistent/evil/ns/big", json(&body));
+    assert_eq!(status, 200, "{answer}");
+    let receive = "/topics/persistent/evil/ns/big/subscription/hoard/receive?count=40&position=earliest";
+    for round in 0..6 {
+        let (status, answer) = worker.http_as(Some(EVIL), "POST", receive, json("{}"));
+        let reason = &answer["reason"];
+        assert_eq!((status, answer["messages"].as_array().map(Vec::len)), (200, Some(2)), "round {round}: {reason}");
+    }
+}
+
+#[test]
 fn below_the_free_space_reserve_writes_are_refused_reads_go_on_and_nothing_is_lost() {
     let fnhost = Fnhost::new();
     let worker = Worker::start(fnhost.data_dir());
