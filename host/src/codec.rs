@@ -48,7 +48,7 @@ fn decode_within<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<T, b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::MessageBody;
+    use crate::engine::broker::MessageBody;
 
     #[test]
     fn a_record_decodes_to_what_was_encoded() {

@@ -14,13 +14,13 @@ use axum::http::{Method, Request, StatusCode, header};
 use bincode::{Decode, Encode};
 use tower::ServiceExt as _;
 
-use crate::broker::MessageBody;
 use crate::embedded::EmbeddedStore;
+use crate::engine::broker::MessageBody;
+use crate::engine::state::{StateValue, Versioned};
 use crate::instance::MessageContext;
 use crate::names::TopicAccess;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::FunctionSpec;
-use crate::state::{StateValue, Versioned};
 use crate::worker::{Worker, WorkerConfig};
 
 /// Parses `bytes` as a JSON and as a YAML function config and, where one parses, checks what the

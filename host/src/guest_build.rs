@@ -12,8 +12,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::function::{Code, FunctionKind, Source};
 use crate::limits::MAX_SOURCE_SIZE;
-use crate::spec::Code;
 
 /// The contract every SDK builds against.
 const WIT: &str = include_str!("../../wit/function.wit");
@@ -34,23 +34,6 @@ pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 pub const WEVAL_VERSION: &str = "0.5.0";
 /// The value of `FNHOST_WEVAL` that builds JavaScript for the interpreter even when weval is there.
 pub const WEVAL_OFF: &str = "off";
-
-/// A function given as source code.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// A Python module and the class (or function) in it, as `MODULE.CLASS`.
-    Python {
-        /// The module's file.
-        file: PathBuf,
-        /// `MODULE.CLASS`, as pulsar-admin's `--classname`.
-        classname: String,
-    },
-    /// A JavaScript ES module.
-    JavaScript {
-        /// The module's file.
-        file: PathBuf,
-    },
-}
 
 /// Why a component could not be built from source.
 #[derive(Debug, thiserror::Error)]
@@ -219,25 +202,6 @@ fn absolute_program(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
-/// The WIT world a component is built for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum World {
-    /// `function`: one message at a time, in batches.
-    Function,
-    /// `window-function`: one window's records at a time.
-    WindowFunction,
-}
-
-impl World {
-    /// The world's name in `wit/function.wit`.
-    pub fn wit_name(self) -> &'static str {
-        match self {
-            Self::Function => "function",
-            Self::WindowFunction => "window-function",
-        }
-    }
-}
-
 /// Builds and caches components from source.
 #[derive(Clone, Debug)]
 pub struct Builder {
@@ -257,7 +221,7 @@ impl Builder {
     }
 
     /// The component file for `code`: the file given, or the one built from the source given for `world`.
-    pub fn component_file(&self, code: &Code, world: World) -> Result<PathBuf, BuildError> {
+    pub fn component_file(&self, code: &Code, world: FunctionKind) -> Result<PathBuf, BuildError> {
         match code {
             Code::Wasm(path) => Ok(path.clone()),
             Code::Source(source) => self.component(source, world),
@@ -266,7 +230,7 @@ impl Builder {
 
     /// The component built from `source` for `world`: from the cache when the same sources were
     /// built before.
-    pub fn component(&self, source: &Source, world: World) -> Result<PathBuf, BuildError> {
+    pub fn component(&self, source: &Source, world: FunctionKind) -> Result<PathBuf, BuildError> {
         let (toolchain, file) = match source {
             Source::Python { file, .. } => (&COMPONENTIZE_PY, file),
             Source::JavaScript { file } => (&COMPONENTIZE_JS, file),
@@ -386,7 +350,7 @@ fn sources_beside(file: &Path, source: &Source) -> Result<Vec<(String, Vec<u8>)>
 fn content_key(
     toolchain: &Toolchain,
     source: &Source,
-    world: World,
+    world: FunctionKind,
     mode: Option<&JavaScriptMode>,
     siblings: &[(String, Vec<u8>)],
 ) -> String {
@@ -430,7 +394,7 @@ fn file_name(file: &Path) -> String {
 
 /// Lays out the build folder (`app/` the function's sources, `sdk/`, `wit/`, and the entry
 /// module) and returns the entry module's file name.
-fn stage(root: &Path, source: &Source, world: World, siblings: &[(String, Vec<u8>)]) -> std::io::Result<String> {
+fn stage(root: &Path, source: &Source, world: FunctionKind, siblings: &[(String, Vec<u8>)]) -> std::io::Result<String> {
     let write = |relative: &str, bytes: &[u8]| {
         let path = root.join(relative);
         if let Some(parent) = path.parent() {
@@ -450,8 +414,8 @@ fn stage(root: &Path, source: &Source, world: World, siblings: &[(String, Vec<u8
             // The classname is passed as a Python string literal: JSON's escaping is valid Python.
             let literal = serde_json::to_string(classname).map_err(std::io::Error::other)?;
             let binder = match world {
-                World::Function => "world",
-                World::WindowFunction => "window_world",
+                FunctionKind::Function => "world",
+                FunctionKind::WindowFunction => "window_world",
             };
             write(
                 "fnhost_main.py",
@@ -463,10 +427,10 @@ fn stage(root: &Path, source: &Source, world: World, siblings: &[(String, Vec<u8
             write("sdk/fnhost.js", JS_SDK.as_bytes())?;
             let module = serde_json::to_string(&format!("./app/{}", file_name(file))).map_err(std::io::Error::other)?;
             let exports = match world {
-                World::Function => {
+                FunctionKind::Function => {
                     "import { componentProcessBatch } from \"./sdk/fnhost.js\";\nexport const processBatch = componentProcessBatch(functionModule, host);\n"
                 }
-                World::WindowFunction => {
+                FunctionKind::WindowFunction => {
                     "import { componentWindowFunction } from \"./sdk/fnhost.js\";\nconst windowFunction = componentWindowFunction(functionModule, host);\nexport const processWindow = windowFunction.processWindow;\nexport const eventTimes = windowFunction.eventTimes;\n"
                 }
             };
@@ -490,31 +454,47 @@ mod tests {
     #[test]
     fn the_key_changes_with_every_input_of_the_build() {
         let files = vec![("f.py".to_owned(), b"x = 1".to_vec())];
-        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &files);
-        assert_eq!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &files), "deterministic");
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.G"), World::Function, None, &files), "classname");
+        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files);
+        assert_eq!(
+            base,
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files),
+            "deterministic"
+        );
+        assert_ne!(
+            base,
+            content_key(&COMPONENTIZE_PY, &python("f.G"), FunctionKind::Function, None, &files),
+            "classname"
+        );
         let edited = vec![("f.py".to_owned(), b"x = 2".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &edited), "source");
+        assert_ne!(
+            base,
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &edited),
+            "source"
+        );
         let renamed = vec![("g.py".to_owned(), b"x = 1".to_vec())];
-        assert_ne!(base, content_key(&COMPONENTIZE_PY, &python("f.F"), World::Function, None, &renamed), "file name");
+        assert_ne!(
+            base,
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &renamed),
+            "file name"
+        );
         let js = Source::JavaScript { file: "f.py".into() };
         let interpreted =
-            content_key(&COMPONENTIZE_JS, &js, World::Function, Some(&JavaScriptMode::Interpreted), &files);
+            content_key(&COMPONENTIZE_JS, &js, FunctionKind::Function, Some(&JavaScriptMode::Interpreted), &files);
         assert_ne!(base, interpreted, "language");
         let ahead_of_time = JavaScriptMode::AheadOfTime("/usr/bin/weval".into());
         assert_ne!(
             interpreted,
-            content_key(&COMPONENTIZE_JS, &js, World::Function, Some(&ahead_of_time), &files),
+            content_key(&COMPONENTIZE_JS, &js, FunctionKind::Function, Some(&ahead_of_time), &files),
             "AOT"
         );
-        let window = content_key(&COMPONENTIZE_PY, &python("f.F"), World::WindowFunction, None, &files);
+        let window = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::WindowFunction, None, &files);
         assert_ne!(base, window, "world");
     }
 
     #[test]
     fn the_entry_module_names_the_class_as_a_literal() {
         let root = tempfile::tempdir().unwrap();
-        let entry = stage(root.path(), &python("m.C\"; import os"), World::Function, &[]).unwrap();
+        let entry = stage(root.path(), &python("m.C\"; import os"), FunctionKind::Function, &[]).unwrap();
         let text = std::fs::read_to_string(root.path().join(entry)).unwrap();
         assert!(text.ends_with("world(\"m.C\\\"; import os\")\n"), "{text}");
         assert!(root.path().join("sdk/fnhost/_component.py").exists());

@@ -2,21 +2,20 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of these modules.
 
-pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod embedded;
+pub mod engine;
+pub mod function;
 pub mod fuzzing;
 pub mod guest_build;
 pub mod instance;
 pub mod limits;
-pub mod metadata;
 pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod runtime;
 pub mod spec;
-pub mod state;
 pub mod token_bucket;
 pub mod window;
 pub mod worker;

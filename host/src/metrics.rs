@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::embedded::now_millis;
+use crate::engine::clock::now_millis;
 use crate::limits::MAX_METRICS_PER_INSTANCE;
 
 /// How many recent exceptions of each kind are kept, as Pulsar keeps them.

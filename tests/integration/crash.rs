@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
+use fnhost::engine::state::{StateStore, StateValue};
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::Fqfn;
-use fnhost::state::{StateStore, StateValue};
 
 use crate::support::{Fnhost, guest, number_value};
 

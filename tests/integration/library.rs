@@ -5,17 +5,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
+use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
+use fnhost::engine::state::{StateStore, StateValue};
+use fnhost::function::FunctionConfig;
 use fnhost::instance::{
-    self, Executor, FunctionConfig, LogSink, MESSAGES_PER_CALL, MessageContext, NativeExecutor, Outcome, RunUntil,
-    WasmExecutor,
+    self, Executor, LogSink, MESSAGES_PER_CALL, MessageContext, NativeExecutor, Outcome, RunUntil, WasmExecutor,
 };
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::metrics::Stats;
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{GuestMessage, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
-use fnhost::state::{StateStore, StateValue};
 
 use crate::support::guest;
 

@@ -158,7 +158,7 @@ pub fn number_value(fnhost: &Fnhost, fqfn: &str, key: &str) -> i64 {
 impl Fnhost {
     /// Appends `(key, value)` messages through the library, as a producer with keys would.
     pub fn produce_keyed(&self, topic: &str, messages: &[(String, String)]) {
-        use fnhost::broker::{Broker, OutMessage};
+        use fnhost::engine::broker::{Broker, OutMessage};
         let store = fnhost::embedded::EmbeddedStore::open(&self.data_dir().join("db")).unwrap();
         let messages = messages
             .iter()

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use fnhost::broker::OutMessage;
 use fnhost::cli::client::{Body, Client, multipart};
+use fnhost::engine::broker::OutMessage;
 use fnhost::limits::{MAX_BATCH_MESSAGES, MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES, MAX_REQUEST_SIZE};
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::spec::FunctionSpec;

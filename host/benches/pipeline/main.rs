@@ -19,19 +19,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use fnhost::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::embedded::EmbeddedStore;
-use fnhost::guest_build::{Builder, Source, WEVAL_OFF, World};
-use fnhost::instance::{
-    self, Executor, FunctionConfig, LogSink, MessageContext, NativeExecutor, Ordering, ProcessingGuarantee, RunUntil,
-    WasmExecutor,
-};
+use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
+use fnhost::engine::state::StateStore;
+use fnhost::function::{FunctionConfig, Ordering, ProcessingGuarantee};
+use fnhost::function::{FunctionKind, Source};
+use fnhost::guest_build::{Builder, WEVAL_OFF};
+use fnhost::instance::{self, Executor, LogSink, MessageContext, NativeExecutor, RunUntil, WasmExecutor};
 use fnhost::limits::{DEFAULT_WATERMARK_INTERVAL_MS, MAX_BATCH_MESSAGES, MAX_PARALLELISM};
 use fnhost::metrics::Stats;
 use fnhost::names::{Fqfn, SubscriptionName, TopicName};
 use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
 use fnhost::spec::FunctionSpec;
-use fnhost::state::StateStore;
 use fnhost::window::{Extent, TimeBase, WindowConfig, WindowSpec};
 use fnhost::worker::{Worker, WorkerConfig};
 
@@ -803,7 +802,7 @@ fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()> {
         let wasm = match &language.source {
             None => rust_wasm.to_owned(),
             Some(source) => (language.builder)(&scratch.path().join(format!("build-{folder}")))
-                .component(source, World::Function)?,
+                .component(source, FunctionKind::Function)?,
         };
         let build = started.elapsed();
         let compiled = scratch.path().join(format!("compiled-{folder}"));

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail};
 use clap::Args;
 
-use crate::broker::Position;
-use crate::instance::ProcessingGuarantee;
+use crate::engine::broker::Position;
+use crate::function::ProcessingGuarantee;
 use crate::limits::MAX_CONFIG_SIZE;
 use crate::names::Fqfn;
 use crate::spec::{FunctionSpec, LogLevelName, PulsarFields, RamSize, Resources, WindowConfigSpec};

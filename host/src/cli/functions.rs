@@ -12,11 +12,11 @@ use clap::{Args, Subcommand};
 use super::client::{AdminOptions, Body, encode_segment};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
+use crate::engine::state::StateStore;
 use crate::guest_build::Builder;
 use crate::limits::MAX_PACKAGE_SIZE;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
 use crate::spec::FunctionSpec;
-use crate::state::StateStore;
 use crate::worker::state_json;
 
 /// How often `querystate --watch` asks again.

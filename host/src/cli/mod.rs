@@ -16,8 +16,9 @@ mod function_flags;
 mod functions;
 mod new;
 
-use crate::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
 use crate::embedded::EmbeddedStore;
+use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
+use crate::engine::state::StateStore;
 use crate::guest_build::Builder;
 use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES, MIN_FREE_DISK_BYTES};
@@ -25,7 +26,6 @@ use crate::metrics::Stats;
 use crate::names::{SubscriptionName, TopicName};
 use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::state::StateStore;
 use crate::worker::access::Access;
 use crate::worker::cluster::ClusterConfig;
 use crate::worker::disk_guard::DiskGuard;
@@ -327,7 +327,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}: is another worker running there? pass --listen", args.listen))?;
     let address = listener.local_addr()?;
-    let (store, cluster): (Arc<dyn crate::worker::Engine>, _) = match &args.cluster {
+    let (store, cluster): (Arc<dyn crate::engine::Engine>, _) = match &args.cluster {
         None => (Arc::new(open_store(&args.data)?), None),
         Some(urls) => {
             let replicas = args.replicas.unwrap_or_else(|| urls.split(',').count().min(3));

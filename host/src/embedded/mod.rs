@@ -16,19 +16,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sled::Transactional;
 use sled::transaction::TransactionError;
 
-use crate::broker::{
+use crate::engine::broker::{
     Acks, Broker, BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, OutMessage, Position, Subscription,
     SubscriptionSpec, SubscriptionType,
 };
+use crate::engine::clock::now_millis;
+use crate::engine::metadata::{MetadataError, MetadataStore};
+use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
-use crate::metadata::{MetadataError, MetadataStore};
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
-use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 mod state;
 
@@ -944,7 +945,7 @@ impl SharedSubscription {
 /// routed by its sequence number, so keyless messages are spread.
 fn route(message: &Message) -> u64 {
     match message.body.partition_key.as_deref().or(message.body.key.as_deref()) {
-        Some(key) => crate::broker::key_route(key),
+        Some(key) => crate::engine::broker::key_route(key),
         None => message.sequence,
     }
 }
@@ -1241,15 +1242,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Change, StateChanges};
+    use crate::engine::state::{Change, StateChanges};
 
     /// Opens the store in `dir`. A store dropped a moment ago in this process may still hold the
     /// directory's lock (a reopen failed with `Locked` once under CI load): sled's background

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::lock;
+use crate::engine::state::{KeyMap, StateChanges, StateError, StateTable, StateValue, Versioned};
 use crate::names::Fqfn;
-use crate::state::{KeyMap, StateChanges, StateError, StateTable, StateValue, Versioned};
 
 pub(super) const STATE_TREE_PREFIX: &str = "state:";
 /// The tree of state log records, keyed by the function's name, a 0 byte and the record's id.

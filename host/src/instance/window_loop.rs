@@ -9,14 +9,15 @@
 use bincode::{Decode, Encode};
 
 use super::{Halt, RunError, RunUntil, commit_now};
-use crate::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
-use crate::embedded::now_millis;
-use crate::instance::{Executor, FunctionConfig, to_guest};
+use crate::engine::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
+use crate::engine::clock::now_millis;
+use crate::engine::state::{Change, HOST_KEY_PREFIX};
+use crate::function::FunctionConfig;
+use crate::instance::{Executor, to_guest};
 use crate::limits::{MAX_STORED_WINDOW_RECORDS, MAX_WINDOW_BYTES};
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
 use crate::runtime::{GuestMessage, GuestWindow, HostContext, ProcessError};
-use crate::state::{Change, HOST_KEY_PREFIX};
 use crate::window::{Offered, Window, WindowConfig, Windower, WindowerState};
 
 /// How often an instance of a window function looks at the clock while no record arrives, so
@@ -94,7 +95,7 @@ fn decode<T: Decode<()>>(bytes: &[u8], what: &str) -> Result<T, RunError> {
 
 /// What the store gave back is not what the window loop stored.
 fn damaged(reason: String) -> RunError {
-    RunError::State(crate::state::StateError::Storage(reason))
+    RunError::State(crate::engine::state::StateError::Storage(reason))
 }
 
 /// Runs a window function's instance until it is halted (or, under [`RunUntil::Idle`], until

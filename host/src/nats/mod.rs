@@ -24,18 +24,19 @@ pub(crate) use subscription::Intent as CommitIntent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bincode::Decode;
 use tokio::io::AsyncReadExt as _;
 
-use crate::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
 use crate::codec::encode;
-use crate::metadata::{Membership, MetadataError, MetadataStore};
+use crate::engine::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::engine::clock::now_millis;
+use crate::engine::metadata::{Membership, MetadataError, MetadataStore};
+use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
-use crate::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 
 pub use names::subject_matches;
 use names::{STATE_BUCKET_PREFIX, kv_key, kv_key_name, message_subject, token, topic_stream, topic_subject_prefix};
@@ -162,10 +163,6 @@ fn state_storage(error: impl std::fmt::Display) -> StateError {
 
 fn metadata_storage(error: impl std::fmt::Display) -> MetadataError {
     MetadataError(format!("NATS: {error}"))
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
 fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {

@@ -12,13 +12,13 @@ use futures_util::StreamExt as _;
 
 use super::names::{key_share_filter, kv_key, token};
 use super::{CLUSTER_ACK_WAIT, Inner, ValueCache, decode, encode, remember, storage};
-use crate::broker::{
+use crate::engine::broker::{
     BrokerError, Effects, FetchWaker, Message, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
     SubscriptionType,
 };
+use crate::engine::state::{Change, StateValue, Versioned};
 use crate::limits::{MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::names::{SubscriptionName, TopicName, TopicPattern};
-use crate::state::{Change, StateValue, Versioned};
 
 /// Metadata keys of commit intents start with this, then the subscription name and `/`.
 pub(super) const INTENT_PREFIX: &str = "intent/";
@@ -520,7 +520,7 @@ impl NatsSubscription {
     async fn final_values(
         &self,
         store: &kv::Store,
-        changes: &crate::state::StateChanges,
+        changes: &crate::engine::state::StateChanges,
     ) -> Result<Vec<(String, Option<StateValue>)>, BrokerError> {
         let mut finals = Vec::with_capacity(changes.len());
         for (key, change) in changes.iter() {
@@ -615,7 +615,7 @@ async fn put_values(
 async fn apply_shared(
     store: &kv::Store,
     cache: &ValueCache,
-    changes: &crate::state::StateChanges,
+    changes: &crate::engine::state::StateChanges,
 ) -> Result<(), BrokerError> {
     let writes = changes.iter().map(|(name, change)| async move {
         let key = kv_key(name);

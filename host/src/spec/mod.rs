@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Inputs, Position};
-use crate::guest_build::{Source, World};
-use crate::instance::{FunctionConfig, Ordering, ProcessingGuarantee};
+use crate::engine::broker::{Inputs, Position};
+use crate::function::{Code, FunctionConfig, FunctionKind, Ordering, ProcessingGuarantee, Source};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_SUBSCRIPTION_TOPICS,
@@ -29,15 +28,6 @@ pub use pulsar::PulsarFields;
 
 /// The smallest `--ram` that can run a function at all.
 const MIN_RAM_BYTES: u64 = 1024 * 1024;
-
-/// Where a function's code comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Code {
-    /// A component file.
-    Wasm(PathBuf),
-    /// A source file fnhost builds a component from.
-    Source(Source),
-}
 
 /// A function configuration that cannot run, and why.
 #[derive(Debug, thiserror::Error)]
@@ -354,8 +344,8 @@ impl FunctionSpec {
     }
 
     /// The WIT world the function's source is built for: a window function when it has window settings.
-    pub fn world(&self) -> World {
-        if self.window_config.is_some() { World::WindowFunction } else { World::Function }
+    pub fn world(&self) -> FunctionKind {
+        if self.window_config.is_some() { FunctionKind::WindowFunction } else { FunctionKind::Function }
     }
 
     /// The spec without its code, as the worker keeps it beside the stored component.

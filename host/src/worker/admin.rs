@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::access::Role;
 use super::tenant_rates::Metered;
 use super::{Worker, WorkerError, message_json};
-use crate::broker::{OutMessage, Position};
+use crate::engine::broker::{OutMessage, Position};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, MAX_REFUSAL_HOLD_MS, MAX_REQUEST_SIZE, RECEIVE_POLL_MS};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
 use crate::spec::FunctionSpec;

@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::{FUNCTION_RECORD_PREFIX, Footprint, Function, FunctionRecord, Worker, WorkerError, lock};
+use crate::engine::metadata::Membership;
 use crate::instance::{self, MessageContext};
-use crate::metadata::Membership;
 use crate::names::Fqfn;
 
 /// How often a worker renews its membership, and the leader schedules.

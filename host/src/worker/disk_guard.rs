@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::WorkerError;
-use crate::broker::{BrokerError, Effects, FetchWaker, Message, Subscription};
+use crate::engine::broker::{BrokerError, Effects, FetchWaker, Message, Subscription};
 
 /// How long an instance that may not fetch rests before it looks at the disk again.
 const LOW_DISK_REST: Duration = Duration::from_millis(200);

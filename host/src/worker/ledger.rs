@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::lock;
-use crate::instance::FunctionConfig;
+use crate::function::FunctionConfig;
 use crate::names::Fqfn;
 
 /// What a function reserves of its tenant's quota and of the worker's capacity.

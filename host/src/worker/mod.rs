@@ -30,22 +30,22 @@ use anyhow::Context as _;
 use ledger::Footprint;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError, Message, OutMessage, Position, SubscriptionSpec};
-use crate::guest_build::{Builder, World};
+use crate::engine::Engine;
+use crate::engine::broker::{BrokerError, Message, OutMessage, Position, SubscriptionSpec};
+use crate::engine::state::{StateValue, Versioned};
+use crate::function::{Code, FunctionConfig, FunctionKind, ProcessingGuarantee};
+use crate::guest_build::Builder;
 use crate::instance::{
-    self, FunctionConfig, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext,
-    ProcessingGuarantee, RunningInstance, WasmExecutor,
+    self, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, LogSink, MessageContext, RunningInstance, WasmExecutor,
 };
 use crate::limits::{
     MAX_BATCH_MESSAGES, MAX_HELD_REQUESTS_PER_TENANT, MAX_PACKAGE_SIZE, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE,
     TRIGGER_TIMEOUT_MS,
 };
-use crate::metadata::MetadataStore;
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::{FunctionCode, PreparedFunction, Runtime};
-use crate::spec::{Code, FunctionSpec};
-use crate::state::{StateStore, StateValue, Versioned};
+use crate::spec::FunctionSpec;
 
 /// Metadata keys of function records start with this.
 const FUNCTION_RECORD_PREFIX: &str = "function/";
@@ -160,11 +160,6 @@ pub struct WorkerConfig {
     /// The free space kept in the data directory, for a worker that stores there.
     pub disk_guard: Option<disk_guard::DiskGuard>,
 }
-
-/// What a worker keeps its functions in: the embedded engine, or a distributed one.
-pub trait Engine: Broker + StateStore + MetadataStore {}
-
-impl<T: Broker + StateStore + MetadataStore> Engine for T {}
 
 /// Memory maps an idle instance adds to the process (its thread's stack and signal stack with their
 /// guard pages, its pool slots): nine measured (docs/BENCHMARKS.md), with room to spare.
@@ -379,7 +374,7 @@ impl Worker {
     fn package_bytes(
         &self,
         spec: &FunctionSpec,
-        world: World,
+        world: FunctionKind,
         uploaded: Option<Vec<u8>>,
     ) -> Result<Option<(Vec<u8>, String)>, WorkerError> {
         if let Some(bytes) = uploaded {
@@ -427,7 +422,10 @@ impl Worker {
     }
 
     /// `consumer`, held by the free-space guard, if the worker has one.
-    fn guarded(&self, consumer: Box<dyn crate::broker::Subscription>) -> Box<dyn crate::broker::Subscription> {
+    fn guarded(
+        &self,
+        consumer: Box<dyn crate::engine::broker::Subscription>,
+    ) -> Box<dyn crate::engine::broker::Subscription> {
         match &self.disk_guard {
             Some(guard) => guard.guard(consumer),
             None => consumer,
@@ -794,7 +792,7 @@ impl Worker {
         &self,
         function: &mut Function,
         instance_id: u32,
-        consumer: Box<dyn crate::broker::Subscription>,
+        consumer: Box<dyn crate::engine::broker::Subscription>,
     ) -> Result<(), WorkerError> {
         let config = &function.config;
         let details = Arc::new(config.details(&function.record.digest, instance_id, config.parallelism));
@@ -1057,7 +1055,7 @@ impl Worker {
             None => None,
         };
         let sequence = self.store.produce(&topic, vec![message]).map_err(anyhow::Error::from)?[0];
-        let message_id = crate::broker::message_id(sequence);
+        let message_id = crate::engine::broker::message_id(sequence);
         let deadline = Instant::now() + Duration::from_millis(TRIGGER_TIMEOUT_MS);
         let is_output = |message: &Message| {
             let property = |name: &str| {
@@ -1106,7 +1104,7 @@ impl Worker {
     /// The committed value of a state key, as FunctionState JSON.
     pub fn query_state(&self, fqfn: &Fqfn, key: &str) -> Result<serde_json::Value, WorkerError> {
         self.function(fqfn)?;
-        crate::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
+        crate::engine::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         let stored = self.store.table(fqfn).and_then(|table| table.get(key)).map_err(anyhow::Error::from)?;
         match stored {
             Some(stored) => Ok(state_json(key, stored)),
@@ -1118,7 +1116,7 @@ impl Worker {
     pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
         self.function(fqfn)?;
         self.check_disk()?;
-        crate::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
+        crate::engine::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         if key.len() > MAX_STATE_KEY_LEN {
             return Err(WorkerError::BadRequest(format!(
                 "state key is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",
@@ -1149,7 +1147,7 @@ impl Worker {
         }
         self.check_disk()?;
         let sequences = self.store.produce(topic, messages).map_err(anyhow::Error::from)?;
-        Ok(sequences.into_iter().map(crate::broker::message_id).collect())
+        Ok(sequences.into_iter().map(crate::engine::broker::message_id).collect())
     }
 
     /// Stops every instance after its current batch: what the worker does before it exits.

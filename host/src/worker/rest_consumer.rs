@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::tenant_gate::{TenantGate, TenantPermit};
 use super::tenant_rates::TenantRates;
 use super::{Worker, WorkerError, message_json_len};
-use crate::broker::{Acks, BrokerError, Effects, Message, Position, Subscription, SubscriptionSpec};
+use crate::engine::broker::{Acks, BrokerError, Effects, Message, Position, Subscription, SubscriptionSpec};
 use crate::limits::{MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES, RECEIVE_POLL_MS};
 use crate::names::{SubscriptionName, TopicName};
 
@@ -127,7 +127,7 @@ impl RestConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::OutMessage;
+    use crate::engine::broker::OutMessage;
     use crate::worker::message_json;
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bincode::{Decode, Encode};
 
+use crate::engine::state::StateChanges;
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
-use crate::state::StateChanges;
 
 /// A message as stored in a topic and delivered to a subscription.
 #[derive(Clone, Debug, PartialEq)]

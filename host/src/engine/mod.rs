@@ -1,0 +1,23 @@
+//! The ports between the function host and what stores its topics, state and records: an
+//! engine. The instance loop, the worker and the CLI use only these traits and types; two engines
+//! implement them, the embedded one in one process (`crate::embedded`) and NATS JetStream for a
+//! cluster (`crate::nats`).
+//!
+//! - [`broker`]: topics, subscriptions and the commit that makes a batch done.
+//! - [`state`]: function state tables and the changes a commit applies.
+//! - [`metadata`]: durable records and packages, and a cluster's membership.
+//! - [`clock`]: the wall clock every engine stamps with.
+
+pub mod broker;
+pub mod clock;
+pub mod metadata;
+pub mod state;
+
+use broker::Broker;
+use metadata::MetadataStore;
+use state::StateStore;
+
+/// What a worker keeps its functions in: the embedded engine, or a distributed one.
+pub trait Engine: Broker + StateStore + MetadataStore {}
+
+impl<T: Broker + StateStore + MetadataStore> Engine for T {}

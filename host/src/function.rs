@@ -1,0 +1,234 @@
+//! What a function is, before any engine or instance: its resolved configuration, its kind (the
+//! WIT world its component is built for) and where its code comes from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::broker::{Inputs, Position, SubscriptionSpec, SubscriptionType};
+use crate::limits::{
+    DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
+};
+use crate::names::{Fqfn, NameError, SubscriptionName, TopicAccess, TopicName};
+use crate::runtime::{FunctionDetails, Identity, InstanceLimits, LogLevel};
+use crate::window::WindowConfig;
+
+/// The kind of a function: which WIT world its component exports, and so how the instance loop
+/// calls it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// `function`: one message at a time, in batches.
+    Function,
+    /// `window-function`: one window's records at a time.
+    WindowFunction,
+}
+
+impl FunctionKind {
+    /// The world's name in `wit/function.wit`.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            Self::Function => "function",
+            Self::WindowFunction => "window-function",
+        }
+    }
+}
+
+/// Where a function's code comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// A component file.
+    Wasm(PathBuf),
+    /// A source file fnhost builds a component from.
+    Source(Source),
+}
+
+/// A function given as source code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A Python module and the class (or function) in it, as `MODULE.CLASS`.
+    Python {
+        /// The module's file.
+        file: PathBuf,
+        /// `MODULE.CLASS`, as pulsar-admin's `--classname`.
+        classname: String,
+    },
+    /// A JavaScript ES module.
+    JavaScript {
+        /// The module's file.
+        file: PathBuf,
+    },
+}
+
+/// When a message is acknowledged, with Pulsar's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum ProcessingGuarantee {
+    /// Before processing: a crash loses the messages being processed and never repeats one.
+    #[value(name = "ATMOST_ONCE")]
+    #[serde(rename = "ATMOST_ONCE")]
+    AtMostOnce,
+    /// Once the message's effects are committed.
+    #[value(name = "ATLEAST_ONCE")]
+    #[serde(rename = "ATLEAST_ONCE")]
+    AtLeastOnce,
+    /// Once the message's effects are committed, in the same atomic step, on a failover subscription.
+    #[value(name = "EFFECTIVELY_ONCE")]
+    #[serde(rename = "EFFECTIVELY_ONCE")]
+    EffectivelyOnce,
+    /// When the function acknowledges it; otherwise it is delivered again after the ack timeout.
+    #[value(name = "MANUAL")]
+    #[serde(rename = "MANUAL")]
+    Manual,
+}
+
+/// What order messages must be processed in, which decides the subscription type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ordering {
+    /// Any order: instances share the messages.
+    Unordered,
+    /// Input order (`--retain-ordering`): one instance at a time.
+    Retain,
+    /// Input order per key (`--retain-key-ordering`): each key to one instance.
+    RetainKey,
+}
+
+/// Everything that defines how a function runs, apart from its code.
+#[derive(Clone, Debug)]
+pub struct FunctionConfig {
+    /// The function's fully qualified name.
+    pub fqfn: Fqfn,
+    /// Input topics, named or by pattern.
+    pub inputs: Inputs,
+    /// Where returned values go.
+    pub output: Option<TopicName>,
+    /// Where log lines are also published.
+    pub log_topic: Option<TopicName>,
+    /// The durable subscription name.
+    pub subscription: SubscriptionName,
+    /// Where the subscription starts the first time.
+    pub initial_position: Position,
+    /// User config: top-level key to JSON text.
+    pub user_config: BTreeMap<String, String>,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, String>,
+    /// Memory and time per instance.
+    pub limits: InstanceLimits,
+    /// Lines below this level are not logged.
+    pub log_level: LogLevel,
+    /// When messages are acknowledged.
+    pub guarantee: ProcessingGuarantee,
+    /// The order messages must be processed in.
+    pub ordering: Ordering,
+    /// How many instances the caller starts; [`run`] runs one per executor it is given.
+    pub parallelism: u32,
+    /// How many times a failed message is tried again before it goes to the dead-letter topic.
+    pub max_message_retries: u32,
+    /// Where messages go that failed every try (or, under MANUAL, were never acknowledged).
+    pub dead_letter_topic: TopicName,
+    /// Under MANUAL, how long after delivery an unacknowledged message is delivered again.
+    pub ack_timeout: Duration,
+    /// Most messages processed between two commits.
+    pub batch_size: usize,
+    /// Set for a window function: how its records are cut into windows.
+    pub window: Option<WindowConfig>,
+    /// The topics the function may read and publish to.
+    pub topic_access: TopicAccess,
+}
+
+impl FunctionConfig {
+    /// The same function, limited to the topics `access` allows: every topic it names must be
+    /// one of them, and a topics pattern matches no others.
+    pub fn within(mut self, access: TopicAccess) -> Result<Self, NameError> {
+        let named = self.inputs.topics.iter().map(|topic| (topic, "input topic"));
+        let named = named
+            .chain(self.output.iter().map(|topic| (topic, "output topic")))
+            .chain(self.log_topic.iter().map(|topic| (topic, "log topic")))
+            .chain([(&self.dead_letter_topic, "dead-letter topic")])
+            .chain(
+                self.window.iter().flat_map(|window| &window.late_data_topic).map(|topic| (topic, "late-data topic")),
+            );
+        for (topic, role) in named {
+            access.check(topic, role)?;
+        }
+        self.inputs.pattern = self.inputs.pattern.map(|pattern| pattern.within(access.clone()));
+        self.topic_access = access;
+        Ok(self)
+    }
+
+    /// A function over `inputs` with the defaults: no output or log topic, the fully qualified
+    /// name as the subscription, starting at the earliest message, no user config or secrets,
+    /// the default memory and time limits, info-level logs, one instance, ATLEAST_ONCE without
+    /// ordering, the default retries, `<name>-DLQ` as the dead-letter topic and full batches.
+    pub fn new(fqfn: Fqfn, inputs: Vec<TopicName>) -> Self {
+        Self {
+            subscription: SubscriptionName::of_function(&fqfn),
+            dead_letter_topic: fqfn.default_dead_letter_topic(),
+            fqfn,
+            inputs: inputs.into(),
+            output: None,
+            log_topic: None,
+            initial_position: Position::Earliest,
+            user_config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            limits: InstanceLimits {
+                memory_bytes: DEFAULT_RAM_BYTES,
+                timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            },
+            log_level: LogLevel::Info,
+            guarantee: ProcessingGuarantee::AtLeastOnce,
+            ordering: Ordering::Unordered,
+            parallelism: 1,
+            max_message_retries: DEFAULT_MAX_MESSAGE_RETRIES,
+            ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
+            batch_size: MAX_BATCH_MESSAGES,
+            window: None,
+            topic_access: TopicAccess::Any,
+        }
+    }
+
+    /// The subscription type, derived as Pulsar derives it: effectively-once or retained ordering
+    /// needs failover, retained key ordering key-shared, anything else is shared.
+    pub fn subscription_type(&self) -> SubscriptionType {
+        match (self.guarantee, self.ordering) {
+            (ProcessingGuarantee::EffectivelyOnce, _) | (_, Ordering::Retain) => SubscriptionType::Failover,
+            (_, Ordering::RetainKey) => SubscriptionType::KeyShared,
+            (_, Ordering::Unordered) => SubscriptionType::Shared,
+        }
+    }
+
+    /// The consumer that instance `instance_id` of `num_instances` is.
+    pub fn subscription_spec(&self, instance_id: u32, num_instances: u32) -> SubscriptionSpec {
+        SubscriptionSpec {
+            inputs: self.inputs.clone(),
+            name: Some(self.subscription.clone()),
+            initial_position: self.initial_position,
+            subscription_type: self.subscription_type(),
+            key_shares: (instance_id, num_instances),
+            ack_timeout: (self.guarantee == ProcessingGuarantee::Manual).then_some(self.ack_timeout),
+        }
+    }
+
+    /// What instance `instance_id` of `num_instances` may ask about itself; `version` is the code's digest.
+    pub fn details(&self, version: &str, instance_id: u32, num_instances: u32) -> FunctionDetails {
+        FunctionDetails {
+            identity: Identity {
+                tenant: self.fqfn.tenant().into(),
+                namespace: self.fqfn.namespace().into(),
+                name: self.fqfn.name().into(),
+                function_id: self.fqfn.to_string(),
+                function_version: version.into(),
+                instance_id,
+                num_instances,
+            },
+            input_topics: self
+                .inputs
+                .topics
+                .iter()
+                .map(ToString::to_string)
+                .chain(self.inputs.pattern.iter().map(ToString::to_string))
+                .collect(),
+            output_topic: self.output.as_ref().map(ToString::to_string),
+            user_config: self.user_config.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+}
