@@ -118,7 +118,7 @@ pub struct FunctionConfig {
     pub guarantee: ProcessingGuarantee,
     /// The order messages must be processed in.
     pub ordering: Ordering,
-    /// How many instances the caller starts; [`run`] runs one per executor it is given.
+    /// How many instances the caller starts; [`run`](crate::instance::run) runs one per executor it is given.
     pub parallelism: u32,
     /// How many times a failed message is tried again before it goes to the dead-letter topic.
     pub max_message_retries: u32,

@@ -8,12 +8,13 @@
 
 use bincode::{Decode, Encode};
 
-use super::{Halt, RunError, RunUntil, commit_now};
+use super::executor::Executor;
+use super::pipeline::to_guest;
+use super::pipeline::{Halt, RunError, RunUntil, commit_now};
 use crate::engine::broker::{Acks, Message, MessageBody, OutMessage, Subscription};
 use crate::engine::clock::now_millis;
 use crate::engine::state::{Change, HOST_KEY_PREFIX};
 use crate::function::FunctionConfig;
-use crate::instance::{Executor, to_guest};
 use crate::limits::{MAX_STORED_WINDOW_RECORDS, MAX_WINDOW_BYTES};
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
@@ -109,7 +110,7 @@ pub(super) fn run_window_instance(
     until: RunUntil,
     halt: &Halt<'_>,
 ) -> Result<(), RunError> {
-    let instance_id = executor.context().instance_id;
+    let instance_id = executor.context().instance_id();
     let progress: Progress = match executor.context().read(&progress_key(instance_id))? {
         Some(bytes) => decode(&bytes, "window progress")?,
         None => Progress::default(),
@@ -187,7 +188,7 @@ pub(super) fn run_window_instance(
             };
             executor.context().stage(progress_key(instance_id), Change::Put(encode(&progress)));
             stats.last_invocation = Some(now);
-            stats.user_metrics = std::mem::take(&mut executor.context().metrics);
+            stats.user_metrics = executor.context().take_metrics();
             commit_now(subscription, acks, count, config, executor)?;
             metrics.record_batch(&stats);
         } else if until == RunUntil::Idle && subscription.drained() {
