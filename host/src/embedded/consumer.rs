@@ -1,0 +1,193 @@
+//! One consumer of a shared subscription: what a function instance or a REST call fetches
+//! through, commits with and leaves.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sled::Transactional;
+use sled::transaction::TransactionError;
+
+use super::cursor::{cursor_key, encode_cursor};
+use super::dispatch::SharedSubscription;
+use super::topic::{Topic, segments};
+use super::{CONSUMER_POLL, EmbeddedStore, lock, state_failed, storage};
+use crate::engine::broker::{BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, Subscription};
+use crate::engine::clock::now_millis;
+use crate::names::TopicName;
+
+/// One consumer of a [`SharedSubscription`].
+pub(super) struct EmbeddedConsumer {
+    store: EmbeddedStore,
+    shared: Arc<SharedSubscription>,
+    id: u64,
+    /// Set by the waker: the waiting fetch returns.
+    woken: Arc<AtomicBool>,
+}
+
+impl EmbeddedConsumer {
+    /// Consumer `id` of `shared`, which it has joined.
+    pub(super) fn new(store: EmbeddedStore, shared: Arc<SharedSubscription>, id: u64) -> Self {
+        Self { store, shared, id, woken: Arc::default() }
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        let mut subscriptions = lock(&self.store.inner.subscriptions);
+        self.shared.leave(self.id);
+        // The last consumer gone, the subscription is forgotten: its records are durable, and what
+        // was delivered without acknowledgement is delivered again when it is next opened.
+        if lock(&self.shared.state).consumers.is_empty()
+            && let Some(name) = &self.shared.name
+            && subscriptions.get(name).is_some_and(|shared| Arc::ptr_eq(shared, &self.shared))
+        {
+            subscriptions.remove(name);
+        }
+        drop(subscriptions);
+        self.shared.signal.notify();
+    }
+}
+
+impl Subscription for EmbeddedConsumer {
+    fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let seen = *lock(&self.shared.signal.generation);
+            let (messages, next_due) = self.shared.take(&self.store, self.id, max)?;
+            let now = Instant::now();
+            if !messages.is_empty() || now >= deadline {
+                return Ok(messages);
+            }
+            let mut pause = (deadline - now).min(CONSUMER_POLL);
+            if let Some(due) = next_due {
+                pause = pause.min(due.saturating_duration_since(now));
+            }
+            let generation = lock(&self.shared.signal.generation);
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Ok(messages);
+            }
+            if *generation == seen {
+                let _ = self.shared.signal.changed.wait_timeout(generation, pause);
+            }
+        }
+    }
+
+    fn waker(&self) -> FetchWaker {
+        let (shared, woken) = (self.shared.clone(), self.woken.clone());
+        Arc::new(move || {
+            woken.store(true, Ordering::Release);
+            shared.signal.notify();
+        })
+    }
+
+    fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let store = &self.store;
+        let commit_guard = lock(&shared.commit_lock);
+        let updates = shared.cursor_updates(&effects.acks);
+        if effects.is_empty() && (updates.is_empty() || shared.name.is_none()) {
+            if shared.apply(updates, &effects.acks) {
+                shared.signal.notify();
+            }
+            return Ok(());
+        }
+
+        // Group outputs by topic and lock the topics in name order, so that concurrent commits cannot deadlock.
+        let publish_time = now_millis();
+        let mut by_topic: BTreeMap<TopicName, Vec<MessageBody>> = BTreeMap::new();
+        for (topic, message) in effects.outputs {
+            by_topic.entry(topic).or_default().push(message.stamp(publish_time));
+        }
+        let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
+        let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
+        let appends: Vec<Vec<(u64, Vec<u8>)>> =
+            by_topic.values().zip(&nexts).map(|(bodies, next)| segments(**next, bodies)).collect();
+
+        let table = match &effects.state {
+            Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_table(fqfn).map_err(storage)?, changes)),
+            _ => None,
+        };
+        // Holds the function's state lock until the commit is applied in memory.
+        let state_write = match &table {
+            Some((table, changes)) => Some(table.prepare(&store.inner.db, changes).map_err(state_failed)?),
+            None => None,
+        };
+
+        let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors, &store.inner.state_log];
+        let first_topic_tree = trees.len();
+        trees.extend(topics.iter().map(|topic| &topic.tree));
+
+        let cursor_writes: Vec<(Vec<u8>, Vec<u8>)> = match &shared.name {
+            Some(name) => {
+                let cursors = lock(&shared.state);
+                updates
+                    .iter()
+                    .map(|(index, mark, acked)| {
+                        (cursor_key(name, &cursors.cursors[*index].topic.name), encode_cursor(*mark, acked))
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+
+        let result: Result<(), TransactionError<()>> =
+            trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
+                for (key, record) in &cursor_writes {
+                    views[0].insert(key.as_slice(), record.as_slice())?;
+                }
+                if let Some(write) = &state_write {
+                    views[1].insert(write.log_key(), write.encoded())?;
+                }
+                for (offset, topic_segments) in appends.iter().enumerate() {
+                    let view = &views[first_topic_tree + offset];
+                    for (first, segment) in topic_segments {
+                        view.insert(&first.to_be_bytes(), segment.as_slice())?;
+                    }
+                }
+                Ok(())
+            });
+        result.map_err(|error| match error {
+            TransactionError::Abort(()) => unreachable!("the commit's transaction never aborts"),
+            TransactionError::Storage(error) => storage(error),
+        })?;
+        let checkpoint_due = state_write.is_some_and(|write| write.committed());
+        // Outputs become readable before the acknowledgements show, so whoever sees a message
+        // acknowledged (trigger) also finds its output.
+        for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
+            **next += bodies.len() as u64;
+            topic.length.store(**next, Ordering::Release);
+        }
+        drop(nexts);
+        let released = shared.apply(updates, &effects.acks);
+        drop(commit_guard);
+        store.flush()?;
+        if released {
+            shared.signal.notify();
+        }
+        if !by_topic.is_empty() {
+            store.notify_appended(by_topic.keys());
+        }
+        if let Some((table, _)) = table.filter(|_| checkpoint_due) {
+            store.inner.checkpointer.request(&table);
+        }
+        Ok(())
+    }
+
+    fn drained(&self) -> bool {
+        self.shared.drained(self.id)
+    }
+
+    fn release(&self, messages: Vec<Message>) {
+        self.shared.release(self.id, &messages);
+    }
+}
+
+/// What a consumer asks to read, comparable: its named topics, sorted, and its pattern.
+pub(super) fn asked_inputs(inputs: &Inputs) -> (Vec<TopicName>, Option<String>) {
+    let mut topics = inputs.topics.clone();
+    topics.sort();
+    topics.dedup();
+    (topics, inputs.pattern.as_ref().map(ToString::to_string))
+}
