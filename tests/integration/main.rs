@@ -2,6 +2,7 @@
 
 mod cli_errors;
 mod cluster;
+mod conformance;
 mod crash;
 mod delivery;
 mod fuzz_corpus;

@@ -573,7 +573,8 @@ impl MetadataStore for NatsEngine {
     fn put_package(&self, digest: &str, bytes: &[u8]) -> Result<(), MetadataError> {
         let inner = &self.inner;
         inner.block_on(async {
-            if inner.packages.info(digest).await.is_ok() {
+            // A deleted object keeps its info, marked deleted: it is kept again, not taken as there.
+            if inner.packages.info(digest).await.is_ok_and(|info| !info.deleted) {
                 return Ok(());
             }
             inner.packages.put(digest, &mut &bytes[..]).await.map(drop).map_err(metadata_storage)
@@ -583,6 +584,13 @@ impl MetadataStore for NatsEngine {
     fn package(&self, digest: &str) -> Result<Option<Vec<u8>>, MetadataError> {
         let inner = &self.inner;
         inner.block_on(async {
+            // The object store reads a deleted object's chunks, which are gone, forever: its info
+            // says it is deleted.
+            match inner.packages.info(digest).await {
+                Ok(info) if info.deleted => return Ok(None),
+                Err(error) if error.kind() == object_store::InfoErrorKind::NotFound => return Ok(None),
+                _ => {}
+            }
             let mut object = match inner.packages.get(digest).await {
                 Ok(object) => object,
                 Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),

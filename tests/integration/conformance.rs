@@ -1,0 +1,539 @@
+//! One suite of the engine contract's semantics (`fnhost::engine`), run against both engines: the
+//! embedded one over a scratch data directory, and NATS JetStream on a loopback server of the
+//! test's own. Each behaviour is one generic function over a [`Rig`]; `conformance!` makes a test
+//! of it for each engine.
+//!
+//! What one engine does not give is declared here, with the reason, rather than skipped:
+//! - **A commit's atomicity.** The embedded engine writes a commit's outputs, state and cursors in
+//!   one sled transaction: after a crash all of it happened or none. NATS has no transaction
+//!   across streams: it writes the outputs (deduplicated by message id) and the state first and
+//!   acknowledges last, so after a crash between the two the effects are there and the messages
+//!   come again, and their second commit changes nothing. What both promise, and what
+//!   [`a_commit_makes_outputs_state_and_acknowledgements_visible_together`] checks, is that when
+//!   `commit` returns all of it is durable and readable.
+//! - **Refusing a join over other topics.** The embedded engine refuses a consumer that joins a
+//!   live subscription with other topics, type or key split (`BrokerError::Mismatch`). A NATS
+//!   consumer is one durable consumer per topic, so a join over other topics is a join of other
+//!   consumers; the subscription's name, which carries its tenant, is what keeps tenants apart
+//!   there ([`subscription_names_carry_their_tenant`]).
+//! - **Who a failover subscription's active consumer is.** The embedded engine gives everything to
+//!   the oldest open consumer and, when it leaves, to the next at once. On NATS the consumer of
+//!   key share 0 (instance 0) is the active one; the others stand by until the cluster's leader
+//!   places instance 0 again, on a live worker, which goes on after the acknowledged messages.
+//! - **Acknowledgements past a hole.** `is_acknowledged` on NATS is true only below the
+//!   consumer's acknowledgement floor: JetStream does not say which messages past the first
+//!   unacknowledged one were acknowledged. Trigger, its user, may therefore wait longer on NATS:
+//!   until the messages before its own are acknowledged too.
+//! - **A late copy after an ack timeout.** Under load, NATS may hand over a message's first
+//!   delivery after its redelivery was processed and acknowledged, which at-least-once allows;
+//!   the embedded engine never delivers a message again once it is acknowledged.
+//! - **Membership** (`Membership`) exists only in cluster mode; one process needs none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fnhost::embedded::{EmbeddedStore, OpenError};
+use fnhost::engine::Engine;
+use fnhost::engine::broker::{
+    Acks, BrokerError, Effects, Inputs, Message, OutMessage, Position, Subscription, SubscriptionSpec, SubscriptionType,
+};
+use fnhost::engine::state::{Change, StateChanges, StateValue};
+use fnhost::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
+use fnhost::nats::NatsEngine;
+
+use crate::cluster::Nats;
+
+/// Longest a test waits for messages it expects: long enough for a busy machine and for NATS's
+/// redelivery after its acknowledgement wait.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a test listens for messages that must not come.
+const QUIET: Duration = Duration::from_millis(1_500);
+
+/// An engine under test, and the storage it keeps across restarts.
+trait Rig {
+    /// A handle on the engine's storage; a second `open` after the first handle is dropped is a
+    /// restart.
+    fn open(&self) -> Arc<dyn Engine>;
+    /// Which engine this is, for the declarations above.
+    fn kind(&self) -> Kind;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Embedded,
+    Nats,
+}
+
+struct EmbeddedRig {
+    dir: tempfile::TempDir,
+}
+
+impl EmbeddedRig {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+}
+
+impl Rig for EmbeddedRig {
+    fn open(&self) -> Arc<dyn Engine> {
+        Arc::new(open_embedded(self.dir.path()))
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Embedded
+    }
+}
+
+/// Opens the store in `dir`; a store dropped a moment ago may still hold the directory's lock,
+/// since sled's background threads outlive the dropped handle.
+fn open_embedded(dir: &Path) -> EmbeddedStore {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match EmbeddedStore::open(dir) {
+            Err(OpenError::Locked(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
+struct NatsRig {
+    nats: Nats,
+}
+
+impl NatsRig {
+    fn new() -> Self {
+        Self { nats: Nats::start(1) }
+    }
+}
+
+impl Rig for NatsRig {
+    fn open(&self) -> Arc<dyn Engine> {
+        Arc::new(NatsEngine::connect(&self.nats.urls(), 1).unwrap())
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Nats
+    }
+}
+
+/// A test of each behaviour on each engine.
+macro_rules! conformance {
+    ($($behaviour:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $behaviour() { super::$behaviour(&super::EmbeddedRig::new()) })*
+        }
+        mod nats {
+            $(#[test] fn $behaviour() { super::$behaviour(&super::NatsRig::new()) })*
+        }
+    };
+}
+
+conformance!(
+    appends_are_fetched_dense_and_in_order,
+    individual_acknowledgements_and_their_holes_survive_a_restart,
+    shared_consumers_split_the_messages_without_overlap,
+    failover_gives_everything_to_the_first_consumer_and_the_rest_to_the_next,
+    key_shared_consumers_each_get_all_of_their_keys_in_order,
+    unacknowledged_messages_come_again_after_the_ack_timeout,
+    a_leaving_consumers_messages_go_to_the_others,
+    a_commit_makes_outputs_state_and_acknowledgements_visible_together,
+    state_reads_see_commits_and_counters_add_their_deltas,
+    a_pattern_subscription_reads_topics_created_after_it,
+    metadata_records_and_packages_are_kept_across_a_restart,
+    subscription_names_carry_their_tenant,
+);
+
+fn topic(name: &str) -> TopicName {
+    TopicName::parse(name).unwrap()
+}
+
+fn subscription(topic: &TopicName, local: &str) -> SubscriptionName {
+    SubscriptionName::on_topic(topic, local).unwrap()
+}
+
+fn spec(
+    inputs: &[&TopicName],
+    name: &SubscriptionName,
+    kind: SubscriptionType,
+    shares: (u32, u32),
+) -> SubscriptionSpec {
+    SubscriptionSpec {
+        inputs: inputs.iter().map(|topic| (*topic).clone()).collect::<Vec<_>>().into(),
+        name: Some(name.clone()),
+        initial_position: Position::Earliest,
+        subscription_type: kind,
+        key_shares: shares,
+        ack_timeout: None,
+    }
+}
+
+fn keyed(value: impl Into<Vec<u8>>, key: &str) -> OutMessage {
+    OutMessage { key: Some(key.into()), ..OutMessage::new(value) }
+}
+
+/// Fetches until `count` messages came (failing after [`PATIENCE`]).
+fn fetch_exactly(consumer: &dyn Subscription, count: usize) -> Vec<Message> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        assert!(Instant::now() < deadline, "{} of {count} messages came: {messages:?}", messages.len());
+        messages.extend(consumer.fetch(count - messages.len(), Duration::from_millis(500)).unwrap());
+    }
+    assert_eq!(messages.len(), count, "no more than asked for");
+    messages
+}
+
+/// Asserts that nothing comes to `consumer` for [`QUIET`].
+fn fetch_nothing(consumer: &dyn Subscription) {
+    let deadline = Instant::now() + QUIET;
+    while Instant::now() < deadline {
+        let messages = consumer.fetch(16, Duration::from_millis(250)).unwrap();
+        assert!(messages.is_empty(), "nothing more should come: {messages:?}");
+    }
+}
+
+fn acknowledge(consumer: &dyn Subscription, messages: &[Message]) {
+    consumer.commit(Effects { acks: Acks::of(messages), ..Effects::default() }).unwrap();
+}
+
+fn sequences(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|message| message.sequence).collect()
+}
+
+fn appends_are_fetched_dense_and_in_order(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("ordered");
+    let produced: Vec<OutMessage> =
+        (0..30).map(|index| keyed(format!("v{index}"), &format!("k{}", index % 3))).collect();
+    let mut ids = engine.produce(&input, produced[..10].to_vec()).unwrap();
+    ids.extend(engine.produce(&input, produced[10..].to_vec()).unwrap());
+    assert_eq!(ids, (0..30).collect::<Vec<u64>>(), "sequence numbers are dense and start at 0");
+    let consumer =
+        engine.subscribe(spec(&[&input], &subscription(&input, "s"), SubscriptionType::Failover, (0, 1))).unwrap();
+    let messages = fetch_exactly(consumer.as_ref(), 30);
+    assert_eq!(sequences(&messages), ids, "fetched in append order");
+    for (message, out) in messages.iter().zip(&produced) {
+        assert_eq!((&message.body.value, &message.body.key), (&out.value, &out.key));
+        assert_eq!((&message.topic, message.redelivery_count), (&input, 0));
+        assert!(message.body.publish_time > 0, "the broker stamps the publish time");
+    }
+}
+
+fn individual_acknowledgements_and_their_holes_survive_a_restart(rig: &dyn Rig) {
+    let input = topic("holes");
+    let name = subscription(&input, "s");
+    {
+        let engine = rig.open();
+        engine.produce(&input, (0..10).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+        let messages = fetch_exactly(consumer.as_ref(), 10);
+        let acked: Vec<Message> =
+            messages.into_iter().filter(|message| [0, 1, 2, 5, 7].contains(&message.sequence)).collect();
+        acknowledge(consumer.as_ref(), &acked);
+        assert!(engine.is_acknowledged(&name, &input, 2).unwrap(), "below the first hole");
+        if rig.kind() == Kind::Embedded {
+            // Declared above: NATS knows acknowledgements only up to the first hole.
+            for sequence in [5, 7] {
+                assert!(engine.is_acknowledged(&name, &input, sequence).unwrap(), "{sequence} is acknowledged");
+            }
+        }
+        assert!(!engine.is_acknowledged(&name, &input, 3).unwrap(), "3 is a hole");
+    }
+    let engine = rig.open();
+    let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    let mut again = sequences(&fetch_exactly(consumer.as_ref(), 5));
+    again.sort_unstable();
+    assert_eq!(again, [3, 4, 6, 8, 9], "exactly the holes come again");
+    fetch_nothing(consumer.as_ref());
+}
+
+fn shared_consumers_split_the_messages_without_overlap(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("shared");
+    let name = subscription(&input, "s");
+    let first = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    let second = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    engine.produce(&input, (0..40).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        assert!(Instant::now() < deadline, "{} of 40 messages came", seen.len());
+        for consumer in [&first, &second] {
+            let messages = consumer.fetch(5, Duration::from_millis(200)).unwrap();
+            acknowledge(consumer.as_ref(), &messages);
+            seen.extend(sequences(&messages));
+        }
+    }
+    let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!((seen.len(), distinct), (40, (0..40).collect()), "every message once, to one consumer");
+}
+
+fn failover_gives_everything_to_the_first_consumer_and_the_rest_to_the_next(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("failover");
+    let name = subscription(&input, "s");
+    // Two instances of a function, as the worker makes them: instance 0 of 2, then instance 1.
+    let first = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 2))).unwrap();
+    let standby = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (1, 2))).unwrap();
+    engine.produce(&input, (0..10).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    let taken = fetch_exactly(first.as_ref(), 4);
+    assert_eq!(sequences(&taken), [0, 1, 2, 3]);
+    acknowledge(first.as_ref(), &taken);
+    fetch_nothing(standby.as_ref());
+    drop(first);
+    let successor = match rig.kind() {
+        Kind::Embedded => standby,
+        // Declared above: on NATS the consumer of share 0 is the active one, and the instance
+        // takes over where the cluster's leader places instance 0 again.
+        Kind::Nats => engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 2))).unwrap(),
+    };
+    let rest = fetch_exactly(successor.as_ref(), 6);
+    assert_eq!(sequences(&rest), [4, 5, 6, 7, 8, 9], "the next consumer goes on in order after the acknowledged");
+}
+
+fn key_shared_consumers_each_get_all_of_their_keys_in_order(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("keyed");
+    let name = subscription(&input, "s");
+    let consumers: Vec<Box<dyn Subscription>> = (0..2)
+        .map(|share| engine.subscribe(spec(&[&input], &name, SubscriptionType::KeyShared, (share, 2))).unwrap())
+        .collect();
+    let produced: Vec<OutMessage> = (0..48).map(|index| keyed(vec![index], &format!("key-{}", index % 8))).collect();
+    engine.produce(&input, produced).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut by_consumer: Vec<BTreeMap<String, Vec<u64>>> = vec![BTreeMap::new(); 2];
+    while by_consumer.iter().flat_map(BTreeMap::values).map(Vec::len).sum::<usize>() < 48 {
+        assert!(Instant::now() < deadline, "not every message came: {by_consumer:?}");
+        for (consumer, keys) in consumers.iter().zip(&mut by_consumer) {
+            let messages = consumer.fetch(6, Duration::from_millis(200)).unwrap();
+            acknowledge(consumer.as_ref(), &messages);
+            for message in messages {
+                keys.entry(message.body.key.clone().unwrap()).or_default().push(message.sequence);
+            }
+        }
+    }
+    let keys: Vec<BTreeSet<&String>> = by_consumer.iter().map(|keys| keys.keys().collect()).collect();
+    assert!(keys[0].is_disjoint(&keys[1]), "a key goes to one consumer only: {keys:?}");
+    for (key, sequences) in by_consumer.iter().flatten() {
+        assert_eq!(sequences.len(), 6, "every message of {key}");
+        assert!(sequences.is_sorted(), "{key} in order: {sequences:?}");
+    }
+}
+
+fn unacknowledged_messages_come_again_after_the_ack_timeout(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("timeout");
+    let name = subscription(&input, "s");
+    let consumer = engine
+        .subscribe(SubscriptionSpec {
+            ack_timeout: Some(Duration::from_secs(1)),
+            ..spec(&[&input], &name, SubscriptionType::Shared, (0, 1))
+        })
+        .unwrap();
+    engine.produce(&input, (0..3).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    let first = fetch_exactly(consumer.as_ref(), 3);
+    assert!(first.iter().all(|message| message.redelivery_count == 0));
+    let again = fetch_exactly(consumer.as_ref(), 3);
+    let mut redelivered = sequences(&again);
+    redelivered.sort_unstable();
+    assert_eq!(redelivered, sequences(&first), "the same messages come again");
+    assert!(again.iter().all(|message| message.redelivery_count >= 1), "counted as redeliveries: {again:?}");
+    acknowledge(consumer.as_ref(), &again);
+    match rig.kind() {
+        Kind::Embedded => fetch_nothing(consumer.as_ref()),
+        // Declared above: a late first delivery may still come; it is one of the three.
+        Kind::Nats => {
+            let deadline = Instant::now() + QUIET;
+            while Instant::now() < deadline {
+                for late in consumer.fetch(16, Duration::from_millis(250)).unwrap() {
+                    assert!(redelivered.contains(&late.sequence), "only a late copy may come: {late:?}");
+                    acknowledge(consumer.as_ref(), &[late]);
+                }
+            }
+        }
+    }
+}
+
+fn a_leaving_consumers_messages_go_to_the_others(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("leaving");
+    let name = subscription(&input, "s");
+    let leaving = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    engine.produce(&input, (0..4).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    let taken = fetch_exactly(leaving.as_ref(), 4);
+    let staying = engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    drop(leaving);
+    let mut given = sequences(&fetch_exactly(staying.as_ref(), 4));
+    given.sort_unstable();
+    assert_eq!(given, sequences(&taken));
+}
+
+fn a_commit_makes_outputs_state_and_acknowledgements_visible_together(rig: &dyn Rig) {
+    let (input, output) = (topic("commit-in"), topic("commit-out"));
+    let name = subscription(&input, "s");
+    let fqfn = Fqfn::new("public", "default", "committer").unwrap();
+    {
+        let engine = rig.open();
+        engine.produce(&input, (0..3).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 1))).unwrap();
+        let messages = fetch_exactly(consumer.as_ref(), 3);
+        let mut changes = StateChanges::default();
+        changes.record("word".into(), Change::Put(b"hello".to_vec()));
+        changes.record("count".into(), Change::Add(3));
+        let outputs = messages.iter().map(|message| (output.clone(), OutMessage::new(message.body.value.clone())));
+        consumer
+            .commit(Effects {
+                acks: Acks::of(&messages),
+                outputs: outputs.collect(),
+                state: Some((fqfn.clone(), Arc::new(changes))),
+            })
+            .unwrap();
+        for message in &messages {
+            assert!(engine.is_acknowledged(&name, &input, message.sequence).unwrap());
+        }
+    }
+    // After a restart: the outputs are there, the state too, and nothing comes again.
+    let engine = rig.open();
+    let reader = engine
+        .subscribe(spec(&[&output], &subscription(&output, "reader"), SubscriptionType::Failover, (0, 1)))
+        .unwrap();
+    let outputs: Vec<Vec<u8>> =
+        fetch_exactly(reader.as_ref(), 3).into_iter().map(|message| message.body.value).collect();
+    assert_eq!(outputs, [vec![0], vec![1], vec![2]]);
+    let table = engine.table(&fqfn).unwrap();
+    assert_eq!(table.get("word").unwrap().map(|stored| stored.value), Some(StateValue::Bytes(b"hello".to_vec())));
+    assert_eq!(table.get("count").unwrap().map(|stored| stored.value), Some(StateValue::Counter(3)));
+    let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 1))).unwrap();
+    fetch_nothing(consumer.as_ref());
+}
+
+fn state_reads_see_commits_and_counters_add_their_deltas(rig: &dyn Rig) {
+    let engine = rig.open();
+    let fqfn = Fqfn::new("public", "default", "counter").unwrap();
+    let input = topic("deltas");
+    engine.produce(&input, (0..2).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    // Two instances of one function, each with its own subscription's consumer, commit deltas to
+    // the same counter: neither overwrites the other's.
+    let consumers: Vec<Box<dyn Subscription>> = ["a", "b"]
+        .iter()
+        .map(|local| {
+            engine.subscribe(spec(&[&input], &subscription(&input, local), SubscriptionType::Failover, (0, 1)))
+        })
+        .collect::<Result<_, BrokerError>>()
+        .unwrap();
+    for (consumer, delta) in consumers.iter().zip([2, 5]) {
+        let messages = fetch_exactly(consumer.as_ref(), 2);
+        let mut changes = StateChanges::default();
+        changes.record("total".into(), Change::Add(delta));
+        changes.record("gone".into(), Change::Delete);
+        consumer
+            .commit(Effects {
+                acks: Acks::of(&messages),
+                state: Some((fqfn.clone(), Arc::new(changes))),
+                ..Effects::default()
+            })
+            .unwrap();
+    }
+    let table = engine.table(&fqfn).unwrap();
+    assert_eq!(table.get("total").unwrap().map(|stored| stored.value), Some(StateValue::Counter(7)));
+    assert_eq!(table.get("gone").unwrap(), None);
+    // An operator's put is read back, and a later delta adds to it.
+    engine.put(&fqfn, "total", StateValue::Counter(100)).unwrap();
+    assert_eq!(
+        engine.table(&fqfn).unwrap().get("total").unwrap().map(|stored| stored.value),
+        Some(StateValue::Counter(100))
+    );
+    engine.delete_table(&fqfn).unwrap();
+    assert_eq!(engine.table(&fqfn).unwrap().get("total").unwrap(), None, "a deleted table reads empty");
+}
+
+fn a_pattern_subscription_reads_topics_created_after_it(rig: &dyn Rig) {
+    let engine = rig.open();
+    let old = topic("pattern-old");
+    engine.produce(&old, vec![OutMessage::new("old")]).unwrap();
+    engine.produce(&topic("other"), vec![OutMessage::new("not matched")]).unwrap();
+    let name = SubscriptionName::new("public", "default", "patterned").unwrap();
+    let consumer = engine
+        .subscribe(SubscriptionSpec {
+            inputs: Inputs {
+                topics: Vec::new(),
+                pattern: Some(TopicPattern::parse("pattern-.*", "public", "default").unwrap()),
+            },
+            name: Some(name),
+            initial_position: Position::Earliest,
+            subscription_type: SubscriptionType::Shared,
+            key_shares: (0, 1),
+            ack_timeout: None,
+        })
+        .unwrap();
+    let first = fetch_exactly(consumer.as_ref(), 1);
+    assert_eq!(first[0].topic, old);
+    acknowledge(consumer.as_ref(), &first);
+    let new = topic("pattern-new");
+    engine.produce(&new, vec![OutMessage::new("new")]).unwrap();
+    let later = fetch_exactly(consumer.as_ref(), 1);
+    assert_eq!((&later[0].topic, later[0].body.value.as_slice()), (&new, b"new".as_slice()));
+    acknowledge(consumer.as_ref(), &later);
+    fetch_nothing(consumer.as_ref());
+}
+
+fn metadata_records_and_packages_are_kept_across_a_restart(rig: &dyn Rig) {
+    {
+        let engine = rig.open();
+        for (key, value) in [("functions/b", "2"), ("functions/a", "1"), ("other/c", "3")] {
+            engine.put_record(key, value.as_bytes()).unwrap();
+        }
+        engine.put_record("functions/a", b"1 again").unwrap();
+        engine.put_package("digest-1", b"component").unwrap();
+        engine.put_package("digest-2", b"another").unwrap();
+        engine.remove_package("digest-2").unwrap();
+        // A package deleted and kept again (the same component created again after its GC) is there.
+        engine.put_package("digest-3", b"again").unwrap();
+        engine.remove_package("digest-3").unwrap();
+        engine.put_package("digest-3", b"again").unwrap();
+    }
+    let engine = rig.open();
+    let records = engine.records("functions/").unwrap();
+    assert_eq!(records, [("functions/a".to_owned(), b"1 again".to_vec()), ("functions/b".to_owned(), b"2".to_vec())]);
+    engine.remove_record("functions/a").unwrap();
+    assert_eq!(engine.records("functions/").unwrap().len(), 1);
+    assert_eq!(engine.package("digest-1").unwrap().as_deref(), Some(b"component".as_slice()));
+    assert_eq!(engine.package("digest-2").unwrap(), None, "a deleted package reads as none");
+    assert_eq!(engine.package("digest-3").unwrap().as_deref(), Some(b"again".as_slice()));
+    assert_eq!(engine.package("never-kept").unwrap(), None);
+}
+
+fn subscription_names_carry_their_tenant(rig: &dyn Rig) {
+    let (acme, evil) = (topic("acme/ns/t"), topic("evil/ns/t"));
+    let (acme_name, evil_name) = (subscription(&acme, "s"), subscription(&evil, "s"));
+    assert_ne!(acme_name, evil_name, "the same local name in two tenants is two subscriptions");
+    {
+        let engine = rig.open();
+        for input in [&acme, &evil] {
+            engine.produce(input, (0..3).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        }
+        let acme_consumer = engine.subscribe(spec(&[&acme], &acme_name, SubscriptionType::Shared, (0, 1))).unwrap();
+        let evil_consumer = engine.subscribe(spec(&[&evil], &evil_name, SubscriptionType::Shared, (0, 1))).unwrap();
+        let acme_messages = fetch_exactly(acme_consumer.as_ref(), 3);
+        assert!(acme_messages.iter().all(|message| message.topic == acme));
+        let evil_messages = fetch_exactly(evil_consumer.as_ref(), 3);
+        assert!(evil_messages.iter().all(|message| message.topic == evil));
+        acknowledge(evil_consumer.as_ref(), &evil_messages);
+        assert!(!engine.is_acknowledged(&acme_name, &acme, 0).unwrap(), "evil's acknowledgements are not acme's");
+        if rig.kind() == Kind::Embedded {
+            // Declared above: only the embedded engine compares a join's topics.
+            let joined = engine.subscribe(spec(&[&evil], &acme_name, SubscriptionType::Shared, (0, 1)));
+            assert!(matches!(joined, Err(BrokerError::Mismatch { .. })), "a join over other topics is refused");
+        }
+        drop((acme_consumer, evil_consumer));
+        // Deleting evil's subscription leaves acme's cursors alone.
+        engine.delete_subscription(&evil_name, &vec![evil.clone()].into()).unwrap();
+    }
+    let engine = rig.open();
+    let acme_consumer = engine.subscribe(spec(&[&acme], &acme_name, SubscriptionType::Shared, (0, 1))).unwrap();
+    let mut again = sequences(&fetch_exactly(acme_consumer.as_ref(), 3));
+    again.sort_unstable();
+    assert_eq!(again, [0, 1, 2], "acme's unacknowledged messages are still acme's");
+}
