@@ -354,7 +354,7 @@ impl Worker {
                 }
             }
             let Some(function) = lock(&self.functions).remove(&fqfn) else { continue };
-            super::drain(&function, None);
+            super::lifecycle::drain(&function, None);
             self.ledger.release(&fqfn);
             tracing::info!(%fqfn, "function deleted on another worker");
         }
@@ -385,7 +385,7 @@ impl Worker {
             known.record.spec == record.spec && known.record.digest == record.digest
         };
         if !same_config {
-            super::drain(&function, None);
+            super::lifecycle::drain(&function, None);
             let config = self.function_config(&record.spec)?;
             let prepared = match lock(&function).record.digest != record.digest {
                 true => Some(self.load_package(&record.digest)?.prepare::<MessageContext>()?),
@@ -407,7 +407,7 @@ impl Worker {
                     })
                     .collect()
             };
-            super::drain(&function, Some(&restarted));
+            super::lifecycle::drain(&function, Some(&restarted));
             let known = lock(&function);
             for &instance_id in &restarted {
                 if record.restarts.get(&instance_id) != known.record.restarts.get(&instance_id) {
