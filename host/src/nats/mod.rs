@@ -16,7 +16,9 @@
 //! The traits are synchronous and async-nats is not: the engine owns a small tokio runtime and
 //! blocks on it, from the instance threads and from the admin API's blocking pool alike.
 
+mod metadata;
 mod names;
+mod state;
 mod subscription;
 
 pub(crate) use subscription::Intent as CommitIntent;
@@ -29,17 +31,17 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bincode::Decode;
-use tokio::io::AsyncReadExt as _;
 
 use crate::codec::encode;
 use crate::engine::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
 use crate::engine::clock::now_millis;
-use crate::engine::metadata::{Membership, MetadataError, MetadataStore};
-use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
+use crate::engine::metadata::MetadataError;
+use crate::engine::state::{StateError, Versioned};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
+use metadata::records;
 
 pub use names::subject_matches;
-use names::{STATE_BUCKET_PREFIX, kv_key, kv_key_name, message_subject, token, topic_stream, topic_subject_prefix};
+use names::{STATE_BUCKET_PREFIX, kv_key, message_subject, token, topic_stream, topic_subject_prefix};
 
 /// The bucket of metadata records (function records, commit intents).
 const METADATA_BUCKET: &str = "fnhost-metadata";
@@ -388,19 +390,6 @@ impl Inner {
     }
 }
 
-/// A stored value in a state bucket.
-fn decode_state(fqfn: &Fqfn, key: &str, entry: kv::Entry) -> Result<Option<Versioned>, StateError> {
-    if entry.operation != kv::Operation::Put {
-        return Ok(None);
-    }
-    let value = decode::<StateValue>(&entry.value).map_err(|reason| StateError::Corrupt {
-        fqfn: fqfn.clone(),
-        key: key.into(),
-        reason,
-    })?;
-    Ok(Some(Versioned { value, version: entry.revision }))
-}
-
 impl Broker for NatsEngine {
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
         let inner = &self.inner;
@@ -456,218 +445,5 @@ impl Broker for NatsEngine {
                     && consumer.ack_floor.stream_sequence > sequence
             }))
         })
-    }
-}
-
-/// Every record of `bucket` whose (decoded) key starts with `prefix`, in key order.
-///
-/// The keys come from the stream's subjects and each value from its leader: async-nats's key
-/// listing makes a consumer, which kept timing out on NATS 2.9 after a server of the cluster died.
-async fn records(jetstream: &jetstream::Context, bucket: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-    use futures_util::TryStreamExt as _;
-    let stream = jetstream.get_stream(format!("KV_{bucket}")).await.map_err(|e| format!("opening {bucket}: {e}"))?;
-    let subjects: Vec<(String, usize)> = stream
-        .info_with_subjects(format!("$KV.{bucket}.>"))
-        .await
-        .map_err(|e| format!("listing {bucket}: {e}"))?
-        .try_collect()
-        .await
-        .map_err(|e| format!("listing {bucket}: {e}"))?;
-    let key_prefix = format!("$KV.{bucket}.");
-    let mut found = Vec::new();
-    for (subject, _) in subjects {
-        let Some(name) = subject.strip_prefix(&key_prefix).and_then(kv_key_name) else { continue };
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let message = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => message,
-            // Removed since the listing.
-            Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
-            Err(error) => return Err(format!("reading {name} in {bucket}: {error}")),
-        };
-        let removed =
-            message.headers.get("KV-Operation").is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
-        if !removed {
-            found.push((name, message.payload.to_vec()));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-impl StateStore for NatsEngine {
-    fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
-        let inner = &self.inner;
-        let store = inner.block_on(inner.table(fqfn))?;
-        let cache = inner.cache(fqfn);
-        cache.lock().unwrap().clear();
-        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache }))
-    }
-
-    fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
-        let inner = &self.inner;
-        inner.block_on(async {
-            let store = inner.table(fqfn).await?;
-            let version = store.put(kv_key(key), encode(&value).into()).await.map_err(state_storage)?;
-            let stored = Versioned { value, version };
-            remember(&inner.cache(fqfn), key, Some(stored.clone()));
-            Ok(stored)
-        })
-    }
-
-    fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
-        let inner = &self.inner;
-        let bucket = format!("{STATE_BUCKET_PREFIX}{}", token(&fqfn.to_string()));
-        inner.tables.lock().unwrap().remove(fqfn);
-        inner.caches.lock().unwrap().remove(fqfn);
-        inner.block_on(async {
-            match inner.jetstream.delete_key_value(&bucket).await {
-                Ok(_) => Ok(()),
-                Err(error) if error.to_string().contains("not found") => Ok(()),
-                Err(error) => Err(state_storage(error)),
-            }
-        })
-    }
-}
-
-/// A function's state bucket, read by one instance.
-struct NatsTable {
-    inner: Arc<Inner>,
-    fqfn: Fqfn,
-    store: kv::Store,
-    cache: ValueCache,
-}
-
-impl StateTable for NatsTable {
-    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        if let Some(known) = self.cache.lock().unwrap().get(key) {
-            return Ok(known.clone());
-        }
-        let entry = self.inner.block_on(self.store.entry(kv_key(key))).map_err(state_storage)?;
-        let stored = match entry {
-            Some(entry) => decode_state(&self.fqfn, key, entry)?,
-            None => None,
-        };
-        remember(&self.cache, key, stored.clone());
-        Ok(stored)
-    }
-}
-
-impl MetadataStore for NatsEngine {
-    fn put_record(&self, key: &str, value: &[u8]) -> Result<(), MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(inner.metadata.put(kv_key(key), value.to_vec().into())).map(drop).map_err(metadata_storage)
-    }
-
-    fn remove_record(&self, key: &str) -> Result<(), MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(inner.metadata.purge(kv_key(key))).map_err(metadata_storage)
-    }
-
-    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(records(&inner.jetstream, METADATA_BUCKET, prefix)).map_err(metadata_storage)
-    }
-
-    fn put_package(&self, digest: &str, bytes: &[u8]) -> Result<(), MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(async {
-            // A deleted object keeps its info, marked deleted: it is kept again, not taken as there.
-            if inner.packages.info(digest).await.is_ok_and(|info| !info.deleted) {
-                return Ok(());
-            }
-            inner.packages.put(digest, &mut &bytes[..]).await.map(drop).map_err(metadata_storage)
-        })
-    }
-
-    fn package(&self, digest: &str) -> Result<Option<Vec<u8>>, MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(async {
-            // The object store reads a deleted object's chunks, which are gone, forever: its info
-            // says it is deleted.
-            match inner.packages.info(digest).await {
-                Ok(info) if info.deleted => return Ok(None),
-                Err(error) if error.kind() == object_store::InfoErrorKind::NotFound => return Ok(None),
-                _ => {}
-            }
-            let mut object = match inner.packages.get(digest).await {
-                Ok(object) => object,
-                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(metadata_storage(error)),
-            };
-            let mut bytes = Vec::new();
-            object.read_to_end(&mut bytes).await.map_err(metadata_storage)?;
-            Ok(Some(bytes))
-        })
-    }
-
-    fn remove_package(&self, digest: &str) -> Result<(), MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(async {
-            match inner.packages.delete(digest).await {
-                Ok(()) => Ok(()),
-                Err(error) if error.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
-                Err(error) => Err(metadata_storage(error)),
-            }
-        })
-    }
-}
-
-impl Membership for NatsEngine {
-    fn lease(&self) -> Duration {
-        MEMBER_TTL
-    }
-
-    fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError> {
-        let inner = &self.inner;
-        let renewed = inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into()));
-        renewed.map(drop).map_err(|error| metadata_storage(format!("renewing membership: {error}")))
-    }
-
-    fn members(&self) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(records(&inner.jetstream, MEMBER_BUCKET, "")).map_err(metadata_storage)
-    }
-
-    fn lead(&self, worker: &str) -> Result<bool, MetadataError> {
-        let inner = &self.inner;
-        inner.block_on(async {
-            let current = inner
-                .leader
-                .entry(LEADER_KEY)
-                .await
-                .map_err(|e| metadata_storage(format!("reading the lease: {e}")))?;
-            let held = match current {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    if entry.value != worker.as_bytes() {
-                        return Ok(false);
-                    }
-                    inner.leader.update(LEADER_KEY, worker.as_bytes().to_vec().into(), entry.revision).await.is_ok()
-                }
-                _ => inner.leader.create(LEADER_KEY, worker.as_bytes().to_vec().into()).await.is_ok(),
-            };
-            Ok(held)
-        })
-    }
-
-    fn leader(&self) -> Result<Option<String>, MetadataError> {
-        let inner = &self.inner;
-        let entry = inner.block_on(inner.leader.entry(LEADER_KEY)).map_err(metadata_storage)?;
-        Ok(entry
-            .filter(|entry| entry.operation == kv::Operation::Put)
-            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned()))
-    }
-
-    fn leave(&self, worker: &str) {
-        let inner = &self.inner;
-        inner.block_on(async {
-            let _ = inner.members.purge(kv_key(worker)).await;
-            if let Ok(Some(entry)) = inner.leader.entry(LEADER_KEY).await
-                && entry.value == worker.as_bytes()
-            {
-                let _ = inner.leader.purge(LEADER_KEY).await;
-            }
-        });
     }
 }
