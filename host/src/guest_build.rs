@@ -97,7 +97,7 @@ const COMPONENTIZE_PY: Toolchain = Toolchain {
     variable: "FNHOST_COMPONENTIZE_PY",
     default_program: "componentize-py",
     version: COMPONENTIZE_PY_VERSION,
-    install: "install it with `pip install componentize-py==0.25.1` (or `pip install ./guest-sdk/python`), or set FNHOST_COMPONENTIZE_PY to its path",
+    install: "install it with `pip install componentize-py==0.25.1` (or `pip install './guest-sdk/python[build]'`), or set FNHOST_COMPONENTIZE_PY to its path",
 };
 
 const COMPONENTIZE_JS: Toolchain = Toolchain {

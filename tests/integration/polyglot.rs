@@ -345,7 +345,7 @@ fn fnhost_py_builds_a_component_that_runs_as_it_is() {
         .args(["build", &file, "--classname", "failing.Failing", "-o"])
         .arg(&wasm)
         .output()
-        .expect("fnhost-py is installed by `pip install ./guest-sdk/python` (scripts/test does it)");
+        .expect("fnhost-py is installed by `pip install './guest-sdk/python[build]'` (scripts/test does it)");
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     fnhost.produce("in", &["hello"]);
     let wasm = wasm.display().to_string();

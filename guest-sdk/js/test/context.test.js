@@ -149,3 +149,19 @@ test("a window function gets the window's span and values, the newest record as 
   assert.throws(() => processWindow({ start: 0n, end: 10n }, [record("fail", "3")]), (thrown) => thrown === "RangeError: asked to");
 });
 
+
+test("every export and every context method has a type declaration", async () => {
+  const { readFileSync } = await import("node:fs");
+  for (const [module, declarations] of [["../src/index.js", "../src/index.d.ts"], ["../src/testing.js", "../src/testing.d.ts"]]) {
+    const types = readFileSync(new URL(declarations, import.meta.url), "utf8");
+    for (const name of Object.keys(await import(module))) {
+      assert.match(types, new RegExp(`export (class|function) ${name}\\b`), `${name} is declared in ${declarations}`);
+    }
+  }
+  const types = readFileSync(new URL("../src/index.d.ts", import.meta.url), "utf8");
+  const context = types.slice(types.indexOf("export class Context"), types.indexOf("export interface Message"));
+  const { Context } = await import("../src/index.js");
+  for (const method of Object.getOwnPropertyNames(Context.prototype).filter((name) => !name.startsWith("_") && name !== "constructor")) {
+    assert.match(context, new RegExp(`\\b${method}\\(`), `Context.${method} is declared`);
+  }
+});

@@ -176,3 +176,26 @@ def test_lines_below_the_log_level_are_neither_formatted_nor_sent():
     logger.warning("kept %d", 1)
     logger.error("kept %d", 2)
     assert context.logs == [("warn", "kept 1"), ("error", "kept 2")]
+
+
+def test_a_failed_message_leaves_no_effects_behind_but_its_logs_and_metrics_stay():
+    def fails_after_writing(input, context):
+        context.put_state("kept", b"from the first message") if input == b"ok" else None
+        if input == b"ok":
+            return None
+        context.put_state("lost", b"x")
+        context.incr_counter("count", 5)
+        context.publish("persistent://public/default/out", b"lost")
+        context.ack()
+        context.get_logger().info("about to fail")
+        context.record_metric("tries", 1)
+        raise RuntimeError("boom")
+
+    context = MockContext()
+    context.process(fails_after_writing, b"ok")
+    with pytest.raises(RuntimeError, match="boom"):
+        context.process(fails_after_writing, b"fail")
+    assert context.state_values == {"kept": b"from the first message"}
+    assert context.counters == {} and context.published == [] and context.acked == 0
+    assert ("INFO", "about to fail") in [(level.upper(), text) for level, text in context.logs]
+    assert context.metrics["tries"] == [1]

@@ -3,7 +3,7 @@
     fnhost-py build session.py --classname session.SessionDuration -o session.wasm
 
 The component is what ``fnhost localrun --py`` builds and runs; ``--wasm session.wasm`` runs it
-as it is. The build needs componentize-py (a dependency of this package).
+as it is. The build needs componentize-py, which ``pip install "fnhost[build]"`` brings.
 """
 
 import argparse
@@ -63,7 +63,7 @@ def main() -> int:
     try:
         build(args.file, args.classname, args.output)
     except FileNotFoundError:
-        print("fnhost-py: componentize-py is not installed; run: pip install componentize-py==0.25.1", file=sys.stderr)
+        print("fnhost-py: componentize-py is not installed; run: pip install './guest-sdk/python[build]' (or componentize-py==0.25.1)", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as failed:
         print(f"fnhost-py: componentize-py failed (exit {failed.returncode}); see its message above", file=sys.stderr)

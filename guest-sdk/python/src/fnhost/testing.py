@@ -35,9 +35,10 @@ class MockContext(Context):
 
     ``logs`` holds ``(level, text)`` pairs, ``published`` ``(topic, value, key, properties)``
     tuples, ``metrics`` every observation by name, ``state_values`` the bytes by key and ``counters`` the
-    counters by key; ``acked`` counts acknowledgements. Unlike the host, effects are kept even when
-    ``process`` raises. ``log_level`` is the lowest level recorded, as ``--log-level`` is the lowest
-    the host writes.
+    counters by key; ``acked`` counts acknowledgements. As on the host, a message whose ``process``
+    raises leaves no state change, publish or acknowledgement behind (its log lines and metrics
+    stay), and the exception reaches the test. ``log_level`` is the lowest level recorded, as
+    ``--log-level`` is the lowest the host writes.
     """
 
     def __init__(
@@ -102,7 +103,13 @@ class MockContext(Context):
             )
         )
         runner = self._runners.setdefault(id(function), _Runner(function))
-        return runner.run(bytes(input), self)
+        before = (len(self.published), dict(self.state_values), dict(self.counters), self.acked)
+        try:
+            return runner.run(bytes(input), self)
+        except BaseException:
+            published, self.state_values, self.counters, self.acked = before
+            del self.published[published:]
+            raise
 
 
 class _MockHost:
