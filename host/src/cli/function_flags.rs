@@ -72,7 +72,7 @@ pub(crate) struct FunctionFlags {
     subs_name: Option<String>,
     /// Where a new subscription starts. fnhost defaults to earliest (Pulsar: latest), see docs.
     #[arg(long, value_enum)]
-    subs_position: Option<Position>,
+    subs_position: Option<PositionFlag>,
     /// When messages are acknowledged: before processing, after their effects commit (with or
     /// without failover ordering), or when the function acknowledges them [default: ATLEAST_ONCE].
     #[arg(long, value_enum, ignore_case = true)]
@@ -288,7 +288,7 @@ impl FunctionFlags {
             dead_letter_topic: self.dead_letter_topic,
             max_message_retries: self.max_message_retries,
             sub_name: self.subs_name,
-            subscription_position: self.subs_position,
+            subscription_position: self.subs_position.map(Position::from),
             processing_guarantees: self.processing_guarantees,
             retain_ordering: self.retain_ordering.then_some(true),
             retain_key_ordering: self.retain_key_ordering.then_some(true),
@@ -342,6 +342,25 @@ fn parse_json(flag: &str, text: Option<&str>) -> anyhow::Result<Option<serde_jso
 fn resources(ram: Option<String>, cpu: Option<f64>, disk: Option<u64>) -> Option<Resources> {
     let resources = Resources { ram: ram.map(RamSize::Text), cpu, disk };
     (resources != Resources::default()).then_some(resources)
+}
+
+/// Where a subscription starts, as `--subs-position` and `consume --position` take it: the
+/// engine's [`Position`], which carries no CLI derive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PositionFlag {
+    /// From the first message still in the topic.
+    Earliest,
+    /// From the next message appended after the subscription is created.
+    Latest,
+}
+
+impl From<PositionFlag> for Position {
+    fn from(flag: PositionFlag) -> Self {
+        match flag {
+            PositionFlag::Earliest => Self::Earliest,
+            PositionFlag::Latest => Self::Latest,
+        }
+    }
 }
 
 #[cfg(test)]

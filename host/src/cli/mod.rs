@@ -17,7 +17,7 @@ mod functions;
 mod new;
 
 use crate::embedded::EmbeddedStore;
-use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, Position, SubscriptionSpec};
+use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, SubscriptionSpec};
 use crate::engine::state::StateStore;
 use crate::guest_build::Builder;
 use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
@@ -32,6 +32,7 @@ use crate::worker::disk_guard::DiskGuard;
 use crate::worker::{Worker, WorkerConfig, admin, message_json};
 use client::{Body, Client};
 pub(crate) use function_flags::FunctionFlags;
+use function_flags::PositionFlag;
 
 /// The data directory used when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = "./fnhost-data";
@@ -179,8 +180,8 @@ struct ConsumeArgs {
     #[arg(short = 's', long)]
     subscription: Option<String>,
     /// Where to start when the subscription is new (or always, without --subscription).
-    #[arg(long, value_enum, default_value_t = Position::Earliest)]
-    position: Position,
+    #[arg(long, value_enum, default_value_t = PositionFlag::Earliest)]
+    position: PositionFlag,
     /// Exit at the end of the topic instead of waiting for more.
     #[arg(long)]
     until_idle: bool,
@@ -457,7 +458,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let store = open_store(&args.data)?;
     let name = args.subscription.as_deref().map(|local| SubscriptionName::on_topic(&topic, local)).transpose()?;
-    let subscription = store.subscribe(SubscriptionSpec::single(vec![topic], name, args.position))?;
+    let subscription = store.subscribe(SubscriptionSpec::single(vec![topic], name, args.position.into()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed))
@@ -493,8 +494,8 @@ fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyh
     let subscription = args.subscription.as_deref().expect("clap requires --subscription with --url");
     let path = format!("{}/subscription/{}", topic_path(topic), client::encode_segment(subscription));
     let position = match args.position {
-        Position::Earliest => "Earliest",
-        Position::Latest => "Latest",
+        PositionFlag::Earliest => "Earliest",
+        PositionFlag::Latest => "Latest",
     };
     let wait_ms = if args.until_idle { 0 } else { 1000 };
     let mut printed = 0u64;

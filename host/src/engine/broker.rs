@@ -11,8 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
-
 use crate::engine::state::StateChanges;
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 
@@ -48,7 +46,7 @@ pub fn key_route(key: &str) -> u64 {
 }
 
 /// What is stored for each message.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MessageBody {
     /// The payload.
     pub value: Vec<u8>,
@@ -97,7 +95,7 @@ impl OutMessage {
 }
 
 /// Where a new subscription starts reading (Pulsar's `SubscriptionInitialPosition`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Position {
     /// From the first message still in the topic.
     #[default]

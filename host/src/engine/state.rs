@@ -6,12 +6,10 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use bincode::{Decode, Encode};
-
 use crate::names::Fqfn;
 
 /// A stored value: plain bytes, or a 64-bit counter.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateValue {
     /// Bytes, as the function put them.
     Bytes(Vec<u8>),
@@ -30,7 +28,7 @@ impl StateValue {
 }
 
 /// A value with the version at which it was last written.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned {
     /// The value.
     pub value: StateValue,
