@@ -22,11 +22,17 @@ impl TokenBucket {
 
     /// Takes one token at `now`, or says how long until there is one.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.has_one(now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Ok if [`Self::take`] would take a token at `now`, or how long until it would; takes none.
+    pub fn has_one(&mut self, now: Instant) -> Result<(), Duration> {
         self.fill(now);
         if self.tokens < 1.0 {
             return Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second));
         }
-        self.tokens -= 1.0;
         Ok(())
     }
 

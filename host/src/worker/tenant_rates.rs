@@ -79,12 +79,8 @@ impl TenantRates {
         if per_minute == 0 {
             return self.take_change_at(tenant, per_minute, now);
         }
-        let ready = |bucket: &mut TokenBucket| {
-            let mut copy = *bucket;
-            copy.take(now)
-        };
         self.changes
-            .with(tenant, now, || change_bucket(per_minute, now), ready)
+            .with(tenant, now, || change_bucket(per_minute, now), |bucket| bucket.has_one(now))
             .map_err(|wait| changing_too_fast(tenant, per_minute, wait))
     }
 

@@ -105,9 +105,9 @@ async fn blocking<T: Send + 'static>(
 /// Holds a request of `tenant` while its rates or caps refuse it, waiting without a thread as
 /// long as each refusal says, then lets it through; answers the refusal once
 /// [`MAX_REFUSAL_HOLD_MS`] have passed, or at once if the tenant already has
-/// [`MAX_HELD_REQUESTS_PER_TENANT`](crate::limits::MAX_HELD_REQUESTS_PER_TENANT) held. A client that tries again as soon as it is refused is
-/// thus slowed to what its quota allows, and costs the worker a refusal a second per request it
-/// has open, not one per try. Only waits: the request's own operation checks again and may still
+/// [`MAX_HELD_REQUESTS_PER_TENANT`](crate::limits::MAX_HELD_REQUESTS_PER_TENANT) held. A client
+/// that tries again as soon as it is refused is thus slowed to what its quota allows, and costs
+/// the worker a refusal a second per request it has open, not one per try. Only waits: the request's own operation checks again and may still
 /// refuse (another of the tenant's requests can take what this one waited for).
 async fn hold_until_ready(worker: &Worker, tenant: &str, request: Metered) -> ApiResult<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(MAX_REFUSAL_HOLD_MS);
