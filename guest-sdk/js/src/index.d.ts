@@ -13,11 +13,11 @@ export type Output = Bytes | number | boolean | bigint | object | null | undefin
 /** A counter: a number while it is exact, a BigInt beyond that. */
 export type Counter = number | bigint;
 
-/** A context call the host refused; `kind` is the WIT case (`limit-exceeded`, `not-permitted`, `wrong-kind`, ...). */
+/** A context call the host refused; `kind` is the WIT case (`limit-exceeded`, `wrong-kind`, `invalid-argument`, `not-permitted`, or `host-failure` when the host's storage failed and the message will be tried again). */
 export class ContextError extends Error {
-  constructor(kind: string, message: string);
+  constructor(kind: ContextError["kind"], message: string);
   readonly name: "ContextError";
-  readonly kind: string;
+  readonly kind: "limit-exceeded" | "wrong-kind" | "invalid-argument" | "not-permitted" | "host-failure";
 }
 
 /** The bytes written to the output topic for a value `process` returned, or undefined for none. */

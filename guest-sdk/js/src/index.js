@@ -10,7 +10,7 @@
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** A context call the host refused; `kind` is the WIT case (`limit-exceeded`, ...). */
+/** A context call the host refused; `kind` is the WIT case (`limit-exceeded`, `wrong-kind`, `invalid-argument`, `not-permitted`, `host-failure`). */
 export class ContextError extends Error {
   constructor(kind, message) {
     super(message);

@@ -63,8 +63,8 @@ pub mod __private {
             default_bindings_module: "::fnhost_guest::__private::window_bindings",
             runtime_path: "::fnhost_guest::__private::wit_bindgen::rt",
             with: {
-                "fnhost:function/types@0.2.0": super::bindings::fnhost::function::types,
-                "fnhost:function/context@0.2.0": super::bindings::fnhost::function::context,
+                "fnhost:function/types@0.3.0": super::bindings::fnhost::function::types,
+                "fnhost:function/context@0.3.0": super::bindings::fnhost::function::context,
             },
         });
     }
@@ -540,6 +540,9 @@ pub enum ContextError {
     InvalidArgument(String),
     /// The function may not do this.
     NotPermitted(String),
+    /// The host could not serve the call (its storage failed); the message fails and is tried
+    /// again whatever the function returns, so there is nothing to handle.
+    HostFailure(String),
 }
 
 impl From<raw::ContextError> for ContextError {
@@ -549,6 +552,7 @@ impl From<raw::ContextError> for ContextError {
             raw::ContextError::WrongKind(text) => Self::WrongKind(text),
             raw::ContextError::InvalidArgument(text) => Self::InvalidArgument(text),
             raw::ContextError::NotPermitted(text) => Self::NotPermitted(text),
+            raw::ContextError::HostFailure(text) => Self::HostFailure(text),
         }
     }
 }
@@ -560,6 +564,7 @@ impl fmt::Display for ContextError {
             Self::WrongKind(text) => write!(f, "wrong kind of value: {text}"),
             Self::InvalidArgument(text) => write!(f, "invalid argument: {text}"),
             Self::NotPermitted(text) => write!(f, "not permitted: {text}"),
+            Self::HostFailure(text) => write!(f, "the host could not serve this call: {text}"),
         }
     }
 }

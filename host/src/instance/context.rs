@@ -370,7 +370,7 @@ impl MessageContext {
     /// Records a host failure: the message fails as a system exception whatever the function does next.
     fn fail_host(&mut self, reason: String) -> ContextError {
         self.host_failure = Some(reason.clone());
-        ContextError::NotPermitted(format!("the host could not serve this call: {reason}"))
+        ContextError::HostFailure(reason)
     }
 
     fn topic(&mut self, name: &str) -> Result<TopicName, ContextError> {
@@ -586,5 +586,40 @@ impl PendingBatch {
             .collect();
         drop(retired);
         Effects { acks, outputs, state }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::Versioned;
+
+    /// A state table whose storage has failed.
+    struct FailedStorage;
+
+    impl StateTable for FailedStorage {
+        fn get(&self, _key: &str) -> Result<Option<Versioned>, StateError> {
+            Err(StateError::Storage("the disk is gone".into()))
+        }
+    }
+
+    /// A storage failure reaches the function as `host-failure`, not as a refusal it caused, and
+    /// the call fails as a system exception even when the function handles the error and returns.
+    #[test]
+    fn a_storage_failure_is_a_host_failure_and_fails_the_call_whatever_the_function_returns() {
+        let config = FunctionConfig::new(Fqfn::parse("a/b/c").unwrap(), vec![TopicName::parse("in").unwrap()]);
+        let mut context = MessageContext::new(&config, 0, Box::new(FailedStorage), LogSink::default());
+        context.begin_window();
+        match context.get_state("k".into()) {
+            Err(ContextError::HostFailure(reason)) => assert!(reason.contains("the disk is gone"), "{reason}"),
+            other => panic!("expected a host failure, got {other:?}"),
+        }
+        match context.end_window(Ok(None)) {
+            Err(ProcessError::System(reason)) => assert!(reason.contains("the disk is gone"), "{reason}"),
+            other => panic!("expected a system exception, got {other:?}"),
+        }
+        // The next call starts clean.
+        context.begin_window();
+        assert!(context.end_window(Ok(None)).is_ok());
     }
 }

@@ -40,6 +40,7 @@ __all__ = [
     "WrongKind",
     "InvalidArgument",
     "NotPermitted",
+    "HostFailure",
     "encode_output",
 ]
 
@@ -84,6 +85,13 @@ class InvalidArgument(ContextError):
 
 class NotPermitted(ContextError):
     """The function may not do this (for example publish to a topic it may not reach)."""
+
+
+class HostFailure(ContextError):
+    """The host could not serve the call (its storage failed); nothing the function did is wrong.
+
+    The message fails and is tried again whatever the function returns, so there is nothing to handle.
+    """
 
 
 @dataclass

@@ -16,7 +16,7 @@ from componentize_py_types import Err, Ok
 from wit_world.imports import context as host
 from wit_world.imports import types
 
-from . import Context, InvalidArgument, LimitExceeded, NotPermitted, Window, WrongKind, _Runner
+from . import Context, HostFailure, InvalidArgument, LimitExceeded, NotPermitted, Window, WrongKind, _Runner
 
 _LEVELS = {
     "trace": types.LogLevel.TRACE,
@@ -32,6 +32,7 @@ _ERRORS = {
     types.ContextError_WrongKind: WrongKind,
     types.ContextError_InvalidArgument: InvalidArgument,
     types.ContextError_NotPermitted: NotPermitted,
+    types.ContextError_HostFailure: HostFailure,
 }
 
 
