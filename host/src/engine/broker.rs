@@ -238,6 +238,10 @@ pub enum BrokerError {
     /// The underlying storage failed; the operation had no effect.
     #[error("topic storage failed: {0}")]
     Storage(String),
+    /// The underlying storage cannot serve the call for now (a timeout, a cluster electing a
+    /// leader): trying the same call again soon may succeed. Only the cluster engine gives it.
+    #[error("topic storage is unavailable for now: {0}")]
+    Unavailable(String),
     /// A stored message could not be decoded: the data directory is damaged or from another version.
     #[error(
         "message {sequence} in {topic} cannot be decoded ({reason}); the data directory is damaged or was written by an incompatible fnhost"

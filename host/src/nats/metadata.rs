@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use tokio::io::AsyncReadExt as _;
 
+use super::failure::Failure;
 use super::names::{kv_key, kv_key_name};
 use super::{LEADER_KEY, MEMBER_BUCKET, MEMBER_TTL, METADATA_BUCKET, NatsEngine, metadata_storage};
 use crate::engine::metadata::{Membership, MetadataError, MetadataStore};
@@ -18,16 +19,19 @@ pub(super) async fn records(
     jetstream: &jetstream::Context,
     bucket: &str,
     prefix: &str,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
     use futures_util::TryStreamExt as _;
-    let stream = jetstream.get_stream(format!("KV_{bucket}")).await.map_err(|e| format!("opening {bucket}: {e}"))?;
+    let stream = jetstream
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| Failure::of(&e).while_(format!("opening {bucket}")))?;
     let subjects: Vec<(String, usize)> = stream
         .info_with_subjects(format!("$KV.{bucket}.>"))
         .await
-        .map_err(|e| format!("listing {bucket}: {e}"))?
+        .map_err(|e| Failure::of(&e).while_(format!("listing {bucket}")))?
         .try_collect()
         .await
-        .map_err(|e| format!("listing {bucket}: {e}"))?;
+        .map_err(|e| Failure::of(&e).while_(format!("listing {bucket}")))?;
     let key_prefix = format!("$KV.{bucket}.");
     let mut found = Vec::new();
     for (subject, _) in subjects {
@@ -39,7 +43,7 @@ pub(super) async fn records(
             Ok(message) => message,
             // Removed since the listing.
             Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
-            Err(error) => return Err(format!("reading {name} in {bucket}: {error}")),
+            Err(error) => return Err(Failure::of(&error).while_(format!("reading {name} in {bucket}"))),
         };
         let removed =
             message.headers.get("KV-Operation").is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
@@ -119,7 +123,7 @@ impl Membership for NatsEngine {
     fn heartbeat(&self, worker: &str, info: &[u8]) -> Result<(), MetadataError> {
         let inner = &self.inner;
         let renewed = inner.block_on(inner.members.put(kv_key(worker), info.to_vec().into()));
-        renewed.map(drop).map_err(|error| metadata_storage(format!("renewing membership: {error}")))
+        renewed.map(drop).map_err(|error| metadata_storage(Failure::of(&error).while_("renewing membership")))
     }
 
     fn members(&self) -> Result<Vec<(String, Vec<u8>)>, MetadataError> {
@@ -134,7 +138,7 @@ impl Membership for NatsEngine {
                 .leader
                 .entry(LEADER_KEY)
                 .await
-                .map_err(|e| metadata_storage(format!("reading the lease: {e}")))?;
+                .map_err(|e| metadata_storage(Failure::of(&e).while_("reading the lease")))?;
             let held = match current {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     if entry.value != worker.as_bytes() {

@@ -16,6 +16,7 @@
 //! The traits are synchronous and async-nats is not: the engine owns a small tokio runtime and
 //! blocks on it, from the instance threads and from the admin API's blocking pool alike.
 
+mod failure;
 mod metadata;
 mod names;
 mod state;
@@ -32,6 +33,7 @@ use async_nats::ServerAddr;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bincode::Decode;
 
+use self::failure::Failure;
 use crate::codec::encode;
 use crate::engine::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
 use crate::engine::clock::now_millis;
@@ -145,26 +147,24 @@ struct Inner {
 }
 
 /// True for failures that pass: no stream yet for the subject, no leader, a timeout.
-pub(crate) fn is_transient(error: &BrokerError) -> bool {
-    is_passing(&error.to_string())
+fn is_transient(error: &BrokerError) -> bool {
+    matches!(error, BrokerError::Unavailable(_))
 }
 
-fn is_passing(error: &str) -> bool {
-    ["no stream found", "timed out", "no responders", "leader", "no suitable peers"]
-        .iter()
-        .any(|passing| error.contains(passing))
+/// A failed call as the broker port's error, sorted by its kind; fnhost's own findings (text,
+/// such as an undecodable record) last.
+fn storage(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BrokerError {
+    Failure::of(&*error.into()).into()
 }
 
-fn storage(error: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Storage(format!("NATS: {error}"))
+/// A failed call as the state port's error.
+fn state_storage(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StateError {
+    Failure::of(&*error.into()).into()
 }
 
-fn state_storage(error: impl std::fmt::Display) -> StateError {
-    StateError::Storage(format!("NATS: {error}"))
-}
-
-fn metadata_storage(error: impl std::fmt::Display) -> MetadataError {
-    MetadataError(format!("NATS: {error}"))
+/// A failed call as the metadata port's error.
+fn metadata_storage(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> MetadataError {
+    Failure::of(&*error.into()).into()
 }
 
 fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
@@ -193,7 +193,7 @@ impl NatsEngine {
                     .connection_timeout(Duration::from_secs(5))
                     .connect(addresses.as_slice())
                     .await
-                    .map_err(|error| error.to_string())?;
+                    .map_err(|error| Failure::of(&error).while_("connecting"))?;
                 let mut jetstream = jetstream::new(client.clone());
                 jetstream.set_timeout(REQUEST_TIMEOUT);
                 // A cluster that is starting too may not know all its servers yet ("no suitable
@@ -201,7 +201,7 @@ impl NatsEngine {
                 let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
                 let metadata = loop {
                     match open_bucket(&jetstream, METADATA_BUCKET, replicas, Duration::ZERO).await {
-                        Err(error) if tokio::time::Instant::now() < deadline && is_passing(&error) => {
+                        Err(error) if tokio::time::Instant::now() < deadline && error.passes() => {
                             tokio::time::sleep(RETRY_PAUSE).await;
                         }
                         opened => break opened?,
@@ -218,11 +218,11 @@ impl NatsEngine {
                             ..Default::default()
                         })
                         .await
-                        .map_err(|error| format!("cannot create the package store: {error}"))?,
+                        .map_err(|error| Failure::of(&error).while_("cannot create the package store"))?,
                 };
-                Ok::<_, String>((client, jetstream, metadata, packages, members, leader))
+                Ok::<_, Failure>((client, jetstream, metadata, packages, members, leader))
             })
-            .map_err(unavailable)?;
+            .map_err(|failure| unavailable(failure.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 runtime,
@@ -255,7 +255,7 @@ async fn open_bucket(
     bucket: &str,
     replicas: usize,
     max_age: Duration,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, Failure> {
     jetstream
         .get_or_create_stream(stream::Config {
             name: format!("KV_{bucket}"),
@@ -271,8 +271,11 @@ async fn open_bucket(
             ..Default::default()
         })
         .await
-        .map_err(|error| format!("cannot create the bucket {bucket}: {error}"))?;
-    jetstream.get_key_value(bucket).await.map_err(|error| format!("cannot open the bucket {bucket}: {error}"))
+        .map_err(|error| Failure::of(&error).while_(format!("cannot create the bucket {bucket}")))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|error| Failure::of(&error).while_(format!("cannot open the bucket {bucket}")))
 }
 
 impl Inner {
@@ -296,7 +299,7 @@ impl Inner {
                 ..Default::default()
             })
             .await
-            .map_err(|error| storage(format!("cannot open the stream of {topic}: {error}")))?;
+            .map_err(|error| storage(Failure::of(&error).while_(format!("cannot open the stream of {topic}"))))?;
         self.streams.lock().unwrap().insert(topic.clone(), stream.clone());
         Ok(stream)
     }

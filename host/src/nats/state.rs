@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::kv;
 
+use super::failure::is_not_found;
 use super::names::{STATE_BUCKET_PREFIX, kv_key, token};
 use super::{Inner, NatsEngine, ValueCache, decode, remember, state_storage};
 use crate::codec::encode;
@@ -52,7 +53,7 @@ impl StateStore for NatsEngine {
         inner.block_on(async {
             match inner.jetstream.delete_key_value(&bucket).await {
                 Ok(_) => Ok(()),
-                Err(error) if error.to_string().contains("not found") => Ok(()),
+                Err(error) if is_not_found(&error) => Ok(()),
                 Err(error) => Err(state_storage(error)),
             }
         })

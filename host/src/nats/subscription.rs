@@ -10,6 +10,7 @@ use async_nats::jetstream::kv;
 use bincode::{Decode, Encode};
 use futures_util::StreamExt as _;
 
+use super::failure::Failure;
 use super::names::{key_share_filter, kv_key, token};
 use super::{CLUSTER_ACK_WAIT, Inner, ValueCache, decode, encode, remember, storage};
 use crate::engine::broker::{
@@ -40,7 +41,7 @@ const SHORTEST_WAIT: Duration = Duration::from_millis(5);
 async fn within<T>(limit: Duration, next: impl Future<Output = Option<T>>) -> Result<Option<T>, BrokerError> {
     tokio::time::timeout(limit, next)
         .await
-        .map_err(|_| storage(format!("a pull from NATS got no answer within {} s", limit.as_secs())))
+        .map_err(|_| Failure::passing(format!("a pull got no answer within {} s", limit.as_secs())).into())
 }
 
 /// True when the consumer named `consumer` is one of the durable subscription whose token is `durable`.
@@ -644,19 +645,23 @@ async fn apply_shared(
                 };
                 let value = change.apply(stored).expect("an increment leaves a counter");
                 let bytes = encode(&value).into();
+                // Another instance wrote the key in between: read it again.
                 let written = match revision {
-                    Some(revision) => store.update(key, bytes, revision).await.map_err(|e| e.to_string()),
-                    None => store.create(key, bytes).await.map_err(|e| e.to_string()),
+                    Some(revision) => match store.update(key, bytes, revision).await {
+                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                        written => written.map_err(storage),
+                    },
+                    None => match store.create(key, bytes).await {
+                        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                        written => written.map_err(storage),
+                    },
                 };
-                match written {
-                    Ok(version) => {
-                        remember(cache, name, Some(Versioned { value, version }));
-                        break Ok(());
-                    }
-                    // Another instance wrote the key in between: read it again.
-                    Err(error) if error.contains("wrong last sequence") || error.contains("exists") => continue,
-                    Err(error) => break Err(storage(error)),
-                }
+                let version = match written {
+                    Ok(version) => version,
+                    Err(error) => break Err(error),
+                };
+                remember(cache, name, Some(Versioned { value, version }));
+                break Ok(());
             },
         }
     });
