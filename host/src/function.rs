@@ -10,28 +10,9 @@ use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_BATCH_MESSAGES,
 };
 use crate::names::{Fqfn, NameError, SubscriptionName, TopicAccess, TopicName};
+pub use crate::runtime::FunctionKind;
 use crate::runtime::{FunctionDetails, Identity, InstanceLimits, LogLevel};
 use crate::window::WindowConfig;
-
-/// The kind of a function: which WIT world its component exports, and so how the instance loop
-/// calls it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FunctionKind {
-    /// `function`: one message at a time, in batches.
-    Function,
-    /// `window-function`: one window's records at a time.
-    WindowFunction,
-}
-
-impl FunctionKind {
-    /// The world's name in `wit/function.wit`.
-    pub fn wit_name(self) -> &'static str {
-        match self {
-            Self::Function => "function",
-            Self::WindowFunction => "window-function",
-        }
-    }
-}
 
 /// Where a function's code comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +116,20 @@ pub struct FunctionConfig {
 }
 
 impl FunctionConfig {
+    /// The kind of function this config runs: a window function exactly when it has window settings.
+    pub fn kind(&self) -> FunctionKind {
+        if self.window.is_some() { FunctionKind::WindowFunction } else { FunctionKind::Function }
+    }
+
+    /// Checks that a component of kind `component` is what this config runs.
+    pub fn check_kind(&self, component: FunctionKind) -> Result<(), String> {
+        match (component, self.kind()) {
+            (FunctionKind::WindowFunction, FunctionKind::Function) => Err("the component is a window function (it exports process-window): give its window settings, --window-length-count or --window-length-duration-ms".into()),
+            (FunctionKind::Function, FunctionKind::WindowFunction) => Err("window settings were given, but the component is not a window function (it exports process-batch): export it with the SDK's window API, or leave out the window settings".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The same function, limited to the topics `access` allows: every topic it names must be
     /// one of them, and a topics pattern matches no others.
     pub fn within(mut self, access: TopicAccess) -> Result<Self, NameError> {

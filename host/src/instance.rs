@@ -13,6 +13,7 @@
 mod checks;
 mod context;
 mod executor;
+mod launcher;
 mod log;
 mod pipeline;
 mod retry;
@@ -23,6 +24,7 @@ pub(crate) use window_loop::{Progress as WindowProgress, StoredRecord as StoredW
 pub use checks::{INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, check_message};
 pub use context::{MessageContext, Outcome};
 pub use executor::{Executor, NativeExecutor, Rest, WasmExecutor};
+pub use launcher::{FunctionLauncher, LaunchError};
 pub use log::LogSink;
-pub use pipeline::{RunError, RunUntil, RunningInstance, check_kind, run, spawn};
+pub use pipeline::{RunError, RunUntil, RunningInstance, run, spawn};
 pub use retry::MESSAGES_PER_CALL;

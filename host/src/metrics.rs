@@ -22,7 +22,7 @@ const MINUTE_SLOTS: usize = 6;
 const SUB_BUCKETS_LOG2: u32 = 3;
 
 /// A failure, as Pulsar reports it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExceptionInfo {
     /// What went wrong.

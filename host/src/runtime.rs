@@ -324,6 +324,26 @@ impl FunctionCode {
 const PROCESS_WINDOW: &str = "process-window";
 const EVENT_TIMES: &str = "event-times";
 
+/// The kind of a function: which WIT world its component exports, and so how the instance loop
+/// calls it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// `function`: one message at a time, in batches.
+    Function,
+    /// `window-function`: one window's records at a time.
+    WindowFunction,
+}
+
+impl FunctionKind {
+    /// The world's name in `wit/function.wit`.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            Self::Function => "function",
+            Self::WindowFunction => "window-function",
+        }
+    }
+}
+
 /// A linked function, ready to instantiate many times.
 pub struct PreparedFunction<H: 'static> {
     engine: Engine,
@@ -370,9 +390,12 @@ pub struct InstanceLimits {
 }
 
 impl<H: HostContext> PreparedFunction<H> {
-    /// Whether the component is a window function (exports `process-window`).
-    pub fn is_window_function(&self) -> bool {
-        matches!(self.exports, PreparedExports::Window { .. })
+    /// The world the component was built for, by what it exports.
+    pub fn kind(&self) -> FunctionKind {
+        match self.exports {
+            PreparedExports::Batch(_) => FunctionKind::Function,
+            PreparedExports::Window { .. } => FunctionKind::WindowFunction,
+        }
     }
 
     /// Creates an instance in a store of its own.

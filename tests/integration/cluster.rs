@@ -3,12 +3,10 @@
 //! session-duration outputs are checked against the oracle of the crash tests.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use fnhost_test_support::Nats;
 
 use crate::crash::{Oracle, Random, counts, oracle};
 use crate::support::{Worker, guest};
@@ -18,191 +16,31 @@ const EVENTS: usize = 30_000;
 /// Events per produce request.
 const PRODUCE_CHUNK: usize = 1_000;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn nats_server() -> PathBuf {
-    match std::env::var_os("FNHOST_NATS_SERVER") {
-        Some(path) => path.into(),
-        None if std::path::Path::new("/usr/sbin/nats-server").exists() => "/usr/sbin/nats-server".into(),
-        None => "nats-server".into(),
-    }
-}
-
-/// NATS JetStream servers on loopback, each with its own ports and store directory; a cluster if
-/// there are several.
-pub struct Nats {
-    nodes: Vec<Option<Child>>,
-    client_ports: Vec<u16>,
-    monitor_ports: Vec<u16>,
-    dir: tempfile::TempDir,
-}
-
-/// How many times a cluster is started again on fresh ports when one of its servers exits at
-/// start: a port found free can be taken by another test's server before this one binds it.
-const START_ATTEMPTS: usize = 5;
-
-impl Nats {
-    pub fn start(size: usize) -> Self {
-        let mut failures = Vec::new();
-        for _ in 0..START_ATTEMPTS {
-            match Self::try_start(size) {
-                Ok(nats) => return nats,
-                Err(failure) => failures.push(failure),
-            }
+/// Waits until `consumers` consumers of topic `public/default/TOPIC` for function
+/// `public/default/NAME` exist and have nothing pending or unacknowledged.
+fn wait_drained(nats: &Nats, topic: &str, name: &str, consumers: usize, workers: &[Worker]) {
+    let prefix = format!("public_2fdefault_2f{name}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let found: Vec<_> = nats
+            .consumers(&topic_stream(topic))
+            .into_iter()
+            .filter(|(consumer, _, _)| consumer.starts_with(&prefix))
+            .collect();
+        if found.len() == consumers && found.iter().all(|(_, pending, unacked)| pending + unacked == 0) {
+            return;
         }
-        panic!("NATS did not start in {START_ATTEMPTS} attempts:\n{}", failures.join("\n----\n"));
-    }
-
-    /// Starts the servers on ports free a moment ago; an error (with the server's log) if one exits.
-    fn try_start(size: usize) -> Result<Self, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let monitor_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let routes: Vec<String> = route_ports.iter().map(|port| format!("nats-route://127.0.0.1:{port}")).collect();
-        let mut nodes = Vec::new();
-        for index in 0..size {
-            let store = dir.path().join(format!("n{index}"));
-            let mut config = format!(
-                "server_name: n{index}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n",
-                client_ports[index],
-                monitor_ports[index],
-                store.to_str().unwrap()
-            );
-            if size > 1 {
-                config.push_str(&format!(
-                    "cluster {{ name: fnhost-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                    route_ports[index],
-                    routes.join(", ")
-                ));
-            }
-            let file = dir.path().join(format!("n{index}.conf"));
-            std::fs::write(&file, config).unwrap();
-            let log = std::fs::File::create(dir.path().join(format!("n{index}.log"))).unwrap();
-            let child = Command::new(nats_server())
-                .arg("-c")
-                .arg(&file)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nats-server runs (apt-get install nats-server, or set FNHOST_NATS_SERVER)");
-            nodes.push(Some(child));
-        }
-        let mut nats = Self { nodes, client_ports, monitor_ports, dir };
-        for index in 0..size {
-            nats.wait_healthy(index)?;
-        }
-        Ok(nats)
-    }
-
-    /// Waits until server `index` has JetStream up and, in a cluster, a meta leader; an error if
-    /// it exits first.
-    fn wait_healthy(&mut self, index: usize) -> Result<(), String> {
-        let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[index]);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        loop {
-            if let Some(status) = self.nodes[index].as_mut().and_then(|child| child.try_wait().unwrap()) {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("n{index}.log"))).unwrap_or_default();
-                return Err(format!("NATS server {index} exited ({status}):\n{log}"));
-            }
-            if agent.get(&url).call().is_ok_and(|response| response.status() == 200) {
-                return Ok(());
-            }
-            assert!(Instant::now() < deadline, "NATS server {index} did not become healthy in two minutes");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Every server's client URL, comma-separated, as `--cluster` takes them.
-    pub fn urls(&self) -> String {
-        self.client_ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
-    }
-
-    /// Kills server `index` with SIGKILL.
-    pub fn kill(&mut self, index: usize) {
-        let mut child = self.nodes[index].take().expect("a live server");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// The consumers of `stream` as their leaders report them (a follower's view lags): name,
-    /// pending and unacknowledged counts.
-    fn consumers(&self, stream: &str) -> Vec<(String, u64, u64)> {
-        let mut found = Vec::new();
-        for (index, node) in self.nodes.iter().enumerate() {
-            if node.is_none() {
-                continue;
-            }
-            let url =
-                format!("http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true", self.monitor_ports[index]);
-            let Ok(mut response) = ureq::get(&url).call() else { continue };
-            let json: serde_json::Value = response.body_mut().read_json().unwrap();
-            for account in json["account_details"].as_array().into_iter().flatten() {
-                for detail in account["stream_detail"].as_array().into_iter().flatten() {
-                    if detail["name"] != stream {
-                        continue;
-                    }
-                    for consumer in detail["consumer_detail"].as_array().into_iter().flatten() {
-                        // A leader lists the other replicas; a follower lists the leader among them.
-                        let cluster = &consumer["cluster"];
-                        let by_leader = cluster.is_null()
-                            || cluster["replicas"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .all(|replica| replica["name"] != cluster["leader"]);
-                        if by_leader {
-                            found.push((
-                                consumer["name"].as_str().unwrap_or_default().to_owned(),
-                                consumer["num_pending"].as_u64().unwrap_or(0),
-                                consumer["num_ack_pending"].as_u64().unwrap_or(0),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        found
-    }
-
-    /// Waits until `consumers` consumers of topic `public/default/TOPIC` for function
-    /// `public/default/NAME` exist and have nothing pending or unacknowledged.
-    fn wait_drained(&self, topic: &str, name: &str, consumers: usize, workers: &[Worker]) {
-        let prefix = format!("public_2fdefault_2f{name}");
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let found: Vec<_> = self
-                .consumers(&topic_stream(topic))
-                .into_iter()
-                .filter(|(consumer, _, _)| consumer.starts_with(&prefix))
+        if Instant::now() > deadline {
+            let logs: Vec<String> = workers
+                .iter()
+                .map(|worker| {
+                    let status = worker.cli(&["functions", "status", "--name", name]).stdout;
+                    format!("{}\n{status}\n{}", cluster_info(worker), worker.log())
+                })
                 .collect();
-            if found.len() == consumers && found.iter().all(|(_, pending, unacked)| pending + unacked == 0) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let logs: Vec<String> = workers
-                    .iter()
-                    .map(|worker| {
-                        let status = worker.cli(&["functions", "status", "--name", name]).stdout;
-                        format!("{}\n{status}\n{}", cluster_info(worker), worker.log())
-                    })
-                    .collect();
-                panic!("the consumers of {prefix} did not drain: {found:?}\nworker logs:\n{}", logs.join("\n----\n"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            panic!("the consumers of {prefix} did not drain: {found:?}\nworker logs:\n{}", logs.join("\n----\n"));
         }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -327,7 +165,7 @@ fn three_workers_share_a_function_and_any_of_them_answers_for_it() {
     assert_eq!(spread.len(), 3, "one instance on each worker: {spread:?}");
 
     produce(&workers[2], &oracle, 0..EVENTS);
-    nats.wait_drained("events", "sd", 3, &workers);
+    wait_drained(&nats, "events", "sd", 3, &workers);
     let outputs = sessions(&workers[0], "sessions", oracle.outputs.len());
     assert_eq!(counts(&outputs), counts(&oracle.outputs), "outputs equal the oracle's, once each");
 
@@ -370,7 +208,12 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
     nats.kill(2);
     produce(&workers[0], &oracle, third..2 * third);
     // The worker running the EFFECTIVELY_ONCE function's active instance (0) dies mid-stream.
-    let victim = owners(&workers[0], "once")[0].clone();
+    // With a NATS server just killed, a worker asked may not answer for the instance for a moment.
+    let mut victim = String::new();
+    workers[0].wait_for("the worker of the EFFECTIVELY_ONCE instance to be known", || {
+        victim = owners(&workers[0], "once")[0].clone();
+        !victim.is_empty()
+    });
     let index: usize = victim.trim_start_matches('w').parse().unwrap();
     workers.remove(index).kill();
     let survivor = &workers[0];
@@ -382,8 +225,8 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
     eprintln!("instances moved {:?} after the kill", moved_at.elapsed());
     produce(survivor, &oracle, 2 * third..EVENTS);
 
-    nats.wait_drained("events", "at-least", 3, &workers);
-    nats.wait_drained("events", "once", 1, &workers);
+    wait_drained(&nats, "events", "at-least", 3, &workers);
+    wait_drained(&nats, "events", "once", 1, &workers);
     let at_least = sessions(survivor, "sessions-alo", oracle.outputs.len());
     let expected = counts(&oracle.outputs);
     let found = counts(&at_least);
@@ -404,7 +247,7 @@ struct Client {
 impl Client {
     fn connect(nats: &Nats) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let url = format!("nats://127.0.0.1:{}", nats.client_ports[0]);
+        let url = nats.urls().split(',').next().expect("a server").to_owned();
         let client = runtime.block_on(async_nats::connect(url)).unwrap();
         Self { runtime, jetstream: async_nats::jetstream::new(client) }
     }
@@ -465,7 +308,7 @@ fn a_delivery_lost_on_its_way_to_an_ordered_instance_is_processed_in_order() {
         worker.wait_for("the instance to take the first message", || client.delivered(&mut consumer) == (1, 1));
         produce_keyed(worker, &input, ["a", "b"].map(|value| (value, "k".to_owned())));
         assert_eq!(client.lose_next(&consumer), 2, "{name}: the lost message is `a`, while the instance spins");
-        nats.wait_drained(&input, name, 1, &workers);
+        wait_drained(&nats, &input, name, 1, &workers);
         let run = worker.cli(&["topics", "consume", &output, "--subscription", "verify", "--until-idle"]);
         assert!(run.success, "{}", run.stderr);
         assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [spin, "ok:a", "ok:b"], "{name}: {}", worker.log());

@@ -43,7 +43,7 @@ use fnhost::engine::state::{Change, StateChanges, StateValue};
 use fnhost::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use fnhost::nats::NatsEngine;
 
-use crate::cluster::Nats;
+use fnhost_test_support::Nats;
 
 /// Longest a test waits for messages it expects: long enough for a busy machine and for NATS's
 /// redelivery after its acknowledgement wait.

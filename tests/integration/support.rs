@@ -25,23 +25,10 @@ pub fn guest(crate_name: &str) -> PathBuf {
 }
 
 fn build_guests() -> PathBuf {
-    let workspace = workspace();
     // A target directory of its own, so that this nested build never waits on the lock of the
     // build that is running these tests.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(workspace).args(["build", "--target", "wasm32-wasip2", "--profile", "guest"]);
-    for guest in GUESTS {
-        command.args(["-p", guest]);
-    }
-    let output = command.arg("--target-dir").arg(&target).output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building the guests failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join("wasm32-wasip2").join("guest")
+    fnhost_test_support::build_guests(workspace(), &target, &GUESTS).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// The repository's root.

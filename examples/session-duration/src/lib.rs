@@ -71,3 +71,33 @@ impl Function for SessionDuration {
 }
 
 fnhost_guest::export!(SessionDuration);
+
+#[cfg(test)]
+mod tests {
+    use fnhost_guest::testing::MockContext;
+
+    use super::*;
+
+    #[test]
+    fn a_logout_after_a_login_writes_the_session_and_forgets_the_login() {
+        let mut context = MockContext::new();
+        let mut function = SessionDuration;
+        let login = r#"{"user_id": "user123", "event_type": "login", "timestamp": 1678886400}"#;
+        let logout = r#"{"user_id": "user123", "event_type": "logout", "timestamp": 1678886420}"#;
+        assert_eq!(context.process(&mut function, login).unwrap(), None);
+        assert_eq!(context.acked(), 1);
+        let output = context.process(&mut function, logout).unwrap();
+        assert_eq!(output.as_deref(), Some(br#"{"user_id":"user123","duration":20}"#.as_slice()));
+        assert_eq!(context.state("user123"), None);
+    }
+
+    #[test]
+    fn a_logout_without_a_login_and_a_malformed_event_write_nothing_and_warn() {
+        let mut context = MockContext::new();
+        let logout = r#"{"user_id": "u1", "event_type": "logout", "timestamp": 5}"#;
+        assert_eq!(context.process(&mut SessionDuration, logout).unwrap(), None);
+        assert_eq!(context.process(&mut SessionDuration, "not json").unwrap(), None);
+        let warnings = context.logs().into_iter().filter(|(level, _)| *level == fnhost_guest::Level::Warn).count();
+        assert_eq!(warnings, 2);
+    }
+}

@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use fnhost::cli::client::{Body, Client, multipart};
+use fnhost::cli::client::{Body, client_at, multipart};
 use fnhost::engine::broker::OutMessage;
 use fnhost::limits::{MAX_BATCH_MESSAGES, MAX_CONCURRENT_RECEIVES_PER_TENANT, MAX_RECEIVE_BYTES, MAX_REQUEST_SIZE};
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::spec::FunctionSpec;
 use fnhost::worker::Worker;
 use fnhost::worker::admin::CLIENT_HEADER;
+use fnhost::worker::api::InstanceStats;
 
-use super::{in_process_worker, input, output, session_events};
+use crate::common::{in_process_worker, input, output, session_events};
 
 /// Events the neighbour of the hostile part processes per run.
 pub const HOSTILE_MESSAGES: usize = 3_000_000;
@@ -445,9 +446,7 @@ fn neighbour_run(
     let scratch = tempfile::tempdir()?;
     let worker = Arc::new(in_process_worker(scratch.path(), 4)?);
     let fqfn = |name: &str| Fqfn::new("public", "default", name);
-    let failed = |stats: &serde_json::Value| {
-        stats["systemExceptionsTotal"].as_u64().unwrap_or(0) + stats["userExceptionsTotal"].as_u64().unwrap_or(0)
-    };
+    let failed = |stats: &InstanceStats| stats.system_exceptions_total + stats.user_exceptions_total;
     for chunk in events.chunks(MAX_BATCH_MESSAGES) {
         worker.produce(&input(), chunk.to_vec())?;
     }
@@ -472,7 +471,7 @@ fn neighbour_run(
     }
     let server = tenant_attacks.then(|| AdminServer::start(worker.clone())).transpose()?;
     let hostile = server.as_ref().map(|server| HostileTenant::new(&server.url));
-    let status = server.as_ref().map(|server| Client::at(&server.url)).transpose()?;
+    let status = server.as_ref().map(|server| client_at(&server.url)).transpose()?;
     let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
         "name": "neighbour",
         "inputs": [input().to_string()],
@@ -496,7 +495,7 @@ fn neighbour_run(
                 status.send("GET", "/admin/v3/functions/public/default/neighbour/status", Body::Empty)?;
                 status_times.push(asked.elapsed());
             }
-            if worker.stats(&neighbour, None)?["processedSuccessfullyTotal"].as_u64() >= Some(events.len() as u64) {
+            if worker.stats(&neighbour)?.totals.processed_successfully_total >= events.len() as u64 {
                 break started.elapsed();
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -509,9 +508,9 @@ fn neighbour_run(
     })?;
     let failed_attacks = match attacker {
         Some(_) => {
-            let stats = worker.stats(&fqfn("attacker")?, None)?;
+            let stats = worker.stats(&fqfn("attacker")?)?.totals;
             anyhow::ensure!(
-                stats["receivedTotal"].as_u64() < Some(ATTACK_MESSAGES as u64),
+                stats.received_total < ATTACK_MESSAGES as u64,
                 "the attacker ran out of messages before its neighbour finished; raise ATTACK_MESSAGES"
             );
             failed(&stats)

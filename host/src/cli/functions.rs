@@ -17,7 +17,7 @@ use crate::guest_build::Builder;
 use crate::limits::MAX_PACKAGE_SIZE;
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
 use crate::spec::FunctionSpec;
-use crate::worker::state_json;
+use crate::worker::api::FunctionState;
 
 /// How often `querystate --watch` asks again.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -270,14 +270,16 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
         }
         FunctionsCommand::Querystate(args) => querystate(&args, admin),
         FunctionsCommand::Putstate(args) => {
-            let state: serde_json::Value = serde_json::from_str(&args.state).map_err(|error| {
-                anyhow::anyhow!("--state is not JSON ({error}); give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'")
+            let state: FunctionState = serde_json::from_str(&args.state).map_err(|error| {
+                anyhow::anyhow!(
+                    "--state is not FunctionState JSON ({error}); give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'"
+                )
             })?;
-            let Some(key) = state["key"].as_str() else {
+            let Some(key) = &state.key else {
                 bail!("--state has no \"key\"; give '{{\"key\": \"k\", \"stringValue\": \"v\"}}'");
             };
             let path = format!("{}/state/{}", function_path(&args.naming.fqfn()?), encode_segment(key));
-            print(&args.worker.client(admin)?.send("POST", &path, Body::Json(state.clone()))?)
+            print(&args.worker.client(admin)?.send("POST", &path, Body::json(&state))?)
         }
     }
 }
@@ -294,7 +296,7 @@ fn querystate(args: &QuerystateArgs, admin: &AdminOptions) -> anyhow::Result<()>
         let Some(stored) = store.table(&fqfn)?.get(&args.key)? else {
             bail!("function {fqfn} has no state under key `{}`", args.key);
         };
-        return print(&state_json(&args.key, stored));
+        return print(&serde_json::to_value(FunctionState::of(&args.key, stored))?);
     }
     let client = args.worker.client(admin)?;
     let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(&args.key));
@@ -303,17 +305,16 @@ fn querystate(args: &QuerystateArgs, admin: &AdminOptions) -> anyhow::Result<()>
     }
     let mut last_version = None;
     loop {
-        match client.send("GET", &path, Body::Empty) {
+        match client.call::<FunctionState>("GET", &path, Body::Empty) {
             Ok(state) => {
-                let version = state["version"].as_u64();
-                if version != last_version {
-                    print(&state)?;
-                    last_version = version;
+                if state.version != last_version {
+                    print(&serde_json::to_value(&state)?)?;
+                    last_version = state.version;
                 }
             }
             // A key that does not exist yet is watched until it does.
-            Err(error) if error.to_string().contains("(HTTP 404)") && last_version.is_none() => {}
-            Err(error) => return Err(error),
+            Err(error) if error.is_not_found() && last_version.is_none() => {}
+            Err(error) => return Err(error.into()),
         }
         std::thread::sleep(WATCH_INTERVAL);
     }

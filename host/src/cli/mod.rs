@@ -1,6 +1,5 @@
 //! The `fnhost` command line: pulsar-admin's verbs and flags where they exist.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,19 +17,22 @@ mod new;
 
 use crate::embedded::EmbeddedStore;
 use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, SubscriptionSpec};
-use crate::engine::state::StateStore;
 use crate::guest_build::Builder;
-use crate::instance::{self, Executor, LogSink, MessageContext, RunUntil, WasmExecutor};
+use crate::instance::{self, Executor, FunctionLauncher, LogSink, MessageContext, RunUntil};
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES, MIN_FREE_DISK_BYTES};
 use crate::metrics::Stats;
 use crate::names::{SubscriptionName, TopicName};
 use crate::nats::NatsEngine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::worker::access::Access;
+use crate::worker::api::{
+    AcknowledgeAnswer, AcknowledgeRequest, ProduceAnswer, ProduceRequest, ProducedMessage, ReceiveAnswer,
+    ReceivedMessage,
+};
 use crate::worker::cluster::ClusterConfig;
 use crate::worker::disk_guard::DiskGuard;
-use crate::worker::{Worker, WorkerConfig, admin, message_json};
-use client::{Body, Client};
+use crate::worker::{Worker, WorkerConfig, admin};
+use client::Body;
 pub(crate) use function_flags::FunctionFlags;
 use function_flags::PositionFlag;
 
@@ -229,18 +231,11 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
         max_instances: config.parallelism + 1,
     })?;
     let code = runtime.load(&wasm)?;
-    let function = code.prepare::<MessageContext>()?;
-    instance::check_kind(&function, &config).map_err(anyhow::Error::msg)?;
     let store = open_store(&args.data)?;
-    let logs = LogSink::default();
-    let mut executors: Vec<Box<dyn Executor>> = Vec::new();
-    for instance_id in 0..config.parallelism {
-        let details = Arc::new(config.details(code.digest(), instance_id, config.parallelism));
-        let context = MessageContext::new(&config, instance_id, store.table(&fqfn)?, logs.clone());
-        let executor = WasmExecutor::start(function.clone(), details, config.limits, context)
-            .map_err(|error| anyhow!("the function {fqfn} could not start: {error}"))?;
-        executors.push(Box::new(executor));
-    }
+    let launcher =
+        FunctionLauncher::new(&config, code.prepare::<MessageContext>()?, code.digest(), &store, LogSink::default())?;
+    let executors: Vec<Box<dyn Executor>> =
+        launcher.executors()?.into_iter().map(|executor| Box::new(executor) as Box<dyn Executor>).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
@@ -412,21 +407,19 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let count = messages.len();
     if let Some(url) = &args.url {
-        let client = Client::at(url)?;
+        let client = client::client_at(url)?;
         let path = topic_path(&topic);
         for chunk in messages.chunks(MAX_BATCH_MESSAGES) {
-            let body: Vec<serde_json::Value> = chunk
+            let messages = chunk
                 .iter()
-                .map(|message| {
-                    serde_json::json!({
-                        "payload": base64::engine::general_purpose::STANDARD.encode(&message.value),
-                        "key": message.key,
-                        "properties": message.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
-                        "eventTime": message.event_time,
-                    })
+                .map(|message| ProducedMessage {
+                    payload: base64::engine::general_purpose::STANDARD.encode(&message.value),
+                    key: message.key.clone(),
+                    properties: message.properties.iter().cloned().collect(),
+                    event_time: message.event_time,
                 })
                 .collect();
-            client.send("POST", &path, Body::Json(serde_json::json!({ "messages": body })))?;
+            client.call::<ProduceAnswer>("POST", &path, Body::json(&ProduceRequest { messages }))?;
         }
     } else {
         let store = open_store(&args.data)?;
@@ -475,7 +468,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         let mut out = stdout.lock();
         for message in &messages {
             if args.json {
-                writeln!(out, "{}", message_json(message))?;
+                writeln!(out, "{}", serde_json::to_string(&ReceivedMessage::of(message))?)?;
             } else {
                 writeln!(out, "{}", String::from_utf8_lossy(&message.body.value))?;
             }
@@ -490,7 +483,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Receives, prints, then acknowledges, so that a message is acknowledged only once printed.
 fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyhow::Result<()> {
-    let client = Client::at(url)?;
+    let client = client::client_at(url)?;
     let subscription = args.subscription.as_deref().expect("clap requires --subscription with --url");
     let path = format!("{}/subscription/{}", topic_path(topic), client::encode_segment(subscription));
     let position = match args.position {
@@ -502,34 +495,30 @@ fn consume_from_worker(args: &ConsumeArgs, topic: &TopicName, url: &str) -> anyh
     while args.num_messages == 0 || printed < args.num_messages {
         let want = if args.num_messages == 0 { MAX_BATCH_MESSAGES as u64 } else { args.num_messages - printed };
         let count = want.min(MAX_BATCH_MESSAGES as u64);
-        let answer = client.send(
+        let ReceiveAnswer { messages } = client.call(
             "POST",
             &format!("{path}/receive?count={count}&waitMs={wait_ms}&position={position}"),
             Body::Empty,
         )?;
-        let messages = answer["messages"].as_array().cloned().unwrap_or_default();
         if messages.is_empty() && args.until_idle {
             break;
         }
         let mut out = std::io::stdout().lock();
         for message in &messages {
             if args.json {
-                writeln!(out, "{message}")?;
-            } else if let Some(value) = message["value"].as_str() {
+                writeln!(out, "{}", serde_json::to_string(message)?)?;
+            } else if let Some(value) = &message.value {
                 writeln!(out, "{value}")?;
             } else {
-                writeln!(out, "{}", message["valueBase64"].as_str().unwrap_or_default())?;
+                writeln!(out, "{}", message.value_base64.as_deref().unwrap_or_default())?;
             }
         }
         out.flush()?;
         printed += messages.len() as u64;
-        let ids: Vec<&serde_json::Value> = messages.iter().map(|message| &message["messageId"]).collect();
-        if !ids.is_empty() {
-            client.send(
-                "POST",
-                &format!("{path}/acknowledge"),
-                Body::Json(serde_json::json!({ "messageIds": ids })),
-            )?;
+        let message_ids: Vec<String> = messages.into_iter().map(|message| message.message_id).collect();
+        if !message_ids.is_empty() {
+            let request = AcknowledgeRequest { message_ids };
+            client.call::<AcknowledgeAnswer>("POST", &format!("{path}/acknowledge"), Body::json(&request))?;
         }
     }
     Ok(())

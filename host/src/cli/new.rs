@@ -29,7 +29,11 @@ enum Language {
     Js,
 }
 
-const RUST_SDK: &str = include_str!("../../../guest-sdk/rust/src/lib.rs");
+const RUST_SDK: [(&str, &str); 3] = [
+    ("fnhost-guest/src/lib.rs", include_str!("../../../guest-sdk/rust/src/lib.rs")),
+    ("fnhost-guest/src/context.rs", include_str!("../../../guest-sdk/rust/src/context.rs")),
+    ("fnhost-guest/src/testing.rs", include_str!("../../../guest-sdk/rust/src/testing.rs")),
+];
 const WIT: &str = include_str!("../../../wit/function.wit");
 const PYTHON_SDK: [(&str, &str); 3] = [
     ("fnhost/__init__.py", include_str!("../../../guest-sdk/python/src/fnhost/__init__.py")),
@@ -61,13 +65,16 @@ fn template(language: Language) -> Vec<(&'static str, &'static str)> {
             files.extend(JS_SDK);
             files
         }
-        Language::Rust => vec![
-            ("Cargo.toml", include_str!("templates/rust/Cargo.toml")),
-            ("src/lib.rs", include_str!("templates/rust/lib.rs")),
-            ("fnhost-guest/Cargo.toml", include_str!("templates/rust/fnhost-guest.toml")),
-            ("fnhost-guest/src/lib.rs", RUST_SDK),
-            ("fnhost-guest/wit/function.wit", WIT),
-        ],
+        Language::Rust => {
+            let mut files = vec![
+                ("Cargo.toml", include_str!("templates/rust/Cargo.toml")),
+                ("src/lib.rs", include_str!("templates/rust/lib.rs")),
+                ("fnhost-guest/Cargo.toml", include_str!("templates/rust/fnhost-guest.toml")),
+                ("fnhost-guest/wit/function.wit", WIT),
+            ];
+            files.extend(RUST_SDK);
+            files
+        }
     }
 }
 

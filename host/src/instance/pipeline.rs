@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use super::context::{MessageContext, PendingBatch};
+use super::context::PendingBatch;
 use super::executor::Executor;
 use super::retry::process_batch;
 use super::window_loop;
@@ -13,7 +13,7 @@ use crate::engine::state::StateError;
 use crate::function::{FunctionConfig, ProcessingGuarantee};
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::names::TopicName;
-use crate::runtime::{GuestMessage, PreparedFunction};
+use crate::runtime::GuestMessage;
 
 /// How long an idle loop waits for new messages before looking at its stop flag again. A stop
 /// through [`RunningInstance`] wakes the fetch at once; a long wait keeps thousands of idle
@@ -66,16 +66,6 @@ impl Halt<'_> {
 
 /// How often a resting instance checks whether it was told to stop.
 const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Checks that `function` is the kind of function `config` runs: a window function exactly when
-/// the config has window settings.
-pub fn check_kind(function: &PreparedFunction<MessageContext>, config: &FunctionConfig) -> Result<(), String> {
-    match (function.is_window_function(), config.window.is_some()) {
-        (true, false) => Err("the component is a window function (it exports process-window): give its window settings, --window-length-count or --window-length-duration-ms".into()),
-        (false, true) => Err("window settings were given, but the component is not a window function (it exports process-batch): export it with the SDK's window API, or leave out the window settings".into()),
-        _ => Ok(()),
-    }
-}
 
 /// Runs one loop per executor, each an instance of the function with its own consumer of the
 /// function's subscription, until told to stop; returns each instance's stats, in instance order.
@@ -346,7 +336,7 @@ mod tests {
     use crate::embedded::EmbeddedStore;
     use crate::engine::broker::{Broker, Effects, FetchWaker, OutMessage, Position, SubscriptionSpec};
     use crate::engine::state::StateStore;
-    use crate::instance::{LogSink, NativeExecutor, Outcome};
+    use crate::instance::{LogSink, MessageContext, NativeExecutor, Outcome};
     use crate::names::Fqfn;
     use crate::names::SubscriptionName;
 

@@ -20,11 +20,12 @@ use crate::limits::{
 };
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, SubscriptionName, TopicAccess, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
-use crate::window::{WindowConfig, WindowSettings};
 
 pub mod pulsar;
+mod window;
 
 pub use pulsar::PulsarFields;
+pub use window::WindowConfigSpec;
 
 /// The smallest `--ram` that can run a function at all.
 const MIN_RAM_BYTES: u64 = 1024 * 1024;
@@ -142,65 +143,6 @@ pub struct FunctionSpec {
     /// [`pulsar::PULSAR_FLAGS`] says, and otherwise kept as given.
     #[serde(flatten)]
     pub pulsar: PulsarFields,
-}
-
-/// A window function's settings, in Pulsar's names (`windowConfig`), each optional so that
-/// documents layer field by field.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WindowConfigSpec {
-    /// Records per window (`--window-length-count`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_length_count: Option<u64>,
-    /// Milliseconds per window (`--window-length-duration-ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_length_duration_ms: Option<u64>,
-    /// Records between two windows (`--sliding-interval-count`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sliding_interval_count: Option<u64>,
-    /// Milliseconds between two windows (`--sliding-interval-duration-ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sliding_interval_duration_ms: Option<u64>,
-    /// Place records by their event time (`--event-time`); fnhost's stand-in for Pulsar's
-    /// `timestampExtractorClassName`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_time: Option<bool>,
-    /// Allowed lateness under event time, milliseconds (`--max-lag-ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lag_ms: Option<u64>,
-    /// Least time between two moves of the watermark, milliseconds (`--watermark-emit-interval-ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watermark_emit_interval_ms: Option<u64>,
-    /// Where records behind the watermark go (`--late-data-topic`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub late_data_topic: Option<String>,
-}
-
-impl WindowConfigSpec {
-    fn resolve(&self, guarantee: ProcessingGuarantee) -> Result<WindowConfig, ConfigError> {
-        let settings = WindowSettings {
-            window_length_count: self.window_length_count,
-            window_length_duration_ms: self.window_length_duration_ms,
-            sliding_interval_count: self.sliding_interval_count,
-            sliding_interval_duration_ms: self.sliding_interval_duration_ms,
-            event_time: self.event_time.unwrap_or(false),
-            max_lag_ms: self.max_lag_ms,
-            watermark_emit_interval_ms: self.watermark_emit_interval_ms,
-        };
-        let spec = settings.spec().map_err(|error| ConfigError::new(error.to_string()))?;
-        if guarantee == ProcessingGuarantee::Manual {
-            return Err(ConfigError::new(
-                "--processing-guarantees MANUAL does not apply to a window function: fnhost acknowledges a window function's records when it has stored them; leave it out or give ATLEAST_ONCE",
-            ));
-        }
-        if self.late_data_topic.is_some() && !settings.event_time {
-            return Err(ConfigError::new(
-                "--late-data-topic applies to event time only (under processing time no record is late): add --event-time, or leave it out",
-            ));
-        }
-        let late_data_topic = self.late_data_topic.as_deref().map(TopicName::parse).transpose()?;
-        Ok(WindowConfig { spec, late_data_topic })
-    }
 }
 
 /// Resources per instance.

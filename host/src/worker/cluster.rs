@@ -17,11 +17,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::api::{ClusterInfo, InstanceStats, InstanceStatus, WorkerInfo};
+use super::client::{Body, Client, encode_segment};
+use super::placement::Placement;
 use super::{FUNCTION_RECORD_PREFIX, Footprint, Function, FunctionRecord, Worker, WorkerError, lock};
 use crate::engine::metadata::Membership;
-use crate::instance::{self, MessageContext};
+use crate::instance::MessageContext;
 use crate::names::Fqfn;
 
 /// How often a worker renews its membership, and the leader schedules.
@@ -73,99 +77,70 @@ impl Cluster {
         }
     }
 
-    pub(super) fn worker_id(&self) -> &str {
-        &self.config.worker_id
-    }
-
     fn owner(&self, fqfn: &Fqfn, instance_id: u32) -> Option<String> {
         lock(&self.assignments).0.get(&fqfn.to_string())?.get(instance_id as usize)?.clone()
     }
 
-    pub(super) fn runs_here(&self, fqfn: &Fqfn, instance_id: u32) -> bool {
-        self.owner(fqfn, instance_id).as_deref() == Some(self.worker_id())
-    }
-
     /// Asks the worker running an instance for `what` (`status` or `stats`) of it.
-    fn ask_owner(&self, fqfn: &Fqfn, instance_id: u32, what: &str) -> Result<serde_json::Value, String> {
+    fn ask_owner<T: DeserializeOwned>(&self, fqfn: &Fqfn, instance_id: u32, what: &str) -> Result<T, String> {
         let owner = self.owner(fqfn, instance_id).ok_or("the instance is not assigned to a live worker yet")?;
         let url = lock(&self.members).get(&owner).cloned().ok_or(format!("its worker {owner} is not live"))?;
         let path = format!(
-            "{url}/admin/v3/functions/{}/{}/{}/{instance_id}/{what}",
-            fqfn.tenant(),
-            fqfn.namespace(),
-            fqfn.name()
+            "/admin/v3/functions/{}/{}/{}/{instance_id}/{what}",
+            encode_segment(fqfn.tenant()),
+            encode_segment(fqfn.namespace()),
+            encode_segment(fqfn.name())
         );
-        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(PEER_TIMEOUT)).build().into();
-        let mut request = agent.get(&path);
-        if let Some(token) = &self.config.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.call().map_err(|error| format!("its worker {owner} did not answer: {error}"))?;
-        response.body_mut().read_json().map_err(|error| format!("its worker {owner} answered badly: {error}"))
-    }
-
-    /// An instance's status, from the worker running it.
-    pub(super) fn remote_status(&self, fqfn: &Fqfn, instance_id: u32) -> serde_json::Value {
-        self.ask_owner(fqfn, instance_id, "status").unwrap_or_else(
-            |error| serde_json::json!({ "running": false, "error": error, "workerId": self.owner(fqfn, instance_id) }),
-        )
-    }
-
-    /// An instance's stats, from the worker running it.
-    pub(super) fn remote_stats(&self, fqfn: &Fqfn, instance_id: u32) -> Result<serde_json::Value, WorkerError> {
-        self.ask_owner(fqfn, instance_id, "stats")
-            .map_err(|error| WorkerError::Conflict(format!("instance {instance_id} of {fqfn}: {error}")))
+        Client::new(&url, PEER_TIMEOUT, self.config.token.clone())
+            .call("GET", &path, Body::Empty)
+            .map_err(|error| format!("its worker {owner} did not answer: {error}"))
     }
 
     /// Live workers, the leader and the assignments, as `GET /admin/v2/worker/cluster` shows them.
-    pub(super) fn describe(&self, leader: Option<String>) -> serde_json::Value {
-        let members: Vec<serde_json::Value> = lock(&self.members)
+    pub(super) fn describe(&self, leader: Option<String>) -> ClusterInfo {
+        let workers = lock(&self.members)
             .iter()
-            .map(|(worker, url)| serde_json::json!({ "workerId": worker, "url": url }))
+            .map(|(worker, url)| WorkerInfo { worker_id: worker.clone(), url: url.clone() })
             .collect();
-        serde_json::json!({
-            "workers": members,
-            "leader": leader,
-            "assignments": lock(&self.assignments).0,
-        })
+        ClusterInfo { workers, leader, assignments: lock(&self.assignments).0.clone() }
     }
 }
 
-/// Sums per-instance FunctionInstanceStats into FunctionStats, as Pulsar's totals are.
-pub(super) fn total_stats(instances: Vec<(u32, serde_json::Value)>) -> serde_json::Value {
-    let sum = |path: &[&str]| -> u64 {
-        instances.iter().map(|(_, stats)| path.iter().fold(stats, |value, key| &value[key]).as_u64().unwrap_or(0)).sum()
-    };
-    let mean = |path: &[&str], weight: &[&str]| -> f64 {
-        let (mut total, mut count) = (0.0, 0.0);
-        for (_, stats) in &instances {
-            let value = path.iter().fold(stats, |value, key| &value[key]).as_f64().unwrap_or(0.0);
-            let weight = weight.iter().fold(stats, |value, key| &value[key]).as_f64().unwrap_or(0.0);
-            total += value * weight;
-            count += weight;
+/// In a cluster, an instance runs where the leader's assignment puts it.
+impl Placement for Cluster {
+    fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    fn runs_here(&self, fqfn: &Fqfn, instance_id: u32) -> bool {
+        self.owner(fqfn, instance_id).as_deref() == Some(self.worker_id())
+    }
+
+    fn shares_records(&self) -> bool {
+        true
+    }
+
+    fn status_elsewhere(&self, fqfn: &Fqfn, instance_id: u32) -> Option<InstanceStatus> {
+        if self.runs_here(fqfn, instance_id) {
+            return None;
         }
-        if count > 0.0 { total / count } else { 0.0 }
-    };
-    let counters = ["receivedTotal", "processedSuccessfullyTotal", "systemExceptionsTotal", "userExceptionsTotal"];
-    let mut json = serde_json::json!({});
-    for counter in counters.iter().chain(&["deadLetteredTotal"]) {
-        json[*counter] = sum(&[counter]).into();
+        Some(self.ask_owner(fqfn, instance_id, "status").unwrap_or_else(|error| InstanceStatus {
+            running: false,
+            error,
+            worker_id: self.owner(fqfn, instance_id),
+            ..InstanceStatus::default()
+        }))
     }
-    json["avgProcessLatency"] = mean(&["avgProcessLatency"], &["processedSuccessfullyTotal"]).into();
-    let mut minute = serde_json::json!({});
-    for counter in counters {
-        minute[counter] = sum(&["oneMin", counter]).into();
+
+    fn stats_elsewhere(&self, fqfn: &Fqfn, instance_id: u32) -> Option<Result<InstanceStats, WorkerError>> {
+        if self.runs_here(fqfn, instance_id) {
+            return None;
+        }
+        Some(
+            self.ask_owner(fqfn, instance_id, "stats")
+                .map_err(|error| WorkerError::Conflict(format!("instance {instance_id} of {fqfn}: {error}"))),
+        )
     }
-    minute["avgProcessLatency"] =
-        mean(&["oneMin", "avgProcessLatency"], &["oneMin", "processedSuccessfullyTotal"]).into();
-    json["oneMin"] = minute;
-    json["lastInvocation"] =
-        instances.iter().filter_map(|(_, stats)| stats["lastInvocation"].as_u64()).max().unwrap_or(0).into();
-    json["instances"] = instances
-        .into_iter()
-        .map(|(instance_id, metrics)| serde_json::json!({ "instanceId": instance_id, "metrics": metrics }))
-        .collect();
-    json
 }
 
 /// The assignments after `current`, for `functions` (name and instance count) and the live
@@ -234,7 +209,7 @@ impl Worker {
     fn cluster_round(&self) -> anyhow::Result<()> {
         let cluster = self.cluster.as_ref().expect("called in a cluster");
         let membership = &cluster.config.membership;
-        let info = serde_json::json!({ "url": cluster.config.url }).to_string();
+        let info = serde_json::to_string(&WorkerInfo { worker_id: String::new(), url: cluster.config.url.clone() })?;
         if let Err(error) = membership.heartbeat(cluster.worker_id(), info.as_bytes()) {
             // Past half the membership's lease, the leader may soon give this worker's instances
             // to others: stop them first, so that no instance runs twice.
@@ -254,8 +229,8 @@ impl Worker {
             .members()?
             .into_iter()
             .filter_map(|(worker, info)| {
-                let info: serde_json::Value = serde_json::from_slice(&info).ok()?;
-                Some((worker, info["url"].as_str()?.to_owned()))
+                let info: WorkerInfo = serde_json::from_slice(&info).ok()?;
+                Some((worker, info.url))
             })
             .collect();
         *lock(&cluster.members) = members.clone();
@@ -373,7 +348,7 @@ impl Worker {
         let Some(function) = existing else {
             let config = self.function_config(&record.spec)?;
             let prepared = self.load_package(&record.digest)?.prepare::<MessageContext>()?;
-            instance::check_kind(&prepared, &config).map_err(anyhow::Error::msg)?;
+            config.check_kind(prepared.kind()).map_err(anyhow::Error::msg)?;
             self.ledger.set(fqfn, Footprint::of(&config));
             let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
             self.start_instances(&mut function)?;
@@ -428,7 +403,7 @@ impl Worker {
     }
 
     /// The cluster: live workers, the leader and the assignments.
-    pub fn cluster_info(&self) -> Result<serde_json::Value, WorkerError> {
+    pub fn cluster_info(&self) -> Result<ClusterInfo, WorkerError> {
         let cluster = self.cluster()?;
         let leader = cluster.config.membership.leader().map_err(anyhow::Error::from)?;
         Ok(cluster.describe(leader))
@@ -436,7 +411,7 @@ impl Worker {
 
     fn cluster(&self) -> Result<&Cluster, WorkerError> {
         self.cluster
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| WorkerError::BadRequest("this worker is not in a cluster (start it with --cluster)".into()))
     }
 
@@ -488,22 +463,5 @@ mod tests {
         assert_eq!(count(&joined, "w2"), 0, "a new worker gets nothing until a rebalance");
         let rebalanced = schedule(&joined, &functions, &workers(&["w1", "w2", "w3"]), true);
         assert_eq!([count(&rebalanced, "w1"), count(&rebalanced, "w2"), count(&rebalanced, "w3")], [2, 2, 1]);
-    }
-
-    #[test]
-    fn totals_sum_the_instances_and_weigh_latency_by_processed_messages() {
-        let instance = |received: u64, processed: u64, latency: f64| {
-            serde_json::json!({
-                "receivedTotal": received, "processedSuccessfullyTotal": processed, "avgProcessLatency": latency,
-                "lastInvocation": received,
-                "oneMin": { "receivedTotal": received, "processedSuccessfullyTotal": processed, "avgProcessLatency": latency },
-            })
-        };
-        let total = total_stats(vec![(0, instance(10, 10, 1.0)), (1, instance(30, 30, 3.0))]);
-        assert_eq!(total["receivedTotal"], 40);
-        assert_eq!(total["avgProcessLatency"], 2.5);
-        assert_eq!(total["oneMin"]["processedSuccessfullyTotal"], 40);
-        assert_eq!(total["lastInvocation"], 30);
-        assert_eq!(total["instances"][1]["instanceId"], 1);
     }
 }

@@ -1,8 +1,8 @@
 //! The data plane of the admin API: trigger, state, produce, and the JSON of messages and state.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::api::{FunctionState, ReceivedMessage, TriggerAnswer};
 use super::{InstanceSlot, TRIGGER_POLL, Worker, WorkerError, lock};
 use crate::engine::broker::{Message, OutMessage, Position, SubscriptionSpec};
 use crate::engine::state::{StateValue, Versioned};
@@ -14,13 +14,13 @@ use crate::names::{Fqfn, TopicName};
 impl Worker {
     /// Puts `value` on `topic` (default: the function's only input topic), waits until the function
     /// has processed it, and returns its output, if it had one.
-    pub fn trigger(&self, fqfn: &Fqfn, topic: Option<&str>, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
+    pub fn trigger(&self, fqfn: &Fqfn, topic: Option<&str>, value: Vec<u8>) -> Result<TriggerAnswer, WorkerError> {
         let function = self.function(fqfn)?;
         self.check_disk()?;
         let config = {
             let mut function = lock(&function);
             // In a cluster the instances may run on other workers; their status tells.
-            if self.cluster.is_none() && !function.instances.iter_mut().any(InstanceSlot::is_running) {
+            if !self.placement.shares_records() && !function.instances.iter_mut().any(InstanceSlot::is_running) {
                 return Err(WorkerError::Conflict(format!(
                     "{fqfn} has no running instance to process the trigger; start it first"
                 )));
@@ -78,9 +78,8 @@ impl Worker {
                 loop {
                     let messages = reader.fetch(MAX_BATCH_MESSAGES, Duration::ZERO).map_err(anyhow::Error::from)?;
                     if let Some(output) = messages.iter().find(|message| is_output(message)) {
-                        let mut json = message_json(output);
-                        json["inputMessageId"] = message_id.clone().into();
-                        return Ok(json);
+                        let output = Some(ReceivedMessage::of(output));
+                        return Ok(TriggerAnswer { input_message_id: message_id.clone(), output });
                     }
                     if messages.is_empty() {
                         break;
@@ -88,7 +87,7 @@ impl Worker {
                 }
             }
             if processed {
-                return Ok(serde_json::json!({ "inputMessageId": message_id, "value": null }));
+                return Ok(TriggerAnswer { input_message_id: message_id.clone(), output: None });
             }
             if Instant::now() >= deadline {
                 let why = if acknowledged_when_processed {
@@ -104,19 +103,19 @@ impl Worker {
         }
     }
 
-    /// The committed value of a state key, as FunctionState JSON.
-    pub fn query_state(&self, fqfn: &Fqfn, key: &str) -> Result<serde_json::Value, WorkerError> {
+    /// The committed value of a state key.
+    pub fn query_state(&self, fqfn: &Fqfn, key: &str) -> Result<FunctionState, WorkerError> {
         self.function(fqfn)?;
         crate::engine::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
         let stored = self.store.table(fqfn).and_then(|table| table.get(key)).map_err(anyhow::Error::from)?;
         match stored {
-            Some(stored) => Ok(state_json(key, stored)),
+            Some(stored) => Ok(FunctionState::of(key, stored)),
             None => Err(WorkerError::NotFound(format!("function {fqfn} has no state under key `{key}`"))),
         }
     }
 
     /// Sets a state key to bytes; counters are refused, both as the new value and as the old one.
-    pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<serde_json::Value, WorkerError> {
+    pub fn put_state(&self, fqfn: &Fqfn, key: &str, value: Vec<u8>) -> Result<FunctionState, WorkerError> {
         self.function(fqfn)?;
         self.check_disk()?;
         crate::engine::state::check_user_key(key).map_err(WorkerError::BadRequest)?;
@@ -139,7 +138,7 @@ impl Worker {
             )));
         }
         let stored = self.store.put(fqfn, key, StateValue::Bytes(value)).map_err(anyhow::Error::from)?;
-        Ok(state_json(key, stored))
+        Ok(FunctionState::of(key, stored))
     }
 
     /// Appends messages to a topic; returns their ids.
@@ -154,27 +153,7 @@ impl Worker {
     }
 }
 
-/// The JSON form of a message, as `topics consume --json` prints it.
-pub fn message_json(message: &Message) -> serde_json::Value {
-    use base64::Engine as _;
-    let body = &message.body;
-    let mut json = serde_json::json!({
-        "messageId": message.id(),
-        "topic": message.topic.as_str(),
-        "key": body.key,
-        "properties": body.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
-        "eventTime": body.event_time,
-        "publishTime": body.publish_time,
-        "redeliveryCount": message.redelivery_count,
-    });
-    match std::str::from_utf8(&body.value) {
-        Ok(text) => json["value"] = text.into(),
-        Err(_) => json["valueBase64"] = base64::engine::general_purpose::STANDARD.encode(&body.value).into(),
-    }
-    json
-}
-
-/// Bytes that `message` takes in [`message_json`]'s encoding, at most: what bounds an answer and
+/// Bytes that `message` takes in [`ReceivedMessage`]'s JSON encoding, at most: what bounds an answer and
 /// counts against a tenant's receive rate, since text of control characters takes six times its
 /// size once escaped.
 pub fn message_json_len(message: &Message) -> usize {
@@ -201,19 +180,4 @@ pub(super) fn escaped_len(text: &str) -> usize {
             _ => 1,
         })
         .sum::<usize>()
-}
-
-/// A state value as Pulsar's `FunctionState` JSON: numberValue for counters, stringValue for
-/// UTF-8, else byteValue (base64).
-pub fn state_json(key: &str, stored: Versioned) -> serde_json::Value {
-    use base64::Engine as _;
-    let mut json = serde_json::json!({ "key": key, "version": stored.version });
-    match stored.value {
-        StateValue::Counter(value) => json["numberValue"] = value.into(),
-        StateValue::Bytes(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => json["stringValue"] = text.into(),
-            Err(error) => json["byteValue"] = base64::engine::general_purpose::STANDARD.encode(error.as_bytes()).into(),
-        },
-    }
-    json
 }

@@ -9,7 +9,8 @@ use super::{
     not_found,
 };
 use crate::engine::broker::BrokerError;
-use crate::instance::{self, LogSink, MessageContext, RunningInstance, WasmExecutor};
+use crate::engine::state::StateStore;
+use crate::instance::{self, FunctionLauncher, LaunchError, LogSink, RunningInstance};
 use crate::names::Fqfn;
 use crate::spec::FunctionSpec;
 
@@ -34,7 +35,7 @@ impl Worker {
             ));
         };
         let (digest, prepared) = self.prepare(&bytes, &shown)?;
-        instance::check_kind(&prepared, &config).map_err(WorkerError::BadRequest)?;
+        config.check_kind(prepared.kind()).map_err(WorkerError::BadRequest)?;
         let changes = self.changes.of(&fqfn);
         let _changing = lock(&changes);
         if lock(&self.functions).contains_key(&fqfn) {
@@ -96,8 +97,8 @@ impl Worker {
             None => None,
         };
         match &prepared {
-            Some((_, prepared)) => instance::check_kind(prepared, &config),
-            None => instance::check_kind(&lock(&function).prepared, &config),
+            Some((_, prepared)) => config.check_kind(prepared.kind()),
+            None => config.check_kind(lock(&function).prepared.kind()),
         }
         .map_err(WorkerError::BadRequest)?;
         let previous = self.reserve(fqfn, &config)?;
@@ -201,11 +202,6 @@ impl Worker {
         }
     }
 
-    /// True when instance `instance_id` of `fqfn` is this worker's to run.
-    pub(super) fn runs_here(&self, fqfn: &Fqfn, instance_id: u32) -> bool {
-        self.cluster.as_ref().is_none_or(|cluster| cluster.runs_here(fqfn, instance_id))
-    }
-
     /// Starts every instance of this worker not stopped by an operator that is not running, and
     /// stops those the cluster has moved to another worker.
     pub(super) fn start_instances(&self, function: &mut Function) -> Result<(), WorkerError> {
@@ -213,7 +209,7 @@ impl Worker {
         let fqfn = function.config.fqfn.clone();
         function.instances.resize_with(count as usize, InstanceSlot::default);
         for (instance_id, slot) in function.instances.iter_mut().enumerate() {
-            if slot.running.is_some() && !self.runs_here(&fqfn, instance_id as u32) {
+            if slot.running.is_some() && !self.placement.runs_here(&fqfn, instance_id as u32) {
                 tracing::info!(%fqfn, instance_id, "instance moved to another worker");
                 slot.stop();
             }
@@ -222,7 +218,7 @@ impl Worker {
         for instance_id in 0..count {
             let slot = &mut function.instances[instance_id as usize];
             if !function.record.stopped.contains(&instance_id)
-                && self.runs_here(&fqfn, instance_id)
+                && self.placement.runs_here(&fqfn, instance_id)
                 && !slot.is_running()
             {
                 idle.push(instance_id);
@@ -234,7 +230,7 @@ impl Worker {
             match self.store.subscribe(function.config.subscription_spec(instance_id, count)) {
                 Ok(consumer) => consumers.push((instance_id, self.guarded(consumer))),
                 // In a cluster the engine may be electing a leader: the next round tries again.
-                Err(error) if self.cluster.is_some() => {
+                Err(error) if self.placement.shares_records() => {
                     tracing::warn!(%fqfn, instance_id, "cannot subscribe yet: {error}");
                     function.instances[instance_id as usize].error = Some(format!("cannot subscribe: {error}"));
                 }
@@ -258,11 +254,13 @@ impl Worker {
         consumer: Box<dyn crate::engine::broker::Subscription>,
     ) -> Result<(), WorkerError> {
         let config = &function.config;
-        let details = Arc::new(config.details(&function.record.digest, instance_id, config.parallelism));
-        let table = self.store.table(&config.fqfn).map_err(anyhow::Error::from)?;
-        let context = MessageContext::new(config, instance_id, table, LogSink::Tracing);
+        let (prepared, digest) = (function.prepared.clone(), &function.record.digest);
+        let launcher =
+            FunctionLauncher::new(config, prepared, digest, &*self.store as &dyn StateStore, LogSink::Tracing)
+                .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
         let slot = &mut function.instances[instance_id as usize];
-        match WasmExecutor::start(function.prepared.clone(), details, config.limits, context) {
+        match launcher.executor(instance_id) {
+            Err(error @ LaunchError::State(_)) => return Err(anyhow::Error::from(error).into()),
             Ok(executor) => {
                 slot.error = None;
                 slot.running = Some(instance::spawn(
@@ -335,11 +333,13 @@ impl Worker {
         let ids = Self::instance_ids(&lock(&function), instance)?;
         drain(&function, Some(&ids));
         let mut function = lock(&function);
-        if instance.is_some() || self.cluster.is_some() {
+        // Other workers learn of a restart from the record.
+        let shared = self.placement.shares_records();
+        if instance.is_some() || shared {
             if instance.is_some() {
                 function.record.stopped.retain(|id| !ids.contains(id));
             }
-            if self.cluster.is_some() {
+            if shared {
                 for &instance_id in &ids {
                     *function.record.restarts.entry(instance_id).or_default() += 1;
                 }

@@ -13,11 +13,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod api;
+pub mod client;
 pub mod cluster;
 mod data;
 pub mod disk_guard;
 mod ledger;
 mod lifecycle;
+mod placement;
 mod prometheus;
 mod quota;
 mod records;
@@ -26,7 +29,7 @@ mod rest_consumer;
 mod tenant_gate;
 mod tenant_rates;
 
-pub use data::{message_json, message_json_len, state_json};
+pub use data::message_json_len;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -40,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::function::FunctionConfig;
 use crate::guest_build::Builder;
-use crate::instance::{self, MessageContext, RunningInstance};
+use crate::instance::{MessageContext, RunningInstance};
 use crate::limits::MAX_HELD_REQUESTS_PER_TENANT;
 use crate::metrics::InstanceMetrics;
 use crate::names::Fqfn;
@@ -179,7 +182,9 @@ pub struct Worker {
     builder: Builder,
     max_instances: u32,
     functions: Mutex<BTreeMap<Fqfn, Arc<Mutex<Function>>>>,
-    cluster: Option<cluster::Cluster>,
+    /// Where instances run; the cluster itself when there is one.
+    placement: Arc<dyn placement::Placement>,
+    cluster: Option<Arc<cluster::Cluster>>,
     access: access::Access,
     /// Held by every change to one function and, in a cluster, by a round while it catches up
     /// with that function's record, so that a round never sees a change half made.
@@ -206,13 +211,19 @@ impl Worker {
     /// Opens the worker on `store` and starts every function recorded there; in a cluster the
     /// functions start when [`Worker::run_cluster`] has learnt which instances are this worker's.
     pub fn open(config: WorkerConfig, store: Arc<dyn Engine>, runtime: Runtime) -> anyhow::Result<Self> {
+        let cluster = config.cluster.map(|config| Arc::new(cluster::Cluster::new(config)));
+        let placement: Arc<dyn placement::Placement> = match &cluster {
+            Some(cluster) => cluster.clone(),
+            None => Arc::new(placement::Alone),
+        };
         let worker = Self {
+            placement,
             store,
             runtime,
             builder: Builder::new(&config.cache_dir),
             max_instances: config.max_instances,
             functions: Mutex::new(BTreeMap::new()),
-            cluster: config.cluster.map(cluster::Cluster::new),
+            cluster,
             access: config.access,
             changes: ledger::ChangeLocks::default(),
             ledger: ledger::Ledger::default(),
@@ -222,7 +233,8 @@ impl Worker {
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
         };
-        if worker.cluster.is_some() {
+        // Shared functions start when the worker knows which instances are its own.
+        if worker.placement.shares_records() {
             return Ok(worker);
         }
         for (key, bytes) in worker.store.records(FUNCTION_RECORD_PREFIX)? {
@@ -247,7 +259,7 @@ impl Worker {
         let config = self.function_config(&record.spec)?;
         let code = self.load_package(&record.digest)?;
         let prepared = code.prepare::<MessageContext>()?;
-        instance::check_kind(&prepared, &config).map_err(|reason| anyhow::anyhow!(reason))?;
+        config.check_kind(prepared.kind()).map_err(|reason| anyhow::anyhow!(reason))?;
         self.reserve(fqfn, &config)?;
         let mut function = Function { instances: Vec::new(), config: Arc::new(config), prepared, record };
         if let Err(error) = self.start_instances(&mut function) {
@@ -280,7 +292,7 @@ impl Worker {
             )));
         }
         // Another worker of the cluster may have created it since this one's last round.
-        if self.cluster.is_some() {
+        if self.placement.shares_records() {
             let changes = (!change_lock_held).then(|| self.changes.of(fqfn));
             let _changing = changes.as_ref().map(|changes| lock(changes));
             self.catch_up_with(fqfn).map_err(WorkerError::Internal)?;
@@ -311,7 +323,7 @@ impl Worker {
     /// The names of the functions in a namespace.
     pub fn list(&self, tenant: &str, namespace: &str) -> Result<Vec<String>, WorkerError> {
         let keep = |fqfn: &Fqfn| fqfn.tenant() == tenant && fqfn.namespace() == namespace;
-        if self.cluster.is_some() {
+        if self.placement.shares_records() {
             // The records, not this worker's copy, which may be a round behind the cluster.
             let records = self.store.records(FUNCTION_RECORD_PREFIX).map_err(anyhow::Error::from)?;
             let names =

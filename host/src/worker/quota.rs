@@ -30,9 +30,9 @@ impl Worker {
     pub(super) fn reserve(&self, fqfn: &Fqfn, config: &FunctionConfig) -> Result<Option<Footprint>, WorkerError> {
         // A cluster counts its tenants' functions in the records that every worker shares; read
         // before the ledger is locked, so that no store call holds up other reservations.
-        let recorded = match self.cluster {
-            Some(_) => Some(self.recorded_footprints(fqfn)?),
-            None => None,
+        let recorded = match self.placement.shares_records() {
+            true => Some(self.recorded_footprints(fqfn)?),
+            false => None,
         };
         let footprint = Footprint::of(config);
         self.ledger.reserve(fqfn, footprint, |reserved| {

@@ -1,122 +1,106 @@
 //! What the worker tells about its functions: status, stats and `/metrics`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::cluster;
+use super::api::{
+    FunctionStats, FunctionStatus, InstanceStats, InstanceStatsEntry, InstanceStatus, InstanceStatusEntry,
+};
 use super::prometheus;
 use super::{Function, Worker, WorkerError, lock};
-use crate::metrics::Stats;
+use crate::metrics::{MinuteCounts, Stats};
 use crate::names::Fqfn;
 
 impl Worker {
-    /// Pulsar's FunctionStatus for the function, or for one instance.
-    pub fn status(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<serde_json::Value, WorkerError> {
+    /// Pulsar's FunctionStatus: every instance's status.
+    pub fn status(&self, fqfn: &Fqfn) -> Result<FunctionStatus, WorkerError> {
         let function = self.function(fqfn)?;
         let mut function = lock(&function);
-        let ids = Self::instance_ids(&function, instance)?;
-        let mut instances = Vec::new();
-        let mut running_count = 0;
-        for instance_id in ids {
-            if let Some(cluster) = &self.cluster
-                && !cluster.runs_here(fqfn, instance_id)
-            {
-                let status = cluster.remote_status(fqfn, instance_id);
-                running_count += u32::from(status["running"] == true);
-                instances.push(serde_json::json!({ "instanceId": instance_id, "status": status }));
-                continue;
-            }
-            let slot = &mut function.instances[instance_id as usize];
-            let running = slot.is_running();
-            running_count += u32::from(running);
-            let stats = slot.metrics.snapshot();
-            let error = slot.error.clone().unwrap_or_default();
-            instances.push(serde_json::json!({
-                "instanceId": instance_id,
-                "status": {
-                    "running": running,
-                    "error": error,
-                    "numRestarts": stats.restarts,
-                    "numReceived": stats.received,
-                    "numSuccessfullyProcessed": stats.succeeded,
-                    "numUserExceptions": stats.user_exceptions,
-                    "latestUserExceptions": stats.latest_user_exceptions,
-                    "numSystemExceptions": stats.system_exceptions,
-                    "latestSystemExceptions": stats.latest_system_exceptions,
-                    "numDeadLettered": stats.dead_lettered,
-                    "averageLatency": stats.latency.mean_millis(),
-                    "lastInvocationTime": stats.last_invocation.unwrap_or(0),
-                    "workerId": self.cluster.as_ref().map_or("embedded", |cluster| cluster.worker_id()),
-                },
-            }));
-        }
-        if instance.is_some() {
-            return Ok(instances.remove(0)["status"].take());
-        }
-        Ok(serde_json::json!({
-            "numInstances": function.config.parallelism,
-            "numRunning": running_count,
-            "instances": instances,
-        }))
+        let ids = Self::instance_ids(&function, None)?;
+        let instances: Vec<InstanceStatusEntry> = ids
+            .into_iter()
+            .map(|instance_id| InstanceStatusEntry {
+                instance_id,
+                status: self.instance_status_of(fqfn, &mut function, instance_id),
+            })
+            .collect();
+        Ok(FunctionStatus {
+            num_instances: function.config.parallelism,
+            num_running: instances.iter().filter(|instance| instance.status.running).count() as u32,
+            instances,
+        })
     }
 
-    /// Pulsar's FunctionStats for the function, or FunctionInstanceStats for one instance.
-    pub fn stats(&self, fqfn: &Fqfn, instance: Option<u32>) -> Result<serde_json::Value, WorkerError> {
+    /// Pulsar's FunctionInstanceStatusData of one instance.
+    pub fn instance_status(&self, fqfn: &Fqfn, instance_id: u32) -> Result<InstanceStatus, WorkerError> {
+        let function = self.function(fqfn)?;
+        let mut function = lock(&function);
+        Self::instance_ids(&function, Some(instance_id))?;
+        Ok(self.instance_status_of(fqfn, &mut function, instance_id))
+    }
+
+    /// An instance's status, asked of the worker that runs it when that is another.
+    fn instance_status_of(&self, fqfn: &Fqfn, function: &mut Function, instance_id: u32) -> InstanceStatus {
+        if let Some(status) = self.placement.status_elsewhere(fqfn, instance_id) {
+            return status;
+        }
+        let slot = &mut function.instances[instance_id as usize];
+        let running = slot.is_running();
+        let error = slot.error.clone().unwrap_or_default();
+        InstanceStatus::new(running, error, &slot.metrics.snapshot(), self.placement.worker_id())
+    }
+
+    /// Pulsar's FunctionStats: the totals over the instances, then each instance's.
+    pub fn stats(&self, fqfn: &Fqfn) -> Result<FunctionStats, WorkerError> {
         let function = self.function(fqfn)?;
         let function = lock(&function);
-        let ids = Self::instance_ids(&function, instance)?;
-        if let Some(cluster) = &self.cluster
-            && ids.iter().any(|&instance_id| !cluster.runs_here(fqfn, instance_id))
-        {
-            let mut instances = Vec::new();
-            for instance_id in ids {
-                let metrics = &function.instances[instance_id as usize].metrics;
-                let stats = match cluster.runs_here(fqfn, instance_id) {
-                    true => stats_json(&metrics.snapshot(), &metrics.last_minute()),
-                    false => cluster.remote_stats(fqfn, instance_id)?,
-                };
-                instances.push((instance_id, stats));
-            }
-            if instance.is_some() {
-                return Ok(instances.remove(0).1);
-            }
-            return Ok(cluster::total_stats(instances));
+        let ids = Self::instance_ids(&function, None)?;
+        let all_here = ids.iter().all(|&instance_id| self.placement.runs_here(fqfn, instance_id));
+        let mut instances = Vec::new();
+        let (mut local_total, mut local_minute) = (Vec::new(), MinuteCounts::default());
+        for instance_id in ids {
+            let metrics = match self.placement.stats_elsewhere(fqfn, instance_id) {
+                Some(elsewhere) => elsewhere?,
+                None => {
+                    let metrics = &function.instances[instance_id as usize].metrics;
+                    let (stats, minute) = (metrics.snapshot(), metrics.last_minute());
+                    local_minute.add(&minute);
+                    let instance = InstanceStats::new(&stats, &minute);
+                    local_total.push(stats);
+                    instance
+                }
+            };
+            instances.push(InstanceStatsEntry { instance_id, metrics });
         }
-        let per_instance: Vec<(u32, Stats, crate::metrics::MinuteCounts)> = ids
-            .iter()
-            .map(|&instance_id| {
-                let metrics = &function.instances[instance_id as usize].metrics;
-                (instance_id, metrics.snapshot(), metrics.last_minute())
-            })
-            .collect();
-        let instances: Vec<serde_json::Value> = per_instance
-            .iter()
-            .map(|(instance_id, stats, minute)| {
-                serde_json::json!({ "instanceId": instance_id, "metrics": stats_json(stats, minute) })
-            })
-            .collect();
-        if instance.is_some() {
-            return Ok(instances[0]["metrics"].clone());
+        // Here the counts themselves are known, and metric means combine exactly; from other
+        // workers only their stats are.
+        let totals = match all_here {
+            true => InstanceStats::new(&Stats::total(local_total.iter()), &local_minute),
+            false => InstanceStats::total(instances.iter().map(|instance| &instance.metrics)),
+        };
+        Ok(FunctionStats { totals, instances })
+    }
+
+    /// Pulsar's FunctionInstanceStatsData of one instance.
+    pub fn instance_stats(&self, fqfn: &Fqfn, instance_id: u32) -> Result<InstanceStats, WorkerError> {
+        let function = self.function(fqfn)?;
+        let function = lock(&function);
+        Self::instance_ids(&function, Some(instance_id))?;
+        if let Some(elsewhere) = self.placement.stats_elsewhere(fqfn, instance_id) {
+            return elsewhere;
         }
-        let total = Stats::total(per_instance.iter().map(|(_, stats, _)| stats));
-        let mut minute = crate::metrics::MinuteCounts::default();
-        for (_, _, instance_minute) in &per_instance {
-            minute.add(instance_minute);
-        }
-        let mut json = stats_json(&total, &minute);
-        json["instances"] = instances.into();
-        Ok(json)
+        let metrics = &function.instances[instance_id as usize].metrics;
+        Ok(InstanceStats::new(&metrics.snapshot(), &metrics.last_minute()))
     }
 
     /// Every instance's counts, labelled, for `/metrics`.
-    pub(super) fn instance_stats(&self) -> Vec<(Fqfn, u32, Stats)> {
+    pub(super) fn labelled_stats(&self) -> Vec<(Fqfn, u32, Stats)> {
         let functions: Vec<(Fqfn, Arc<Mutex<Function>>)> =
             lock(&self.functions).iter().map(|(fqfn, function)| (fqfn.clone(), function.clone())).collect();
         let mut all = Vec::new();
         for (fqfn, function) in functions {
             let function = lock(&function);
             for (instance_id, slot) in function.instances.iter().enumerate() {
-                if self.runs_here(&fqfn, instance_id as u32) {
+                if self.placement.runs_here(&fqfn, instance_id as u32) {
                     all.push((fqfn.clone(), instance_id as u32, slot.metrics.snapshot()));
                 }
             }
@@ -126,28 +110,6 @@ impl Worker {
 
     /// Prometheus text for every instance of every function.
     pub fn metrics_text(&self) -> String {
-        prometheus::render(&self.instance_stats())
+        prometheus::render(&self.labelled_stats())
     }
-}
-
-pub(super) fn stats_json(stats: &Stats, minute: &crate::metrics::MinuteCounts) -> serde_json::Value {
-    let user_metrics: BTreeMap<&String, f64> =
-        stats.user_metrics.iter().map(|(name, (count, sum))| (name, sum / (*count).max(1) as f64)).collect();
-    serde_json::json!({
-        "receivedTotal": stats.received,
-        "processedSuccessfullyTotal": stats.succeeded,
-        "systemExceptionsTotal": stats.system_exceptions,
-        "userExceptionsTotal": stats.user_exceptions,
-        "deadLetteredTotal": stats.dead_lettered,
-        "avgProcessLatency": stats.latency.mean_millis(),
-        "oneMin": {
-            "receivedTotal": minute.received,
-            "processedSuccessfullyTotal": minute.succeeded,
-            "systemExceptionsTotal": minute.system_exceptions,
-            "userExceptionsTotal": minute.user_exceptions,
-            "avgProcessLatency": minute.mean_latency_millis(),
-        },
-        "lastInvocation": stats.last_invocation.unwrap_or(0),
-        "userMetrics": user_metrics,
-    })
 }

@@ -128,7 +128,7 @@ impl RestConsumer {
 mod tests {
     use super::*;
     use crate::engine::broker::OutMessage;
-    use crate::worker::message_json;
+    use crate::worker::api::ReceivedMessage;
 
     #[test]
     fn an_answers_length_is_never_more_than_counted() {
@@ -155,7 +155,7 @@ mod tests {
                 body: out.stamp(u64::MAX),
                 redelivery_count: u32::MAX,
             };
-            let encoded = serde_json::to_vec(&message_json(&message)).unwrap().len();
+            let encoded = serde_json::to_vec(&ReceivedMessage::of(&message)).unwrap().len();
             let counted = message_json_len(&message);
             assert!(encoded <= counted, "{encoded} bytes encoded, {counted} counted: {:?}", message.body);
             assert!(counted <= encoded + 1024, "the count is close: {encoded} encoded, {counted} counted");

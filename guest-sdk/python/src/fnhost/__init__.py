@@ -26,7 +26,7 @@ b'hi!'
 import inspect
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 __all__ = [
     "Function",
@@ -103,13 +103,13 @@ class Message:
     """
 
     value: bytes
-    key: Optional[str] = None
-    properties: List[Tuple[str, str]] = field(default_factory=list)
-    event_time: Optional[int] = None
+    key: str | None = None
+    properties: list[tuple[str, str]] = field(default_factory=list)
+    event_time: int | None = None
     publish_time: int = 0
     message_id: str = "0"
     topic: str = "persistent://public/default/input"
-    partition_key: Optional[str] = None
+    partition_key: str | None = None
 
 
 @dataclass
@@ -131,15 +131,15 @@ class Window:
 
     start: int
     end: int
-    records: List[Message] = field(default_factory=list)
+    records: list[Message] = field(default_factory=list)
 
     @property
-    def values(self) -> List[bytes]:
+    def values(self) -> list[bytes]:
         """The records' values, oldest first."""
         return [record.value for record in self.records]
 
 
-def _to_bytes(value: Union[str, bytes, bytearray, memoryview], what: str) -> bytes:
+def _to_bytes(value: str | bytes | bytearray | memoryview, what: str) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -147,7 +147,7 @@ def _to_bytes(value: Union[str, bytes, bytearray, memoryview], what: str) -> byt
     raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
-def encode_output(value: Any) -> Optional[bytes]:
+def encode_output(value: Any) -> bytes | None:
     """The bytes written to the output topic for a value ``process`` returned.
 
     ``None`` writes nothing; ``bytes`` are written as they are and ``str`` as UTF-8; ``dict`` and
@@ -183,7 +183,7 @@ class Logger:
 
     def __init__(self, host: Any):
         self._host = host
-        self._min_rank: Optional[int] = None
+        self._min_rank: int | None = None
 
     def is_enabled_for(self, level: str) -> bool:
         """Whether lines at ``level`` (``"debug"``, ``"info"``, ``"warn"``, ``"error"``) are written.
@@ -241,11 +241,11 @@ class State:
     def __init__(self, host: Any):
         self._host = host
 
-    def put(self, key: str, value: Union[str, bytes]) -> None:
+    def put(self, key: str, value: str | bytes) -> None:
         """Stores ``value`` under ``key``; durable when the message's effects commit."""
         self._host.put_state(key, _to_bytes(value, "a state value"))
 
-    def get(self, key: str, default: Optional[str] = None) -> Optional[str]:
+    def get(self, key: str, default: str | None = None) -> str | None:
         """The text under ``key``, or ``default``."""
         value = self._host.get_state(key)
         if value is None:
@@ -265,7 +265,7 @@ class State:
             raise KeyError(key)
         return value
 
-    def __setitem__(self, key: str, value: Union[str, bytes]) -> None:
+    def __setitem__(self, key: str, value: str | bytes) -> None:
         self.put(key, value)
 
     def __delitem__(self, key: str) -> None:
@@ -282,7 +282,7 @@ class Context:
     ``context`` interface; inside a component it is the host itself, in tests a mock.
     """
 
-    def __init__(self, host: Any, message: Optional[Message] = None):
+    def __init__(self, host: Any, message: Message | None = None):
         self._host = host
         self._message = message or Message(value=b"")
         self._identity = None
@@ -302,15 +302,15 @@ class Context:
         """The message's identity within its topic, stable across redeliveries."""
         return self._message.message_id
 
-    def get_message_key(self) -> Optional[str]:
+    def get_message_key(self) -> str | None:
         """The message's key, or ``None``."""
         return self._message.key
 
-    def get_partition_key(self) -> Optional[str]:
+    def get_partition_key(self) -> str | None:
         """The key that chose the message's key-shared consumer, or ``None``."""
         return self._message.partition_key
 
-    def get_message_eventtime(self) -> Optional[int]:
+    def get_message_eventtime(self) -> int | None:
         """When the event happened (ms since the epoch), if the producer said."""
         return self._message.event_time
 
@@ -318,7 +318,7 @@ class Context:
         """When the message was appended to its topic (ms since the epoch)."""
         return self._message.publish_time
 
-    def get_message_properties(self) -> Dict[str, str]:
+    def get_message_properties(self) -> dict[str, str]:
         """The message's properties."""
         return dict(self._message.properties)
 
@@ -355,11 +355,11 @@ class Context:
         """How many instances of the function run."""
         return self._who().num_instances
 
-    def get_input_topics(self) -> List[str]:
+    def get_input_topics(self) -> list[str]:
         """The fully qualified names of the input topics."""
         return list(self._host.input_topics())
 
-    def get_output_topic(self) -> Optional[str]:
+    def get_output_topic(self) -> str | None:
         """The output topic, if any."""
         return self._host.output_topic()
 
@@ -369,11 +369,11 @@ class Context:
         text = self._host.user_config_value(key)
         return None if text is None else json.loads(text)
 
-    def get_user_config_map(self) -> Dict[str, Any]:
+    def get_user_config_map(self) -> dict[str, Any]:
         """The whole user config, each value decoded from JSON."""
         return {key: json.loads(text) for key, text in self._host.user_config_map()}
 
-    def get_secret(self, secret_name: str) -> Optional[str]:
+    def get_secret(self, secret_name: str) -> str | None:
         """A secret the operator gave the function, or ``None``."""
         return self._host.secret(secret_name)
 
@@ -387,11 +387,11 @@ class Context:
         self._host.record_metric(metric_name, float(metric_value))
 
     # State.
-    def put_state(self, key: str, value: Union[str, bytes]) -> None:
+    def put_state(self, key: str, value: str | bytes) -> None:
         """Stores ``value`` (bytes, or str as UTF-8) under ``key``."""
         self._host.put_state(key, _to_bytes(value, "a state value"))
 
-    def get_state(self, key: str) -> Optional[bytes]:
+    def get_state(self, key: str) -> bytes | None:
         """The bytes under ``key``, or ``None``."""
         return self._host.get_state(key)
 
@@ -415,12 +415,12 @@ class Context:
     def publish(
         self,
         topic_name: str,
-        message: Union[str, bytes],
-        serde_class_name: Optional[str] = None,
-        properties: Optional[Dict[str, str]] = None,
+        message: str | bytes,
+        serde_class_name: str | None = None,
+        properties: dict[str, str] | None = None,
         compression_type: Any = None,
         callback: Any = None,
-        message_conf: Optional[Dict[str, Any]] = None,
+        message_conf: dict[str, Any] | None = None,
     ) -> None:
         """Publishes ``message`` to ``topic_name`` when this message's effects commit.
 
@@ -480,12 +480,12 @@ class _Runner:
             self._with_context = _takes_context(self._call)
         return self._call
 
-    def run(self, input: Any, context: Context) -> Optional[bytes]:
+    def run(self, input: Any, context: Context) -> bytes | None:
         call = self._callable()
         result = call(input, context) if self._with_context else call(input)
         return encode_output(result)
 
-    def event_time(self, value: bytes, message: Any) -> Optional[int]:
+    def event_time(self, value: bytes, message: Any) -> int | None:
         """A window function's ``event_time(value, message)``, if its object has one: the record's
         event time in milliseconds, read from it (Pulsar's timestamp extractor); else ``None``."""
         extract = getattr(getattr(self._callable(), "__self__", None), "event_time", None)

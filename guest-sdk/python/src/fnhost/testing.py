@@ -19,7 +19,7 @@ import json
 import struct
 import sys
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from . import Context, Message, WrongKind, _Runner
 from . import pulsar as _pulsar_names
@@ -49,17 +49,17 @@ class MockContext(Context):
         namespace: str = "default",
         instance_id: int = 0,
         num_instances: int = 1,
-        input_topics: Optional[List[str]] = None,
-        output_topic: Optional[str] = None,
-        user_config: Optional[Dict[str, Any]] = None,
-        secrets: Optional[Dict[str, str]] = None,
+        input_topics: list[str] | None = None,
+        output_topic: str | None = None,
+        user_config: dict[str, Any] | None = None,
+        secrets: dict[str, str] | None = None,
         log_level: str = "trace",
     ):
-        self.logs: List[Tuple[str, str]] = []
-        self.published: List[Tuple[str, bytes, Optional[str], Dict[str, str]]] = []
-        self.metrics: Dict[str, List[float]] = {}
-        self.state_values: Dict[str, bytes] = {}
-        self.counters: Dict[str, int] = {}
+        self.logs: list[tuple[str, str]] = []
+        self.published: list[tuple[str, bytes, str | None, dict[str, str]]] = []
+        self.metrics: dict[str, list[float]] = {}
+        self.state_values: dict[str, bytes] = {}
+        self.counters: dict[str, int] = {}
         self.acked = 0
         self._identity_value = SimpleNamespace(
             tenant=tenant,
@@ -75,7 +75,7 @@ class MockContext(Context):
         self._config = {key: json.dumps(value) for key, value in (user_config or {}).items()}
         self._secrets = dict(secrets or {})
         self._log_level = log_level
-        self._runners: Dict[int, _Runner] = {}
+        self._runners: dict[int, _Runner] = {}
         super().__init__(_MockHost(self))
 
     def process(
@@ -83,12 +83,12 @@ class MockContext(Context):
         function: Any,
         input: bytes,
         *,
-        key: Optional[str] = None,
-        properties: Optional[Dict[str, str]] = None,
-        event_time: Optional[int] = None,
-        topic: Optional[str] = None,
+        key: str | None = None,
+        properties: dict[str, str] | None = None,
+        event_time: int | None = None,
+        topic: str | None = None,
         message_id: str = "0",
-    ) -> Optional[bytes]:
+    ) -> bytes | None:
         """Runs ``function`` (an instance, a class or a plain function) on one message, as the host
         would, and returns the bytes it writes to the output topic (``None`` for nothing)."""
         self._set_message(

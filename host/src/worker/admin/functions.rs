@@ -10,15 +10,18 @@ use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
 
 use super::{ApiError, ApiResult, Shared, bad_request, fqfn};
 use super::{blocking, hold_until_ready};
 use crate::names::Fqfn;
 use crate::spec::FunctionSpec;
+use crate::worker::Worker;
 use crate::worker::access::Role;
+use crate::worker::api::{
+    ClusterInfo, Deleted, Done, FunctionState, FunctionStats, FunctionStatus, InstanceStats, InstanceStatus,
+    RebalanceAnswer, TriggerAnswer,
+};
 use crate::worker::tenant_rates::Metered;
-use crate::worker::{Worker, WorkerError};
 
 /// The fields of a multipart form, or of a JSON body taken as the single field `json_field`.
 pub(super) async fn form(request: Request, json_field: &str) -> ApiResult<BTreeMap<String, Vec<u8>>> {
@@ -69,13 +72,13 @@ pub(super) async fn metrics(State(worker): Shared) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-pub(super) async fn cluster(State(worker): Shared) -> ApiResult<Json<serde_json::Value>> {
+pub(super) async fn cluster(State(worker): Shared) -> ApiResult<Json<ClusterInfo>> {
     Ok(Json(blocking(move || worker.cluster_info()).await?))
 }
 
-pub(super) async fn rebalance(State(worker): Shared) -> ApiResult<Json<serde_json::Value>> {
+pub(super) async fn rebalance(State(worker): Shared) -> ApiResult<Json<RebalanceAnswer>> {
     blocking(move || worker.rebalance()).await?;
-    Ok(Json(serde_json::json!({ "rebalance": "requested" })))
+    Ok(Json(RebalanceAnswer { rebalance: "requested".into() }))
 }
 
 pub(super) async fn list(
@@ -152,39 +155,30 @@ pub(super) async fn create_or_update(
 pub(super) async fn delete(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Deleted>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let shown = fqfn.to_string();
     hold_until_ready(&worker, &tenant, Metered::Change).await?;
     blocking(move || worker.delete(&fqfn)).await?;
-    Ok(Json(serde_json::json!({ "deleted": shown })))
+    Ok(Json(Deleted { deleted: shown }))
 }
 
 pub(super) type InstancePath = Path<(String, String, String, String)>;
 
-pub(super) type Report = fn(&Worker, &Fqfn, Option<u32>) -> Result<serde_json::Value, WorkerError>;
-
-pub(super) async fn report(
-    worker: Arc<Worker>,
-    fqfn: Fqfn,
-    id: Option<u32>,
-    read: Report,
-) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(blocking(move || read(&worker, &fqfn, id)).await?))
-}
-
 pub(super) async fn status(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
-    report(worker, fqfn(&tenant, &namespace, &name)?, None, Worker::status).await
+) -> ApiResult<Json<FunctionStatus>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.status(&fqfn)).await?))
 }
 
 pub(super) async fn stats(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
-    report(worker, fqfn(&tenant, &namespace, &name)?, None, Worker::stats).await
+) -> ApiResult<Json<FunctionStats>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    Ok(Json(blocking(move || worker.stats(&fqfn)).await?))
 }
 
 pub(super) fn instance(tenant: &str, namespace: &str, name: &str, instance: &str) -> ApiResult<(Fqfn, u32)> {
@@ -197,17 +191,17 @@ pub(super) fn instance(tenant: &str, namespace: &str, name: &str, instance: &str
 pub(super) async fn instance_status(
     State(worker): Shared,
     Path((tenant, namespace, name, id)): InstancePath,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceStatus>> {
     let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
-    report(worker, fqfn, Some(id), Worker::status).await
+    Ok(Json(blocking(move || worker.instance_status(&fqfn, id)).await?))
 }
 
 pub(super) async fn instance_stats(
     State(worker): Shared,
     Path((tenant, namespace, name, id)): InstancePath,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceStats>> {
     let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
-    report(worker, fqfn, Some(id), Worker::stats).await
+    Ok(Json(blocking(move || worker.instance_stats(&fqfn, id)).await?))
 }
 
 /// Start, stop or restart.
@@ -223,14 +217,14 @@ pub(super) async fn lifecycle(
     fqfn: Fqfn,
     id: Option<u32>,
     action: Lifecycle,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Done>> {
     blocking(move || match action {
         Lifecycle::Start => worker.start(&fqfn, id),
         Lifecycle::Stop => worker.stop(&fqfn, id),
         Lifecycle::Restart => worker.restart(&fqfn, id),
     })
     .await?;
-    Ok(Json(serde_json::json!({ "done": true })))
+    Ok(Json(Done { done: true }))
 }
 
 macro_rules! lifecycle_handlers {
@@ -238,14 +232,14 @@ macro_rules! lifecycle_handlers {
         pub(super) async fn $function(
             State(worker): Shared,
             Path((tenant, namespace, name)): Path<(String, String, String)>,
-        ) -> ApiResult<Json<serde_json::Value>> {
+        ) -> ApiResult<Json<Done>> {
             lifecycle(worker, fqfn(&tenant, &namespace, &name)?, None, $action).await
         }
 
         pub(super) async fn $instance(
             State(worker): Shared,
             Path((tenant, namespace, name, id)): InstancePath,
-        ) -> ApiResult<Json<serde_json::Value>> {
+        ) -> ApiResult<Json<Done>> {
             let (fqfn, id) = instance(&tenant, &namespace, &name, &id)?;
             lifecycle(worker, fqfn, Some(id), $action).await
         }
@@ -262,7 +256,7 @@ pub(super) async fn trigger(
     State(worker): Shared,
     Path((tenant, namespace, name)): Path<(String, String, String)>,
     request: Request,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TriggerAnswer>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let mut fields = form(request, "data").await?;
     let value = match (fields.remove("data"), fields.remove("dataStream")) {
@@ -276,27 +270,16 @@ pub(super) async fn trigger(
 pub(super) async fn query_state(
     State(worker): Shared,
     Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<FunctionState>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     Ok(Json(blocking(move || worker.query_state(&fqfn, &key)).await?))
-}
-
-/// Pulsar's FunctionState, as putstate takes it.
-/// Other fields (Pulsar clients send `version`) are ignored: fnhost versions every write itself.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct FunctionState {
-    key: Option<String>,
-    string_value: Option<String>,
-    byte_value: Option<String>,
-    number_value: Option<serde_json::Value>,
 }
 
 pub(super) async fn put_state(
     State(worker): Shared,
     Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,
     request: Request,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<FunctionState>> {
     let fqfn = fqfn(&tenant, &namespace, &name)?;
     let fields = form(request, "state").await?;
     let Some(json) = fields.get("state") else {
@@ -315,6 +298,7 @@ pub(super) async fn put_state(
     }
     let value = match (state.string_value, state.byte_value, state.number_value) {
         (_, _, Some(_)) => {
+            // Other fields (Pulsar clients send `version`) are ignored: fnhost versions every write itself.
             return Err(bad_request(
                 "putstate does not set counters (numberValue); only the function's incr-counter changes them",
             ));

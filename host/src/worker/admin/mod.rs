@@ -17,6 +17,7 @@ use super::tenant_rates::Metered;
 use super::{Worker, WorkerError};
 use crate::limits::{MAX_REFUSAL_HOLD_MS, MAX_REQUEST_SIZE, RECEIVE_POLL_MS};
 use crate::names::{Fqfn, TopicName};
+use crate::worker::api::ErrorAnswer;
 use functions::{
     cluster, create_or_update, delete, get_function, instance_restart, instance_start, instance_stats, instance_status,
     instance_stop, list, metrics, put_state, query_state, rebalance, restart, start, stats, status, stop, trigger,
@@ -49,7 +50,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(serde_json::json!({ "reason": self.reason }))).into_response();
+        let mut response = (self.status, Json(ErrorAnswer { reason: self.reason })).into_response();
         if let Some(retry_after) = self.retry_after {
             // Whole seconds, as HTTP's Retry-After has them; never 0, which would invite a retry
             // that comes too soon.

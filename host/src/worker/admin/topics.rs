@@ -1,6 +1,5 @@
 //! Pulsar's REST producer path, and fnhost's REST consumer's receive and acknowledge.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,36 +14,19 @@ use super::{blocking, hold_until_ready};
 use crate::engine::broker::{OutMessage, Position};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_RECEIVE_WAIT_MS, RECEIVE_POLL_MS};
 use crate::names::{SubscriptionName, TopicName};
+use crate::worker::WorkerError;
+use crate::worker::api::{
+    AcknowledgeAnswer, AcknowledgeRequest, ProduceAnswer, ProduceRequest, PublishResult, ReceiveAnswer, ReceivedMessage,
+};
 use crate::worker::tenant_rates::Metered;
-use crate::worker::{WorkerError, message_json};
-
-/// Pulsar's REST producer body.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ProducerMessages {
-    messages: Vec<ProducerMessage>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ProducerMessage {
-    /// The value, base64-encoded (Pulsar's form for the bytes schema).
-    payload: String,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    properties: BTreeMap<String, String>,
-    #[serde(default)]
-    event_time: Option<u64>,
-}
 
 pub(super) async fn produce(
     State(worker): Shared,
     Path((tenant, namespace, topic)): Path<(String, String, String)>,
     body: Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ProduceAnswer>> {
     let topic = topic_name(&tenant, &namespace, &topic)?;
-    let request: ProducerMessages = serde_json::from_slice(&body).map_err(|error| {
+    let request: ProduceRequest = serde_json::from_slice(&body).map_err(|error| {
         bad_request(format!("the body is not {{\"messages\": [{{\"payload\": BASE64, ...}}]}}: {error}"))
     })?;
     if request.messages.len() > MAX_BATCH_MESSAGES {
@@ -70,8 +52,8 @@ pub(super) async fn produce(
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let ids = blocking(move || worker.produce(&topic, messages)).await?;
-    let results: Vec<serde_json::Value> = ids.into_iter().map(|id| serde_json::json!({ "messageId": id })).collect();
-    Ok(Json(serde_json::json!({ "messagePublishResults": results })))
+    let message_publish_results = ids.into_iter().map(|message_id| PublishResult { message_id }).collect();
+    Ok(Json(ProduceAnswer { message_publish_results }))
 }
 
 /// How many messages to receive and how long to wait for the first.
@@ -103,7 +85,7 @@ pub(super) async fn receive(
     // Read, though unused: a connection closed with a request body unread is reset, and a reset
     // throws away the part of a large answer the client has not read yet.
     _body: Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReceiveAnswer>> {
     let topic = topic_name(&tenant, &namespace, &topic)?;
     if query.count == 0 || query.count > MAX_BATCH_MESSAGES {
         return Err(bad_request(format!(
@@ -140,23 +122,16 @@ pub(super) async fn receive(
     }
     // Leaving the subscription gives back what was not acknowledged, which takes the store.
     tokio::task::spawn_blocking(move || drop(consumer));
-    let messages: Vec<serde_json::Value> = received.iter().map(message_json).collect();
-    Ok(Json(serde_json::json!({ "messages": messages })))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Acknowledgement {
-    message_ids: Vec<String>,
+    Ok(Json(ReceiveAnswer { messages: received.iter().map(ReceivedMessage::of).collect() }))
 }
 
 pub(super) async fn acknowledge(
     State(worker): Shared,
     Path((tenant, namespace, topic, subscription)): Path<(String, String, String, String)>,
     body: Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AcknowledgeAnswer>> {
     let topic = topic_name(&tenant, &namespace, &topic)?;
-    let request: Acknowledgement = serde_json::from_slice(&body)
+    let request: AcknowledgeRequest = serde_json::from_slice(&body)
         .map_err(|error| bad_request(format!("the body is not {{\"messageIds\": [...]}}: {error}")))?;
     if request.message_ids.len() > MAX_BATCH_MESSAGES {
         return Err(bad_request(format!("more than MAX_BATCH_MESSAGES ({MAX_BATCH_MESSAGES}) ids in one request")));
@@ -168,5 +143,5 @@ pub(super) async fn acknowledge(
         worker.rest_consumer(&topic, &subscription, Position::Earliest)?.acknowledge(&topic, &request.message_ids)
     })
     .await?;
-    Ok(Json(serde_json::json!({ "acknowledged": count })))
+    Ok(Json(AcknowledgeAnswer { acknowledged: count }))
 }

@@ -72,7 +72,22 @@ fnhost_guest::export!(__CLASS__);
 
 #[cfg(test)]
 mod tests {
+    use fnhost_guest::testing::MockContext;
+
     use super::*;
+
+    #[test]
+    fn a_logout_after_a_login_writes_the_session_and_forgets_the_login() {
+        let mut context = MockContext::new();
+        let mut function = __CLASS__;
+        let login = r#"{"user_id": "user123", "event_type": "login", "timestamp": 1678886400}"#;
+        let logout = r#"{"user_id": "user123", "event_type": "logout", "timestamp": 1678886420}"#;
+        assert_eq!(context.process(&mut function, login).unwrap(), None);
+        assert_eq!(context.state("user123"), Some(b"1678886400".to_vec()));
+        let output = context.process(&mut function, logout).unwrap();
+        assert_eq!(output.as_deref(), Some(br#"{"user_id":"user123","duration":20}"#.as_slice()));
+        assert_eq!(context.state("user123"), None);
+    }
 
     #[test]
     fn well_formed_events_parse_and_others_do_not() {

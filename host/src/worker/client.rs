@@ -1,0 +1,182 @@
+//! The one HTTP client of the admin API: the CLI's and cluster peers' (a worker asking another
+//! for the status of an instance it runs). Answers come back as the [`api`](super::api) types.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+
+use super::admin::CLIENT_HEADER;
+use super::api::ErrorAnswer;
+use crate::limits::MAX_REQUEST_SIZE;
+
+/// Why a request got no answer it could use.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The worker could not be reached, or did not answer in time.
+    #[error("cannot reach the worker at {url}: {reason}; start it with `fnhost worker`, or pass --url")]
+    Unreachable {
+        /// The worker's base URL.
+        url: String,
+        /// What the connection said.
+        reason: String,
+    },
+    /// The worker refused the request, with its reason.
+    #[error("{reason} (HTTP {status})")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The worker's reason, or its whole answer when it gave none.
+        reason: String,
+    },
+    /// The worker answered with what this client cannot read.
+    #[error("the worker at {url} answered what fnhost cannot read: {reason}")]
+    BadAnswer {
+        /// The worker's base URL.
+        url: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the worker answered 404: no such function, key or topic.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Refused { status: 404, .. })
+    }
+}
+
+/// A request body.
+pub enum Body {
+    /// No body.
+    Empty,
+    /// JSON, already encoded.
+    Json(Vec<u8>),
+    /// A multipart form: field names and values.
+    Form(Vec<(&'static str, Vec<u8>)>),
+}
+
+impl Body {
+    /// `value` as a JSON body.
+    pub fn json(value: &impl Serialize) -> Self {
+        Self::Json(serde_json::to_vec(value).expect("the wire shapes encode as JSON"))
+    }
+}
+
+/// A worker at a base URL.
+pub struct Client {
+    agent: ureq::Agent,
+    url: String,
+    /// The bearer token presented with every request.
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the worker at `url` that waits at most `timeout` for each answer and presents
+    /// `token`, if any.
+    pub fn new(url: &str, timeout: Duration, token: Option<String>) -> Self {
+        let agent =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+        Self { agent, url: url.trim_end_matches('/').to_owned(), token }
+    }
+
+    /// Sends a request and returns its answer as `T`; a refusal is an error with the worker's reason.
+    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Body) -> Result<T, ClientError> {
+        let text = self.send_text(method, path, body)?;
+        serde_json::from_str(&text)
+            .map_err(|error| ClientError::BadAnswer { url: self.url.clone(), reason: error.to_string() })
+    }
+
+    /// Sends a request and returns its JSON answer as it is, for the CLI to print.
+    pub fn send(&self, method: &str, path: &str, body: Body) -> Result<serde_json::Value, ClientError> {
+        let text = self.send_text(method, path, body)?;
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    fn send_text(&self, method: &str, path: &str, body: Body) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.url);
+        let (content_type, bytes) = match body {
+            Body::Empty => (None, Vec::new()),
+            Body::Json(bytes) => (Some("application/json".to_owned()), bytes),
+            Body::Form(fields) => {
+                let (content_type, bytes) = multipart(&fields);
+                (Some(content_type), bytes)
+            }
+        };
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let authorization = authorization.as_deref();
+        let result = match (method, content_type) {
+            ("GET", _) => authorize(self.agent.get(&url), authorization).call(),
+            ("DELETE", _) => authorize(self.agent.delete(&url), authorization).call(),
+            ("POST", Some(content_type)) => {
+                authorize(self.agent.post(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("POST", None) => authorize(self.agent.post(&url), authorization).send_empty(),
+            ("PUT", Some(content_type)) => {
+                authorize(self.agent.put(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
+            }
+            ("PUT", None) => authorize(self.agent.put(&url), authorization).send_empty(),
+            _ => unreachable!("the admin API takes GET, POST, PUT and DELETE"),
+        };
+        let mut response =
+            result.map_err(|error| ClientError::Unreachable { url: self.url.clone(), reason: error.to_string() })?;
+        let status = response.status();
+        let text =
+            response.body_mut().with_config().limit(MAX_REQUEST_SIZE as u64).read_to_string().map_err(|error| {
+                ClientError::BadAnswer { url: self.url.clone(), reason: format!("cannot read it: {error}") }
+            })?;
+        if !status.is_success() {
+            let reason = match serde_json::from_str::<ErrorAnswer>(&text) {
+                Ok(answer) => answer.reason,
+                Err(_) => format!("the worker answered: {text}"),
+            };
+            return Err(ClientError::Refused { status: status.as_u16(), reason });
+        }
+        Ok(text)
+    }
+}
+
+/// `request` with the bearer token, if any, and the header that marks a request as a program's,
+/// not a web page's (a worker without tokens refuses writes without it).
+fn authorize<B>(request: ureq::RequestBuilder<B>, authorization: Option<&str>) -> ureq::RequestBuilder<B> {
+    let request = request.header(CLIENT_HEADER, "fnhost-cli");
+    match authorization {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    }
+}
+
+/// Encodes a multipart form as its `Content-Type` and body; the boundary is a digest of the
+/// content, so it cannot occur in it except by a SHA-256 collision.
+pub fn multipart(fields: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
+    let mut hasher = Sha256::new();
+    for (name, value) in fields {
+        hasher.update(name.as_bytes());
+        hasher.update(value);
+    }
+    let boundary: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `text` with every byte outside the URL path's unreserved set percent-encoded.
+pub fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
