@@ -16,13 +16,14 @@
 //! The traits are synchronous and async-nats is not: the engine owns a small tokio runtime and
 //! blocks on it, from the instance threads and from the admin API's blocking pool alike.
 
+mod commit;
 mod failure;
 mod metadata;
 mod names;
 mod state;
 mod subscription;
 
-pub(crate) use subscription::Intent as CommitIntent;
+pub(crate) use commit::Intent as CommitIntent;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,300 @@
+//! A cluster commit, which JetStream cannot make atomic: the intent an ordered consumer writes
+//! first (its outputs and each changed key's final value), which a successor replays, then the
+//! outputs (with message ids the stream de-duplicates), the state writes and the acknowledgements.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::kv;
+use bincode::{Decode, Encode};
+
+use super::names::kv_key;
+use super::subscription::{INTENT_PREFIX, NatsSubscription};
+use super::{Inner, ValueCache, decode, encode, remember, storage};
+use crate::engine::broker::{BrokerError, Effects, OutMessage, SubscriptionSpec, SubscriptionType};
+use crate::engine::state::{Change, StateValue, Versioned};
+use crate::names::{SubscriptionName, TopicName};
+
+impl NatsSubscription {
+    /// Finishes the commit a predecessor of this consumer may have left half done, and learns
+    /// what it committed.
+    pub(super) fn finish_intent(&self) -> Result<(), BrokerError> {
+        let Some(key) = &self.intent_key else { return Ok(()) };
+        let inner = &self.inner;
+        inner.block_on(async {
+            let Some(bytes) = inner.metadata.get(kv_key(key)).await.map_err(storage)? else { return Ok(()) };
+            let intent: Intent = decode(&bytes).map_err(|reason| {
+                storage(format!(
+                    "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
+                ))
+            })?;
+            let mut committed = HashMap::new();
+            for (topic, sequence) in &intent.committed {
+                if let Ok(topic) = TopicName::parse(topic) {
+                    committed.insert(topic, *sequence);
+                }
+            }
+            // Applying it again is harmless: outputs keep their message ids and state its final values.
+            apply_intent(inner, &intent).await?;
+            *self.committed.lock().unwrap() = committed;
+            Ok(())
+        })
+    }
+
+    /// Writes a commit's effects (not its acknowledgements); repeating it is harmless, because
+    /// outputs keep their ids (`commit`) and an ordered subscription writes final values.
+    pub(super) async fn apply(
+        &self,
+        effects: &Effects,
+        commit: &str,
+        highest: &HashMap<TopicName, u64>,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let intent = match (&self.intent_key, &effects.state) {
+            (Some(key), state) => {
+                let (fqfn, finals) = match state {
+                    Some((fqfn, changes)) => {
+                        let store = inner.table(fqfn).await.map_err(storage)?;
+                        (Some(fqfn.to_string()), self.final_values(&store, changes).await?)
+                    }
+                    None => (None, Vec::new()),
+                };
+                let mut committed = self.committed.lock().unwrap().clone();
+                for (topic, high) in highest {
+                    let entry = committed.entry(topic.clone()).or_default();
+                    *entry = (*entry).max(*high);
+                }
+                let intent = Intent {
+                    commit: commit.to_owned(),
+                    outputs: effects
+                        .outputs
+                        .iter()
+                        .map(|(topic, message)| IntentOutput {
+                            topic: topic.to_string(),
+                            value: message.value.clone(),
+                            key: message.key.clone(),
+                            properties: message.properties.clone(),
+                            event_time: message.event_time,
+                        })
+                        .collect(),
+                    fqfn,
+                    state: finals,
+                    committed: committed.iter().map(|(topic, high)| (topic.to_string(), *high)).collect(),
+                };
+                inner.metadata.put(kv_key(key), encode(&intent).into()).await.map_err(|error| {
+                    storage(format!(
+                        "cannot write the commit intent (lower --batch-size if the batch's effects are large): {error}"
+                    ))
+                })?;
+                Some((intent, committed))
+            }
+            _ => None,
+        };
+        match intent {
+            Some((intent, committed)) => {
+                apply_intent(inner, &intent).await?;
+                *self.committed.lock().unwrap() = committed;
+            }
+            None => {
+                // Neither write depends on the other, and the acknowledgement waits for both.
+                let state = async {
+                    if let Some((fqfn, changes)) = &effects.state {
+                        let store = inner.table(fqfn).await.map_err(storage)?;
+                        apply_shared(&store, &inner.cache(fqfn), changes).await?;
+                    }
+                    Ok(())
+                };
+                tokio::try_join!(publish_outputs(inner, effects.outputs.iter().cloned(), commit), state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `effects.state` into final values, reading the stored counters it adds to.
+    async fn final_values(
+        &self,
+        store: &kv::Store,
+        changes: &crate::engine::state::StateChanges,
+    ) -> Result<Vec<(String, Option<StateValue>)>, BrokerError> {
+        let mut finals = Vec::with_capacity(changes.len());
+        for (key, change) in changes.iter() {
+            let stored = match change {
+                Change::Add(_) => match store.entry(kv_key(key)).await.map_err(storage)? {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        Some(decode::<StateValue>(&entry.value).map_err(storage)?)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            finals.push((key.clone(), change.apply(stored)));
+        }
+        Ok(finals)
+    }
+}
+
+/// The metadata key of the commit intent of the consumer `spec` makes of subscription `name`.
+///
+/// Key-shared consumers of different instance counts split the keys differently, so each count
+/// has intents of its own: what instance 0 of 3 committed says nothing of what instance 0 of 2
+/// may skip.
+pub(super) fn intent_key(name: &SubscriptionName, spec: &SubscriptionSpec) -> String {
+    let (share, count) = spec.key_shares;
+    match spec.subscription_type == SubscriptionType::KeyShared && count > 1 {
+        true => format!("{INTENT_PREFIX}{name}/{share}_{count}"),
+        false => format!("{INTENT_PREFIX}{name}/{share}"),
+    }
+}
+
+/// A commit's effects with every state change resolved to the value it leaves, written before
+/// the commit applies them, so that the instance that takes over can finish it.
+#[derive(Debug, PartialEq, Encode, Decode)]
+pub(crate) struct Intent {
+    /// The id prefix of the commit's output message ids.
+    commit: String,
+    /// The outputs, in order.
+    outputs: Vec<IntentOutput>,
+    /// The function's state bucket is that of this fully qualified name.
+    fqfn: Option<String>,
+    /// Each changed key and what it holds after the commit (`None`: removed).
+    state: Vec<(String, Option<StateValue>)>,
+    /// For each topic, the highest sequence this consumer has committed.
+    committed: Vec<(String, u64)>,
+}
+
+/// One output of an [`Intent`].
+#[derive(Debug, PartialEq, Encode, Decode)]
+pub(super) struct IntentOutput {
+    topic: String,
+    value: Vec<u8>,
+    key: Option<String>,
+    properties: Vec<(String, String)>,
+    event_time: Option<u64>,
+}
+
+/// Applies an intent: publishes its outputs (the streams drop repeats by message id) and writes its final values.
+pub(super) async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), BrokerError> {
+    let outputs = intent
+        .outputs
+        .iter()
+        .map(|output| {
+            let message = OutMessage {
+                value: output.value.clone(),
+                key: output.key.clone(),
+                properties: output.properties.clone(),
+                event_time: output.event_time,
+            };
+            Ok((TopicName::parse(&output.topic).map_err(storage)?, message))
+        })
+        .collect::<Result<Vec<_>, BrokerError>>()?;
+    publish_outputs(inner, outputs, &intent.commit).await?;
+    if let Some(fqfn) = &intent.fqfn {
+        let fqfn = crate::names::Fqfn::parse(fqfn).map_err(storage)?;
+        let store = inner.table(&fqfn).await.map_err(storage)?;
+        put_values(&store, &inner.cache(&fqfn), &intent.state).await?;
+    }
+    Ok(())
+}
+
+/// Publishes a commit's outputs, topic by topic, each with the id `COMMIT-INDEX`.
+pub(super) async fn publish_outputs(
+    inner: &Inner,
+    outputs: impl IntoIterator<Item = (TopicName, OutMessage)>,
+    commit: &str,
+) -> Result<(), BrokerError> {
+    let mut topics: Vec<TopicName> = Vec::new();
+    let mut messages: Vec<Vec<(OutMessage, Option<String>)>> = Vec::new();
+    for (index, (topic, message)) in outputs.into_iter().enumerate() {
+        let id = Some(format!("{commit}-{index}"));
+        match topics.iter().position(|known| *known == topic) {
+            Some(position) => messages[position].push((message, id)),
+            None => {
+                topics.push(topic);
+                messages.push(vec![(message, id)]);
+            }
+        }
+    }
+    for (topic, messages) in topics.iter().zip(messages) {
+        inner.publish(topic, messages).await?;
+    }
+    Ok(())
+}
+
+/// Writes final values, all requests in flight at once.
+pub(super) async fn put_values(
+    store: &kv::Store,
+    cache: &ValueCache,
+    values: &[(String, Option<StateValue>)],
+) -> Result<(), BrokerError> {
+    let writes = values.iter().map(|(key, value)| async move {
+        let stored = match value {
+            Some(value) => {
+                let version = store.put(kv_key(key), encode(value).into()).await.map_err(storage)?;
+                Some(Versioned { value: value.clone(), version })
+            }
+            None => {
+                store.delete(kv_key(key)).await.map_err(storage)?;
+                None
+            }
+        };
+        remember(cache, key, stored);
+        Ok::<_, BrokerError>(())
+    });
+    futures_util::future::try_join_all(writes).await.map(drop)
+}
+
+/// Applies changes that other instances may be making to the same keys at the same time:
+/// puts and deletes as they are, increments with a revision check, retried on conflict.
+pub(super) async fn apply_shared(
+    store: &kv::Store,
+    cache: &ValueCache,
+    changes: &crate::engine::state::StateChanges,
+) -> Result<(), BrokerError> {
+    let writes = changes.iter().map(|(name, change)| async move {
+        let key = kv_key(name);
+        let key = &key;
+        let put = |value: StateValue| async move {
+            let version = store.put(key, encode(&value).into()).await.map_err(storage)?;
+            remember(cache, name, Some(Versioned { value, version }));
+            Ok::<_, BrokerError>(())
+        };
+        match change {
+            Change::Put(bytes) => put(StateValue::Bytes(bytes.clone())).await,
+            Change::SetCounter(value) => put(StateValue::Counter(*value)).await,
+            Change::Delete => {
+                store.delete(key).await.map_err(storage)?;
+                remember(cache, name, None);
+                Ok(())
+            }
+            Change::Add(_) => loop {
+                let entry = store.entry(key).await.map_err(storage)?;
+                let (stored, revision) = match entry {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        (Some(decode::<StateValue>(&entry.value).map_err(storage)?), Some(entry.revision))
+                    }
+                    Some(entry) => (None, Some(entry.revision)),
+                    None => (None, None),
+                };
+                let value = change.apply(stored).expect("an increment leaves a counter");
+                let bytes = encode(&value).into();
+                // Another instance wrote the key in between: read it again.
+                let written = match revision {
+                    Some(revision) => match store.update(key, bytes, revision).await {
+                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                        written => written.map_err(storage),
+                    },
+                    None => match store.create(key, bytes).await {
+                        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                        written => written.map_err(storage),
+                    },
+                };
+                let version = match written {
+                    Ok(version) => version,
+                    Err(error) => break Err(error),
+                };
+                remember(cache, name, Some(Versioned { value, version }));
+                break Ok(());
+            },
+        }
+    });
+    futures_util::future::try_join_all(writes).await.map(drop)
+}
