@@ -54,7 +54,6 @@ impl Worker {
         let function = self.function(fqfn)?;
         let function = lock(&function);
         let ids = Self::instance_ids(&function, None)?;
-        let all_here = ids.iter().all(|&instance_id| self.placement.runs_here(fqfn, instance_id));
         let mut instances = Vec::new();
         let (mut local_total, mut local_minute) = (Vec::new(), MinuteCounts::default());
         for instance_id in ids {
@@ -73,7 +72,7 @@ impl Worker {
         }
         // Here the counts themselves are known, and metric means combine exactly; from other
         // workers only their stats are.
-        let totals = match all_here {
+        let totals = match local_total.len() == instances.len() {
             true => InstanceStats::new(&Stats::total(local_total.iter()), &local_minute),
             false => InstanceStats::total(instances.iter().map(|instance| &instance.metrics)),
         };
