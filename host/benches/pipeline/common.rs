@@ -212,7 +212,7 @@ pub(crate) fn executors(
                 store,
                 LogSink::default(),
             )?;
-            Ok(launcher.executors()?.into_iter().map(|executor| Box::new(executor) as Box<dyn Executor>).collect())
+            Ok(launcher.executors()?)
         }
     }
 }

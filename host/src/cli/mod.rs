@@ -18,7 +18,7 @@ mod new;
 use crate::embedded::EmbeddedStore;
 use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, SubscriptionSpec};
 use crate::guest_build::Builder;
-use crate::instance::{self, Executor, FunctionLauncher, LogSink, MessageContext, RunUntil};
+use crate::instance::{self, FunctionLauncher, LogSink, MessageContext, RunUntil};
 use crate::limits::{DEFAULT_WORKER_INSTANCES, MAX_BATCH_MESSAGES, MAX_WORKER_INSTANCES, MIN_FREE_DISK_BYTES};
 use crate::metrics::Stats;
 use crate::names::{SubscriptionName, TopicName};
@@ -234,8 +234,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data)?;
     let launcher =
         FunctionLauncher::new(&config, code.prepare::<MessageContext>()?, code.digest(), &store, LogSink::default())?;
-    let executors: Vec<Box<dyn Executor>> =
-        launcher.executors()?.into_iter().map(|executor| Box::new(executor) as Box<dyn Executor>).collect();
+    let executors = launcher.executors()?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::context::MessageContext;
-use super::executor::WasmExecutor;
+use super::executor::{Executor, WasmExecutor};
 use super::log::LogSink;
 use crate::engine::state::{StateError, StateStore};
 use crate::function::FunctionConfig;
@@ -66,8 +66,10 @@ impl<'a> FunctionLauncher<'a> {
             .map_err(|error| LaunchError::Start { fqfn: config.fqfn.to_string(), error })
     }
 
-    /// Every instance's executor, in instance order.
-    pub fn executors(&self) -> Result<Vec<WasmExecutor>, LaunchError> {
-        (0..self.config.parallelism).map(|instance_id| self.executor(instance_id)).collect()
+    /// Every instance's executor, in instance order, as the instance loop runs them.
+    pub fn executors(&self) -> Result<Vec<Box<dyn Executor>>, LaunchError> {
+        (0..self.config.parallelism)
+            .map(|instance_id| Ok(Box::new(self.executor(instance_id)?) as Box<dyn Executor>))
+            .collect()
     }
 }
