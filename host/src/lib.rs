@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod runtime;
+pub mod seglog;
 pub mod spec;
 pub mod token_bucket;
 pub mod window;

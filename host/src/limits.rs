@@ -151,3 +151,8 @@ pub const FUNCTION_CHANGES_PER_MINUTE: u32 = 60;
 /// the worker serves answers of escaped text at about 175 MiB/s per core (docs/BENCHMARKS.md, "A
 /// neighbour beside a hostile tenant over HTTP"), so this default is under 5% of a core.
 pub const RECEIVE_BYTES_PER_SECOND: u32 = 8 * 1024 * 1024;
+/// Most bytes of one record of the embedded log (a commit's outputs, state changes and cursor
+/// moves together); a longer length in a record's header is damage, not a record.
+pub const MAX_LOG_RECORD_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes after which the embedded log starts a new segment: retention frees whole segments.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;

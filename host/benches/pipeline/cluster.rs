@@ -1,9 +1,6 @@
 //! The session guest in cluster mode on one NATS server, beside raw JetStream on the same server
 //! (`cluster`).
 
-use crate::common::{
-    Code, Workload, count_outputs, executors, input, native_session_duration, pipeline_config, session_events,
-};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -14,6 +11,10 @@ use fnhost::instance::{self, RunUntil};
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::SubscriptionName;
 use fnhost_test_support::Nats;
+
+use crate::common::{
+    Code, Workload, count_outputs, executors, input, native_session_duration, pipeline_config, session_events,
+};
 
 /// Events per run of the cluster part: NATS is several times slower than sled here.
 pub(crate) const CLUSTER_MESSAGES: usize = 200_000;

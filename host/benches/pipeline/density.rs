@@ -1,11 +1,12 @@
 //! Idle instances in one worker: memory per instance and idle CPU at each step (`density`).
 
-use crate::common::{cpu_time, in_process_worker, memory_total_bytes, resident_bytes};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fnhost::limits::MAX_PARALLELISM;
 use fnhost::spec::FunctionSpec;
+
+use crate::common::{cpu_time, in_process_worker, memory_total_bytes, resident_bytes};
 
 /// How many idle instances the density part measures at, in one worker.
 pub(crate) const DENSITY_STEPS: [usize; 2] = [1_000, 10_000];

@@ -1,7 +1,6 @@
 //! The same session logic as a Rust, Python and JavaScript guest, each beside its logic run
 //! natively, with first deployment, restart from the compiled cache and instance start (`languages`).
 
-use crate::common::{Code, USERS, Workload, input, pipeline, session_events};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,8 @@ use fnhost::guest_build::{Builder, WEVAL_OFF};
 use fnhost::instance::{LogSink, MessageContext};
 use fnhost::names::Fqfn;
 use fnhost::runtime::{InstanceLimits, Runtime, RuntimeConfig};
+
+use crate::common::{Code, USERS, Workload, input, pipeline, session_events};
 
 /// Most events the language comparison pushes through each pipeline: the Python and JavaScript
 /// guests take tens of microseconds per message.

@@ -1,6 +1,5 @@
 //! Produce-to-output latency at a fixed rate and at saturation, guest beside native (`latency`).
 
-use crate::common::{Code, USERS, Workload, executors, input, output, pipeline_config, session_events_of};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
@@ -10,6 +9,8 @@ use fnhost::engine::broker::{Broker, Position, SubscriptionSpec};
 use fnhost::function::{Ordering, ProcessingGuarantee};
 use fnhost::instance::{self, RunUntil};
 use fnhost::limits::MAX_BATCH_MESSAGES;
+
+use crate::common::{Code, USERS, Workload, executors, input, output, pipeline_config, session_events_of};
 
 /// Most events of the latency part: it runs at a fixed rate, so its time grows with them.
 pub(crate) const LATENCY_MESSAGES: usize = 200_000;

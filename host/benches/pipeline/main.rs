@@ -12,17 +12,19 @@
 //! through count and sliding time windows beside the same pipeline without windows (`windows`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log]`.
+
+use std::path::Path;
 
 use crate::cluster::{CLUSTER_MESSAGES, cluster};
 use crate::common::ROUNDS;
 use crate::density::{DENSITY_STEPS, density};
+use crate::hostile::{HOSTILE_MESSAGES, hostile};
 use crate::languages::{LANGUAGE_MESSAGES, languages};
 use crate::latency::{LATENCY_MESSAGES, latency};
 use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
 use crate::throughput::{guarantees, throughput};
 use crate::windows::windows;
-use std::path::Path;
 
 mod cluster;
 mod common;
@@ -30,11 +32,10 @@ mod density;
 mod hostile;
 mod languages;
 mod latency;
+mod log;
 mod sizes;
 mod throughput;
 mod windows;
-
-use hostile::{HOSTILE_MESSAGES, hostile};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -48,12 +49,27 @@ fn main() -> anyhow::Result<()> {
         args.first().ok_or_else(|| anyhow::anyhow!("usage: pipeline PATH/TO/session_duration.wasm [MESSAGES]"))?;
     let messages: usize = args.get(1).map_or(Ok(1_000_000), |n| n.parse())?;
     let part = args.get(2).map_or("all", String::as_str);
-    if !["all", "throughput", "guarantees", "latency", "sizes", "languages", "density", "windows", "cluster", "hostile"]
-        .contains(&part)
+    if ![
+        "all",
+        "throughput",
+        "guarantees",
+        "latency",
+        "sizes",
+        "languages",
+        "density",
+        "windows",
+        "cluster",
+        "hostile",
+        "log",
+    ]
+    .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster or hostile"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile or log"
         );
+    }
+    if part == "all" || part == "log" {
+        log::log(messages)?;
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
     let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
@@ -113,7 +129,8 @@ fn quick() -> anyhow::Result<()> {
     density(&guests.join("exclamation.wasm"), &[QUICK_INSTANCES])?;
     windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)?;
     cluster(&wasm, QUICK_MESSAGES, 1)?;
-    hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)
+    hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
+    log::log(QUICK_MESSAGES)
 }
 
 /// Builds the session-duration, exclamation, user-counts and misbehave guests in a target

@@ -1,10 +1,11 @@
 //! How throughput grows with message size and with state size (`sizes`).
 
-use crate::common::{Code, Workload, pipeline, raw_storage, session_events_of};
 use std::path::Path;
 
 use fnhost::engine::broker::OutMessage;
 use fnhost::function::{Ordering, ProcessingGuarantee};
+
+use crate::common::{Code, Workload, pipeline, raw_storage, session_events_of};
 
 /// Message sizes of the sizes part, in bytes.
 pub(crate) const MESSAGE_SIZES: [usize; 3] = [100, 1024, 64 * 1024];

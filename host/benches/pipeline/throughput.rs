@@ -1,13 +1,14 @@
 //! The session pipeline, native beside guest, alternated (`throughput`); every processing
 //! guarantee beside raw storage (`guarantees`); a stateless function (`stateless`).
 
-use crate::common::{Code, Workload, pipeline, raw_storage, session_events};
 use std::path::Path;
 use std::time::Duration;
 
 use fnhost::engine::broker::OutMessage;
 use fnhost::function::{Ordering, ProcessingGuarantee};
 use fnhost::limits::MAX_BATCH_MESSAGES;
+
+use crate::common::{Code, Workload, pipeline, raw_storage, session_events};
 
 /// The session function natively and as the Rust guest under ATLEAST_ONCE, alternated `rounds`
 /// times on fresh data directories; returns the median time of each.

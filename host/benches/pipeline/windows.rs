@@ -1,7 +1,6 @@
 //! Records per second through count and sliding time windows, beside the same pipeline without
 //! windows (`windows`).
 
-use crate::common::{Code, count_outputs, executors, native_exclamation, pipeline_config, produce, session_events};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -13,6 +12,8 @@ use fnhost::instance::{self, RunUntil};
 use fnhost::limits::DEFAULT_WATERMARK_INTERVAL_MS;
 use fnhost::metrics::Stats;
 use fnhost::window::{Extent, TimeBase, WindowConfig, WindowSpec};
+
+use crate::common::{Code, count_outputs, executors, native_exclamation, pipeline_config, produce, session_events};
 
 /// Records per window in the windows part's count windows.
 pub(crate) const WINDOW_RECORDS: u64 = 1_000;
