@@ -199,6 +199,7 @@ impl SegmentLog {
             if let Some(reason) = &state.stopped {
                 let error = LogError::Stopped(reason.clone());
                 state.finished.extend(group.into_iter().map(|(ticket, _)| (ticket, Err(error.clone()))));
+                self.group_done.notify_all();
                 continue;
             }
             let written = match self.roll_if_full(&mut state) {

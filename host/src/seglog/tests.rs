@@ -198,6 +198,28 @@ fn a_record_over_the_limit_is_refused_and_nothing_is_written() {
     assert_eq!(log.disk_bytes(), 0);
 }
 
+#[test]
+fn after_a_failed_write_every_waiting_and_later_append_gets_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    // Every group after the first starts a segment, and the directory is gone by then.
+    let (log, _) = SegmentLog::open(&path, 1).unwrap();
+    assert_eq!(log.append(vec![payload(0)]).unwrap(), 0..1);
+    std::fs::remove_dir_all(&path).unwrap();
+    let log = Arc::new(log);
+    let appenders: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || log.append(vec![payload(1)]))
+        })
+        .collect();
+    for appender in appenders {
+        assert!(matches!(appender.join().unwrap(), Err(LogError::Io { .. } | LogError::Stopped(_))));
+    }
+    assert!(matches!(log.append(vec![payload(1)]), Err(LogError::Stopped(_))));
+    assert_eq!(log.end_id(), 1);
+}
+
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).collect();
     paths.sort();
