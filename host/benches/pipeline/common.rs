@@ -53,15 +53,10 @@ pub(crate) fn memory_total_bytes() -> anyhow::Result<u64> {
     proc_kilobytes("/proc/meminfo", "MemTotal:")
 }
 
-/// User and system CPU time of this process so far.
-pub(crate) fn cpu_time() -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the command name, which is in parentheses: utime and stime are the 12th and 13th.
-    let after_name = stat.rsplit_once(')').ok_or_else(|| anyhow::anyhow!("bad /proc/self/stat"))?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
-    Ok(Duration::from_millis(ticks * 10))
+/// The CPU time so far of `clock` (this process, or the calling thread).
+pub(crate) fn cpu_time(clock: rustix::time::ClockId) -> Duration {
+    let time = rustix::time::clock_gettime(clock);
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// How many times the throughput figures run the native function and the guest, alternately:

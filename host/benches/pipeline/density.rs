@@ -58,9 +58,10 @@ pub(crate) fn density(exclamation: &Path, steps: &[usize]) -> anyhow::Result<()>
         // The instances' threads reach their first idle wait before anything is read.
         std::thread::sleep(Duration::from_secs(1));
         let resident = resident_bytes()?;
-        let cpu_before = cpu_time()?;
+        let cpu_before = cpu_time(rustix::time::ClockId::ProcessCPUTime);
         std::thread::sleep(IDLE_WATCH);
-        let idle = (cpu_time()? - cpu_before).as_secs_f64() / IDLE_WATCH.as_secs_f64();
+        let idle =
+            (cpu_time(rustix::time::ClockId::ProcessCPUTime) - cpu_before).as_secs_f64() / IDLE_WATCH.as_secs_f64();
         per_instance = resident.saturating_sub(before) / created as u64;
         maps_per_instance = maps()?.0.saturating_sub(maps_before).div_ceil(created);
         println!(

@@ -17,7 +17,7 @@ use fnhost::worker::Worker;
 use fnhost::worker::admin::CLIENT_HEADER;
 use fnhost::worker::api::InstanceStats;
 
-use crate::common::{in_process_worker, input, output, session_events};
+use crate::common::{cpu_time, in_process_worker, input, output, session_events};
 
 /// Events the neighbour of the hostile part processes per run.
 pub const HOSTILE_MESSAGES: usize = 3_000_000;
@@ -204,12 +204,6 @@ impl AttackCounters {
         let cpu = cpu_time(rustix::time::ClockId::ThreadCPUTime);
         self.client_cpu_micros.fetch_add(cpu.as_micros() as u64, AtomicOrdering::Relaxed);
     }
-}
-
-/// The CPU time of `clock` (the calling thread's or the process's) so far.
-fn cpu_time(clock: rustix::time::ClockId) -> Duration {
-    let time = rustix::time::clock_gettime(clock);
-    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// The CPU time so far of this process's live threads named `name`, from `/proc` (in clock ticks

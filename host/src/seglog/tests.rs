@@ -232,31 +232,26 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Where each whole record of `bytes` ends, in order.
+fn record_ends(bytes: &[u8]) -> Vec<u64> {
+    let mut ends = Vec::new();
+    let mut position = 0usize;
+    while let record::Scanned::Record { len, .. } = record::scan(bytes, position) {
+        position += len;
+        ends.push(position as u64);
+    }
+    ends
+}
+
 /// The id after the last record of `bytes` (a segment starting at `first_id`) that ends at or
 /// before `offset`.
 fn whole_records_within(bytes: &[u8], first_id: u64, offset: u64) -> u64 {
-    let mut position = 0usize;
-    let mut id = first_id;
-    while let record::Scanned::Record { len, .. } = record::scan(bytes, position) {
-        if (position + len) as u64 > offset {
-            break;
-        }
-        position += len;
-        id += 1;
-    }
-    id
+    first_id + record_ends(bytes).iter().filter(|end| **end <= offset).count() as u64
 }
 
+/// Whether `offset` of `segment` is where a record starts (or the file ends).
 fn is_boundary(segment: &Path, offset: u64) -> bool {
-    let bytes = std::fs::read(segment).unwrap();
-    let mut position = 0usize;
-    while let record::Scanned::Record { len, .. } = record::scan(&bytes, position) {
-        if position as u64 == offset {
-            return true;
-        }
-        position += len;
-    }
-    position as u64 == offset
+    offset == 0 || record_ends(&std::fs::read(segment).unwrap()).contains(&offset)
 }
 
 use std::fs::OpenOptions;
