@@ -21,7 +21,6 @@
 mod record;
 mod segment;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::ops::Range;
@@ -88,16 +87,16 @@ pub struct SegmentLog {
 }
 
 struct State {
-    /// Oldest first; the last is the one appended to.
+    /// Oldest first; the last is the one appended to. Ids between two segments belong to
+    /// segments removed as a whole.
     segments: Vec<Segment>,
     /// Records below this id are durable, and readable.
     durable_end: u64,
-    /// Appends waiting for the next group, in arrival order.
-    pending: Vec<(u64, Vec<Vec<u8>>)>,
-    /// The ticket the next append gets.
-    next_ticket: u64,
-    /// The ids (or the error) of appends whose group is done, by ticket, until their caller takes them.
-    finished: HashMap<u64, Result<Range<u64>, LogError>>,
+    /// Submitted records not yet written, from id `durable_end` (or `durable_end` plus the
+    /// group being written) on, in id order.
+    pending: Vec<Vec<u8>>,
+    /// The id the next submitted record gets.
+    next_id: u64,
     /// Whether a leader is writing a group now.
     writing: bool,
     /// Why the log stopped taking appends, if it did.
@@ -124,8 +123,9 @@ impl SegmentLog {
         for (index, (first_id, path)) in firsts.iter().enumerate() {
             let last = index + 1 == firsts.len();
             let (segment, segment_cut) = Segment::open(path, *first_id, last)?;
+            // A gap between segments is one removed as a whole; an overlap is damage.
             if let Some(previous) = segments.last().map(Segment::end_id)
-                && previous != *first_id
+                && previous > *first_id
             {
                 return Err(LogError::Corrupt {
                     path: path.clone(),
@@ -149,15 +149,8 @@ impl SegmentLog {
             sync_dir(dir)?;
         }
         let durable_end = segments.last().expect("one segment at least").end_id();
-        let state = State {
-            segments,
-            durable_end,
-            pending: Vec::new(),
-            next_ticket: 0,
-            finished: HashMap::new(),
-            writing: false,
-            stopped: None,
-        };
+        let state =
+            State { segments, durable_end, pending: Vec::new(), next_id: durable_end, writing: false, stopped: None };
         let log = Self { dir: dir.to_owned(), segment_bytes, state: Mutex::new(state), group_done: Condvar::new() };
         Ok((log, cut))
     }
@@ -168,6 +161,16 @@ impl SegmentLog {
 
     /// Appends `records`, in order and together, and returns their ids once they are durable.
     pub fn append(&self, records: Vec<Vec<u8>>) -> Result<Range<u64>, LogError> {
+        let ids = self.submit(records)?;
+        self.wait(ids.end)?;
+        Ok(ids)
+    }
+
+    /// Queues `records` for the next group and returns the ids they will have, at once: records
+    /// submitted one after another get ids in that order, so a caller holding its own lock across
+    /// `submit` orders its records as it orders its calls. They become durable (and readable) only
+    /// when [`SegmentLog::wait`] for them returns.
+    pub fn submit(&self, records: Vec<Vec<u8>>) -> Result<Range<u64>, LogError> {
         if let Some(record) = records.iter().find(|record| record.len() > MAX_LOG_RECORD_BYTES) {
             return Err(LogError::TooLarge(record.len()));
         }
@@ -175,12 +178,22 @@ impl SegmentLog {
         if let Some(reason) = &state.stopped {
             return Err(LogError::Stopped(reason.clone()));
         }
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.pending.push((ticket, records));
+        let ids = state.next_id..state.next_id + records.len() as u64;
+        state.next_id = ids.end;
+        state.pending.extend(records);
+        Ok(ids)
+    }
+
+    /// Returns once every record below `end` is durable, writing groups itself when no other
+    /// caller is: the leader of group commit is whoever waits first.
+    pub fn wait(&self, end: u64) -> Result<(), LogError> {
+        let mut state = self.lock();
         loop {
-            if let Some(result) = state.finished.remove(&ticket) {
-                return result;
+            if state.durable_end >= end {
+                return Ok(());
+            }
+            if let Some(reason) = &state.stopped {
+                return Err(LogError::Stopped(reason.clone()));
             }
             if !state.writing {
                 state = self.lead(state);
@@ -190,26 +203,18 @@ impl SegmentLog {
         }
     }
 
-    /// Writes every pending append as one group, then the groups that arrived meanwhile, until
+    /// Writes every pending record as one group, then the records that arrived meanwhile, until
     /// none is pending; returns with the lock held.
     fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         state.writing = true;
-        while !state.pending.is_empty() {
+        while !state.pending.is_empty() && state.stopped.is_none() {
             let group = std::mem::take(&mut state.pending);
-            if let Some(reason) = &state.stopped {
-                let error = LogError::Stopped(reason.clone());
-                state.finished.extend(group.into_iter().map(|(ticket, _)| (ticket, Err(error.clone()))));
-                self.group_done.notify_all();
-                continue;
-            }
             let written = match self.roll_if_full(&mut state) {
                 Ok(()) => {
                     let first_id = state.durable_end;
-                    let file = state.segments.last().expect("an active segment").file.try_clone();
+                    let file = state.segments.last().expect("an active segment").file.clone();
                     drop(state);
-                    let written = file
-                        .map_err(|error| LogError::io(&self.dir, "reopen the active segment of", error))
-                        .and_then(|file| self.write_group(&file, first_id, &group));
+                    let written = self.write_group(&file, first_id, &group);
                     state = self.lock();
                     written
                 }
@@ -217,19 +222,12 @@ impl SegmentLog {
             };
             match written {
                 Ok(lengths) => {
-                    let mut id = state.durable_end;
                     state.segments.last_mut().expect("an active segment").extend(lengths);
-                    for (ticket, records) in group {
-                        let ids = id..id + records.len() as u64;
-                        id = ids.end;
-                        state.finished.insert(ticket, Ok(ids));
-                    }
-                    state.durable_end = id;
+                    state.durable_end += group.len() as u64;
                 }
                 Err(error) => {
                     tracing::error!("the log stops taking writes: {error}");
                     state.stopped = Some(error.to_string());
-                    state.finished.extend(group.into_iter().map(|(ticket, _)| (ticket, Err(error.clone()))));
                 }
             }
             self.group_done.notify_all();
@@ -240,12 +238,11 @@ impl SegmentLog {
 
     /// Writes a group's records from `first_id` on with one write and one sync; returns each
     /// record's length on disk.
-    fn write_group(&self, mut file: &File, first_id: u64, group: &[(u64, Vec<Vec<u8>>)]) -> Result<Vec<u64>, LogError> {
-        let total: usize =
-            group.iter().flat_map(|(_, records)| records).map(|record| record.len() + record::HEADER_BYTES).sum();
+    fn write_group(&self, mut file: &File, first_id: u64, group: &[Vec<u8>]) -> Result<Vec<u64>, LogError> {
+        let total: usize = group.iter().map(|record| record.len() + record::HEADER_BYTES).sum();
         let mut buffer = Vec::with_capacity(total);
-        let mut lengths = Vec::new();
-        for (id, record) in (first_id..).zip(group.iter().flat_map(|(_, records)| records)) {
+        let mut lengths = Vec::with_capacity(group.len());
+        for (id, record) in (first_id..).zip(group) {
             let before = buffer.len();
             record::encode(&mut buffer, id, record);
             lengths.push((buffer.len() - before) as u64);
@@ -268,33 +265,23 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// The durable records from id `from` on (from the oldest kept, if `from` was removed), in
-    /// order: at most `max_records`, and past the first at most `max_bytes` of payload and
-    /// headers. Empty when `from` is the end.
+    /// The durable records from id `from` on, in order, skipping ids of removed segments: at
+    /// most `max_records`, and past the first at most `max_bytes` of payload and headers. Empty
+    /// when `from` is the end. The file is read without the log's lock.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        let state = self.lock();
-        let from = from.max(state.segments[0].first_id);
-        let Some(index) = state.segments.iter().rposition(|segment| segment.first_id <= from) else {
-            return Ok(Vec::new());
-        };
         let mut records = Vec::new();
         let mut next = from;
         let mut bytes = 0usize;
-        for segment in &state.segments[index..] {
-            if records.len() >= max_records || next >= state.durable_end {
-                break;
-            }
+        while records.len() < max_records {
             let left = max_bytes.saturating_sub(bytes);
             if !records.is_empty() && left == 0 {
                 break;
             }
-            let taken = segment.read(next, state.durable_end, max_records - records.len(), left.max(1))?;
+            let Some(span) = self.lock().span(next, max_records - records.len(), left.max(1)) else { break };
+            let taken = span.read()?;
             bytes += taken.iter().map(|(_, payload)| payload.len() + record::HEADER_BYTES).sum::<usize>();
-            next = taken.last().map_or(next, |(id, _)| id + 1);
+            next = taken.last().map_or(next, |(id, _)| id + 1).max(span.segment_end);
             records.extend(taken);
-            if next < segment.end_id() {
-                break;
-            }
         }
         Ok(records)
     }
@@ -317,17 +304,54 @@ impl SegmentLog {
     /// Deletes every segment whose records all have ids below `id` (never the active one), and
     /// returns the bytes freed.
     pub fn remove_before(&self, id: u64) -> Result<u64, LogError> {
+        self.remove_where(|ids| ids.end <= id)
+    }
+
+    /// Deletes every segment but the active one for whose ids `dead` is true, and returns the
+    /// bytes freed. Reads skip the ids of removed segments.
+    pub fn remove_where(&self, mut dead: impl FnMut(Range<u64>) -> bool) -> Result<u64, LogError> {
         let mut state = self.lock();
         let mut freed = 0;
-        while state.segments.len() > 1 && state.segments[0].end_id() <= id {
-            let segment = state.segments.remove(0);
-            std::fs::remove_file(&segment.path).map_err(|error| LogError::io(&segment.path, "delete", error))?;
-            freed += segment.bytes();
+        let mut failed = None;
+        let count = state.segments.len();
+        let mut index = 0;
+        state.segments.retain(|segment| {
+            index += 1;
+            if index == count || failed.is_some() || !dead(segment.first_id..segment.end_id()) {
+                return true;
+            }
+            match std::fs::remove_file(&segment.path) {
+                Ok(()) => {
+                    freed += segment.bytes();
+                    false
+                }
+                Err(error) => {
+                    failed = Some(LogError::io(&segment.path, "delete", error));
+                    true
+                }
+            }
+        });
+        if let Some(error) = failed {
+            return Err(error);
         }
         if freed > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(freed)
+    }
+
+    /// The ids each kept segment holds, oldest first.
+    pub fn segment_ids(&self) -> Vec<Range<u64>> {
+        self.lock().segments.iter().map(|segment| segment.first_id..segment.end_id()).collect()
+    }
+}
+
+impl State {
+    /// Where the durable records from `from` on are: the first segment holding any, what part of
+    /// it to read, and its end id. `None` when there are none.
+    fn span(&self, from: u64, max_records: usize, max_bytes: usize) -> Option<segment::Span> {
+        let segment = self.segments.iter().find(|segment| segment.end_id() > from)?;
+        segment.span(from.max(segment.first_id), self.durable_end, max_records, max_bytes)
     }
 }
 

@@ -1,8 +1,10 @@
 //! One segment: a file of consecutive records, named by the id of its first record.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::LogError;
 use super::record::{Scanned, scan};
@@ -22,7 +24,7 @@ pub(super) fn first_id_of(name: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(super) struct Segment {
     pub(super) path: PathBuf,
-    pub(super) file: File,
+    pub(super) file: Arc<File>,
     /// The id of its first record (also of the next record when it has none).
     pub(super) first_id: u64,
     /// The offset of each record, in id order, and the end of the last.
@@ -48,7 +50,7 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|error| LogError::io(&path, "create", error))?;
-        Ok(Self { path, file, first_id, offsets: vec![0] })
+        Ok(Self { path, file: Arc::new(file), first_id, offsets: vec![0] })
     }
 
     /// Opens a segment and checks every record. A damaged record in the last segment (`last`)
@@ -82,7 +84,7 @@ impl Segment {
             cut = Some(Cut { bytes: bytes_cut, reason: format!("at byte {offset}: {damage}") });
             break;
         }
-        Ok((Self { path: path.to_owned(), file, first_id, offsets }, cut))
+        Ok((Self { path: path.to_owned(), file: Arc::new(file), first_id, offsets }, cut))
     }
 
     /// How many records it holds.
@@ -109,37 +111,55 @@ impl Segment {
         }
     }
 
-    /// The payloads of records `from..` (ids), at most `max_records` of them and, past the first,
-    /// at most `max_bytes` in all, with their ids.
-    pub(super) fn read(
-        &self,
-        from: u64,
-        until: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+    /// Where records `from..until` (ids) are in the file: at most `max_records` of them and,
+    /// past the first, at most `max_bytes` in all. `None` when there is none to read.
+    pub(super) fn span(&self, from: u64, until: u64, max_records: usize, max_bytes: usize) -> Option<Span> {
         let until = until.min(self.end_id());
         if from >= until || max_records == 0 {
-            return Ok(Vec::new());
+            return None;
         }
         let index = |id: u64| (id - self.first_id) as usize;
-        // Records are small and consecutive: read the span with one pread, then split it.
+        // Records are small and consecutive: the span is read with one pread, then split.
         let mut last = from;
-        let mut span = 0u64;
+        let mut bytes = 0u64;
         while last < until && (last - from) < max_records as u64 {
             let size = self.offsets[index(last) + 1] - self.offsets[index(last)];
-            if last > from && span + size > max_bytes as u64 {
+            if last > from && bytes + size > max_bytes as u64 {
                 break;
             }
-            span += size;
+            bytes += size;
             last += 1;
         }
-        let start = self.offsets[index(from)];
-        let mut bytes = vec![0u8; span as usize];
-        self.file.read_exact_at(&mut bytes, start).map_err(|error| LogError::io(&self.path, "read", error))?;
-        let mut records = Vec::with_capacity((last - from) as usize);
+        Some(Span {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            start: self.offsets[index(from)],
+            bytes,
+            ids: from..last,
+            segment_end: self.end_id(),
+        })
+    }
+}
+
+/// Consecutive records of one segment, to be read without the log's lock.
+pub(super) struct Span {
+    file: Arc<File>,
+    path: PathBuf,
+    start: u64,
+    bytes: u64,
+    ids: Range<u64>,
+    /// The id after the segment's last record.
+    pub(super) segment_end: u64,
+}
+
+impl Span {
+    /// The payloads of its records, with their ids.
+    pub(super) fn read(&self) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let mut bytes = vec![0u8; self.bytes as usize];
+        self.file.read_exact_at(&mut bytes, self.start).map_err(|error| LogError::io(&self.path, "read", error))?;
+        let mut records = Vec::with_capacity((self.ids.end - self.ids.start) as usize);
         let mut offset = 0usize;
-        for id in from..last {
+        for id in self.ids.clone() {
             match scan(&bytes, offset) {
                 Scanned::Record { id: read, payload, len } if read == id => {
                     records.push((id, bytes[payload].to_vec()));
@@ -148,7 +168,7 @@ impl Segment {
                 _ => {
                     return Err(LogError::Corrupt {
                         path: self.path.clone(),
-                        offset: start + offset as u64,
+                        offset: self.start + offset as u64,
                         reason: format!("record {id} no longer reads back as it was written"),
                     });
                 }
