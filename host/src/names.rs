@@ -228,6 +228,11 @@ impl SubscriptionName {
         &self.tenant
     }
 
+    /// The namespace it belongs to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The name as given, without its tenant and namespace.
     pub fn local(&self) -> &str {
         &self.local

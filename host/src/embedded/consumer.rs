@@ -6,12 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sled::Transactional;
-use sled::transaction::TransactionError;
-
-use super::cursor::{cursor_key, encode_cursor};
 use super::dispatch::SharedSubscription;
-use super::topic::{Topic, segments};
+use super::journal::{Append, CursorMove, StateStep, Step};
+use super::topic::{Extent, Topic};
 use super::{CONSUMER_POLL, EmbeddedStore, lock, state_failed, storage};
 use crate::engine::broker::{BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, Subscription};
 use crate::engine::clock::now_millis;
@@ -85,6 +82,8 @@ impl Subscription for EmbeddedConsumer {
     fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
         let shared = &self.shared;
         let store = &self.store;
+        // Held until the commit's cursor moves are applied in memory, so that the next commit's
+        // cursors are computed from this one's, and logged after it.
         let commit_guard = lock(&shared.commit_lock);
         let updates = shared.cursor_updates(&effects.acks);
         if effects.is_empty() && (updates.is_empty() || shared.name.is_none()) {
@@ -102,74 +101,73 @@ impl Subscription for EmbeddedConsumer {
         }
         let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
         let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
-        let appends: Vec<Vec<(u64, Vec<u8>)>> =
-            by_topic.values().zip(&nexts).map(|(bodies, next)| segments(**next, bodies)).collect();
 
         let table = match &effects.state {
-            Some((fqfn, changes)) if !changes.is_empty() => Some((store.state_table(fqfn).map_err(storage)?, changes)),
+            Some((fqfn, changes)) if !changes.is_empty() => {
+                Some((store.state_table(fqfn).map_err(storage)?, fqfn, changes))
+            }
             _ => None,
         };
-        // Holds the function's state lock until the commit is applied in memory.
+        // Holds the function's state lock until the commit is durable and applied in memory.
         let state_write = match &table {
-            Some((table, changes)) => Some(table.prepare(&store.inner.db, changes).map_err(state_failed)?),
+            Some((table, _, changes)) => Some(table.prepare(&store.inner.db, changes).map_err(state_failed)?),
             None => None,
         };
 
-        let mut trees: Vec<&sled::Tree> = vec![&store.inner.cursors, &store.inner.state_log];
-        let first_topic_tree = trees.len();
-        trees.extend(topics.iter().map(|topic| &topic.tree));
-
-        let cursor_writes: Vec<(Vec<u8>, Vec<u8>)> = match &shared.name {
-            Some(name) => {
-                let cursors = lock(&shared.state);
-                updates
-                    .iter()
-                    .map(|(index, mark, acked)| {
-                        (cursor_key(name, &cursors.cursors[*index].topic.name), encode_cursor(*mark, acked))
-                    })
-                    .collect()
-            }
-            None => Vec::new(),
+        let mut step = Step {
+            appends: topics
+                .iter()
+                .zip(&nexts)
+                .zip(by_topic.values())
+                .map(|((topic, next), bodies)| Append::new(&topic.name, **next, bodies))
+                .collect(),
+            ..Step::default()
         };
+        if let Some(name) = &shared.name {
+            let cursors = lock(&shared.state);
+            step.cursors = updates
+                .iter()
+                .map(|(index, mark, acked)| {
+                    CursorMove::new(name, &cursors.cursors[*index].topic.name, Some((*mark, acked)))
+                })
+                .collect();
+        }
+        if let (Some((_, fqfn, _)), Some(write)) = (&table, &state_write) {
+            step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() });
+        }
+        let log_id = store.submit(&step)?;
+        let mut published = Vec::with_capacity(topics.len());
+        for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
+            let count = bodies.len() as u64;
+            topic.record(Extent { first: **next, count: count as u32, log_id });
+            **next += count;
+            published.push(**next);
+        }
+        // Other appends to these topics may join the same group from here on.
+        drop(nexts);
+        store.durable(log_id)?;
 
-        let result: Result<(), TransactionError<()>> =
-            trees.as_slice().transaction(|views: &Vec<sled::transaction::TransactionalTree>| {
-                for (key, record) in &cursor_writes {
-                    views[0].insert(key.as_slice(), record.as_slice())?;
-                }
-                if let Some(write) = &state_write {
-                    views[1].insert(write.log_key(), write.encoded())?;
-                }
-                for (offset, topic_segments) in appends.iter().enumerate() {
-                    let view = &views[first_topic_tree + offset];
-                    for (first, segment) in topic_segments {
-                        view.insert(&first.to_be_bytes(), segment.as_slice())?;
-                    }
-                }
-                Ok(())
-            });
-        result.map_err(|error| match error {
-            TransactionError::Abort(()) => unreachable!("the commit's transaction never aborts"),
-            TransactionError::Storage(error) => storage(error),
-        })?;
-        let checkpoint_due = state_write.is_some_and(|write| write.committed());
+        let checkpoint_due = state_write.is_some_and(|write| write.committed(log_id));
         // Outputs become readable before the acknowledgements show, so whoever sees a message
         // acknowledged (trigger) also finds its output.
-        for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
-            **next += bodies.len() as u64;
-            topic.length.store(**next, Ordering::Release);
+        for (topic, end) in topics.iter().zip(published) {
+            topic.published(end);
         }
-        drop(nexts);
+        if let Some(name) = &shared.name {
+            let cursors = lock(&shared.state);
+            for (index, mark, acked) in &updates {
+                store.cursor_moved(name, &cursors.cursors[*index].topic, log_id, Some((*mark, acked.clone())));
+            }
+        }
         let released = shared.apply(updates, &effects.acks);
         drop(commit_guard);
-        store.flush()?;
         if released {
             shared.signal.notify();
         }
         if !by_topic.is_empty() {
             store.notify_appended(by_topic.keys());
         }
-        if let Some((table, _)) = table.filter(|_| checkpoint_due) {
+        if let Some((table, _, _)) = table.filter(|_| checkpoint_due) {
             store.inner.checkpointer.request(&table);
         }
         Ok(())

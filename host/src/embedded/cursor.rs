@@ -1,5 +1,6 @@
 //! A subscription's durable position in a topic: the mark before which everything is
-//! acknowledged and the acknowledged ranges after it, as stored in the cursor tree.
+//! acknowledged and the acknowledged ranges after it, as the log's steps carry it and the cursor
+//! tree keeps it once checkpointed.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +36,15 @@ impl RangeSet {
         self.0.range(..=sequence).next_back().is_some_and(|(_, &end)| sequence < end)
     }
 
+    /// The ranges, in order.
+    pub(super) fn ranges(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|(&start, &end)| (start, end)).collect()
+    }
+
+    pub(super) fn from_ranges(ranges: Vec<(u64, u64)>) -> Self {
+        Self(ranges.into_iter().collect())
+    }
+
     /// Moves `mark` past the ranges that reach it, which it then covers.
     pub(super) fn advance(&mut self, mark: &mut u64) {
         while let Some((&start, &end)) = self.0.first_key_value() {
@@ -47,6 +57,15 @@ impl RangeSet {
     }
 }
 
+/// The subscription and topic a cursor tree key names.
+pub(super) fn parse_cursor_key(key: &[u8]) -> Option<(SubscriptionName, TopicName)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (subscription, topic) = text.split_once('\0')?;
+    let mut parts = subscription.splitn(3, '/');
+    let (tenant, namespace, local) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((SubscriptionName::new(tenant, namespace, local).ok()?, TopicName::parse(topic).ok()?))
+}
+
 pub(super) fn cursor_key(subscription: &SubscriptionName, topic: &TopicName) -> Vec<u8> {
     let subscription = subscription.to_string();
     let mut key = Vec::with_capacity(subscription.len() + 1 + topic.as_str().len());
@@ -57,13 +76,12 @@ pub(super) fn cursor_key(subscription: &SubscriptionName, topic: &TopicName) -> 
 }
 
 pub(super) fn encode_cursor(mark: u64, acked: &RangeSet) -> Vec<u8> {
-    let ranges: Vec<(u64, u64)> = acked.0.iter().map(|(&start, &end)| (start, end)).collect();
-    crate::codec::encode(&(mark, ranges))
+    crate::codec::encode(&(mark, acked.ranges()))
 }
 
 pub(super) fn decode_cursor(bytes: &[u8]) -> Result<(u64, RangeSet), String> {
     let (mark, ranges): (u64, Vec<(u64, u64)>) = crate::codec::decode(bytes).map_err(|error| error.to_string())?;
-    Ok((mark, RangeSet(ranges.into_iter().collect())))
+    Ok((mark, RangeSet::from_ranges(ranges)))
 }
 
 #[cfg(test)]

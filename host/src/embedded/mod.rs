@@ -1,21 +1,30 @@
-//! The embedded engine: topics, subscriptions and state in one sled database in the data directory.
+//! The embedded engine: topics, subscriptions' cursors and state changes in fnhost's own log
+//! ([`crate::seglog`]), and function state tables, records and packages in sled, all in the data
+//! directory (the log in its `log` folder).
 //!
-//! A topic is a sled tree of segments: each value holds consecutive messages and its key is the
-//! sequence number of the first, so an append of a batch is one sled write.
-//! It implements both [`Broker`] and [`StateStore`] because its commit is a single sled transaction
-//! across the cursor tree, the function's state tree and every output topic's tree: after a crash,
-//! sled recovers either all of a commit or none of it.
+//! Every durable step is one record of the log ([`journal::Step`]): a producer's append, or a
+//! commit's outputs, cursor moves and state changes together, so that after a crash either all of
+//! a commit is there or none of it. Steps from every thread share the log's group commit (one
+//! write and one `fdatasync` per group). A step's messages become readable, and its cursor moves
+//! and state changes visible, only once it is durable.
 //!
-//! A durable subscription keeps, per topic, a cursor record: the mark (every message before it is
+//! A durable subscription keeps, per topic, a cursor: the mark (every message before it is
 //! acknowledged) and the acknowledged ranges after it, as Pulsar's managed ledger keeps its
-//! mark-delete position and individually deleted messages.
+//! mark-delete position and individually deleted messages. The newest cursor of each is in the
+//! log until the cleaner checkpoints it into the cursor tree.
 //! Which consumer gets which message, and which delivered messages are still unacknowledged, lives
 //! in memory only: after a restart every unacknowledged message is simply delivered again.
 //!
-//! The files: `topic.rs` (a topic's segments), `cursor.rs` (a cursor's stored form),
-//! `dispatch.rs` (a shared subscription's delivery state), `consumer.rs` (one consumer's fetch,
-//! commit and leave), `metadata.rs` (records and packages), `state.rs` (function state and its
-//! checkpoints). Locks are taken in the order ARCHITECTURE.md gives ("Invariants").
+//! Retention (`cleaner.rs`): a segment is deleted once nothing in it is needed: every durable
+//! subscription of each topic in it has acknowledged its messages (a topic with no subscription
+//! keeps its messages until one comes), and its cursors and state changes are checkpointed.
+//!
+//! The files: `journal.rs` (the log's steps), `topic.rs` (where a topic's messages are),
+//! `cursor.rs` (a cursor's stored form), `dispatch.rs` (a shared subscription's delivery state),
+//! `consumer.rs` (one consumer's fetch, commit and leave), `metadata.rs` (records and packages),
+//! `state.rs` (function state and its checkpoints), `recover.rs` (reading the log back at open),
+//! `cleaner.rs` (checkpoints and segment deletion), `migrate.rs` (the sled-only layout of
+//! earlier releases). Locks are taken in the order ARCHITECTURE.md gives ("Invariants").
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -28,32 +37,36 @@ use crate::engine::broker::{
 };
 use crate::engine::clock::now_millis;
 use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
-use crate::limits::MAX_BATCH_MESSAGES;
+use crate::limits::{DEFAULT_LOG_SEGMENT_BYTES, MAX_BATCH_MESSAGES};
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
+use crate::seglog::SegmentLog;
 
+mod cleaner;
 mod consumer;
 mod cursor;
 mod dispatch;
+mod journal;
 mod metadata;
+mod migrate;
+mod recover;
 mod state;
 mod topic;
 
 pub(crate) use state::Record as StateLogRecord;
 
+use cleaner::Cleaner;
 use consumer::EmbeddedConsumer;
-use cursor::{RangeSet, cursor_key, decode_cursor, encode_cursor};
+use cursor::{RangeSet, cursor_key, decode_cursor};
 use dispatch::{Cursor, SharedSubscription};
-use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_LOG_TREE};
-use topic::{Topic, decode_segment, decode_sequence, segments};
+use journal::{Append, CursorMove, StateStep, Step, log_failed};
+use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_APPLIED_TREE};
+use topic::{Extent, Topic};
 
-const TOPIC_TREE_PREFIX: &str = "topic:";
-/// A segment (one sled value holding consecutive messages) is closed once its messages take about
-/// this many bytes; one sled operation per segment rather than per message is what makes appends fast.
-/// Sled writes a page over a quarter of its 512 KiB log segment as a file of its own, created and
-/// synced: segments of 1 MiB made every append and every split of a topic's tree such a file, and
-/// 96 KiB segments took the stateless guest pipeline from 234,000 to 382,000 messages per second.
-const SEGMENT_BYTES: usize = 96 * 1024;
+/// The log's folder in the store's directory.
+const LOG_DIR: &str = "log";
 const CURSOR_TREE: &str = "cursors";
+/// Each topic's next sequence number, written before segments are deleted.
+const TOPIC_ENDS_TREE: &str = "topic-ends";
 const METADATA_TREE: &str = "metadata";
 /// Function components, by digest.
 const PACKAGE_TREE: &str = "packages";
@@ -65,6 +78,8 @@ const HELD_PER_KEY_SHARE: usize = 2 * MAX_BATCH_MESSAGES;
 /// below the unacknowledged limit), so this is only a safety net; a short poll made thousands of
 /// idle consumers cost whole cores.
 const CONSUMER_POLL: Duration = Duration::from_secs(1);
+/// How often the cleaner looks for segments to delete.
+const CLEAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +89,12 @@ pub enum OpenError {
         "the data directory {0} is in use by another fnhost process; stop that process or pass a different --data-dir"
     )]
     Locked(String),
-    /// Anything else sled reported.
+    /// Anything else sled or the log reported.
     #[error("cannot open the data directory {path}: {reason}")]
     Other {
         /// The directory.
         path: String,
-        /// What sled said.
+        /// What was wrong.
         reason: String,
     },
 }
@@ -90,17 +105,38 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The size after which the log starts a new segment (the unit in which disk is freed).
+    pub log_segment_bytes: u64,
+    /// How often the cleaner looks for segments to delete.
+    pub clean_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES, clean_interval: CLEAN_INTERVAL }
+    }
+}
+
 struct Inner {
     db: sled::Db,
+    log: Arc<SegmentLog>,
+    /// Cursors checkpointed from the log.
     cursors: sled::Tree,
     metadata: sled::Tree,
     packages: sled::Tree,
     topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
-    /// Records of state changes not yet checkpointed into the functions' trees (see [`state`]).
-    state_log: sled::Tree,
+    topic_ends: sled::Tree,
+    /// Each function's applied id (see [`state`]).
+    state_applied: sled::Tree,
     /// The state of every function read or written since the store opened.
     state_tables: Mutex<HashMap<Fqfn, Arc<FunctionTable>>>,
     checkpointer: Checkpointer,
+    /// Cursors whose newest form is in the log and not yet in the cursor tree: the id of its
+    /// step, and its mark and ranges (`None`: removed).
+    unsaved_cursors: Mutex<HashMap<(SubscriptionName, TopicName), UnsavedCursor>>,
     /// Durable subscriptions with at least one consumer, by name.
     subscriptions: Mutex<HashMap<SubscriptionName, Arc<SharedSubscription>>>,
     /// Every topic opened since the store opened, in order: a pattern subscription matches the
@@ -111,10 +147,19 @@ struct Inner {
     /// Every subscription opened and not yet dropped, durable or not: an append wakes those that
     /// read its topic.
     live: Mutex<Vec<Weak<SharedSubscription>>>,
+    cleaner: Cleaner,
+}
+
+/// A cursor's newest form, in log record `log_id`.
+#[derive(Clone)]
+struct UnsavedCursor {
+    log_id: u64,
+    position: Option<(u64, RangeSet)>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.cleaner.close();
         self.checkpointer.close();
     }
 }
@@ -135,92 +180,98 @@ impl Signal {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` with `options`.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, OpenError> {
         let shown = dir.display().to_string();
+        let other = |reason: String| OpenError::Other { path: shown.clone(), reason };
         let db = sled::Config::new().path(dir).open().map_err(|error| match &error {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 OpenError::Locked(shown.clone())
             }
-            _ => OpenError::Other { path: shown.clone(), reason: error.to_string() },
+            _ => other(error.to_string()),
         })?;
-        let open_tree = |name: &str| {
-            db.open_tree(name).map_err(|error| OpenError::Other { path: shown.clone(), reason: error.to_string() })
-        };
+        let open_tree = |name: &str| db.open_tree(name).map_err(|error| other(error.to_string()));
         let cursors = open_tree(CURSOR_TREE)?;
         let metadata = open_tree(METADATA_TREE)?;
         let packages = open_tree(PACKAGE_TREE)?;
-        let state_log = open_tree(STATE_LOG_TREE)?;
-        state::replay(&db, &state_log).map_err(|reason| OpenError::Other { path: shown.clone(), reason })?;
-        let checkpointer = Checkpointer::start(&db, &state_log)
-            .map_err(|error| OpenError::Other { path: shown.clone(), reason: error.to_string() })?;
-        Ok(Self {
+        let state_applied = open_tree(STATE_APPLIED_TREE)?;
+        let topic_ends = open_tree(TOPIC_ENDS_TREE)?;
+        let log_dir = dir.join(LOG_DIR);
+        migrate::convert_sled_layout(&db, &log_dir).map_err(&other)?;
+        let (log, _cut) =
+            SegmentLog::open(&log_dir, options.log_segment_bytes).map_err(|error| other(error.to_string()))?;
+        let checkpointer = Checkpointer::start(&db, &state_applied).map_err(|error| other(error.to_string()))?;
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
+                log: Arc::new(log),
                 cursors,
                 metadata,
                 packages,
                 topics: Mutex::new(HashMap::new()),
-                state_log,
+                topic_ends,
+                state_applied,
                 state_tables: Mutex::new(HashMap::new()),
                 checkpointer,
+                unsaved_cursors: Mutex::new(HashMap::new()),
                 subscriptions: Mutex::new(HashMap::new()),
                 opened_topics: Mutex::new(Vec::new()),
                 topic_generation: AtomicU64::new(0),
                 live: Mutex::new(Vec::new()),
+                cleaner: Cleaner::default(),
             }),
-        })
+        };
+        recover::recover(&store).map_err(|error| other(error.to_string()))?;
+        store
+            .inner
+            .cleaner
+            .start(Arc::downgrade(&store.inner), options.clean_interval)
+            .map_err(|error| other(error.to_string()))?;
+        Ok(store)
     }
 
-    /// Makes everything written so far durable.
-    fn flush(&self) -> Result<(), BrokerError> {
-        self.inner.db.flush().map(drop).map_err(storage)
+    /// Submits `step` to the log and returns its record's id; the caller holds the locks that
+    /// order it, and waits for it with [`EmbeddedStore::durable`].
+    fn submit(&self, step: &Step) -> Result<u64, BrokerError> {
+        Ok(self.inner.log.submit(vec![step.encode()]).map_err(log_failed)?.start)
     }
 
+    /// Returns once log record `id` is durable.
+    fn durable(&self, id: u64) -> Result<(), BrokerError> {
+        self.inner.log.wait(id + 1).map_err(log_failed)
+    }
+
+    /// The topic `name`, made if the store has never seen it.
     fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
+        Ok(self.topic_from(name, 0))
+    }
+
+    /// The topic `name`, made with its next sequence at `next` if the store has never seen it.
+    fn topic_from(&self, name: &TopicName, next: u64) -> Arc<Topic> {
         let mut topics = lock(&self.inner.topics);
         if let Some(topic) = topics.get(name) {
-            return Ok(topic.clone());
+            return topic.clone();
         }
-        let tree = self.inner.db.open_tree(format!("{TOPIC_TREE_PREFIX}{name}")).map_err(storage)?;
-        let next = match tree.last().map_err(storage)? {
-            Some((key, value)) => {
-                let first = decode_sequence(&key);
-                let segment = decode_segment(&value).map_err(|reason| BrokerError::Corrupt {
-                    topic: name.clone(),
-                    sequence: first,
-                    reason,
-                })?;
-                first + segment.len() as u64
-            }
-            None => 0,
-        };
-        let topic = Arc::new(Topic { name: name.clone(), tree, next: Mutex::new(next), length: AtomicU64::new(next) });
+        let topic = Arc::new(Topic::new(name.clone(), self.inner.log.clone(), next));
         topics.insert(name.clone(), topic.clone());
         let mut opened = lock(&self.inner.opened_topics);
         opened.push(name.clone());
         self.inner.topic_generation.store(opened.len() as u64, Ordering::Release);
-        Ok(topic)
+        topic
     }
 
-    /// Every topic in the database that `pattern` matches.
+    /// Every topic in the store that `pattern` matches.
     fn topics_matching(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
-        let mut names = Vec::new();
-        for tree in self.inner.db.tree_names() {
-            let Some(name) = std::str::from_utf8(&tree).ok().and_then(|tree| tree.strip_prefix(TOPIC_TREE_PREFIX))
-            else {
-                continue;
-            };
-            if let Ok(topic) = TopicName::parse(name)
-                && pattern.matches(&topic)
-            {
-                names.push(topic);
-            }
-        }
-        Ok(names)
+        Ok(lock(&self.inner.topics).keys().filter(|topic| pattern.matches(topic)).cloned().collect())
     }
 
-    /// A cursor over `topic` for subscription `name`, from its record or, for a new one, at `position`.
+    /// A cursor over `topic` for subscription `name`, from its record or, for a new one, at
+    /// `position` (made durable before it returns).
     fn cursor(
         &self,
         name: Option<&SubscriptionName>,
@@ -229,16 +280,22 @@ impl EmbeddedStore {
     ) -> Result<Cursor, BrokerError> {
         let topic = self.topic(topic)?;
         let start = match position {
-            Position::Earliest => topic.tree.first().map_err(storage)?.map_or(0, |(key, _)| decode_sequence(&key)),
+            Position::Earliest => topic.first_kept(),
             Position::Latest => topic.length.load(Ordering::Acquire),
         };
         let (mark, acked) = match name {
             Some(name) => match self.stored_cursor(name, &topic.name)? {
                 Some(stored) => stored,
                 None => {
-                    let key = cursor_key(name, &topic.name);
-                    self.inner.cursors.insert(key, encode_cursor(start, &RangeSet::default())).map_err(storage)?;
-                    (start, RangeSet::default())
+                    let acked = RangeSet::default();
+                    let step = Step {
+                        cursors: vec![CursorMove::new(name, &topic.name, Some((start, &acked)))],
+                        ..Step::default()
+                    };
+                    let id = self.submit(&step)?;
+                    self.durable(id)?;
+                    self.cursor_moved(name, &topic, id, Some((start, acked.clone())));
+                    (start, acked)
                 }
             },
             None => (start, RangeSet::default()),
@@ -246,12 +303,22 @@ impl EmbeddedStore {
         Ok(Cursor { topic, fetched: mark, mark, acked, delivered: BTreeMap::new() })
     }
 
-    /// The durable cursor record of subscription `name` on `topic`: its mark and acknowledged ranges.
+    /// Notes a durable cursor move (in log record `log_id`) for the cleaner and for retention.
+    fn cursor_moved(&self, name: &SubscriptionName, topic: &Topic, log_id: u64, position: Option<(u64, RangeSet)>) {
+        topic.set_mark(name, position.as_ref().map(|(mark, _)| *mark));
+        lock(&self.inner.unsaved_cursors)
+            .insert((name.clone(), topic.name.clone()), UnsavedCursor { log_id, position });
+    }
+
+    /// The durable cursor of subscription `name` on `topic`: its mark and acknowledged ranges.
     fn stored_cursor(
         &self,
         name: &SubscriptionName,
         topic: &TopicName,
     ) -> Result<Option<(u64, RangeSet)>, BrokerError> {
+        if let Some(unsaved) = lock(&self.inner.unsaved_cursors).get(&(name.clone(), topic.clone())) {
+            return Ok(unsaved.position.clone());
+        }
         let Some(record) = self.inner.cursors.get(cursor_key(name, topic)).map_err(storage)? else { return Ok(None) };
         decode_cursor(&record).map(Some).map_err(|reason| BrokerError::Corrupt {
             topic: topic.clone(),
@@ -273,7 +340,7 @@ impl EmbeddedStore {
     /// Checkpoints a function's state now (see [`state`]); commits queue theirs on the checkpointer.
     #[cfg(test)]
     fn checkpoint(&self, table: &FunctionTable) -> Result<(), sled::Error> {
-        table.checkpoint(&self.inner.db, &self.inner.state_log)
+        table.checkpoint(&self.inner.db, &self.inner.state_applied)
     }
 
     /// Wakes the subscriptions that read `topics`, and those with a pattern, which may read them now.
@@ -293,26 +360,30 @@ impl EmbeddedStore {
     fn register(&self, shared: &Arc<SharedSubscription>) {
         lock(&self.inner.live).push(Arc::downgrade(shared));
     }
+
+    /// Bytes the log's segments take on disk.
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.log.disk_bytes()
+    }
 }
 
 impl Broker for EmbeddedStore {
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
         let topic = self.topic(topic)?;
         let publish_time = now_millis();
-        let mut next = lock(&topic.next);
         let bodies: Vec<MessageBody> = messages.into_iter().map(|message| message.stamp(publish_time)).collect();
-        let sequences: Vec<u64> = (*next..*next + bodies.len() as u64).collect();
-        let mut batch = sled::Batch::default();
-        for (first, segment) in segments(*next, &bodies) {
-            batch.insert(&first.to_be_bytes(), segment);
-        }
-        topic.tree.apply_batch(batch).map_err(storage)?;
-        self.flush()?;
-        *next += bodies.len() as u64;
-        topic.length.store(*next, Ordering::Release);
+        let count = bodies.len() as u64;
+        let mut next = lock(&topic.next);
+        let first = *next;
+        let step = Step { appends: vec![Append::new(&topic.name, first, &bodies)], ..Step::default() };
+        let log_id = self.submit(&step)?;
+        topic.record(Extent { first, count: count as u32, log_id });
+        *next += count;
         drop(next);
+        self.durable(log_id)?;
+        topic.published(first + count);
         self.notify_appended([&topic.name]);
-        Ok(sequences)
+        Ok((first..first + count).collect())
     }
 
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
@@ -327,7 +398,6 @@ impl Broker for EmbeddedStore {
             Some(shared) => shared.clone(),
             None => {
                 let shared = Arc::new(SharedSubscription::open(self, &spec)?);
-                self.flush()?;
                 self.register(&shared);
                 subscriptions.insert(name, shared.clone());
                 shared
@@ -338,21 +408,42 @@ impl Broker for EmbeddedStore {
     }
 
     fn delete_subscription(&self, name: &SubscriptionName, inputs: &Inputs) -> Result<(), BrokerError> {
-        if lock(&self.inner.subscriptions).contains_key(name) {
+        let subscriptions = lock(&self.inner.subscriptions);
+        if subscriptions.contains_key(name) {
             return Err(BrokerError::InUse { name: name.clone() });
         }
+        let mut topics: Vec<TopicName> = lock(&self.inner.unsaved_cursors)
+            .iter()
+            .filter(|((subscription, _), unsaved)| subscription == name && unsaved.position.is_some())
+            .map(|((_, topic), _)| topic.clone())
+            .collect();
         let mut prefix = name.to_string().into_bytes();
         prefix.push(0);
-        let mut batch = sled::Batch::default();
         for entry in self.inner.cursors.scan_prefix(&prefix) {
             let key = entry.map_err(storage)?.0;
-            let topic = std::str::from_utf8(&key[prefix.len()..]).ok().and_then(|topic| TopicName::parse(topic).ok());
-            if topic.is_some_and(|topic| inputs.covers(&topic)) {
-                batch.remove(key);
+            if let Some((_, topic)) = cursor::parse_cursor_key(&key)
+                && self.stored_cursor(name, &topic)?.is_some()
+            {
+                topics.push(topic);
             }
         }
-        self.inner.cursors.apply_batch(batch).map_err(storage)?;
-        self.flush()
+        topics.retain(|topic| inputs.covers(topic));
+        topics.sort();
+        topics.dedup();
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let step = Step {
+            cursors: topics.iter().map(|topic| CursorMove::new(name, topic, None)).collect(),
+            ..Step::default()
+        };
+        let id = self.submit(&step)?;
+        self.durable(id)?;
+        for topic in &topics {
+            self.cursor_moved(name, &self.topic_from(topic, 0), id, None);
+        }
+        drop(subscriptions);
+        Ok(())
     }
 
     fn is_acknowledged(
@@ -382,11 +473,15 @@ impl StateStore for EmbeddedStore {
     }
 
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
-        let failed = |error: sled::Error| StateError::Storage(error.to_string());
-        let table = self.state_table(fqfn).map_err(failed)?;
-        let (versioned, due) = table.put(&self.inner.db, &self.inner.state_log, key, value)?;
-        self.inner.db.flush().map_err(failed)?;
-        if due {
+        let table = self.state_table(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
+        let (write, versioned) = table.prepare_put(&self.inner.db, key, value)?;
+        let step = Step {
+            state: Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() }),
+            ..Step::default()
+        };
+        let id = self.submit(&step).map_err(broker_failed)?;
+        self.durable(id).map_err(broker_failed)?;
+        if write.committed(id) {
             self.inner.checkpointer.request(&table);
         }
         Ok(versioned)
@@ -395,10 +490,19 @@ impl StateStore for EmbeddedStore {
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
         let failed = |error: sled::Error| StateError::Storage(error.to_string());
         let table = self.state_table(fqfn).map_err(failed)?;
-        table.delete(&self.inner.db, &self.inner.state_log).map_err(failed)?;
+        let values = table.lock_for_delete();
+        let id = self
+            .submit(&Step { state: Some(StateStep::Dropped { fqfn: fqfn.to_string() }), ..Step::default() })
+            .map_err(broker_failed)?;
+        self.durable(id).map_err(broker_failed)?;
+        table.delete(values, &self.inner.db, &self.inner.state_applied).map_err(failed)?;
         lock(&self.inner.state_tables).remove(fqfn);
         self.inner.db.flush().map(drop).map_err(failed)
     }
+}
+
+fn broker_failed(error: BrokerError) -> StateError {
+    StateError::Storage(error.to_string())
 }
 
 fn state_failed(error: StateError) -> BrokerError {

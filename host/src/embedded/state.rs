@@ -1,23 +1,23 @@
-//! Function state in the embedded store: a log of committed values, checkpointed into one sled tree per function.
+//! Function state in the embedded store: changes travel in the log's steps and are checkpointed
+//! into one sled tree per function.
 //!
 //! Writing every changed key into the function's tree at every commit cost about 7 µs a key in
-//! sled, transaction or batch alike, and held a stateful pipeline near 100,000 messages per second.
-//! So a commit writes one record to the state log instead, in the same sled transaction as its
-//! outputs and cursors: the final value of each key it changed.
-//! Those values stay in memory (`pending`) until a checkpoint writes the newest value of each key
-//! into the function's tree, once, and removes the records it covered; a key changed by every batch
-//! is written to its tree once per checkpoint instead of once per commit, as Kafka Streams' record
-//! cache does in front of its changelog.
-//! When the store opens, records left by a crash are applied before anything reads.
+//! sled, and held a stateful pipeline near 100,000 messages per second. So a commit's step in the
+//! log carries a state record instead: the final value of each key it changed.
+//! Those values stay in memory (`pending`, with the id of the log record that carries them) until a
+//! checkpoint writes the newest value of each key into the function's tree, once, and then notes
+//! in the `state-applied` tree the id of the newest record it covered; a key changed by every
+//! batch is written to its tree once per checkpoint instead of once per commit, as Kafka Streams'
+//! record cache does in front of its changelog. The log's segments are kept while any function has
+//! a pending value from them.
+//! When the store opens, the records after each function's applied id are read back into `pending`.
 //!
-//! Checkpoints run on a thread of their own ([`Checkpointer`]), in chunks of
-//! `CHECKPOINT_CHUNK` keys: a tree write holds sled's store-wide write lock, and a checkpoint of a
-//! few hundred keys inside the commit that asked for it held up that pipeline's next commit and
-//! every other writer for about 5 ms (the p99 of a commit at 10,000 messages per second).
+//! Checkpoints run on a thread of their own ([`Checkpointer`]), in chunks of `CHECKPOINT_CHUNK`
+//! keys: a tree write holds sled's store-wide write lock.
 //!
-//! Invariant: a function's tree holds the effect of a prefix of its log records in id order (or
-//! more, mid-checkpoint), and the log holds every record after that prefix. A record holds final
-//! values, so applying records again in id order is harmless, and that is all recovery does.
+//! Invariant: a function's tree holds the effect of its records up to its applied id (or more,
+//! mid-checkpoint), and the log holds every record after it. A record holds final values, so
+//! applying records again in id order is harmless, and that is all recovery does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -29,8 +29,8 @@ use crate::engine::state::{KeyMap, StateChanges, StateError, StateTable, StateVa
 use crate::names::Fqfn;
 
 pub(super) const STATE_TREE_PREFIX: &str = "state:";
-/// The tree of state log records, keyed by the function's name, a 0 byte and the record's id.
-pub(super) const STATE_LOG_TREE: &str = "state-log";
+/// The tree of each function's applied id: the newest log record its own tree holds.
+pub(super) const STATE_APPLIED_TREE: &str = "state-applied";
 /// Most values read from a function's tree kept in memory; past it they are dropped and read again.
 const CLEAN_ENTRIES: usize = 65_536;
 /// A function's log records (commits with state changes) after which a checkpoint runs.
@@ -51,7 +51,7 @@ pub(super) struct FunctionTable {
 }
 
 #[derive(Default)]
-struct Values {
+pub(super) struct Values {
     /// Values of log records not yet checkpointed, newest per key; never dropped until checkpointed.
     pending: KeyMap<Pending>,
     /// Values read from the tree (`None`: absent), which no pending value overrides.
@@ -62,7 +62,8 @@ struct Values {
 }
 
 struct Pending {
-    record: u64,
+    /// The log record that carries it.
+    log_id: u64,
     value: Option<Versioned>,
 }
 
@@ -70,36 +71,35 @@ struct Pending {
 pub(crate) type Record = Vec<(String, Option<Versioned>)>;
 
 /// A commit's state part, prepared under the function's lock, which it holds until the commit is
-/// applied in memory, so that records are written and seen in the order of their ids.
+/// durable and applied in memory, so that a function's records are in the log in the order they
+/// are seen, and nobody sees a value before it is durable.
 pub(super) struct StateWrite<'a> {
     values: MutexGuard<'a, Values>,
-    id: u64,
-    log_key: Vec<u8>,
     encoded: Vec<u8>,
     record: Record,
 }
 
 impl StateWrite<'_> {
-    /// The record's key in the state log tree.
-    pub(super) fn log_key(&self) -> &[u8] {
-        &self.log_key
-    }
-
     /// The record, encoded.
     pub(super) fn encoded(&self) -> &[u8] {
         &self.encoded
     }
 
-    /// Records in memory that the record was committed; true when the function is due a checkpoint.
-    pub(super) fn committed(mut self) -> bool {
-        let id = self.id;
-        let values = &mut *self.values;
-        values.records += 1;
-        for (key, value) in self.record {
-            values.clean.remove(&key);
-            values.pending.insert(key, Pending { record: id, value });
+    /// Records in memory that the record, in log record `log_id`, is durable; true when the
+    /// function is due a checkpoint.
+    pub(super) fn committed(mut self, log_id: u64) -> bool {
+        self.values.add(log_id, self.record)
+    }
+}
+
+impl Values {
+    fn add(&mut self, log_id: u64, record: Record) -> bool {
+        self.records += 1;
+        for (key, value) in record {
+            self.clean.remove(&key);
+            self.pending.insert(key, Pending { log_id, value });
         }
-        values.records >= CHECKPOINT_RECORDS || values.pending.len() >= CHECKPOINT_KEYS
+        self.records >= CHECKPOINT_RECORDS || self.pending.len() >= CHECKPOINT_KEYS
     }
 }
 
@@ -113,8 +113,7 @@ impl FunctionTable {
         })
     }
 
-    /// Takes the function's lock and computes the record of `changes`, with a new id from `db`:
-    /// ids are taken under the lock, so that a function's records are in id order.
+    /// Takes the function's lock and computes the record of `changes`, with a new version from `db`.
     pub(super) fn prepare(&self, db: &sled::Db, changes: &StateChanges) -> Result<StateWrite<'_>, StateError> {
         let mut values = lock(&self.values);
         let id = db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
@@ -123,12 +122,22 @@ impl FunctionTable {
             let current = self.current(&mut values, key)?.map(|versioned| versioned.value);
             record.push((key.clone(), change.apply(current).map(|value| Versioned { value, version: id })));
         }
-        Ok(self.write(values, id, record))
+        Ok(Self::write(values, record))
     }
 
-    fn write<'a>(&self, values: MutexGuard<'a, Values>, id: u64, record: Record) -> StateWrite<'a> {
+    fn write(values: MutexGuard<'_, Values>, record: Record) -> StateWrite<'_> {
         let encoded = crate::codec::encode(&record);
-        StateWrite { values, id, log_key: log_key(&self.fqfn, id), encoded, record }
+        StateWrite { values, encoded, record }
+    }
+
+    /// A record read back from the log at open, newer than the function's tree.
+    pub(super) fn replayed(&self, log_id: u64, record: Record) {
+        lock(&self.values).add(log_id, record);
+    }
+
+    /// The id of the oldest log record holding a value not yet in the function's tree.
+    pub(super) fn oldest_pending(&self) -> Option<u64> {
+        lock(&self.values).pending.values().map(|pending| pending.log_id).min()
     }
 
     fn current(&self, values: &mut Values, key: &str) -> Result<Option<Versioned>, StateError> {
@@ -153,9 +162,9 @@ impl FunctionTable {
         Ok(stored)
     }
 
-    /// Writes the newest pending value of each key into the tree, then removes the log records
-    /// that are now in it. Does nothing while another checkpoint of this function runs.
-    pub(super) fn checkpoint(&self, db: &sled::Db, log: &sled::Tree) -> Result<(), sled::Error> {
+    /// Writes the newest pending value of each key into the tree, then notes the newest log
+    /// record it covered as applied. Does nothing while another checkpoint of this function runs.
+    pub(super) fn checkpoint(&self, db: &sled::Db, applied: &sled::Tree) -> Result<(), sled::Error> {
         let (snapshot, last) = {
             let mut values = lock(&self.values);
             if values.checkpointing || values.pending.is_empty() {
@@ -166,28 +175,25 @@ impl FunctionTable {
             let snapshot: Vec<(String, u64, Option<Versioned>)> = values
                 .pending
                 .iter()
-                .map(|(key, pending)| (key.clone(), pending.record, pending.value.clone()))
+                .map(|(key, pending)| (key.clone(), pending.log_id, pending.value.clone()))
                 .collect();
-            let last = snapshot.iter().map(|(_, record, _)| *record).max().unwrap_or_default();
+            let last = snapshot.iter().map(|(_, log_id, _)| *log_id).max().unwrap_or_default();
             (snapshot, last)
         };
         let written = (|| {
             for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
                 self.tree.apply_batch(tree_batch(chunk.iter().map(|(key, _, value)| (key, value))))?;
             }
-            // The values must be durable before the records that carry them are removed.
+            // The values must be durable before the records that carry them may go.
             db.flush()?;
-            let mut removals = sled::Batch::default();
-            for entry in log.range(log_key(&self.fqfn, 0)..=log_key(&self.fqfn, last)) {
-                removals.remove(entry?.0);
-            }
-            log.apply_batch(removals)
+            applied.insert(self.fqfn.to_string().as_bytes(), &last.to_be_bytes())?;
+            db.flush().map(drop)
         })();
         let mut values = lock(&self.values);
         values.checkpointing = false;
         if written.is_ok() {
-            for (key, record, value) in snapshot {
-                if values.pending.get(&key).is_some_and(|pending| pending.record == record) {
+            for (key, log_id, value) in snapshot {
+                if values.pending.get(&key).is_some_and(|pending| pending.log_id == log_id) {
                     values.pending.remove(&key);
                     if values.clean.len() < CLEAN_ENTRIES {
                         values.clean.insert(key, value);
@@ -198,35 +204,58 @@ impl FunctionTable {
         written
     }
 
-    /// Removes the function's log records and its tree; the caller removes the table from the store.
-    pub(super) fn delete(&self, db: &sled::Db, log: &sled::Tree) -> Result<(), sled::Error> {
-        let mut values = lock(&self.values);
-        let mut removals = sled::Batch::default();
-        for entry in log.scan_prefix(log_prefix(&self.fqfn)) {
-            removals.remove(entry?.0);
-        }
-        log.apply_batch(removals)?;
-        db.drop_tree(format!("{STATE_TREE_PREFIX}{}", self.fqfn))?;
+    /// Takes the function's lock for deleting its table: the caller logs the deletion while it
+    /// holds it, then calls [`FunctionTable::delete`].
+    pub(super) fn lock_for_delete(&self) -> MutexGuard<'_, Values> {
+        lock(&self.values)
+    }
+
+    /// Removes the function's tree and applied id and forgets its values; the caller removes the
+    /// table from the store.
+    pub(super) fn delete(
+        &self,
+        mut values: MutexGuard<'_, Values>,
+        db: &sled::Db,
+        applied: &sled::Tree,
+    ) -> Result<(), sled::Error> {
+        drop_table(db, applied, &self.fqfn.to_string())?;
         *values = Values::default();
         Ok(())
     }
 
-    /// Writes `value` to `key` in a record of its own, outside any commit (the admin API's state
-    /// put). Returns the value with its version, and whether the function is due a checkpoint.
-    pub(super) fn put(
+    /// Prepares `value` for `key` in a record of its own, outside any commit (the admin API's
+    /// state put): the caller logs it, then calls [`StateWrite::committed`].
+    pub(super) fn prepare_put(
         &self,
         db: &sled::Db,
-        log: &sled::Tree,
         key: &str,
         value: StateValue,
-    ) -> Result<(Versioned, bool), StateError> {
-        let failed = |error: sled::Error| StateError::Storage(error.to_string());
+    ) -> Result<(StateWrite<'_>, Versioned), StateError> {
         let values = lock(&self.values);
-        let versioned = Versioned { value, version: db.generate_id().map_err(failed)? };
-        let write = self.write(values, versioned.version, vec![(key.to_owned(), Some(versioned.clone()))]);
-        log.insert(write.log_key(), write.encoded()).map_err(failed)?;
-        Ok((versioned, write.committed()))
+        let versioned =
+            Versioned { value, version: db.generate_id().map_err(|error| StateError::Storage(error.to_string()))? };
+        Ok((Self::write(values, vec![(key.to_owned(), Some(versioned.clone()))]), versioned))
     }
+}
+
+/// Removes a function's tree and applied id.
+pub(super) fn drop_table(db: &sled::Db, applied: &sled::Tree, fqfn: &str) -> Result<(), sled::Error> {
+    match db.drop_tree(format!("{STATE_TREE_PREFIX}{fqfn}")) {
+        // A function that never checkpointed has no tree.
+        Ok(_) | Err(sled::Error::CollectionNotFound(_)) => {}
+        Err(error) => return Err(error),
+    }
+    applied.remove(fqfn.as_bytes())?;
+    Ok(())
+}
+
+/// The newest log record whose values a function's tree holds.
+pub(super) fn applied_id(applied: &sled::Tree, fqfn: &str) -> Result<Option<u64>, sled::Error> {
+    Ok(applied.get(fqfn.as_bytes())?.filter(|bytes| bytes.len() == 8).map(|bytes| {
+        let mut id = [0; 8];
+        id.copy_from_slice(&bytes);
+        u64::from_be_bytes(id)
+    }))
 }
 
 /// The thread that checkpoints functions' state when their commits ask for it, off the commits' path.
@@ -236,12 +265,12 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(super) fn start(db: &sled::Db, log: &sled::Tree) -> std::io::Result<Self> {
+    pub(super) fn start(db: &sled::Db, applied: &sled::Tree) -> std::io::Result<Self> {
         let (requests, queue) = std::sync::mpsc::channel();
-        let (db, log) = (db.clone(), log.clone());
+        let (db, applied) = (db.clone(), applied.clone());
         let thread = std::thread::Builder::new()
             .name("fnhost-checkpoint".into())
-            .spawn(move || checkpoint_until_closed(&queue, &db, &log))?;
+            .spawn(move || checkpoint_until_closed(&queue, &db, &applied))?;
         Ok(Self { requests: Mutex::new(Some(requests)), thread: Mutex::new(Some(thread)) })
     }
 
@@ -265,11 +294,11 @@ impl Checkpointer {
     }
 }
 
-fn checkpoint_until_closed(queue: &Receiver<Arc<FunctionTable>>, db: &sled::Db, log: &sled::Tree) {
+fn checkpoint_until_closed(queue: &Receiver<Arc<FunctionTable>>, db: &sled::Db, applied: &sled::Tree) {
     for table in queue {
         table.queued.store(false, Ordering::Release);
         // The records stay in the log, so the next request (or the next open) tries again.
-        if let Err(error) = table.checkpoint(db, log) {
+        if let Err(error) = table.checkpoint(db, applied) {
             tracing::error!("checkpointing the state of {} failed: {error}", table.fqfn);
         }
     }
@@ -285,29 +314,8 @@ impl StateTable for EmbeddedTable {
     }
 }
 
-/// Applies every record in the state log to its function's tree, in id order, then empties the
-/// log: what a crash left between a commit and its checkpoint.
-pub(super) fn replay(db: &sled::Db, log: &sled::Tree) -> Result<(), String> {
-    if log.is_empty() {
-        return Ok(());
-    }
-    for entry in log.iter() {
-        let (key, bytes) = entry.map_err(|error| error.to_string())?;
-        let name = key.split(|byte| *byte == 0).next().unwrap_or_default();
-        let name = String::from_utf8_lossy(name);
-        let record: Record = crate::codec::decode(&bytes)
-            .map_err(|error| format!("a state log record of {name} cannot be decoded: {error}"))?;
-        let tree = db.open_tree(format!("{STATE_TREE_PREFIX}{name}")).map_err(|error| error.to_string())?;
-        tree.apply_batch(tree_batch(record.iter().map(|(key, value)| (key, value))))
-            .map_err(|error| error.to_string())?;
-    }
-    db.flush().map_err(|error| error.to_string())?;
-    log.clear().map_err(|error| error.to_string())?;
-    db.flush().map(drop).map_err(|error| error.to_string())
-}
-
 /// The writes that leave a function's tree holding `values` (`None`: absent).
-fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, &'a Option<Versioned>)>) -> sled::Batch {
+pub(super) fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, &'a Option<Versioned>)>) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for (key, value) in values {
         match value {
@@ -316,18 +324,6 @@ fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, &'a Option<Versioned
         }
     }
     batch
-}
-
-fn log_prefix(fqfn: &Fqfn) -> Vec<u8> {
-    let mut key = fqfn.to_string().into_bytes();
-    key.push(0);
-    key
-}
-
-fn log_key(fqfn: &Fqfn, id: u64) -> Vec<u8> {
-    let mut key = log_prefix(fqfn);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
 }
 
 fn encode_state(value: &Versioned) -> Vec<u8> {

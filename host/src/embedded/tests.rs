@@ -11,13 +11,17 @@ use crate::engine::state::{Change, StateChanges};
 /// directory's lock (a reopen failed with `Locked` once under CI load): sled's background
 /// threads outlive the dropped handle.
 fn open(dir: &Path) -> EmbeddedStore {
+    open_with(dir, &StoreOptions::default()).unwrap()
+}
+
+fn open_with(dir: &Path, options: &StoreOptions) -> Result<EmbeddedStore, OpenError> {
     for _ in 0..100 {
-        match EmbeddedStore::open(dir) {
+        match EmbeddedStore::open_with(dir, options) {
             Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(50)),
-            opened => return opened.unwrap(),
+            opened => return opened,
         }
     }
-    EmbeddedStore::open(dir).unwrap()
+    EmbeddedStore::open_with(dir, options)
 }
 
 fn topic(name: &str) -> TopicName {
@@ -49,13 +53,33 @@ fn appends_are_read_in_order_from_a_cursor() {
     assert!(subscription.fetch(10, Duration::ZERO).unwrap().is_empty());
 }
 
+/// Opens the store in `dir` with small segments and a cleaner that waits for the test to call it.
+fn open_small(dir: &Path) -> EmbeddedStore {
+    let options = StoreOptions { log_segment_bytes: 4096, clean_interval: Duration::from_secs(3600) };
+    open_with(dir, &options).unwrap()
+}
+
+fn ack_everything(subscription: &dyn Subscription) -> usize {
+    let mut acked = 0;
+    loop {
+        let messages = subscription.fetch(100, Duration::ZERO).unwrap();
+        if messages.is_empty() {
+            return acked;
+        }
+        acked += messages.len();
+        subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() }).unwrap();
+    }
+}
+
 #[test]
-fn large_appends_span_several_segments_and_read_back_from_any_cursor() {
+fn appends_over_many_segments_read_back_from_any_cursor() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let values: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; SEGMENT_BYTES / 3]).collect();
-    store.produce(&topic("big"), values.iter().map(|v| OutMessage::new(v.clone())).collect()).unwrap();
-    assert!(store.topic(&topic("big")).unwrap().tree.len() > 1, "the append was split into segments");
+    let store = open_small(dir.path());
+    let values: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; 3000]).collect();
+    for value in &values {
+        store.produce(&topic("big"), vec![OutMessage::new(value.clone())]).unwrap();
+    }
+    assert!(store.inner.log.segment_ids().len() > 3, "the appends went to several segments");
     let subscription = store.subscribe(spec(&["big"], Some("s"), Position::Earliest)).unwrap();
     let mut read = Vec::new();
     for max in [2, 3, 10] {
@@ -63,6 +87,78 @@ fn large_appends_span_several_segments_and_read_back_from_any_cursor() {
     }
     let expected: Vec<(u64, Vec<u8>)> = (0..).zip(values).collect();
     assert_eq!(read, expected);
+}
+
+#[test]
+fn segments_go_once_every_subscription_has_acknowledged_them_and_numbering_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_small(dir.path());
+        let first = store.subscribe(spec(&["t"], Some("first"), Position::Earliest)).unwrap();
+        let second = store.subscribe(spec(&["t"], Some("second"), Position::Earliest)).unwrap();
+        for round in 0..50 {
+            produce(&store, "t", &[&format!("{round:0>200}"), &format!("{round:0>200}")]);
+        }
+        let full = store.log_bytes();
+        assert_eq!(ack_everything(first.as_ref()), 100);
+        store.clean().unwrap();
+        assert!(store.log_bytes() >= full, "the second subscription still needs every message");
+        assert_eq!(ack_everything(second.as_ref()), 100);
+        // The first pass checkpoints the cursors the old segments hold; the second finds them free.
+        store.clean().unwrap();
+        store.clean().unwrap();
+        assert_eq!(store.inner.log.segment_ids().len(), 1, "only the active segment is left");
+        assert!(store.log_bytes() < 4096 + 1024);
+    }
+    let store = open_small(dir.path());
+    assert_eq!(produce(&store, "t", &["after"]), vec![100], "sequence numbers go on after the deleted messages");
+    let first = store.subscribe(spec(&["t"], Some("first"), Position::Earliest)).unwrap();
+    assert_eq!(values(&first.fetch(10, Duration::ZERO).unwrap()), ["after"]);
+}
+
+#[test]
+fn a_topic_without_subscriptions_keeps_its_messages_while_others_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_small(dir.path());
+    produce(&store, "kept", &["k0", "k1"]);
+    let busy = store.subscribe(spec(&["busy"], Some("s"), Position::Earliest)).unwrap();
+    for round in 0..60 {
+        produce(&store, "busy", &[&format!("{round:0>300}")]);
+        ack_everything(busy.as_ref());
+    }
+    let before = store.inner.log.segment_ids().len();
+    store.clean().unwrap();
+    store.clean().unwrap();
+    let after = store.inner.log.segment_ids().len();
+    assert!(after < before && after <= 3, "{before} segments, then {after}");
+    drop((busy, store));
+    let store = open_small(dir.path());
+    let late = store.subscribe(spec(&["kept"], Some("late"), Position::Earliest)).unwrap();
+    assert_eq!(values(&late.fetch(10, Duration::ZERO).unwrap()), ["k0", "k1"]);
+}
+
+#[test]
+fn a_missing_segment_that_holds_unacknowledged_messages_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_small(dir.path());
+        let _subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+        for round in 0..40 {
+            produce(&store, "t", &[&format!("{round:0>300}")]);
+        }
+        assert!(store.inner.log.segment_ids().len() > 3);
+    }
+    let log = dir.path().join(LOG_DIR);
+    let mut segments: Vec<_> = std::fs::read_dir(&log).unwrap().map(|entry| entry.unwrap().path()).collect();
+    segments.sort();
+    std::fs::remove_file(&segments[1]).unwrap();
+    match open_with(dir.path(), &StoreOptions::default()) {
+        Err(OpenError::Other { reason, .. }) => {
+            assert!(reason.contains("missing") && reason.contains("persistent://public/default/t"), "{reason}")
+        }
+        Err(other) => panic!("expected a missing-messages error, got {other}"),
+        Ok(_) => panic!("a missing segment went unnoticed"),
+    }
 }
 
 #[test]
@@ -291,8 +387,9 @@ fn value(store: &EmbeddedStore, fqfn: &Fqfn, key: &str) -> Option<StateValue> {
     store.table(fqfn).unwrap().get(key).unwrap().map(|versioned| versioned.value)
 }
 
-fn log_records(store: &EmbeddedStore) -> usize {
-    store.inner.state_log.len()
+/// Whether the function has values not yet checkpointed into its tree.
+fn unapplied(store: &EmbeddedStore, fqfn: &Fqfn) -> bool {
+    store.state_table(fqfn).unwrap().oldest_pending().is_some()
 }
 
 /// The values in a function's sled tree, as a checkpoint or a replay left them.
@@ -323,12 +420,15 @@ fn state_committed_before_a_checkpoint_is_read_back_and_survives_a_reopen() {
         let store = open(dir.path());
         let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
         several_commits(subscription.as_ref(), &fqfn);
-        assert_eq!(log_records(&store), 4, "no checkpoint yet: one record per commit");
+        assert!(unapplied(&store, &fqfn), "no checkpoint yet");
         assert!(tree_values(&store, &fqfn).is_empty());
         assert_several_commits(&store, &fqfn);
     }
     let store = open(dir.path());
-    assert_eq!(log_records(&store), 0, "opening applies the log");
+    assert!(unapplied(&store, &fqfn), "opening reads the changes back from the log");
+    assert_several_commits(&store, &fqfn);
+    store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
+    assert!(!unapplied(&store, &fqfn));
     assert_eq!(tree_values(&store, &fqfn).len(), 2);
     assert_several_commits(&store, &fqfn);
 }
@@ -342,14 +442,14 @@ fn a_checkpoint_moves_the_newest_values_into_the_tree_and_empties_the_log() {
     for round in 0..state::CHECKPOINT_RECORDS - 1 {
         commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(format!("v{round}").into_bytes()))]);
     }
-    assert_eq!(log_records(&store), state::CHECKPOINT_RECORDS - 1);
+    assert!(unapplied(&store, &fqfn));
     commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
     // The checkpoint runs on the checkpointer's thread.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while log_records(&store) > 0 && Instant::now() < deadline {
+    while unapplied(&store, &fqfn) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(log_records(&store), 0);
+    assert!(!unapplied(&store, &fqfn));
     let tree = tree_values(&store, &fqfn);
     assert_eq!(tree.keys().collect::<Vec<_>>(), ["k", "n"]);
     assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
@@ -371,25 +471,23 @@ fn a_checkpoint_of_more_keys_than_a_chunk_writes_them_all() {
     let changes: Vec<(&str, Change)> = keys.iter().map(|key| (key.as_str(), Change::Add(1))).collect();
     commit_state(subscription.as_ref(), &fqfn, &changes);
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
-    assert_eq!(log_records(&store), 0);
+    assert!(!unapplied(&store, &fqfn));
     assert_eq!(tree_values(&store, &fqfn).len(), keys.len());
 }
 
 #[test]
 fn records_applied_again_over_a_checkpointed_tree_leave_the_same_state() {
-    // A crash between a checkpoint's tree writes and its removal of the records leaves both.
+    // A crash between a checkpoint's tree writes and its note of the applied id leaves the tree
+    // newer than its applied id says.
     let dir = tempfile::tempdir().unwrap();
     let fqfn = Fqfn::parse("t/ns/f").unwrap();
     {
         let store = open(dir.path());
         let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
         several_commits(subscription.as_ref(), &fqfn);
-        let records: Vec<_> = store.inner.state_log.iter().map(|entry| entry.unwrap()).collect();
         store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
-        assert_eq!(log_records(&store), 0);
-        for (key, record) in records {
-            store.inner.state_log.insert(key, record).unwrap();
-        }
+        assert!(!unapplied(&store, &fqfn));
+        store.inner.state_applied.remove(fqfn.to_string().as_bytes()).unwrap();
         store.inner.db.flush().unwrap();
     }
     let store = open(dir.path());

@@ -1,59 +1,199 @@
-//! A topic as a sled tree of segments, each holding consecutive messages under the sequence
-//! number of its first.
+//! A topic: where each of its messages lies in the log, which of them are readable, and how far
+//! each durable subscription has acknowledged it.
 
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::collections::{HashMap, VecDeque};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::{SEGMENT_BYTES, storage};
+use super::journal::{Step, log_failed};
+use super::lock;
 use crate::engine::broker::{BrokerError, MessageBody};
-use crate::names::TopicName;
+use crate::names::{SubscriptionName, TopicName};
+use crate::seglog::SegmentLog;
+
+/// Extents read per look at the index, so that a long scan does not hold it.
+const EXTENTS_PER_LOOK: usize = 16;
 
 pub(super) struct Topic {
     pub(super) name: TopicName,
-    pub(super) tree: sled::Tree,
-    /// The next sequence number; held locked from allocation until the append commits, so that
-    /// readers never see a later message before an earlier one.
+    log: Arc<SegmentLog>,
+    /// The next sequence number; held locked from allocation until the append is submitted to
+    /// the log, so that the log holds a topic's messages in sequence order.
     pub(super) next: Mutex<u64>,
-    /// The number of committed messages, readable without waiting for an append in progress.
+    /// The number of durable messages: readers see nothing at or after it.
     pub(super) length: AtomicU64,
+    /// Where the kept messages are, in sequence order; contiguous.
+    extents: Mutex<VecDeque<Extent>>,
+    /// The mark of each durable subscription on the topic: messages below the lowest are
+    /// acknowledged by every subscription, and their extents can go.
+    marks: Mutex<HashMap<SubscriptionName, u64>>,
+    /// The length last written to the topic-ends tree.
+    saved_end: AtomicU64,
+}
+
+/// Consecutive messages of one topic in one log record.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Extent {
+    pub(super) first: u64,
+    pub(super) count: u32,
+    pub(super) log_id: u64,
+}
+
+impl Extent {
+    fn end(&self) -> u64 {
+        self.first + u64::from(self.count)
+    }
 }
 
 impl Topic {
-    /// Calls `visit` with each message from sequence `from` on, until it returns false or the topic ends.
-    pub(super) fn scan(&self, from: u64, mut visit: impl FnMut(u64, MessageBody) -> bool) -> Result<(), BrokerError> {
-        // The segment holding `from` starts at or before it.
-        let start = match self.tree.range(..=from.to_be_bytes()).next_back() {
-            Some(entry) => entry.map_err(storage)?.0,
-            None => sled::IVec::from(&from.to_be_bytes()),
+    /// A topic whose next message gets sequence `next`.
+    pub(super) fn new(name: TopicName, log: Arc<SegmentLog>, next: u64) -> Self {
+        Self {
+            name,
+            log,
+            next: Mutex::new(next),
+            length: AtomicU64::new(next),
+            extents: Mutex::new(VecDeque::new()),
+            marks: Mutex::new(HashMap::new()),
+            saved_end: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the next sequence number found at open.
+    pub(super) fn restore_end(&self, end: u64) {
+        *lock(&self.next) = end;
+        self.length.store(end, Ordering::Release);
+        self.saved_end.store(end, Ordering::Release);
+    }
+
+    pub(super) fn saved_end(&self) -> u64 {
+        self.saved_end.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_saved_end(&self, end: u64) {
+        self.saved_end.store(end, Ordering::Release);
+    }
+
+    /// Notes where messages submitted to the log are; called with `next` held, in sequence order.
+    pub(super) fn record(&self, extent: Extent) {
+        lock(&self.extents).push_back(extent);
+    }
+
+    /// Makes the messages before `end` readable, once they are durable.
+    pub(super) fn published(&self, end: u64) {
+        self.length.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// The first sequence number still kept (the length when none is).
+    pub(super) fn first_kept(&self) -> u64 {
+        lock(&self.extents).front().map_or_else(|| self.length.load(Ordering::Acquire), |extent| extent.first)
+    }
+
+    /// Notes a durable subscription's mark (`None`: its cursor was removed).
+    pub(super) fn set_mark(&self, subscription: &SubscriptionName, mark: Option<u64>) {
+        let mut marks = lock(&self.marks);
+        match mark {
+            Some(mark) => marks.insert(subscription.clone(), mark),
+            None => marks.remove(subscription),
         };
-        for entry in self.tree.range(start..) {
-            let (key, value) = entry.map_err(storage)?;
-            let first = decode_sequence(&key);
-            for (sequence, body) in (first..).zip(self.decode(first, &value)?) {
-                if sequence >= from && !visit(sequence, body) {
+    }
+
+    /// The highest mark of any durable subscription, if it has any.
+    pub(super) fn highest_mark(&self) -> Option<u64> {
+        lock(&self.marks).values().copied().max()
+    }
+
+    /// Drops the extents that every durable subscription has acknowledged (none when the topic has
+    /// no subscription: its messages wait for one), and returns the log ids its kept extents span.
+    pub(super) fn trim(&self) -> Option<RangeInclusive<u64>> {
+        let lowest = lock(&self.marks).values().copied().min();
+        let mut extents = lock(&self.extents);
+        if let Some(lowest) = lowest {
+            while extents.front().is_some_and(|extent| extent.end() <= lowest) {
+                extents.pop_front();
+            }
+        }
+        Some(extents.front()?.log_id..=extents.back()?.log_id)
+    }
+
+    /// Checks, after a restart, that the messages some subscription has not acknowledged are all
+    /// there: a gap means a segment still needed is gone. (A topic without subscriptions is not
+    /// checked: what it kept from before its last subscription went may have gaps.)
+    pub(super) fn check_contiguous(&self) -> Result<(), BrokerError> {
+        let Some(lowest) = lock(&self.marks).values().copied().min() else { return Ok(()) };
+        let extents = lock(&self.extents);
+        let end = *lock(&self.next);
+        let mut expected = lowest;
+        let tail = Extent { first: end, count: 0, log_id: 0 };
+        for extent in extents.iter().filter(|extent| extent.end() > lowest).chain(std::iter::once(&tail)) {
+            if extent.first > expected {
+                return Err(BrokerError::Corrupt {
+                    topic: self.name.clone(),
+                    sequence: expected,
+                    reason: format!(
+                        "messages {expected}..{} are missing from the log although a subscription has not acknowledged them (was a segment file removed by hand?); restore the data directory from a backup",
+                        extent.first
+                    ),
+                });
+            }
+            expected = expected.max(extent.end());
+        }
+        Ok(())
+    }
+
+    /// Up to `max` extents holding messages from `from` on.
+    fn extents_from(&self, from: u64, max: usize) -> Vec<Extent> {
+        let extents = lock(&self.extents);
+        let start = extents.partition_point(|extent| extent.end() <= from);
+        extents.range(start..).take(max).copied().collect()
+    }
+
+    /// Calls `visit` with each readable message from sequence `from` on, until it returns false or
+    /// the readable messages end.
+    pub(super) fn scan(&self, from: u64, mut visit: impl FnMut(u64, MessageBody) -> bool) -> Result<(), BrokerError> {
+        let length = self.length.load(Ordering::Acquire);
+        let mut next = from;
+        while next < length {
+            let extents = self.extents_from(next, EXTENTS_PER_LOOK);
+            if extents.is_empty() {
+                return Ok(());
+            }
+            for extent in extents {
+                if extent.first >= length {
                     return Ok(());
+                }
+                next = extent.end();
+                // Gone since it was looked up: every subscription acknowledged it.
+                let Some(bodies) = self.read(extent)? else { continue };
+                for (sequence, body) in (extent.first..).zip(bodies) {
+                    if sequence >= length {
+                        return Ok(());
+                    }
+                    if sequence >= from && !visit(sequence, body) {
+                        return Ok(());
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// The messages at `sequences` (ascending), decoding each segment once.
+    /// The readable messages at `sequences` (ascending), reading each extent once.
     pub(super) fn read_at(&self, sequences: &[u64]) -> Result<Vec<(u64, MessageBody)>, BrokerError> {
+        let length = self.length.load(Ordering::Acquire);
         let mut found = Vec::with_capacity(sequences.len());
-        let mut segment: Option<(u64, Vec<MessageBody>)> = None;
-        for &sequence in sequences {
-            let covered = segment
-                .as_ref()
-                .is_some_and(|(first, bodies)| sequence >= *first && sequence < *first + bodies.len() as u64);
-            if !covered {
-                let Some(entry) = self.tree.range(..=sequence.to_be_bytes()).next_back() else { continue };
-                let (key, value) = entry.map_err(storage)?;
-                let first = decode_sequence(&key);
-                segment = Some((first, self.decode(first, &value)?));
+        let mut current: Option<(Extent, Vec<MessageBody>)> = None;
+        for &sequence in sequences.iter().filter(|&&sequence| sequence < length) {
+            if !current.as_ref().is_some_and(|(extent, _)| sequence >= extent.first && sequence < extent.end()) {
+                let Some(extent) = self.extents_from(sequence, 1).pop().filter(|extent| extent.first <= sequence)
+                else {
+                    continue;
+                };
+                current = self.read(extent)?.map(|bodies| (extent, bodies));
             }
-            if let Some((first, bodies)) = &segment
-                && let Some(body) = bodies.get((sequence - first) as usize)
+            if let Some((extent, bodies)) = &current
+                && let Some(body) = bodies.get((sequence - extent.first) as usize)
             {
                 found.push((sequence, body.clone()));
             }
@@ -61,50 +201,23 @@ impl Topic {
         Ok(found)
     }
 
-    pub(super) fn decode(&self, first: u64, value: &[u8]) -> Result<Vec<MessageBody>, BrokerError> {
-        decode_segment(value).map_err(|reason| BrokerError::Corrupt {
+    /// The messages of `extent`, or `None` if its record was removed.
+    fn read(&self, extent: Extent) -> Result<Option<Vec<MessageBody>>, BrokerError> {
+        let records = self.log.read(extent.log_id, 1, usize::MAX).map_err(log_failed)?;
+        let Some((id, payload)) = records.into_iter().next().filter(|(id, _)| *id == extent.log_id) else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| BrokerError::Corrupt {
             topic: self.name.clone(),
-            sequence: first,
-            reason,
-        })
+            sequence: extent.first,
+            reason: format!("log record {id}: {reason}"),
+        };
+        let step = Step::decode(&payload).map_err(corrupt)?;
+        let append = step
+            .appends
+            .into_iter()
+            .find(|append| append.first == extent.first && append.topic == self.name.as_str())
+            .ok_or_else(|| corrupt("it does not hold the messages the index says".into()))?;
+        append.bodies().map(Some).map_err(corrupt)
     }
-}
-
-/// Splits consecutive messages starting at sequence `first` into encoded segments of about
-/// `SEGMENT_BYTES`, each with the sequence number of its first message.
-pub(super) fn segments(first: u64, bodies: &[MessageBody]) -> Vec<(u64, Vec<u8>)> {
-    let mut encoded = Vec::new();
-    let mut start = 0;
-    while start < bodies.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < bodies.len() && (end == start || bytes + encoded_size(&bodies[end]) <= SEGMENT_BYTES) {
-            bytes += encoded_size(&bodies[end]);
-            end += 1;
-        }
-        let segment = crate::codec::encode(&&bodies[start..end]);
-        encoded.push((first + start as u64, segment));
-        start = end;
-    }
-    encoded
-}
-
-/// About how many bytes `body` takes in an encoded segment (its varint lengths and numbers aside).
-pub(super) fn encoded_size(body: &MessageBody) -> usize {
-    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
-    body.value.len()
-        + text(&body.key)
-        + text(&body.partition_key)
-        + body.properties.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>()
-        + 32
-}
-
-pub(super) fn decode_segment(bytes: &[u8]) -> Result<Vec<MessageBody>, String> {
-    crate::codec::decode(bytes).map_err(|error| error.to_string())
-}
-
-pub(super) fn decode_sequence(bytes: &[u8]) -> u64 {
-    let mut buffer = [0; 8];
-    buffer.copy_from_slice(&bytes[..8]);
-    u64::from_be_bytes(buffer)
 }

@@ -1,0 +1,106 @@
+//! Reading the store back at open: the checkpointed cursors from sled, then every step in the log,
+//! in order, into the topics' indexes, the unsaved cursors and the functions' pending state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::cursor::{RangeSet, decode_cursor, parse_cursor_key};
+use super::journal::{StateStep, Step};
+use super::state::{FunctionTable, applied_id};
+use super::topic::Extent;
+use super::{EmbeddedStore, UnsavedCursor, lock, storage};
+use crate::engine::broker::BrokerError;
+use crate::names::{Fqfn, TopicName};
+
+/// Records read from the log per look.
+const RECORDS_PER_READ: usize = 4096;
+/// Bytes read from the log per look, past its first record.
+const BYTES_PER_READ: usize = 16 << 20;
+
+pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
+    let inner = &store.inner;
+    let mut ends: HashMap<TopicName, u64> = HashMap::new();
+    for entry in inner.topic_ends.iter() {
+        let (key, value) = entry.map_err(storage)?;
+        if let (Some(topic), Ok(end)) = (
+            std::str::from_utf8(&key).ok().and_then(|name| TopicName::parse(name).ok()),
+            <[u8; 8]>::try_from(&value[..]),
+        ) {
+            ends.insert(topic, u64::from_be_bytes(end));
+        }
+    }
+    for entry in inner.cursors.iter() {
+        let (key, value) = entry.map_err(storage)?;
+        let Some((subscription, topic)) = parse_cursor_key(&key) else { continue };
+        let (mark, _) = decode_cursor(&value).map_err(|reason| BrokerError::Corrupt {
+            topic: topic.clone(),
+            sequence: 0,
+            reason: format!("the cursor of subscription `{subscription}`: {reason}"),
+        })?;
+        store.topic_from(&topic, 0).set_mark(&subscription, Some(mark));
+    }
+
+    let mut applied: HashMap<Fqfn, Option<u64>> = HashMap::new();
+    let mut next = inner.log.first_id();
+    loop {
+        let records = inner.log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(super::journal::log_failed)?;
+        let Some((last, _)) = records.last() else { break };
+        next = last + 1;
+        for (id, payload) in records {
+            let corrupt = |reason: String| {
+                BrokerError::Storage(format!(
+                    "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
+                ))
+            };
+            let step = Step::decode(&payload).map_err(corrupt)?;
+            for append in &step.appends {
+                let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
+                store.topic_from(&topic, 0).record(Extent { first: append.first, count: append.count, log_id: id });
+                let end = ends.entry(topic).or_default();
+                *end = (*end).max(append.first + u64::from(append.count));
+            }
+            for moved in &step.cursors {
+                let (subscription, topic) = moved.names().map_err(corrupt)?;
+                let position = moved.position.clone().map(|(mark, ranges)| (mark, RangeSet::from_ranges(ranges)));
+                store.topic_from(&topic, 0).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
+                lock(&inner.unsaved_cursors).insert((subscription, topic), UnsavedCursor { log_id: id, position });
+            }
+            match step.state {
+                Some(StateStep::Changes { fqfn, record }) => {
+                    let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
+                    let table = table(store, &fqfn)?;
+                    let applied = match applied.get(&fqfn) {
+                        Some(applied) => *applied,
+                        None => *applied
+                            .entry(fqfn.clone())
+                            .or_insert(applied_id(&inner.state_applied, &fqfn.to_string()).map_err(storage)?),
+                    };
+                    if applied.is_none_or(|applied| id > applied) {
+                        table.replayed(id, crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?);
+                    }
+                }
+                Some(StateStep::Dropped { fqfn }) => {
+                    let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
+                    let table = table(store, &fqfn)?;
+                    table.delete(table.lock_for_delete(), &inner.db, &inner.state_applied).map_err(storage)?;
+                    lock(&inner.state_tables).remove(&fqfn);
+                    applied.insert(fqfn, None);
+                }
+                None => {}
+            }
+        }
+    }
+
+    let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
+    for topic in topics {
+        let end = ends.get(&topic.name).copied().unwrap_or_default().max(topic.highest_mark().unwrap_or_default());
+        topic.restore_end(end);
+        topic.trim();
+        topic.check_contiguous()?;
+    }
+    Ok(())
+}
+
+fn table(store: &EmbeddedStore, fqfn: &Fqfn) -> Result<Arc<FunctionTable>, BrokerError> {
+    store.state_table(fqfn).map_err(storage)
+}
