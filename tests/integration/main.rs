@@ -12,6 +12,7 @@ mod polyglot;
 mod pulsar_cli;
 mod sandbox;
 mod seed;
+mod storage;
 mod support;
 mod tenants;
 mod windows;

@@ -67,7 +67,7 @@ impl EmbeddedStore {
             keep_from = keep_from.min(oldest);
         }
         let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
-        let live: Vec<_> = topics.iter().filter_map(|topic| topic.trim()).collect();
+        let live: Vec<_> = topics.iter().filter_map(|topic| topic.needed()).collect();
         let freed = inner
             .log
             .remove_where(|ids| {
@@ -75,6 +75,10 @@ impl EmbeddedStore {
             })
             .map_err(super::journal::log_failed)?;
         if freed > 0 {
+            let kept = inner.log.segment_ids();
+            for topic in &topics {
+                topic.forget_removed(&kept);
+            }
             tracing::debug!(freed, "freed log segments");
         }
         Ok(freed)

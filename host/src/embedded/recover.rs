@@ -95,7 +95,6 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
     for topic in topics {
         let end = ends.get(&topic.name).copied().unwrap_or_default().max(topic.highest_mark().unwrap_or_default());
         topic.restore_end(end);
-        topic.trim();
         topic.check_contiguous()?;
     }
     Ok(())

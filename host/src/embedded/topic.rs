@@ -2,7 +2,7 @@
 //! each durable subscription has acknowledged it.
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -104,17 +104,24 @@ impl Topic {
         lock(&self.marks).values().copied().max()
     }
 
-    /// Drops the extents that every durable subscription has acknowledged (none when the topic has
-    /// no subscription: its messages wait for one), and returns the log ids its kept extents span.
-    pub(super) fn trim(&self) -> Option<RangeInclusive<u64>> {
+    /// The log ids of the extents some durable subscription has not acknowledged (all of them
+    /// when the topic has no subscription: its messages wait for one).
+    pub(super) fn needed(&self) -> Option<RangeInclusive<u64>> {
         let lowest = lock(&self.marks).values().copied().min();
-        let mut extents = lock(&self.extents);
-        if let Some(lowest) = lowest {
-            while extents.front().is_some_and(|extent| extent.end() <= lowest) {
-                extents.pop_front();
-            }
-        }
-        Some(extents.front()?.log_id..=extents.back()?.log_id)
+        let extents = lock(&self.extents);
+        let start = lowest.map_or(0, |lowest| extents.partition_point(|extent| extent.end() <= lowest));
+        Some(extents.get(start)?.log_id..=extents.back()?.log_id)
+    }
+
+    /// Forgets the extents whose records are no longer in the log: `kept` are the ids of the
+    /// segments left, in order. Acknowledged messages stay readable (from `Earliest`) until their
+    /// segment goes, as Pulsar's stay until their ledger is trimmed.
+    pub(super) fn forget_removed(&self, kept: &[Range<u64>]) {
+        let is_kept = |log_id: u64| {
+            let index = kept.partition_point(|ids| ids.end <= log_id);
+            kept.get(index).is_some_and(|ids| ids.contains(&log_id))
+        };
+        lock(&self.extents).retain(|extent| is_kept(extent.log_id));
     }
 
     /// Checks, after a restart, that the messages some subscription has not acknowledged are all
