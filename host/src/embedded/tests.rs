@@ -527,3 +527,64 @@ fn a_state_put_outside_commits_is_ordered_with_them() {
     }
     assert_eq!(value(&open(dir.path()), &fqfn, "n"), Some(StateValue::Counter(15)));
 }
+
+/// Segment files of the store in `dir`, oldest first.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> =
+        std::fs::read_dir(dir.join(LOG_DIR)).unwrap().map(|entry| entry.unwrap().path()).collect();
+    segments.sort();
+    segments
+}
+
+#[test]
+fn an_unfinished_write_at_the_end_is_cut_and_every_acknowledged_message_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged = Vec::new();
+    for round in 0..12u64 {
+        let store = open_small(dir.path());
+        let value = format!("m{round}");
+        assert_eq!(produce(&store, "t", &[&value]), vec![round], "numbering goes on after the cut");
+        acknowledged.push(value);
+        drop(store);
+        // What a crash in the middle of the next group leaves: part of a record (here a random
+        // prefix of a copy of the whole last segment, or bytes that are no record at all).
+        let last = segment_files(dir.path()).pop().unwrap();
+        let whole = std::fs::read(&last).unwrap();
+        let mut torn = whole.clone();
+        let junk: Vec<u8> = if round % 2 == 0 {
+            whole[..(round as usize * 7919) % whole.len()].to_vec()
+        } else {
+            (0..round * 5).map(|byte| (byte * 31) as u8).collect()
+        };
+        torn.extend_from_slice(&junk);
+        std::fs::write(&last, &torn).unwrap();
+    }
+    let store = open_small(dir.path());
+    let reader = store.subscribe(spec(&["t"], Some("r"), Position::Earliest)).unwrap();
+    assert_eq!(values(&reader.fetch(100, Duration::ZERO).unwrap()), acknowledged);
+}
+
+#[test]
+fn a_flipped_bit_in_an_earlier_segment_is_an_error_that_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_small(dir.path());
+        for round in 0..60 {
+            produce(&store, "t", &[&format!("{round:0>300}")]);
+        }
+    }
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 3);
+    let middle = &segments[segments.len() / 2];
+    let mut bytes = std::fs::read(middle).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x04;
+    std::fs::write(middle, &bytes).unwrap();
+    match open_with(dir.path(), &StoreOptions::default()) {
+        Err(OpenError::Other { reason, .. }) => {
+            assert!(reason.contains(&middle.display().to_string()) && reason.contains("backup"), "{reason}")
+        }
+        Err(other) => panic!("expected damage in {}, got {other}", middle.display()),
+        Ok(_) => panic!("damage in {} went unnoticed", middle.display()),
+    }
+}
