@@ -21,6 +21,13 @@ pub(crate) const LATENCY_RATE: f64 = 10_000.0;
 /// The share of the saturated throughput at which the latency part also runs.
 pub(crate) const LATENCY_LOAD: f64 = 0.8;
 
+/// `fdatasync`s in the floor row measured before each function's runs.
+const FLOOR_SYNCS: usize = 2_000;
+
+/// Bytes each `fdatasync` of the floor row writes: about one log record of a commit with one
+/// session output and its cursor and state changes.
+const FLOOR_BYTES: usize = 256;
+
 /// How long the latency part waits for an output before it gives up on the run.
 pub(crate) const OUTPUT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -39,6 +46,16 @@ pub(crate) fn latency(wasm: &Path, messages: usize) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for (name, code) in [("native Rust function", Code::Native), ("Rust guest", Code::Wasm(wasm))] {
+        // The disk's floor in this run: a produce and a commit are a durable step each.
+        let floor = crate::log::lone_fdatasyncs(scratch.path(), FLOOR_SYNCS, FLOOR_BYTES)?;
+        let floor_ms = |q: f64| crate::log::quantile(&floor, q);
+        println!(
+            "| a lone {FLOOR_BYTES} B fdatasync, before the {name} runs | | | {:.2} | {:.2} | {:.2} | {:.2} |",
+            floor_ms(0.5),
+            floor_ms(0.99),
+            floor_ms(0.999),
+            floor_ms(1.0)
+        );
         let run = |label: &str, rate: Option<f64>| {
             latency_run(&scratch.path().join(format!("{name} {label}")), &sessions, code, rate)
         };

@@ -17,7 +17,7 @@ const APPENDERS: [usize; 4] = [1, 4, 16, 64];
 const BATCH_RECORDS: usize = 4096;
 
 /// The quantile (0 to 1) of sorted durations, in milliseconds.
-fn quantile(sorted: &[Duration], quantile: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[Duration], quantile: f64) -> f64 {
     let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1].as_secs_f64() * 1e3
 }
@@ -43,6 +43,22 @@ fn lone_latencies(appends: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration
     logged.sort();
     synced.sort();
     Ok((logged, synced))
+}
+
+/// `count` `fdatasync`s, each of `bytes` bytes written to a plain file in `dir` first: sorted
+/// latencies. The disk's floor for one durable step.
+pub(crate) fn lone_fdatasyncs(dir: &std::path::Path, count: usize, bytes: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("plain"))?;
+    let record = vec![7u8; bytes];
+    let mut synced = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        file.write_all(&record)?;
+        file.sync_data()?;
+        synced.push(started.elapsed());
+    }
+    synced.sort();
+    Ok(synced)
 }
 
 /// Records a second with `appenders` threads each appending one record at a time, for

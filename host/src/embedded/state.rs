@@ -33,9 +33,11 @@ pub(super) const STATE_TREE_PREFIX: &str = "state:";
 pub(super) const STATE_APPLIED_TREE: &str = "state-applied";
 /// Most values read from a function's tree kept in memory; past it they are dropped and read again.
 const CLEAN_ENTRIES: usize = 65_536;
-/// A function's log records (commits with state changes) after which a checkpoint runs.
-pub(super) const CHECKPOINT_RECORDS: usize = 64;
 /// Keys changed since a function's last checkpoint after which a checkpoint runs: bounds memory.
+/// Otherwise a function is checkpointed only when the cleaner wants a segment its values are in:
+/// the log already holds every change durably, and a checkpoint's sled writes and flushes compete
+/// with the log's `fdatasync` for the disk (checkpoints every 64 commits put the p99 of a commit
+/// at 10,000 messages per second several times higher).
 const CHECKPOINT_KEYS: usize = 65_536;
 /// Keys a checkpoint writes to its tree per sled batch: each batch holds sled's store-wide write
 /// lock (about 7 µs a key), which every commit and append then waits for.
@@ -56,8 +58,6 @@ pub(super) struct Values {
     pending: KeyMap<Pending>,
     /// Values read from the tree (`None`: absent), which no pending value overrides.
     clean: KeyMap<Option<Versioned>>,
-    /// Records written since the last checkpoint began.
-    records: usize,
     checkpointing: bool,
 }
 
@@ -94,12 +94,11 @@ impl StateWrite<'_> {
 
 impl Values {
     fn add(&mut self, log_id: u64, record: Record) -> bool {
-        self.records += 1;
         for (key, value) in record {
             self.clean.remove(&key);
             self.pending.insert(key, Pending { log_id, value });
         }
-        self.records >= CHECKPOINT_RECORDS || self.pending.len() >= CHECKPOINT_KEYS
+        self.pending.len() >= CHECKPOINT_KEYS
     }
 }
 
@@ -171,7 +170,6 @@ impl FunctionTable {
                 return Ok(());
             }
             values.checkpointing = true;
-            values.records = 0;
             let snapshot: Vec<(String, u64, Option<Versioned>)> = values
                 .pending
                 .iter()

@@ -434,31 +434,37 @@ fn state_committed_before_a_checkpoint_is_read_back_and_survives_a_reopen() {
 }
 
 #[test]
-fn a_checkpoint_moves_the_newest_values_into_the_tree_and_empties_the_log() {
+fn the_cleaner_checkpoints_state_that_holds_an_old_segment_and_then_frees_it() {
     let dir = tempfile::tempdir().unwrap();
     let fqfn = Fqfn::parse("t/ns/f").unwrap();
-    let store = open(dir.path());
+    let store = open_small(dir.path());
     let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
-    for round in 0..state::CHECKPOINT_RECORDS - 1 {
-        commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(format!("v{round}").into_bytes()))]);
+    // A key of its own per commit, so that the oldest segments hold values nothing superseded.
+    let keys: Vec<String> = (0..40).map(|round| format!("k{round}")).collect();
+    for key in &keys {
+        commit_state(subscription.as_ref(), &fqfn, &[(key, Change::Put(format!("{key:0>200}").into_bytes()))]);
     }
+    commit_state(subscription.as_ref(), &fqfn, &[("k0", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
     assert!(unapplied(&store, &fqfn));
-    commit_state(subscription.as_ref(), &fqfn, &[("k", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
-    // The checkpoint runs on the checkpointer's thread.
+    let segments = store.inner.log.segment_ids().len();
+    assert!(segments > 2, "{segments}");
+    // The pass asks for the checkpoint, which runs on the checkpointer's thread.
+    store.clean().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while unapplied(&store, &fqfn) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!unapplied(&store, &fqfn));
-    let tree = tree_values(&store, &fqfn);
-    assert_eq!(tree.keys().collect::<Vec<_>>(), ["k", "n"]);
-    assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
+    store.clean().unwrap();
+    assert_eq!(store.inner.log.segment_ids().len(), 1, "nothing holds the old segments any more");
+    assert_eq!(tree_values(&store, &fqfn).len(), keys.len() + 1);
+    assert_eq!(value(&store, &fqfn, "k0"), Some(StateValue::Bytes(b"last".to_vec())));
     // Values read after the checkpoint come from the tree, and later commits still build on them.
     commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1))]);
     drop((subscription, store));
     let store = open(dir.path());
     assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(8)));
-    assert_eq!(value(&store, &fqfn, "k"), Some(StateValue::Bytes(b"last".to_vec())));
+    assert_eq!(value(&store, &fqfn, "k0"), Some(StateValue::Bytes(b"last".to_vec())));
 }
 
 #[test]

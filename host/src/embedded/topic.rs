@@ -129,8 +129,8 @@ impl Topic {
     /// checked: what it kept from before its last subscription went may have gaps.)
     pub(super) fn check_contiguous(&self) -> Result<(), BrokerError> {
         let Some(lowest) = lock(&self.marks).values().copied().min() else { return Ok(()) };
-        let extents = lock(&self.extents);
         let end = *lock(&self.next);
+        let extents = lock(&self.extents);
         let mut expected = lowest;
         let tail = Extent { first: end, count: 0, log_id: 0 };
         for extent in extents.iter().filter(|extent| extent.end() > lowest).chain(std::iter::once(&tail)) {
