@@ -22,8 +22,8 @@ mod record;
 mod segment;
 
 use std::fs::File;
-use std::io::Write as _;
 use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -145,7 +145,7 @@ impl SegmentLog {
             segments.push(segment);
         }
         if segments.is_empty() {
-            segments.push(Segment::create(dir, 0)?);
+            segments.push(Segment::create(dir, 0, segment_bytes)?);
             sync_dir(dir)?;
         }
         let durable_end = segments.last().expect("one segment at least").end_id();
@@ -212,9 +212,10 @@ impl SegmentLog {
             let written = match self.roll_if_full(&mut state) {
                 Ok(()) => {
                     let first_id = state.durable_end;
-                    let file = state.segments.last().expect("an active segment").file.clone();
+                    let active = state.segments.last().expect("an active segment");
+                    let (file, offset) = (active.file.clone(), active.bytes());
                     drop(state);
-                    let written = self.write_group(&file, first_id, &group);
+                    let written = self.write_group(&file, offset, first_id, &group);
                     state = self.lock();
                     written
                 }
@@ -236,9 +237,9 @@ impl SegmentLog {
         state
     }
 
-    /// Writes a group's records from `first_id` on with one write and one sync; returns each
-    /// record's length on disk.
-    fn write_group(&self, mut file: &File, first_id: u64, group: &[Vec<u8>]) -> Result<Vec<u64>, LogError> {
+    /// Writes a group's records from `first_id` on at `offset` with one write and one sync;
+    /// returns each record's length on disk.
+    fn write_group(&self, file: &File, offset: u64, first_id: u64, group: &[Vec<u8>]) -> Result<Vec<u64>, LogError> {
         let total: usize = group.iter().map(|record| record.len() + record::HEADER_BYTES).sum();
         let mut buffer = Vec::with_capacity(total);
         let mut lengths = Vec::with_capacity(group.len());
@@ -248,7 +249,7 @@ impl SegmentLog {
             lengths.push((buffer.len() - before) as u64);
         }
         let path = &self.dir;
-        file.write_all(&buffer).map_err(|error| LogError::io(path, "write to the log in", error))?;
+        file.write_all_at(&buffer, offset).map_err(|error| LogError::io(path, "write to the log in", error))?;
         file.sync_data().map_err(|error| LogError::io(path, "sync the log in", error))?;
         Ok(lengths)
     }
@@ -259,7 +260,8 @@ impl SegmentLog {
         if active.bytes() < self.segment_bytes {
             return Ok(());
         }
-        let segment = Segment::create(&self.dir, active.end_id())?;
+        active.seal()?;
+        let segment = Segment::create(&self.dir, active.end_id(), self.segment_bytes)?;
         sync_dir(&self.dir)?;
         state.segments.push(segment);
         Ok(())
