@@ -165,7 +165,7 @@ fn damage_before_the_last_segment_is_an_error_that_names_the_file() {
     }
     // Segments overlapping in ids are damage too; a gap is a segment removed as a whole, which
     // the store above the log checks against what it still needs.
-    std::fs::write(middle, &std::fs::read(&segments[0]).unwrap()).unwrap();
+    std::fs::write(middle, std::fs::read(&segments[0]).unwrap()).unwrap();
     std::fs::rename(middle, dir.path().join(segment::file_name(1))).unwrap();
     assert!(matches!(SegmentLog::open(dir.path(), 1024), Err(LogError::Corrupt { .. })));
 }
