@@ -1,7 +1,7 @@
 //! The pipeline benchmark: session events through `localrun`'s pipeline (embedded topic in,
-//! function, sled state, output topic, durable batch commit), for the Rust guest and for the same
-//! logic as a native Rust function in the host, with raw sled appends and reads as the storage
-//! ceiling, all in one run.
+//! function, state, output topic, durable batch commit), for the Rust guest and for the same
+//! logic as a native Rust function in the host, with the embedded engine's raw appends and reads
+//! as the storage ceiling, all in one run.
 //!
 //! `throughput` runs only the native and guest session pipelines, alternated, and reports medians.
 //! Further parts: produce-to-output latency at a fixed rate and at saturation (`latency`); how
@@ -9,10 +9,11 @@
 //! Python and JavaScript guest, each beside its logic run natively (Rust in the host, CPython,
 //! node), with first deployment (build and compile), restart from the compiled cache and instance
 //! start per language (`languages`); idle instances in one worker (`density`); records per second
-//! through count and sliding time windows beside the same pipeline without windows (`windows`).
+//! through count and sliding time windows beside the same pipeline without windows (`windows`);
+//! the data directory's size over a long run through two chained functions (`soak`, not in `all`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log|soak]`.
 
 use std::path::Path;
 
@@ -23,6 +24,7 @@ use crate::hostile::{HOSTILE_MESSAGES, hostile};
 use crate::languages::{LANGUAGE_MESSAGES, languages};
 use crate::latency::{LATENCY_MESSAGES, latency};
 use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
+use crate::soak::{SOAK_RATE, soak};
 use crate::throughput::{guarantees, throughput};
 use crate::windows::windows;
 
@@ -34,6 +36,7 @@ mod languages;
 mod latency;
 mod log;
 mod sizes;
+mod soak;
 mod throughput;
 mod windows;
 
@@ -61,15 +64,24 @@ fn main() -> anyhow::Result<()> {
         "cluster",
         "hostile",
         "log",
+        "soak",
     ]
     .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile or log"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, log or soak"
         );
     }
     if part == "all" || part == "log" {
         log::log(messages)?;
+    }
+    // Not in `all`: it runs for as long as MESSAGES take at its rate (36,000,000: 30 minutes).
+    if part == "soak" {
+        soak(
+            Path::new(wasm),
+            &Path::new(wasm).with_file_name("exclamation.wasm"),
+            (messages / SOAK_RATE).max(1) as u64,
+        )?;
     }
     // scripts/bench builds the exclamation guest beside the session-duration one.
     let exclamation = Path::new(wasm).with_file_name("exclamation.wasm");
@@ -130,6 +142,7 @@ fn quick() -> anyhow::Result<()> {
     windows(&guests.join("exclamation.wasm"), &guests.join("user_counts.wasm"), QUICK_MESSAGES)?;
     cluster(&wasm, QUICK_MESSAGES, 1)?;
     hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
+    soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
     log::log(QUICK_MESSAGES)
 }
 

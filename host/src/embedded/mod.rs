@@ -2,7 +2,7 @@
 //! ([`crate::seglog`]), and function state tables, records and packages in sled, all in the data
 //! directory (the log in its `log` folder).
 //!
-//! Every durable step is one record of the log ([`journal::Step`]): a producer's append, or a
+//! Every durable step is one record of the log (`journal::Step`): a producer's append, or a
 //! commit's outputs, cursor moves and state changes together, so that after a crash either all of
 //! a commit is there or none of it. Steps from every thread share the log's group commit (one
 //! write and one `fdatasync` per group). A step's messages become readable, and its cursor moves
