@@ -304,7 +304,7 @@ fn a_worker_killed_while_producers_and_two_chained_functions_share_its_log_loses
             })
         })
         .collect();
-    let mut out = worker.read("out", 20);
+    let mut out = worker.read("out", 100);
     worker.kill();
     stop.store(true, std::sync::atomic::Ordering::Release);
     let acknowledged: Vec<String> = producers.into_iter().flat_map(|producer| producer.join().unwrap()).collect();
