@@ -135,17 +135,18 @@ impl Subscription for EmbeddedConsumer {
         if let (Some((_, fqfn, _)), Some(write)) = (&table, &state_write) {
             step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() });
         }
-        let log_id = store.submit(&step)?;
+        let ids = store.submit(&step)?;
+        let log_id = ids.start;
         let mut published = Vec::with_capacity(topics.len());
         for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
             let count = bodies.len() as u64;
-            topic.record(Extent { first: **next, count: count as u32, log_id });
+            topic.record(Extent::new(**next, count as u32, &ids));
             **next += count;
             published.push(**next);
         }
         // Other appends to these topics may join the same group from here on.
         drop(nexts);
-        store.durable(log_id)?;
+        store.durable(&ids)?;
 
         let checkpoint_due = state_write.is_some_and(|write| write.committed(log_id));
         // Outputs become readable before the acknowledgements show, so whoever sees a message

@@ -89,13 +89,161 @@ pub(super) enum StateStep {
     Dropped { fqfn: String },
 }
 
+/// The most bytes of a step one record holds: a longer step (a commit of many large outputs) is
+/// split over several consecutive records, written in one group, each naming the first.
+const STEP_RECORD_BYTES: usize = 64 << 20;
+/// The first byte of a record holding a whole step.
+const WHOLE: u8 = 0;
+/// The first byte of a record holding part of a step, after which come the first record's id
+/// (u64), the part's index and the number of parts (u32 each), then the part's bytes.
+const PART: u8 = 1;
+const PART_HEADER_BYTES: usize = 1 + 8 + 4 + 4;
+
 impl Step {
-    pub(super) fn encode(&self) -> Vec<u8> {
-        crate::codec::encode(self)
+    /// The step as the log's records: one, or its parts (see [`stamp`]).
+    pub(super) fn records(&self) -> Vec<Vec<u8>> {
+        Self::records_of(crate::codec::encode(self), STEP_RECORD_BYTES)
+    }
+
+    fn records_of(bytes: Vec<u8>, most: usize) -> Vec<Vec<u8>> {
+        if bytes.len() < most {
+            let mut record = Vec::with_capacity(bytes.len() + 1);
+            record.push(WHOLE);
+            record.extend_from_slice(&bytes);
+            return vec![record];
+        }
+        let parts = bytes.chunks(most);
+        let count = parts.len() as u32;
+        parts
+            .enumerate()
+            .map(|(index, part)| {
+                let mut record = Vec::with_capacity(PART_HEADER_BYTES + part.len());
+                record.push(PART);
+                record.extend_from_slice(&[0; 8]);
+                record.extend_from_slice(&(index as u32).to_le_bytes());
+                record.extend_from_slice(&count.to_le_bytes());
+                record.extend_from_slice(part);
+                record
+            })
+            .collect()
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
         crate::codec::decode(bytes).map_err(|error| error.to_string())
+    }
+}
+
+/// Writes the first record's id into each part of a split step; the log calls it under its lock.
+pub(super) fn stamp(first_id: u64, records: &mut [Vec<u8>]) {
+    for record in records.iter_mut().filter(|record| record.first() == Some(&PART)) {
+        record[1..9].copy_from_slice(&first_id.to_le_bytes());
+    }
+}
+
+/// Puts steps back together from records read in id order. The parts of a step written by a
+/// group that a crash cut short are dropped: that step was never acknowledged.
+#[derive(Default)]
+pub(super) struct Assembler {
+    partial: Option<Partial>,
+}
+
+struct Partial {
+    first_id: u64,
+    count: u32,
+    bytes: Vec<u8>,
+}
+
+/// A whole step: the ids of its records and its encoded bytes.
+pub(super) struct Assembled {
+    pub(super) ids: std::ops::Range<u64>,
+    pub(super) bytes: Vec<u8>,
+    /// Where the step starts in `bytes`.
+    pub(super) start: usize,
+}
+
+impl Assembled {
+    pub(super) fn step(&self) -> Result<Step, String> {
+        Step::decode(&self.bytes[self.start..])
+    }
+}
+
+impl Assembler {
+    /// Takes the next record; returns the step it completes, if any.
+    pub(super) fn push(&mut self, id: u64, payload: Vec<u8>) -> Result<Option<Assembled>, String> {
+        match payload.first() {
+            Some(&WHOLE) => {
+                self.drop_partial();
+                Ok(Some(Assembled { ids: id..id + 1, bytes: payload, start: 1 }))
+            }
+            Some(&PART) if payload.len() >= PART_HEADER_BYTES => {
+                let first_id = u64::from_le_bytes(payload[1..9].try_into().expect("eight bytes"));
+                let index = u32::from_le_bytes(payload[9..13].try_into().expect("four bytes"));
+                let count = u32::from_le_bytes(payload[13..17].try_into().expect("four bytes"));
+                if index == 0 {
+                    self.drop_partial();
+                    self.partial = Some(Partial { first_id, count, bytes: Vec::new() });
+                }
+                let expected = self.partial.as_ref().is_some_and(|partial| {
+                    partial.first_id == first_id && partial.count == count && id == first_id + u64::from(index)
+                });
+                if !expected {
+                    self.drop_partial();
+                    return Ok(None);
+                }
+                let partial = self.partial.as_mut().expect("checked above");
+                partial.bytes.extend_from_slice(&payload[PART_HEADER_BYTES..]);
+                if index + 1 < count {
+                    return Ok(None);
+                }
+                let partial = self.partial.take().expect("checked above");
+                Ok(Some(Assembled { ids: first_id..id + 1, bytes: partial.bytes, start: 0 }))
+            }
+            _ => Err(format!("log record {id} is neither a step nor part of one")),
+        }
+    }
+
+    /// Ends the records: a step still missing parts is dropped.
+    pub(super) fn finish(&mut self) {
+        self.drop_partial();
+    }
+
+    fn drop_partial(&mut self) {
+        if let Some(partial) = self.partial.take() {
+            tracing::warn!(
+                first_id = partial.first_id,
+                parts = partial.count,
+                "dropped a step whose write a crash cut short (it was never acknowledged)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_step_is_split_over_records_and_put_back_together_and_a_cut_one_is_dropped() {
+        let bytes: Vec<u8> = (0..1000u32).map(|byte| byte as u8).collect();
+        let mut records = Step::records_of(bytes.clone(), 300);
+        assert_eq!(records.len(), 4);
+        stamp(40, &mut records);
+        let mut assembler = Assembler::default();
+        // A cut-short step (two of its four parts) before it is dropped, not joined to it.
+        for (id, record) in (30..).zip(records[..2].iter().cloned()) {
+            let mut earlier = record;
+            earlier[1..9].copy_from_slice(&30u64.to_le_bytes());
+            assert!(assembler.push(id, earlier).unwrap().is_none());
+        }
+        let mut done = None;
+        for (id, record) in (40..).zip(records) {
+            done = assembler.push(id, record).unwrap();
+        }
+        let done = done.expect("the last part completes the step");
+        assert_eq!((done.ids, &done.bytes[done.start..]), (40..44, &bytes[..]));
+        let whole = Step::records_of(vec![7; 10], 300);
+        let done = assembler.push(44, whole.into_iter().next().unwrap()).unwrap().unwrap();
+        assert_eq!((done.ids, &done.bytes[done.start..]), (44..45, &[7u8; 10][..]));
     }
 }
 

@@ -61,7 +61,10 @@ pub(super) fn convert_sled_layout(db: &sled::Db, log_dir: &Path) -> Result<(), S
                 let bodies: Vec<MessageBody> = crate::codec::decode(&value)
                     .map_err(|error| failed(&format!("the segment at {first} of {topic}"), &error))?;
                 let step = Step { appends: vec![Append::new(&topic, first, &bodies)], ..Step::default() };
-                end = log.submit(vec![step.encode()]).map_err(|error| failed("writing the new log", &error))?.end;
+                end = log
+                    .submit_with(step.records(), super::journal::stamp)
+                    .map_err(|error| failed("writing the new log", &error))?
+                    .end;
             }
         }
         log.wait(end).map_err(|error| failed("writing the new log", &error))?;

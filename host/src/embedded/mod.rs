@@ -27,6 +27,7 @@
 //! earlier releases). Locks are taken in the order ARCHITECTURE.md gives ("Invariants").
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -235,15 +236,15 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Submits `step` to the log and returns its record's id; the caller holds the locks that
-    /// order it, and waits for it with [`EmbeddedStore::durable`].
-    fn submit(&self, step: &Step) -> Result<u64, BrokerError> {
-        Ok(self.inner.log.submit(vec![step.encode()]).map_err(log_failed)?.start)
+    /// Submits `step` to the log and returns the ids of its records (one, unless it is long); the
+    /// caller holds the locks that order it, and waits for it with [`EmbeddedStore::durable`].
+    fn submit(&self, step: &Step) -> Result<Range<u64>, BrokerError> {
+        self.inner.log.submit_with(step.records(), journal::stamp).map_err(log_failed)
     }
 
-    /// Returns once log record `id` is durable.
-    fn durable(&self, id: u64) -> Result<(), BrokerError> {
-        self.inner.log.wait(id + 1).map_err(log_failed)
+    /// Returns once the records `ids` are durable.
+    fn durable(&self, ids: &Range<u64>) -> Result<(), BrokerError> {
+        self.inner.log.wait(ids.end).map_err(log_failed)
     }
 
     /// The topic `name`, made if the store has never seen it.
@@ -292,9 +293,9 @@ impl EmbeddedStore {
                         cursors: vec![CursorMove::new(name, &topic.name, Some((start, &acked)))],
                         ..Step::default()
                     };
-                    let id = self.submit(&step)?;
-                    self.durable(id)?;
-                    self.cursor_moved(name, &topic, id, Some((start, acked.clone())));
+                    let ids = self.submit(&step)?;
+                    self.durable(&ids)?;
+                    self.cursor_moved(name, &topic, ids.start, Some((start, acked.clone())));
                     (start, acked)
                 }
             },
@@ -376,11 +377,11 @@ impl Broker for EmbeddedStore {
         let mut next = lock(&topic.next);
         let first = *next;
         let step = Step { appends: vec![Append::new(&topic.name, first, &bodies)], ..Step::default() };
-        let log_id = self.submit(&step)?;
-        topic.record(Extent { first, count: count as u32, log_id });
+        let ids = self.submit(&step)?;
+        topic.record(Extent::new(first, count as u32, &ids));
         *next += count;
         drop(next);
-        self.durable(log_id)?;
+        self.durable(&ids)?;
         topic.published(first + count);
         self.notify_appended([&topic.name]);
         Ok((first..first + count).collect())
@@ -437,10 +438,10 @@ impl Broker for EmbeddedStore {
             cursors: topics.iter().map(|topic| CursorMove::new(name, topic, None)).collect(),
             ..Step::default()
         };
-        let id = self.submit(&step)?;
-        self.durable(id)?;
+        let ids = self.submit(&step)?;
+        self.durable(&ids)?;
         for topic in &topics {
-            self.cursor_moved(name, &self.topic_from(topic, 0), id, None);
+            self.cursor_moved(name, &self.topic_from(topic, 0), ids.start, None);
         }
         drop(subscriptions);
         Ok(())
@@ -479,9 +480,9 @@ impl StateStore for EmbeddedStore {
             state: Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() }),
             ..Step::default()
         };
-        let id = self.submit(&step).map_err(broker_failed)?;
-        self.durable(id).map_err(broker_failed)?;
-        if write.committed(id) {
+        let ids = self.submit(&step).map_err(broker_failed)?;
+        self.durable(&ids).map_err(broker_failed)?;
+        if write.committed(ids.start) {
             self.inner.checkpointer.request(&table);
         }
         Ok(versioned)
@@ -491,10 +492,10 @@ impl StateStore for EmbeddedStore {
         let failed = |error: sled::Error| StateError::Storage(error.to_string());
         let table = self.state_table(fqfn).map_err(failed)?;
         let values = table.lock_for_delete();
-        let id = self
+        let ids = self
             .submit(&Step { state: Some(StateStep::Dropped { fqfn: fqfn.to_string() }), ..Step::default() })
             .map_err(broker_failed)?;
-        self.durable(id).map_err(broker_failed)?;
+        self.durable(&ids).map_err(broker_failed)?;
         table.delete(values, &self.inner.db, &self.inner.state_applied).map_err(failed)?;
         lock(&self.inner.state_tables).remove(fqfn);
         self.inner.db.flush().map(drop).map_err(failed)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cursor::{RangeSet, decode_cursor, parse_cursor_key};
-use super::journal::{StateStep, Step};
+use super::journal::{Assembler, StateStep};
 use super::state::{FunctionTable, applied_id};
 use super::topic::Extent;
 use super::{EmbeddedStore, UnsavedCursor, lock, storage};
@@ -41,6 +41,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
     }
 
     let mut applied: HashMap<Fqfn, Option<u64>> = HashMap::new();
+    let mut assembler = Assembler::default();
     let mut next = inner.log.first_id();
     loop {
         let records = inner.log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(super::journal::log_failed)?;
@@ -52,10 +53,14 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
                     "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
                 ))
             };
-            let step = Step::decode(&payload).map_err(corrupt)?;
+            let Some(whole) = assembler.push(id, payload).map_err(corrupt)? else { continue };
+            let step = whole.step().map_err(corrupt)?;
+            let ids = whole.ids;
+            // A long step is known by its first record's id.
+            let id = ids.start;
             for append in &step.appends {
                 let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
-                store.topic_from(&topic, 0).record(Extent { first: append.first, count: append.count, log_id: id });
+                store.topic_from(&topic, 0).record(Extent::new(append.first, append.count, &ids));
                 let end = ends.entry(topic).or_default();
                 *end = (*end).max(append.first + u64::from(append.count));
             }
@@ -90,6 +95,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
             }
         }
     }
+    assembler.finish();
 
     let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
     for topic in topics {

@@ -594,3 +594,35 @@ fn a_flipped_bit_in_an_earlier_segment_is_an_error_that_names_the_file() {
         Ok(_) => panic!("damage in {} went unnoticed", middle.display()),
     }
 }
+
+#[test]
+fn a_step_longer_than_a_record_spans_several_and_a_crash_inside_it_drops_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 4 << 20]).collect();
+    {
+        let store = open(dir.path());
+        produce(&store, "t", &["before"]);
+        let sequences = store.produce(&topic("t"), big.iter().map(|v| OutMessage::new(v.clone())).collect()).unwrap();
+        assert_eq!(sequences, (1..21).collect::<Vec<_>>());
+        assert!(store.inner.log.end_id() >= 3, "the 80 MiB append took several records");
+    }
+    {
+        let store = open(dir.path());
+        let reader = store.subscribe(spec(&["t"], None, Position::Earliest)).unwrap();
+        let read: Vec<Vec<u8>> = reader.fetch(100, Duration::ZERO).unwrap().into_iter().map(|m| m.body.value).collect();
+        assert_eq!(read.len(), 21);
+        assert_eq!(&read[1..], &big[..]);
+    }
+    // A crash that tore the step's last record: the records before it are whole, but the step is not.
+    let last = segment_files(dir.path()).pop().unwrap();
+    let length = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(length - 1000).unwrap();
+    let store = open(dir.path());
+    let reader = store.subscribe(spec(&["t"], None, Position::Earliest)).unwrap();
+    assert_eq!(values(&reader.fetch(100, Duration::ZERO).unwrap()), ["before"]);
+    assert_eq!(produce(&store, "t", &["after"]), vec![1], "the dropped step's numbers are given again");
+    drop((reader, store));
+    let store = open(dir.path());
+    let reader = store.subscribe(spec(&["t"], None, Position::Earliest)).unwrap();
+    assert_eq!(values(&reader.fetch(100, Duration::ZERO).unwrap()), ["before", "after"]);
+}

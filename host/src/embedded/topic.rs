@@ -6,7 +6,7 @@ use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::journal::{Step, log_failed};
+use super::journal::{Assembler, log_failed};
 use super::lock;
 use crate::engine::broker::{BrokerError, MessageBody};
 use crate::names::{SubscriptionName, TopicName};
@@ -32,15 +32,27 @@ pub(super) struct Topic {
     saved_end: AtomicU64,
 }
 
-/// Consecutive messages of one topic in one log record.
+/// Consecutive messages of one topic in one step of the log.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Extent {
     pub(super) first: u64,
     pub(super) count: u32,
+    /// The id of the step's first record.
     pub(super) log_id: u64,
+    /// How many records the step takes (one, unless it is long).
+    pub(super) records: u32,
 }
 
 impl Extent {
+    /// `count` messages from sequence `first` in the step of log records `ids`.
+    pub(super) fn new(first: u64, count: u32, ids: &Range<u64>) -> Self {
+        Self { first, count, log_id: ids.start, records: (ids.end - ids.start) as u32 }
+    }
+
+    fn last_log_id(&self) -> u64 {
+        self.log_id + u64::from(self.records.max(1)) - 1
+    }
+
     fn end(&self) -> u64 {
         self.first + u64::from(self.count)
     }
@@ -110,7 +122,7 @@ impl Topic {
         let lowest = lock(&self.marks).values().copied().min();
         let extents = lock(&self.extents);
         let start = lowest.map_or(0, |lowest| extents.partition_point(|extent| extent.end() <= lowest));
-        Some(extents.get(start)?.log_id..=extents.back()?.log_id)
+        Some(extents.get(start)?.log_id..=extents.back()?.last_log_id())
     }
 
     /// Forgets the extents whose records are no longer in the log: `kept` are the ids of the
@@ -132,7 +144,7 @@ impl Topic {
         let end = *lock(&self.next);
         let extents = lock(&self.extents);
         let mut expected = lowest;
-        let tail = Extent { first: end, count: 0, log_id: 0 };
+        let tail = Extent { first: end, count: 0, log_id: 0, records: 0 };
         for extent in extents.iter().filter(|extent| extent.end() > lowest).chain(std::iter::once(&tail)) {
             if extent.first > expected {
                 return Err(BrokerError::Corrupt {
@@ -208,18 +220,21 @@ impl Topic {
         Ok(found)
     }
 
-    /// The messages of `extent`, or `None` if its record was removed.
+    /// The messages of `extent`, or `None` if its records were removed.
     fn read(&self, extent: Extent) -> Result<Option<Vec<MessageBody>>, BrokerError> {
-        let records = self.log.read(extent.log_id, 1, usize::MAX).map_err(log_failed)?;
-        let Some((id, payload)) = records.into_iter().next().filter(|(id, _)| *id == extent.log_id) else {
-            return Ok(None);
-        };
+        let records = self.log.read(extent.log_id, extent.records as usize, usize::MAX).map_err(log_failed)?;
         let corrupt = |reason: String| BrokerError::Corrupt {
             topic: self.name.clone(),
             sequence: extent.first,
-            reason: format!("log record {id}: {reason}"),
+            reason: format!("log record {}: {reason}", extent.log_id),
         };
-        let step = Step::decode(&payload).map_err(corrupt)?;
+        let mut assembler = Assembler::default();
+        let mut whole = None;
+        for (id, payload) in records {
+            whole = assembler.push(id, payload).map_err(corrupt)?;
+        }
+        let Some(whole) = whole.filter(|whole| whole.ids.start == extent.log_id) else { return Ok(None) };
+        let step = whole.step().map_err(corrupt)?;
         let append = step
             .appends
             .into_iter()

@@ -171,6 +171,17 @@ impl SegmentLog {
     /// `submit` orders its records as it orders its calls. They become durable (and readable) only
     /// when [`SegmentLog::wait`] for them returns.
     pub fn submit(&self, records: Vec<Vec<u8>>) -> Result<Range<u64>, LogError> {
+        self.submit_with(records, |_, _| {})
+    }
+
+    /// [`SegmentLog::submit`], first calling `stamp` with the id the first record gets, under the
+    /// log's lock, so that records can carry it (a step split over several records names its
+    /// first one in each).
+    pub fn submit_with(
+        &self,
+        mut records: Vec<Vec<u8>>,
+        stamp: impl FnOnce(u64, &mut [Vec<u8>]),
+    ) -> Result<Range<u64>, LogError> {
         if let Some(record) = records.iter().find(|record| record.len() > MAX_LOG_RECORD_BYTES) {
             return Err(LogError::TooLarge(record.len()));
         }
@@ -179,6 +190,7 @@ impl SegmentLog {
             return Err(LogError::Stopped(reason.clone()));
         }
         let ids = state.next_id..state.next_id + records.len() as u64;
+        stamp(ids.start, &mut records);
         state.next_id = ids.end;
         state.pending.extend(records);
         Ok(ids)
