@@ -218,6 +218,10 @@ impl Assembler {
     }
 }
 
+pub(super) fn log_failed(error: LogError) -> BrokerError {
+    BrokerError::Storage(error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,8 +249,4 @@ mod tests {
         let done = assembler.push(44, whole.into_iter().next().unwrap()).unwrap().unwrap();
         assert_eq!((done.ids, &done.bytes[done.start..]), (44..45, &[7u8; 10][..]));
     }
-}
-
-pub(super) fn log_failed(error: LogError) -> BrokerError {
-    BrokerError::Storage(error.to_string())
 }

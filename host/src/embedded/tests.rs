@@ -626,3 +626,37 @@ fn a_step_longer_than_a_record_spans_several_and_a_crash_inside_it_drops_all_of_
     let reader = store.subscribe(spec(&["t"], None, Position::Earliest)).unwrap();
     assert_eq!(values(&reader.fetch(100, Duration::ZERO).unwrap()), ["before", "after"]);
 }
+
+#[test]
+fn messages_appended_while_the_cleaner_frees_segments_all_reach_the_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_small(dir.path());
+    let subscription = store.subscribe(spec(&["t"], Some("s"), Position::Earliest)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut read = Vec::new();
+    const SENT: usize = 2000;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                store.clean().unwrap();
+            }
+        });
+        // Appends as fast as they go while the subscription acknowledges, so segments are freed
+        // all along.
+        let producing = scope.spawn(|| {
+            for sent in 0..SENT {
+                produce(&store, "t", &[&format!("{sent:0>100}")]);
+            }
+        });
+        while !producing.is_finished() || read.len() < SENT {
+            let messages = subscription.fetch(100, Duration::from_millis(10)).unwrap();
+            read.extend(values(&messages));
+            subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() }).unwrap();
+            if producing.is_finished() && messages.is_empty() {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert_eq!(read, (0..SENT).map(|sent| format!("{sent:0>100}")).collect::<Vec<_>>());
+}

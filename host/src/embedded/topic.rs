@@ -129,9 +129,12 @@ impl Topic {
     /// segments left, in order. Acknowledged messages stay readable (from `Earliest`) until their
     /// segment goes, as Pulsar's stay until their ledger is trimmed.
     pub(super) fn forget_removed(&self, kept: &[Range<u64>]) {
+        // Records from the active segment's start on are kept, including those submitted after
+        // `kept` was taken, which it does not list yet.
+        let active = kept.last().map_or(0, |ids| ids.start);
         let is_kept = |log_id: u64| {
             let index = kept.partition_point(|ids| ids.end <= log_id);
-            kept.get(index).is_some_and(|ids| ids.contains(&log_id))
+            log_id >= active || kept.get(index).is_some_and(|ids| ids.contains(&log_id))
         };
         lock(&self.extents).retain(|extent| is_kept(extent.log_id));
     }
