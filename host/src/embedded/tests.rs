@@ -637,7 +637,7 @@ fn messages_appended_while_the_cleaner_frees_segments_all_reach_the_subscription
     const SENT: usize = 2000;
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            while !stop.load(Ordering::Acquire) {
                 store.clean().unwrap();
             }
         });
@@ -656,7 +656,7 @@ fn messages_appended_while_the_cleaner_frees_segments_all_reach_the_subscription
                 break;
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Release);
+        stop.store(true, Ordering::Release);
     });
     assert_eq!(read, (0..SENT).map(|sent| format!("{sent:0>100}")).collect::<Vec<_>>());
 }
