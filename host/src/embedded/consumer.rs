@@ -99,7 +99,7 @@ impl Subscription for EmbeddedConsumer {
         for (topic, message) in effects.outputs {
             by_topic.entry(topic).or_default().push(message.stamp(publish_time));
         }
-        let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect::<Result<_, _>>()?;
+        let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect();
         let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
 
         let table = match &effects.state {

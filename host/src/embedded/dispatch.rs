@@ -96,7 +96,7 @@ impl SharedSubscription {
         let topic_generation = store.inner.topic_generation.load(Ordering::Acquire);
         let mut topics = spec.inputs.topics.clone();
         if let Some(pattern) = &spec.inputs.pattern {
-            topics.extend(store.topics_matching(pattern)?);
+            topics.extend(store.topics_matching(pattern));
         }
         topics.sort();
         topics.dedup();

@@ -248,17 +248,12 @@ impl EmbeddedStore {
     }
 
     /// The topic `name`, made if the store has never seen it.
-    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
-        Ok(self.topic_from(name, 0))
-    }
-
-    /// The topic `name`, made with its next sequence at `next` if the store has never seen it.
-    fn topic_from(&self, name: &TopicName, next: u64) -> Arc<Topic> {
+    fn topic(&self, name: &TopicName) -> Arc<Topic> {
         let mut topics = lock(&self.inner.topics);
         if let Some(topic) = topics.get(name) {
             return topic.clone();
         }
-        let topic = Arc::new(Topic::new(name.clone(), self.inner.log.clone(), next));
+        let topic = Arc::new(Topic::new(name.clone(), self.inner.log.clone()));
         topics.insert(name.clone(), topic.clone());
         let mut opened = lock(&self.inner.opened_topics);
         opened.push(name.clone());
@@ -267,8 +262,8 @@ impl EmbeddedStore {
     }
 
     /// Every topic in the store that `pattern` matches.
-    fn topics_matching(&self, pattern: &TopicPattern) -> Result<Vec<TopicName>, BrokerError> {
-        Ok(lock(&self.inner.topics).keys().filter(|topic| pattern.matches(topic)).cloned().collect())
+    fn topics_matching(&self, pattern: &TopicPattern) -> Vec<TopicName> {
+        lock(&self.inner.topics).keys().filter(|topic| pattern.matches(topic)).cloned().collect()
     }
 
     /// A cursor over `topic` for subscription `name`, from its record or, for a new one, at
@@ -279,7 +274,7 @@ impl EmbeddedStore {
         topic: &TopicName,
         position: Position,
     ) -> Result<Cursor, BrokerError> {
-        let topic = self.topic(topic)?;
+        let topic = self.topic(topic);
         let start = match position {
             Position::Earliest => topic.first_kept(),
             Position::Latest => topic.length.load(Ordering::Acquire),
@@ -370,7 +365,7 @@ impl EmbeddedStore {
 
 impl Broker for EmbeddedStore {
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
-        let topic = self.topic(topic)?;
+        let topic = self.topic(topic);
         let publish_time = now_millis();
         let bodies: Vec<MessageBody> = messages.into_iter().map(|message| message.stamp(publish_time)).collect();
         let count = bodies.len() as u64;
@@ -441,7 +436,7 @@ impl Broker for EmbeddedStore {
         let ids = self.submit(&step)?;
         self.durable(&ids)?;
         for topic in &topics {
-            self.cursor_moved(name, &self.topic_from(topic, 0), ids.start, None);
+            self.cursor_moved(name, &self.topic(topic), ids.start, None);
         }
         drop(subscriptions);
         Ok(())

@@ -37,7 +37,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
             sequence: 0,
             reason: format!("the cursor of subscription `{subscription}`: {reason}"),
         })?;
-        store.topic_from(&topic, 0).set_mark(&subscription, Some(mark));
+        store.topic(&topic).set_mark(&subscription, Some(mark));
     }
 
     let mut applied: HashMap<Fqfn, Option<u64>> = HashMap::new();
@@ -60,14 +60,14 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
             let id = ids.start;
             for append in &step.appends {
                 let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
-                store.topic_from(&topic, 0).record(Extent::new(append.first, append.count, &ids));
+                store.topic(&topic).record(Extent::new(append.first, append.count, &ids));
                 let end = ends.entry(topic).or_default();
                 *end = (*end).max(append.first + u64::from(append.count));
             }
             for moved in &step.cursors {
                 let (subscription, topic) = moved.names().map_err(corrupt)?;
                 let position = moved.position.clone().map(|(mark, ranges)| (mark, RangeSet::from_ranges(ranges)));
-                store.topic_from(&topic, 0).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
+                store.topic(&topic).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
                 lock(&inner.unsaved_cursors).insert((subscription, topic), UnsavedCursor { log_id: id, position });
             }
             match step.state {

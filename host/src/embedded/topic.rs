@@ -59,13 +59,13 @@ impl Extent {
 }
 
 impl Topic {
-    /// A topic whose next message gets sequence `next`.
-    pub(super) fn new(name: TopicName, log: Arc<SegmentLog>, next: u64) -> Self {
+    /// A topic without messages; [`Topic::restore_end`] sets where numbering goes on after a restart.
+    pub(super) fn new(name: TopicName, log: Arc<SegmentLog>) -> Self {
         Self {
             name,
             log,
-            next: Mutex::new(next),
-            length: AtomicU64::new(next),
+            next: Mutex::new(0),
+            length: AtomicU64::new(0),
             extents: Mutex::new(VecDeque::new()),
             marks: Mutex::new(HashMap::new()),
             saved_end: AtomicU64::new(0),
