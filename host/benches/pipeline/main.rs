@@ -10,10 +10,11 @@
 //! node), with first deployment (build and compile), restart from the compiled cache and instance
 //! start per language (`languages`); idle instances in one worker (`density`); records per second
 //! through count and sliding time windows beside the same pipeline without windows (`windows`);
-//! the data directory's size over a long run through two chained functions (`soak`, not in `all`).
+//! the data directory's size over a long run through two chained functions (`soak`, not in `all`);
+//! appends, reads and reopening over 1 to 10,000 topics (`topics`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log|soak]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log|soak|topics]`.
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ use crate::latency::{LATENCY_MESSAGES, latency};
 use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
 use crate::soak::{SOAK_RATE, soak};
 use crate::throughput::{guarantees, throughput};
+use crate::topics::{TOPIC_COUNTS, topics};
 use crate::windows::windows;
 
 mod cluster;
@@ -38,6 +40,7 @@ mod log;
 mod sizes;
 mod soak;
 mod throughput;
+mod topics;
 mod windows;
 
 #[global_allocator]
@@ -65,15 +68,19 @@ fn main() -> anyhow::Result<()> {
         "hostile",
         "log",
         "soak",
+        "topics",
     ]
     .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, log or soak"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, log, soak or topics"
         );
     }
     if part == "all" || part == "log" {
         log::log(messages)?;
+    }
+    if part == "all" || part == "topics" {
+        topics(messages, &TOPIC_COUNTS)?;
     }
     // Not in `all`: it runs for as long as MESSAGES take at its rate (36,000,000: 30 minutes).
     if part == "soak" {
@@ -124,6 +131,8 @@ fn main() -> anyhow::Result<()> {
 const QUICK_MESSAGES: usize = 2_000;
 /// Bytes of messages in each of the quick mode's message-size runs.
 const QUICK_SIZE_RUN_BYTES: usize = 16 << 20;
+/// The most topics in the quick mode's topics part.
+const QUICK_TOPICS: usize = 100;
 /// Idle instances in the quick mode's density part.
 const QUICK_INSTANCES: usize = 100;
 
@@ -143,6 +152,7 @@ fn quick() -> anyhow::Result<()> {
     cluster(&wasm, QUICK_MESSAGES, 1)?;
     hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
     soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
+    topics(QUICK_MESSAGES, &[1, QUICK_TOPICS])?;
     log::log(QUICK_MESSAGES)
 }
 
