@@ -26,6 +26,14 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
     bincode::encode_to_vec(value, bincode::config::standard()).expect("encoding into a Vec cannot fail")
 }
 
+/// Encodes a record after `prefix`, in one buffer (a header the record is stored behind).
+pub fn encode_after<T: Encode>(prefix: &[u8], value: &T) -> Vec<u8> {
+    let mut bytes = prefix.to_vec();
+    bincode::encode_into_std_write(value, &mut bytes, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail");
+    bytes
+}
+
 /// Decodes a record, reserving at most [`RESERVED_BYTES_PER_RECORD_BYTE`] times its size (rounded
 /// up to a power of 16) on the way.
 pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {

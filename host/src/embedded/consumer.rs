@@ -133,7 +133,7 @@ impl Subscription for EmbeddedConsumer {
                 .collect();
         }
         if let (Some((_, fqfn, _)), Some(write)) = (&table, &state_write) {
-            step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() });
+            step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encode() });
         }
         let ids = store.submit(&step)?;
         let log_id = ids.start;

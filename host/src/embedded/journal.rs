@@ -102,17 +102,16 @@ const PART_HEADER_BYTES: usize = 1 + 8 + 4 + 4;
 impl Step {
     /// The step as the log's records: one, or its parts (see [`stamp`]).
     pub(super) fn records(&self) -> Vec<Vec<u8>> {
-        Self::records_of(crate::codec::encode(self), STEP_RECORD_BYTES)
+        Self::records_of(crate::codec::encode_after(&[WHOLE], self), STEP_RECORD_BYTES)
     }
 
-    fn records_of(bytes: Vec<u8>, most: usize) -> Vec<Vec<u8>> {
-        if bytes.len() < most {
-            let mut record = Vec::with_capacity(bytes.len() + 1);
-            record.push(WHOLE);
-            record.extend_from_slice(&bytes);
-            return vec![record];
+    /// `whole` (a step encoded behind the `WHOLE` byte) as one record, or split into parts of at
+    /// most `most` bytes of the step.
+    fn records_of(whole: Vec<u8>, most: usize) -> Vec<Vec<u8>> {
+        if whole.len() <= most {
+            return vec![whole];
         }
-        let parts = bytes.chunks(most);
+        let parts = whole[1..].chunks(most);
         let count = parts.len() as u32;
         parts
             .enumerate()
@@ -229,7 +228,7 @@ mod tests {
     #[test]
     fn a_long_step_is_split_over_records_and_put_back_together_and_a_cut_one_is_dropped() {
         let bytes: Vec<u8> = (0..1000u32).map(|byte| byte as u8).collect();
-        let mut records = Step::records_of(bytes.clone(), 300);
+        let mut records = Step::records_of([&[WHOLE][..], &bytes].concat(), 300);
         assert_eq!(records.len(), 4);
         stamp(40, &mut records);
         let mut assembler = Assembler::default();
@@ -245,7 +244,7 @@ mod tests {
         }
         let done = done.expect("the last part completes the step");
         assert_eq!((done.ids, &done.bytes[done.start..]), (40..44, &bytes[..]));
-        let whole = Step::records_of(vec![7; 10], 300);
+        let whole = Step::records_of([&[WHOLE][..], &[7; 10]].concat(), 300);
         let done = assembler.push(44, whole.into_iter().next().unwrap()).unwrap().unwrap();
         assert_eq!((done.ids, &done.bytes[done.start..]), (44..45, &[7u8; 10][..]));
     }

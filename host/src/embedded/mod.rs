@@ -472,7 +472,7 @@ impl StateStore for EmbeddedStore {
         let table = self.state_table(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
         let (write, versioned) = table.prepare_put(&self.inner.db, key, value)?;
         let step = Step {
-            state: Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encoded().to_vec() }),
+            state: Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encode() }),
             ..Step::default()
         };
         let ids = self.submit(&step).map_err(broker_failed)?;

@@ -75,14 +75,13 @@ pub(crate) type Record = Vec<(String, Option<Versioned>)>;
 /// are seen, and nobody sees a value before it is durable.
 pub(super) struct StateWrite<'a> {
     values: MutexGuard<'a, Values>,
-    encoded: Vec<u8>,
     record: Record,
 }
 
 impl StateWrite<'_> {
-    /// The record, encoded.
-    pub(super) fn encoded(&self) -> &[u8] {
-        &self.encoded
+    /// The record, encoded, for the commit's step.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(&self.record)
     }
 
     /// Records in memory that the record, in log record `log_id`, is durable; true when the
@@ -125,8 +124,7 @@ impl FunctionTable {
     }
 
     fn write(values: MutexGuard<'_, Values>, record: Record) -> StateWrite<'_> {
-        let encoded = crate::codec::encode(&record);
-        StateWrite { values, encoded, record }
+        StateWrite { values, record }
     }
 
     /// A record read back from the log at open, newer than the function's tree.
