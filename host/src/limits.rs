@@ -156,3 +156,13 @@ pub const RECEIVE_BYTES_PER_SECOND: u32 = 8 * 1024 * 1024;
 pub const MAX_LOG_RECORD_BYTES: usize = 256 * 1024 * 1024;
 /// Bytes after which the embedded log starts a new segment: retention frees whole segments.
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest a producer is held by a backlog quota with policy `producer_request_hold` before it is
+/// refused (429): the topic's subscriptions did not consume enough in that time.
+pub const BACKLOG_HOLD_MS: u64 = 10_000;
+/// Most messages one `peek-messages` (`-n`) or `examine-message` (`messagePosition`) reaches.
+pub const MAX_PEEK_MESSAGES: u64 = 1_000;
+/// Longest message TTL a namespace may set (a year): longer is a typo, and keeps a backlog forever.
+pub const MAX_MESSAGE_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// Most topics one namespace holds: a tenant creating topics in a loop would fill the worker's
+/// memory with their indexes. Appends to a new topic past it are refused.
+pub const MAX_TOPICS_PER_NAMESPACE: usize = 10_000;

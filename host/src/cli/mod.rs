@@ -14,6 +14,7 @@ pub mod client;
 mod function_flags;
 mod functions;
 mod new;
+mod topic_admin;
 
 use crate::embedded::EmbeddedStore;
 use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, SubscriptionSpec};
@@ -82,6 +83,9 @@ enum Command {
     /// Manage the functions of a worker.
     #[command(subcommand)]
     Functions(Box<functions::FunctionsCommand>),
+    /// Set a namespace's retention, message TTL and backlog quota, on a worker.
+    #[command(subcommand)]
+    Namespaces(topic_admin::NamespacesCommand),
     /// Create a function project (Rust, Python or JavaScript) with its unit test, ready to build.
     New(new::NewArgs),
 }
@@ -143,6 +147,8 @@ enum TopicsCommand {
     Produce(ProduceArgs),
     /// Print a topic's messages, one per line.
     Consume(ConsumeArgs),
+    #[command(flatten)]
+    Admin(topic_admin::TopicAdminCommand),
 }
 
 #[derive(Debug, Args)]
@@ -199,9 +205,13 @@ struct ConsumeArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.admin.given() && !matches!(cli.command, Command::Functions(_)) {
+    let admin_verb = matches!(
+        cli.command,
+        Command::Functions(_) | Command::Namespaces(_) | Command::Topics(TopicsCommand::Admin(_))
+    );
+    if cli.admin.given() && !admin_verb {
         bail!(
-            "--admin-url, --auth-plugin, --auth-params, --request-timeout and the --tls-* options are pulsar-admin's and apply to `fnhost functions`; give `fnhost topics` --url, and the token in FNHOST_TOKEN"
+            "--admin-url, --auth-plugin, --auth-params, --request-timeout and the --tls-* options are pulsar-admin's and apply to the admin verbs (`fnhost functions`, `fnhost namespaces`, `fnhost topics list|stats|…`); give `fnhost topics produce|consume` --url, and the token in FNHOST_TOKEN"
         );
     }
     match cli.command {
@@ -209,7 +219,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker(args),
         Command::Topics(TopicsCommand::Produce(args)) => produce(args),
         Command::Topics(TopicsCommand::Consume(args)) => consume(args),
+        Command::Topics(TopicsCommand::Admin(command)) => topic_admin::run_topics(command, &cli.admin),
         Command::Functions(command) => functions::run(*command, &cli.admin),
+        Command::Namespaces(command) => topic_admin::run_namespaces(command, &cli.admin),
         Command::New(args) => new::run(args),
     }
 }

@@ -4,6 +4,8 @@
 //! A segment other than the active one is deleted when
 //! - every topic with messages in it has them acknowledged by all its durable subscriptions (a
 //!   topic with no subscription keeps its messages, so that a function made after them reads them),
+//!   and its namespace's retention does not keep them (then a topic with no subscription keeps
+//!   only what retention keeps),
 //! - every cursor move in it is checkpointed into the cursor tree, or superseded, and
 //! - every state change in it is checkpointed into its function's tree.
 //!
@@ -46,10 +48,16 @@ impl Cleaner {
 }
 
 impl EmbeddedStore {
-    /// One pass: checkpoints what holds back the segments before the active one, deletes those
+    /// One pass: samples the topics' rates, applies message TTL and backlog eviction, checkpoints what holds back the segments before the active one, deletes those
     /// no longer needed, and returns the bytes freed.
     pub(crate) fn clean(&self) -> Result<u64, BrokerError> {
         let inner = &self.inner;
+        let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
+        let now = std::time::Instant::now();
+        for topic in &topics {
+            topic.sample_rates(now);
+        }
+        self.apply_policies(&topics)?;
         let segments = inner.log.segment_ids();
         let Some(active) = segments.last().map(|ids| ids.start).filter(|_| segments.len() > 1) else { return Ok(0) };
         self.save_cursors(active)?;
@@ -66,8 +74,11 @@ impl EmbeddedStore {
         if let Some(oldest) = lock(&inner.unsaved_cursors).values().map(|unsaved| unsaved.log_id).min() {
             keep_from = keep_from.min(oldest);
         }
-        let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
-        let live: Vec<_> = topics.iter().filter_map(|topic| topic.needed()).collect();
+        let now_millis = crate::engine::clock::now_millis();
+        let live: Vec<_> = topics
+            .iter()
+            .filter_map(|topic| topic.needed(inner.policies.of(&topic.name).retention.as_ref(), now_millis))
+            .collect();
         let freed = inner
             .log
             .remove_where(|ids| {

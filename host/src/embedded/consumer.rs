@@ -55,6 +55,7 @@ impl Subscription for EmbeddedConsumer {
             let (messages, next_due) = self.shared.take(&self.store, self.id, max)?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
+                self.shared.count_delivered(&messages);
                 return Ok(messages);
             }
             let mut pause = (deadline - now).min(CONSUMER_POLL);
@@ -101,6 +102,13 @@ impl Subscription for EmbeddedConsumer {
         }
         let topics: Vec<Arc<Topic>> = by_topic.keys().map(|name| store.topic(name)).collect();
         let mut nexts: Vec<MutexGuard<'_, u64>> = topics.iter().map(|topic| lock(&topic.next)).collect();
+        if let Some(deleted) = topics.iter().find(|topic| topic.deleted.load(Ordering::Acquire)) {
+            // Nothing was written: the batch is delivered again, and its outputs make the topic anew.
+            return Err(BrokerError::Unavailable(format!(
+                "output topic {} was deleted while the batch committed",
+                deleted.name
+            )));
+        }
 
         let table = match &effects.state {
             Some((fqfn, changes)) if !changes.is_empty() => {
@@ -137,10 +145,12 @@ impl Subscription for EmbeddedConsumer {
         }
         let ids = store.submit(&step)?;
         let log_id = ids.start;
+        for (topic, append) in topics.iter().zip(&step.appends) {
+            topic.record(Extent::of(append, &ids));
+        }
         let mut published = Vec::with_capacity(topics.len());
-        for ((next, bodies), topic) in nexts.iter_mut().zip(by_topic.values()).zip(&topics) {
+        for (next, bodies) in nexts.iter_mut().zip(by_topic.values()) {
             let count = bodies.len() as u64;
-            topic.record(Extent::new(**next, count as u32, &ids));
             **next += count;
             published.push(**next);
         }
@@ -151,8 +161,8 @@ impl Subscription for EmbeddedConsumer {
         let checkpoint_due = state_write.is_some_and(|write| write.committed(log_id));
         // Outputs become readable before the acknowledgements show, so whoever sees a message
         // acknowledged (trigger) also finds its output.
-        for (topic, end) in topics.iter().zip(published) {
-            topic.published(end);
+        for ((topic, end), append) in topics.iter().zip(published).zip(&step.appends) {
+            topic.published(end, u64::from(append.count), append.messages.len() as u64);
         }
         if let Some(name) = &shared.name {
             let cursors = lock(&shared.state);

@@ -408,6 +408,51 @@ impl SharedSubscription {
         }
     }
 
+    /// Puts cursor `index` at `mark` with `acked` (moved by an admin verb): what its consumers
+    /// were given and had not acknowledged, and what was read ahead for them, is read again from there.
+    pub(super) fn reposition(&self, index: usize, mark: u64, acked: RangeSet) {
+        let mut state = lock(&self.state);
+        let delivered = std::mem::take(&mut state.cursors[index].delivered);
+        state.unacked -= delivered.len();
+        for given in delivered.into_values() {
+            state.count_outstanding(given.consumer, -1);
+        }
+        let mut dropped = 0;
+        for held in state.held.values_mut() {
+            let before = held.len();
+            held.retain(|(cursor, _, _)| *cursor != index);
+            dropped += before - held.len();
+        }
+        state.held_count -= dropped;
+        let cursor = &mut state.cursors[index];
+        cursor.mark = mark;
+        cursor.acked = acked;
+        cursor.fetched = mark;
+    }
+
+    /// Counts `messages`, just delivered, in their topics' traffic.
+    pub(super) fn count_delivered(&self, messages: &[Message]) {
+        let mut counts: HashMap<&TopicName, [u64; 3]> = HashMap::new();
+        for message in messages {
+            let count = counts.entry(&message.topic).or_default();
+            count[0] += 1;
+            count[1] += message.body.value.len() as u64;
+            count[2] += u64::from(message.redelivery_count > 0);
+        }
+        let topics: Vec<Arc<Topic>> = {
+            let state = lock(&self.state);
+            counts
+                .keys()
+                .filter_map(|name| state.cursors.iter().find(|cursor| cursor.topic.name == **name))
+                .map(|cursor| cursor.topic.clone())
+                .collect()
+        };
+        for topic in topics {
+            let [count, bytes, redelivered] = counts[&topic.name];
+            topic.delivered(self.name.as_ref(), count, bytes, redelivered);
+        }
+    }
+
     pub(super) fn leave(&self, consumer: u64) {
         let mut state = lock(&self.state);
         state.consumers.remove(&consumer);

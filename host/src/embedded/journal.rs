@@ -16,6 +16,8 @@ pub(super) struct Step {
     pub(super) appends: Vec<Append>,
     pub(super) cursors: Vec<CursorMove>,
     pub(super) state: Option<StateStep>,
+    /// Topics deleted (`fnhost topics delete`): their messages before this step are gone.
+    pub(super) deleted_topics: Vec<String>,
 }
 
 /// Consecutive messages appended to one topic.
@@ -25,6 +27,8 @@ pub(super) struct Append {
     /// The sequence number of the first.
     pub(super) first: u64,
     pub(super) count: u32,
+    /// When they were published (milliseconds since the Unix epoch), for retention and message TTL.
+    pub(super) publish_time: u64,
     /// The messages, encoded apart, so that a reader of one topic decodes only its own.
     pub(super) messages: Vec<u8>,
 }
@@ -35,6 +39,7 @@ impl Append {
             topic: topic.as_str().to_owned(),
             first,
             count: bodies.len() as u32,
+            publish_time: bodies.iter().map(|body| body.publish_time).max().unwrap_or_default(),
             messages: crate::codec::encode(&bodies),
         }
     }

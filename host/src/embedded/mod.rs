@@ -42,6 +42,7 @@ use crate::limits::{DEFAULT_LOG_SEGMENT_BYTES, MAX_BATCH_MESSAGES};
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use crate::seglog::SegmentLog;
 
+mod admin;
 mod cleaner;
 mod consumer;
 mod cursor;
@@ -49,6 +50,7 @@ mod dispatch;
 mod journal;
 mod metadata;
 mod migrate;
+mod policy;
 mod recover;
 mod state;
 mod topic;
@@ -148,6 +150,7 @@ struct Inner {
     /// Every subscription opened and not yet dropped, durable or not: an append wakes those that
     /// read its topic.
     live: Mutex<Vec<Weak<SharedSubscription>>>,
+    policies: policy::Policies,
     cleaner: Cleaner,
 }
 
@@ -207,6 +210,7 @@ impl EmbeddedStore {
         let (log, _cut) =
             SegmentLog::open(&log_dir, options.log_segment_bytes).map_err(|error| other(error.to_string()))?;
         let checkpointer = Checkpointer::start(&db, &state_applied).map_err(|error| other(error.to_string()))?;
+        let policies = policy::Policies::open(&db).map_err(&other)?;
         let store = Self {
             inner: Arc::new(Inner {
                 db,
@@ -224,6 +228,7 @@ impl EmbeddedStore {
                 opened_topics: Mutex::new(Vec::new()),
                 topic_generation: AtomicU64::new(0),
                 live: Mutex::new(Vec::new()),
+                policies,
                 cleaner: Cleaner::default(),
             }),
         };
@@ -250,9 +255,14 @@ impl EmbeddedStore {
     /// The topic `name`, made if the store has never seen it.
     fn topic(&self, name: &TopicName) -> Arc<Topic> {
         let mut topics = lock(&self.inner.topics);
-        if let Some(topic) = topics.get(name) {
-            return topic.clone();
+        match topics.get(name) {
+            Some(topic) => topic.clone(),
+            None => self.insert_topic(&mut topics, name),
         }
+    }
+
+    /// Makes topic `name` in `topics` (the locked map), which does not hold it.
+    fn insert_topic(&self, topics: &mut HashMap<TopicName, Arc<Topic>>, name: &TopicName) -> Arc<Topic> {
         let topic = Arc::new(Topic::new(name.clone(), self.inner.log.clone()));
         topics.insert(name.clone(), topic.clone());
         let mut opened = lock(&self.inner.opened_topics);
@@ -361,25 +371,46 @@ impl EmbeddedStore {
     pub fn log_bytes(&self) -> u64 {
         self.inner.log.disk_bytes()
     }
+
+    /// Appends `bodies` to topic `name` and returns their sequence numbers once durable; `None`
+    /// if the topic was deleted while this waited for it (the caller looks it up again).
+    fn append(&self, name: &TopicName, bodies: &[MessageBody]) -> Result<Option<Vec<u64>>, BrokerError> {
+        let topic = self.topic(name);
+        let count = bodies.len() as u64;
+        let mut next = lock(&topic.next);
+        if topic.deleted.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let first = *next;
+        let step = Step { appends: vec![Append::new(&topic.name, first, bodies)], ..Step::default() };
+        let ids = self.submit(&step)?;
+        let bytes = step.appends[0].messages.len() as u64;
+        topic.record(Extent::of(&step.appends[0], &ids));
+        *next += count;
+        drop(next);
+        self.durable(&ids)?;
+        topic.published(first + count, count, bytes);
+        self.notify_appended([&topic.name]);
+        Ok(Some((first..first + count).collect()))
+    }
+
+    /// The topic `name` if the store has it, without making it.
+    fn existing_topic(&self, name: &TopicName) -> Option<Arc<Topic>> {
+        lock(&self.inner.topics).get(name).cloned()
+    }
 }
 
 impl Broker for EmbeddedStore {
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
-        let topic = self.topic(topic);
+        self.check_new_topic(topic)?;
+        self.hold_for_backlog_quota(topic)?;
         let publish_time = now_millis();
         let bodies: Vec<MessageBody> = messages.into_iter().map(|message| message.stamp(publish_time)).collect();
-        let count = bodies.len() as u64;
-        let mut next = lock(&topic.next);
-        let first = *next;
-        let step = Step { appends: vec![Append::new(&topic.name, first, &bodies)], ..Step::default() };
-        let ids = self.submit(&step)?;
-        topic.record(Extent::new(first, count as u32, &ids));
-        *next += count;
-        drop(next);
-        self.durable(&ids)?;
-        topic.published(first + count);
-        self.notify_appended([&topic.name]);
-        Ok((first..first + count).collect())
+        loop {
+            if let Some(sequences) = self.append(topic, &bodies)? {
+                return Ok(sequences);
+            }
+        }
     }
 
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {

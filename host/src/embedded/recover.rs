@@ -60,7 +60,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
             let id = ids.start;
             for append in &step.appends {
                 let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
-                store.topic(&topic).record(Extent::new(append.first, append.count, &ids));
+                store.topic(&topic).record(Extent::of(append, &ids));
                 let end = ends.entry(topic).or_default();
                 *end = (*end).max(append.first + u64::from(append.count));
             }
@@ -69,6 +69,14 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
                 let position = moved.position.clone().map(|(mark, ranges)| (mark, RangeSet::from_ranges(ranges)));
                 store.topic(&topic).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
                 lock(&inner.unsaved_cursors).insert((subscription, topic), UnsavedCursor { log_id: id, position });
+            }
+            for deleted in &step.deleted_topics {
+                let topic = TopicName::parse(deleted).map_err(|error| corrupt(error.to_string()))?;
+                if let Some(gone) = lock(&inner.topics).remove(&topic) {
+                    gone.clear();
+                }
+                ends.remove(&topic);
+                inner.topic_ends.remove(deleted.as_bytes()).map_err(storage)?;
             }
             match step.state {
                 Some(StateStep::Changes { fqfn, record }) => {
@@ -96,6 +104,9 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
         }
     }
     assembler.finish();
+    for topic in ends.keys() {
+        store.topic(topic);
+    }
 
     let topics: Vec<_> = lock(&inner.topics).values().cloned().collect();
     for topic in topics {

@@ -3,12 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Range, RangeInclusive};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use super::journal::{Assembler, log_failed};
+use super::journal::{Append, Assembler, log_failed};
 use super::lock;
 use crate::engine::broker::{BrokerError, MessageBody};
+use crate::engine::topics::Retention;
 use crate::names::{SubscriptionName, TopicName};
 use crate::seglog::SegmentLog;
 
@@ -30,6 +32,11 @@ pub(super) struct Topic {
     marks: Mutex<HashMap<SubscriptionName, u64>>,
     /// The length last written to the topic-ends tree.
     saved_end: AtomicU64,
+    /// The bytes of the messages the index holds.
+    stored_bytes: AtomicU64,
+    pub(super) traffic: Mutex<Traffic>,
+    /// Set once the topic is deleted: an append that finds it so looks the topic up again.
+    pub(super) deleted: AtomicBool,
 }
 
 /// Consecutive messages of one topic in one step of the log.
@@ -37,16 +44,31 @@ pub(super) struct Topic {
 pub(super) struct Extent {
     pub(super) first: u64,
     pub(super) count: u32,
-    /// The id of the step's first record.
-    pub(super) log_id: u64,
     /// How many records the step takes (one, unless it is long).
     pub(super) records: u32,
+    /// The id of the step's first record.
+    pub(super) log_id: u64,
+    /// The bytes of its messages, encoded.
+    bytes: u64,
+    /// The bytes of the topic's messages before it (since the index began), so that the bytes
+    /// between two extents are a subtraction.
+    bytes_before: u64,
+    /// When its messages were published (milliseconds since the Unix epoch).
+    publish_time: u64,
 }
 
 impl Extent {
-    /// `count` messages from sequence `first` in the step of log records `ids`.
-    pub(super) fn new(first: u64, count: u32, ids: &Range<u64>) -> Self {
-        Self { first, count, log_id: ids.start, records: (ids.end - ids.start) as u32 }
+    /// The messages of `append`, in the step of log records `ids`.
+    pub(super) fn of(append: &Append, ids: &Range<u64>) -> Self {
+        Self {
+            first: append.first,
+            count: append.count,
+            records: (ids.end - ids.start) as u32,
+            log_id: ids.start,
+            bytes: append.messages.len() as u64,
+            bytes_before: 0,
+            publish_time: append.publish_time,
+        }
     }
 
     fn last_log_id(&self) -> u64 {
@@ -56,6 +78,52 @@ impl Extent {
     fn end(&self) -> u64 {
         self.first + u64::from(self.count)
     }
+
+    fn bytes_through(&self) -> u64 {
+        self.bytes_before + self.bytes
+    }
+}
+
+/// Messages and bytes that went through, and their rates over the cleaner's last interval.
+#[derive(Default)]
+pub(super) struct Meter {
+    pub(super) messages: u64,
+    pub(super) bytes: u64,
+    pub(super) redelivered: u64,
+    /// The counts at the last sample, and when it was taken.
+    sampled: Option<(Instant, [u64; 3])>,
+    /// Messages, bytes and redeliveries per second over the last sampled interval.
+    pub(super) rates: [f64; 3],
+}
+
+impl Meter {
+    pub(super) fn add(&mut self, messages: u64, bytes: u64, redelivered: u64) {
+        self.messages += messages;
+        self.bytes += bytes;
+        self.redelivered += redelivered;
+    }
+
+    /// Takes a sample: the rates become those since the last one.
+    fn sample(&mut self, now: Instant) {
+        let counts = [self.messages, self.bytes, self.redelivered];
+        if let Some((at, before)) = self.sampled {
+            let seconds = now.duration_since(at).as_secs_f64();
+            if seconds > 0.0 {
+                for ((rate, count), before) in self.rates.iter_mut().zip(counts).zip(before) {
+                    *rate = (count - before) as f64 / seconds;
+                }
+            }
+        }
+        self.sampled = Some((now, counts));
+    }
+}
+
+/// What went in and out of a topic: published, and delivered to each subscription (`None`: to
+/// readers without one).
+#[derive(Default)]
+pub(super) struct Traffic {
+    pub(super) input: Meter,
+    pub(super) output: HashMap<Option<SubscriptionName>, Meter>,
 }
 
 impl Topic {
@@ -69,6 +137,9 @@ impl Topic {
             extents: Mutex::new(VecDeque::new()),
             marks: Mutex::new(HashMap::new()),
             saved_end: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            traffic: Mutex::new(Traffic::default()),
+            deleted: AtomicBool::new(false),
         }
     }
 
@@ -88,13 +159,74 @@ impl Topic {
     }
 
     /// Notes where messages submitted to the log are; called with `next` held, in sequence order.
-    pub(super) fn record(&self, extent: Extent) {
-        lock(&self.extents).push_back(extent);
+    pub(super) fn record(&self, mut extent: Extent) {
+        let mut extents = lock(&self.extents);
+        extent.bytes_before = extents.back().map_or(0, Extent::bytes_through);
+        self.stored_bytes.fetch_add(extent.bytes, Ordering::AcqRel);
+        extents.push_back(extent);
     }
 
-    /// Makes the messages before `end` readable, once they are durable.
-    pub(super) fn published(&self, end: u64) {
+    /// Makes the `count` messages (of `bytes`) before `end` readable, once they are durable.
+    pub(super) fn published(&self, end: u64, count: u64, bytes: u64) {
         self.length.fetch_max(end, Ordering::AcqRel);
+        lock(&self.traffic).input.add(count, bytes, 0);
+    }
+
+    /// Counts messages delivered to `subscription`, `redelivered` of them again.
+    pub(super) fn delivered(&self, subscription: Option<&SubscriptionName>, count: u64, bytes: u64, redelivered: u64) {
+        lock(&self.traffic).output.entry(subscription.cloned()).or_default().add(count, bytes, redelivered);
+    }
+
+    /// Samples the rates of its meters.
+    pub(super) fn sample_rates(&self, now: Instant) {
+        let mut traffic = lock(&self.traffic);
+        traffic.input.sample(now);
+        traffic.output.values_mut().for_each(|meter| meter.sample(now));
+    }
+
+    /// The bytes of the messages it keeps.
+    pub(super) fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Acquire)
+    }
+
+    /// The bytes of the messages from sequence `from` on (counting whole extents).
+    pub(super) fn bytes_from(&self, from: u64) -> u64 {
+        let extents = lock(&self.extents);
+        let start = extents.partition_point(|extent| extent.end() <= from);
+        match (extents.get(start), extents.back()) {
+            (Some(first), Some(last)) => last.bytes_through() - first.bytes_before,
+            _ => 0,
+        }
+    }
+
+    /// The lowest mark of its durable subscriptions, if it has any.
+    pub(super) fn lowest_mark(&self) -> Option<u64> {
+        lock(&self.marks).values().copied().min()
+    }
+
+    /// Its durable subscriptions, with their marks.
+    pub(super) fn marks(&self) -> Vec<(SubscriptionName, u64)> {
+        lock(&self.marks).iter().map(|(name, mark)| (name.clone(), *mark)).collect()
+    }
+
+    /// The first sequence number whose messages were published after `time`, or where the first
+    /// messages kept from `bytes` before the end start: what message TTL and backlog eviction
+    /// acknowledge up to. (By extent: an extent's messages share a publish time.)
+    pub(super) fn first_after(&self, time: Option<u64>, bytes: Option<u64>) -> u64 {
+        let extents = lock(&self.extents);
+        let total = extents.back().map_or(0, Extent::bytes_through);
+        let index = extents.partition_point(|extent| {
+            time.is_some_and(|time| extent.publish_time <= time)
+                || bytes.is_some_and(|bytes| total - extent.bytes_before > bytes)
+        });
+        extents.get(index).map_or_else(|| self.length.load(Ordering::Acquire), |extent| extent.first)
+    }
+
+    /// The first message published at or after `time`, or the length if none was.
+    pub(super) fn first_published_at(&self, time: u64) -> u64 {
+        let extents = lock(&self.extents);
+        let index = extents.partition_point(|extent| extent.publish_time < time);
+        extents.get(index).map_or_else(|| self.length.load(Ordering::Acquire), |extent| extent.first)
     }
 
     /// The first sequence number still kept (the length when none is).
@@ -116,12 +248,33 @@ impl Topic {
         lock(&self.marks).values().copied().max()
     }
 
-    /// The log ids of the extents some durable subscription has not acknowledged (all of them
-    /// when the topic has no subscription: its messages wait for one).
-    pub(super) fn needed(&self) -> Option<RangeInclusive<u64>> {
+    /// The log ids of the extents it needs: those some durable subscription has not acknowledged,
+    /// and the acknowledged ones `retention` keeps (measured at `now`, in milliseconds). A topic
+    /// with no subscription and no retention set keeps all of them: its messages wait for one.
+    pub(super) fn needed(&self, retention: Option<&Retention>, now: u64) -> Option<RangeInclusive<u64>> {
         let lowest = lock(&self.marks).values().copied().min();
         let extents = lock(&self.extents);
-        let start = lowest.map_or(0, |lowest| extents.partition_point(|extent| extent.end() <= lowest));
+        let mut start = match (lowest, retention) {
+            (Some(lowest), _) => extents.partition_point(|extent| extent.end() <= lowest),
+            (None, Some(_)) => extents.len(),
+            (None, None) => 0,
+        };
+        if let Some(retention) = retention {
+            let end_bytes = extents
+                .get(start)
+                .map_or_else(|| extents.back().map_or(0, Extent::bytes_through), |extent| extent.bytes_before);
+            while start > 0 {
+                let extent = &extents[start - 1];
+                let too_old = retention.time.is_some_and(|time| {
+                    now.saturating_sub(extent.publish_time) > u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
+                });
+                let too_big = retention.size_bytes.is_some_and(|size| end_bytes - extent.bytes_before > size);
+                if too_old || too_big {
+                    break;
+                }
+                start -= 1;
+            }
+        }
         Some(extents.get(start)?.log_id..=extents.back()?.last_log_id())
     }
 
@@ -136,7 +289,22 @@ impl Topic {
             let index = kept.partition_point(|ids| ids.end <= log_id);
             log_id >= active || kept.get(index).is_some_and(|ids| ids.contains(&log_id))
         };
-        lock(&self.extents).retain(|extent| is_kept(extent.log_id));
+        let mut extents = lock(&self.extents);
+        let mut freed = 0;
+        extents.retain(|extent| {
+            let kept = is_kept(extent.log_id);
+            freed += if kept { 0 } else { extent.bytes };
+            kept
+        });
+        self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
+    }
+
+    /// Forgets every message and subscription mark: the topic was deleted.
+    pub(super) fn clear(&self) {
+        self.deleted.store(true, Ordering::Release);
+        lock(&self.extents).clear();
+        lock(&self.marks).clear();
+        self.stored_bytes.store(0, Ordering::Release);
     }
 
     /// Checks, after a restart, that the messages some subscription has not acknowledged are all
@@ -147,7 +315,7 @@ impl Topic {
         let end = *lock(&self.next);
         let extents = lock(&self.extents);
         let mut expected = lowest;
-        let tail = Extent { first: end, count: 0, log_id: 0, records: 0 };
+        let tail = Extent { first: end, count: 0, records: 0, log_id: 0, bytes: 0, bytes_before: 0, publish_time: 0 };
         for extent in extents.iter().filter(|extent| extent.end() > lowest).chain(std::iter::once(&tail)) {
             if extent.first > expected {
                 return Err(BrokerError::Corrupt {

@@ -294,6 +294,63 @@ pub enum BrokerError {
         /// The subscription.
         name: SubscriptionName,
     },
+    /// The topic exists already.
+    #[error("topic {0} already exists")]
+    TopicExists(TopicName),
+    /// The topic does not exist.
+    #[error("topic {0} does not exist; `fnhost topics list TENANT/NAMESPACE` shows the topics")]
+    NoSuchTopic(TopicName),
+    /// The topic cannot be deleted now; the reason says what holds it.
+    #[error("topic {topic} cannot be deleted: {reason}")]
+    TopicInUse {
+        /// The topic.
+        topic: TopicName,
+        /// What holds it, and what to do.
+        reason: String,
+    },
+    /// The subscription has no cursor on the topic.
+    #[error(
+        "subscription `{subscription}` does not exist on {topic}; `fnhost topics subscriptions {topic}` lists them"
+    )]
+    NoSuchSubscription {
+        /// The subscription.
+        subscription: SubscriptionName,
+        /// The topic.
+        topic: TopicName,
+    },
+    /// A producer was refused (or held too long) because the topic's backlog is past its
+    /// namespace's backlog quota.
+    #[error(
+        "topic {topic} has {backlog} bytes unacknowledged, past its namespace's backlog quota of {limit} bytes ({policy}); consume its backlog, or raise the quota with `fnhost namespaces set-backlog-quota`"
+    )]
+    BacklogQuotaExceeded {
+        /// The topic.
+        topic: TopicName,
+        /// Its backlog, in bytes.
+        backlog: u64,
+        /// The quota's limit, in bytes.
+        limit: u64,
+        /// The quota's policy, as Pulsar names it.
+        policy: &'static str,
+    },
+    /// The namespace holds as many topics as it may.
+    #[error(
+        "namespace {namespace} has MAX_TOPICS_PER_NAMESPACE ({limit}) topics; delete topics it no longer needs, or use another namespace"
+    )]
+    NamespaceFull {
+        /// The namespace, as tenant/namespace.
+        namespace: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The engine cannot do this verb; the reason says why and what comes closest.
+    #[error("{verb} is not supported by this engine: {reason}")]
+    Unsupported {
+        /// The verb.
+        verb: &'static str,
+        /// Why, and what to do instead.
+        reason: String,
+    },
 }
 
 /// Topics: append and subscribe.

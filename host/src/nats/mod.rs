@@ -16,6 +16,7 @@
 //! The traits are synchronous and async-nats is not: the engine owns a small tokio runtime and
 //! blocks on it, from the instance threads and from the admin API's blocking pool alike.
 
+mod admin;
 mod commit;
 mod failure;
 mod metadata;
@@ -289,16 +290,18 @@ impl Inner {
         if let Some(stream) = self.streams.lock().unwrap().get(topic) {
             return Ok(stream.clone());
         }
+        let mut config = stream::Config {
+            name: topic_stream(topic),
+            subjects: vec![format!("{}.>", topic_subject_prefix(topic))],
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        admin::apply_to_config(&mut config, &self.namespace_policies(topic.tenant(), topic.namespace()).await?);
         let stream = self
             .jetstream
-            .get_or_create_stream(stream::Config {
-                name: topic_stream(topic),
-                subjects: vec![format!("{}.>", topic_subject_prefix(topic))],
-                storage: stream::StorageType::File,
-                num_replicas: self.replicas,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
+            .get_or_create_stream(config)
             .await
             .map_err(|error| storage(Failure::of(&error).while_(format!("cannot open the stream of {topic}"))))?;
         self.streams.lock().unwrap().insert(topic.clone(), stream.clone());

@@ -41,6 +41,8 @@ pub struct Quota {
     /// Most bytes of messages received a second over HTTP on one worker (see
     /// [`crate::limits::RECEIVE_BYTES_PER_SECOND`]).
     pub max_receive_bytes_per_second: u32,
+    /// Most bytes of messages the tenant's topics store, summed; `None`: no limit but the disk.
+    pub max_storage_bytes: Option<u64>,
 }
 
 impl Quota {
@@ -56,6 +58,7 @@ impl Quota {
             max_memory_bytes: u64::from(instances) * DEFAULT_RAM_BYTES,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
             max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
+            max_storage_bytes: None,
         }
     }
 }
@@ -99,6 +102,8 @@ struct QuotaFile {
     max_memory_bytes: Option<u64>,
     max_function_changes_per_minute: Option<u32>,
     max_receive_bytes_per_second: Option<u32>,
+    /// Bytes.
+    max_storage_bytes: Option<u64>,
 }
 
 impl QuotaFile {
@@ -113,6 +118,7 @@ impl QuotaFile {
             max_receive_bytes_per_second: self
                 .max_receive_bytes_per_second
                 .unwrap_or(base.max_receive_bytes_per_second),
+            max_storage_bytes: self.max_storage_bytes.or(base.max_storage_bytes),
         }
     }
 }
@@ -145,6 +151,7 @@ impl Default for Access {
             max_memory_bytes: u64::MAX,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
             max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
+            max_storage_bytes: None,
         };
         Self { tokens: Vec::new(), worker_token: None, tenants: BTreeMap::new(), defaults: whole_worker }
     }
@@ -306,6 +313,7 @@ mod tests {
             max_memory_bytes: 16 * DEFAULT_RAM_BYTES,
             max_function_changes_per_minute: FUNCTION_CHANGES_PER_MINUTE,
             max_receive_bytes_per_second: RECEIVE_BYTES_PER_SECOND,
+            max_storage_bytes: None,
         };
         assert_eq!(share, expected);
         let acme = Quota {

@@ -148,7 +148,8 @@ impl Worker {
                 .map_err(|limit| WorkerError::BadRequest(format!("message {} was refused: {limit}", index + 1)))?;
         }
         self.check_disk()?;
-        let sequences = self.store.produce(topic, messages).map_err(anyhow::Error::from)?;
+        self.check_storage_quota(topic.tenant())?;
+        let sequences = self.store.produce(topic, messages).map_err(super::topic_admin::broker_error)?;
         Ok(sequences.into_iter().map(crate::engine::broker::message_id).collect())
     }
 }

@@ -28,6 +28,7 @@ mod reports;
 mod rest_consumer;
 mod tenant_gate;
 mod tenant_rates;
+mod topic_admin;
 
 pub use data::message_json_len;
 
@@ -80,6 +81,9 @@ pub enum WorkerError {
     /// The worker's disk is below its reserve of free space: no new writes until space is freed.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The engine cannot do what was asked (a verb JetStream lacks); the reason says what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
     /// The worker itself failed.
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
@@ -200,6 +204,9 @@ pub struct Worker {
     /// Recorded functions that could not be resumed when the worker opened, with why: they stay
     /// stopped until deleted or created again, and every other function runs.
     failed: Mutex<BTreeMap<Fqfn, String>>,
+    /// Held while a namespace's policies are read, changed and written back, so that two
+    /// changes (retention and TTL, say) do not undo each other.
+    policy_changes: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,6 +239,7 @@ impl Worker {
             held: tenant_gate::TenantGate::new(MAX_HELD_REQUESTS_PER_TENANT),
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
+            policy_changes: Mutex::new(()),
         };
         // Shared functions start when the worker knows which instances are its own.
         if worker.placement.shares_records() {

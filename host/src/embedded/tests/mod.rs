@@ -445,3 +445,4 @@ fn a_state_put_outside_commits_is_ordered_with_them() {
 }
 
 mod log;
+mod policies;

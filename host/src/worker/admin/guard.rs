@@ -105,7 +105,7 @@ pub(super) async fn authorize(State(worker): Shared, request: Request, next: axu
         .into_response(),
         (Role::Tenant(tenant), None) => ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("{path} is the operator's: a token of tenant `{tenant}` reaches only /admin/v3/functions/{tenant}/… and /topics/persistent/{tenant}/…"),
+            format!("{path} is the operator's: a token of tenant `{tenant}` reaches only /admin/v3/functions/{tenant}/…, /topics/persistent/{tenant}/…, /admin/v2/persistent/{tenant}/… and /admin/v2/namespaces/{tenant}/…"),
         )
         .into_response(),
     }
@@ -116,6 +116,8 @@ pub(super) async fn authorize(State(worker): Shared, request: Request, next: axu
 /// The segment is compared undecoded: a tenant name has no `%`, so an encoded segment never
 /// equals a tenant's name and is refused, never let through.
 pub(super) fn path_tenant(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/admin/v3/functions/").or_else(|| path.strip_prefix("/topics/persistent/"))?;
+    let rest = ["/admin/v3/functions/", "/topics/persistent/", "/admin/v2/persistent/", "/admin/v2/namespaces/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix))?;
     rest.split('/').next().filter(|tenant| !tenant.is_empty())
 }

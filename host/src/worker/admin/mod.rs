@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete as delete_route, get, post, put};
 use axum::{Json, Router};
 
 use super::tenant_rates::Metered;
@@ -30,6 +30,8 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 
 mod functions;
 mod guard;
+mod namespaces;
+mod persistent;
 mod topics;
 
 pub use guard::CLIENT_HEADER;
@@ -71,6 +73,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             WorkerError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            WorkerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -135,6 +138,10 @@ pub fn router(worker: Arc<Worker>) -> Router {
     let functions = "/admin/v3/functions/{tenant}/{namespace}";
     let function = "/admin/v3/functions/{tenant}/{namespace}/{name}";
     let topic = "/topics/persistent/{tenant}/{namespace}/{topic}";
+    let admin_topics = "/admin/v2/persistent/{tenant}/{namespace}";
+    let admin_topic = "/admin/v2/persistent/{tenant}/{namespace}/{topic}";
+    let subscription = "/admin/v2/persistent/{tenant}/{namespace}/{topic}/subscription/{subscription}";
+    let namespace = "/admin/v2/namespaces/{tenant}/{namespace}";
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/metrics", get(metrics))
@@ -158,6 +165,27 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(topic, post(produce))
         .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))
         .route(&format!("{topic}/subscription/{{subscription}}/acknowledge"), post(acknowledge))
+        .route(admin_topics, get(persistent::list))
+        .route(admin_topic, put(persistent::create).delete(persistent::delete))
+        .route(&format!("{admin_topic}/stats"), get(persistent::stats))
+        .route(&format!("{admin_topic}/subscriptions"), get(persistent::subscriptions))
+        .route(&format!("{admin_topic}/examinemessage"), get(persistent::examine))
+        .route(subscription, delete_route(persistent::unsubscribe))
+        .route(&format!("{subscription}/resetcursor"), post(persistent::reset_cursor_to_message))
+        .route(&format!("{subscription}/resetcursor/{{timestamp}}"), post(persistent::reset_cursor_to_time))
+        .route(&format!("{subscription}/skip/{{count}}"), post(persistent::skip))
+        .route(&format!("{subscription}/skip_all"), post(persistent::skip_all))
+        .route(&format!("{subscription}/position/{{position}}"), get(persistent::peek))
+        .route(namespace, get(namespaces::policies))
+        .route(&format!("{namespace}/retention"), get(namespaces::retention).post(namespaces::set_retention))
+        .route(
+            &format!("{namespace}/messageTTL"),
+            post(namespaces::set_message_ttl).delete(namespaces::remove_message_ttl),
+        )
+        .route(
+            &format!("{namespace}/backlogQuota"),
+            post(namespaces::set_backlog_quota).delete(namespaces::remove_backlog_quota),
+        )
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {uri}; /openapi.yaml lists the API"))
         })

@@ -1,0 +1,301 @@
+//! pulsar-admin's topic and namespace verbs on JetStream: a topic is its stream, a subscription
+//! its durable consumers, and a namespace's policies a record in the metadata bucket that is
+//! also written into its streams' limits where JetStream has one (`docs/CLUSTER.md` maps each).
+//!
+//! JetStream cannot move a durable consumer's acknowledgement floor back or forward, nor hold a
+//! producer, so `move_cursor` and the producer_request_hold quota are refused as unsupported.
+
+use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind, stream};
+
+use super::failure::Failure;
+use super::names::{token, topic_stream, untoken};
+use super::{Inner, NatsEngine, decode, storage};
+use crate::engine::broker::{BrokerError, Message, MessageBody, Position};
+use crate::engine::topics::{
+    BacklogPolicy, CursorTarget, NamespacePolicies, StoredPolicies, SubscriptionStats, TopicAdmin, TopicStats,
+};
+use crate::names::{SubscriptionName, TopicName};
+
+/// Metadata records holding namespace policies start with this, followed by `tenant/namespace`.
+const POLICY_PREFIX: &str = "policies/";
+
+fn policy_key(tenant: &str, namespace: &str) -> String {
+    format!("{POLICY_PREFIX}{tenant}/{namespace}")
+}
+
+/// The subscription whose durable consumer (or key-shared consumer, `<durable>_k…`) is `consumer`.
+/// A token never holds `_k`, since its escapes are `_` and two hex digits.
+fn consumer_subscription(consumer: &str) -> Option<SubscriptionName> {
+    let durable = consumer.split("_k").next()?;
+    let name = untoken(durable)?;
+    let mut parts = name.splitn(3, '/');
+    SubscriptionName::new(parts.next()?, parts.next()?, parts.next()?).ok()
+}
+
+/// Writes `policies` into a topic stream's limits: the message TTL is the stream's maximum age,
+/// and a backlog quota of producer_exception or consumer_backlog_eviction its maximum bytes,
+/// refusing new messages or discarding the oldest past it.
+pub(super) fn apply_to_config(config: &mut stream::Config, policies: &NamespacePolicies) {
+    config.max_age = policies.message_ttl.unwrap_or_default();
+    match policies.backlog_quota {
+        Some(quota) => {
+            config.max_bytes = i64::try_from(quota.limit_bytes).unwrap_or(i64::MAX);
+            config.discard = match quota.policy {
+                BacklogPolicy::ConsumerBacklogEviction => stream::DiscardPolicy::Old,
+                BacklogPolicy::ProducerException | BacklogPolicy::ProducerRequestHold => stream::DiscardPolicy::New,
+            };
+        }
+        None => {
+            config.max_bytes = -1;
+            config.discard = stream::DiscardPolicy::Old;
+        }
+    }
+}
+
+impl Inner {
+    /// The policies of `tenant/namespace`, the defaults if none were set.
+    pub(super) async fn namespace_policies(
+        &self,
+        tenant: &str,
+        namespace: &str,
+    ) -> Result<NamespacePolicies, BrokerError> {
+        let Some(bytes) =
+            self.metadata.get(super::names::kv_key(&policy_key(tenant, namespace))).await.map_err(storage)?
+        else {
+            return Ok(NamespacePolicies::default());
+        };
+        decode::<StoredPolicies>(&bytes)
+            .and_then(StoredPolicies::policies)
+            .map_err(|reason| BrokerError::Storage(format!("the policies of namespace {tenant}/{namespace}: {reason}")))
+    }
+
+    /// `topic`'s stream, or `None` if it has none.
+    async fn existing_stream(&self, topic: &TopicName) -> Result<Option<stream::Stream>, BrokerError> {
+        match self.jetstream.get_stream(topic_stream(topic)).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(error)
+                if matches!(error.kind(), GetStreamErrorKind::JetStream(ref api)
+                    if api.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(storage(Failure::of(&error).while_(format!("cannot look up {topic}")))),
+        }
+    }
+
+    async fn stream_of(&self, topic: &TopicName) -> Result<stream::Stream, BrokerError> {
+        self.existing_stream(topic).await?.ok_or_else(|| BrokerError::NoSuchTopic(topic.clone()))
+    }
+
+    /// The stored message at `sequence` (fnhost's, from 0) of `topic`, or `None` if it is gone.
+    async fn stored_message(
+        &self,
+        stream: &stream::Stream,
+        topic: &TopicName,
+        sequence: u64,
+    ) -> Result<Option<Message>, BrokerError> {
+        let Ok(raw) = stream.get_raw_message(sequence + 1).await else { return Ok(None) };
+        let body: MessageBody =
+            decode(&raw.payload).map_err(|reason| BrokerError::Corrupt { topic: topic.clone(), sequence, reason })?;
+        Ok(Some(Message { topic: topic.clone(), sequence, body, redelivery_count: 0 }))
+    }
+}
+
+impl TopicAdmin for NatsEngine {
+    fn list_topics(&self, tenant: &str, namespace: &str) -> Result<Vec<TopicName>, BrokerError> {
+        let inner = &self.inner;
+        let mut topics: Vec<TopicName> = inner
+            .block_on(inner.topics())?
+            .into_iter()
+            .filter(|topic| topic.tenant() == tenant && topic.namespace() == namespace)
+            .collect();
+        topics.sort();
+        Ok(topics)
+    }
+
+    fn create_topic(&self, topic: &TopicName) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            if inner.existing_stream(topic).await?.is_some() {
+                return Err(BrokerError::TopicExists(topic.clone()));
+            }
+            inner.topic_stream(topic).await.map(drop)
+        })
+    }
+
+    fn delete_topic(&self, topic: &TopicName, force: bool) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut stream = inner.stream_of(topic).await?;
+            let consumers = stream.info().await.map_err(storage)?.state.consumer_count;
+            if consumers > 0 && !force {
+                return Err(BrokerError::TopicInUse {
+                    topic: topic.clone(),
+                    reason: format!("it has {consumers} durable consumer(s); unsubscribe them, or delete with --force"),
+                });
+            }
+            inner.streams.lock().unwrap().remove(topic);
+            inner.jetstream.delete_stream(topic_stream(topic)).await.map(drop).map_err(storage)
+        })
+    }
+
+    fn topic_stats(&self, topic: &TopicName) -> Result<TopicStats, BrokerError> {
+        use futures_util::TryStreamExt as _;
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut stream = inner.stream_of(topic).await?;
+            let state = stream.info().await.map_err(storage)?.state.clone();
+            let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
+            let average = state.bytes.checked_div(state.messages).unwrap_or(0);
+            let mut subscriptions: Vec<(SubscriptionName, SubscriptionStats)> = Vec::new();
+            for consumer in &consumers {
+                let Some(name) = consumer_subscription(&consumer.name) else { continue };
+                let index = match subscriptions.iter().position(|(known, _)| *known == name) {
+                    Some(index) => index,
+                    None => {
+                        subscriptions.push((name, SubscriptionStats::default()));
+                        subscriptions.len() - 1
+                    }
+                };
+                let stats = &mut subscriptions[index].1;
+                stats.msg_backlog += consumer.num_pending + consumer.num_ack_pending as u64;
+                stats.unacked_messages += consumer.num_ack_pending as u64;
+                stats.consumers += u32::from(consumer.num_waiting > 0 || consumer.push_bound);
+            }
+            subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+            let backlog = subscriptions.iter().map(|(_, stats)| stats.msg_backlog).max().unwrap_or(0);
+            Ok(TopicStats {
+                msg_in_counter: state.last_sequence,
+                storage_size: state.bytes,
+                backlog_size: backlog * average,
+                subscriptions,
+                ..TopicStats::default()
+            })
+        })
+    }
+
+    fn move_cursor(&self, _: &TopicName, _: &SubscriptionName, target: CursorTarget) -> Result<(), BrokerError> {
+        let verb = match target {
+            CursorTarget::Time(_) | CursorTarget::Sequence(_) => "reset-cursor",
+            CursorTarget::Skip(_) => "skip",
+            CursorTarget::End => "clear-backlog",
+        };
+        Err(BrokerError::Unsupported {
+            verb,
+            reason: "JetStream cannot move a durable consumer's acknowledgement floor; unsubscribe and subscribe again with --subs-position".into(),
+        })
+    }
+
+    fn peek(
+        &self,
+        topic: &TopicName,
+        subscription: &SubscriptionName,
+        count: usize,
+    ) -> Result<Vec<Message>, BrokerError> {
+        use futures_util::TryStreamExt as _;
+        let inner = &self.inner;
+        let durable = token(&subscription.to_string());
+        inner.block_on(async {
+            let stream = inner.stream_of(topic).await?;
+            let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
+            let floor = consumers
+                .iter()
+                .filter(|consumer| super::subscription::consumer_belongs_to(&consumer.name, &durable))
+                .map(|consumer| consumer.ack_floor.stream_sequence)
+                .min()
+                .ok_or_else(|| BrokerError::NoSuchSubscription {
+                    subscription: subscription.clone(),
+                    topic: topic.clone(),
+                })?;
+            let mut messages = Vec::new();
+            let mut sequence = floor;
+            // Stream sequences start at 1, fnhost's at 0: the floor is the first fnhost sequence after it.
+            let last = stream.cached_info().state.last_sequence;
+            while messages.len() < count && sequence < last {
+                if let Some(message) = inner.stored_message(&stream, topic, sequence).await? {
+                    messages.push(message);
+                }
+                sequence += 1;
+            }
+            Ok(messages)
+        })
+    }
+
+    fn examine(&self, topic: &TopicName, from: Position, offset: u64) -> Result<Option<Message>, BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut stream = inner.stream_of(topic).await?;
+            let state = stream.info().await.map_err(storage)?.state.clone();
+            if state.messages == 0 || offset == 0 {
+                return Ok(None);
+            }
+            // Stream sequences start at 1, fnhost's at 0.
+            let sequence = match from {
+                Position::Earliest => (state.first_sequence - 1).checked_add(offset - 1),
+                Position::Latest => (state.last_sequence - 1).checked_sub(offset - 1),
+            };
+            match sequence {
+                Some(sequence) if sequence < state.last_sequence => {
+                    inner.stored_message(&stream, topic, sequence).await
+                }
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn set_policies(&self, tenant: &str, namespace: &str, policies: &NamespacePolicies) -> Result<(), BrokerError> {
+        if policies.backlog_quota.is_some_and(|quota| quota.policy == BacklogPolicy::ProducerRequestHold) {
+            return Err(BrokerError::Unsupported {
+                verb: "set-backlog-quota",
+                reason: "JetStream cannot hold a producer; use producer_exception or consumer_backlog_eviction in cluster mode".into(),
+            });
+        }
+        let inner = &self.inner;
+        inner.block_on(async {
+            let key = super::names::kv_key(&policy_key(tenant, namespace));
+            let stored = crate::codec::encode(&StoredPolicies::of(policies));
+            inner.metadata.put(key, stored.into()).await.map_err(storage)?;
+            let topics = inner.topics().await?;
+            for topic in topics.iter().filter(|topic| topic.tenant() == tenant && topic.namespace() == namespace) {
+                let Some(mut stream) = inner.existing_stream(topic).await? else { continue };
+                let mut config = stream.info().await.map_err(storage)?.config.clone();
+                apply_to_config(&mut config, policies);
+                inner.jetstream.update_stream(config).await.map_err(storage)?;
+                inner.streams.lock().unwrap().remove(topic);
+            }
+            Ok(())
+        })
+    }
+
+    fn policies(&self, tenant: &str, namespace: &str) -> Result<NamespacePolicies, BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(inner.namespace_policies(tenant, namespace))
+    }
+
+    fn tenant_storage_bytes(&self, tenant: &str) -> Result<u64, BrokerError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut total = 0;
+            for topic in inner.topics().await?.iter().filter(|topic| topic.tenant() == tenant) {
+                if let Some(mut stream) = inner.existing_stream(topic).await? {
+                    total += stream.info().await.map_err(storage)?.state.bytes;
+                }
+            }
+            Ok(total)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_name_gives_back_its_subscription_key_shared_or_not() {
+        let name = SubscriptionName::new("acme", "ns-1", "my_sub.v2").unwrap();
+        let durable = token(&name.to_string());
+        assert_eq!(consumer_subscription(&durable), Some(name.clone()));
+        assert_eq!(consumer_subscription(&format!("{durable}_k3_4")), Some(name));
+        assert_eq!(consumer_subscription("not_zz-a-token"), None);
+    }
+}
