@@ -27,6 +27,14 @@
 //! - **A late copy after an ack timeout.** Under load, NATS may hand over a message's first
 //!   delivery after its redelivery was processed and acknowledged, which at-least-once allows;
 //!   the embedded engine never delivers a message again once it is acknowledged.
+//! - **Moving a cursor** (reset-cursor, skip, clear-backlog) and **holding a producer**
+//!   (`producer_request_hold`): JetStream cannot move a durable consumer's acknowledgement floor
+//!   nor hold a publish, so NATS refuses them as `BrokerError::Unsupported`, naming the verb.
+//! - **Peeking past a hole.** NATS peeks from the subscription's acknowledgement floor, so a
+//!   message acknowledged past the first unacknowledged one is shown again; the embedded engine
+//!   leaves it out.
+//! - **Deleting a topic with consumers attached.** The embedded engine refuses it even forced; on
+//!   NATS a forced delete removes the stream and its consumers, and attached instances fail.
 //! - **Membership** (`Membership`) exists only in cluster mode; one process needs none.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,6 +151,9 @@ conformance!(
     a_pattern_subscription_reads_topics_created_after_it,
     metadata_records_and_packages_are_kept_across_a_restart,
     subscription_names_carry_their_tenant,
+    topics_are_created_listed_examined_and_deleted,
+    peek_shows_what_a_subscription_has_not_acknowledged_without_taking_it,
+    namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused,
 );
 
 fn topic(name: &str) -> TopicName {
@@ -536,4 +547,103 @@ fn subscription_names_carry_their_tenant(rig: &dyn Rig) {
     let mut again = sequences(&fetch_exactly(acme_consumer.as_ref(), 3));
     again.sort_unstable();
     assert_eq!(again, [0, 1, 2], "acme's unacknowledged messages are still acme's");
+}
+
+fn topics_are_created_listed_examined_and_deleted(rig: &dyn Rig) {
+    let engine = rig.open();
+    let made = TopicName::parse("persistent://admin/ns/made").unwrap();
+    engine.create_topic(&made).unwrap();
+    assert!(matches!(engine.create_topic(&made), Err(BrokerError::TopicExists(_))));
+    engine.produce(&made, (0..3).map(|index| OutMessage::new(format!("m{index}"))).collect()).unwrap();
+    let other = TopicName::parse("persistent://admin/other/elsewhere").unwrap();
+    engine.produce(&other, vec![OutMessage::new("x")]).unwrap();
+    assert_eq!(engine.list_topics("admin", "ns").unwrap(), [made.clone()], "only the namespace's topics");
+
+    let value = |position, offset| engine.examine(&made, position, offset).unwrap().map(|message| message.body.value);
+    assert_eq!(value(Position::Earliest, 1), Some(b"m0".to_vec()));
+    assert_eq!(value(Position::Earliest, 3), Some(b"m2".to_vec()));
+    assert_eq!(value(Position::Latest, 1), Some(b"m2".to_vec()));
+    assert_eq!(value(Position::Latest, 4), None, "there is no fourth from the end");
+    let stats = engine.topic_stats(&made).unwrap();
+    assert_eq!(stats.msg_in_counter, 3);
+    assert!(stats.storage_size > 0);
+    assert!(engine.tenant_storage_bytes("admin").unwrap() >= stats.storage_size);
+    assert_eq!(engine.tenant_storage_bytes("nobody").unwrap(), 0);
+
+    let name = subscription(&made, "s");
+    drop(engine.subscribe(spec(&[&made], &name, SubscriptionType::Shared, (0, 1))).unwrap());
+    let listed: Vec<SubscriptionName> =
+        engine.topic_stats(&made).unwrap().subscriptions.into_iter().map(|(name, _)| name).collect();
+    assert_eq!(listed, [name]);
+    assert!(
+        matches!(engine.delete_topic(&made, false), Err(BrokerError::TopicInUse { .. })),
+        "its subscription holds it"
+    );
+    engine.delete_topic(&made, true).unwrap();
+    assert!(matches!(engine.topic_stats(&made), Err(BrokerError::NoSuchTopic(_))));
+    assert!(matches!(engine.delete_topic(&made, true), Err(BrokerError::NoSuchTopic(_))));
+    assert!(engine.list_topics("admin", "ns").unwrap().is_empty());
+}
+
+fn peek_shows_what_a_subscription_has_not_acknowledged_without_taking_it(rig: &dyn Rig) {
+    let engine = rig.open();
+    let input = topic("peeked");
+    let name = subscription(&input, "s");
+    engine.produce(&input, (0..5).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+    let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 1))).unwrap();
+    let first = fetch_exactly(consumer.as_ref(), 2);
+    acknowledge(consumer.as_ref(), &first);
+    // NATS applies an acknowledgement a moment after it is sent.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let peeked = sequences(&engine.peek(&input, &name, 2).unwrap());
+        if peeked == [2, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peek shows {peeked:?}, not the first two unacknowledged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sequences(&fetch_exactly(consumer.as_ref(), 3)), [2, 3, 4], "peeking took nothing");
+    let nobody = subscription(&input, "nobody");
+    assert!(matches!(engine.peek(&input, &nobody, 1), Err(BrokerError::NoSuchSubscription { .. })));
+}
+
+fn namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused(rig: &dyn Rig) {
+    use fnhost::engine::topics::{BacklogPolicy, BacklogQuota, CursorTarget, NamespacePolicies, Retention};
+    let policies = NamespacePolicies {
+        retention: Some(Retention { time: Some(Duration::from_secs(600)), size_bytes: None }),
+        message_ttl: Some(Duration::from_secs(3600)),
+        backlog_quota: Some(BacklogQuota { limit_bytes: 1 << 20, policy: BacklogPolicy::ProducerException }),
+    };
+    {
+        let engine = rig.open();
+        assert_eq!(engine.policies("policy", "ns").unwrap(), NamespacePolicies::default());
+        engine.set_policies("policy", "ns", &policies).unwrap();
+    }
+    let engine = rig.open();
+    assert_eq!(engine.policies("policy", "ns").unwrap(), policies, "kept across a restart");
+    assert_eq!(engine.policies("policy", "other").unwrap(), NamespacePolicies::default());
+
+    let hold = NamespacePolicies {
+        backlog_quota: Some(BacklogQuota { limit_bytes: 1, policy: BacklogPolicy::ProducerRequestHold }),
+        ..policies
+    };
+    let input = topic("moved");
+    let name = subscription(&input, "s");
+    engine.produce(&input, vec![OutMessage::new("a")]).unwrap();
+    drop(engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap());
+    match rig.kind() {
+        Kind::Embedded => {
+            engine.set_policies("policy", "ns", &hold).unwrap();
+            engine.move_cursor(&input, &name, CursorTarget::End).unwrap();
+            assert!(engine.peek(&input, &name, 1).unwrap().is_empty());
+        }
+        Kind::Nats => {
+            let refused = engine.set_policies("policy", "ns", &hold).unwrap_err();
+            assert!(matches!(refused, BrokerError::Unsupported { verb: "set-backlog-quota", .. }), "{refused}");
+            let refused = engine.move_cursor(&input, &name, CursorTarget::End).unwrap_err();
+            assert!(matches!(refused, BrokerError::Unsupported { verb: "clear-backlog", .. }), "{refused}");
+            assert_eq!(engine.policies("policy", "ns").unwrap(), policies, "a refused change changes nothing");
+        }
+    }
 }

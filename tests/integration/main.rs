@@ -15,5 +15,6 @@ mod seed;
 mod storage;
 mod support;
 mod tenants;
+mod topic_admin;
 mod windows;
 mod worker;

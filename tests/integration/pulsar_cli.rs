@@ -262,5 +262,11 @@ fn pulsar_admins_global_options_reach_the_worker_or_are_refused_with_the_reason(
         assert!(!success && stderr.contains(reason), "{options:?}: {stderr}");
     }
     let (success, _, stderr) = run(&["--admin-url", &worker.url, "topics", "consume", "t", "--until-idle"]);
-    assert!(!success && stderr.contains("apply to `fnhost functions`"), "{stderr}");
+    assert!(!success && stderr.contains("apply to the admin verbs"), "{stderr}");
+    // The topic and namespace verbs take them, as pulsar-admin's do.
+    let token = format!("token:{OPERATOR}");
+    let (success, stdout, stderr) =
+        run(&["--admin-url", &worker.url, "--auth-params", &token, "topics", "list", "public/default"]);
+    assert!(success, "{stderr}");
+    assert!(stdout.lines().all(|line| line.starts_with("persistent://public/default/")), "{stdout}");
 }

@@ -386,7 +386,10 @@ fn every_path_in_the_openapi_document_is_served() {
             .replace("{instanceId}", "0")
             .replace("{key}", "k")
             .replace("{topic}", "x")
-            .replace("{subscription}", "s");
+            .replace("{subscription}", "s")
+            .replace("{timestamp}", "0")
+            .replace("{count}", "1")
+            .replace("{position}", "1");
         for method in operations.as_object().unwrap().keys().filter(|key| *key != "parameters") {
             let (status, json) = worker.http(&method.to_uppercase(), &concrete, None);
             let reason = json["reason"].as_str().unwrap_or_default();

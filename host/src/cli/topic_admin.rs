@@ -8,6 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::client::{AdminOptions, Body, Client, encode_segment};
+use crate::limits::MAX_PEEK_MESSAGES;
 use crate::names::{TopicName, check_namespace};
 use crate::worker::api::topics::{BacklogQuotaBody, ResetCursorRequest, RetentionPolicies};
 
@@ -323,6 +324,9 @@ pub(super) fn run_topics(command: TopicAdminCommand, admin: &AdminOptions) -> an
             println!("cleared the backlog of {}", args.subscription);
         }
         TopicAdminCommand::PeekMessages(args) => {
+            if args.count == 0 || args.count > MAX_PEEK_MESSAGES {
+                bail!("-n {} is out of range: give 1 to {MAX_PEEK_MESSAGES} (MAX_PEEK_MESSAGES)", args.count);
+            }
             let base = subscription_path(&args.subscription)?;
             let client = client(admin, &args.subscription.topic.worker)?;
             for position in 1..=args.count {

@@ -15,7 +15,12 @@ fn subscription(name: &str) -> SubscriptionName {
 
 fn backlog(store: &EmbeddedStore, name: &str, sub: &str) -> u64 {
     let stats = store.topic_stats(&topic(name)).unwrap();
-    stats.subscriptions.iter().find(|(found, _)| *found == subscription(sub)).map(|(_, stats)| stats.msg_backlog).unwrap()
+    stats
+        .subscriptions
+        .iter()
+        .find(|(found, _)| *found == subscription(sub))
+        .map(|(_, stats)| stats.msg_backlog)
+        .unwrap()
 }
 
 /// Produces `rounds` messages of 300 bytes to `name`, one append each.
@@ -147,7 +152,11 @@ fn producer_request_hold_waits_until_the_backlog_is_consumed() {
     let backlog = reader.fetch(produced, Duration::ZERO).unwrap();
     assert_eq!(backlog.len(), produced);
     reader.commit(Effects { acks: Acks::of(&backlog), ..Effects::default() }).unwrap();
-    assert_eq!(producer.join().unwrap().unwrap(), vec![produced as u64], "the held producer went on once the backlog fell");
+    assert_eq!(
+        producer.join().unwrap().unwrap(),
+        vec![produced as u64],
+        "the held producer went on once the backlog fell"
+    );
     assert_eq!(values(&reader.fetch(10, Duration::ZERO).unwrap()), ["held"]);
 }
 

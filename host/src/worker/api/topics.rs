@@ -118,6 +118,7 @@ pub struct RetentionPolicies {
     /// Minutes an acknowledged message is kept.
     pub retention_time_in_minutes: i64,
     /// Megabytes of acknowledged messages a topic keeps.
+    #[serde(rename = "retentionSizeInMB")]
     pub retention_size_in_mb: i64,
 }
 
