@@ -33,6 +33,8 @@ fn every_name_field_of_every_path_and_verb_refuses_other_tenants_and_malformed_n
     // Each path with its name fields, as evil would send it; `{field}` is where a name goes.
     let function = "/admin/v3/functions/{tenant}/{namespace}/{function}";
     let topic = "/topics/persistent/{tenant}/{namespace}/{topic}";
+    let admin_topic = "/admin/v2/persistent/{tenant}/{namespace}/{topic}";
+    let namespace = "/admin/v2/namespaces/{tenant}/{namespace}";
     let paths: Vec<(&str, String, Option<&str>)> = vec![
         ("GET", "/admin/v3/functions/{tenant}/{namespace}".into(), None),
         ("GET", function.into(), None),
@@ -50,6 +52,22 @@ fn every_name_field_of_every_path_and_verb_refuses_other_tenants_and_malformed_n
         ("POST", topic.into(), Some(r#"{"messages": [{"payload": "Zm9yZ2Vk"}]}"#)),
         ("POST", format!("{topic}/subscription/{{subscription}}/receive"), Some("{}")),
         ("POST", format!("{topic}/subscription/{{subscription}}/acknowledge"), Some(r#"{"messageIds": []}"#)),
+        ("GET", "/admin/v2/persistent/{tenant}/{namespace}".into(), None),
+        ("PUT", admin_topic.into(), None),
+        ("DELETE", format!("{admin_topic}?force=true"), None),
+        ("GET", format!("{admin_topic}/stats"), None),
+        ("GET", format!("{admin_topic}/subscriptions"), None),
+        ("GET", format!("{admin_topic}/examinemessage?initialPosition=earliest"), None),
+        ("DELETE", format!("{admin_topic}/subscription/{{subscription}}"), None),
+        ("POST", format!("{admin_topic}/subscription/{{subscription}}/resetcursor/0"), None),
+        ("POST", format!("{admin_topic}/subscription/{{subscription}}/resetcursor"), Some(r#"{"messageId": "0"}"#)),
+        ("POST", format!("{admin_topic}/subscription/{{subscription}}/skip/1"), None),
+        ("POST", format!("{admin_topic}/subscription/{{subscription}}/skip_all"), None),
+        ("GET", format!("{admin_topic}/subscription/{{subscription}}/position/1"), None),
+        ("GET", namespace.into(), None),
+        ("POST", format!("{namespace}/retention"), Some(r#"{"retentionTimeInMinutes": -1, "retentionSizeInMB": -1}"#)),
+        ("POST", format!("{namespace}/messageTTL"), Some("1")),
+        ("POST", format!("{namespace}/backlogQuota"), Some(r#"{"limitSize": 1, "policy": "producer_exception"}"#)),
     ];
     let own = [
         ("tenant", "evil"),
@@ -117,8 +135,15 @@ fn every_name_field_of_every_path_and_verb_refuses_other_tenants_and_malformed_n
     let mut topics: Vec<String> = hostile_names().into_iter().map(|name| format!("evil/ns/{name}")).collect();
     topics.extend(["acme/ns/in".to_owned(), "acme/ns/out".to_owned(), "persistent://acme/ns/out".to_owned()]);
     for topic in &topics {
-        for args in [vec!["topics", "produce", topic, "-m", "forged"], vec!["topics", "consume", topic, "--until-idle"]]
-        {
+        let verbs = [
+            vec!["topics", "produce", topic, "-m", "forged"],
+            vec!["topics", "consume", topic, "--until-idle"],
+            vec!["topics", "stats", topic],
+            vec!["topics", "delete", topic, "--force"],
+            vec!["topics", "clear-backlog", topic, "-s", "audit"],
+            vec!["topics", "examine-message", topic],
+        ];
+        for args in verbs {
             let run = worker.cli_as(Some(EVIL), &args);
             let shown = format!("{:?}: {:.300}", &args[..2], run.stderr);
             assert!(!run.success && !run.stderr.trim().is_empty(), "{topic:.60} {shown}");
