@@ -63,11 +63,12 @@ fn state_survives_sigkill_and_counts_every_message_once() {
     assert_eq!(number_value(&fnhost, "public/default/wc", "word"), MESSAGES as i64);
 }
 
-/// Session events for the crash tests under each processing guarantee.
-const SESSION_EVENTS: usize = 20_000;
+/// Session events for the crash tests under each processing guarantee (the embedded-log issue's
+/// 200,000: enough that the runs span many log groups and segments' worth of commits).
+const SESSION_EVENTS: usize = 200_000;
 const USERS: usize = 200;
 /// A prime above `SESSION_EVENTS` and the cluster tests' events, for the timestamps below.
-const SIDON_PRIME: u64 = 30_011;
+const SIDON_PRIME: u64 = 200_003;
 /// Kills that must land while a run is processing.
 const KILLS: usize = 20;
 /// Small batches, so that a run commits often and each kill interrupts a run part of the way.
