@@ -574,13 +574,15 @@ fn topics_are_created_listed_examined_and_deleted(rig: &dyn Rig) {
     drop(engine.subscribe(spec(&[&made], &name, SubscriptionType::Shared, (0, 1))).unwrap());
     let listed: Vec<SubscriptionName> =
         engine.topic_stats(&made).unwrap().subscriptions.into_iter().map(|(name, _)| name).collect();
-    assert_eq!(listed, [name]);
+    assert_eq!(listed, std::slice::from_ref(&name));
+    assert_eq!(engine.subscriptions(&made).unwrap(), [name], "the listing agrees with the stats");
     assert!(
         matches!(engine.delete_topic(&made, false), Err(BrokerError::TopicInUse { .. })),
         "its subscription holds it"
     );
     engine.delete_topic(&made, true).unwrap();
     assert!(matches!(engine.topic_stats(&made), Err(BrokerError::NoSuchTopic(_))));
+    assert!(matches!(engine.subscriptions(&made), Err(BrokerError::NoSuchTopic(_))));
     assert!(matches!(engine.delete_topic(&made, true), Err(BrokerError::NoSuchTopic(_))));
     assert!(engine.list_topics("admin", "ns").unwrap().is_empty());
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
+use crate::names::TopicName;
 pub use crate::worker::client::{Body, Client, encode_segment, multipart};
 
 /// Where the CLI finds the worker when `--url` is not given.
@@ -133,4 +134,10 @@ impl AdminOptions {
         }
         bail!("--auth-params must be token:TOKEN or file:PATH (Pulsar's token authentication)")
     }
+}
+
+/// A topic's `tenant/namespace/topic`, each segment encoded for a REST path.
+pub fn topic_segments(topic: &TopicName) -> String {
+    let name = topic.as_str().trim_start_matches("persistent://");
+    name.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
 }

@@ -450,9 +450,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// The REST path of a topic.
 fn topic_path(topic: &TopicName) -> String {
-    let name = topic.as_str().trim_start_matches("persistent://");
-    let segments: Vec<String> = name.split('/').map(client::encode_segment).collect();
-    format!("/topics/persistent/{}", segments.join("/"))
+    format!("/topics/persistent/{}", client::topic_segments(topic))
 }
 
 fn consume(args: ConsumeArgs) -> anyhow::Result<()> {

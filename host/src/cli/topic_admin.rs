@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::client::{AdminOptions, Body, Client, encode_segment};
+use super::client::{AdminOptions, Body, Client, encode_segment, topic_segments};
 use crate::limits::MAX_PEEK_MESSAGES;
 use crate::names::{TopicName, check_namespace};
 use crate::worker::api::topics::{BacklogQuotaBody, ResetCursorRequest, RetentionPolicies};
@@ -205,10 +205,7 @@ fn namespace_path(given: &str) -> anyhow::Result<String> {
 }
 
 fn topic_path(given: &str) -> anyhow::Result<String> {
-    let topic = TopicName::parse(given)?;
-    let name = topic.as_str().trim_start_matches("persistent://");
-    let segments: Vec<String> = name.split('/').map(encode_segment).collect();
-    Ok(format!("/admin/v2/persistent/{}", segments.join("/")))
+    Ok(format!("/admin/v2/persistent/{}", topic_segments(&TopicName::parse(given)?)))
 }
 
 fn subscription_path(args: &SubscriptionArgs) -> anyhow::Result<String> {
@@ -218,11 +215,7 @@ fn subscription_path(args: &SubscriptionArgs) -> anyhow::Result<String> {
 /// A duration as pulsar-admin writes it: a bare number is minutes, or a number with s, m, h, d or w.
 pub(super) fn parse_duration(given: &str) -> anyhow::Result<Duration> {
     let bad = || anyhow!("`{given}` is not a duration: give minutes, or a number with s, m, h, d or w (10m, 3h, 2d)");
-    let (number, unit) = match given.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => given.split_at(at),
-        None => (given, "m"),
-    };
-    let number: u64 = number.parse().map_err(|_| bad())?;
+    let (number, unit) = split_unit(given, "m").ok_or_else(bad)?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -234,14 +227,19 @@ pub(super) fn parse_duration(given: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(number.checked_mul(seconds).ok_or_else(bad)?))
 }
 
+/// `given` split into its leading number and the unit after it (`default_unit` when there is none).
+fn split_unit<'a>(given: &'a str, default_unit: &'a str) -> Option<(u64, &'a str)> {
+    let (number, unit) = match given.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => given.split_at(at),
+        None => (given, default_unit),
+    };
+    Some((number.parse().ok()?, unit))
+}
+
 /// A size as pulsar-admin writes it: bytes, or a number with K, M, G or T (powers of 1024).
 pub(super) fn parse_size(given: &str) -> anyhow::Result<u64> {
     let bad = || anyhow!("`{given}` is not a size: give bytes, or a number with K, M, G or T (500M, 1G)");
-    let (number, unit) = match given.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => given.split_at(at),
-        None => (given, ""),
-    };
-    let number: u64 = number.parse().map_err(|_| bad())?;
+    let (number, unit) = split_unit(given, "").ok_or_else(bad)?;
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" => 0,
         "K" => 10,

@@ -217,6 +217,18 @@ impl TopicAdmin for EmbeddedStore {
         Ok(())
     }
 
+    fn subscriptions(&self, name: &TopicName) -> Result<Vec<SubscriptionName>, BrokerError> {
+        let topic = self.known_topic(name)?;
+        let mut names = Vec::new();
+        for (subscription, _) in topic.marks() {
+            if self.open_cursor(&subscription, name).is_some() || self.stored_cursor(&subscription, name)?.is_some() {
+                names.push(subscription);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     fn topic_stats(&self, name: &TopicName) -> Result<TopicStats, BrokerError> {
         let topic = self.known_topic(name)?;
         let length = topic.length.load(Ordering::Acquire);

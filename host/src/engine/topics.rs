@@ -131,6 +131,10 @@ pub trait TopicAdmin: Send + Sync {
     /// The stats of `topic`; [`BrokerError::NoSuchTopic`] if it does not exist.
     fn topic_stats(&self, topic: &TopicName) -> Result<TopicStats, BrokerError>;
 
+    /// The subscriptions with a cursor on `topic`, in name order; [`BrokerError::NoSuchTopic`] if
+    /// it does not exist. Cheaper than [`TopicAdmin::topic_stats`]: no backlog is counted.
+    fn subscriptions(&self, topic: &TopicName) -> Result<Vec<SubscriptionName>, BrokerError>;
+
     /// Moves `subscription`'s cursor on `topic`; [`BrokerError::NoSuchSubscription`] if it has none.
     fn move_cursor(
         &self,

@@ -139,6 +139,20 @@ impl TopicAdmin for NatsEngine {
         })
     }
 
+    fn subscriptions(&self, topic: &TopicName) -> Result<Vec<SubscriptionName>, BrokerError> {
+        use futures_util::TryStreamExt as _;
+        let inner = &self.inner;
+        inner.block_on(async {
+            let stream = inner.stream_of(topic).await?;
+            let consumers: Vec<String> = stream.consumer_names().try_collect().await.map_err(storage)?;
+            let mut names: Vec<SubscriptionName> =
+                consumers.iter().filter_map(|consumer| consumer_subscription(consumer)).collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+
     fn topic_stats(&self, topic: &TopicName) -> Result<TopicStats, BrokerError> {
         use futures_util::TryStreamExt as _;
         let inner = &self.inner;

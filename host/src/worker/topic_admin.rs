@@ -71,10 +71,14 @@ impl Worker {
         self.store.topic_stats(topic).map_err(broker_error)
     }
 
+    /// The subscriptions with a cursor on `topic`.
+    pub fn subscriptions(&self, topic: &TopicName) -> Result<Vec<SubscriptionName>, WorkerError> {
+        self.store.subscriptions(topic).map_err(broker_error)
+    }
+
     /// Deletes `subscription`'s cursor on `topic`; refused while it has consumers.
     pub fn unsubscribe(&self, topic: &TopicName, subscription: &SubscriptionName) -> Result<(), WorkerError> {
-        let stats = self.topic_stats(topic)?;
-        if !stats.subscriptions.iter().any(|(name, _)| name == subscription) {
+        if !self.subscriptions(topic)?.contains(subscription) {
             return Err(broker_error(BrokerError::NoSuchSubscription {
                 subscription: subscription.clone(),
                 topic: topic.clone(),

@@ -101,16 +101,9 @@ pub(super) async fn subscriptions(
 ) -> ApiResult<Json<Vec<String>>> {
     let topic = topic_name(&path.0, &path.1, &path.2)?;
     let shown_topic = topic.clone();
-    let stats = blocking(move || worker.topic_stats(&topic)).await?;
+    let names = blocking(move || worker.subscriptions(&topic)).await?;
     let role = role.map(|Extension(role)| role);
-    Ok(Json(
-        stats
-            .subscriptions
-            .iter()
-            .filter(|(name, _)| visible(role.as_ref(), name))
-            .map(|(name, _)| shown(&shown_topic, name))
-            .collect(),
-    ))
+    Ok(Json(names.iter().filter(|name| visible(role.as_ref(), name)).map(|name| shown(&shown_topic, name)).collect()))
 }
 
 pub(super) async fn unsubscribe(State(worker): Shared, Path(path): SubscriptionPath) -> ApiResult<StatusCode> {
