@@ -11,7 +11,8 @@
 //! start per language (`languages`); idle instances in one worker (`density`); records per second
 //! through count and sliding time windows beside the same pipeline without windows (`windows`);
 //! the data directory's size over a long run through two chained functions (`soak`, not in `all`);
-//! appends, reads and reopening over 1 to 10,000 topics (`topics`).
+//! appends, reads and reopening over 1 to 10,000 topics and acknowledgements over 1 to 1,000
+//! subscriptions (`topics`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
 //! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log|soak|topics]`.
@@ -27,7 +28,7 @@ use crate::latency::{LATENCY_MESSAGES, latency};
 use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
 use crate::soak::{SOAK_RATE, soak};
 use crate::throughput::{guarantees, throughput};
-use crate::topics::{TOPIC_COUNTS, topics};
+use crate::topics::{SUBSCRIPTION_COUNTS, TOPIC_COUNTS, subscriptions, topics};
 use crate::windows::windows;
 
 mod cluster;
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     }
     if part == "all" || part == "topics" {
         topics(messages, &TOPIC_COUNTS)?;
+        subscriptions(messages, &SUBSCRIPTION_COUNTS)?;
     }
     // Not in `all`: it runs for as long as MESSAGES take at its rate (36,000,000: 30 minutes).
     if part == "soak" {
@@ -133,6 +135,8 @@ const QUICK_MESSAGES: usize = 2_000;
 const QUICK_SIZE_RUN_BYTES: usize = 16 << 20;
 /// The most topics in the quick mode's topics part.
 const QUICK_TOPICS: usize = 100;
+/// The most subscriptions in the quick mode's subscriptions rows.
+const QUICK_SUBSCRIPTIONS: usize = 100;
 /// Idle instances in the quick mode's density part.
 const QUICK_INSTANCES: usize = 100;
 
@@ -153,6 +157,7 @@ fn quick() -> anyhow::Result<()> {
     hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
     soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
     topics(QUICK_MESSAGES, &[1, QUICK_TOPICS])?;
+    subscriptions(QUICK_MESSAGES, &[1, QUICK_SUBSCRIPTIONS])?;
     log::log(QUICK_MESSAGES)
 }
 

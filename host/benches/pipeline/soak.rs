@@ -30,7 +30,7 @@ fn chained() -> TopicName {
 }
 
 /// Bytes the files under `dir` take on disk (allocated blocks, so preallocated segments count whole).
-fn disk_bytes(dir: &Path) -> u64 {
+pub(crate) fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

@@ -1,16 +1,20 @@
-//! Growth with the number of topics (`topics`): the same messages spread over 1 to 10,000 topics
-//! of one embedded store, appended, read back through a reader per topic, and the store reopened
-//! (which reads the whole log back), beside the one-topic row as the ceiling.
+//! Growth with the number of topics and subscriptions (`topics`): the same messages spread over 1
+//! to 10,000 topics of one embedded store, appended, read back through a reader per topic, and the
+//! store reopened (which reads the whole log back); then the same deliveries spread over 1 to 1,000
+//! durable subscriptions of one topic, each fetching and acknowledging all of it. The one-topic
+//! and one-subscription rows are the ceilings.
 
 use std::time::{Duration, Instant};
 
 use fnhost::embedded::EmbeddedStore;
-use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
+use fnhost::engine::broker::{Acks, Broker, Effects, OutMessage, Position, Subscription, SubscriptionSpec};
 use fnhost::limits::MAX_BATCH_MESSAGES;
-use fnhost::names::TopicName;
+use fnhost::names::{SubscriptionName, TopicName};
 
 /// Topic counts of the rows.
 pub(crate) const TOPIC_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
+/// Subscription counts of the rows.
+pub(crate) const SUBSCRIPTION_COUNTS: [usize; 4] = [1, 10, 100, 1_000];
 
 /// Appends `messages` messages of 100 B spread over `topics` topics, reads them back and reopens
 /// the store, for each count in `counts`.
@@ -61,6 +65,70 @@ pub(crate) fn topics(messages: usize, counts: &[usize]) -> anyhow::Result<()> {
             "| {count} topics | {:.0} | {:.0} | {:.1} | {resident:.0} |",
             total / appended.as_secs_f64(),
             total / reading.as_secs_f64(),
+            reopening.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// For each count in `counts`: that many durable subscriptions of one topic holding
+/// `deliveries / count` messages of 100 B, so that every row delivers and acknowledges the same
+/// number of messages. Each subscription fetches and commits its acknowledgements batch by batch,
+/// one subscription after another (each commit a durable step of its own); then the store is
+/// reopened, which reads every cursor back.
+pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "| {deliveries} deliveries of 100 B over | delivered and acknowledged msg/s | commits/s | reopen ms (the log read back) | data directory MiB after every acknowledgement |"
+    );
+    println!("|---|---|---|---|---|");
+    let topic = TopicName::parse("subscribed")?;
+    for &count in counts {
+        let scratch = tempfile::tempdir()?;
+        let each = deliveries.div_ceil(count).max(1);
+        let store = EmbeddedStore::open(scratch.path())?;
+        let opened: Vec<Box<dyn Subscription>> = (0..count)
+            .map(|index| {
+                let name = SubscriptionName::on_topic(&topic, &format!("sub-{index}"))?;
+                Ok(store.subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(name), Position::Earliest))?)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut left = each;
+        while left > 0 {
+            let batch = left.min(MAX_BATCH_MESSAGES);
+            store.produce(&topic, (0..batch).map(|_| OutMessage::new(vec![b'.'; 100])).collect())?;
+            left -= batch;
+        }
+        let started = Instant::now();
+        let (mut delivered, mut commits) = (0, 0u32);
+        for subscription in &opened {
+            loop {
+                let messages = subscription.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?;
+                if messages.is_empty() {
+                    break;
+                }
+                delivered += messages.len();
+                commits += 1;
+                subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() })?;
+            }
+        }
+        let acknowledging = started.elapsed();
+        anyhow::ensure!(
+            delivered == each * count,
+            "delivered {delivered} of {} over {count} subscriptions",
+            each * count
+        );
+        drop(opened);
+        drop(store);
+        let disk = crate::soak::disk_bytes(scratch.path()) as f64 / (1 << 20) as f64;
+        let started = Instant::now();
+        let reopened = reopen(scratch.path())?;
+        let reopening = started.elapsed();
+        drop(reopened);
+        println!(
+            "| {count} subscriptions | {:.0} | {:.0} | {:.1} | {disk:.1} |",
+            delivered as f64 / acknowledging.as_secs_f64(),
+            f64::from(commits) / acknowledging.as_secs_f64(),
             reopening.as_secs_f64() * 1e3
         );
     }

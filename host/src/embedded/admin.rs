@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use super::cursor::RangeSet;
 use super::dispatch::SharedSubscription;
 use super::journal::{CursorMove, Step};
-use super::topic::Topic;
+use super::topic::{Topic, TopicTable};
 use super::{EmbeddedStore, lock, storage};
 use crate::engine::broker::{BrokerError, Message, Position};
 use crate::engine::topics::{CursorTarget, NamespacePolicies, SubscriptionStats, TopicAdmin, TopicStats};
@@ -120,16 +120,8 @@ impl EmbeddedStore {
     }
 
     /// Makes topic `name` in `topics` (the locked map), counting against its namespace's limit.
-    fn make_topic(
-        &self,
-        topics: &mut HashMap<TopicName, Arc<Topic>>,
-        name: &TopicName,
-    ) -> Result<Arc<Topic>, BrokerError> {
-        let in_namespace = topics
-            .keys()
-            .filter(|topic| topic.tenant() == name.tenant() && topic.namespace() == name.namespace())
-            .count();
-        if in_namespace >= MAX_TOPICS_PER_NAMESPACE {
+    fn make_topic(&self, topics: &mut TopicTable, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
+        if topics.in_namespace(name.tenant(), name.namespace()) >= MAX_TOPICS_PER_NAMESPACE {
             return Err(BrokerError::NamespaceFull {
                 namespace: format!("{}/{}", name.tenant(), name.namespace()),
                 limit: MAX_TOPICS_PER_NAMESPACE,

@@ -63,7 +63,7 @@ use cursor::{RangeSet, cursor_key, decode_cursor};
 use dispatch::{Cursor, SharedSubscription};
 use journal::{Append, CursorMove, StateStep, Step, log_failed};
 use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_APPLIED_TREE};
-use topic::{Extent, Topic};
+use topic::{Extent, Topic, TopicTable};
 
 /// The log's folder in the store's directory.
 const LOG_DIR: &str = "log";
@@ -130,7 +130,7 @@ struct Inner {
     cursors: sled::Tree,
     metadata: sled::Tree,
     packages: sled::Tree,
-    topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
+    topics: Mutex<TopicTable>,
     topic_ends: sled::Tree,
     /// Each function's applied id (see [`state`]).
     state_applied: sled::Tree,
@@ -218,7 +218,7 @@ impl EmbeddedStore {
                 cursors,
                 metadata,
                 packages,
-                topics: Mutex::new(HashMap::new()),
+                topics: Mutex::new(TopicTable::default()),
                 topic_ends,
                 state_applied,
                 state_tables: Mutex::new(HashMap::new()),
@@ -262,9 +262,9 @@ impl EmbeddedStore {
     }
 
     /// Makes topic `name` in `topics` (the locked map), which does not hold it.
-    fn insert_topic(&self, topics: &mut HashMap<TopicName, Arc<Topic>>, name: &TopicName) -> Arc<Topic> {
+    fn insert_topic(&self, topics: &mut TopicTable, name: &TopicName) -> Arc<Topic> {
         let topic = Arc::new(Topic::new(name.clone(), self.inner.log.clone()));
-        topics.insert(name.clone(), topic.clone());
+        topics.insert(topic.clone());
         let mut opened = lock(&self.inner.opened_topics);
         opened.push(name.clone());
         self.inner.topic_generation.store(opened.len() as u64, Ordering::Release);

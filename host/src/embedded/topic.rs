@@ -17,6 +17,50 @@ use crate::seglog::SegmentLog;
 /// Extents read per look at the index, so that a long scan does not hold it.
 const EXTENTS_PER_LOOK: usize = 16;
 
+/// The store's topics by name, with how many each namespace holds (so that the topic limit of a
+/// namespace is checked without counting every topic of the store).
+#[derive(Default)]
+pub(super) struct TopicTable {
+    by_name: HashMap<TopicName, Arc<Topic>>,
+    per_namespace: HashMap<(String, String), usize>,
+}
+
+impl TopicTable {
+    /// The topics of `tenant/namespace`.
+    pub(super) fn in_namespace(&self, tenant: &str, namespace: &str) -> usize {
+        self.per_namespace.get(&(tenant.to_owned(), namespace.to_owned())).copied().unwrap_or(0)
+    }
+
+    pub(super) fn insert(&mut self, topic: Arc<Topic>) {
+        let key = (topic.name.tenant().to_owned(), topic.name.namespace().to_owned());
+        if self.by_name.insert(topic.name.clone(), topic).is_none() {
+            *self.per_namespace.entry(key).or_default() += 1;
+        }
+    }
+
+    pub(super) fn remove(&mut self, name: &TopicName) -> Option<Arc<Topic>> {
+        let removed = self.by_name.remove(name)?;
+        let key = (name.tenant().to_owned(), name.namespace().to_owned());
+        if let Some(count) = self.per_namespace.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_namespace.remove(&key);
+            }
+        }
+        Some(removed)
+    }
+}
+
+/// Reading goes straight to the map; changes go through [`TopicTable::insert`] and
+/// [`TopicTable::remove`], which keep the counts.
+impl std::ops::Deref for TopicTable {
+    type Target = HashMap<TopicName, Arc<Topic>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_name
+    }
+}
+
 pub(super) struct Topic {
     pub(super) name: TopicName,
     log: Arc<SegmentLog>,

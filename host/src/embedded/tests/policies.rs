@@ -4,6 +4,7 @@
 use super::*;
 use crate::engine::clock::now_millis;
 use crate::engine::topics::{BacklogPolicy, BacklogQuota, CursorTarget, NamespacePolicies, Retention, TopicAdmin};
+use crate::limits::MAX_TOPICS_PER_NAMESPACE;
 
 fn set(store: &EmbeddedStore, policies: NamespacePolicies) {
     store.set_policies("public", "default", &policies).unwrap();
@@ -227,4 +228,28 @@ fn skip_peek_and_reset_by_message_move_only_the_named_cursor() {
     let last = store.examine(&topic("m"), Position::Latest, 1).unwrap().unwrap();
     assert_eq!((first.sequence, last.sequence), (0, 3));
     assert!(store.examine(&topic("m"), Position::Latest, 5).unwrap().is_none());
+}
+
+#[test]
+fn a_namespace_at_its_topic_limit_refuses_new_topics_until_one_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let crowded = |index: usize| TopicName::parse(&format!("persistent://crowded/ns/t{index}")).unwrap();
+    // Made in memory, as an append's first step makes them; only the last ones are appended to.
+    for index in 0..MAX_TOPICS_PER_NAMESPACE - 1 {
+        store.check_new_topic(&crowded(index)).unwrap();
+    }
+    store.produce(&crowded(MAX_TOPICS_PER_NAMESPACE - 1), vec![OutMessage::new("last")]).unwrap();
+    let refused = store.produce(&crowded(MAX_TOPICS_PER_NAMESPACE), vec![OutMessage::new("one too many")]);
+    assert!(matches!(refused, Err(BrokerError::NamespaceFull { limit: MAX_TOPICS_PER_NAMESPACE, .. })), "{refused:?}");
+    assert!(
+        matches!(store.create_topic(&crowded(MAX_TOPICS_PER_NAMESPACE)), Err(BrokerError::NamespaceFull { .. })),
+        "creating is refused as appending is"
+    );
+    let elsewhere = TopicName::parse("persistent://crowded/other/t0").unwrap();
+    store.produce(&elsewhere, vec![OutMessage::new("another namespace")]).unwrap();
+    assert_eq!(store.list_topics("crowded", "ns").unwrap().len(), MAX_TOPICS_PER_NAMESPACE);
+
+    store.delete_topic(&crowded(MAX_TOPICS_PER_NAMESPACE - 1), true).unwrap();
+    store.produce(&crowded(MAX_TOPICS_PER_NAMESPACE), vec![OutMessage::new("room again")]).unwrap();
 }
