@@ -10,44 +10,62 @@ use fnhost::limits::MAX_BATCH_MESSAGES;
 
 use crate::common::{Code, Workload, pipeline, raw_storage, session_events};
 
-/// The session function natively and as the Rust guest under ATLEAST_ONCE, alternated `rounds`
-/// times on fresh data directories; returns the median time of each.
+/// The session function natively and as the Rust guest under ATLEAST_ONCE, and then each of
+/// `extra` guest settings (guarantee, ordering, parallelism), alternated `rounds` times on fresh
+/// data directories; returns the median time of each, in that order.
 pub(crate) fn alternated(
     wasm: &Path,
     sessions: &Workload<'_>,
     scratch: &Path,
     rounds: usize,
-) -> anyhow::Result<[Duration; 2]> {
-    let mut times = [Vec::new(), Vec::new()];
+    extra: &[(ProcessingGuarantee, Ordering, u32)],
+) -> anyhow::Result<Vec<Duration>> {
+    let single = (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1);
+    let runs: Vec<(Code<'_>, (ProcessingGuarantee, Ordering, u32))> =
+        [(Code::Native, single), (Code::Wasm(wasm), single)]
+            .into_iter()
+            .chain(extra.iter().map(|settings| (Code::Wasm(wasm), *settings)))
+            .collect();
+    let mut times = vec![Vec::new(); runs.len()];
     for round in 0..rounds {
-        for (code, times) in [Code::Native, Code::Wasm(wasm)].into_iter().zip(&mut times) {
+        for ((code, settings), times) in runs.iter().zip(&mut times) {
             let dir = scratch.join(format!("alternated-{round}"));
-            times.push(pipeline(&dir, sessions, code, (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1))?);
+            times.push(pipeline(&dir, sessions, *code, *settings)?);
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    Ok(times.map(|mut times| {
-        times.sort();
-        times[times.len() / 2]
-    }))
+    Ok(times
+        .into_iter()
+        .map(|mut times| {
+            times.sort();
+            times[times.len() / 2]
+        })
+        .collect())
 }
 
-/// The first target's figures alone: the session function natively and as the Rust guest, the
-/// median of `rounds` alternated runs each (also the part to run under a profiler).
+/// Two instances of the guest, keeping each user's events in order: how a saturated function
+/// uses a second core.
+const TWO_INSTANCES: (ProcessingGuarantee, Ordering, u32) = (ProcessingGuarantee::AtLeastOnce, Ordering::RetainKey, 2);
+
+/// The first target's figures alone: the session function natively and as the Rust guest, and
+/// the guest as two key-ordered instances, the median of `rounds` alternated runs each (also the
+/// part to run under a profiler).
 pub(crate) fn throughput(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let scratch = tempfile::tempdir()?;
-    let [native, guest] = alternated(wasm, &Workload::sessions(&events), scratch.path(), rounds)?;
+    let times = alternated(wasm, &Workload::sessions(&events), scratch.path(), rounds, &[TWO_INSTANCES])?;
+    let [native, guest, two] = times[..] else { anyhow::bail!("three medians expected") };
     let rate = |elapsed: Duration| messages as f64 / elapsed.as_secs_f64();
     println!(
-        "| {messages} session events, ATLEAST_ONCE, median of {rounds} alternated runs | native msg/s | guest msg/s | guest time vs native |"
+        "| {messages} session events, ATLEAST_ONCE, median of {rounds} alternated runs | native msg/s | guest msg/s | guest time vs native | guest, --retain-key-ordering --parallelism 2, msg/s |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     println!(
-        "| session-duration | {:.0} | {:.0} | {:.2} |",
+        "| session-duration | {:.0} | {:.0} | {:.2} | {:.0} |",
         rate(native),
         rate(guest),
-        guest.as_secs_f64() / native.as_secs_f64()
+        guest.as_secs_f64() / native.as_secs_f64(),
+        rate(two)
     );
     Ok(())
 }
@@ -63,7 +81,8 @@ pub(crate) fn guarantees(wasm: &Path, exclamation: &Path, messages: usize, round
     };
     let (unordered, by_key) = (Ordering::Unordered, Ordering::RetainKey);
     let guest = || Code::Wasm(wasm);
-    let [native, at_least_once] = alternated(wasm, &sessions, scratch.path(), rounds)?;
+    let times = alternated(wasm, &sessions, scratch.path(), rounds, &[])?;
+    let [native, at_least_once] = times[..] else { anyhow::bail!("two medians expected") };
     let others = [
         ("ATMOST_ONCE", run("at-most-once", guest(), ProcessingGuarantee::AtMostOnce, unordered, 1)?),
         ("EFFECTIVELY_ONCE", run("effectively-once", guest(), ProcessingGuarantee::EffectivelyOnce, unordered, 1)?),
