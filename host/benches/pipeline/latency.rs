@@ -108,7 +108,7 @@ pub(crate) struct Latencies {
 
 impl Latencies {
     /// The `quantile` (0 to 1) of the latencies, in milliseconds.
-    fn percentile(&self, quantile: f64) -> f64 {
+    pub(crate) fn percentile(&self, quantile: f64) -> f64 {
         let rank = (self.sorted.len() as f64 * quantile).ceil() as usize;
         self.sorted
             .get(rank.saturating_sub(1).min(self.sorted.len().saturating_sub(1)))

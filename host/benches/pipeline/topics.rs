@@ -11,6 +11,8 @@ use fnhost::engine::broker::{Acks, Broker, Effects, OutMessage, Position, Subscr
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::{SubscriptionName, TopicName};
 
+use crate::log::quantile;
+
 /// Topic counts of the rows.
 pub(crate) const TOPIC_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
 /// Subscription counts of the rows.
@@ -21,25 +23,29 @@ pub(crate) const SUBSCRIPTION_COUNTS: [usize; 4] = [1, 10, 100, 1_000];
 pub(crate) fn topics(messages: usize, counts: &[usize]) -> anyhow::Result<()> {
     println!();
     println!(
-        "| {messages} messages of 100 B over | append msg/s | read msg/s | reopen ms (the log read back) | resident MiB after reading |"
+        "| {messages} messages of 100 B over | append msg/s | append p50 ms | p99 ms | read msg/s | reopen ms (the log read back) | resident MiB after reading |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for &count in counts {
         let scratch = tempfile::tempdir()?;
         let names: Vec<TopicName> =
             (0..count).map(|index| TopicName::parse(&format!("topic-{index}"))).collect::<Result<_, _>>()?;
         let each = messages.div_ceil(count).max(1);
         let store = EmbeddedStore::open(scratch.path())?;
+        let mut appends = Vec::new();
         let started = Instant::now();
         for name in &names {
             let mut left = each;
             while left > 0 {
                 let batch = left.min(MAX_BATCH_MESSAGES);
+                let append_started = Instant::now();
                 store.produce(name, (0..batch).map(|_| OutMessage::new(vec![b'.'; 100])).collect())?;
+                appends.push(append_started.elapsed());
                 left -= batch;
             }
         }
         let appended = started.elapsed();
+        appends.sort_unstable();
         let started = Instant::now();
         let mut read = 0;
         for name in &names {
@@ -62,8 +68,10 @@ pub(crate) fn topics(messages: usize, counts: &[usize]) -> anyhow::Result<()> {
         drop(reopened);
         let total = (each * count) as f64;
         println!(
-            "| {count} topics | {:.0} | {:.0} | {:.1} | {resident:.0} |",
+            "| {count} topics | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {resident:.0} |",
             total / appended.as_secs_f64(),
+            quantile(&appends, 0.5),
+            quantile(&appends, 0.99),
             total / reading.as_secs_f64(),
             reopening.as_secs_f64() * 1e3
         );
@@ -79,9 +87,9 @@ pub(crate) fn topics(messages: usize, counts: &[usize]) -> anyhow::Result<()> {
 pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Result<()> {
     println!();
     println!(
-        "| {deliveries} deliveries of 100 B over | delivered and acknowledged msg/s | commits/s | reopen ms (the log read back) | data directory MiB after every acknowledgement |"
+        "| {deliveries} deliveries of 100 B over | delivered and acknowledged msg/s | commits/s | commit p50 ms | p99 ms | reopen ms (the log read back) | data directory MiB after every acknowledgement |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let topic = TopicName::parse("subscribed")?;
     for &count in counts {
         let scratch = tempfile::tempdir()?;
@@ -100,7 +108,7 @@ pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Resu
             left -= batch;
         }
         let started = Instant::now();
-        let (mut delivered, mut commits) = (0, 0u32);
+        let (mut delivered, mut commits) = (0, Vec::new());
         for subscription in &opened {
             loop {
                 let messages = subscription.fetch(MAX_BATCH_MESSAGES, Duration::ZERO)?;
@@ -108,11 +116,13 @@ pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Resu
                     break;
                 }
                 delivered += messages.len();
-                commits += 1;
+                let commit_started = Instant::now();
                 subscription.commit(Effects { acks: Acks::of(&messages), ..Effects::default() })?;
+                commits.push(commit_started.elapsed());
             }
         }
         let acknowledging = started.elapsed();
+        commits.sort_unstable();
         anyhow::ensure!(
             delivered == each * count,
             "delivered {delivered} of {} over {count} subscriptions",
@@ -126,9 +136,11 @@ pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Resu
         let reopening = started.elapsed();
         drop(reopened);
         println!(
-            "| {count} subscriptions | {:.0} | {:.0} | {:.1} | {disk:.1} |",
+            "| {count} subscriptions | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {disk:.1} |",
             delivered as f64 / acknowledging.as_secs_f64(),
-            f64::from(commits) / acknowledging.as_secs_f64(),
+            commits.len() as f64 / acknowledging.as_secs_f64(),
+            quantile(&commits, 0.5),
+            quantile(&commits, 0.99),
             reopening.as_secs_f64() * 1e3
         );
     }
