@@ -49,7 +49,7 @@ use fnhost::engine::broker::{
 };
 use fnhost::engine::state::{Change, StateChanges, StateValue};
 use fnhost::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
-use fnhost::nats::NatsEngine;
+use fnhost::nats::{NatsEngine, NatsSecurity};
 
 use fnhost_test_support::Nats;
 
@@ -118,7 +118,7 @@ impl NatsRig {
 
 impl Rig for NatsRig {
     fn open(&self) -> Arc<dyn Engine> {
-        Arc::new(NatsEngine::connect(&self.nats.urls(), 1).unwrap())
+        Arc::new(NatsEngine::connect(&self.nats.urls(), 1, &NatsSecurity::default()).unwrap())
     }
 
     fn kind(&self) -> Kind {

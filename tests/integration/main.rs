@@ -8,6 +8,7 @@ mod delivery;
 mod fuzz_corpus;
 mod hostile;
 mod library;
+mod nats_security;
 mod polyglot;
 mod pulsar_cli;
 mod sandbox;

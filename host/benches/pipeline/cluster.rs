@@ -38,7 +38,7 @@ pub(crate) fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Re
         raw.push(raw_jetstream(&url, &events, round, RawWork::FetchAndAck)?);
         mapped.push(raw_jetstream(&url, &events, round, RawWork::SessionMapping)?);
         batched.push(raw_jetstream(&url, &events, round, RawWork::BatchedState)?);
-        let engine = fnhost::nats::NatsEngine::connect(&url, 1)?;
+        let engine = fnhost::nats::NatsEngine::connect(&url, 1, &fnhost::nats::NatsSecurity::default())?;
         let config = FunctionConfig {
             subscription: SubscriptionName::new("public", "default", &format!("bench-{round}"))?,
             ..pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)?

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod client;
 mod function_flags;
 mod functions;
+mod nats_flags;
 mod new;
 mod topic_admin;
 
@@ -122,6 +123,8 @@ struct WorkerArgs {
     /// of keeping everything in the data directory, which then holds only compiled components.
     #[arg(long, value_name = "URLS")]
     cluster: Option<String>,
+    #[command(flatten)]
+    nats: nats_flags::NatsFlags,
     /// How many copies of each stream and bucket NATS keeps (default: one per server given, at most 3).
     #[arg(long, requires = "cluster")]
     replicas: Option<usize>,
@@ -341,7 +344,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             if !(1..=5).contains(&replicas) {
                 bail!("--replicas {replicas} is out of range: NATS keeps 1 to 5 copies");
             }
-            let engine = NatsEngine::connect(urls, replicas)?;
+            let engine = NatsEngine::connect(urls, replicas, &args.nats.security())?;
             let host = std::fs::read_to_string("/etc/hostname")
                 .map_or_else(|_| "worker".into(), |name| name.trim().to_owned());
             let config = ClusterConfig {

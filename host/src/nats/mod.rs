@@ -18,6 +18,7 @@
 
 mod admin;
 mod commit;
+mod connect;
 mod failure;
 mod metadata;
 mod names;
@@ -44,6 +45,7 @@ use crate::engine::state::{StateError, Versioned};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
 use metadata::records;
 
+pub use connect::NatsSecurity;
 pub use names::subject_matches;
 use names::{STATE_BUCKET_PREFIX, kv_key, message_subject, token, topic_stream, topic_subject_prefix};
 
@@ -107,6 +109,24 @@ pub enum NatsError {
         /// What was given.
         given: String,
         /// What the parser said.
+        reason: String,
+    },
+    /// A credentials or TLS setting is incomplete or unreadable.
+    #[error("{flag}: {reason}")]
+    BadSecurity {
+        /// The flag at fault.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The servers refused fnhost's credentials, or the TLS handshake failed.
+    #[error(
+        "the NATS servers at {urls} refused the connection ({reason}); check --nats-creds, --nats-token-file, --nats-user and --nats-password-file, and --nats-tls-ca, --nats-tls-cert and --nats-tls-key"
+    )]
+    Refused {
+        /// The addresses.
+        urls: String,
+        /// What the client said.
         reason: String,
     },
     /// No server answered, or JetStream is off.
@@ -174,9 +194,9 @@ fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
 }
 
 impl NatsEngine {
-    /// Connects to the servers in `urls` (comma-separated) and opens the shared buckets, creating
-    /// them with `replicas` copies if they are new.
-    pub fn connect(urls: &str, replicas: usize) -> Result<Self, NatsError> {
+    /// Connects to the servers in `urls` (comma-separated) with `security`'s credentials and TLS,
+    /// and opens the shared buckets, creating them with `replicas` copies if they are new.
+    pub fn connect(urls: &str, replicas: usize, security: &NatsSecurity) -> Result<Self, NatsError> {
         let addresses = urls
             .split(',')
             .map(|url| url.trim().parse::<ServerAddr>())
@@ -189,13 +209,15 @@ impl NatsEngine {
             .enable_all()
             .build()
             .map_err(|error| unavailable(format!("cannot start its runtime: {error}")))?;
+        let options = runtime.block_on(security.options())?;
+        let client = runtime
+            .block_on(options.connection_timeout(Duration::from_secs(5)).connect(addresses.as_slice()))
+            .map_err(|error| match connect::refused(&error) {
+                true => NatsError::Refused { urls: urls.into(), reason: error.to_string() },
+                false => unavailable(format!("connecting: {error}")),
+            })?;
         let (client, jetstream, metadata, packages, members, leader) = runtime
             .block_on(async {
-                let client = async_nats::ConnectOptions::new()
-                    .connection_timeout(Duration::from_secs(5))
-                    .connect(addresses.as_slice())
-                    .await
-                    .map_err(|error| Failure::of(&error).while_("connecting"))?;
                 let mut jetstream = jetstream::new(client.clone());
                 jetstream.set_timeout(REQUEST_TIMEOUT);
                 // A cluster that is starting too may not know all its servers yet ("no suitable

@@ -32,9 +32,16 @@ const START_ATTEMPTS: usize = 5;
 
 impl Nats {
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, "")
+    }
+
+    /// Starts `size` servers with `config` added to each one's configuration file: an
+    /// `authorization`, `accounts` or `tls` block. The health checks use the monitoring port,
+    /// which these blocks do not guard.
+    pub fn start_with(size: usize, config: &str) -> Self {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(size) {
+            match Self::try_start(size, config) {
                 Ok(nats) => return nats,
                 Err(failure) => failures.push(failure),
             }
@@ -43,7 +50,7 @@ impl Nats {
     }
 
     /// Starts the servers on ports free a moment ago; an error (with the server's log) if one exits.
-    fn try_start(size: usize) -> Result<Self, String> {
+    fn try_start(size: usize, extra: &str) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let monitor_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
@@ -58,6 +65,8 @@ impl Nats {
                 monitor_ports[index],
                 store.to_str().unwrap()
             );
+            config.push_str(extra);
+            config.push('\n');
             if size > 1 {
                 config.push_str(&format!(
                     "cluster {{ name: fnhost-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
@@ -105,7 +114,13 @@ impl Nats {
 
     /// Every server's client URL, comma-separated, as `--cluster` takes them.
     pub fn urls(&self) -> String {
-        self.client_ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+        self.urls_as("nats", "127.0.0.1")
+    }
+
+    /// Every server's client URL with `scheme` and `host` (`tls` and `localhost`, to name the
+    /// host a certificate was made for), comma-separated.
+    pub fn urls_as(&self, scheme: &str, host: &str) -> String {
+        self.client_ports.iter().map(|port| format!("{scheme}://{host}:{port}")).collect::<Vec<_>>().join(",")
     }
 
     /// Kills server `index` with SIGKILL.
