@@ -76,12 +76,24 @@ impl NatsSecurity {
 }
 
 /// Whether a failed connection was the servers refusing fnhost (its credentials or its TLS),
-/// rather than no server answering.
+/// rather than no server answering. A failed TLS handshake comes as an I/O error of kind
+/// `InvalidData` (rustls's alerts and certificate checks), which no refused or reset connection has.
 pub(super) fn refused(error: &async_nats::ConnectError) -> bool {
-    matches!(
-        error.kind(),
-        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Tls
-    )
+    match error.kind() {
+        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Tls => true,
+        ConnectErrorKind::Io => {
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                if cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+                {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 fn bad(flag: &'static str, reason: &str) -> NatsError {
