@@ -212,9 +212,12 @@ impl NatsEngine {
         let options = runtime.block_on(security.options())?;
         let client = runtime
             .block_on(options.connection_timeout(Duration::from_secs(5)).connect(addresses.as_slice()))
-            .map_err(|error| match connect::refused(&error) {
-                true => NatsError::Refused { urls: urls.into(), reason: error.to_string() },
-                false => unavailable(format!("connecting: {error}")),
+            .map_err(|error| {
+                if connect::refused(&error) {
+                    NatsError::Refused { urls: urls.into(), reason: error.to_string() }
+                } else {
+                    unavailable(format!("connecting: {error}"))
+                }
             })?;
         let (client, jetstream, metadata, packages, members, leader) = runtime
             .block_on(async {
