@@ -35,14 +35,7 @@ pub(crate) fn topics(messages: usize, counts: &[usize]) -> anyhow::Result<()> {
         let mut appends = Vec::new();
         let started = Instant::now();
         for name in &names {
-            let mut left = each;
-            while left > 0 {
-                let batch = left.min(MAX_BATCH_MESSAGES);
-                let append_started = Instant::now();
-                store.produce(name, (0..batch).map(|_| OutMessage::new(vec![b'.'; 100])).collect())?;
-                appends.push(append_started.elapsed());
-                left -= batch;
-            }
+            appends.extend(append_messages(&store, name, each)?);
         }
         let appended = started.elapsed();
         appends.sort_unstable();
@@ -101,12 +94,7 @@ pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Resu
                 Ok(store.subscribe(SubscriptionSpec::single(vec![topic.clone()], Some(name), Position::Earliest))?)
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut left = each;
-        while left > 0 {
-            let batch = left.min(MAX_BATCH_MESSAGES);
-            store.produce(&topic, (0..batch).map(|_| OutMessage::new(vec![b'.'; 100])).collect())?;
-            left -= batch;
-        }
+        append_messages(&store, &topic, each)?;
         let started = Instant::now();
         let (mut delivered, mut commits) = (0, Vec::new());
         for subscription in &opened {
@@ -145,6 +133,21 @@ pub(crate) fn subscriptions(deliveries: usize, counts: &[usize]) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// Appends `count` messages of 100 B to `topic` in appends of up to `MAX_BATCH_MESSAGES`; returns
+/// how long each append took.
+fn append_messages(store: &EmbeddedStore, topic: &TopicName, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut appends = Vec::new();
+    let mut left = count;
+    while left > 0 {
+        let batch = left.min(MAX_BATCH_MESSAGES);
+        let started = Instant::now();
+        store.produce(topic, (0..batch).map(|_| OutMessage::new(vec![b'.'; 100])).collect())?;
+        appends.push(started.elapsed());
+        left -= batch;
+    }
+    Ok(appends)
 }
 
 /// Opens the store again; a store dropped a moment ago may still hold sled's lock for a moment.
