@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use async_nats::{ConnectErrorKind, ConnectOptions};
 
 use super::NatsError;
+use super::failure::causes;
 
 /// The credentials and TLS settings of the connection to NATS. Everything is optional: without
 /// any, fnhost connects as NATS's default user without TLS, as to a server on loopback.
@@ -81,17 +82,9 @@ impl NatsSecurity {
 pub(super) fn refused(error: &async_nats::ConnectError) -> bool {
     match error.kind() {
         ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Tls => true,
-        ConnectErrorKind::Io => {
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                if cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-                {
-                    return true;
-                }
-                source = cause.source();
-            }
-            false
-        }
+        ConnectErrorKind::Io => causes(error).skip(1).any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        }),
         _ => false,
     }
 }

@@ -84,16 +84,14 @@ impl From<Failure> for MetadataError {
     }
 }
 
+/// `error` and every error it wraps, outermost first.
+pub(super) fn causes<'a>(error: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(error), |&error| error.source())
+}
+
 /// Whether `error`, or an error it wraps, is of a kind that passes.
 fn passes(error: &(dyn Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if kind_passes(error) {
-            return true;
-        }
-        next = error.source();
-    }
-    false
+    causes(error).any(kind_passes)
 }
 
 fn kind_passes(error: &(dyn Error + 'static)) -> bool {
@@ -129,14 +127,9 @@ fn kind_passes(error: &(dyn Error + 'static)) -> bool {
 
 /// Whether `error` says that the stream or bucket asked for does not exist.
 pub(super) fn is_not_found(error: &(dyn Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(api) = error.downcast_ref::<jetstream::Error>() {
-            return api.error_code() == ErrorCode::STREAM_NOT_FOUND;
-        }
-        next = error.source();
-    }
-    false
+    causes(error)
+        .find_map(|error| error.downcast_ref::<jetstream::Error>())
+        .is_some_and(|api| api.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 #[cfg(test)]
