@@ -19,7 +19,8 @@ use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 pub struct Message {
     /// The topic the message is in.
     pub topic: TopicName,
-    /// Its position in the topic: dense, starting at 0, never reused.
+    /// Its position in the topic: growing in append order, from 0, never reused. The embedded
+    /// engine numbers messages densely; the cluster engine by batched entry and index in it.
     pub sequence: u64,
     /// Everything the producer gave and the broker stamped.
     pub body: MessageBody,

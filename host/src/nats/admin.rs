@@ -9,8 +9,8 @@ use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind, stream};
 
 use super::failure::Failure;
 use super::names::{token, topic_stream, untoken};
-use super::{Inner, NatsEngine, decode, storage};
-use crate::engine::broker::{BrokerError, Message, MessageBody, Position};
+use super::{Inner, NatsEngine, decode, delivery, entry, storage};
+use crate::engine::broker::{BrokerError, Message, Position};
 use crate::engine::topics::{
     BacklogPolicy, CursorTarget, NamespacePolicies, StoredPolicies, SubscriptionStats, TopicAdmin, TopicStats,
 };
@@ -87,17 +87,29 @@ impl Inner {
         self.existing_stream(topic).await?.ok_or_else(|| BrokerError::NoSuchTopic(topic.clone()))
     }
 
-    /// The stored message at `sequence` (fnhost's, from 0) of `topic`, or `None` if it is gone.
-    async fn stored_message(
+    /// The messages of the entry at `stream_sequence` of `topic`, or `None` if it is gone.
+    async fn stored_entry(
         &self,
         stream: &stream::Stream,
         topic: &TopicName,
-        sequence: u64,
-    ) -> Result<Option<Message>, BrokerError> {
-        let Ok(raw) = stream.get_raw_message(sequence + 1).await else { return Ok(None) };
-        let body: MessageBody =
-            decode(&raw.payload).map_err(|reason| BrokerError::Corrupt { topic: topic.clone(), sequence, reason })?;
-        Ok(Some(Message { topic: topic.clone(), sequence, body, redelivery_count: 0 }))
+        stream_sequence: u64,
+    ) -> Result<Option<Vec<Message>>, BrokerError> {
+        let Ok(raw) = stream.get_raw_message(stream_sequence).await else { return Ok(None) };
+        let bodies = entry::unpack(Some(&raw.headers), &raw.payload).map_err(|reason| BrokerError::Corrupt {
+            topic: topic.clone(),
+            sequence: entry::position(stream_sequence, 0),
+            reason,
+        })?;
+        let messages = (0..)
+            .zip(bodies)
+            .map(|(index, body)| Message {
+                topic: topic.clone(),
+                sequence: entry::position(stream_sequence, index),
+                body,
+                redelivery_count: 0,
+            })
+            .collect();
+        Ok(Some(messages))
     }
 }
 
@@ -222,15 +234,26 @@ impl TopicAdmin for NatsEngine {
                     topic: topic.clone(),
                 })?;
             let mut messages = Vec::new();
-            let mut sequence = floor;
-            // Stream sequences start at 1, fnhost's at 0: the floor is the first fnhost sequence after it.
             let last = stream.cached_info().state.last_sequence;
-            while messages.len() < count && sequence < last {
-                if let Some(message) = inner.stored_message(&stream, topic, sequence).await? {
-                    messages.push(message);
+            for stream_sequence in floor + 1..=last {
+                if messages.len() >= count {
+                    break;
                 }
-                sequence += 1;
+                let Some(stored) = inner.stored_entry(&stream, topic, stream_sequence).await? else { continue };
+                let entry = delivery::EntryKey {
+                    name: subscription.clone(),
+                    shares: (0, 1),
+                    topic: topic.clone(),
+                    stream_sequence,
+                };
+                let acknowledged = inner.partial_record(&entry).await?.unwrap_or_default();
+                messages.extend(
+                    stored
+                        .into_iter()
+                        .filter(|message| !delivery::ranges_hold(&acknowledged, entry::entry_of(message.sequence).1)),
+                );
             }
+            messages.truncate(count);
             Ok(messages)
         })
     }
@@ -243,17 +266,29 @@ impl TopicAdmin for NatsEngine {
             if state.messages == 0 || offset == 0 {
                 return Ok(None);
             }
-            // Stream sequences start at 1, fnhost's at 0.
-            let sequence = match from {
-                Position::Earliest => (state.first_sequence - 1).checked_add(offset - 1),
-                Position::Latest => (state.last_sequence - 1).checked_sub(offset - 1),
+            // Entries hold several messages: count them from the end asked for.
+            let mut remaining = offset;
+            let mut stream_sequence = match from {
+                Position::Earliest => state.first_sequence,
+                Position::Latest => state.last_sequence,
             };
-            match sequence {
-                Some(sequence) if sequence < state.last_sequence => {
-                    inner.stored_message(&stream, topic, sequence).await
+            while (state.first_sequence..=state.last_sequence).contains(&stream_sequence) {
+                if let Some(mut stored) = inner.stored_entry(&stream, topic, stream_sequence).await? {
+                    if let Some(index) = usize::try_from(remaining - 1).ok().filter(|&index| index < stored.len()) {
+                        let index = match from {
+                            Position::Earliest => index,
+                            Position::Latest => stored.len() - 1 - index,
+                        };
+                        return Ok(Some(stored.swap_remove(index)));
+                    }
+                    remaining -= stored.len() as u64;
                 }
-                _ => Ok(None),
+                stream_sequence = match from {
+                    Position::Earliest => stream_sequence + 1,
+                    Position::Latest => stream_sequence - 1,
+                };
             }
+            Ok(None)
         })
     }
 

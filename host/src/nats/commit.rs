@@ -2,11 +2,12 @@
 //! first (its outputs and each changed key's final value), which a successor replays, then the
 //! outputs (with message ids the stream de-duplicates), the state writes and the acknowledgements.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_nats::jetstream::kv;
 use bincode::{Decode, Encode};
 
+use super::entry;
 use super::names::kv_key;
 use super::subscription::{INTENT_PREFIX, NatsSubscription};
 use super::{Inner, ValueCache, decode, encode, remember, storage};
@@ -14,7 +15,95 @@ use crate::engine::broker::{BrokerError, Effects, OutMessage, SubscriptionSpec, 
 use crate::engine::state::{Change, StateValue, Versioned};
 use crate::names::{SubscriptionName, TopicName};
 
+/// How many times a commit that failed for a passing reason is repeated.
+const COMMIT_RETRIES: u32 = 50;
+
 impl NatsSubscription {
+    /// Commits `effects`: writes them, records the acknowledged messages of entries still partly
+    /// unacknowledged, then acknowledges the entries now acknowledged whole.
+    pub(super) fn commit_effects(&self, effects: Effects) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let positions = || {
+            effects.acks.iter().flat_map(|(topic, ranges)| {
+                ranges.iter().flat_map(move |&(start, end)| (start..end).map(move |at| (topic, at)))
+            })
+        };
+        let mut replies = Vec::new();
+        let mut records = Vec::new();
+        let mut forget = Vec::new();
+        let mut done = Vec::new();
+        let mut highest: HashMap<TopicName, u64> = HashMap::new();
+        {
+            let mut delivered = inner.delivered.lock().unwrap();
+            // A reader has no subscription, so nothing was delivered to it for acknowledgement.
+            let unknown = positions().find(|&(topic, position)| {
+                let (stream_sequence, index) = entry::entry_of(position);
+                self.spec.name.as_ref().is_none_or(|name| {
+                    delivered
+                        .get(&self.entry_key(name, topic, stream_sequence))
+                        .is_none_or(|held| !held.unacked.contains(&index))
+                })
+            });
+            if let Some((topic, position)) = unknown {
+                return Err(BrokerError::Storage(format!(
+                    "message {position} of {topic} was not received by subscription `{}` through this worker; acknowledge it on the worker that received it",
+                    self.spec.name.as_ref().map(ToString::to_string).unwrap_or_default()
+                )));
+            }
+            let mut touched = BTreeSet::new();
+            if let Some(name) = &self.spec.name {
+                for (topic, position) in positions() {
+                    let (stream_sequence, index) = entry::entry_of(position);
+                    let key = self.entry_key(name, topic, stream_sequence);
+                    delivered.get_mut(&key).expect("checked above").unacked.remove(&index);
+                    touched.insert(key);
+                    let high = highest.entry(topic.clone()).or_default();
+                    *high = (*high).max(position);
+                }
+            }
+            for key in touched {
+                let held = delivered.get_mut(&key).expect("checked above");
+                if held.unacked.is_empty() {
+                    if held.recorded {
+                        forget.push(key.record());
+                    }
+                    replies.push(held.reply.clone());
+                    delivered.remove(&key);
+                    done.push((key.topic, key.stream_sequence));
+                } else {
+                    records.push((key.record(), held.acknowledged()));
+                    held.recorded = true;
+                }
+            }
+        }
+        let commit = inner.commit_id();
+        let mut attempt = 0;
+        inner.block_on(async {
+            loop {
+                let applied = match self.apply(&effects, &commit, &highest).await {
+                    Ok(()) => inner.record_partial(&records).await,
+                    failed => failed,
+                };
+                match applied {
+                    Err(error) if attempt < COMMIT_RETRIES && super::is_transient(&error) => {
+                        attempt += 1;
+                        tracing::debug!(attempt, "committing again: {error}");
+                        tokio::time::sleep(super::RETRY_PAUSE).await;
+                    }
+                    result => break result,
+                }
+            }?;
+            inner.acknowledge(replies).await?;
+            inner.forget_partial(&forget).await;
+            Ok::<_, BrokerError>(())
+        })?;
+        let mut held = self.held.lock().unwrap();
+        for entry in &done {
+            held.remove(entry);
+        }
+        Ok(())
+    }
+
     /// Finishes the commit a predecessor of this consumer may have left half done, and learns
     /// what it committed.
     pub(super) fn finish_intent(&self) -> Result<(), BrokerError> {
@@ -28,9 +117,9 @@ impl NatsSubscription {
                 ))
             })?;
             let mut committed = HashMap::new();
-            for (topic, sequence) in &intent.committed {
+            for (topic, position) in &intent.committed {
                 if let Ok(topic) = TopicName::parse(topic) {
-                    committed.insert(topic, *sequence);
+                    committed.insert(topic, *position);
                 }
             }
             // Applying it again is harmless: outputs keep their message ids and state its final values.
@@ -157,7 +246,7 @@ pub(crate) struct Intent {
     fqfn: Option<String>,
     /// Each changed key and what it holds after the commit (`None`: removed).
     state: Vec<(String, Option<StateValue>)>,
-    /// For each topic, the highest sequence this consumer has committed.
+    /// For each topic, the highest position this consumer has committed.
     committed: Vec<(String, u64)>,
 }
 
@@ -195,28 +284,29 @@ pub(super) async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), B
     Ok(())
 }
 
-/// Publishes a commit's outputs, topic by topic, each with the id `COMMIT-INDEX`.
+/// Publishes a commit's outputs, topic by topic in the order each first appears, as entries
+/// whose ids are `COMMIT-TOPIC-ENTRY`.
 pub(super) async fn publish_outputs(
     inner: &Inner,
     outputs: impl IntoIterator<Item = (TopicName, OutMessage)>,
     commit: &str,
 ) -> Result<(), BrokerError> {
     let mut topics: Vec<TopicName> = Vec::new();
-    let mut messages: Vec<Vec<(OutMessage, Option<String>)>> = Vec::new();
-    for (index, (topic, message)) in outputs.into_iter().enumerate() {
-        let id = Some(format!("{commit}-{index}"));
+    let mut messages: Vec<Vec<OutMessage>> = Vec::new();
+    for (topic, message) in outputs {
         match topics.iter().position(|known| *known == topic) {
-            Some(position) => messages[position].push((message, id)),
+            Some(position) => messages[position].push(message),
             None => {
                 topics.push(topic);
-                messages.push(vec![(message, id)]);
+                messages.push(vec![message]);
             }
         }
     }
-    for (topic, messages) in topics.iter().zip(messages) {
-        inner.publish(topic, messages).await?;
-    }
-    Ok(())
+    let publishes = topics.iter().zip(messages).enumerate().map(|(index, (topic, messages))| async move {
+        let id = format!("{commit}-{index}");
+        inner.publish(topic, messages, Some(&id)).await
+    });
+    futures_util::future::try_join_all(publishes).await.map(drop)
 }
 
 /// Writes final values, all requests in flight at once.

@@ -19,6 +19,8 @@
 mod admin;
 mod commit;
 mod connect;
+mod delivery;
+mod entry;
 mod failure;
 mod metadata;
 mod names;
@@ -38,7 +40,7 @@ use bincode::Decode;
 
 use self::failure::Failure;
 use crate::codec::encode;
-use crate::engine::broker::{Broker, BrokerError, Inputs, OutMessage, Subscription, SubscriptionSpec, key_route};
+use crate::engine::broker::{Broker, BrokerError, Inputs, MessageBody, OutMessage, Subscription, SubscriptionSpec};
 use crate::engine::clock::now_millis;
 use crate::engine::metadata::MetadataError;
 use crate::engine::state::{StateError, Versioned};
@@ -46,8 +48,8 @@ use crate::names::{Fqfn, SubscriptionName, TopicName};
 use metadata::records;
 
 pub use connect::NatsSecurity;
-pub use names::subject_matches;
-use names::{STATE_BUCKET_PREFIX, kv_key, message_subject, token, topic_stream, topic_subject_prefix};
+pub use entry::MAX_ENTRY_MESSAGES;
+use names::{STATE_BUCKET_PREFIX, entry_subject, kv_key, token, topic_stream, topic_subject_prefix};
 
 /// The bucket of metadata records (function records, commit intents).
 const METADATA_BUCKET: &str = "fnhost-metadata";
@@ -76,6 +78,12 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// leader election takes a few seconds.
 const PUBLISH_RETRIES: u32 = 50;
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The least largest message fnhost works with: a server that allows less is taken to allow this,
+/// and refuses what exceeds it.
+const MIN_PAYLOAD: usize = 64 << 10;
+/// How many bytes one pull of a subscription brings at most, unless the servers' largest message is larger.
+const PULL_BYTES: usize = 4 << 20;
 
 /// Most state keys a function's [`ValueCache`] holds; past it the cache starts again empty.
 const MAX_CACHED_KEYS: usize = 65_536;
@@ -157,13 +165,15 @@ struct Inner {
     packages: object_store::ObjectStore,
     members: kv::Store,
     leader: kv::Store,
-    /// The reply subject of each message delivered to a durable subscription in this process and
-    /// not yet acknowledged, by subscription, topic and sequence: an acknowledgement goes there.
-    delivered: Mutex<HashMap<(SubscriptionName, TopicName, u64), async_nats::Subject>>,
+    /// Each entry delivered to a durable subscription in this process and not yet acknowledged,
+    /// by subscription, topic and stream sequence.
+    delivered: Mutex<HashMap<delivery::EntryKey, delivery::Held>>,
     /// Makes output message ids unique across this process's commits.
     commits: AtomicU64,
-    /// Spreads keyless messages over key shares.
-    keyless: AtomicU64,
+    /// How large an entry may grow (half the servers' largest message, leaving room for headers).
+    entry_bytes: usize,
+    /// How many bytes one pull may bring: several entries, and never less than the largest one.
+    pull_bytes: usize,
     /// Distinguishes this process's output message ids from other processes'.
     process: String,
 }
@@ -219,6 +229,7 @@ impl NatsEngine {
                     unavailable(format!("connecting: {error}"))
                 }
             })?;
+        let max_payload = client.server_info().max_payload.max(MIN_PAYLOAD);
         let (client, jetstream, metadata, packages, members, leader) = runtime
             .block_on(async {
                 let mut jetstream = jetstream::new(client.clone());
@@ -265,7 +276,8 @@ impl NatsEngine {
                 leader,
                 delivered: Mutex::default(),
                 commits: AtomicU64::new(0),
-                keyless: AtomicU64::new(0),
+                entry_bytes: max_payload / 2,
+                pull_bytes: (max_payload * 2).max(PULL_BYTES),
                 process: format!("{:x}{:x}", std::process::id(), now_millis()),
             }),
         })
@@ -340,31 +352,29 @@ impl Inner {
         Ok(names.iter().filter_map(|name| names::stream_topic(name)).collect())
     }
 
-    /// Publishes `messages` to `topic`, pipelined, and returns their sequences once stored.
-    /// Each message has an id (`Nats-Msg-Id`, given or made here), so a publish that failed
-    /// in a leader election is simply repeated: the stream drops what it already has.
+    /// Publishes `messages` to `topic` as batched entries, pipelined, and returns their
+    /// positions once stored. Entry `n` has the id `ID-n` (`Nats-Msg-Id`, with `id` given or made
+    /// here), so a publish that failed in a leader election is simply repeated: the stream drops
+    /// the entries it already has.
     async fn publish(
         &self,
         topic: &TopicName,
-        messages: impl IntoIterator<Item = (OutMessage, Option<String>)>,
+        messages: Vec<OutMessage>,
+        id: Option<&str>,
     ) -> Result<Vec<u64>, BrokerError> {
         self.topic_stream(topic).await?;
         let publish_time = now_millis();
-        let prepared: Vec<(String, bytes::Bytes, String)> = messages
+        let bodies: Vec<MessageBody> = messages.into_iter().map(|message| message.stamp(publish_time)).collect();
+        let id = id.map_or_else(|| self.commit_id(), str::to_owned);
+        let subject = entry_subject(topic);
+        let prepared: Vec<(entry::Packed, String)> = entry::pack(&bodies, self.entry_bytes)
             .into_iter()
-            .map(|(message, id)| {
-                let route = match message.key.as_deref() {
-                    Some(key) => key_route(key),
-                    None => self.keyless.fetch_add(1, Ordering::Relaxed),
-                };
-                let body = message.stamp(publish_time);
-                let id = id.unwrap_or_else(|| self.commit_id());
-                (message_subject(topic, route), encode(&body).into(), id)
-            })
+            .enumerate()
+            .map(|(index, packed)| (packed, format!("{id}-{index}")))
             .collect();
         let mut attempt = 0;
         loop {
-            match self.publish_once(&prepared).await {
+            match self.publish_once(&subject, &prepared).await {
                 Err(error) if attempt < PUBLISH_RETRIES && is_transient(&error) => {
                     attempt += 1;
                     tracing::debug!(%topic, attempt, "publishing again: {error}");
@@ -375,17 +385,22 @@ impl Inner {
         }
     }
 
-    async fn publish_once(&self, prepared: &[(String, bytes::Bytes, String)]) -> Result<Vec<u64>, BrokerError> {
+    async fn publish_once(&self, subject: &str, prepared: &[(entry::Packed, String)]) -> Result<Vec<u64>, BrokerError> {
         let mut pending = Vec::with_capacity(prepared.len());
-        for (subject, payload, id) in prepared {
-            let publish = jetstream::context::Publish::build().payload(payload.clone()).message_id(id);
-            pending.push(self.jetstream.send_publish(subject.clone(), publish).await.map_err(storage)?);
+        for (packed, id) in prepared {
+            let publish = jetstream::context::Publish::build()
+                .headers(packed.headers.clone())
+                .payload(packed.payload.clone())
+                .message_id(id);
+            pending
+                .push((packed.count, self.jetstream.send_publish(subject.to_owned(), publish).await.map_err(storage)?));
         }
-        let mut sequences = Vec::with_capacity(pending.len());
-        for ack in pending {
-            sequences.push(ack.await.map_err(storage)?.sequence - 1);
+        let mut positions = Vec::new();
+        for (count, ack) in pending {
+            let stream_sequence = ack.await.map_err(storage)?.sequence;
+            positions.extend((0..count).map(|index| entry::position(stream_sequence, index)));
         }
-        Ok(sequences)
+        Ok(positions)
     }
 
     /// The state bucket of `fqfn`, created on first use.
@@ -425,7 +440,7 @@ impl Inner {
 impl Broker for NatsEngine {
     fn produce(&self, topic: &TopicName, messages: Vec<OutMessage>) -> Result<Vec<u64>, BrokerError> {
         let inner = &self.inner;
-        inner.block_on(inner.publish(topic, messages.into_iter().map(|message| (message, None))))
+        inner.block_on(inner.publish(topic, messages, None))
     }
 
     fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BrokerError> {
@@ -446,10 +461,13 @@ impl Broker for NatsEngine {
                     }
                 }
             }
-            let intents = format!("{}{name}/", subscription::INTENT_PREFIX);
-            for (key, _) in records(&inner.jetstream, METADATA_BUCKET, &intents).await.map_err(storage)? {
-                inner.metadata.purge(kv_key(&key)).await.map_err(storage)?;
+            for prefix in [subscription::INTENT_PREFIX, delivery::PARTIAL_PREFIX] {
+                let prefix = format!("{prefix}{name}/");
+                for (key, _) in records(&inner.jetstream, METADATA_BUCKET, &prefix).await.map_err(storage)? {
+                    inner.metadata.purge(kv_key(&key)).await.map_err(storage)?;
+                }
             }
+            inner.delivered.lock().unwrap().retain(|entry, _| entry.name != *name);
             Ok(())
         })
     }
@@ -458,24 +476,35 @@ impl Broker for NatsEngine {
         &self,
         subscription: &SubscriptionName,
         topic: &TopicName,
-        sequence: u64,
+        position: u64,
     ) -> Result<bool, BrokerError> {
         let inner = &self.inner;
         let durable = token(&subscription.to_string());
+        let (stream_sequence, index) = entry::entry_of(position);
         inner.block_on(async {
             use futures_util::TryStreamExt as _;
             let stream = inner.topic_stream(topic).await?;
-            let message = match stream.get_raw_message(sequence + 1).await {
-                Ok(message) => message,
-                Err(_) => return Ok(false),
-            };
+            let Ok(message) = stream.get_raw_message(stream_sequence).await else { return Ok(false) };
+            let bodies = entry::unpack(Some(&message.headers), &message.payload)
+                .map_err(|reason| BrokerError::Corrupt { topic: topic.clone(), sequence: position, reason })?;
+            let Some(body) = bodies.get(index as usize) else { return Ok(false) };
+            let route = entry::route(body, stream_sequence, index);
             let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
-            Ok(consumers.iter().any(|consumer| {
-                subscription::consumer_belongs_to(&consumer.name, &durable)
-                    && (consumer.config.filter_subject.is_empty()
-                        || subject_matches(&consumer.config.filter_subject, &message.subject))
-                    && consumer.ack_floor.stream_sequence > sequence
-            }))
+            for consumer in consumers {
+                let Some(shares) = subscription::consumer_shares(&consumer.name, &durable) else { continue };
+                if route % u64::from(shares.1) != u64::from(shares.0) {
+                    continue;
+                }
+                if consumer.ack_floor.stream_sequence >= stream_sequence {
+                    return Ok(true);
+                }
+                let entry =
+                    delivery::EntryKey { name: subscription.clone(), shares, topic: topic.clone(), stream_sequence };
+                if inner.partial_record(&entry).await?.is_some_and(|ranges| delivery::ranges_hold(&ranges, index)) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         })
     }
 }

@@ -4,7 +4,6 @@
 
 use base64::Engine as _;
 
-use crate::limits::MAX_PARALLELISM;
 use crate::names::TopicName;
 
 /// Streams holding topics are named this followed by the topic's token.
@@ -58,34 +57,10 @@ pub fn topic_subject_prefix(topic: &TopicName) -> String {
     format!("fnt.{}", token(topic.as_str()))
 }
 
-/// The subject a message with key-shared routing hash `route` is published on: one token per
-/// possible instance count `n` (2 to MAX_PARALLELISM), holding `route % n`. A consumer of key
-/// share `i` of `n` then selects its messages with one filter subject, which is all NATS 2.9 offers.
-pub fn message_subject(topic: &TopicName, route: u64) -> String {
-    let mut subject = topic_subject_prefix(topic);
-    for count in 2..=u64::from(MAX_PARALLELISM) {
-        subject.push('.');
-        subject.push_str(&(route % count).to_string());
-    }
-    subject
-}
-
-/// The filter subject of key share `share` of `count` in `topic`'s stream.
-pub fn key_share_filter(topic: &TopicName, (share, count): (u32, u32)) -> String {
-    let mut filter = topic_subject_prefix(topic);
-    if count <= 1 {
-        filter.push_str(".>");
-        return filter;
-    }
-    for position in 2..=MAX_PARALLELISM {
-        filter.push('.');
-        if position == count {
-            filter.push_str(&share.to_string());
-        } else {
-            filter.push('*');
-        }
-    }
-    filter
+/// The subject every entry of `topic` is published on. Key-shared consumers take their keys
+/// from each entry rather than by filter subject, since an entry holds many keys.
+pub fn entry_subject(topic: &TopicName) -> String {
+    format!("{}.e", topic_subject_prefix(topic))
 }
 
 /// A key-value key for any string (state keys are arbitrary): `k_` and the URL-safe base64 of its bytes.
@@ -97,21 +72,6 @@ pub fn kv_key(key: &str) -> String {
 pub fn kv_key_name(key: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key.strip_prefix("k_")?).ok()?;
     String::from_utf8(bytes).ok()
-}
-
-/// True when `subject` matches the filter subject `filter` (`*` one token, a final `>` one or more).
-pub fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for filter_token in filter.split('.') {
-        match (filter_token, subject_tokens.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            ("*", Some(_)) => {}
-            (expected, Some(token)) if expected == token => {}
-            _ => return false,
-        }
-    }
-    subject_tokens.next().is_none()
 }
 
 #[cfg(test)]
@@ -129,20 +89,5 @@ mod tests {
         let topic = TopicName::parse("in").unwrap();
         assert_eq!(stream_topic(&topic_stream(&topic)), Some(topic));
         assert_eq!(stream_topic("KV_other"), None);
-    }
-
-    /// The filter of exactly one share of each count matches a subject, and it is the route's.
-    #[test]
-    fn each_subject_matches_the_filter_of_its_routes_share_only() {
-        let topic = TopicName::parse("in").unwrap();
-        for route in [0_u64, 1, 7, 1_000_003, u64::MAX] {
-            let subject = message_subject(&topic, route);
-            for count in [1_u32, 2, 3, 5, 64] {
-                let owners: Vec<u32> = (0..count)
-                    .filter(|&share| subject_matches(&key_share_filter(&topic, (share, count)), &subject))
-                    .collect();
-                assert_eq!(owners, vec![(route % u64::from(count)) as u32], "route {route}, count {count}");
-            }
-        }
     }
 }

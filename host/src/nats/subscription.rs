@@ -1,6 +1,6 @@
 //! One consumer of a subscription in NATS: a pull consumer per input topic, and the commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,11 +9,13 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use futures_util::StreamExt as _;
 
 use super::commit::intent_key;
+use super::delivery::{EntryKey, Held};
+use super::entry;
 use super::failure::Failure;
-use super::names::{key_share_filter, token};
-use super::{CLUSTER_ACK_WAIT, Inner, decode, storage};
+use super::names::token;
+use super::{CLUSTER_ACK_WAIT, Inner, storage};
 use crate::engine::broker::{
-    BrokerError, Effects, FetchWaker, Message, MessageBody, Position, Subscription, SubscriptionSpec, SubscriptionType,
+    BrokerError, FetchWaker, Message, Position, Subscription, SubscriptionSpec, SubscriptionType,
 };
 use crate::limits::{MAX_SUBSCRIPTION_TOPICS, MAX_UNACKED_MESSAGES};
 use crate::names::{SubscriptionName, TopicName, TopicPattern};
@@ -24,8 +26,6 @@ pub(super) const INTENT_PREFIX: &str = "intent/";
 const PATTERN_REFRESH: Duration = Duration::from_secs(2);
 /// How long one waiting pull may last when several topics take turns.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
-/// How many times a commit that failed for a passing reason is repeated.
-const COMMIT_RETRIES: u32 = 50;
 /// How long past its expiry a pull may go without an answer before the instance gives up.
 const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pull shorter than this is not worth a request.
@@ -44,6 +44,18 @@ async fn within<T>(limit: Duration, next: impl Future<Output = Option<T>>) -> Re
 /// True when the consumer named `consumer` is one of the durable subscription whose token is `durable`.
 pub(super) fn consumer_belongs_to(consumer: &str, durable: &str) -> bool {
     consumer == durable || consumer.strip_prefix(durable).is_some_and(|rest| rest.starts_with("_k"))
+}
+
+/// The key share of the consumer named `consumer` if it is one of the durable subscription whose
+/// token is `durable`: `(0, 1)` for the subscription's one consumer, `(share, count)` for a key
+/// share (`<durable>_k<share>_<count>`).
+pub(super) fn consumer_shares(consumer: &str, durable: &str) -> Option<(u32, u32)> {
+    if consumer == durable {
+        return Some((0, 1));
+    }
+    let (share, count) = consumer.strip_prefix(durable)?.strip_prefix("_k")?.split_once('_')?;
+    let (share, count) = (share.parse().ok()?, count.parse().ok()?);
+    (share < count).then_some((share, count))
 }
 
 /// Whether `spec` keeps each key's order: failover and key-shared subscriptions.
@@ -125,13 +137,16 @@ impl Deliveries {
 
 pub(super) struct NatsSubscription {
     pub(super) inner: Arc<Inner>,
-    spec: SubscriptionSpec,
+    pub(super) spec: SubscriptionSpec,
     consumers: Mutex<Vec<TopicConsumer>>,
     last_refresh: Mutex<Instant>,
     rotation: AtomicUsize,
     wake: Arc<tokio::sync::Notify>,
-    /// Messages this consumer was given and has not acknowledged: topic and sequence.
-    outstanding: Mutex<HashSet<(TopicName, u64)>>,
+    /// Messages of entries pulled that did not fit in the fetch that pulled them, and messages
+    /// given back: the next fetches return them first.
+    ready: Mutex<VecDeque<Message>>,
+    /// The entries this consumer holds (in [`Inner::delivered`]): topic and stream sequence.
+    pub(super) held: Mutex<HashSet<(TopicName, u64)>>,
     /// For ordered subscriptions: the metadata key of this consumer's commit intent.
     pub(super) intent_key: Option<String>,
     /// For ordered subscriptions: per topic, the highest committed sequence; a message at or below
@@ -151,7 +166,8 @@ impl NatsSubscription {
             last_refresh: Mutex::new(Instant::now()),
             rotation: AtomicUsize::new(0),
             wake: Arc::default(),
-            outstanding: Mutex::default(),
+            ready: Mutex::default(),
+            held: Mutex::default(),
             intent_key,
             committed: Mutex::default(),
             deliveries: Mutex::default(),
@@ -169,6 +185,19 @@ impl NatsSubscription {
     /// does, and the cluster moves instance 0 to another worker when its worker dies.
     fn is_active(&self) -> bool {
         self.spec.subscription_type != SubscriptionType::Failover || self.spec.key_shares.0 == 0
+    }
+
+    /// This consumer's key share: `(0, 1)` unless it is one of several key shares.
+    pub(super) fn shares(&self) -> (u32, u32) {
+        match self.spec.subscription_type == SubscriptionType::KeyShared && self.spec.key_shares.1 > 1 {
+            true => self.spec.key_shares,
+            false => (0, 1),
+        }
+    }
+
+    /// The key of this consumer's hold on the entry at `stream_sequence` of `topic`.
+    pub(super) fn entry_key(&self, name: &SubscriptionName, topic: &TopicName, stream_sequence: u64) -> EntryKey {
+        EntryKey { name: name.clone(), shares: self.shares(), topic: topic.clone(), stream_sequence }
     }
 
     /// Whether this consumer must receive each topic in order, without gaps: the active consumer
@@ -225,8 +254,8 @@ impl NatsSubscription {
                 .await
                 .map_err(storage);
         };
-        let (share, count) = self.spec.key_shares;
-        let key_shared = self.spec.subscription_type == SubscriptionType::KeyShared && count > 1;
+        let (share, count) = self.shares();
+        let key_shared = count > 1;
         let name = name.to_string();
         let durable = if key_shared { format!("{}_k{share}_{count}", token(&name)) } else { token(&name) };
         let ack_wait = self.spec.ack_timeout.unwrap_or(CLUSTER_ACK_WAIT);
@@ -235,7 +264,6 @@ impl NatsSubscription {
             deliver_policy,
             ack_policy: AckPolicy::Explicit,
             ack_wait,
-            filter_subject: if key_shared { key_share_filter(topic, (share, count)) } else { String::new() },
             max_ack_pending: MAX_UNACKED_MESSAGES as i64,
             ..Default::default()
         };
@@ -279,46 +307,73 @@ impl NatsSubscription {
         Ok(consumer)
     }
 
-    /// Turns a pulled message into a [`Message`], or acknowledges it again if it was committed already.
+    /// The messages of a pulled entry this consumer is to process: of its keys if it is a key
+    /// share, and not yet committed or acknowledged. An entry with none is acknowledged at once.
     async fn take(
         &self,
         topic: &TopicName,
         message: async_nats::jetstream::Message,
-    ) -> Result<Option<Message>, BrokerError> {
+    ) -> Result<Vec<Message>, BrokerError> {
         let info = message.info().map_err(storage)?;
-        let sequence = info.stream_sequence - 1;
+        let stream_sequence = info.stream_sequence;
         let redelivery_count = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
         let delivery = match self.deliveries.lock().unwrap().get_mut(topic) {
-            Some(deliveries) => deliveries.observe(info.consumer_sequence, sequence),
+            Some(deliveries) => deliveries.observe(info.consumer_sequence, stream_sequence),
             None => Delivery::Next,
         };
-        match delivery {
-            Delivery::Missed { expected, received } => {
-                return Err(BrokerError::MissedDelivery { topic: topic.clone(), expected, received });
-            }
-            Delivery::Again | Delivery::Next => {}
+        if let Delivery::Missed { expected, received } = delivery {
+            return Err(BrokerError::MissedDelivery { topic: topic.clone(), expected, received });
         }
+        let bodies = entry::unpack(message.headers.as_ref(), &message.payload).map_err(|reason| {
+            BrokerError::Corrupt { topic: topic.clone(), sequence: entry::position(stream_sequence, 0), reason }
+        })?;
         let committed = self.committed.lock().unwrap().get(topic).copied();
-        if let (Some(reply), Some(committed)) = (&message.reply, committed)
-            && sequence <= committed
-        {
+        let (share, count) = self.shares();
+        let mut wanted: Vec<u32> = (0..bodies.len() as u32)
+            .filter(|&index| {
+                entry::route(&bodies[index as usize], stream_sequence, index) % u64::from(count) == u64::from(share)
+            })
+            .filter(|&index| committed.is_none_or(|committed| entry::position(stream_sequence, index) > committed))
+            .collect();
+        let (Some(name), Some(reply)) = (&self.spec.name, &message.reply) else {
+            // A reader: nothing to acknowledge.
+            return Ok(messages(topic, stream_sequence, bodies, &wanted, redelivery_count));
+        };
+        let key = self.entry_key(name, topic, stream_sequence);
+        let mut recorded = false;
+        if !wanted.is_empty() && !self.keeps_order() {
+            // A redelivery: skip what was acknowledged, here or on a worker that is gone.
+            let held = self.inner.delivered.lock().unwrap().get(&key).map(|held| held.unacked.clone());
+            if let Some(unacked) = held {
+                wanted.retain(|index| unacked.contains(index));
+            } else if redelivery_count > 0
+                && let Some(ranges) = self.inner.partial_record(&key).await?
+            {
+                recorded = true;
+                wanted.retain(|&index| !super::delivery::ranges_hold(&ranges, index));
+            }
+        }
+        if wanted.is_empty() {
             self.inner.client.publish(reply.clone(), bytes::Bytes::new()).await.map_err(storage)?;
-            return Ok(None);
+            self.inner.delivered.lock().unwrap().remove(&key);
+            if recorded {
+                self.inner.forget_partial(&[key.record()]).await;
+            }
+            return Ok(Vec::new());
         }
         if delivery == Delivery::Again {
             // Its first delivery is being processed, and that one's commit acknowledges it.
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let body: MessageBody = decode(&message.payload).map_err(|reason| BrokerError::Corrupt {
-            topic: topic.clone(),
-            sequence,
-            reason,
-        })?;
-        if let (Some(name), Some(reply)) = (&self.spec.name, &message.reply) {
-            self.inner.delivered.lock().unwrap().insert((name.clone(), topic.clone(), sequence), reply.clone());
-            self.outstanding.lock().unwrap().insert((topic.clone(), sequence));
-        }
-        Ok(Some(Message { topic: topic.clone(), sequence, body, redelivery_count }))
+        let held = Held {
+            reply: reply.clone(),
+            count: bodies.len() as u32,
+            unacked: wanted.iter().copied().collect(),
+            recorded: recorded || self.inner.delivered.lock().unwrap().get(&key).is_some_and(|held| held.recorded),
+        };
+        self.inner.delivered.lock().unwrap().insert(key, held);
+        self.held.lock().unwrap().insert((topic.clone(), stream_sequence));
+        Ok(messages(topic, stream_sequence, bodies, &wanted, redelivery_count))
     }
 
     /// Pulls up to `max` messages that are there now, taking the topics in turn.
@@ -334,11 +389,15 @@ impl NatsSubscription {
                 break;
             }
             let (topic, consumer) = &consumers[(start + offset) % consumers.len()];
-            let mut batch = consumer.fetch().max_messages(max - taken.len()).messages().await.map_err(storage)?;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max - taken.len())
+                .max_bytes(self.inner.pull_bytes)
+                .messages()
+                .await
+                .map_err(storage)?;
             while let Some(message) = within(PULL_TIMEOUT, batch.next()).await? {
-                if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
-                    taken.push(message);
-                }
+                taken.extend(self.take(topic, message.map_err(storage)?).await?);
             }
         }
         Ok(taken)
@@ -354,9 +413,7 @@ impl NatsSubscription {
         let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(storage)?;
         let mut taken = Vec::new();
         while let Some(message) = within(wait + PULL_TIMEOUT, batch.next()).await? {
-            if let Some(message) = self.take(topic, message.map_err(storage)?).await? {
-                taken.push(message);
-            }
+            taken.extend(self.take(topic, message.map_err(storage)?).await?);
         }
         Ok(taken)
     }
@@ -389,6 +446,13 @@ impl Subscription for NatsSubscription {
         if !self.is_active() {
             return Ok(self.idle(wait));
         }
+        {
+            let mut ready = self.ready.lock().unwrap();
+            if !ready.is_empty() {
+                let count = max.min(ready.len());
+                return Ok(ready.drain(..count).collect());
+            }
+        }
         self.refresh_pattern()?;
         let consumers: Vec<(TopicName, PullConsumer)> = self
             .consumers
@@ -400,12 +464,12 @@ impl Subscription for NatsSubscription {
         if consumers.is_empty() {
             return Ok(self.idle(wait));
         }
-        inner.block_on(async {
+        let mut taken = inner.block_on(async {
             loop {
                 let taken = self.pull_ready(&consumers, max).await?;
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if !taken.is_empty() || remaining < SHORTEST_WAIT {
-                    return Ok(taken);
+                    return Ok::<_, BrokerError>(taken);
                 }
                 let slice = if consumers.len() == 1 { remaining } else { remaining.min(WAIT_SLICE) };
                 let (topic, consumer) = &consumers[self.rotation.load(Ordering::Relaxed) % consumers.len()];
@@ -422,71 +486,19 @@ impl Subscription for NatsSubscription {
                     () = self.wake.notified() => return Ok(Vec::new()),
                 }
             }
-        })
+        })?;
+        if taken.len() > max {
+            self.ready.lock().unwrap().extend(taken.split_off(max));
+        }
+        Ok(taken)
     }
 
-    fn commit(&self, effects: Effects) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        // A reader has no subscription, so nothing was delivered to it for acknowledgement.
-        let name = self.spec.name.clone();
-        let received = |delivered: &HashMap<(SubscriptionName, TopicName, u64), async_nats::Subject>,
-                        topic: &TopicName,
-                        sequence: u64| {
-            name.as_ref().is_some_and(|name| delivered.contains_key(&(name.clone(), topic.clone(), sequence)))
-        };
-        let mut replies = Vec::new();
-        let mut acked = Vec::new();
-        let mut highest: HashMap<TopicName, u64> = HashMap::new();
-        {
-            let mut delivered = inner.delivered.lock().unwrap();
-            let unknown = effects.acks.iter().find_map(|(topic, ranges)| {
-                let mut sequences = ranges.iter().flat_map(|&(start, end)| start..end);
-                let missing = sequences.find(|&sequence| !received(&delivered, topic, sequence));
-                missing.map(|sequence| (topic, sequence))
-            });
-            if let Some((topic, sequence)) = unknown {
-                return Err(BrokerError::Storage(format!(
-                    "message {sequence} of {topic} was not received by subscription `{}` through this worker; acknowledge it on the worker that received it",
-                    name.as_ref().map(ToString::to_string).unwrap_or_default()
-                )));
-            }
-            for (topic, ranges) in effects.acks.iter() {
-                for &(start, end) in ranges {
-                    for sequence in start..end {
-                        if let Some(name) = &name {
-                            replies.extend(delivered.remove(&(name.clone(), topic.clone(), sequence)));
-                        }
-                        acked.push((topic.clone(), sequence));
-                    }
-                    let high = highest.entry(topic.clone()).or_default();
-                    *high = (*high).max(end - 1);
-                }
-            }
-        }
-        let commit = inner.commit_id();
-        let mut attempt = 0;
-        inner.block_on(async {
-            loop {
-                match self.apply(&effects, &commit, &highest).await {
-                    Err(error) if attempt < COMMIT_RETRIES && super::is_transient(&error) => {
-                        attempt += 1;
-                        tracing::debug!(attempt, "committing again: {error}");
-                        tokio::time::sleep(super::RETRY_PAUSE).await;
-                    }
-                    result => break result,
-                }
-            }?;
-            inner.acknowledge(replies).await
-        })?;
-        let mut outstanding = self.outstanding.lock().unwrap();
-        for message in &acked {
-            outstanding.remove(message);
-        }
-        Ok(())
+    fn commit(&self, effects: crate::engine::broker::Effects) -> Result<(), BrokerError> {
+        self.commit_effects(effects)
     }
 
     fn drained(&self) -> bool {
-        if !self.outstanding.lock().unwrap().is_empty() {
+        if !self.held.lock().unwrap().is_empty() || !self.ready.lock().unwrap().is_empty() {
             return false;
         }
         let consumers: Vec<PullConsumer> =
@@ -503,31 +515,12 @@ impl Subscription for NatsSubscription {
     }
 
     fn release(&self, messages: Vec<Message>) {
-        let Some(name) = &self.spec.name else { return };
-        let replies: Vec<async_nats::Subject> = {
-            let mut delivered = self.inner.delivered.lock().unwrap();
-            messages
-                .iter()
-                .filter_map(|message| delivered.remove(&(name.clone(), message.topic.clone(), message.sequence)))
-                .collect()
-        };
-        let mut outstanding = self.outstanding.lock().unwrap();
-        for message in &messages {
-            outstanding.remove(&(message.topic.clone(), message.sequence));
+        // They stay delivered to this consumer: its next fetch returns them first, and when it
+        // goes, its entries go to the other consumers (see `Drop`).
+        let mut ready = self.ready.lock().unwrap();
+        for message in messages.into_iter().rev() {
+            ready.push_front(message);
         }
-        drop(outstanding);
-        if is_ordered(&self.spec) {
-            // The next consumer starts again after the acknowledgement floor; a negative
-            // acknowledgement could reach it (it has the same name) and deliver a message twice.
-            return;
-        }
-        let client = self.inner.client.clone();
-        self.inner.block_on(async move {
-            for reply in replies {
-                let _ = client.publish(reply, bytes::Bytes::from_static(b"-NAK")).await;
-            }
-            let _ = client.flush().await;
-        });
     }
 
     fn waker(&self) -> FetchWaker {
@@ -538,19 +531,22 @@ impl Subscription for NatsSubscription {
 
 impl Drop for NatsSubscription {
     fn drop(&mut self) {
-        // What this consumer did not acknowledge goes to the others now rather than after the
-        // acknowledgement wait; the reply subjects stay known, for an acknowledgement by id later.
+        // The entries this consumer holds go to the others now rather than after the
+        // acknowledgement wait; what it acknowledged of them is recorded, and skipped there.
+        // They stay known to the process, for an acknowledgement by id later (the REST API
+        // receives and acknowledges through consumers of their own).
         let Some(name) = &self.spec.name else { return };
         if is_ordered(&self.spec) {
-            // As in `release`: the next consumer starts after the acknowledgement floor.
+            // The next consumer starts again after the acknowledgement floor; a negative
+            // acknowledgement could reach it (it has the same name) and deliver an entry twice.
             return;
         }
-        let outstanding = std::mem::take(&mut *self.outstanding.lock().unwrap());
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
         let replies: Vec<async_nats::Subject> = {
             let delivered = self.inner.delivered.lock().unwrap();
-            outstanding
-                .into_iter()
-                .filter_map(|(topic, sequence)| delivered.get(&(name.clone(), topic, sequence)).cloned())
+            held.into_iter()
+                .filter_map(|(topic, stream_sequence)| delivered.get(&self.entry_key(name, &topic, stream_sequence)))
+                .map(|held| held.reply.clone())
                 .collect()
         };
         let client = self.inner.client.clone();
@@ -561,6 +557,25 @@ impl Drop for NatsSubscription {
             let _ = client.flush().await;
         });
     }
+}
+
+/// The messages at `wanted` (ascending indices) of the entry at `stream_sequence` holding `bodies`.
+fn messages(
+    topic: &TopicName,
+    stream_sequence: u64,
+    bodies: Vec<crate::engine::broker::MessageBody>,
+    wanted: &[u32],
+    redelivery_count: u32,
+) -> Vec<Message> {
+    let mut wanted = wanted.iter().peekable();
+    let mut taken = Vec::with_capacity(wanted.len());
+    for (index, body) in (0..).zip(bodies) {
+        if wanted.next_if_eq(&&index).is_some() {
+            let sequence = entry::position(stream_sequence, index);
+            taken.push(Message { topic: topic.clone(), sequence, body, redelivery_count });
+        }
+    }
+    taken
 }
 
 #[cfg(test)]
