@@ -265,6 +265,21 @@ impl Client {
         (info.delivered.stream_sequence, info.num_ack_pending)
     }
 
+    /// The keys of fnhost's metadata bucket that record partly acknowledged entries.
+    fn partial_records(&self) -> Vec<String> {
+        use futures_util::TryStreamExt as _;
+        self.runtime.block_on(async {
+            let bucket = self.jetstream.get_key_value("fnhost-metadata").await.unwrap();
+            let keys: Vec<String> = bucket.keys().await.unwrap().try_collect().await.unwrap();
+            keys.iter()
+                .filter_map(|key| key.strip_prefix("k_"))
+                .filter_map(|key| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key).ok())
+                .filter_map(|key| String::from_utf8(key).ok())
+                .filter(|key| key.starts_with("partial/"))
+                .collect()
+        })
+    }
+
     /// Pulls the next message of `consumer` and forgets it, as a connection that dies with a
     /// delivery on its way does: the server counts it delivered, and nobody processes it.
     /// Returns its stream sequence.
@@ -306,7 +321,10 @@ fn a_delivery_lost_on_its_way_to_an_ordered_instance_is_processed_in_order() {
         produce_keyed(worker, &input, [(spin, "k".to_owned())]);
         let mut consumer = client.consumer(&input, &format!("public_2fdefault_2f{name}"));
         worker.wait_for("the instance to take the first message", || client.delivered(&mut consumer) == (1, 1));
-        produce_keyed(worker, &input, ["a", "b"].map(|value| (value, "k".to_owned())));
+        // One request each: a request's messages go in one entry, and only `a` is to be lost.
+        for value in ["a", "b"] {
+            produce_keyed(worker, &input, [(value, "k".to_owned())]);
+        }
         assert_eq!(client.lose_next(&consumer), 2, "{name}: the lost message is `a`, while the instance spins");
         wait_drained(&nats, &input, name, 1, &workers);
         let run = worker.cli(&["topics", "consume", &output, "--subscription", "verify", "--until-idle"]);
@@ -350,4 +368,75 @@ fn a_killed_leader_is_replaced_and_scheduling_goes_on() {
     assert!(!owners.contains_key(&leader), "nothing on the dead worker: {owners:?}");
     let triggered = workers[1].ok(&["functions", "trigger", "--name", "shout", "--trigger-value", "hello"]);
     assert_eq!(triggered["value"], "hello!", "{triggered}");
+}
+
+/// Individual acknowledgements inside a batched entry survive a kill: a MANUAL function
+/// acknowledges every other message of one entry, its worker is killed, and on the worker that
+/// takes its instance over the entry comes again with exactly the unacknowledged messages.
+#[test]
+fn a_manual_function_killed_inside_an_entry_gets_exactly_its_unacknowledged_messages_again() {
+    let nats = Nats::start(1);
+    let (mut workers, _dirs) = start_workers(&nats, 2);
+    let client = Client::connect(&nats);
+    let misbehave = guest("misbehave");
+    workers[0].ok(&[
+        "functions",
+        "create",
+        "--wasm",
+        misbehave.to_str().unwrap(),
+        "--name",
+        "manual",
+        "-i",
+        "manual-in",
+        "-o",
+        "manual-out",
+        "--processing-guarantees",
+        "MANUAL",
+        // Unacknowledged messages come again this long after their delivery, on the live worker
+        // as on the one that takes over; the retries keep them from the dead-letter topic.
+        "--ack-timeout-ms",
+        "3000",
+        "--max-message-retries",
+        "1000",
+    ]);
+    workers[0].wait_for("the instance to run", || owners(&workers[0], "manual").iter().all(|owner| !owner.is_empty()));
+    let values: Vec<String> =
+        (0..10).map(|index| if index % 2 == 0 { format!("m{index}") } else { format!("noack:m{index}") }).collect();
+    // One request: one entry.
+    produce_keyed(&workers[0], "manual-in", values.iter().map(|value| (value.as_str(), "k".to_owned())));
+    let read = |worker: &Worker| -> Vec<String> {
+        let run = worker.cli(&["topics", "consume", "manual-out", "--subscription", "verify", "--until-idle"]);
+        assert!(run.success, "{}", run.stderr);
+        run.stdout.lines().map(str::to_owned).collect()
+    };
+    let mut before = Vec::new();
+    workers[0].wait_for("every message to be processed once", || {
+        before.extend(read(&workers[0]));
+        values.iter().all(|value| before.contains(&format!("ok:{value}")))
+    });
+    workers[0].wait_for("the acknowledged half to be recorded", || {
+        client.partial_records().iter().any(|key| key.starts_with("partial/public/default/manual/"))
+    });
+
+    let victim = owners(&workers[0], "manual")[0].clone();
+    let index: usize = victim.trim_start_matches('w').parse().unwrap();
+    workers.remove(index).kill();
+    let survivor = &workers[0];
+    survivor.wait_for("the instance to move", || {
+        owners(survivor, "manual").iter().all(|owner| !owner.is_empty() && *owner != victim)
+    });
+    let mut after = Vec::new();
+    survivor.wait_for("every unacknowledged message to come again", || {
+        after.extend(read(survivor));
+        values.iter().filter(|value| value.starts_with("noack:")).all(|value| after.contains(&format!("ok:{value}")))
+    });
+    // Past one more acknowledgement timeout, in case an acknowledged message were to come late.
+    std::thread::sleep(Duration::from_secs(4));
+    after.extend(read(survivor));
+    let acknowledged_again: Vec<&String> = after.iter().filter(|output| !output.starts_with("ok:noack:")).collect();
+    assert!(acknowledged_again.is_empty(), "acknowledged messages came again after the kill: {acknowledged_again:?}");
+    let all: Vec<&String> = before.iter().chain(&after).collect();
+    for value in values.iter().filter(|value| !value.starts_with("noack:")) {
+        assert_eq!(all.iter().filter(|output| ***output == format!("ok:{value}")).count(), 1, "{value}: once");
+    }
 }

@@ -33,9 +33,10 @@
 //! - **A late copy after an ack timeout.** Under load, NATS may hand over a message's first
 //!   delivery after its redelivery was processed and acknowledged, which at-least-once allows;
 //!   the embedded engine never delivers a message again once it is acknowledged.
-//! - **Moving a cursor** (reset-cursor, skip, clear-backlog) and **holding a producer**
-//!   (`producer_request_hold`): JetStream cannot move a durable consumer's acknowledgement floor
-//!   nor hold a publish, so NATS refuses them as `BrokerError::Unsupported`, naming the verb.
+//! - **Skipping a count of messages** and **holding a producer** (`producer_request_hold`):
+//!   JetStream counts entries, not messages, and cannot hold a publish, so NATS refuses them as
+//!   `BrokerError::Unsupported`, naming the verb. (reset-cursor and clear-backlog make the
+//!   subscription's consumers again at the new position.)
 //! - **Peeking past a hole.** NATS peeks from the subscription's acknowledgement floor, so an
 //!   entry acknowledged whole past the first unacknowledged one is shown again; the embedded
 //!   engine leaves it out.
@@ -160,6 +161,7 @@ conformance!(
     topics_are_created_listed_examined_and_deleted,
     peek_shows_what_a_subscription_has_not_acknowledged_without_taking_it,
     namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused,
+    acknowledged_messages_are_freed_unless_retention_keeps_them_for_a_replay,
 );
 
 fn topic(name: &str) -> TopicName {
@@ -644,18 +646,68 @@ fn namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused(rig: &dyn
     let name = subscription(&input, "s");
     engine.produce(&input, vec![OutMessage::new("a")]).unwrap();
     drop(engine.subscribe(spec(&[&input], &name, SubscriptionType::Shared, (0, 1))).unwrap());
+    engine.move_cursor(&input, &name, CursorTarget::End).unwrap();
+    assert!(engine.peek(&input, &name, 1).unwrap().is_empty(), "clear-backlog acknowledged everything");
     match rig.kind() {
         Kind::Embedded => {
             engine.set_policies("policy", "ns", &hold).unwrap();
-            engine.move_cursor(&input, &name, CursorTarget::End).unwrap();
-            assert!(engine.peek(&input, &name, 1).unwrap().is_empty());
+            engine.move_cursor(&input, &name, CursorTarget::Skip(1)).unwrap();
         }
         Kind::Nats => {
             let refused = engine.set_policies("policy", "ns", &hold).unwrap_err();
             assert!(matches!(refused, BrokerError::Unsupported { verb: "set-backlog-quota", .. }), "{refused}");
-            let refused = engine.move_cursor(&input, &name, CursorTarget::End).unwrap_err();
-            assert!(matches!(refused, BrokerError::Unsupported { verb: "clear-backlog", .. }), "{refused}");
+            let refused = engine.move_cursor(&input, &name, CursorTarget::Skip(1)).unwrap_err();
+            assert!(matches!(refused, BrokerError::Unsupported { verb: "skip", .. }), "{refused}");
             assert_eq!(engine.policies("policy", "ns").unwrap(), policies, "a refused change changes nothing");
         }
     }
+}
+
+fn acknowledged_messages_are_freed_unless_retention_keeps_them_for_a_replay(rig: &dyn Rig) {
+    use fnhost::engine::topics::{CursorTarget, NamespacePolicies, Retention};
+    let engine = rig.open();
+    let started = fnhost::engine::clock::now_millis();
+    // Consumes ten messages, appended in two calls, and acknowledges them all.
+    let consume_all = |input: &TopicName, name: &SubscriptionName| -> Vec<Vec<u8>> {
+        let consumer = engine.subscribe(spec(&[input], name, SubscriptionType::Shared, (0, 1))).unwrap();
+        for values in [0..5, 5..10] {
+            engine.produce(input, values.map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        }
+        let messages = fetch_exactly(consumer.as_ref(), 10);
+        acknowledge(consumer.as_ref(), &messages);
+        let deadline = Instant::now() + PATIENCE;
+        while !engine.peek(input, name, 1).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the acknowledgements were not applied");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        messages.into_iter().map(|message| message.body.value).collect()
+    };
+    let stored = |input: &TopicName| {
+        engine.free_acknowledged().unwrap();
+        engine.topic_stats(input).unwrap().storage_size
+    };
+
+    let freed = topic("persistent://free/ns/freed");
+    consume_all(&freed, &subscription(&freed, "s"));
+    if rig.kind() == Kind::Nats {
+        // Declared by `TopicAdmin::free_acknowledged`: the embedded engine's cleaner frees whole
+        // segments as acknowledgements come, and the one segment here stays open.
+        assert_eq!(stored(&freed), 0, "every subscription acknowledged everything: nothing stays");
+    }
+
+    let hour = Some(Duration::from_secs(3600));
+    let keep = NamespacePolicies { retention: Some(Retention { time: hour, size_bytes: None }), ..Default::default() };
+    engine.set_policies("keep", "ns", &keep).unwrap();
+    let kept = topic("persistent://keep/ns/kept");
+    let name = subscription(&kept, "s");
+    let first = consume_all(&kept, &name);
+    assert!(stored(&kept) > 0, "retention keeps acknowledged messages");
+    engine.move_cursor(&kept, &name, CursorTarget::Time(started.saturating_sub(1_000))).unwrap();
+    let consumer = engine.subscribe(spec(&[&kept], &name, SubscriptionType::Shared, (0, 1))).unwrap();
+    let again: Vec<Vec<u8>> =
+        fetch_exactly(consumer.as_ref(), 10).into_iter().map(|message| message.body.value).collect();
+    assert_eq!(again, first, "reset-cursor --time replays every kept message");
+    let nobody = subscription(&kept, "nobody");
+    let refused = engine.move_cursor(&kept, &nobody, CursorTarget::Time(started)).unwrap_err();
+    assert!(matches!(refused, BrokerError::NoSuchSubscription { .. }), "{refused}");
 }

@@ -165,6 +165,14 @@ pub trait TopicAdmin: Send + Sync {
 
     /// Bytes the messages of `tenant`'s topics take in storage.
     fn tenant_storage_bytes(&self, tenant: &str) -> Result<u64, BrokerError>;
+
+    /// Frees, in every topic, the messages every subscription has acknowledged and the
+    /// namespace's retention does not keep; returns how many stored units (messages or entries)
+    /// went. A cluster's leader calls it every few seconds. An engine that frees as
+    /// acknowledgements come (the embedded one: its log cleaner) keeps this default.
+    fn free_acknowledged(&self) -> Result<u64, BrokerError> {
+        Ok(0)
+    }
 }
 
 /// A namespace's policies as both engines store them (bincode): times in milliseconds, `None` where no limit is set.

@@ -25,7 +25,7 @@ fn policy_key(tenant: &str, namespace: &str) -> String {
 
 /// The subscription whose durable consumer (or key-shared consumer, `<durable>_k…`) is `consumer`.
 /// A token never holds `_k`, since its escapes are `_` and two hex digits.
-fn consumer_subscription(consumer: &str) -> Option<SubscriptionName> {
+pub(super) fn consumer_subscription(consumer: &str) -> Option<SubscriptionName> {
     let durable = consumer.split("_k").next()?;
     let name = untoken(durable)?;
     let mut parts = name.splitn(3, '/');
@@ -70,7 +70,7 @@ impl Inner {
     }
 
     /// `topic`'s stream, or `None` if it has none.
-    async fn existing_stream(&self, topic: &TopicName) -> Result<Option<stream::Stream>, BrokerError> {
+    pub(super) async fn existing_stream(&self, topic: &TopicName) -> Result<Option<stream::Stream>, BrokerError> {
         match self.jetstream.get_stream(topic_stream(topic)).await {
             Ok(stream) => Ok(Some(stream)),
             Err(error)
@@ -200,15 +200,71 @@ impl TopicAdmin for NatsEngine {
         })
     }
 
-    fn move_cursor(&self, _: &TopicName, _: &SubscriptionName, target: CursorTarget) -> Result<(), BrokerError> {
-        let verb = match target {
-            CursorTarget::Time(_) | CursorTarget::Sequence(_) => "reset-cursor",
-            CursorTarget::Skip(_) => "skip",
-            CursorTarget::End => "clear-backlog",
-        };
-        Err(BrokerError::Unsupported {
-            verb,
-            reason: "JetStream cannot move a durable consumer's acknowledgement floor; unsubscribe and subscribe again with --subs-position".into(),
+    fn move_cursor(
+        &self,
+        topic: &TopicName,
+        subscription: &SubscriptionName,
+        target: CursorTarget,
+    ) -> Result<(), BrokerError> {
+        use async_nats::jetstream::consumer::{self, DeliverPolicy};
+        use futures_util::TryStreamExt as _;
+        let inner = &self.inner;
+        inner.block_on(async {
+            let mut stream = inner.stream_of(topic).await?;
+            let last = stream.info().await.map_err(storage)?.state.last_sequence;
+            let (deliver_policy, skipped) = match target {
+                CursorTarget::Time(millis) => {
+                    let nanos = i128::from(millis) * 1_000_000;
+                    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                        .map_err(|error| BrokerError::Storage(format!("reset-cursor to {millis} ms: {error}")))?;
+                    (DeliverPolicy::ByStartTime { start_time }, None)
+                }
+                CursorTarget::Sequence(position) => {
+                    let (start_sequence, index) = entry::entry_of(position);
+                    (DeliverPolicy::ByStartSequence { start_sequence }, (index > 0).then_some((start_sequence, index)))
+                }
+                CursorTarget::End => (DeliverPolicy::ByStartSequence { start_sequence: last + 1 }, None),
+                CursorTarget::Skip(_) => {
+                    return Err(BrokerError::Unsupported {
+                        verb: "skip",
+                        reason: "JetStream counts entries, not messages, past a consumer's floor; use reset-cursor --message-id or --time".into(),
+                    });
+                }
+            };
+            let durable = token(&subscription.to_string());
+            let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(storage)?;
+            let family: Vec<_> = consumers
+                .into_iter()
+                .filter_map(|info| super::subscription::consumer_shares(&info.name, &durable).map(|shares| (info, shares)))
+                .collect();
+            if family.is_empty() {
+                return Err(BrokerError::NoSuchSubscription { subscription: subscription.clone(), topic: topic.clone() });
+            }
+            // What this process and the records knew of the old position no longer holds.
+            inner.delivered.lock().unwrap().retain(|held, _| !(held.name == *subscription && held.topic == *topic));
+            let partial = format!("{}{subscription}/", delivery::PARTIAL_PREFIX);
+            let topic_part = format!("/{topic}/");
+            for (key, _) in super::metadata::records(&inner.jetstream, super::METADATA_BUCKET, &partial)
+                .await
+                .map_err(storage)?
+            {
+                if key.contains(&topic_part) {
+                    inner.metadata.purge(super::names::kv_key(&key)).await.map_err(storage)?;
+                }
+            }
+            inner.forget_committed(subscription, topic).await?;
+            // JetStream cannot move a consumer: each is made again at the new position, with
+            // what it had; the instances reading it start again (as Pulsar disconnects them).
+            for (info, shares) in family {
+                stream.delete_consumer(&info.name).await.map_err(storage)?;
+                let config = consumer::Config { deliver_policy, ..info.config };
+                stream.create_consumer(config).await.map_err(storage)?;
+                if let Some((stream_sequence, index)) = skipped {
+                    let entry = delivery::EntryKey { name: subscription.clone(), shares, topic: topic.clone(), stream_sequence };
+                    inner.record_partial(&[(entry.record(), vec![(0, index)])]).await?;
+                }
+            }
+            Ok(())
         })
     }
 
@@ -227,7 +283,7 @@ impl TopicAdmin for NatsEngine {
             let floor = consumers
                 .iter()
                 .filter(|consumer| super::subscription::consumer_belongs_to(&consumer.name, &durable))
-                .map(|consumer| consumer.ack_floor.stream_sequence)
+                .map(super::subscription::floor)
                 .min()
                 .ok_or_else(|| BrokerError::NoSuchSubscription {
                     subscription: subscription.clone(),
@@ -319,6 +375,10 @@ impl TopicAdmin for NatsEngine {
     fn policies(&self, tenant: &str, namespace: &str) -> Result<NamespacePolicies, BrokerError> {
         let inner = &self.inner;
         inner.block_on(inner.namespace_policies(tenant, namespace))
+    }
+
+    fn free_acknowledged(&self) -> Result<u64, BrokerError> {
+        self.free_acknowledged_entries()
     }
 
     fn tenant_storage_bytes(&self, tenant: &str) -> Result<u64, BrokerError> {

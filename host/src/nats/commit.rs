@@ -18,6 +18,29 @@ use crate::names::{SubscriptionName, TopicName};
 /// How many times a commit that failed for a passing reason is repeated.
 const COMMIT_RETRIES: u32 = 50;
 
+impl Inner {
+    /// Forgets, in every commit intent of `subscription`, what was committed of `topic`.
+    pub(super) async fn forget_committed(
+        &self,
+        subscription: &SubscriptionName,
+        topic: &TopicName,
+    ) -> Result<(), BrokerError> {
+        let prefix = format!("{INTENT_PREFIX}{subscription}/");
+        for (key, bytes) in
+            super::metadata::records(&self.jetstream, super::METADATA_BUCKET, &prefix).await.map_err(storage)?
+        {
+            let mut intent: Intent = decode(&bytes).map_err(|reason| {
+                storage(format!(
+                    "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
+                ))
+            })?;
+            intent.forget_topic(topic);
+            self.metadata.put(kv_key(&key), encode(&intent).into()).await.map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
 impl NatsSubscription {
     /// Commits `effects`: writes them, records the acknowledged messages of entries still partly
     /// unacknowledged, then acknowledges the entries now acknowledged whole.
@@ -248,6 +271,14 @@ pub(crate) struct Intent {
     state: Vec<(String, Option<StateValue>)>,
     /// For each topic, the highest position this consumer has committed.
     committed: Vec<(String, u64)>,
+}
+
+impl Intent {
+    /// Forgets what was committed of `topic`: its subscription's cursor there was moved, and what
+    /// comes again is to be processed again.
+    pub(super) fn forget_topic(&mut self, topic: &TopicName) {
+        self.committed.retain(|(committed, _)| *committed != topic.as_str());
+    }
 }
 
 /// One output of an [`Intent`].

@@ -24,6 +24,7 @@ mod entry;
 mod failure;
 mod metadata;
 mod names;
+mod retention;
 mod state;
 mod subscription;
 
@@ -495,7 +496,7 @@ impl Broker for NatsEngine {
                 if route % u64::from(shares.1) != u64::from(shares.0) {
                     continue;
                 }
-                if consumer.ack_floor.stream_sequence >= stream_sequence {
+                if subscription::floor(&consumer) >= stream_sequence {
                     return Ok(true);
                 }
                 let entry =

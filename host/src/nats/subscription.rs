@@ -58,6 +58,17 @@ pub(super) fn consumer_shares(consumer: &str, durable: &str) -> Option<(u32, u32
     (share < count).then_some((share, count))
 }
 
+/// The stream sequence below which `consumer` has nothing left: its acknowledgement floor, or,
+/// for a consumer made to start at a sequence and not yet past it, the entry before that start
+/// (the server may report a floor of 0 for such a consumer until its first acknowledgement).
+pub(super) fn floor(consumer: &async_nats::jetstream::consumer::Info) -> u64 {
+    let start = match consumer.config.deliver_policy {
+        DeliverPolicy::ByStartSequence { start_sequence } => start_sequence.saturating_sub(1),
+        _ => 0,
+    };
+    consumer.ack_floor.stream_sequence.max(start)
+}
+
 /// Whether `spec` keeps each key's order: failover and key-shared subscriptions.
 fn is_ordered(spec: &SubscriptionSpec) -> bool {
     spec.subscription_type != SubscriptionType::Shared
@@ -200,6 +211,14 @@ impl NatsSubscription {
         EntryKey { name: name.clone(), shares: self.shares(), topic: topic.clone(), stream_sequence }
     }
 
+    /// Whether `message`, delivered to this consumer, is still to be processed.
+    fn still_unacknowledged(&self, message: &Message) -> bool {
+        let Some(name) = &self.spec.name else { return true };
+        let (stream_sequence, index) = entry::entry_of(message.sequence);
+        let key = self.entry_key(name, &message.topic, stream_sequence);
+        self.inner.delivered.lock().unwrap().get(&key).is_some_and(|held| held.unacked.contains(&index))
+    }
+
     /// Whether this consumer must receive each topic in order, without gaps: the active consumer
     /// of a durable ordered subscription.
     fn keeps_order(&self) -> bool {
@@ -281,7 +300,7 @@ impl NatsSubscription {
             // start again, a gap that stops it ([`Deliveries`]), instead of pulling beside this one.
             // What was committed beyond the floor is skipped (`committed`).
             stream.delete_consumer(&durable).await.map_err(storage)?;
-            let start_sequence = info.ack_floor.stream_sequence + 1;
+            let start_sequence = floor(&info) + 1;
             let config = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence }, ..config };
             return stream.create_consumer(config).await.map_err(storage);
         }
@@ -293,7 +312,7 @@ impl NatsSubscription {
             let floor = family
                 .iter()
                 .filter(|other| other.name != durable && consumer_belongs_to(&other.name, &token(&name)))
-                .map(|other| other.ack_floor.stream_sequence)
+                .map(floor)
                 .min();
             if let Some(floor) = floor {
                 let config = pull::Config {
@@ -448,6 +467,9 @@ impl Subscription for NatsSubscription {
         }
         {
             let mut ready = self.ready.lock().unwrap();
+            // A buffered message whose entry came again (after the acknowledgement wait) and was
+            // acknowledged through that delivery is not given twice.
+            ready.retain(|message| self.still_unacknowledged(message));
             if !ready.is_empty() {
                 let count = max.min(ready.len());
                 return Ok(ready.drain(..count).collect());
@@ -487,6 +509,10 @@ impl Subscription for NatsSubscription {
                 }
             }
         })?;
+        // An entry that came twice in one fetch (its acknowledgement wait passed in between)
+        // gives its messages once.
+        let mut seen = HashSet::new();
+        taken.retain(|message| seen.insert((message.topic.clone(), message.sequence)));
         if taken.len() > max {
             self.ready.lock().unwrap().extend(taken.split_off(max));
         }

@@ -30,6 +30,8 @@ use crate::names::Fqfn;
 
 /// How often a worker renews its membership, and the leader schedules.
 pub const TICK: Duration = Duration::from_millis(500);
+/// How often the leader frees what every subscription has acknowledged.
+const FREE_EVERY: Duration = Duration::from_secs(5);
 /// The metadata record of the assignments.
 const ASSIGNMENTS_RECORD: &str = "cluster/assignments";
 /// The metadata record that asks the leader to spread every instance again.
@@ -202,6 +204,29 @@ impl Worker {
                 }
             })
             .context("cannot start the cluster thread")?;
+        // On a thread of its own, so that freeing many topics never delays a membership renewal.
+        let worker: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("fnhost-free".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FREE_EVERY);
+                    let Some(worker) = worker.upgrade() else { return };
+                    let Some(cluster) = &worker.cluster else { return };
+                    if cluster.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if !cluster.leading.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match worker.store.free_acknowledged() {
+                        Ok(0) => {}
+                        Ok(freed) => tracing::debug!(freed, "freed acknowledged entries"),
+                        Err(error) => tracing::warn!("cannot free acknowledged entries: {error}"),
+                    }
+                }
+            })
+            .context("cannot start the freeing thread")?;
         Ok(())
     }
 
