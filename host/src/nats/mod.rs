@@ -1,9 +1,10 @@
 //! The cluster engine: topics, subscriptions, state and metadata in NATS JetStream, shared by
 //! every worker connected to the same NATS cluster.
 //!
-//! A topic is a stream (`FNT-<topic>`); a durable subscription is a durable pull consumer per
-//! topic with explicit acknowledgement, shared by every instance that reads it; key-shared
-//! instances each have their own consumer, whose filter subject selects their keys.
+//! A topic is a stream (`FNT-<topic>`) of batched entries, many messages in one JetStream message
+//! (`entry`); a durable subscription is a durable pull consumer per topic with explicit
+//! acknowledgement, shared by every instance that reads it; key-shared instances each have their
+//! own consumer, which takes its keys from each entry.
 //! Function state is a key-value bucket per function (`FNS-<fqfn>`); metadata, packages,
 //! membership and the leader lease live in buckets of their own.
 //!

@@ -1,6 +1,6 @@
 //! How fnhost's names become NATS names: stream, consumer, bucket, subject and key names allow
 //! fewer characters than topics, subscriptions and state keys do, so every name is escaped
-//! reversibly, and subjects carry the key-shared routing tokens.
+//! reversibly.
 
 use base64::Engine as _;
 

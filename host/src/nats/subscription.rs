@@ -415,8 +415,19 @@ impl NatsSubscription {
                 .messages()
                 .await
                 .map_err(storage)?;
+            let mut received = false;
             while let Some(message) = within(PULL_TIMEOUT, batch.next()).await? {
-                taken.extend(self.take(topic, message.map_err(storage)?).await?);
+                match message {
+                    Ok(message) => {
+                        received = true;
+                        taken.extend(self.take(topic, message).await?);
+                    }
+                    // The server ends a pull whose next entry would pass its byte bound with a
+                    // status that async-nats reports as an error. After entries came, any error
+                    // ends the pull: the next pull meets it again if it lasts.
+                    Err(_) if received => break,
+                    Err(error) => return Err(storage(error)),
+                }
             }
         }
         Ok(taken)
