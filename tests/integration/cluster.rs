@@ -397,7 +397,7 @@ fn a_manual_function_killed_inside_an_entry_gets_exactly_its_unacknowledged_mess
         "--ack-timeout-ms",
         "3000",
         "--max-message-retries",
-        "1000",
+        "100",
     ]);
     workers[0].wait_for("the instance to run", || owners(&workers[0], "manual").iter().all(|owner| !owner.is_empty()));
     let values: Vec<String> =

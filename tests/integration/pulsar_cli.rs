@@ -249,11 +249,12 @@ fn pulsar_admins_global_options_reach_the_worker_or_are_refused_with_the_reason(
     }
     let (success, _, stderr) = run(&["--admin-url", &worker.url, "functions", "list"]);
     assert!(!success && stderr.contains("HTTP 401"), "no token, no answer: {stderr}");
-    let refused: [(&[&str], &str); 6] = [
+    let refused: [(&[&str], &str); 7] = [
         (&["--auth-plugin", "org.apache.pulsar.client.impl.auth.AuthenticationTls"], "token authentication only"),
         (&["--auth-params", "tls:cert.pem"], "--auth-params must be token:TOKEN or file:PATH"),
         (&["--auth-params", "file:/nonexistent/token"], "cannot read the token file"),
-        (&["--tls-allow-insecure"], "speaks plain HTTP"),
+        (&["--tls-allow-insecure"], "always verifies a worker's certificate"),
+        (&["--tls-trust-cert-path", "/nonexistent/ca.pem"], "--tls-trust-cert-path /nonexistent/ca.pem: cannot be read"),
         (&["--request-timeout", "0"], "--request-timeout 0 is out of range"),
         (&["--admin-url", "http://127.0.0.1:1"], "name different workers"),
     ];

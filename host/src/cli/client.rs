@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail};
 
 use crate::names::TopicName;
 pub use crate::worker::client::{Body, Client, encode_segment, multipart};
+use crate::worker::tls::TrustedAuthority;
 
 /// Where the CLI finds the worker when `--url` is not given.
 pub const DEFAULT_WORKER_URL: &str = "http://127.0.0.1:6750";
@@ -16,10 +17,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub const TOKEN_VARIABLE: &str = "FNHOST_TOKEN";
 /// The variable naming a file that holds the token, for those who keep it out of the environment.
 pub const TOKEN_FILE_VARIABLE: &str = "FNHOST_TOKEN_FILE";
+/// The variable naming the PEM file of the authority that signed an HTTPS worker's certificate.
+pub const TLS_CA_VARIABLE: &str = "FNHOST_TLS_CA";
 
-/// A client of the worker at `url`, with the token of FNHOST_TOKEN (or FNHOST_TOKEN_FILE).
+/// A client of the worker at `url`, with the token of FNHOST_TOKEN (or FNHOST_TOKEN_FILE) and
+/// the authority of FNHOST_TLS_CA.
 pub fn client_at(url: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(url, REQUEST_TIMEOUT, token()?))
+    Ok(Client::new(url, REQUEST_TIMEOUT, token()?, authority(None)?.as_ref()))
+}
+
+/// The authority in `path` (`--tls-trust-cert-path`), else in the file FNHOST_TLS_CA names, else none.
+fn authority(path: Option<&str>) -> anyhow::Result<Option<TrustedAuthority>> {
+    let (flag, path) = match path {
+        Some(path) => ("--tls-trust-cert-path", std::path::PathBuf::from(path)),
+        None => match std::env::var_os(TLS_CA_VARIABLE) {
+            Some(path) => (TLS_CA_VARIABLE, path.into()),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(TrustedAuthority::load(flag, &path)?))
 }
 
 /// The token from FNHOST_TOKEN, else from the file FNHOST_TOKEN_FILE names, else none.
@@ -51,13 +67,14 @@ pub struct AdminOptions {
     /// pulsar-admin's request timeout, in seconds [default: 120].
     #[arg(long, global = true, value_name = "SECONDS")]
     request_timeout: Option<u64>,
-    /// Refused: the CLI speaks plain HTTP to the worker.
-    #[arg(long, global = true, hide = true, value_name = "PATH")]
+    /// The PEM file of the authority that signed an HTTPS worker's certificate (FNHOST_TLS_CA
+    /// otherwise); the worker's name is always verified.
+    #[arg(long, global = true, value_name = "PATH")]
     tls_trust_cert_path: Option<String>,
-    /// Refused: the CLI speaks plain HTTP to the worker.
+    /// Refused: fnhost never skips verifying a worker's certificate.
     #[arg(long, global = true, hide = true)]
     tls_allow_insecure: bool,
-    /// Refused: the CLI speaks plain HTTP to the worker.
+    /// Accepted: fnhost always verifies the worker's name against its certificate.
     #[arg(long, global = true, hide = true)]
     tls_enable_hostname_verification: bool,
 }
@@ -72,19 +89,17 @@ impl AdminOptions {
             || self.auth_plugin.is_some()
             || self.auth_params.is_some()
             || self.request_timeout.is_some()
-            || self.tls_given()
-    }
-
-    fn tls_given(&self) -> bool {
-        self.tls_trust_cert_path.is_some() || self.tls_allow_insecure || self.tls_enable_hostname_verification
+            || self.tls_trust_cert_path.is_some()
+            || self.tls_allow_insecure
+            || self.tls_enable_hostname_verification
     }
 
     /// A client of the worker at `url` (`--url`), else `--admin-url`, else the default, with
     /// the token of `--auth-params`, else of FNHOST_TOKEN.
     pub fn client(&self, url: Option<&str>) -> anyhow::Result<Client> {
-        if self.tls_given() {
+        if self.tls_allow_insecure {
             bail!(
-                "the --tls-* options are not supported: fnhost's CLI speaks plain HTTP to the worker; reach a remote worker through a TLS-terminating proxy or an SSH tunnel on this host"
+                "--tls-allow-insecure is not supported: fnhost always verifies a worker's certificate; give the authority that signed it with --tls-trust-cert-path"
             );
         }
         let url = match (url, &self.admin_url) {
@@ -104,7 +119,7 @@ impl AdminOptions {
             Some(token) => Some(token),
             None => token()?,
         };
-        Ok(Client::new(url, timeout, token))
+        Ok(Client::new(url, timeout, token, authority(self.tls_trust_cert_path.as_deref())?.as_ref()))
     }
 
     /// The token `--auth-params` gives, if any.

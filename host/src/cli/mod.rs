@@ -131,9 +131,20 @@ struct WorkerArgs {
     /// This worker's name in the cluster (default: HOSTNAME-PORT).
     #[arg(long, requires = "cluster")]
     worker_id: Option<String>,
-    /// The admin URL other workers reach this one at (default: http:// and the listen address).
+    /// The admin URL other workers reach this one at (default: http:// or, with --tls-cert,
+    /// https:// and the listen address).
     #[arg(long, requires = "cluster")]
     advertised_url: Option<String>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain (the worker's first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The PEM certificate of the authority that signed the other workers' certificates: a peer
+    /// whose certificate it did not sign is refused.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    tls_ca: Option<PathBuf>,
     /// Free space to keep in the data directory's file system: below it, writes are refused (507)
     /// and instances fetch nothing until space is freed. Not used with --cluster.
     #[arg(long, value_name = "BYTES", default_value_t = MIN_FREE_DISK_BYTES)]
@@ -337,6 +348,19 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}: is another worker running there? pass --listen", args.listen))?;
     let address = listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => Some(crate::worker::tls::server_config(certificate, key)?),
+        _ => None,
+    };
+    if args.cluster.is_some() && tls.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "--listen {} is not a loopback address and the admin API is plain HTTP: tokens, function code and state cross the network readable, between workers too. Give --tls-cert and --tls-key, and --tls-ca to every worker",
+            args.listen
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let authority =
+        args.tls_ca.as_deref().map(|path| crate::worker::tls::TrustedAuthority::load("--tls-ca", path)).transpose()?;
     let (store, cluster): (Arc<dyn crate::engine::Engine>, _) = match &args.cluster {
         None => (Arc::new(open_store(&args.data)?), None),
         Some(urls) => {
@@ -350,8 +374,9 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let config = ClusterConfig {
                 membership: Arc::new(engine.clone()),
                 worker_id: args.worker_id.clone().unwrap_or_else(|| format!("{host}-{}", address.port())),
-                url: args.advertised_url.clone().unwrap_or_else(|| format!("http://{address}")),
+                url: args.advertised_url.clone().unwrap_or_else(|| format!("{scheme}://{address}")),
                 token: access.worker_token().map(str::to_owned),
+                authority,
             };
             (Arc::new(engine), Some(config))
         }
@@ -365,11 +390,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let worker = Arc::new(Worker::open(config, store, runtime)?);
     worker.run_cluster()?;
     tokio.block_on(async {
-        tracing::info!("fnhost worker listening on http://{address}");
-        axum::serve(listener, admin::router(worker.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed")?;
+        tracing::info!("fnhost worker listening on {scheme}://{address}");
+        admin::serve(listener, tls, worker.clone(), shutdown_signal()).await.context("the HTTP server failed")?;
         tracing::info!("stopping: every instance finishes and commits its batch");
         let stopping = worker.clone();
         tokio::task::spawn_blocking(move || stopping.shutdown()).await.context("shutdown failed")?;

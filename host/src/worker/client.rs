@@ -9,6 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::admin::CLIENT_HEADER;
 use super::api::ErrorAnswer;
+use super::tls::TrustedAuthority;
 use crate::limits::MAX_REQUEST_SIZE;
 
 /// Why a request got no answer it could use.
@@ -20,6 +21,17 @@ pub enum ClientError {
         /// The worker's base URL.
         url: String,
         /// What the connection said.
+        reason: String,
+    },
+    /// The worker's TLS certificate was not signed by the authority this client trusts, or the
+    /// TLS handshake failed.
+    #[error(
+        "the worker at {url} did not prove who it is over TLS ({reason}); give the authority that signed its certificate (the CLI's --tls-trust-cert-path or FNHOST_TLS_CA, a worker's --tls-ca), or check the URL"
+    )]
+    Untrusted {
+        /// The worker's base URL.
+        url: String,
+        /// What the TLS layer said.
         reason: String,
     },
     /// The worker refused the request, with its reason.
@@ -64,6 +76,19 @@ impl Body {
     }
 }
 
+/// Whether `error` is a TLS failure (an untrusted certificate, a failed handshake), by its kind:
+/// ureq's own TLS errors, or an I/O error carrying rustls's or reporting invalid data.
+fn is_tls_failure(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+        ureq::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::InvalidData
+                || io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        }
+        _ => false,
+    }
+}
+
 /// A worker at a base URL.
 pub struct Client {
     agent: ureq::Agent,
@@ -74,10 +99,19 @@ pub struct Client {
 
 impl Client {
     /// A client of the worker at `url` that waits at most `timeout` for each answer and presents
-    /// `token`, if any.
-    pub fn new(url: &str, timeout: Duration, token: Option<String>) -> Self {
-        let agent =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+    /// `token`, if any. Over HTTPS it trusts `authority` to have signed the worker's certificate
+    /// (without one, the public authorities).
+    pub fn new(url: &str, timeout: Duration, token: Option<String>, authority: Option<&TrustedAuthority>) -> Self {
+        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        if let Some(authority) = authority {
+            tls = tls.root_certs(authority.roots());
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .tls_config(tls.build())
+            .build()
+            .into();
         Self { agent, url: url.trim_end_matches('/').to_owned(), token }
     }
 
@@ -119,8 +153,13 @@ impl Client {
             ("PUT", None) => authorize(self.agent.put(&url), authorization).send_empty(),
             _ => unreachable!("the admin API takes GET, POST, PUT and DELETE"),
         };
-        let mut response =
-            result.map_err(|error| ClientError::Unreachable { url: self.url.clone(), reason: error.to_string() })?;
+        let mut response = result.map_err(|error| {
+            let (url, reason) = (self.url.clone(), error.to_string());
+            match is_tls_failure(&error) {
+                true => ClientError::Untrusted { url, reason },
+                false => ClientError::Unreachable { url, reason },
+            }
+        })?;
         let status = response.status();
         let text =
             response.body_mut().with_config().limit(MAX_REQUEST_SIZE as u64).read_to_string().map_err(|error| {

@@ -49,6 +49,8 @@ pub struct ClusterConfig {
     pub url: String,
     /// The operator token this worker presents to the others, when they require tokens.
     pub token: Option<String>,
+    /// The authority that signed the other workers' certificates, when they serve HTTPS.
+    pub authority: Option<super::tls::TrustedAuthority>,
 }
 
 /// Which worker runs each instance of each function.
@@ -93,7 +95,7 @@ impl Cluster {
             encode_segment(fqfn.namespace()),
             encode_segment(fqfn.name())
         );
-        Client::new(&url, PEER_TIMEOUT, self.config.token.clone())
+        Client::new(&url, PEER_TIMEOUT, self.config.token.clone(), self.config.authority.as_ref())
             .call("GET", &path, Body::Empty)
             .map_err(|error| format!("its worker {owner} did not answer: {error}"))
     }

@@ -29,6 +29,7 @@ mod rest_consumer;
 mod tenant_gate;
 mod tenant_rates;
 mod topic_admin;
+pub mod tls;
 
 pub use data::message_json_len;
 

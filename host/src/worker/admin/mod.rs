@@ -32,6 +32,7 @@ mod functions;
 mod guard;
 mod namespaces;
 mod persistent;
+mod tls;
 mod topics;
 
 pub use guard::CLIENT_HEADER;
@@ -130,6 +131,23 @@ async fn hold_until_ready(worker: &Worker, tenant: &str, request: Metered) -> Ap
         // (a nearly paid back rate) is not worth a busy loop.
         let look_again = now + (*retry_after).max(Duration::from_millis(RECEIVE_POLL_MS));
         tokio::time::sleep_until(deadline.min(look_again)).await;
+    }
+}
+
+/// Serves `worker`'s admin API on `listener` until `shutdown` completes: over HTTPS with
+/// `tls`'s certificate, else plain HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    worker: Arc<Worker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router(worker)).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, router(worker)).with_graceful_shutdown(shutdown).await,
     }
 }
 
