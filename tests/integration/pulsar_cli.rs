@@ -254,7 +254,10 @@ fn pulsar_admins_global_options_reach_the_worker_or_are_refused_with_the_reason(
         (&["--auth-params", "tls:cert.pem"], "--auth-params must be token:TOKEN or file:PATH"),
         (&["--auth-params", "file:/nonexistent/token"], "cannot read the token file"),
         (&["--tls-allow-insecure"], "always verifies a worker's certificate"),
-        (&["--tls-trust-cert-path", "/nonexistent/ca.pem"], "--tls-trust-cert-path /nonexistent/ca.pem: cannot be read"),
+        (
+            &["--tls-trust-cert-path", "/nonexistent/ca.pem"],
+            "--tls-trust-cert-path /nonexistent/ca.pem: cannot be read",
+        ),
         (&["--request-timeout", "0"], "--request-timeout 0 is out of range"),
         (&["--admin-url", "http://127.0.0.1:1"], "name different workers"),
     ];

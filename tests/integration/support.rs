@@ -192,8 +192,12 @@ impl Worker {
     /// Starts a worker on `data_dir` with more flags and waits until it listens.
     pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         use std::io::BufRead;
+        // Any free port on loopback, unless the flags say where.
+        let listen: &[&str] = if flags.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = fnhost_command()
-            .args(["worker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("worker")
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(flags)
             .stdout(Stdio::null())

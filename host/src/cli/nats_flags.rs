@@ -23,13 +23,13 @@ pub(super) struct NatsFlags {
     password_file: Option<PathBuf>,
     /// The CA (PEM) that signed the NATS servers' certificates; giving it requires TLS.
     #[arg(long = "nats-tls-ca", value_name = "FILE", requires = "cluster")]
-    tls_ca: Option<PathBuf>,
+    nats_tls_ca: Option<PathBuf>,
     /// This worker's client certificate (PEM), for NATS servers that verify clients.
     #[arg(long = "nats-tls-cert", value_name = "FILE", requires = "cluster")]
-    tls_cert: Option<PathBuf>,
+    nats_tls_cert: Option<PathBuf>,
     /// The key (PEM) of --nats-tls-cert.
     #[arg(long = "nats-tls-key", value_name = "FILE", requires = "cluster")]
-    tls_key: Option<PathBuf>,
+    nats_tls_key: Option<PathBuf>,
 }
 
 impl NatsFlags {
@@ -40,9 +40,9 @@ impl NatsFlags {
             token_file: self.token_file.clone(),
             user: self.user.clone(),
             password_file: self.password_file.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
         }
     }
 }

@@ -28,8 +28,8 @@ mod reports;
 mod rest_consumer;
 mod tenant_gate;
 mod tenant_rates;
-mod topic_admin;
 pub mod tls;
+mod topic_admin;
 
 pub use data::message_json_len;
 

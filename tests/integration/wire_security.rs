@@ -1,6 +1,8 @@
-//! Cluster mode's connection to NATS: credentials (a token, an account's user and password) and
-//! TLS (the servers' CA, a client certificate), each against a nats-server that requires them,
-//! with the wrong ones refused at start and a worker that says why.
+//! Cluster mode on a network: the connection to NATS (a token, an account's user and password,
+//! TLS with the servers' CA and a client certificate), each against a nats-server that requires
+//! them, with the wrong ones refused at start and a worker that says why; and the admin API over
+//! HTTPS, which the CLI and peer workers reach only when they trust the authority that signed
+//! its certificate.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +10,7 @@ use fnhost::nats::{NatsEngine, NatsError, NatsSecurity};
 use fnhost_test_support::Nats;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
 
-use crate::support::Fnhost;
+use crate::support::{Fnhost, Worker, fnhost_command, guest};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -165,4 +167,95 @@ fn a_worker_with_the_wrong_credentials_stops_at_start_and_says_which_flags_to_ch
     assert!(stderr.contains("--nats-token-file"), "{stderr}");
     let stderr = fnhost.fails(&["worker", "--listen", "127.0.0.1:0", "--nats-token-file", wrong.to_str().unwrap()]);
     assert!(stderr.contains("--cluster"), "the NATS flags need cluster mode: {stderr}");
+}
+
+/// Runs `fnhost ARGS --url URL` with FNHOST_TLS_CA set to `authority`, if given.
+fn cli_trusting(url: &str, authority: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut command = fnhost_command();
+    command.args(args).args(["--url", url]);
+    if let Some(authority) = authority {
+        command.env("FNHOST_TLS_CA", authority);
+    }
+    let output = command.output().expect("fnhost runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn workers_serve_https_and_a_peer_with_another_authoritys_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Authority::new(dir.path(), "ours");
+    let theirs = Authority::new(dir.path(), "theirs");
+    let (trusted_cert, trusted_key) = ours.issue(dir.path(), "trusted", &["127.0.0.1", "localhost"]);
+    let (foreign_cert, foreign_key) = theirs.issue(dir.path(), "foreign", &["127.0.0.1", "localhost"]);
+    let nats = Nats::start(1);
+    let urls = nats.urls();
+    let data: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |data: &Path, id: &str, cert: &Path, key: &Path| {
+        let (cert, key, ca) = (cert.to_str().unwrap(), key.to_str().unwrap(), ours.pem.to_str().unwrap());
+        let flags = ["--cluster", &urls, "--worker-id", id, "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca];
+        Worker::start_with(data, &flags)
+    };
+    // Both trust our authority; only the first has a certificate it signed.
+    let trusted = start(data[0].path(), "trusted", &trusted_cert, &trusted_key);
+    let foreign = start(data[1].path(), "foreign", &foreign_cert, &foreign_key);
+    assert!(trusted.url.starts_with("https://127.0.0.1:"), "{}", trusted.url);
+
+    let (listed, stdout, stderr) = cli_trusting(&trusted.url, Some(&ours.pem), &["functions", "list"]);
+    assert!(listed && stdout.trim() == "[]", "the CLI trusting our authority reaches the worker: {stderr}");
+    for (case, authority) in [("no authority", None), ("another authority", Some(theirs.pem.as_path()))] {
+        let (listed, _, stderr) = cli_trusting(&trusted.url, authority, &["functions", "list"]);
+        assert!(!listed, "{case}: the CLI must not trust the worker");
+        assert!(
+            stderr.contains("did not prove who it is over TLS") && stderr.contains("--tls-trust-cert-path"),
+            "{case}: {stderr}"
+        );
+    }
+    let (listed, _, stderr) = cli_trusting(&foreign.url, Some(&ours.pem), &["functions", "list"]);
+    assert!(!listed && stderr.contains("over TLS"), "a worker whose certificate another authority signed: {stderr}");
+
+    // One instance on each worker: each asks the other for the status of its instance.
+    let wasm = guest("exclamation");
+    let create =
+        ["functions", "create", "--wasm", wasm.to_str().unwrap(), "--name", "f", "-i", "in", "--parallelism", "2"];
+    let (created, _, stderr) = cli_trusting(&trusted.url, Some(&ours.pem), &create);
+    assert!(created, "{stderr}");
+    let status = |worker: &Worker, authority: &Path| -> serde_json::Value {
+        let (ok, stdout, stderr) = cli_trusting(&worker.url, Some(authority), &["functions", "status", "--name", "f"]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let instance_on = |status: &serde_json::Value, worker: &str| -> serde_json::Value {
+        let instances = status["instances"].as_array().unwrap();
+        instances.iter().find(|instance| instance["status"]["workerId"] == worker).cloned().unwrap_or_default()
+    };
+    let mut seen = serde_json::Value::Null;
+    trusted.wait_for("an instance running on each worker, the foreign one's refused over TLS", || {
+        seen = status(&trusted, &ours.pem);
+        let mine = instance_on(&seen, "trusted");
+        let theirs = instance_on(&seen, "foreign");
+        mine["status"]["running"] == true
+            && theirs["status"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("did not prove who it is over TLS"))
+    });
+    // The foreign worker trusts our authority, so it reads the trusted worker's instance.
+    foreign.wait_for("the foreign worker to read the trusted worker's instance", || {
+        instance_on(&status(&foreign, &theirs.pem), "trusted")["status"]["running"] == true
+    });
+}
+
+#[test]
+fn a_cluster_worker_listening_off_loopback_without_tls_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "operator-0123456789abcdef0123456789abcdef";
+    let access = write(dir.path(), "access.yaml", &format!("operatorTokens: [{token}]\nworkerToken: {token}\n"));
+    let nats = Nats::start(1);
+    let data = tempfile::tempdir().unwrap();
+    let worker = Worker::start_with(
+        data.path(),
+        &["--listen", "0.0.0.0:0", "--cluster", &nats.urls(), "--access", access.to_str().unwrap()],
+    );
+    let log = worker.log();
+    assert!(log.contains("plain HTTP") && log.contains("--tls-cert and --tls-key"), "{log}");
 }
