@@ -122,6 +122,7 @@ impl AdminApi {
             cluster: None,
             access: Default::default(),
             disk_guard: None,
+            batch_max_delay: std::time::Duration::ZERO,
         };
         let worker = Worker::open(config, Arc::new(store), runtime).expect("the worker opens");
         let router = crate::worker::admin::router(Arc::new(worker));

@@ -440,3 +440,47 @@ fn a_manual_function_killed_inside_an_entry_gets_exactly_its_unacknowledged_mess
         assert_eq!(all.iter().filter(|output| ***output == format!("ok:{value}")).count(), 1, "{value}: once");
     }
 }
+
+/// REST producers batch (`--batch-max-delay-ms`, Pulsar's `batchingMaxPublishDelay`): requests
+/// to one topic within the delay go out as one entry, and each gets the ids of its own messages.
+#[test]
+fn rest_producers_within_the_delay_share_one_entry() {
+    let nats = Nats::start(1);
+    let data = tempfile::tempdir().unwrap();
+    // The longest delay, so that six requests sent at once arrive within it on a busy machine.
+    let worker = Worker::start_with(data.path(), &["--cluster", &nats.urls(), "--batch-max-delay-ms", "1000"]);
+    let start = std::sync::Barrier::new(6);
+    let answers: Vec<(String, Vec<u64>)> = std::thread::scope(|scope| {
+        let producers: Vec<_> = (0..6)
+            .map(|producer| {
+                let (worker, start) = (&worker, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let value = format!("from-{producer}");
+                    let payload = base64::engine::general_purpose::STANDARD.encode(&value);
+                    let body = serde_json::json!({ "messages": [{ "payload": payload }] });
+                    let (status, answer) = worker.http(
+                        "POST",
+                        "/topics/persistent/public/default/batched",
+                        Some(("application/json", serde_json::to_vec(&body).unwrap())),
+                    );
+                    assert_eq!(status, 200, "{answer}");
+                    let results = answer["messagePublishResults"].as_array().unwrap_or_else(|| panic!("{answer}"));
+                    let id = |result: &serde_json::Value| result["messageId"].as_str().unwrap().parse::<u64>().unwrap();
+                    (value, results.iter().map(id).collect())
+                })
+            })
+            .collect();
+        producers.into_iter().map(|producer| producer.join().unwrap()).collect()
+    });
+    // A message id is its entry's stream sequence (high bits) and its index in the entry.
+    let entries: BTreeSet<u64> = answers.iter().flat_map(|(_, ids)| ids.iter().map(|id| id >> 16)).collect();
+    assert_eq!(entries.len(), 1, "six requests within the delay share one entry: {answers:?}");
+    let run = worker.cli(&["topics", "consume", "batched", "--subscription", "verify", "--until-idle"]);
+    assert!(run.success, "{}", run.stderr);
+    let mut stored: Vec<&str> = run.stdout.lines().collect();
+    stored.sort_unstable();
+    let mut produced: Vec<&str> = answers.iter().map(|(value, _)| value.as_str()).collect();
+    produced.sort_unstable();
+    assert_eq!(stored, produced, "every request's message, once");
+}

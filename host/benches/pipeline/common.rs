@@ -32,6 +32,7 @@ pub(crate) fn in_process_worker(scratch: &Path, max_instances: u32) -> anyhow::R
         cluster: None,
         access: Default::default(),
         disk_guard: None,
+        batch_max_delay: Duration::ZERO,
     };
     Worker::open(config, Arc::new(store), runtime)
 }

@@ -33,6 +33,7 @@ use crate::worker::api::{
 };
 use crate::worker::cluster::ClusterConfig;
 use crate::worker::disk_guard::DiskGuard;
+use crate::worker::produce_batch::{DEFAULT_BATCH_MAX_DELAY_MS, MAX_BATCH_MAX_DELAY_MS};
 use crate::worker::{Worker, WorkerConfig, admin};
 use client::Body;
 pub(crate) use function_flags::FunctionFlags;
@@ -77,7 +78,7 @@ enum Command {
     /// Run one function in the foreground, over the embedded topics in the data directory.
     Localrun(Box<LocalrunArgs>),
     /// Run a function worker: many functions, managed over HTTP (the REST API) or `fnhost functions`.
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Produce to and consume from topics, in a data directory or through a worker (--url).
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -135,6 +136,10 @@ struct WorkerArgs {
     /// https:// and the listen address).
     #[arg(long, requires = "cluster")]
     advertised_url: Option<String>,
+    /// How long a REST producer's messages wait for other requests' to the same topic, to be
+    /// appended with them as one batch (Pulsar's batchingMaxPublishDelay; 0: each request alone).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_BATCH_MAX_DELAY_MS)]
+    batch_max_delay_ms: u64,
     /// Serve the admin API over HTTPS with this PEM certificate chain (the worker's first).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -230,7 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Localrun(args) => localrun(*args),
-        Command::Worker(args) => worker(args),
+        Command::Worker(args) => worker(*args),
         Command::Topics(TopicsCommand::Produce(args)) => produce(args),
         Command::Topics(TopicsCommand::Consume(args)) => consume(args),
         Command::Topics(TopicsCommand::Admin(command)) => topic_admin::run_topics(command, &cli.admin),
@@ -314,6 +319,12 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.max_instances
         );
     }
+    if args.batch_max_delay_ms > MAX_BATCH_MAX_DELAY_MS {
+        bail!(
+            "--batch-max-delay-ms {} is out of range: give 0 to {MAX_BATCH_MAX_DELAY_MS} (MAX_BATCH_MAX_DELAY_MS)",
+            args.batch_max_delay_ms
+        );
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir().join(COMPILED_DIR)),
         // Each running instance holds one slot; a trapped instance frees its slot before its
@@ -385,8 +396,14 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         None => Some(DiskGuard::new(args.data.data_dir.clone(), args.min_free_disk_bytes)),
         Some(_) => None,
     };
-    let config =
-        WorkerConfig { cache_dir: cache_dir(), max_instances: args.max_instances, cluster, access, disk_guard };
+    let config = WorkerConfig {
+        cache_dir: cache_dir(),
+        max_instances: args.max_instances,
+        cluster,
+        access,
+        disk_guard,
+        batch_max_delay: Duration::from_millis(args.batch_max_delay_ms),
+    };
     let worker = Arc::new(Worker::open(config, store, runtime)?);
     worker.run_cluster()?;
     tokio.block_on(async {

@@ -234,7 +234,7 @@ impl Acks {
 }
 
 /// Why a broker operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The underlying storage failed; the operation had no effect.
     #[error("topic storage failed: {0}")]

@@ -149,7 +149,7 @@ impl Worker {
         }
         self.check_disk()?;
         self.check_storage_quota(topic.tenant())?;
-        let sequences = self.store.produce(topic, messages).map_err(super::topic_admin::broker_error)?;
+        let sequences = self.produce_batches.produce(topic, messages).map_err(super::topic_admin::broker_error)?;
         Ok(sequences.into_iter().map(crate::engine::broker::message_id).collect())
     }
 }

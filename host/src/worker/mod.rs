@@ -21,6 +21,7 @@ pub mod disk_guard;
 mod ledger;
 mod lifecycle;
 mod placement;
+pub mod produce_batch;
 mod prometheus;
 mod quota;
 mod records;
@@ -167,6 +168,9 @@ pub struct WorkerConfig {
     pub access: access::Access,
     /// The free space kept in the data directory, for a worker that stores there.
     pub disk_guard: Option<disk_guard::DiskGuard>,
+    /// How long a REST producer's messages wait for others' to be appended with them
+    /// (`--batch-max-delay-ms`; zero: each request alone).
+    pub batch_max_delay: Duration,
 }
 
 /// Memory maps an idle instance adds to the process (its thread's stack and signal stack with their
@@ -208,6 +212,8 @@ pub struct Worker {
     /// Held while a namespace's policies are read, changed and written back, so that two
     /// changes (retention and TTL, say) do not undo each other.
     policy_changes: Mutex<()>,
+    /// The REST producers' open batches.
+    produce_batches: produce_batch::ProduceBatches,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +232,7 @@ impl Worker {
         };
         let worker = Self {
             placement,
+            produce_batches: produce_batch::ProduceBatches::new(store.clone(), config.batch_max_delay),
             store,
             runtime,
             builder: Builder::new(&config.cache_dir),
