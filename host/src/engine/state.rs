@@ -179,6 +179,14 @@ pub trait StateStore: Send + Sync {
 
     /// Removes `fqfn`'s whole table.
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError>;
+
+    /// Brings every function's state view up to its latest commit, for an engine that applies
+    /// commits to a view after the fact (the cluster engine's changelogs); a cluster's leader
+    /// calls it every half second. An engine whose commits write the tables themselves (the
+    /// embedded one) keeps this default.
+    fn materialise_views(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// One function's state table.

@@ -1,19 +1,20 @@
 //! A cluster commit, which JetStream cannot make atomic: the intent an ordered consumer writes
 //! first (its outputs and each changed key's final value), which a successor replays, then the
-//! outputs (with message ids the stream de-duplicates), the state writes and the acknowledgements.
+//! outputs and the state changelog message (with message ids the streams de-duplicate), and the
+//! acknowledgements.
 
 use std::collections::{BTreeSet, HashMap};
 
-use async_nats::jetstream::kv;
 use bincode::{Decode, Encode};
 
+use super::changelog::Logged;
 use super::entry;
 use super::names::kv_key;
 use super::subscription::{INTENT_PREFIX, NatsSubscription};
-use super::{Inner, ValueCache, decode, encode, remember, storage};
+use super::{Inner, decode, encode, remember, storage};
 use crate::engine::broker::{BrokerError, Effects, OutMessage, SubscriptionSpec, SubscriptionType};
 use crate::engine::state::{Change, StateValue, Versioned};
-use crate::names::{SubscriptionName, TopicName};
+use crate::names::{Fqfn, SubscriptionName, TopicName};
 
 /// How many times a commit that failed for a passing reason is repeated.
 const COMMIT_RETRIES: u32 = 50;
@@ -164,10 +165,7 @@ impl NatsSubscription {
         let intent = match (&self.intent_key, &effects.state) {
             (Some(key), state) => {
                 let (fqfn, finals) = match state {
-                    Some((fqfn, changes)) => {
-                        let store = inner.table(fqfn).await.map_err(storage)?;
-                        (Some(fqfn.to_string()), self.final_values(&store, changes).await?)
-                    }
+                    Some((fqfn, changes)) => (Some(fqfn.to_string()), self.final_values(fqfn, changes).await?),
                     None => (None, Vec::new()),
                 };
                 let mut committed = self.committed.lock().unwrap().clone();
@@ -210,8 +208,7 @@ impl NatsSubscription {
                 // Neither write depends on the other, and the acknowledgement waits for both.
                 let state = async {
                     if let Some((fqfn, changes)) = &effects.state {
-                        let store = inner.table(fqfn).await.map_err(storage)?;
-                        apply_shared(&store, &inner.cache(fqfn), changes).await?;
+                        log_shared(inner, fqfn, changes, commit).await?;
                     }
                     Ok(())
                 };
@@ -221,21 +218,31 @@ impl NatsSubscription {
         Ok(())
     }
 
-    /// Resolves `effects.state` into final values, reading the stored counters it adds to.
+    /// Resolves `effects.state` into final values, reading the counters it adds to: from the
+    /// cache, where an ordered instance, its keys' only writer, finds what it wrote, else from
+    /// the view, which its table's opening brought up to date.
     async fn final_values(
         &self,
-        store: &kv::Store,
+        fqfn: &Fqfn,
         changes: &crate::engine::state::StateChanges,
     ) -> Result<Vec<(String, Option<StateValue>)>, BrokerError> {
+        let inner = &self.inner;
+        let cache = inner.cache(fqfn);
         let mut finals = Vec::with_capacity(changes.len());
         for (key, change) in changes.iter() {
             let stored = match change {
-                Change::Add(_) => match store.entry(kv_key(key)).await.map_err(storage)? {
-                    Some(entry) if entry.operation == kv::Operation::Put => {
-                        Some(decode::<StateValue>(&entry.value).map_err(storage)?)
-                    }
-                    _ => None,
-                },
+                Change::Add(_) => {
+                    let cached = cache.lock().unwrap().get(key).cloned();
+                    let known = match cached {
+                        Some(known) => known,
+                        None => {
+                            let view = inner.table(fqfn).await.map_err(storage)?;
+                            let entry = inner.view_entry(fqfn, &view, key).await.map_err(storage)?;
+                            entry.and_then(|(entry, _)| entry.versioned())
+                        }
+                    };
+                    known.map(|known| known.value)
+                }
                 _ => None,
             };
             finals.push((key.clone(), change.apply(stored)));
@@ -308,9 +315,13 @@ pub(super) async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), B
         .collect::<Result<Vec<_>, BrokerError>>()?;
     publish_outputs(inner, outputs, &intent.commit).await?;
     if let Some(fqfn) = &intent.fqfn {
-        let fqfn = crate::names::Fqfn::parse(fqfn).map_err(storage)?;
-        let store = inner.table(&fqfn).await.map_err(storage)?;
-        put_values(&store, &inner.cache(&fqfn), &intent.state).await?;
+        let fqfn = Fqfn::parse(fqfn).map_err(storage)?;
+        let logged = intent.state.iter().map(|(key, value)| (key.clone(), Logged::to(value.as_ref()))).collect();
+        let version = inner.log_changes(&fqfn, logged, &intent.commit).await?;
+        let cache = inner.cache(&fqfn);
+        for (key, value) in &intent.state {
+            remember(&cache, key, value.clone().map(|value| Versioned { value, version }));
+        }
     }
     Ok(())
 }
@@ -340,82 +351,28 @@ pub(super) async fn publish_outputs(
     futures_util::future::try_join_all(publishes).await.map(drop)
 }
 
-/// Writes final values, all requests in flight at once.
-pub(super) async fn put_values(
-    store: &kv::Store,
-    cache: &ValueCache,
-    values: &[(String, Option<StateValue>)],
-) -> Result<(), BrokerError> {
-    let writes = values.iter().map(|(key, value)| async move {
-        let stored = match value {
-            Some(value) => {
-                let version = store.put(kv_key(key), encode(value).into()).await.map_err(storage)?;
-                Some(Versioned { value: value.clone(), version })
-            }
-            None => {
-                store.delete(kv_key(key)).await.map_err(storage)?;
-                None
-            }
-        };
-        remember(cache, key, stored);
-        Ok::<_, BrokerError>(())
-    });
-    futures_util::future::try_join_all(writes).await.map(drop)
-}
-
-/// Applies changes that other instances may be making to the same keys at the same time:
-/// puts and deletes as they are, increments with a revision check, retried on conflict.
-pub(super) async fn apply_shared(
-    store: &kv::Store,
-    cache: &ValueCache,
+/// Logs changes that other instances may be making to the same keys at the same time, as they
+/// are: increments stay deltas, which the view adds in changelog order, so none is lost. What
+/// this instance knows afterwards is cached: a value put or removed, and a counter it had read
+/// plus its delta; a counter it had not read is read from the view when asked.
+pub(super) async fn log_shared(
+    inner: &Inner,
+    fqfn: &Fqfn,
     changes: &crate::engine::state::StateChanges,
+    commit: &str,
 ) -> Result<(), BrokerError> {
-    let writes = changes.iter().map(|(name, change)| async move {
-        let key = kv_key(name);
-        let key = &key;
-        let put = |value: StateValue| async move {
-            let version = store.put(key, encode(&value).into()).await.map_err(storage)?;
-            remember(cache, name, Some(Versioned { value, version }));
-            Ok::<_, BrokerError>(())
-        };
-        match change {
-            Change::Put(bytes) => put(StateValue::Bytes(bytes.clone())).await,
-            Change::SetCounter(value) => put(StateValue::Counter(*value)).await,
-            Change::Delete => {
-                store.delete(key).await.map_err(storage)?;
-                remember(cache, name, None);
-                Ok(())
-            }
-            Change::Add(_) => loop {
-                let entry = store.entry(key).await.map_err(storage)?;
-                let (stored, revision) = match entry {
-                    Some(entry) if entry.operation == kv::Operation::Put => {
-                        (Some(decode::<StateValue>(&entry.value).map_err(storage)?), Some(entry.revision))
-                    }
-                    Some(entry) => (None, Some(entry.revision)),
-                    None => (None, None),
-                };
-                let value = change.apply(stored).expect("an increment leaves a counter");
-                let bytes = encode(&value).into();
-                // Another instance wrote the key in between: read it again.
-                let written = match revision {
-                    Some(revision) => match store.update(key, bytes, revision).await {
-                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                        written => written.map_err(storage),
-                    },
-                    None => match store.create(key, bytes).await {
-                        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                        written => written.map_err(storage),
-                    },
-                };
-                let version = match written {
-                    Ok(version) => version,
-                    Err(error) => break Err(error),
-                };
-                remember(cache, name, Some(Versioned { value, version }));
-                break Ok(());
+    let logged = changes.iter().map(|(key, change)| (key.clone(), Logged::from(change))).collect();
+    let version = inner.log_changes(fqfn, logged, commit).await?;
+    let cache = inner.cache(fqfn);
+    for (key, change) in changes.iter() {
+        let known = match change {
+            Change::Add(_) => match cache.lock().unwrap().get(key).cloned() {
+                Some(known) => change.apply(known.map(|known| known.value)),
+                None => continue,
             },
-        }
-    });
-    futures_util::future::try_join_all(writes).await.map(drop)
+            _ => change.apply(None),
+        };
+        remember(&cache, key, known.map(|value| Versioned { value, version }));
+    }
+    Ok(())
 }

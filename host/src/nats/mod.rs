@@ -18,6 +18,7 @@
 //! blocks on it, from the instance threads and from the admin API's blocking pool alike.
 
 mod admin;
+mod changelog;
 mod commit;
 mod connect;
 mod delivery;
@@ -162,6 +163,7 @@ struct Inner {
     replicas: usize,
     streams: Mutex<HashMap<TopicName, stream::Stream>>,
     tables: Mutex<HashMap<Fqfn, kv::Store>>,
+    changelogs: Mutex<HashMap<Fqfn, stream::Stream>>,
     caches: Mutex<HashMap<Fqfn, ValueCache>>,
     metadata: kv::Store,
     packages: object_store::ObjectStore,
@@ -271,6 +273,7 @@ impl NatsEngine {
                 replicas,
                 streams: Mutex::default(),
                 tables: Mutex::default(),
+                changelogs: Mutex::default(),
                 caches: Mutex::default(),
                 metadata,
                 packages,

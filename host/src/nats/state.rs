@@ -1,44 +1,39 @@
-//! Function state on NATS: one key-value bucket per function, read through a cache of the
-//! values this process wrote or read.
+//! Function state on NATS: a changelog and a key-value view per function (`changelog`), read
+//! through a cache of the values this process last wrote or read.
 
 use std::sync::Arc;
 
 use async_nats::jetstream::kv;
 
+use super::changelog::Logged;
 use super::failure::is_not_found;
-use super::names::{STATE_BUCKET_PREFIX, kv_key, token};
-use super::{Inner, NatsEngine, ValueCache, decode, remember, state_storage};
-use crate::codec::encode;
+use super::names::{STATE_BUCKET_PREFIX, token};
+use super::{Inner, NatsEngine, ValueCache, remember, state_storage};
 use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 use crate::names::Fqfn;
-
-/// A stored value in a state bucket.
-pub(super) fn decode_state(fqfn: &Fqfn, key: &str, entry: kv::Entry) -> Result<Option<Versioned>, StateError> {
-    if entry.operation != kv::Operation::Put {
-        return Ok(None);
-    }
-    let value = decode::<StateValue>(&entry.value).map_err(|reason| StateError::Corrupt {
-        fqfn: fqfn.clone(),
-        key: key.into(),
-        reason,
-    })?;
-    Ok(Some(Versioned { value, version: entry.revision }))
-}
 
 impl StateStore for NatsEngine {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
         let inner = &self.inner;
-        let store = inner.block_on(inner.table(fqfn))?;
         let cache = inner.cache(fqfn);
+        // Emptied before the view is brought up to date: a commit remembered after this is in the
+        // cache, and one remembered before is in the changelog the view is brought up to.
         cache.lock().unwrap().clear();
+        let store = inner.block_on(async {
+            inner.materialise(fqfn).await?;
+            inner.table(fqfn).await
+        })?;
         Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache }))
     }
 
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
         let inner = &self.inner;
         inner.block_on(async {
-            let store = inner.table(fqfn).await?;
-            let version = store.put(kv_key(key), encode(&value).into()).await.map_err(state_storage)?;
+            let id = inner.commit_id();
+            let version = inner
+                .log_changes(fqfn, vec![(key.to_owned(), Logged::to(Some(&value)))], &id)
+                .await
+                .map_err(|error| StateError::Storage(error.to_string()))?;
             let stored = Versioned { value, version };
             remember(&inner.cache(fqfn), key, Some(stored.clone()));
             Ok(stored)
@@ -51,6 +46,7 @@ impl StateStore for NatsEngine {
         inner.tables.lock().unwrap().remove(fqfn);
         inner.caches.lock().unwrap().remove(fqfn);
         inner.block_on(async {
+            inner.delete_changelog(fqfn).await?;
             match inner.jetstream.delete_key_value(&bucket).await {
                 Ok(_) => Ok(()),
                 Err(error) if is_not_found(&error) => Ok(()),
@@ -58,9 +54,19 @@ impl StateStore for NatsEngine {
             }
         })
     }
+
+    fn materialise_views(&self) -> Result<(), StateError> {
+        let inner = &self.inner;
+        inner.block_on(async {
+            for fqfn in inner.logged_functions().await? {
+                inner.materialise(&fqfn).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
-/// A function's state bucket, read by one instance.
+/// A function's state view, read by one instance.
 pub(super) struct NatsTable {
     inner: Arc<Inner>,
     fqfn: Fqfn,
@@ -73,11 +79,8 @@ impl StateTable for NatsTable {
         if let Some(known) = self.cache.lock().unwrap().get(key) {
             return Ok(known.clone());
         }
-        let entry = self.inner.block_on(self.store.entry(kv_key(key))).map_err(state_storage)?;
-        let stored = match entry {
-            Some(entry) => decode_state(&self.fqfn, key, entry)?,
-            None => None,
-        };
+        let entry = self.inner.block_on(self.inner.view_entry(&self.fqfn, &self.store, key))?;
+        let stored = entry.and_then(|(entry, _)| entry.versioned());
         remember(&self.cache, key, stored.clone());
         Ok(stored)
     }

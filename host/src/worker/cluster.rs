@@ -30,8 +30,11 @@ use crate::names::Fqfn;
 
 /// How often a worker renews its membership, and the leader schedules.
 pub const TICK: Duration = Duration::from_millis(500);
-/// How often the leader frees what every subscription has acknowledged.
-const FREE_EVERY: Duration = Duration::from_secs(5);
+/// How often the leader brings the state views up to their functions' latest commits.
+const MATERIALISE_EVERY: Duration = Duration::from_millis(500);
+/// How often, in rounds of MATERIALISE_EVERY, the leader frees what every subscription has
+/// acknowledged.
+const FREE_EVERY_ROUNDS: u32 = 10;
 /// The metadata record of the assignments.
 const ASSIGNMENTS_RECORD: &str = "cluster/assignments";
 /// The metadata record that asks the leader to spread every instance again.
@@ -206,13 +209,13 @@ impl Worker {
                 }
             })
             .context("cannot start the cluster thread")?;
-        // On a thread of its own, so that freeing many topics never delays a membership renewal.
+        // The leader's upkeep, on a thread of its own, so that it never delays a membership renewal.
         let worker: Weak<Self> = Arc::downgrade(self);
         std::thread::Builder::new()
-            .name("fnhost-free".into())
+            .name("fnhost-upkeep".into())
             .spawn(move || {
-                loop {
-                    std::thread::sleep(FREE_EVERY);
+                for round in 1_u32.. {
+                    std::thread::sleep(MATERIALISE_EVERY);
                     let Some(worker) = worker.upgrade() else { return };
                     let Some(cluster) = &worker.cluster else { return };
                     if cluster.stopping.load(Ordering::Relaxed) {
@@ -221,14 +224,19 @@ impl Worker {
                     if !cluster.leading.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match worker.store.free_acknowledged() {
-                        Ok(0) => {}
-                        Ok(freed) => tracing::debug!(freed, "freed acknowledged entries"),
-                        Err(error) => tracing::warn!("cannot free acknowledged entries: {error}"),
+                    if let Err(error) = worker.store.materialise_views() {
+                        tracing::warn!("cannot bring the state views up to date: {error}");
+                    }
+                    if round.is_multiple_of(FREE_EVERY_ROUNDS) {
+                        match worker.store.free_acknowledged() {
+                            Ok(0) => {}
+                            Ok(freed) => tracing::debug!(freed, "freed acknowledged entries"),
+                            Err(error) => tracing::warn!("cannot free acknowledged entries: {error}"),
+                        }
                     }
                 }
             })
-            .context("cannot start the freeing thread")?;
+            .context("cannot start the upkeep thread")?;
         Ok(())
     }
 

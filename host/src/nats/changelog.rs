@@ -1,0 +1,336 @@
+//! Function state as a changelog and a view: a commit's state changes go out as one JetStream
+//! message per function (the changelog, stream `FNC-<fqfn>`), and are applied to the key-value
+//! view (bucket `FNS-<fqfn>`) afterwards, many commits at once.
+//!
+//! A key-value write per changed key made the server, not the host, set cluster mode's pace. Now
+//! a commit writes one message whatever its number of keys, and a key changed by many commits in
+//! a row is written to the view once.
+//!
+//! Each view entry holds the changelog sequence that last changed it. Applying, any process may
+//! do it: the cluster's leader every half second, and every process that opens the table
+//! (an instance starting, `querystate`) first, so that what it reads holds every committed change.
+//! Appliers take the changelog in order from the view's mark (`view/<fqfn>` in the metadata
+//! bucket), and apply to a key only the changes after its entry's sequence, with a revision check;
+//! so two appliers at once apply each change once, increments included.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{kv, stream};
+use bincode::{Decode, Encode};
+
+use super::names::{kv_key, token};
+use super::{Inner, RETRY_PAUSE, decode, encode, state_storage, storage};
+use crate::engine::broker::BrokerError;
+use crate::engine::state::{Change, StateError, StateValue, Versioned};
+use crate::names::Fqfn;
+
+/// Streams holding function state changelogs are named this followed by the function's token.
+pub const CHANGELOG_PREFIX: &str = "FNC-";
+/// Most changelog messages one applying round reads, so that a round stays short.
+const MESSAGES_PER_ROUND: u64 = 1_024;
+/// Metadata keys of the views' marks start with this, then the function's name.
+const MARK_PREFIX: &str = "view/";
+
+/// One change, as the changelog holds it.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub(super) enum Logged {
+    /// The key holds these bytes.
+    Put(Vec<u8>),
+    /// The key holds nothing.
+    Delete,
+    /// The counter grows by this.
+    Add(i64),
+    /// The counter holds this.
+    SetCounter(i64),
+}
+
+impl From<&Change> for Logged {
+    fn from(change: &Change) -> Self {
+        match change {
+            Change::Put(bytes) => Self::Put(bytes.clone()),
+            Change::Delete => Self::Delete,
+            Change::Add(delta) => Self::Add(*delta),
+            Change::SetCounter(value) => Self::SetCounter(*value),
+        }
+    }
+}
+
+impl Logged {
+    /// The change that leaves `value` (`None`: nothing).
+    pub(super) fn to(value: Option<&StateValue>) -> Self {
+        match value {
+            Some(StateValue::Bytes(bytes)) => Self::Put(bytes.clone()),
+            Some(StateValue::Counter(count)) => Self::SetCounter(*count),
+            None => Self::Delete,
+        }
+    }
+
+    fn change(&self) -> Change {
+        match self {
+            Self::Put(bytes) => Change::Put(bytes.clone()),
+            Self::Delete => Change::Delete,
+            Self::Add(delta) => Change::Add(*delta),
+            Self::SetCounter(value) => Change::SetCounter(*value),
+        }
+    }
+}
+
+/// A view entry: what a key holds and the changelog sequence that last changed it. A removed
+/// key keeps its entry, with no value, so that a late applier knows the removal is newer.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub(super) struct ViewEntry {
+    pub(super) value: Option<StateValue>,
+    pub(super) sequence: u64,
+}
+
+impl ViewEntry {
+    /// The entry as the state port reads it: the value, versioned by its changelog sequence.
+    pub(super) fn versioned(self) -> Option<Versioned> {
+        let sequence = self.sequence;
+        self.value.map(|value| Versioned { value, version: sequence })
+    }
+}
+
+/// The changelog stream of `fqfn`.
+pub(super) fn changelog_stream(fqfn: &Fqfn) -> String {
+    format!("{CHANGELOG_PREFIX}{}", token(&fqfn.to_string()))
+}
+
+fn changelog_subject(fqfn: &Fqfn) -> String {
+    format!("fnc.{}", token(&fqfn.to_string()))
+}
+
+fn mark_key(fqfn: &Fqfn) -> String {
+    kv_key(&format!("{MARK_PREFIX}{fqfn}"))
+}
+
+/// Splits `changes` into records of about `max_bytes` each.
+fn records(changes: Vec<(String, Logged)>, max_bytes: usize) -> Vec<Vec<(String, Logged)>> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let mut records = vec![Vec::new()];
+    let mut bytes = 0;
+    for (key, change) in changes {
+        let size = key.len()
+            + match &change {
+                Logged::Put(value) => value.len(),
+                _ => 0,
+            }
+            + 16;
+        if bytes + size > max_bytes && !records.last().is_none_or(Vec::is_empty) {
+            records.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        records.last_mut().expect("one record at least").push((key, change));
+    }
+    records
+}
+
+impl Inner {
+    /// The changelog stream of `fqfn`, created on first use.
+    async fn changelog(&self, fqfn: &Fqfn) -> Result<stream::Stream, BrokerError> {
+        if let Some(stream) = self.changelogs.lock().unwrap().get(fqfn) {
+            return Ok(stream.clone());
+        }
+        let stream = self
+            .jetstream
+            .get_or_create_stream(stream::Config {
+                name: changelog_stream(fqfn),
+                subjects: vec![changelog_subject(fqfn)],
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: super::DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| storage(format!("cannot open the state changelog of {fqfn}: {error}")))?;
+        self.changelogs.lock().unwrap().insert(fqfn.clone(), stream.clone());
+        Ok(stream)
+    }
+
+    /// Appends a commit's state changes to `fqfn`'s changelog as one message (several if they
+    /// pass half the servers' largest message), with ids `ID-s0`, `ID-s1`, … so that a repeated
+    /// commit adds nothing; returns the sequence of the last (0 for no changes).
+    pub(super) async fn log_changes(
+        &self,
+        fqfn: &Fqfn,
+        changes: Vec<(String, Logged)>,
+        id: &str,
+    ) -> Result<u64, BrokerError> {
+        self.changelog(fqfn).await?;
+        let subject = changelog_subject(fqfn);
+        let mut pending = Vec::new();
+        for (index, record) in records(changes, self.entry_bytes).into_iter().enumerate() {
+            let publish = async_nats::jetstream::context::Publish::build()
+                .payload(encode(&record).into())
+                .message_id(format!("{id}-s{index}"));
+            pending.push(self.jetstream.send_publish(subject.clone(), publish).await.map_err(storage)?);
+        }
+        let mut last = 0;
+        for ack in pending {
+            last = ack.await.map_err(storage)?.sequence;
+        }
+        Ok(last)
+    }
+
+    /// The view entry of `key`, and its revision in the bucket.
+    pub(super) async fn view_entry(
+        &self,
+        fqfn: &Fqfn,
+        view: &kv::Store,
+        key: &str,
+    ) -> Result<Option<(ViewEntry, u64)>, StateError> {
+        let Some(entry) = view.entry(kv_key(key)).await.map_err(state_storage)? else { return Ok(None) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let stored = decode::<ViewEntry>(&entry.value).map_err(|reason| StateError::Corrupt {
+            fqfn: fqfn.clone(),
+            key: key.into(),
+            reason,
+        })?;
+        Ok(Some((stored, entry.revision)))
+    }
+
+    /// Applies `fqfn`'s changelog to its view, from the view's mark to the changelog's end as it
+    /// is now, then moves the mark and frees the changelog up to it.
+    pub(super) async fn materialise(&self, fqfn: &Fqfn) -> Result<(), StateError> {
+        let mut changelog = self.changelog(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
+        let view = self.table(fqfn).await?;
+        let end = changelog.info().await.map_err(state_storage)?.state.last_sequence;
+        loop {
+            let (mark, mark_revision) = match self.metadata.entry(mark_key(fqfn)).await.map_err(state_storage)? {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    (decode::<u64>(&entry.value).map_err(state_storage)?, Some(entry.revision))
+                }
+                _ => (0, None),
+            };
+            if mark >= end {
+                return Ok(());
+            }
+            let last = end.min(mark + MESSAGES_PER_ROUND);
+            let mut changes: BTreeMap<String, Vec<(u64, Logged)>> = BTreeMap::new();
+            for sequence in mark + 1..=last {
+                // Gone: freed by another applier, after it applied it.
+                let Ok(message) = changelog.get_raw_message(sequence).await else { continue };
+                let record: Vec<(String, Logged)> = decode(&message.payload).map_err(|reason| {
+                    StateError::Storage(format!("changelog message {sequence} of {fqfn} cannot be decoded: {reason}"))
+                })?;
+                for (key, change) in record {
+                    changes.entry(key).or_default().push((sequence, change));
+                }
+            }
+            let writes = changes.iter().map(|(key, changes)| self.apply_to_view(fqfn, &view, key, changes));
+            futures_util::future::try_join_all(writes).await?;
+            let moved = match mark_revision {
+                Some(revision) => self.metadata.update(mark_key(fqfn), encode(&last).into(), revision).await.is_ok(),
+                None => self.metadata.create(mark_key(fqfn), encode(&last).into()).await.is_ok(),
+            };
+            // Another applier moved the mark first: read it again and go on from there.
+            if moved {
+                changelog.purge().sequence(last + 1).await.map_err(state_storage)?;
+            }
+        }
+    }
+
+    /// Applies to `key`'s view entry the `changes` (in changelog order) newer than it.
+    async fn apply_to_view(
+        &self,
+        fqfn: &Fqfn,
+        view: &kv::Store,
+        key: &str,
+        changes: &[(u64, Logged)],
+    ) -> Result<(), StateError> {
+        let mut attempt = 0;
+        loop {
+            let stored = self.view_entry(fqfn, view, key).await?;
+            let (mut value, applied, revision) = match stored {
+                Some((entry, revision)) => (entry.value, entry.sequence, Some(revision)),
+                None => (None, 0, None),
+            };
+            let newer: Vec<&(u64, Logged)> = changes.iter().filter(|(sequence, _)| *sequence > applied).collect();
+            let Some(&&(sequence, _)) = newer.last() else { return Ok(()) };
+            for (_, change) in newer {
+                value = change.change().apply(value);
+            }
+            let entry = encode(&ViewEntry { value, sequence }).into();
+            let written =
+                match revision {
+                    Some(revision) => view.update(kv_key(key), entry, revision).await.map(drop).map_err(|error| {
+                        (error.kind() == kv::UpdateErrorKind::WrongLastRevision, state_storage(error))
+                    }),
+                    None => view
+                        .create(kv_key(key), entry)
+                        .await
+                        .map(drop)
+                        .map_err(|error| (error.kind() == kv::CreateErrorKind::AlreadyExists, state_storage(error))),
+                };
+            match written {
+                Ok(()) => return Ok(()),
+                // Another applier wrote the key in between: read it again.
+                Err((true, _)) => {}
+                Err((false, error)) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!(%fqfn, key, "applying again: {error}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err((false, error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Forgets `fqfn`'s changelog and mark, with its view.
+    pub(super) async fn delete_changelog(&self, fqfn: &Fqfn) -> Result<(), StateError> {
+        self.changelogs.lock().unwrap().remove(fqfn);
+        match self.jetstream.delete_stream(changelog_stream(fqfn)).await {
+            Ok(_) => {}
+            Err(error) if super::failure::is_not_found(&error) => {}
+            Err(error) => return Err(state_storage(error)),
+        }
+        self.metadata.purge(mark_key(fqfn)).await.map_err(state_storage)
+    }
+
+    /// Every function with a changelog.
+    pub(super) async fn logged_functions(&self) -> Result<Vec<Fqfn>, StateError> {
+        use futures_util::TryStreamExt as _;
+        let names: Vec<String> = self.jetstream.stream_names().try_collect().await.map_err(state_storage)?;
+        Ok(names
+            .iter()
+            .filter_map(|name| name.strip_prefix(CHANGELOG_PREFIX))
+            .filter_map(super::names::untoken)
+            .filter_map(|name| Fqfn::parse(&name).ok())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_split_into_records_of_about_the_bound_in_order() {
+        let changes: Vec<(String, Logged)> =
+            (0..100).map(|index| (format!("k{index}"), Logged::Put(vec![0; 100]))).collect();
+        let split = records(changes.clone(), 1_000);
+        assert!(split.len() > 1 && split.iter().all(|record| !record.is_empty()));
+        assert_eq!(split.concat(), changes, "every change once, in order");
+        assert!(records(Vec::new(), 1_000).is_empty(), "a commit without changes logs nothing");
+        let large = vec![("big".to_owned(), Logged::Put(vec![0; 5_000]))];
+        assert_eq!(records(large.clone(), 1_000), vec![large], "a change larger than the bound goes alone");
+    }
+
+    #[test]
+    fn a_logged_change_and_a_view_entry_survive_their_encoding() {
+        for change in [Logged::Put(b"v".to_vec()), Logged::Delete, Logged::Add(-3), Logged::SetCounter(9)] {
+            let record = vec![("key".to_owned(), change)];
+            assert_eq!(decode::<Vec<(String, Logged)>>(&encode(&record)).unwrap(), record);
+        }
+        let entry = ViewEntry { value: Some(StateValue::Counter(4)), sequence: 12 };
+        assert_eq!(decode::<ViewEntry>(&encode(&entry)).unwrap(), entry);
+        assert_eq!(entry.versioned(), Some(Versioned { value: StateValue::Counter(4), version: 12 }));
+        assert_eq!(ViewEntry { value: None, sequence: 13 }.versioned(), None);
+        assert_eq!(Logged::to(Some(&StateValue::Counter(2))).change().apply(None), Some(StateValue::Counter(2)));
+    }
+}
