@@ -1,11 +1,12 @@
-//! The session guest in cluster mode on one NATS server, beside raw JetStream on the same server
-//! (`cluster`).
+//! The session guest in cluster mode on one NATS server and on three, beside raw JetStream on
+//! the same servers (`cluster`).
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use fnhost::engine::broker::{Broker, OutMessage};
+use fnhost::engine::state::StateStore as _;
 use fnhost::function::{FunctionConfig, Ordering, ProcessingGuarantee};
 use fnhost::instance::{self, RunUntil};
 use fnhost::limits::MAX_BATCH_MESSAGES;
@@ -22,23 +23,34 @@ pub(crate) const CLUSTER_MESSAGES: usize = 200_000;
 /// Messages per fetch in the raw JetStream ceiling, as the issue measured it.
 pub(crate) const RAW_FETCH: usize = 500;
 
-/// The session-duration guest in cluster mode (one NATS server, the NATS engine under the same
-/// pipeline), beside the engine's own ceiling measured on the same server (raw JetStream fetch in
-/// batches of 500 with an acknowledgement per message) and beside the same fetches doing the raw
-/// writes of the function's mapping, and of a batched state layout. Alternated, `rounds` times; medians.
+/// The session-duration guest in cluster mode (the NATS engine under the same pipeline, with
+/// batched entries and state per batch), beside the engine's own ceiling measured on the same
+/// servers (raw JetStream fetch in batches of 500 with an acknowledgement per message, one
+/// message per JetStream message as a NATS user publishes) and beside the same fetches doing the
+/// raw writes of the function's mapping, and of a batched state layout; on one server, then on a
+/// cluster of three with three copies of every stream. Alternated, `rounds` times; medians.
 pub(crate) fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
+    for servers in [1, 3] {
+        cluster_of(wasm, messages, rounds, servers)?;
+    }
+    Ok(())
+}
+
+fn cluster_of(wasm: &Path, messages: usize, rounds: usize, servers: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
     let mut raw = Vec::new();
     let mut mapped = Vec::new();
     let mut batched = Vec::new();
     let mut guest = Vec::new();
+    let mut processing = Vec::new();
     for round in 0..rounds {
-        let server = Nats::start(1);
+        let server = Nats::start(servers);
         let url = server.urls();
-        raw.push(raw_jetstream(&url, &events, round, RawWork::FetchAndAck)?);
-        mapped.push(raw_jetstream(&url, &events, round, RawWork::SessionMapping)?);
-        batched.push(raw_jetstream(&url, &events, round, RawWork::BatchedState)?);
-        let engine = fnhost::nats::NatsEngine::connect(&url, 1, &fnhost::nats::NatsSecurity::default())?;
+        let raw_url = url.split(',').next().expect("a server").to_owned();
+        raw.push(raw_jetstream(&raw_url, servers, &events, round, RawWork::FetchAndAck)?);
+        mapped.push(raw_jetstream(&raw_url, servers, &events, round, RawWork::SessionMapping)?);
+        batched.push(raw_jetstream(&raw_url, servers, &events, round, RawWork::BatchedState)?);
+        let engine = fnhost::nats::NatsEngine::connect(&url, servers, &fnhost::nats::NatsSecurity::default())?;
         let config = FunctionConfig {
             subscription: SubscriptionName::new("public", "default", &format!("bench-{round}"))?,
             ..pipeline_config(ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1)?
@@ -48,8 +60,24 @@ pub(crate) fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Re
         }
         let executors = executors(&engine, &config, Code::Wasm(wasm), native_session_duration)?;
         let started = Instant::now();
-        let stats = instance::run(&engine, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
+        // The leader's upkeep, as a worker runs it: the state views follow the commits.
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        let stats = std::thread::scope(|scope| {
+            let upkeep = &engine;
+            scope.spawn(move || {
+                while stop.recv_timeout(Duration::from_millis(500)).is_err() {
+                    upkeep.materialise_views().expect("the views follow the changelogs");
+                }
+            });
+            let stats = instance::run(&engine, &config, executors, RunUntil::Idle, &AtomicBool::new(false));
+            drop(done);
+            stats
+        })?;
+        let processed = started.elapsed();
+        // Timed until every commit's state is in the view, where querystate and a successor read it.
+        engine.materialise_views()?;
         guest.push(started.elapsed());
+        processing.push(processed);
         let succeeded: u64 = stats.iter().map(|instance| instance.succeeded).sum();
         anyhow::ensure!(
             succeeded as usize == events.len(),
@@ -65,9 +93,14 @@ pub(crate) fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Re
         messages as f64 / times[times.len() / 2].as_secs_f64()
     };
     let (raw, mapped, batched, guest) = (rate(&mut raw), rate(&mut mapped), rate(&mut batched), rate(&mut guest));
+    let processing = rate(&mut processing);
     println!();
+    let servers = match servers {
+        1 => "one NATS server".to_owned(),
+        count => format!("{count} NATS servers, {count} copies"),
+    };
     println!(
-        "| cluster mode, one NATS server, {messages} events, median of {rounds} | messages/s | of the ceiling | of the mapping's own work |"
+        "| cluster mode, {servers}, {messages} events, median of {rounds} | messages/s | of the ceiling | of the mapping's own work |"
     );
     println!("|---|---|---|---|");
     println!("| raw JetStream fetch ({RAW_FETCH}) and ack (ceiling) | {raw:.0} | 1.00 | |");
@@ -79,7 +112,16 @@ pub(crate) fn cluster(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Re
         "| raw JetStream fetch, the outputs and one state message per batch, ack (no wasm, no host) | {batched:.0} | {:.2} | |",
         batched / raw
     );
-    println!("| session-duration guest, ATLEAST_ONCE | {guest:.0} | {:.2} | {:.2} |", guest / raw, guest / mapped);
+    println!(
+        "| session-duration guest with batched entries and state per batch, ATLEAST_ONCE, until the views caught up | {guest:.0} | {:.2} | {:.2} |",
+        guest / raw,
+        guest / mapped
+    );
+    println!(
+        "| the same runs, until the last commit | {processing:.0} | {:.2} | {:.2} |",
+        processing / raw,
+        processing / mapped
+    );
     Ok(())
 }
 
@@ -101,7 +143,13 @@ pub(crate) enum RawWork {
 
 /// Publishes `events` to a stream of their own, then times fetching them in batches of
 /// `RAW_FETCH` through a durable pull consumer and doing `work` with each batch.
-pub(crate) fn raw_jetstream(url: &str, events: &[OutMessage], round: usize, work: RawWork) -> anyhow::Result<Duration> {
+pub(crate) fn raw_jetstream(
+    url: &str,
+    replicas: usize,
+    events: &[OutMessage],
+    round: usize,
+    work: RawWork,
+) -> anyhow::Result<Duration> {
     use futures_util::StreamExt as _;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
@@ -116,12 +164,14 @@ pub(crate) fn raw_jetstream(url: &str, events: &[OutMessage], round: usize, work
             .get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: prefix.to_uppercase(),
                 subjects: vec![format!("{prefix}.>")],
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await?;
         jetstream
             .create_key_value(async_nats::jetstream::kv::Config {
                 bucket: format!("{prefix}-state"),
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await?;
