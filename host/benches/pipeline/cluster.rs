@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use fnhost::engine::broker::{Broker, OutMessage};
@@ -65,7 +66,8 @@ fn cluster_of(wasm: &Path, messages: usize, rounds: usize, servers: usize) -> an
         let stats = std::thread::scope(|scope| {
             let upkeep = &engine;
             scope.spawn(move || {
-                while stop.recv_timeout(Duration::from_millis(500)).is_err() {
+                // Until the run ends and drops `done`: a disconnection is the stop signal.
+                while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(500)) {
                     upkeep.materialise_views().expect("the views follow the changelogs");
                 }
             });
