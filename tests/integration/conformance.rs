@@ -711,3 +711,77 @@ fn acknowledged_messages_are_freed_unless_retention_keeps_them_for_a_replay(rig:
     let refused = engine.move_cursor(&kept, &nobody, CursorTarget::Time(started)).unwrap_err();
     assert!(matches!(refused, BrokerError::NoSuchSubscription { .. }), "{refused}");
 }
+
+/// What only the NATS engine has: state applied to its views after the commit, by any process.
+mod nats_views {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Commits that each add 1 to a counter, while a second process and the committing one
+    /// bring the view up to date over and over, as a leader and an instance starting elsewhere
+    /// do: every increment counts once.
+    #[test]
+    fn two_processes_applying_one_changelog_at_once_count_every_increment_once() {
+        const COMMITS: usize = 60;
+        let rig = NatsRig::new();
+        let (committer, other) = (rig.open(), rig.open());
+        let fqfn = Fqfn::new("public", "default", "counted").unwrap();
+        let input = topic("views-counted");
+        let messages: Vec<OutMessage> = (0..COMMITS).map(|index| OutMessage::new(vec![index as u8])).collect();
+        committer.produce(&input, messages).unwrap();
+        let consumer = committer
+            .subscribe(spec(&[&input], &subscription(&input, "counter"), SubscriptionType::Shared, (0, 1)))
+            .unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for applier in [&committer, &other] {
+                let (done, fqfn) = (&done, &fqfn);
+                scope.spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        applier.materialise_views().unwrap();
+                        applier.table(fqfn).unwrap();
+                    }
+                });
+            }
+            for _ in 0..COMMITS {
+                let messages = fetch_exactly(consumer.as_ref(), 1);
+                let mut changes = StateChanges::default();
+                changes.record("total".into(), Change::Add(1));
+                let effects = Effects {
+                    acks: Acks::of(&messages),
+                    state: Some((fqfn.clone(), Arc::new(changes))),
+                    ..Effects::default()
+                };
+                consumer.commit(effects).unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        for reader in [&committer, &other] {
+            let total = reader.table(&fqfn).unwrap().get("total").unwrap().map(|stored| stored.value);
+            assert_eq!(total, Some(StateValue::Counter(COMMITS as i64)));
+        }
+    }
+
+    /// A process that applied a function's changes remembers each view entry's revision; when
+    /// another process deletes the function and it is made again, the new view starts empty there
+    /// too, and its first changes are applied rather than taken for ones already applied.
+    #[test]
+    fn a_function_deleted_elsewhere_and_made_again_starts_empty_in_every_process() {
+        let rig = NatsRig::new();
+        let (applier, deleter) = (rig.open(), rig.open());
+        let fqfn = Fqfn::new("public", "default", "remade").unwrap();
+        applier.put(&fqfn, "total", StateValue::Counter(5)).unwrap();
+        applier.put(&fqfn, "only-before", StateValue::Bytes(b"old".to_vec())).unwrap();
+        applier.materialise_views().unwrap();
+        assert_eq!(
+            applier.table(&fqfn).unwrap().get("total").unwrap().map(|stored| stored.value),
+            Some(StateValue::Counter(5))
+        );
+        deleter.delete_table(&fqfn).unwrap();
+        deleter.put(&fqfn, "total", StateValue::Counter(2)).unwrap();
+        let table = applier.table(&fqfn).unwrap();
+        assert_eq!(table.get("total").unwrap().map(|stored| stored.value), Some(StateValue::Counter(2)));
+        assert_eq!(table.get("only-before").unwrap(), None, "the deleted function's keys are gone");
+    }
+}

@@ -12,8 +12,14 @@
 //! Appliers take the changelog in order from the view's mark (`view/<fqfn>` in the metadata
 //! bucket), and apply to a key only the changes after its entry's sequence, with a revision check;
 //! so two appliers at once apply each change once, increments included.
+//!
+//! An applier remembers each view entry it last read or wrote, with its revision
+//! ([`AppliedViews`]): the leader applies every round, so its next write to a key is checked
+//! against the revision it wrote last, without reading the key first. A write that another
+//! applier came before fails its revision check, and the key is read again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{kv, stream};
 use bincode::{Decode, Encode};
@@ -30,6 +36,24 @@ pub const CHANGELOG_PREFIX: &str = "FNC-";
 const MESSAGES_PER_ROUND: u64 = 1_024;
 /// Metadata keys of the views' marks start with this, then the function's name.
 const MARK_PREFIX: &str = "view/";
+/// Most view entries a function's [`Applied`] holds; past it the memory starts again empty.
+const MAX_REMEMBERED_VIEW_ENTRIES: usize = 65_536;
+
+/// What this process last read or wrote of one function's view: each key's entry and revision.
+pub(super) type AppliedView = Arc<Mutex<Applied>>;
+
+/// Each key's view entry and revision, as this process last read or wrote them.
+#[derive(Default)]
+pub(super) struct Applied {
+    /// When the changelog these entries came from was made. A function deleted and made again
+    /// has a new changelog and view whose revisions start again, so a remembered revision could
+    /// match a key of the new view by chance: what was remembered of the old one is forgotten.
+    changelog_created: Option<time::OffsetDateTime>,
+    entries: HashMap<String, (ViewEntry, u64)>,
+}
+
+/// The [`AppliedView`] of each function this process applied changes to.
+pub(super) type AppliedViews = Mutex<HashMap<Fqfn, AppliedView>>;
 
 /// One change, as the changelog holds it.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -197,9 +221,26 @@ impl Inner {
     /// Applies `fqfn`'s changelog to its view, from the view's mark to the changelog's end as it
     /// is now, then moves the mark and frees the changelog up to it.
     pub(super) async fn materialise(&self, fqfn: &Fqfn) -> Result<(), StateError> {
-        let mut changelog = self.changelog(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
+        // Asked of the servers each time, not taken from `changelogs`: another process may have
+        // deleted the function and made it again since this one last looked.
+        self.changelogs.lock().unwrap().remove(fqfn);
+        let changelog = self.changelog(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
+        let info = changelog.cached_info();
+        let (end, created) = (info.state.last_sequence, info.created);
+        let applied = self.applied_view(fqfn);
+        let remade = {
+            let mut applied = applied.lock().unwrap();
+            let remade = applied.changelog_created != Some(created);
+            if remade {
+                *applied = Applied { changelog_created: Some(created), entries: HashMap::new() };
+            }
+            remade
+        };
+        if remade {
+            // The view bucket this process opened may be the deleted function's.
+            self.tables.lock().unwrap().remove(fqfn);
+        }
         let view = self.table(fqfn).await?;
-        let end = changelog.info().await.map_err(state_storage)?.state.last_sequence;
         loop {
             let (mark, mark_revision) = match self.metadata.entry(mark_key(fqfn)).await.map_err(state_storage)? {
                 Some(entry) if entry.operation == kv::Operation::Put => {
@@ -212,9 +253,13 @@ impl Inner {
             }
             let last = end.min(mark + MESSAGES_PER_ROUND);
             let mut changes: BTreeMap<String, Vec<(u64, Logged)>> = BTreeMap::new();
-            for sequence in mark + 1..=last {
+            let reads = (mark + 1..=last).map(|sequence| {
+                let changelog = &changelog;
+                async move { (sequence, changelog.get_raw_message(sequence).await) }
+            });
+            for (sequence, message) in futures_util::future::join_all(reads).await {
                 // Gone: freed by another applier, after it applied it.
-                let Ok(message) = changelog.get_raw_message(sequence).await else { continue };
+                let Ok(message) = message else { continue };
                 let record: Vec<(String, Logged)> = decode(&message.payload).map_err(|reason| {
                     StateError::Storage(format!("changelog message {sequence} of {fqfn} cannot be decoded: {reason}"))
                 })?;
@@ -222,7 +267,7 @@ impl Inner {
                     changes.entry(key).or_default().push((sequence, change));
                 }
             }
-            let writes = changes.iter().map(|(key, changes)| self.apply_to_view(fqfn, &view, key, changes));
+            let writes = changes.iter().map(|(key, changes)| self.apply_to_view(fqfn, &view, &applied, key, changes));
             futures_util::future::try_join_all(writes).await?;
             let moved = match mark_revision {
                 Some(revision) => self.metadata.update(mark_key(fqfn), encode(&last).into(), revision).await.is_ok(),
@@ -235,42 +280,61 @@ impl Inner {
         }
     }
 
+    /// What this process last read or wrote of `fqfn`'s view.
+    fn applied_view(&self, fqfn: &Fqfn) -> AppliedView {
+        self.applied_views.lock().unwrap().entry(fqfn.clone()).or_default().clone()
+    }
+
     /// Applies to `key`'s view entry the `changes` (in changelog order) newer than it.
     async fn apply_to_view(
         &self,
         fqfn: &Fqfn,
         view: &kv::Store,
+        applied: &AppliedView,
         key: &str,
         changes: &[(u64, Logged)],
     ) -> Result<(), StateError> {
         let mut attempt = 0;
         loop {
-            let stored = self.view_entry(fqfn, view, key).await?;
-            let (mut value, applied, revision) = match stored {
+            let remembered = applied.lock().unwrap().entries.get(key).cloned();
+            let stored = match remembered {
+                Some(remembered) => Some(remembered),
+                None => self.view_entry(fqfn, view, key).await?,
+            };
+            let (mut value, applied_up_to, revision) = match stored {
                 Some((entry, revision)) => (entry.value, entry.sequence, Some(revision)),
                 None => (None, 0, None),
             };
-            let newer: Vec<&(u64, Logged)> = changes.iter().filter(|(sequence, _)| *sequence > applied).collect();
+            let newer: Vec<&(u64, Logged)> = changes.iter().filter(|(sequence, _)| *sequence > applied_up_to).collect();
             let Some(&&(sequence, _)) = newer.last() else { return Ok(()) };
             for (_, change) in newer {
                 value = change.change().apply(value);
             }
-            let entry = encode(&ViewEntry { value, sequence }).into();
-            let written =
-                match revision {
-                    Some(revision) => view.update(kv_key(key), entry, revision).await.map(drop).map_err(|error| {
-                        (error.kind() == kv::UpdateErrorKind::WrongLastRevision, state_storage(error))
-                    }),
-                    None => view
-                        .create(kv_key(key), entry)
-                        .await
-                        .map(drop)
-                        .map_err(|error| (error.kind() == kv::CreateErrorKind::AlreadyExists, state_storage(error))),
-                };
+            let entry = ViewEntry { value, sequence };
+            let encoded = encode(&entry).into();
+            let written = match revision {
+                Some(revision) => view
+                    .update(kv_key(key), encoded, revision)
+                    .await
+                    .map_err(|error| (error.kind() == kv::UpdateErrorKind::WrongLastRevision, state_storage(error))),
+                None => view
+                    .create(kv_key(key), encoded)
+                    .await
+                    .map_err(|error| (error.kind() == kv::CreateErrorKind::AlreadyExists, state_storage(error))),
+            };
             match written {
-                Ok(()) => return Ok(()),
-                // Another applier wrote the key in between: read it again.
-                Err((true, _)) => {}
+                Ok(revision) => {
+                    let entries = &mut applied.lock().unwrap().entries;
+                    if entries.len() >= MAX_REMEMBERED_VIEW_ENTRIES && !entries.contains_key(key) {
+                        entries.clear();
+                    }
+                    entries.insert(key.to_owned(), (entry, revision));
+                    return Ok(());
+                }
+                // Another applier wrote the key in between (or since this process last did): read it again.
+                Err((true, _)) => {
+                    applied.lock().unwrap().entries.remove(key);
+                }
                 Err((false, error)) if attempt < 50 => {
                     attempt += 1;
                     tracing::debug!(%fqfn, key, "applying again: {error}");
@@ -284,6 +348,7 @@ impl Inner {
     /// Forgets `fqfn`'s changelog and mark, with its view.
     pub(super) async fn delete_changelog(&self, fqfn: &Fqfn) -> Result<(), StateError> {
         self.changelogs.lock().unwrap().remove(fqfn);
+        self.applied_views.lock().unwrap().remove(fqfn);
         match self.jetstream.delete_stream(changelog_stream(fqfn)).await {
             Ok(_) => {}
             Err(error) if super::failure::is_not_found(&error) => {}

@@ -164,6 +164,8 @@ struct Inner {
     streams: Mutex<HashMap<TopicName, stream::Stream>>,
     tables: Mutex<HashMap<Fqfn, kv::Store>>,
     changelogs: Mutex<HashMap<Fqfn, stream::Stream>>,
+    /// What this process last read or wrote of each function's state view.
+    applied_views: changelog::AppliedViews,
     caches: Mutex<HashMap<Fqfn, ValueCache>>,
     metadata: kv::Store,
     packages: object_store::ObjectStore,
@@ -274,6 +276,7 @@ impl NatsEngine {
                 streams: Mutex::default(),
                 tables: Mutex::default(),
                 changelogs: Mutex::default(),
+                applied_views: Mutex::default(),
                 caches: Mutex::default(),
                 metadata,
                 packages,
