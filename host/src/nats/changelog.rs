@@ -15,8 +15,9 @@
 //!
 //! An applier remembers each view entry it last read or wrote, with its revision
 //! ([`AppliedViews`]): the leader applies every round, so its next write to a key is checked
-//! against the revision it wrote last, without reading the key first. A write that another
-//! applier came before fails its revision check, and the key is read again.
+//! against the revision it wrote last, without reading the key first; a key it has not seen is
+//! created as a new one. A write that another applier came before, or a create of a key that
+//! exists, fails its revision check, and the key is read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -295,11 +296,15 @@ impl Inner {
         changes: &[(u64, Logged)],
     ) -> Result<(), StateError> {
         let mut attempt = 0;
+        // A key this process has not seen is first taken to be new, as most are when a function
+        // starts: its create fails if it exists, and then it is read.
+        let mut read = false;
         loop {
             let remembered = applied.lock().unwrap().entries.get(key).cloned();
             let stored = match remembered {
                 Some(remembered) => Some(remembered),
-                None => self.view_entry(fqfn, view, key).await?,
+                None if read => self.view_entry(fqfn, view, key).await?,
+                None => None,
             };
             let (mut value, applied_up_to, revision) = match stored {
                 Some((entry, revision)) => (entry.value, entry.sequence, Some(revision)),
@@ -331,9 +336,11 @@ impl Inner {
                     entries.insert(key.to_owned(), (entry, revision));
                     return Ok(());
                 }
-                // Another applier wrote the key in between (or since this process last did): read it again.
+                // Another applier wrote the key in between (or since this process last did), or it
+                // was not new: read it.
                 Err((true, _)) => {
                     applied.lock().unwrap().entries.remove(key);
+                    read = true;
                 }
                 Err((false, error)) if attempt < 50 => {
                     attempt += 1;
