@@ -186,8 +186,23 @@ fn three_workers_share_a_function_and_any_of_them_answers_for_it() {
     }
 }
 
+/// Kills the worker `id` of `workers` (named by `ids`, in the same order) with SIGKILL, and waits
+/// until the survivors run every instance of the sessions functions elsewhere.
+fn kill_and_wait_for_moves(workers: &mut Vec<Worker>, ids: &mut Vec<String>, id: &str) {
+    let index = ids.iter().position(|known| known == id).unwrap_or_else(|| panic!("no worker {id} in {ids:?}"));
+    workers.remove(index).kill();
+    ids.remove(index);
+    let survivor = &workers[0];
+    let killed_at = Instant::now();
+    survivor.wait_for("the dead worker's instances to move", || {
+        let all: Vec<String> = owners(survivor, "at-least").into_iter().chain(owners(survivor, "once")).collect();
+        all.iter().all(|owner| !owner.is_empty() && owner != id)
+    });
+    eprintln!("instances moved {:?} after {id} was killed", killed_at.elapsed());
+}
+
 #[test]
-fn killed_workers_and_a_killed_nats_server_lose_nothing() {
+fn a_killed_worker_leader_and_nats_server_lose_nothing() {
     let mut nats = Nats::start(3);
     let (mut workers, _dirs) = start_workers(&nats, 3);
     let mut random = Random::seeded();
@@ -203,10 +218,11 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
         owners(&workers[0], "at-least").iter().chain(&owners(&workers[0], "once")).all(|owner| !owner.is_empty())
     });
 
-    let third = EVENTS / 3;
-    produce(&workers[0], &oracle, 0..third);
+    let quarter = EVENTS / 4;
+    let mut ids: Vec<String> = (0..workers.len()).map(|index| format!("w{index}")).collect();
+    produce(&workers[0], &oracle, 0..quarter);
     nats.kill(2);
-    produce(&workers[0], &oracle, third..2 * third);
+    produce(&workers[0], &oracle, quarter..2 * quarter);
     // The worker running the EFFECTIVELY_ONCE function's active instance (0) dies mid-stream.
     // With a NATS server just killed, a worker asked may not answer for the instance for a moment.
     let mut victim = String::new();
@@ -214,16 +230,15 @@ fn killed_workers_and_a_killed_nats_server_lose_nothing() {
         victim = owners(&workers[0], "once")[0].clone();
         !victim.is_empty()
     });
-    let index: usize = victim.trim_start_matches('w').parse().unwrap();
-    workers.remove(index).kill();
+    kill_and_wait_for_moves(&mut workers, &mut ids, &victim);
+    produce(&workers[0], &oracle, 2 * quarter..3 * quarter);
+    // Then the leader (the same worker if it led, else one of the two left), mid-stream too: the
+    // last worker takes the lease once it expires, and every instance.
+    let leader = cluster_info(&workers[0])["leader"].as_str().expect("a leader").to_owned();
+    kill_and_wait_for_moves(&mut workers, &mut ids, &leader);
     let survivor = &workers[0];
-    let moved_at = Instant::now();
-    survivor.wait_for("the dead worker's instances to move", || {
-        let all: Vec<String> = owners(survivor, "at-least").into_iter().chain(owners(survivor, "once")).collect();
-        all.iter().all(|owner| !owner.is_empty() && *owner != victim)
-    });
-    eprintln!("instances moved {:?} after the kill", moved_at.elapsed());
-    produce(survivor, &oracle, 2 * third..EVENTS);
+    survivor.wait_for("the last worker to lead", || cluster_info(survivor)["leader"].as_str() == Some(&ids[0]));
+    produce(survivor, &oracle, 3 * quarter..EVENTS);
 
     wait_drained(&nats, "events", "at-least", 3, &workers);
     wait_drained(&nats, "events", "once", 1, &workers);
