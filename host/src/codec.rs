@@ -13,7 +13,7 @@ use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use crate::engine::broker::MessageBody;
-use crate::engine::state::{StateValue, Versioned};
+use crate::engine::state::{Change, StateValue, Versioned};
 
 /// How many bytes the decoder may reserve per byte of the record it decodes.
 ///
@@ -132,7 +132,49 @@ impl<Context> Decode<Context> for Versioned {
     }
 }
 
+const PUT_VARIANT: u32 = 0;
+const DELETE_VARIANT: u32 = 1;
+const ADD_VARIANT: u32 = 2;
+const SET_COUNTER_VARIANT: u32 = 3;
+
+impl Encode for Change {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        match self {
+            Self::Put(bytes) => {
+                PUT_VARIANT.encode(encoder)?;
+                bytes.encode(encoder)
+            }
+            Self::Delete => DELETE_VARIANT.encode(encoder),
+            Self::Add(delta) => {
+                ADD_VARIANT.encode(encoder)?;
+                delta.encode(encoder)
+            }
+            Self::SetCounter(value) => {
+                SET_COUNTER_VARIANT.encode(encoder)?;
+                value.encode(encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Change {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        match u32::decode(decoder)? {
+            PUT_VARIANT => Ok(Self::Put(Decode::decode(decoder)?)),
+            DELETE_VARIANT => Ok(Self::Delete),
+            ADD_VARIANT => Ok(Self::Add(Decode::decode(decoder)?)),
+            SET_COUNTER_VARIANT => Ok(Self::SetCounter(Decode::decode(decoder)?)),
+            found => Err(DecodeError::UnexpectedVariant {
+                type_name: "Change",
+                allowed: &bincode::error::AllowedEnumVariants::Range { min: PUT_VARIANT, max: SET_COUNTER_VARIANT },
+                found,
+            }),
+        }
+    }
+}
+
 // Records that hold these types derive their decoding, which asks for the borrowing form too.
+bincode::impl_borrow_decode!(Change);
 bincode::impl_borrow_decode!(MessageBody);
 bincode::impl_borrow_decode!(StateValue);
 bincode::impl_borrow_decode!(Versioned);

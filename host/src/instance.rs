@@ -16,6 +16,7 @@ mod executor;
 mod launcher;
 mod log;
 mod pipeline;
+mod replay;
 mod retry;
 mod window_loop;
 
@@ -25,6 +26,7 @@ pub use checks::{INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, check_message}
 pub use context::{MessageContext, Outcome};
 pub use executor::{Executor, NativeExecutor, Rest, WasmExecutor};
 pub use launcher::{FunctionLauncher, LaunchError};
-pub use log::LogSink;
+pub use log::{LogSink, level_name};
 pub use pipeline::{RunError, RunUntil, RunningInstance, run, spawn};
+pub use replay::{Replay, ReplayError, ReplayedMessage, StateDiff, replay};
 pub use retry::MESSAGES_PER_CALL;

@@ -57,6 +57,11 @@ pub const COOL_DOWN_MEMORY_MS: u64 = 60_000;
 pub const MAX_COOL_DOWN_MS: u64 = 60_000;
 /// Largest user config or secrets document (`--user-config`, `--secrets`), in bytes.
 pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
+/// Most messages one replay runs (`functions replay --range`): each one's results are held and
+/// answered at once.
+pub const MAX_REPLAY_MESSAGES: usize = 10_000;
+/// Most bytes of results one replay answers: its outputs, publishes, log lines and state values.
+pub const MAX_REPLAY_ANSWER_BYTES: usize = 64 << 20;
 /// Most messages processed between two commits; larger batches commit less often.
 pub const MAX_BATCH_MESSAGES: usize = 4_096;
 /// Longest `--topics-pattern`, in bytes.

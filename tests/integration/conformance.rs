@@ -409,6 +409,7 @@ fn a_commit_makes_outputs_state_and_acknowledgements_visible_together(rig: &dyn 
                 acks: Acks::of(&messages),
                 outputs: outputs.collect(),
                 state: Some((fqfn.clone(), Arc::new(changes))),
+                history: None,
             })
             .unwrap();
         for message in &messages {

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use super::client::{AdminOptions, Body, encode_segment};
+use super::history::{self, ReplayArgs};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
 use crate::engine::state::StateStore;
@@ -50,6 +51,9 @@ pub(super) enum FunctionsCommand {
     Querystate(QuerystateArgs),
     /// Set a state value from FunctionState JSON (counters are refused).
     Putstate(PutstateArgs),
+    /// Run a message (or a range) through the function again, on its state as it was just before,
+    /// and print what it would do, committing nothing.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,13 +81,13 @@ pub(super) struct Naming {
 
 impl WorkerUrl {
     /// A client of this worker, with pulsar-admin's global options.
-    fn client(&self, admin: &AdminOptions) -> anyhow::Result<super::client::Client> {
+    pub(super) fn client(&self, admin: &AdminOptions) -> anyhow::Result<super::client::Client> {
         admin.client(self.url.as_deref())
     }
 }
 
 impl Naming {
-    fn fqfn(&self) -> anyhow::Result<Fqfn> {
+    pub(super) fn fqfn(&self) -> anyhow::Result<Fqfn> {
         match (&self.fqfn, &self.name) {
             (Some(fqfn), _) => Ok(Fqfn::parse(fqfn)?),
             (None, Some(name)) => Ok(Fqfn::new(
@@ -165,8 +169,18 @@ pub(super) struct QuerystateArgs {
     #[arg(short = 'w', long)]
     watch: bool,
     /// Read the data directory of a stopped localrun instead of asking a worker.
-    #[arg(long, conflicts_with_all = ["url", "watch"])]
+    #[arg(long, conflicts_with_all = ["url", "watch", "as_of", "why"])]
     data_dir: Option<PathBuf>,
+    /// The value as it was just before the function processed this message (an id), or at a
+    /// time: 10m, 3h or 2d ago, or @ and milliseconds since the Unix epoch.
+    #[arg(long, conflicts_with_all = ["watch", "why"])]
+    as_of: Option<String>,
+    /// The topic of --as-of's message (needed when the function has several inputs).
+    #[arg(long, requires = "as_of")]
+    topic: Option<String>,
+    /// Say which message, instance, code and time wrote the current value.
+    #[arg(long, conflicts_with = "watch")]
+    why: bool,
 }
 
 #[derive(Debug, Args)]
@@ -180,7 +194,7 @@ pub(super) struct PutstateArgs {
     state: String,
 }
 
-fn function_path(fqfn: &Fqfn) -> String {
+pub(super) fn function_path(fqfn: &Fqfn) -> String {
     format!(
         "/admin/v3/functions/{}/{}/{}",
         encode_segment(fqfn.tenant()),
@@ -269,6 +283,7 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
             print(&args.worker.client(admin)?.send("POST", &path, Body::Form(fields))?)
         }
         FunctionsCommand::Querystate(args) => querystate(&args, admin),
+        FunctionsCommand::Replay(args) => history::replay(&args, admin),
         FunctionsCommand::Putstate(args) => {
             let state: FunctionState = serde_json::from_str(&args.state).map_err(|error| {
                 anyhow::anyhow!(
@@ -298,8 +313,18 @@ fn querystate(args: &QuerystateArgs, admin: &AdminOptions) -> anyhow::Result<()>
         };
         return print(&serde_json::to_value(FunctionState::of(&args.key, stored))?);
     }
-    let client = args.worker.client(admin)?;
     let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(&args.key));
+    if let Some(as_of) = &args.as_of {
+        return history::query(
+            &args.worker,
+            admin,
+            &format!("{path}?{}", history::as_of_query(as_of, args.topic.as_deref())?),
+        );
+    }
+    if args.why {
+        return history::query(&args.worker, admin, &format!("{path}?why=true"));
+    }
+    let client = args.worker.client(admin)?;
     if !args.watch {
         return print(&client.send("GET", &path, Body::Empty)?);
     }

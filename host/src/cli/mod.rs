@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod client;
 mod function_flags;
 mod functions;
+mod history;
 mod nats_flags;
 mod new;
 mod topic_admin;

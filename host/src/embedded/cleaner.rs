@@ -7,7 +7,9 @@
 //!   and its namespace's retention does not keep them (then a topic with no subscription keeps
 //!   only what retention keeps),
 //! - every cursor move in it is checkpointed into the cursor tree, or superseded, and
-//! - every state change in it is checkpointed into its function's tree.
+//! - every state change in it is checkpointed into its function's tree, and
+//! - it comes after no kept message of a function's input topic: the commits that processed
+//!   those messages are the function's history (`history.rs`), kept as long as the messages are.
 //!
 //! Deleting the file is what gives the space back: there is no compaction.
 
@@ -75,9 +77,18 @@ impl EmbeddedStore {
             keep_from = keep_from.min(oldest);
         }
         let now_millis = crate::engine::clock::now_millis();
+        let history_inputs = lock(&inner.history_inputs).clone();
         let live: Vec<_> = topics
             .iter()
-            .filter_map(|topic| topic.needed(inner.policies.of(&topic.name).retention.as_ref(), now_millis))
+            .filter_map(|topic| {
+                let needed = topic.needed(inner.policies.of(&topic.name).retention.as_ref(), now_millis)?;
+                // The commits that processed a function's kept input messages come after them:
+                // its history is kept as long as they are.
+                Some(match history_inputs.contains(topic.name.as_str()) {
+                    true => *needed.start()..=u64::MAX,
+                    false => needed,
+                })
+            })
             .collect();
         let freed = inner
             .log

@@ -7,7 +7,9 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::dispatch::SharedSubscription;
+use super::history::StoredHistory;
 use super::journal::{Append, CursorMove, StateStep, Step};
+use super::state::Record;
 use super::topic::{Extent, Topic};
 use super::{CONSUMER_POLL, EmbeddedStore, lock, state_failed, storage};
 use crate::engine::broker::{BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, Subscription};
@@ -140,8 +142,20 @@ impl Subscription for EmbeddedConsumer {
                 })
                 .collect();
         }
-        if let (Some((_, fqfn, _)), Some(write)) = (&table, &state_write) {
-            step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encode() });
+        match (&effects.state, &state_write, &effects.history) {
+            (Some((fqfn, _)), write, Some(batch)) if shared.name.is_some() => {
+                let (record, before) = match write {
+                    Some(write) => (write.encode(), write.before()),
+                    None => (crate::codec::encode(&Record::new()), &[][..]),
+                };
+                let history = StoredHistory::encode(publish_time, before, Some(batch));
+                store.note_history_inputs(batch);
+                step.state = Some(StateStep::Recorded { fqfn: fqfn.to_string(), record, history });
+            }
+            (Some((fqfn, _)), Some(write), _) => {
+                step.state = Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encode() });
+            }
+            _ => {}
         }
         let ids = store.submit(&step)?;
         let log_id = ids.start;

@@ -92,6 +92,9 @@ pub(super) enum StateStep {
     Changes { fqfn: String, record: Vec<u8> },
     /// The function's whole table was deleted.
     Dropped { fqfn: String },
+    /// The values of the keys a commit (or an admin write) changed, as in `Changes`, with the
+    /// function's history: an encoded `history::StoredHistory`.
+    Recorded { fqfn: String, record: Vec<u8>, history: Vec<u8> },
 }
 
 /// The most bytes of a step one record holds: a longer step (a commit of many large outputs) is

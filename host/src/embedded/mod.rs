@@ -26,7 +26,7 @@
 //! `cleaner.rs` (checkpoints and segment deletion), `migrate.rs` (the sled-only layout of
 //! earlier releases). Locks are taken in the order ARCHITECTURE.md gives ("Invariants").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,7 @@ use crate::engine::broker::{
     Broker, BrokerError, Inputs, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
 };
 use crate::engine::clock::now_millis;
+use crate::engine::history::BatchHistory;
 use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 use crate::limits::{DEFAULT_LOG_SEGMENT_BYTES, MAX_BATCH_MESSAGES};
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
@@ -47,6 +48,7 @@ mod cleaner;
 mod consumer;
 mod cursor;
 mod dispatch;
+mod history;
 mod journal;
 mod metadata;
 mod migrate;
@@ -61,6 +63,7 @@ use cleaner::Cleaner;
 use consumer::EmbeddedConsumer;
 use cursor::{RangeSet, cursor_key, decode_cursor};
 use dispatch::{Cursor, SharedSubscription};
+use history::StoredHistory;
 use journal::{Append, CursorMove, StateStep, Step, log_failed};
 use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_APPLIED_TREE};
 use topic::{Extent, Topic, TopicTable};
@@ -152,6 +155,9 @@ struct Inner {
     live: Mutex<Vec<Weak<SharedSubscription>>>,
     policies: policy::Policies,
     cleaner: Cleaner,
+    /// The input topics of every function whose commits carry history: the cleaner keeps the log
+    /// from their kept messages on, so that the history of what they processed is kept as long.
+    history_inputs: Mutex<HashSet<String>>,
 }
 
 /// A cursor's newest form, in log record `log_id`.
@@ -230,6 +236,7 @@ impl EmbeddedStore {
                 live: Mutex::new(Vec::new()),
                 policies,
                 cleaner: Cleaner::default(),
+                history_inputs: Mutex::new(HashSet::new()),
             }),
         };
         recover::recover(&store).map_err(|error| other(error.to_string()))?;
@@ -250,6 +257,20 @@ impl EmbeddedStore {
     /// Returns once the records `ids` are durable.
     fn durable(&self, ids: &Range<u64>) -> Result<(), BrokerError> {
         self.inner.log.wait(ids.end).map_err(log_failed)
+    }
+
+    /// Notes the input topics of a batch whose commit carries history (see `Inner::history_inputs`).
+    fn note_history_inputs(&self, history: &BatchHistory) {
+        let mut last: Option<&TopicName> = None;
+        let mut known = lock(&self.inner.history_inputs);
+        for message in &history.messages {
+            if last != Some(&message.topic) {
+                if !known.contains(message.topic.as_str()) {
+                    known.insert(message.topic.as_str().to_owned());
+                }
+                last = Some(&message.topic);
+            }
+        }
     }
 
     /// The topic `name`, made if the store has never seen it.
@@ -502,8 +523,9 @@ impl StateStore for EmbeddedStore {
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
         let table = self.state_table(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
         let (write, versioned) = table.prepare_put(&self.inner.db, key, value)?;
+        let history = StoredHistory::encode(now_millis(), write.before(), None);
         let step = Step {
-            state: Some(StateStep::Changes { fqfn: fqfn.to_string(), record: write.encode() }),
+            state: Some(StateStep::Recorded { fqfn: fqfn.to_string(), record: write.encode(), history }),
             ..Step::default()
         };
         let ids = self.submit(&step).map_err(broker_failed)?;

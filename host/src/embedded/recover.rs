@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cursor::{RangeSet, decode_cursor, parse_cursor_key};
+use super::history::input_topics;
 use super::journal::{Assembler, StateStep};
-use super::state::{FunctionTable, applied_id};
+use super::state::{FunctionTable, Record, applied_id};
 use super::topic::Extent;
 use super::{EmbeddedStore, UnsavedCursor, lock, storage};
 use crate::engine::broker::BrokerError;
@@ -42,6 +43,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
 
     let mut applied: HashMap<Fqfn, Option<u64>> = HashMap::new();
     let mut assembler = Assembler::default();
+    let empty_record = crate::codec::encode(&Record::new());
     let mut next = inner.log.first_id();
     loop {
         let records = inner.log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(super::journal::log_failed)?;
@@ -78,7 +80,16 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
                 ends.remove(&topic);
                 inner.topic_ends.remove(deleted.as_bytes()).map_err(storage)?;
             }
-            match step.state {
+            let state = match step.state {
+                Some(StateStep::Recorded { fqfn, record, history }) => {
+                    lock(&inner.history_inputs).extend(input_topics(&history));
+                    Some(StateStep::Changes { fqfn, record })
+                }
+                other => other,
+            };
+            match state {
+                // A commit that changed no state carries its history only.
+                Some(StateStep::Changes { record, .. }) if record == empty_record => {}
                 Some(StateStep::Changes { fqfn, record }) => {
                     let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
                     let table = table(store, &fqfn)?;
@@ -99,7 +110,7 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
                     lock(&inner.state_tables).remove(&fqfn);
                     applied.insert(fqfn, None);
                 }
-                None => {}
+                Some(StateStep::Recorded { .. }) | None => {}
             }
         }
     }

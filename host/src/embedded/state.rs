@@ -76,12 +76,19 @@ pub(crate) type Record = Vec<(String, Option<Versioned>)>;
 pub(super) struct StateWrite<'a> {
     values: MutexGuard<'a, Values>,
     record: Record,
+    /// Each key's value before the write, in the record's order, for the function's history.
+    before: Vec<Option<Versioned>>,
 }
 
 impl StateWrite<'_> {
     /// The record, encoded, for the commit's step.
     pub(super) fn encode(&self) -> Vec<u8> {
         crate::codec::encode(&self.record)
+    }
+
+    /// Each key's value before the write, in the record's order.
+    pub(super) fn before(&self) -> &[Option<Versioned>] {
+        &self.before
     }
 
     /// Records in memory that the record, in log record `log_id`, is durable; true when the
@@ -116,15 +123,14 @@ impl FunctionTable {
         let mut values = lock(&self.values);
         let id = db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
         let mut record = Vec::with_capacity(changes.len());
+        let mut before = Vec::with_capacity(changes.len());
         for (key, change) in changes.iter() {
-            let current = self.current(&mut values, key)?.map(|versioned| versioned.value);
-            record.push((key.clone(), change.apply(current).map(|value| Versioned { value, version: id })));
+            let current = self.current(&mut values, key)?;
+            let after = change.apply(current.as_ref().map(|versioned| versioned.value.clone()));
+            record.push((key.clone(), after.map(|value| Versioned { value, version: id })));
+            before.push(current);
         }
-        Ok(Self::write(values, record))
-    }
-
-    fn write(values: MutexGuard<'_, Values>, record: Record) -> StateWrite<'_> {
-        StateWrite { values, record }
+        Ok(StateWrite { values, record, before })
     }
 
     /// A record read back from the log at open, newer than the function's tree.
@@ -227,10 +233,11 @@ impl FunctionTable {
         key: &str,
         value: StateValue,
     ) -> Result<(StateWrite<'_>, Versioned), StateError> {
-        let values = lock(&self.values);
+        let mut values = lock(&self.values);
         let versioned =
             Versioned { value, version: db.generate_id().map_err(|error| StateError::Storage(error.to_string()))? };
-        Ok((Self::write(values, vec![(key.to_owned(), Some(versioned.clone()))]), versioned))
+        let before = vec![self.current(&mut values, key)?];
+        Ok((StateWrite { values, record: vec![(key.to_owned(), Some(versioned.clone()))], before }, versioned))
     }
 }
 

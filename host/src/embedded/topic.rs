@@ -273,6 +273,11 @@ impl Topic {
         extents.get(index).map_or_else(|| self.length.load(Ordering::Acquire), |extent| extent.first)
     }
 
+    /// The log id of the step that appended message `sequence`, while it is kept.
+    pub(super) fn log_id_of(&self, sequence: u64) -> Option<u64> {
+        self.extents_from(sequence, 1).pop().filter(|extent| extent.first <= sequence).map(|extent| extent.log_id)
+    }
+
     /// The first sequence number still kept (the length when none is).
     pub(super) fn first_kept(&self) -> u64 {
         lock(&self.extents).front().map_or_else(|| self.length.load(Ordering::Acquire), |extent| extent.first)

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::history::BatchHistory;
 use crate::engine::state::StateChanges;
 use crate::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 
@@ -182,6 +183,9 @@ pub struct Effects {
     /// State changes of one function's table (shared with the instance, which reads them until
     /// the commit has applied them).
     pub state: Option<(Fqfn, Arc<StateChanges>)>,
+    /// What the batch processed, message by message, for the function's history; an engine that
+    /// keeps no history ignores it.
+    pub history: Option<BatchHistory>,
 }
 
 impl Effects {

@@ -5,22 +5,25 @@
 //!
 //! - [`broker`]: topics, subscriptions and the commit that makes a batch done.
 //! - [`state`]: function state tables and the changes a commit applies.
+//! - [`history`]: what each commit processed, and the state a message saw.
 //! - [`metadata`]: durable records and packages, and a cluster's membership.
 //! - [`topics`]: pulsar-admin's topic and namespace verbs, and namespace policies.
 //! - [`clock`]: the wall clock every engine stamps with.
 
 pub mod broker;
 pub mod clock;
+pub mod history;
 pub mod metadata;
 pub mod state;
 pub mod topics;
 
 use broker::Broker;
+use history::StateHistory;
 use metadata::MetadataStore;
 use state::StateStore;
 use topics::TopicAdmin;
 
 /// What a worker keeps its functions in: the embedded engine, or a distributed one.
-pub trait Engine: Broker + TopicAdmin + StateStore + MetadataStore {}
+pub trait Engine: Broker + TopicAdmin + StateStore + MetadataStore + StateHistory {}
 
-impl<T: Broker + TopicAdmin + StateStore + MetadataStore> Engine for T {}
+impl<T: Broker + TopicAdmin + StateStore + MetadataStore + StateHistory> Engine for T {}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::checks::{DEAD_LETTER_PROPERTIES, check_key, check_message, check_parts, cut, result_properties};
 use super::log::{LogBudget, LogSink, level_name, level_rank};
 use crate::engine::broker::{Acks, Effects, OutMessage};
+use crate::engine::history::{BatchHistory, ProcessedMessage};
 use crate::engine::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
 use crate::function::FunctionConfig;
 use crate::limits::{
@@ -64,6 +65,35 @@ pub struct MessageContext {
     /// How each message of the batch the function finished went, in order.
     outcomes: Vec<Outcome>,
     message_started: Instant,
+    /// What the batch processed, for the function's history: kept when the context knows its
+    /// code ([`MessageContext::keeping_history`]).
+    history: Option<HistoryBuffer>,
+}
+
+/// The history of the batch being processed.
+struct HistoryBuffer {
+    code_digest: Arc<str>,
+    messages: Vec<ProcessedMessage>,
+    /// The topic of the last message recorded, parsed once for a run of messages from it.
+    last_topic: Option<TopicName>,
+}
+
+impl HistoryBuffer {
+    fn record(&mut self, origin: &GuestMessage, changes: &StateChanges) {
+        let topic = match &self.last_topic {
+            Some(topic) if topic.as_str() == origin.topic => topic.clone(),
+            // The broker delivered it from this topic, so the name parses.
+            _ => match TopicName::parse(&origin.topic) {
+                Ok(topic) => {
+                    self.last_topic = Some(topic.clone());
+                    topic
+                }
+                Err(_) => return,
+            },
+        };
+        let changes = changes.iter().map(|(key, change)| (key.clone(), change.clone())).collect();
+        self.messages.push(ProcessedMessage { topic, message_id: origin.message_id.clone(), changes });
+    }
 }
 
 /// How one try of a message went, and how long it took.
@@ -148,7 +178,15 @@ impl MessageContext {
             retired: Retired::default(),
             outcomes: Vec::new(),
             message_started: Instant::now(),
+            history: None,
         }
+    }
+
+    /// The same context, keeping with each commit what it processed (the function's history),
+    /// as processed by the component with SHA-256 `code_digest`.
+    pub fn keeping_history(mut self, code_digest: &str) -> Self {
+        self.history = Some(HistoryBuffer { code_digest: code_digest.into(), messages: Vec::new(), last_topic: None });
+        self
     }
 
     /// Starts a call: the function finishes the messages of `batch` in `call`, in order, through
@@ -205,7 +243,12 @@ impl MessageContext {
             (Err(error), None) => Err(error),
         };
         let result = match result {
-            Ok(output) => Ok(self.keep_message(output)),
+            Ok(output) => {
+                if let Some(history) = &mut self.history {
+                    history.record(&self.batch[index], &self.message_state);
+                }
+                Ok(self.keep_message(output))
+            }
             Err(error) => {
                 self.drop_message();
                 Err(error)
@@ -234,6 +277,9 @@ impl MessageContext {
     /// Adds `message`, which failed with `reason`, to the batch's outputs on the dead-letter topic,
     /// with Pulsar's dead-letter properties and the reason.
     pub(super) fn dead_letter(&mut self, topic: &TopicName, message: &GuestMessage, reason: &str) {
+        if let Some(history) = &mut self.history {
+            history.record(message, &StateChanges::default());
+        }
         let mut properties = message.properties.clone();
         properties.truncate(MAX_PROPERTIES - DEAD_LETTER_PROPERTIES);
         properties.push(("REAL_TOPIC".into(), message.topic.clone()));
@@ -316,11 +362,17 @@ impl MessageContext {
         }
         let committed = std::mem::replace(&mut self.in_flight, changes.clone());
         self.retired._changes = Some(committed);
+        let history = self.history.as_mut().map(|history| BatchHistory {
+            instance_id: self.instance_id,
+            code_digest: history.code_digest.clone(),
+            messages: std::mem::take(&mut history.messages),
+        });
         Ok(PendingBatch {
             acks,
             outputs: std::mem::replace(&mut self.batch_outputs, Vec::with_capacity(outputs)),
             output_topic: self.output.clone(),
             state: Some((self.fqfn.clone(), changes)),
+            history,
             retired: std::mem::take(&mut self.retired),
         })
     }
@@ -556,7 +608,17 @@ pub(crate) struct PendingBatch {
     outputs: Vec<PendingOutput>,
     output_topic: Option<TopicName>,
     state: Option<(Fqfn, Arc<StateChanges>)>,
+    history: Option<BatchHistory>,
     retired: Retired,
+}
+
+/// What a replayed message did: its result for the output topic, the messages it published, and
+/// its state changes.
+#[derive(Default)]
+pub(super) struct ReplayedEffects {
+    pub(super) result: Option<Vec<u8>>,
+    pub(super) published: Vec<(TopicName, OutMessage)>,
+    pub(super) changes: Option<Arc<StateChanges>>,
 }
 
 /// Memory a [`MessageContext`] is done with, held only to be freed by a commit thread.
@@ -569,8 +631,21 @@ pub(super) struct Retired {
 }
 
 impl PendingBatch {
+    /// What a replayed message did.
+    pub(super) fn into_replayed(self) -> ReplayedEffects {
+        let mut replayed = ReplayedEffects::default();
+        for output in self.outputs {
+            match output {
+                PendingOutput::Ready(topic, message) => replayed.published.push((topic, message)),
+                PendingOutput::Result { value, .. } => replayed.result = Some(value),
+            }
+        }
+        replayed.changes = self.state.map(|(_, changes)| changes);
+        replayed
+    }
+
     pub(super) fn into_effects(self) -> Effects {
-        let Self { acks, outputs, output_topic, state, retired } = self;
+        let Self { acks, outputs, output_topic, state, history, retired } = self;
         let outputs = outputs
             .into_iter()
             .filter_map(|output| match output {
@@ -585,7 +660,7 @@ impl PendingBatch {
             })
             .collect();
         drop(retired);
-        Effects { acks, outputs, state }
+        Effects { acks, outputs, state, history }
     }
 }
 

@@ -61,7 +61,8 @@ impl<'a> FunctionLauncher<'a> {
     pub fn executor(&self, instance_id: u32) -> Result<WasmExecutor, LaunchError> {
         let config = self.config;
         let details = Arc::new(config.details(self.digest, instance_id, config.parallelism));
-        let context = MessageContext::new(config, instance_id, self.state.table(&config.fqfn)?, self.logs.clone());
+        let context = MessageContext::new(config, instance_id, self.state.table(&config.fqfn)?, self.logs.clone())
+            .keeping_history(self.digest);
         WasmExecutor::start(self.function.clone(), details, config.limits, context)
             .map_err(|error| LaunchError::Start { fqfn: config.fqfn.to_string(), error })
     }

@@ -17,6 +17,8 @@ pub enum LogSink {
     /// Tracing events with the function's name and instance id as fields: for the worker, whose
     /// log carries many functions.
     Tracing,
+    /// Kept in memory, level and line, for whoever made the sink: a replay's results.
+    Capture(Arc<Mutex<Vec<(LogLevel, String)>>>),
 }
 
 impl Default for LogSink {
@@ -32,6 +34,9 @@ impl LogSink {
                 let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // A closed stdout must not stop processing; the log topic (if any) still gets the line.
                 let _ = writeln!(out, "{} [{}] {message}", level_name(level), fqfn.name());
+            }
+            Self::Capture(lines) => {
+                lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((level, message.to_owned()))
             }
             Self::Tracing => match level {
                 LogLevel::Trace => tracing::trace!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
@@ -52,7 +57,8 @@ impl LogSink {
     }
 }
 
-pub(super) fn level_name(level: LogLevel) -> &'static str {
+/// The name of a log level as Pulsar writes it.
+pub fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "TRACE",
         LogLevel::Debug => "DEBUG",

@@ -18,6 +18,7 @@ pub mod client;
 pub mod cluster;
 mod data;
 pub mod disk_guard;
+mod history;
 mod ledger;
 mod lifecycle;
 mod placement;
@@ -33,6 +34,7 @@ pub mod tls;
 mod topic_admin;
 
 pub use data::message_json_len;
+pub use history::AsOf;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -108,6 +108,7 @@ fn a_commit_writes_outputs_state_and_cursor_together() {
             acks: Acks::of(&fetched),
             outputs: vec![(topic("out"), OutMessage::new("y")), (topic("other"), OutMessage::new("z"))],
             state: Some((fqfn.clone(), changes.into())),
+            history: None,
         };
         subscription.commit(effects).unwrap();
     }
@@ -186,7 +187,7 @@ fn key_shared_consumers_each_get_all_of_their_keys_in_order() {
         }
     }
     assert_eq!(seen, 40);
-    assert_eq!(owner.values().collect::<std::collections::HashSet<_>>().len(), 2, "both consumers got keys");
+    assert_eq!(owner.values().collect::<HashSet<_>>().len(), 2, "both consumers got keys");
 }
 
 #[test]
@@ -444,5 +445,6 @@ fn a_state_put_outside_commits_is_ordered_with_them() {
     assert_eq!(value(&open(dir.path()), &fqfn, "n"), Some(StateValue::Counter(15)));
 }
 
+mod history;
 mod log;
 mod policies;

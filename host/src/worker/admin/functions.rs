@@ -267,14 +267,6 @@ pub(super) async fn trigger(
     Ok(Json(blocking(move || worker.trigger(&fqfn, topic.as_deref(), value)).await?))
 }
 
-pub(super) async fn query_state(
-    State(worker): Shared,
-    Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,
-) -> ApiResult<Json<FunctionState>> {
-    let fqfn = fqfn(&tenant, &namespace, &name)?;
-    Ok(Json(blocking(move || worker.query_state(&fqfn, &key)).await?))
-}
-
 pub(super) async fn put_state(
     State(worker): Shared,
     Path((tenant, namespace, name, key)): Path<(String, String, String, String)>,

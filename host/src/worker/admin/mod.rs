@@ -20,9 +20,10 @@ use crate::names::{Fqfn, TopicName};
 use crate::worker::api::ErrorAnswer;
 use functions::{
     cluster, create_or_update, delete, get_function, instance_restart, instance_start, instance_stats, instance_status,
-    instance_stop, list, metrics, put_state, query_state, rebalance, restart, start, stats, status, stop, trigger,
+    instance_stop, list, metrics, put_state, rebalance, restart, start, stats, status, stop, trigger,
 };
 use guard::{authorize, refuse_cross_site};
+use history::{query_state, replay};
 use topics::{acknowledge, produce, receive};
 
 /// The OpenAPI document of this API, kept beside the code that implements it.
@@ -30,6 +31,7 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 
 mod functions;
 mod guard;
+mod history;
 mod namespaces;
 mod persistent;
 mod tls;
@@ -179,6 +181,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(&format!("{function}/{{instance}}/stop"), post(instance_stop))
         .route(&format!("{function}/{{instance}}/restart"), post(instance_restart))
         .route(&format!("{function}/trigger"), post(trigger))
+        .route(&format!("{function}/replay"), post(replay))
         .route(&format!("{function}/state/{{*key}}"), get(query_state).post(put_state))
         .route(topic, post(produce))
         .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))

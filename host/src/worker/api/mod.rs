@@ -4,6 +4,7 @@
 //! Field names follow Pulsar's (`FunctionStatus`, `FunctionStats`, `FunctionState`, the REST
 //! producer and consumer); where fnhost adds a field it says so.
 
+pub mod history;
 pub mod topics;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,168 @@
+//! `fnhost functions replay` and `querystate --as-of | --why`: a function's history, from a worker.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::cache_dir;
+use super::client::{AdminOptions, Body, encode_segment};
+use super::functions::{Naming, WorkerUrl, function_path};
+use super::topic_admin::parse_duration;
+use crate::guest_build::Builder;
+use crate::limits::MAX_PACKAGE_SIZE;
+use crate::spec::FunctionSpec;
+use crate::worker::api::FunctionState;
+use crate::worker::api::history::{ReplayAnswer, ReplayRequest, ReplayedMessageAnswer};
+
+#[derive(Debug, Args)]
+pub(super) struct ReplayArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// The id of the message to replay.
+    #[arg(long, required_unless_present = "range", conflicts_with = "range")]
+    message: Option<String>,
+    /// Replay a run of messages of one topic, FROM..TO (ids, both included), each seeing the
+    /// replay's changes of the ones before.
+    #[arg(long)]
+    range: Option<String>,
+    /// The input topic of the messages (needed when the function has several).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Replay with this component instead of the function's own.
+    #[arg(long, conflicts_with_all = ["py", "js"])]
+    wasm: Option<PathBuf>,
+    /// Replay with this Python module instead (built as `functions create --py` builds it).
+    #[arg(long, conflicts_with = "js")]
+    py: Option<PathBuf>,
+    /// The Python function's class, with --py.
+    #[arg(long, requires = "py")]
+    classname: Option<String>,
+    /// Replay with this JavaScript module instead.
+    #[arg(long)]
+    js: Option<PathBuf>,
+    /// Print the worker's JSON answer instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `querystate --as-of`: a message id, a time ago (10m, 3h) or an absolute time (@ and
+/// milliseconds since the Unix epoch), as a query string for the state path.
+pub(super) fn as_of_query(as_of: &str, topic: Option<&str>) -> anyhow::Result<String> {
+    let query = if let Some(millis) = as_of.strip_prefix('@') {
+        let millis: u64 = millis
+            .parse()
+            .with_context(|| format!("`{as_of}` is not a time: after @ give milliseconds since the Unix epoch"))?;
+        format!("asOfTime={millis}")
+    } else if as_of.ends_with(|c: char| c.is_ascii_alphabetic()) && as_of.starts_with(|c: char| c.is_ascii_digit()) {
+        let back = parse_duration(as_of)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?;
+        format!("asOfTime={}", now.saturating_sub(back).as_millis())
+    } else {
+        format!("asOf={}", encode_segment(as_of))
+    };
+    Ok(match topic {
+        Some(topic) => format!("{query}&topic={}", encode_segment(topic)),
+        None => query,
+    })
+}
+
+/// Prints a state value or its writer, from the worker.
+pub(super) fn query(url: &WorkerUrl, admin: &AdminOptions, path: &str) -> anyhow::Result<()> {
+    let answer = url.client(admin)?.send("GET", path, Body::Empty)?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+pub(super) fn replay(args: &ReplayArgs, admin: &AdminOptions) -> anyhow::Result<()> {
+    let fqfn = args.naming.fqfn()?;
+    let (message, last) = match (&args.message, &args.range) {
+        (Some(message), _) => (message.clone(), None),
+        (None, Some(range)) => {
+            let Some((first, last)) = range.split_once("..") else {
+                bail!("--range `{range}` is not FROM..TO: give two message ids, as 500..600");
+            };
+            (first.to_owned(), Some(last.to_owned()))
+        }
+        (None, None) => bail!("give --message ID or --range FROM..TO"),
+    };
+    let request = ReplayRequest { topic: args.topic.clone(), message, last };
+    let mut fields = vec![("replay", serde_json::to_vec(&request)?)];
+    let spec = FunctionSpec {
+        wasm: args.wasm.as_ref().map(|path| path.display().to_string()),
+        py: args.py.as_ref().map(|path| path.display().to_string()),
+        class_name: args.classname.clone(),
+        js: args.js.as_ref().map(|path| path.display().to_string()),
+        ..FunctionSpec::default()
+    };
+    if let Some(code) = spec.code()? {
+        let path = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+        let shown = path.display();
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read the component {shown}"))?;
+        if bytes.len() > MAX_PACKAGE_SIZE {
+            bail!("the component {shown} is {} bytes; the limit (MAX_PACKAGE_SIZE) is {MAX_PACKAGE_SIZE}", bytes.len());
+        }
+        fields.push(("data", bytes));
+    }
+    let path = format!("{}/replay", function_path(&fqfn));
+    let client = args.worker.client(admin)?;
+    if args.json {
+        let answer = client.send("POST", &path, Body::Form(fields))?;
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let answer: ReplayAnswer = client.call("POST", &path, Body::Form(fields))?;
+    print!("{}", summary(&answer));
+    Ok(())
+}
+
+/// The replay as lines for a person.
+fn summary(answer: &ReplayAnswer) -> String {
+    let mut text = match answer.state_before.as_str() {
+        "current" => "state before: the current state (the function has not processed the first message yet)\n".into(),
+        _ => "state before: as it was just before the function processed the first message\n".to_owned(),
+    };
+    for message in &answer.messages {
+        text += &message_summary(message);
+    }
+    text
+}
+
+fn message_summary(message: &ReplayedMessageAnswer) -> String {
+    let mut text = format!("message {} of {}\n", message.message_id, message.topic);
+    match (&message.output, &message.output_base64) {
+        (Some(output), _) => text += &format!("  output: {output}\n"),
+        (None, Some(output)) => text += &format!("  output (base64): {output}\n"),
+        (None, None) => text += "  output: none\n",
+    }
+    for published in &message.published {
+        let value = published.value.clone().or_else(|| published.value_base64.clone()).unwrap_or_default();
+        text += &format!("  published to {}: {value}\n", published.topic);
+    }
+    for log in &message.logs {
+        text += &format!("  log {}: {}\n", log.level, log.line);
+    }
+    for diff in &message.state {
+        let after = if diff.after.is_none() { "(deleted)".into() } else { shown(&diff.after) };
+        text += &format!("  state {}: {} → {after}\n", diff.key, shown(&diff.before));
+    }
+    if let Some(exception) = &message.exception {
+        text += &format!("  {} exception: {}\n", exception.kind, exception.message);
+    }
+    text
+}
+
+fn shown(value: &Option<FunctionState>) -> String {
+    match value {
+        None => "(absent)".into(),
+        Some(state) => match (&state.string_value, &state.number_value, &state.byte_value) {
+            (Some(text), _, _) => format!("{text:?}"),
+            (None, Some(number), _) => number.to_string(),
+            (None, None, Some(bytes)) => format!("base64:{bytes}"),
+            (None, None, None) => "(empty)".into(),
+        },
+    }
+}

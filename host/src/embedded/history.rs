@@ -1,0 +1,400 @@
+//! The embedded engine's history of each function: a commit's state step carries, beside its
+//! record of final values, a [`StoredHistory`]: each changed key's value before the commit, and
+//! what each message of the batch changed. Reading it back scans the log from the point asked for.
+//!
+//! The state at a point is the current state with, for every key a later step changed, the value
+//! before the first such step: so it needs the steps from that point on, which the cleaner keeps
+//! while it keeps the input messages of a function that keeps history (`Inner::history_inputs`).
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bincode::{Decode, Encode};
+
+use super::journal::{Assembler, StateStep, Step, log_failed};
+use super::state::{EmbeddedTable, FunctionTable, Record};
+use super::{EmbeddedStore, lock};
+use crate::engine::broker::{BrokerError, Message};
+use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, PastTable, Provenance, StateHistory, Writer};
+use crate::engine::state::{Change, KeyMap, StateError, StateTable, Versioned};
+use crate::names::{Fqfn, TopicName};
+
+/// Records read from the log per look while scanning history.
+const RECORDS_PER_READ: usize = 4096;
+/// Bytes read from the log per look, past its first record.
+const BYTES_PER_READ: usize = 16 << 20;
+
+/// A commit's history as its step stores it.
+#[derive(Encode, Decode)]
+pub(super) struct StoredHistory {
+    /// The input topics of the batch's messages, each named once (first, so that recovery reads
+    /// them without the rest).
+    topics: Vec<String>,
+    /// When the step committed (milliseconds since the Unix epoch).
+    time: u64,
+    /// Each key of the step's record with its value before the step, in the record's order.
+    before: Vec<Option<Versioned>>,
+    /// The batch that made the changes; `None` for an operator's putstate.
+    batch: Option<StoredBatch>,
+}
+
+/// The part of [`StoredHistory`] that recovery reads.
+#[derive(Decode)]
+pub(super) struct HistoryTopics {
+    pub(super) topics: Vec<String>,
+}
+
+#[derive(Encode, Decode)]
+struct StoredBatch {
+    instance_id: u32,
+    code_digest: String,
+    messages: Vec<StoredMessage>,
+}
+
+#[derive(Encode, Decode)]
+struct StoredMessage {
+    /// Its index in [`StoredHistory::topics`].
+    topic: u32,
+    message_id: String,
+    changes: Vec<(String, Change)>,
+}
+
+impl StoredHistory {
+    /// The history of a step committed at `time`, whose record's keys had the values `before`,
+    /// made by `batch` (`None`: an operator's write).
+    pub(super) fn encode(time: u64, before: &[Option<Versioned>], batch: Option<&BatchHistory>) -> Vec<u8> {
+        let mut topics: Vec<String> = Vec::new();
+        let batch = batch.map(|batch| StoredBatch {
+            instance_id: batch.instance_id,
+            code_digest: batch.code_digest.to_string(),
+            messages: batch
+                .messages
+                .iter()
+                .map(|message| {
+                    let name = message.topic.as_str();
+                    let topic = match topics.iter().position(|known| known == name) {
+                        Some(index) => index,
+                        None => {
+                            topics.push(name.to_owned());
+                            topics.len() - 1
+                        }
+                    };
+                    StoredMessage {
+                        topic: topic as u32,
+                        message_id: message.message_id.clone(),
+                        changes: message.changes.clone(),
+                    }
+                })
+                .collect(),
+        });
+        crate::codec::encode(&StoredHistory { topics, time, before: before.to_vec(), batch })
+    }
+
+    fn messages(&self) -> impl Iterator<Item = (&str, &StoredMessage)> {
+        self.batch
+            .iter()
+            .flat_map(|batch| batch.messages.iter())
+            .map(|message| (self.topics.get(message.topic as usize).map_or("", String::as_str), message))
+    }
+}
+
+/// One state step of a function, as history reads it.
+enum Entry {
+    /// A step with history: its record and its history.
+    Recorded(Record, StoredHistory),
+    /// A step of an fnhost that kept no history: its final values only.
+    Unrecorded(Record),
+    /// The function's table was deleted.
+    Dropped,
+}
+
+impl EmbeddedStore {
+    /// Visits the state steps of `fqfn` in the log from record `from` on, with the ids of their
+    /// records, until `visit` says to stop; returns where the next scan should start.
+    fn scan_history(
+        &self,
+        fqfn: &Fqfn,
+        from: u64,
+        mut visit: impl FnMut(Range<u64>, Entry) -> Result<bool, HistoryError>,
+    ) -> Result<u64, HistoryError> {
+        let log = &self.inner.log;
+        let name = fqfn.to_string();
+        let mut assembler = Assembler::default();
+        let mut next = from.max(log.first_id());
+        loop {
+            let records = log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(log_failed)?;
+            let Some((last, _)) = records.last() else { return Ok(next) };
+            next = last + 1;
+            for (id, payload) in records {
+                let corrupt = |reason: String| {
+                    HistoryError::Broker(BrokerError::Storage(format!(
+                        "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
+                    )))
+                };
+                let Some(whole) = assembler.push(id, payload).map_err(corrupt)? else { continue };
+                let step: Step = whole.step().map_err(corrupt)?;
+                let entry = match step.state {
+                    Some(StateStep::Recorded { fqfn, record, history }) if fqfn == name => Entry::Recorded(
+                        crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?,
+                        crate::codec::decode(&history).map_err(|error| corrupt(error.to_string()))?,
+                    ),
+                    Some(StateStep::Changes { fqfn, record }) if fqfn == name => {
+                        Entry::Unrecorded(crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?)
+                    }
+                    Some(StateStep::Dropped { fqfn }) if fqfn == name => Entry::Dropped,
+                    _ => continue,
+                };
+                let end = whole.ids.end;
+                if !visit(whole.ids, entry)? {
+                    return Ok(end);
+                }
+            }
+        }
+    }
+
+    /// Refuses when a segment after record `from` was removed: the history from there is incomplete.
+    fn check_complete_from(&self, from: u64, what: &dyn Fn() -> String) -> Result<(), HistoryError> {
+        let segments = self.inner.log.segment_ids();
+        let from_first = segments.iter().skip_while(|ids| ids.end <= from).collect::<Vec<_>>();
+        let whole = from_first.first().is_some_and(|ids| ids.start <= from)
+            && from_first.windows(2).all(|pair| pair[0].end == pair[1].start);
+        match whole {
+            true => Ok(()),
+            false => Err(beyond_retention(&what())),
+        }
+    }
+
+    /// The log id of the step that appended message `sequence` of `topic`, if it is still kept.
+    fn append_id(&self, topic: &TopicName, sequence: u64) -> Result<u64, HistoryError> {
+        let unknown = || HistoryError::UnknownMessage { topic: topic.clone(), message_id: sequence.to_string() };
+        let Some(kept) = lock(&self.inner.topics).get(topic).cloned() else { return Err(unknown()) };
+        if sequence >= kept.length.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(unknown());
+        }
+        kept.log_id_of(sequence).ok_or_else(|| {
+            beyond_retention(&format!("message {sequence} of {topic} is no longer kept, nor the commits after it"))
+        })
+    }
+}
+
+fn beyond_retention(what: &str) -> HistoryError {
+    HistoryError::BeyondRetention(format!(
+        "{what}: the log keeps a function's history only as long as it keeps the function's input messages, and freed it; set a longer retention on the input topic's namespace (`fnhost namespaces set-retention --time …`) to replay further back"
+    ))
+}
+
+fn unrecorded() -> HistoryError {
+    HistoryError::BeyondRetention(
+        "a commit after that point was written by an fnhost that kept no history, so the state before it is not known"
+            .into(),
+    )
+}
+
+/// The state at a point of a function's history, kept up to date with the log as it grows.
+#[derive(Default)]
+struct Past {
+    /// For each key changed since the point, its value then.
+    before: KeyMap<Option<Versioned>>,
+    /// Where the scan goes on.
+    next: u64,
+}
+
+impl Past {
+    /// Notes the values before a later step of the function.
+    fn later(&mut self, entry: Entry) -> Result<(), HistoryError> {
+        match entry {
+            Entry::Recorded(record, history) => {
+                for ((key, _), before) in record.into_iter().zip(history.before) {
+                    self.before.entry(key).or_insert(before);
+                }
+                Ok(())
+            }
+            Entry::Unrecorded(record) if record.iter().all(|(key, _)| self.before.contains_key(key)) => Ok(()),
+            Entry::Unrecorded(_) => Err(unrecorded()),
+            Entry::Dropped => Err(HistoryError::BeyondRetention(
+                "the function's state was deleted after that point (the function was deleted and made again)".into(),
+            )),
+        }
+    }
+}
+
+/// A function's table as it was at a point of its history.
+struct PastEmbeddedTable {
+    store: EmbeddedStore,
+    fqfn: Fqfn,
+    current: Arc<FunctionTable>,
+    past: Mutex<Past>,
+}
+
+impl StateTable for PastEmbeddedTable {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        let current = EmbeddedTable(self.current.clone()).get(key)?;
+        // A step made durable before that read is in the log by now: read it, so that a key the
+        // read saw changed is known to have changed.
+        let mut past = lock(&self.past);
+        let from = past.next;
+        let next = self
+            .store
+            .scan_history(&self.fqfn, from, |_, entry| past.later(entry).map(|()| true))
+            .map_err(|error| StateError::Storage(error.to_string()))?;
+        past.next = next;
+        Ok(match past.before.get(key) {
+            Some(before) => before.clone(),
+            None => current,
+        })
+    }
+}
+
+impl StateHistory for EmbeddedStore {
+    fn messages(&self, topic: &TopicName, first: &str, last: &str, most: usize) -> Result<Vec<Message>, HistoryError> {
+        let sequence = |id: &str| {
+            id.parse::<u64>()
+                .map_err(|_| HistoryError::UnknownMessage { topic: topic.clone(), message_id: id.to_owned() })
+        };
+        let (start, end) = (sequence(first)?, sequence(last)?);
+        if end < start {
+            return Err(HistoryError::BadRange(format!(
+                "message {last} comes before {first}: give the earlier one first"
+            )));
+        }
+        if end - start >= most as u64 {
+            return Err(HistoryError::BadRange(format!(
+                "{first}..{last} is {} messages; at most {most} are replayed at once",
+                end - start + 1
+            )));
+        }
+        self.append_id(topic, start)?;
+        self.append_id(topic, end)?;
+        let Some(kept) = lock(&self.inner.topics).get(topic).cloned() else { return Ok(Vec::new()) };
+        let sequences: Vec<u64> = (start..=end).collect();
+        let found = kept.read_at(&sequences)?;
+        if found.len() != sequences.len() {
+            return Err(beyond_retention(&format!("messages {first}..{last} of {topic} are no longer all kept")));
+        }
+        Ok(found
+            .into_iter()
+            .map(|(sequence, body)| Message { topic: topic.clone(), sequence, body, redelivery_count: 0 })
+            .collect())
+    }
+
+    fn past_table(&self, fqfn: &Fqfn, point: &HistoryPoint) -> Result<PastTable, HistoryError> {
+        let current = self.state_table(fqfn).map_err(|error| StateError::Storage(error.to_string()))?;
+        let (from, found, processed) = match point {
+            HistoryPoint::BeforeMessage { topic, message_id } => {
+                let unknown = || HistoryError::UnknownMessage { topic: topic.clone(), message_id: message_id.clone() };
+                let sequence: u64 = message_id.parse().map_err(|_| unknown())?;
+                let appended = self.append_id(topic, sequence)?;
+                self.check_complete_from(appended, &|| format!("the commits after message {message_id} of {topic}"))?;
+                let mut found: Option<Past> = None;
+                let next = self.scan_history(fqfn, appended, |ids, entry| {
+                    if let Entry::Recorded(record, history) = &entry
+                        && let Some(position) = history
+                            .messages()
+                            .position(|(name, message)| name == topic.as_str() && message.message_id == *message_id)
+                    {
+                        // The latest time the function processed it (a moved cursor makes it process it
+                        // again) is the one its outputs now show.
+                        found = Some(within_batch(record, history, position, ids.end));
+                        return Ok(true);
+                    }
+                    if let Some(past) = &mut found {
+                        past.later(entry)?;
+                    }
+                    Ok(true)
+                })?;
+                let processed = found.is_some();
+                (next, found, processed)
+            }
+            HistoryPoint::AtTime(time) => {
+                let first = self.inner.log.first_id();
+                let mut found: Option<(u64, Past)> = None;
+                // The time of the oldest commit of the function still kept.
+                let mut reach: Option<u64> = None;
+                let next = self.scan_history(fqfn, first, |ids, entry| {
+                    if let Entry::Recorded(_, history) = &entry {
+                        reach.get_or_insert(history.time);
+                        if found.is_none() && history.time > *time {
+                            found = Some((ids.start, Past::default()));
+                        }
+                    }
+                    match &mut found {
+                        Some((_, past)) => past.later(entry),
+                        None => Ok(()),
+                    }
+                    .map(|()| true)
+                })?;
+                let since = || format!("the commits of {fqfn} after {time} (milliseconds since the epoch)");
+                if let Some((start, _)) = &found {
+                    self.check_complete_from(*start, &since)?;
+                }
+                let whole_log = first == 0 && self.check_complete_from(0, &since).is_ok();
+                if !whole_log && reach.is_none_or(|reach| reach > *time) {
+                    return Err(beyond_retention(&since()));
+                }
+                (next, found.map(|(_, past)| past), true)
+            }
+        };
+        let past = found.unwrap_or_default();
+        let past = Past { next: from, ..past };
+        Ok(PastTable {
+            table: Box::new(PastEmbeddedTable {
+                store: self.clone(),
+                fqfn: fqfn.clone(),
+                current,
+                past: Mutex::new(past),
+            }),
+            processed,
+        })
+    }
+
+    fn last_write(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Provenance>, HistoryError> {
+        let mut last = None;
+        self.scan_history(fqfn, 0, |_, entry| {
+            match entry {
+                Entry::Recorded(record, history) if record.iter().any(|(changed, _)| changed == key) => {
+                    let writer = history.batch.as_ref().and_then(|batch| {
+                        let (topic, message) = history
+                            .messages()
+                            .filter(|(_, message)| message.changes.iter().any(|(changed, _)| changed == key))
+                            .last()?;
+                        Some(Writer {
+                            topic: TopicName::parse(topic).ok()?,
+                            message_id: message.message_id.clone(),
+                            instance_id: batch.instance_id,
+                            code_digest: batch.code_digest.clone(),
+                        })
+                    });
+                    last = Some(Provenance { time: history.time, writer });
+                }
+                Entry::Unrecorded(record) if record.iter().any(|(changed, _)| changed == key) => last = None,
+                Entry::Dropped => last = None,
+                _ => {}
+            }
+            Ok(true)
+        })?;
+        Ok(last)
+    }
+}
+
+/// The state just before message `position` of a step's batch: each key of the step at its value
+/// before the step, with the changes of the batch's earlier messages applied in order.
+fn within_batch(record: &Record, history: &StoredHistory, position: usize, next: u64) -> Past {
+    let mut before: KeyMap<Option<Versioned>> = KeyMap::default();
+    for ((key, _), value) in record.iter().zip(&history.before) {
+        before.insert(key.clone(), value.clone());
+    }
+    for (_, message) in history.messages().take(position) {
+        for (key, change) in &message.changes {
+            let value = before.entry(key.clone()).or_default();
+            let version = value.as_ref().map_or(0, |value| value.version);
+            *value = change.apply(value.take().map(|value| value.value)).map(|value| Versioned { value, version });
+        }
+    }
+    Past { before, next }
+}
+
+/// The input topics named by a stored history, for the cleaner (see [`StoredHistory`]).
+pub(super) fn input_topics(history: &[u8]) -> HashSet<String> {
+    crate::codec::decode::<HistoryTopics>(history).map(|head| head.topics.into_iter().collect()).unwrap_or_default()
+}

@@ -1,0 +1,126 @@
+//! A function's history: what each of its commits processed, kept with the commit's state
+//! changes, so that the state a message saw can be read back (`functions replay`,
+//! `querystate --as-of`) and a key's current value traced to the message that wrote it
+//! (`querystate --why`).
+//!
+//! History reaches as far back as the engine keeps the commits: the embedded engine keeps them
+//! in its log for as long as it keeps the input messages they processed, which the namespace's
+//! retention decides.
+
+use std::sync::Arc;
+
+use super::broker::{BrokerError, Message};
+use super::state::{Change, StateError, StateTable};
+use crate::names::{Fqfn, TopicName};
+
+/// What one commit of a function processed: each message the function finished and kept, in the
+/// order it processed them, with the state changes each made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchHistory {
+    /// The instance that processed the batch.
+    pub instance_id: u32,
+    /// The SHA-256 of the component that processed it.
+    pub code_digest: Arc<str>,
+    /// The messages, in processing order.
+    pub messages: Vec<ProcessedMessage>,
+}
+
+/// One message a commit processed, and its own state changes in the order it made them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessedMessage {
+    /// The topic it came from.
+    pub topic: TopicName,
+    /// Its id there.
+    pub message_id: String,
+    /// Each key it changed, with its change (one per key, composed in order).
+    pub changes: Vec<(String, Change)>,
+}
+
+/// A point in a function's history at which to read its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryPoint {
+    /// Just before the function processed this message.
+    BeforeMessage {
+        /// The message's topic.
+        topic: TopicName,
+        /// Its id.
+        message_id: String,
+    },
+    /// As the commits made before this time (milliseconds since the Unix epoch) left it.
+    AtTime(u64),
+}
+
+/// Who wrote a key's value: a function's commit, or an operator's putstate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    /// When the write committed (milliseconds since the Unix epoch).
+    pub time: u64,
+    /// The message whose processing wrote it; `None` for an operator's write.
+    pub writer: Option<Writer>,
+}
+
+/// The message and code behind a function's write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Writer {
+    /// The message's topic.
+    pub topic: TopicName,
+    /// Its id.
+    pub message_id: String,
+    /// The instance that processed it.
+    pub instance_id: u32,
+    /// The SHA-256 of the component that processed it.
+    pub code_digest: String,
+}
+
+/// A function's state table as it was at a point of its history.
+pub struct PastTable {
+    /// Reads of the state at that point.
+    pub table: Box<dyn StateTable>,
+    /// Whether the function has processed the message the point names; when it has not, the
+    /// table is its current state, which is what that message will see.
+    pub processed: bool,
+}
+
+/// Why history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The topic never had a message with that id.
+    #[error(
+        "{topic} has no message with id `{message_id}`; the ids of its messages are shown by `fnhost topics examine-message` and `peek-messages`"
+    )]
+    UnknownMessage {
+        /// The topic.
+        topic: TopicName,
+        /// The id asked for.
+        message_id: String,
+    },
+    /// A range of messages that is empty, or longer than the caller's limit.
+    #[error("{0}")]
+    BadRange(String),
+    /// What was asked for is older than the history the engine still keeps.
+    #[error("{0}")]
+    BeyondRetention(String),
+    /// The engine keeps no history of this kind.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The port to a function's history.
+pub trait StateHistory: Send + Sync {
+    /// The messages of `topic` from `first` to `last` (ids, both included), as the function
+    /// received them; refused when there are more than `most`.
+    fn messages(&self, topic: &TopicName, first: &str, last: &str, most: usize) -> Result<Vec<Message>, HistoryError>;
+
+    /// `fqfn`'s state table as it was at `point`.
+    fn past_table(&self, fqfn: &Fqfn, point: &HistoryPoint) -> Result<PastTable, HistoryError>;
+
+    /// Who wrote the current value of `key` in `fqfn`'s table, if a commit the engine still keeps
+    /// did; `None` when the value (or its removal) is older than the history kept.
+    fn last_write(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Provenance>, HistoryError>;
+}

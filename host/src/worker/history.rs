@@ -1,0 +1,126 @@
+//! A function's history on the worker: replay, and state read at a point of the past or traced to
+//! its writer. Each runs on the engine's [`StateHistory`](crate::engine::history::StateHistory)
+//! port and commits nothing.
+
+use super::api::FunctionState;
+use super::api::history::{ReplayAnswer, ReplayRequest, StateProvenance};
+use super::topic_admin::broker_error;
+use super::{Worker, WorkerError, lock};
+use crate::engine::history::{HistoryError, HistoryPoint};
+use crate::engine::state::check_user_key;
+use crate::instance::ReplayError;
+use crate::limits::MAX_REPLAY_MESSAGES;
+use crate::names::{Fqfn, TopicName};
+
+/// Where `querystate --as-of` reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AsOf {
+    /// Just before the function processed this message of this topic (the function's only input
+    /// when `None`).
+    Message(Option<String>, String),
+    /// At this time, in milliseconds since the Unix epoch.
+    Time(u64),
+}
+
+pub(super) fn history_error(error: HistoryError) -> WorkerError {
+    match error {
+        HistoryError::UnknownMessage { .. } => WorkerError::NotFound(error.to_string()),
+        HistoryError::BadRange(reason) => WorkerError::BadRequest(reason),
+        // 410 would fit, but Pulsar's clients know 409 as "the state forbids it".
+        HistoryError::BeyondRetention(reason) => WorkerError::Conflict(reason),
+        HistoryError::Unsupported(reason) => WorkerError::Unsupported(reason),
+        HistoryError::Broker(error) => broker_error(error),
+        HistoryError::State(error) => WorkerError::Internal(error.into()),
+    }
+}
+
+impl Worker {
+    /// The input topic a request names, or the function's only one.
+    fn history_topic(&self, fqfn: &Fqfn, topic: Option<&str>) -> Result<TopicName, WorkerError> {
+        let function = self.function(fqfn)?;
+        let config = lock(&function).config.clone();
+        match topic {
+            Some(name) => {
+                let topic = TopicName::parse(name).map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+                let input = config.inputs.topics.contains(&topic)
+                    || config.inputs.pattern.as_ref().is_some_and(|pattern| pattern.matches(&topic));
+                match input {
+                    true => Ok(topic),
+                    false => Err(WorkerError::BadRequest(format!("{topic} is not an input of {fqfn}"))),
+                }
+            }
+            None => match config.inputs.topics.as_slice() {
+                [only] if config.inputs.pattern.is_none() => Ok(only.clone()),
+                _ => Err(WorkerError::BadRequest(format!(
+                    "{fqfn} has several inputs; name the message's topic with --topic"
+                ))),
+            },
+        }
+    }
+
+    /// Runs the messages `request` names through the function (its current code, or the
+    /// component `code`) on its state as it was just before the first, and says what each would
+    /// do, committing nothing.
+    pub fn replay(
+        &self,
+        fqfn: &Fqfn,
+        request: &ReplayRequest,
+        code: Option<Vec<u8>>,
+    ) -> Result<ReplayAnswer, WorkerError> {
+        let topic = self.history_topic(fqfn, request.topic.as_deref())?;
+        // A replay starts an instance, and may compile a component: it counts as a change.
+        self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        let (config, current) = {
+            let function = self.function(fqfn)?;
+            let function = lock(&function);
+            (function.config.clone(), (function.record.digest.clone(), function.prepared.clone()))
+        };
+        let (digest, prepared) = match code {
+            Some(bytes) => self.prepare(&bytes, "the replayed component")?,
+            None => current,
+        };
+        let last = request.last.as_deref().unwrap_or(&request.message);
+        let messages =
+            self.store.messages(&topic, &request.message, last, MAX_REPLAY_MESSAGES).map_err(history_error)?;
+        let replay =
+            crate::instance::replay(&config, prepared, &digest, self.store.as_ref(), messages).map_err(|error| {
+                match error {
+                    ReplayError::History(error) => history_error(error),
+                    ReplayError::Refused(reason) => WorkerError::BadRequest(reason),
+                    ReplayError::Start(error) => {
+                        WorkerError::BadRequest(format!("the function could not start for the replay: {error}"))
+                    }
+                    ReplayError::State(error) => WorkerError::Internal(error.into()),
+                }
+            })?;
+        Ok(ReplayAnswer::of(replay, &digest))
+    }
+
+    /// The value `key` of the function's state had at `as_of`.
+    pub fn query_state_as_of(&self, fqfn: &Fqfn, key: &str, as_of: &AsOf) -> Result<FunctionState, WorkerError> {
+        check_user_key(key).map_err(WorkerError::BadRequest)?;
+        let point = match as_of {
+            AsOf::Message(topic, message_id) => HistoryPoint::BeforeMessage {
+                topic: self.history_topic(fqfn, topic.as_deref())?,
+                message_id: message_id.clone(),
+            },
+            AsOf::Time(time) => {
+                self.function(fqfn)?;
+                HistoryPoint::AtTime(*time)
+            }
+        };
+        let past = self.store.past_table(fqfn, &point).map_err(history_error)?;
+        match past.table.get(key).map_err(anyhow::Error::from)? {
+            Some(stored) => Ok(FunctionState::of(key, stored)),
+            None => Err(WorkerError::NotFound(format!("function {fqfn} had no state under key `{key}` then"))),
+        }
+    }
+
+    /// Who wrote the current value of `key`.
+    pub fn state_provenance(&self, fqfn: &Fqfn, key: &str) -> Result<StateProvenance, WorkerError> {
+        self.function(fqfn)?;
+        check_user_key(key).map_err(WorkerError::BadRequest)?;
+        let provenance = self.store.last_write(fqfn, key).map_err(history_error)?;
+        Ok(StateProvenance::of(key, provenance))
+    }
+}
