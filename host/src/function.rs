@@ -113,6 +113,9 @@ pub struct FunctionConfig {
     pub window: Option<WindowConfig>,
     /// The topics the function may read and publish to.
     pub topic_access: TopicAccess,
+    /// Whether its clocks and random numbers depend on the message alone, so that a replay
+    /// reads what the first run read (`--deterministic`).
+    pub deterministic: bool,
 }
 
 impl FunctionConfig {
@@ -177,6 +180,7 @@ impl FunctionConfig {
             batch_size: MAX_BATCH_MESSAGES,
             window: None,
             topic_access: TopicAccess::Any,
+            deterministic: false,
         }
     }
 
@@ -224,6 +228,7 @@ impl FunctionConfig {
             output_topic: self.output.as_ref().map(ToString::to_string),
             user_config: self.user_config.clone(),
             secrets: self.secrets.clone(),
+            deterministic: self.deterministic,
         }
     }
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod library;
 mod polyglot;
 mod pulsar_cli;
+mod replay;
 mod sandbox;
 mod seed;
 mod storage;

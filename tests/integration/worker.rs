@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use crate::seed::SEED_EVENTS;
 use crate::support::{Worker, guest};
 
-const SD: &str = "public/default/sd";
+pub const SD: &str = "public/default/sd";
 
-fn create_session_duration(worker: &Worker, extra: &[&str]) -> serde_json::Value {
+pub fn create_session_duration(worker: &Worker, extra: &[&str]) -> serde_json::Value {
     let wasm = guest("session-duration");
     let mut args =
         vec!["functions", "create", "--wasm", wasm.to_str().unwrap(), "--name", "sd", "-i", "events", "-o", "sessions"];
@@ -17,7 +17,7 @@ fn create_session_duration(worker: &Worker, extra: &[&str]) -> serde_json::Value
 }
 
 /// Creates `fqfn` from the guest `guest_name` over `input`.
-fn create(worker: &Worker, guest_name: &str, fqfn: &str, input: &str, extra: &[&str]) -> serde_json::Value {
+pub fn create(worker: &Worker, guest_name: &str, fqfn: &str, input: &str, extra: &[&str]) -> serde_json::Value {
     let wasm = guest(guest_name);
     let mut args = vec!["functions", "create", "--wasm", wasm.to_str().unwrap(), "--fqfn", fqfn, "-i", input];
     args.extend(extra);
@@ -25,13 +25,13 @@ fn create(worker: &Worker, guest_name: &str, fqfn: &str, input: &str, extra: &[&
 }
 
 /// The committed value of a counter, if the key exists yet.
-fn counter(worker: &Worker, fqfn: &str, key: &str) -> Option<i64> {
+pub fn counter(worker: &Worker, fqfn: &str, key: &str) -> Option<i64> {
     let run = worker.cli(&["functions", "querystate", "--fqfn", fqfn, "-k", key]);
     let state: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
     state["numberValue"].as_i64()
 }
 
-fn produce(worker: &Worker, topic: &str, messages: &[&str]) {
+pub fn produce(worker: &Worker, topic: &str, messages: &[&str]) {
     let mut args = vec!["topics", "produce", topic];
     for message in messages {
         args.extend(["-m", message]);
@@ -44,7 +44,7 @@ fn stats(worker: &Worker, fqfn: &str) -> serde_json::Value {
     worker.ok(&["functions", "stats", "--fqfn", fqfn])
 }
 
-fn wait_until_processed(worker: &Worker, fqfn: &str, count: u64) {
+pub fn wait_until_processed(worker: &Worker, fqfn: &str, count: u64) {
     worker.wait_for(&format!("{fqfn} to process {count} messages"), || {
         stats(worker, fqfn)["processedSuccessfullyTotal"].as_u64() >= Some(count)
     });

@@ -83,6 +83,10 @@ pub(crate) struct FunctionFlags {
     /// Process the messages of each key in input order, each key on one instance (key-shared).
     #[arg(long)]
     retain_key_ordering: bool,
+    /// Give the function clocks and random numbers that depend on the message alone (the wall
+    /// clock reads its publish time), so that `functions replay` is bit-exact.
+    #[arg(long)]
+    deterministic: bool,
     /// How many instances run, each in its own sandbox [default: 1].
     #[arg(long)]
     parallelism: Option<u32>,
@@ -292,6 +296,7 @@ impl FunctionFlags {
             processing_guarantees: self.processing_guarantees,
             retain_ordering: self.retain_ordering.then_some(true),
             retain_key_ordering: self.retain_key_ordering.then_some(true),
+            deterministic: self.deterministic.then_some(true),
             timeout_ms: self.timeout_ms,
             parallelism: self.parallelism,
             resources: resources(self.ram, self.pulsar.cpu, self.pulsar.disk),

@@ -152,6 +152,12 @@ fn message_summary(message: &ReplayedMessageAnswer) -> String {
     if let Some(exception) = &message.exception {
         text += &format!("  {} exception: {}\n", exception.kind, exception.message);
     }
+    if !message.may_differ.is_empty() {
+        text += &format!(
+            "  may differ from the first run: it read the {} (give the function --deterministic for exact replays)\n",
+            message.may_differ.join(" and ")
+        );
+    }
     text
 }
 

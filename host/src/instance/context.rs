@@ -19,7 +19,7 @@ use crate::limits::{
     MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::names::{Fqfn, TopicAccess, TopicName};
-use crate::runtime::{ContextError, GuestMessage, HostContext, LogLevel, ProcessError};
+use crate::runtime::{ContextError, GuestMessage, GuestReads, HostContext, LogLevel, ProcessError};
 
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
@@ -103,6 +103,8 @@ pub struct Outcome {
     pub result: Result<bool, ProcessError>,
     /// From the start of the message to its end.
     pub elapsed: Duration,
+    /// Whether it read the clock or random numbers.
+    pub reads: GuestReads,
 }
 
 impl MessageContext {
@@ -223,7 +225,12 @@ impl MessageContext {
     /// Ends the current message of the batch with what the function said: on success its effects
     /// join the batch, on failure they are dropped. Returns whether the function should go on:
     /// after a failure it stops, so that the message is tried again before the ones after it.
-    pub(super) fn end_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, now: Instant) -> bool {
+    pub(super) fn end_message(
+        &mut self,
+        result: Result<Option<Vec<u8>>, ProcessError>,
+        now: Instant,
+        reads: GuestReads,
+    ) -> bool {
         if self.outcomes.len() >= self.call.len() {
             return false;
         }
@@ -255,7 +262,7 @@ impl MessageContext {
             }
         };
         let go_on = result.is_ok();
-        self.outcomes.push(Outcome { result, elapsed: now.saturating_duration_since(self.message_started) });
+        self.outcomes.push(Outcome { result, elapsed: now.saturating_duration_since(self.message_started), reads });
         self.begin_message(now);
         go_on && self.outcomes.len() < self.call.len()
     }
@@ -470,9 +477,14 @@ impl HostContext for MessageContext {
         self.log_level
     }
 
-    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, finished_at: Instant) -> bool {
+    fn finish_message(
+        &mut self,
+        result: Result<Option<Vec<u8>>, ProcessError>,
+        finished_at: Instant,
+        reads: GuestReads,
+    ) -> bool {
         // A stopped instance takes no further message of the call; they come again.
-        self.end_message(result, finished_at) && !self.stop_requested()
+        self.end_message(result, finished_at, reads) && !self.stop_requested()
     }
 
     fn stop_requested(&self) -> bool {

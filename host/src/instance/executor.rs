@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::context::{MessageContext, Outcome};
 use crate::limits::{COOL_DOWN_MEMORY_MS, MAX_COOL_DOWN_FACTOR, MAX_COOL_DOWN_MS};
 use crate::runtime::{
-    FunctionDetails, GuestMessage, GuestWindow, Instance, InstanceLimits, PreparedFunction, ProcessError,
+    FunctionDetails, GuestMessage, GuestReads, GuestWindow, Instance, InstanceLimits, PreparedFunction, ProcessError,
 };
 
 /// Something that processes messages with a [`MessageContext`]: a wasm instance or a native function.
@@ -187,7 +187,7 @@ impl Executor for WasmExecutor {
         if let Some(error) = failure {
             // The failure belongs to the first message the function did not finish.
             let context = self.context();
-            context.end_message(Err(error), Instant::now());
+            context.end_message(Err(error), Instant::now(), GuestReads::default());
             let ran = context.last_outcome().map_or(Duration::ZERO, |outcome| outcome.elapsed);
             self.cool_down.failed(ran, Instant::now());
             if self.instance.is_some() {
@@ -254,7 +254,7 @@ where
         self.context.begin_call(batch, call.clone());
         for message in &batch[call] {
             let result = (self.function)(message, &mut self.context).map_err(ProcessError::User);
-            if !self.context.end_message(result, Instant::now()) {
+            if !self.context.end_message(result, Instant::now(), GuestReads::default()) {
                 break;
             }
         }

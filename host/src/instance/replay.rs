@@ -14,7 +14,7 @@ use crate::engine::state::{KeyMap, StateError, StateTable, StateValue, Versioned
 use crate::function::FunctionConfig;
 use crate::limits::{MAX_REPLAY_ANSWER_BYTES, MAX_REPLAY_MESSAGES};
 use crate::names::TopicName;
-use crate::runtime::{GuestMessage, LogLevel, PreparedFunction, ProcessError};
+use crate::runtime::{GuestMessage, GuestReads, LogLevel, PreparedFunction, ProcessError};
 
 /// Why a replay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,9 @@ pub struct ReplayedMessage {
     pub state: Vec<StateDiff>,
     /// The exception it raised; its output, publishes and state changes are then dropped.
     pub exception: Option<ProcessError>,
+    /// Whether it read the clock or random numbers: unless the function is deterministic, its
+    /// first run may have read other values, and done otherwise.
+    pub reads: GuestReads,
 }
 
 /// One key's change in a replay.
@@ -71,6 +74,9 @@ pub struct Replay {
     pub first_processed: bool,
     /// Each message's results, in order.
     pub messages: Vec<ReplayedMessage>,
+    /// Whether the function is deterministic (its clocks and random numbers depend on the
+    /// message alone), so that the replay read what the first run read.
+    pub deterministic: bool,
 }
 
 /// The state a replay reads: its own changes over the function's past state.
@@ -141,6 +147,7 @@ pub fn replay(
         let (topic, message_id) = (message.topic.clone(), message.id());
         let guest: Arc<[GuestMessage]> = Arc::new([to_guest(&message.topic, message.sequence, message.body)]);
         let outcome = executor.process_batch(&guest, 0..1).pop();
+        let reads = outcome.as_ref().map(|outcome| outcome.reads).unwrap_or_default();
         let context = executor.context();
         context.end_batch();
         context.flush_logs();
@@ -177,7 +184,7 @@ pub fn replay(
                 "the replay's results pass {MAX_REPLAY_ANSWER_BYTES} bytes (MAX_REPLAY_ANSWER_BYTES) at message {message_id} of {topic}: replay a shorter range"
             )));
         }
-        results.push(ReplayedMessage { topic, message_id, output, published, logs, state: diffs, exception });
+        results.push(ReplayedMessage { topic, message_id, output, published, logs, state: diffs, exception, reads });
     }
-    Ok(Replay { first_processed: past.processed, messages: results })
+    Ok(Replay { first_processed: past.processed, messages: results, deterministic: config.deterministic })
 }

@@ -10,7 +10,7 @@ use super::pipeline::{Halt, to_guest};
 use crate::engine::broker::{Acks, Message};
 use crate::function::{FunctionConfig, ProcessingGuarantee};
 use crate::metrics::{InstanceMetrics, Stats};
-use crate::runtime::{GuestMessage, LogLevel, ProcessError};
+use crate::runtime::{GuestMessage, GuestReads, LogLevel, ProcessError};
 
 /// Processes a batch, trying each failed message again up to the retry limit and then sending it
 /// to the dead-letter topic; adds what happened to `metrics` and returns the messages to acknowledge.
@@ -126,6 +126,7 @@ fn process_messages(
                     outcome = executor.process_batch(&guests, next - 1..next).pop().unwrap_or_else(|| Outcome {
                         result: Err(ProcessError::System("the message was not processed".into())),
                         elapsed: Duration::ZERO,
+                        reads: GuestReads::default(),
                     });
                     continue;
                 }

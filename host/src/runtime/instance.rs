@@ -52,6 +52,8 @@ impl<H: HostContext> Instance<H> {
         };
         let data = self.store.data_mut();
         data.unfinished = messages.len();
+        data.batch_len = messages.len();
+        data.environment.begin_batch(messages);
         data.message_deadline = Instant::now() + self.timeout;
         self.store.set_epoch_deadline(next_check(self.timeout));
         let result = match bindings.call_process_batch(&mut self.store, messages) {

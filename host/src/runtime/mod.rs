@@ -19,13 +19,16 @@ use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre,
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
+mod environment;
 mod instance;
 mod stdio;
 mod store;
 
+pub use environment::GuestReads;
 pub use instance::Instance;
 pub use store::StoreData;
 
+use self::environment::Environment;
 use self::instance::{Exports, describe_trap, next_check};
 use self::stdio::GuestOutput;
 
@@ -85,7 +88,13 @@ pub trait HostContext: Send + 'static {
     /// The function finished the current message of a batch with `result` at `finished_at`
     /// (the next message starts then: one clock read serves both); the answer says whether it
     /// should go on with the next one.
-    fn finish_message(&mut self, result: Result<Option<Vec<u8>>, ProcessError>, finished_at: Instant) -> bool;
+    /// `reads` says whether the message read the clock or random numbers.
+    fn finish_message(
+        &mut self,
+        result: Result<Option<Vec<u8>>, ProcessError>,
+        finished_at: Instant,
+        reads: GuestReads,
+    ) -> bool;
 }
 
 /// What a function can ask about itself: fixed for the life of an instance.
@@ -101,6 +110,8 @@ pub struct FunctionDetails {
     pub user_config: BTreeMap<String, String>,
     /// Secrets by name.
     pub secrets: BTreeMap<String, String>,
+    /// Whether its clocks and random numbers depend on the message alone (`--deterministic`).
+    pub deterministic: bool,
 }
 
 /// Engine settings shared by every function of a runtime.
@@ -414,7 +425,11 @@ impl<H: HostContext> PreparedFunction<H> {
         let stdout = GuestOutput::default();
         let stderr = GuestOutput::default();
         // No preopened directories, environment, arguments or network: the context is the only door.
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let environment = Environment::new(details.deterministic, &details.identity.function_id);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        environment.install(&mut wasi);
+        let wasi = wasi.build();
         let data = StoreData {
             host,
             details,
@@ -426,6 +441,8 @@ impl<H: HostContext> PreparedFunction<H> {
             timeout: limits.timeout,
             message_deadline: Instant::now() + limits.timeout,
             unfinished: 0,
+            batch_len: 0,
+            environment,
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| data);

@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::fnhost::function::{context, types};
+use super::environment::Environment;
 use super::stdio::GuestOutput;
 use super::{ContextError, Identity, LogLevel};
 use super::{FunctionDetails, HostContext, ProcessError};
@@ -38,6 +39,10 @@ pub struct StoreData<H> {
     pub(super) message_deadline: Instant,
     /// Messages of the batch not yet finished; zero once the function was told to stop.
     pub(super) unfinished: usize,
+    /// Messages in the batch.
+    pub(super) batch_len: usize,
+    /// The clocks and random numbers the guest reads.
+    pub(super) environment: Environment,
 }
 
 impl<H: HostContext> StoreData<H> {
@@ -154,10 +159,12 @@ impl<H: HostContext> context::Host for StoreData<H> {
         self.forward_guest_output();
         let now = Instant::now();
         self.message_deadline = now + self.timeout;
-        let go_on = self.host.finish_message(outcome.map_err(ProcessError::User), now);
+        let reads = self.environment.reads();
+        let go_on = self.host.finish_message(outcome.map_err(ProcessError::User), now, reads);
         if !go_on {
             self.unfinished = 0;
         }
+        self.environment.begin_message(self.batch_len - self.unfinished);
         go_on
     }
 }

@@ -106,6 +106,10 @@ pub struct FunctionSpec {
     /// Input order per key (`--retain-key-ordering`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_key_ordering: Option<bool>,
+    /// Clocks and random numbers that depend on the message alone, so that a replay is
+    /// bit-exact (`--deterministic`; fnhost's, not Pulsar's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deterministic: Option<bool>,
     /// Time limit per message, milliseconds (`--timeout-ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -424,6 +428,7 @@ impl FunctionSpec {
             guarantee,
             fqfn,
             topic_access: TopicAccess::Any,
+            deterministic: self.deterministic.unwrap_or(false),
         })
     }
 }

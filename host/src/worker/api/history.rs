@@ -32,6 +32,9 @@ pub struct ReplayAnswer {
     pub state_before: String,
     /// The SHA-256 of the component replayed.
     pub code_digest: String,
+    /// Whether the function is deterministic: then each message read the same clocks and random
+    /// numbers as when it was first processed.
+    pub deterministic: bool,
     /// Each message's results, in order.
     pub messages: Vec<ReplayedMessageAnswer>,
 }
@@ -59,6 +62,9 @@ pub struct ReplayedMessageAnswer {
     /// The exception it raised, if any: then nothing it did would be kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<ExceptionAnswer>,
+    /// What it read that its first run may have read otherwise (`clock`, `random`), so that these
+    /// results may differ from that run's; always empty for a deterministic function.
+    pub may_differ: Vec<String>,
 }
 
 /// A message a replayed message published.
@@ -173,13 +179,26 @@ impl ReplayAnswer {
         Self {
             state_before: if replay.first_processed { "history" } else { "current" }.into(),
             code_digest: code_digest.to_owned(),
-            messages: replay.messages.into_iter().map(ReplayedMessageAnswer::of).collect(),
+            deterministic: replay.deterministic,
+            messages: replay
+                .messages
+                .into_iter()
+                .map(|message| ReplayedMessageAnswer::of(message, replay.deterministic))
+                .collect(),
         }
     }
 }
 
 impl ReplayedMessageAnswer {
-    fn of(message: ReplayedMessage) -> Self {
+    fn of(message: ReplayedMessage, deterministic: bool) -> Self {
+        let may_differ = match deterministic {
+            true => Vec::new(),
+            false => [(message.reads.clock, "clock"), (message.reads.random, "random")]
+                .into_iter()
+                .filter(|(read, _)| *read)
+                .map(|(_, what)| what.to_owned())
+                .collect(),
+        };
         let (output, output_base64) = message.output.map(text_or_base64).unwrap_or_default();
         let state_value = |key: &str, value: Option<StateValue>| {
             value
@@ -216,6 +235,7 @@ impl ReplayedMessageAnswer {
                 ProcessError::User(message) => ExceptionAnswer { kind: "user".into(), message },
                 ProcessError::System(message) => ExceptionAnswer { kind: "system".into(), message },
             }),
+            may_differ,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! `log-flood` logs, `put-flood` stores ever new keys, `publish-flood` publishes;
 //! `big-output` returns a value over the message size limit, `long-key` stores under a key over
 //! the key limit, `stack` recurses without end, `socket` tries to open a TCP connection;
+//! `clock-and-random` logs and returns the wall clock's time and a random number;
 //! anything else comes back as `ok:<message>`.
 //! Every message is acknowledged (which only MANUAL notices) except those starting with `noack:`.
 //! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
@@ -107,6 +108,12 @@ impl Function for Misbehave {
                 Err(error) => Err(Error::msg(format!("cannot open /etc/passwd: {error}"))),
             },
             "env" => Ok(format!("{} environment variables", std::env::vars().count())),
+            "clock-and-random" => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let reading = format!("time {} random {}", now.as_millis(), random_u64());
+                ctx.log(Level::Info, &reading);
+                Ok(reading)
+            }
             "print" => {
                 println!("printed to stdout");
                 Ok("ok:print".into())
@@ -118,6 +125,21 @@ impl Function for Misbehave {
             other => Ok(format!("ok:{other}")),
         }
     }
+}
+
+/// Eight bytes from WASI's random source (through the preview 1 call, which the component's
+/// adapter forwards to `wasi:random`), as std offers no random numbers of its own.
+#[allow(unsafe_code, reason = "a WASI import the SDK does not wrap; the buffer is ours")]
+fn random_u64() -> u64 {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn random_get(buffer: *mut u8, length: usize) -> u16;
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for writes of its length.
+    let errno = unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) };
+    assert_eq!(errno, 0, "random_get failed");
+    u64::from_le_bytes(bytes)
 }
 
 /// Recurses until the stack runs out: each frame keeps a buffer the optimiser cannot drop.

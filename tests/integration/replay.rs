@@ -1,0 +1,220 @@
+//! A function's history (issue 30): replay of a message or a range on the state it saw, with the
+//! function's code or new code; state read as of a message; and who wrote a value.
+
+use serde_json::json;
+
+use crate::seed::SEED_EVENTS;
+use crate::support::{Worker, workspace};
+use crate::worker::{SD, counter, create, create_session_duration, produce, wait_until_processed};
+
+/// The state values of `querystate`, without their version, which replays do not have.
+fn without_version(mut state: serde_json::Value) -> serde_json::Value {
+    state.as_object_mut().unwrap().remove("version");
+    state
+}
+
+#[test]
+fn replaying_the_seeds_logout_shows_its_output_log_and_state_change_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    create_session_duration(&worker, &[]);
+    produce(&worker, "events", &SEED_EVENTS);
+    wait_until_processed(&worker, SD, 4);
+    let state_now = worker.ok(&["functions", "querystate", "--fqfn", SD, "-k", "user123"]);
+    assert_eq!(state_now["stringValue"], "1678886500", "the second login");
+
+    let replayed = worker.ok(&["functions", "replay", "--fqfn", SD, "--message", "2", "--json"]);
+    assert_eq!(replayed["stateBefore"], "history", "{replayed}");
+    let logout = &replayed["messages"][0];
+    assert_eq!(logout["messageId"], "2");
+    assert_eq!(logout["output"], r#"{"user_id":"user123","duration":20}"#, "{replayed}");
+    assert_eq!(logout["logs"], json!([{"level": "INFO", "line": "User user123 session duration: 20 seconds"}]));
+    assert_eq!(
+        logout["state"],
+        json!([{"key": "user123", "before": {"key": "user123", "stringValue": "1678886400"}, "after": null}])
+    );
+    assert!(logout.get("exception").is_none(), "{logout}");
+    let summary = worker.cli(&["functions", "replay", "--fqfn", SD, "--message", "2"]);
+    assert!(summary.success, "{}", summary.stderr);
+    for line in [
+        r#"  output: {"user_id":"user123","duration":20}"#,
+        "  log INFO: User user123 session duration: 20 seconds",
+        r#"  state user123: "1678886400" → (deleted)"#,
+    ] {
+        assert!(summary.stdout.lines().any(|printed| printed == line), "{line}:\n{}", summary.stdout);
+    }
+
+    // Nothing was committed: the state and the output topic are as they were.
+    assert_eq!(worker.ok(&["functions", "querystate", "--fqfn", SD, "-k", "user123"]), state_now);
+    let sessions = worker.ok(&["topics", "stats", "sessions"]);
+    assert_eq!(sessions["msgInCounter"], 1, "{sessions}");
+
+    // The value just before each message, and who wrote the current one.
+    let as_of =
+        |message: &str| worker.cli(&["functions", "querystate", "--fqfn", SD, "-k", "user123", "--as-of", message]);
+    for (message, value) in [("1", Some("1678886400")), ("2", Some("1678886400")), ("3", None), ("0", None)] {
+        let run = as_of(message);
+        match value {
+            Some(value) => {
+                let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+                assert_eq!(state["stringValue"], value, "as of {message}: {state}");
+            }
+            None => {
+                assert!(run.stderr.contains("had no state under key `user123` then"), "as of {message}: {}", run.stderr)
+            }
+        }
+    }
+    let why = worker.ok(&["functions", "querystate", "--fqfn", SD, "-k", "user123", "--why"]);
+    assert_eq!(why["writtenBy"], "function", "{why}");
+    assert_eq!(why["messageId"], "3", "{why}");
+    assert_eq!(why["topic"], "persistent://public/default/events", "{why}");
+    assert_eq!(why["instanceId"], 0, "{why}");
+    assert!(why["codeDigest"].as_str().is_some_and(|digest| digest.len() == 64), "{why}");
+}
+
+/// Deterministic positions spread over 1..=999: the test is the same on every run.
+fn positions(count: usize) -> Vec<u64> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..count)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            1 + seed % 999
+        })
+        .collect()
+}
+
+fn assert_counter_history(worker: &Worker, fqfn: &str) {
+    let replayed = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", "500", "--json"]);
+    let tick = |count: u64| json!({"key": "tick", "numberValue": count});
+    assert_eq!(replayed["messages"][0]["state"], json!([{"key": "tick", "before": tick(500), "after": tick(501)}]));
+    for position in positions(20) {
+        let message = position.to_string();
+        let state = worker.ok(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", &message]);
+        assert_eq!(state["numberValue"], position, "just before message {position}");
+        let replayed = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", &message, "--json"]);
+        let before = without_version(state);
+        assert_eq!(replayed["messages"][0]["state"][0]["before"], before, "replay and --as-of agree at {position}");
+    }
+    let first = worker.fails(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", "0"]);
+    assert!(first.contains("had no state under key `tick` then"), "{first}");
+    // A range sees its own changes: three ticks from 500 end at 503.
+    let range = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--range", "500..502", "--json"]);
+    let afters: Vec<&serde_json::Value> =
+        range["messages"].as_array().unwrap().iter().map(|message| &message["state"][0]["after"]).collect();
+    assert_eq!(afters, [&tick(501), &tick(502), &tick(503)], "{range}");
+}
+
+#[test]
+fn a_counter_replayed_or_read_as_of_any_message_sees_exactly_the_ones_before_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fqfn = "public/default/ticks";
+    let worker = Worker::start(dir.path());
+    // Batches of 64 put most positions in the middle of a batch.
+    create(&worker, "word-count", fqfn, "ticks", &["--batch-size", "64"]);
+    let file = dir.path().with_extension("ticks.txt");
+    std::fs::write(&file, "tick\n".repeat(1000)).unwrap();
+    assert!(worker.cli(&["topics", "produce", "ticks", "--file", file.to_str().unwrap()]).success);
+    worker.wait_for("1000 ticks", || counter(&worker, fqfn, "tick") == Some(1000));
+    assert_counter_history(&worker, fqfn);
+    assert!(worker.terminate(), "the worker stops on SIGTERM");
+    let worker = Worker::start(dir.path());
+    assert_counter_history(&worker, fqfn);
+    assert_eq!(counter(&worker, fqfn, "tick"), Some(1000), "replays changed nothing");
+}
+
+#[test]
+fn replay_with_new_code_shows_what_the_new_code_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    let fqfn = "public/default/exclamation";
+    create(&worker, "exclamation", fqfn, "words", &["-o", "excited"]);
+    produce(&worker, "words", &["hello"]);
+    wait_until_processed(&worker, fqfn, 1);
+    let own = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", "0", "--json"]);
+    assert_eq!(own["messages"][0]["output"], "hello!", "{own}");
+    let question = workspace().join("tests/guests/js/question.js");
+    let new = worker.ok(&[
+        "functions",
+        "replay",
+        "--fqfn",
+        fqfn,
+        "--message",
+        "0",
+        "--js",
+        question.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(new["messages"][0]["output"], "hello?", "{new}");
+    assert_ne!(new["codeDigest"], own["codeDigest"]);
+    assert_eq!(worker.read("excited", 1), ["hello!"], "the replay published nothing");
+}
+
+#[test]
+fn replay_refuses_unknown_messages_and_bad_ranges_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    create_session_duration(&worker, &[]);
+    produce(&worker, "events", &SEED_EVENTS);
+    wait_until_processed(&worker, SD, 4);
+    let cases: [(&[&str], &str); 5] = [
+        (&["--message", "99"], "has no message with id `99`"),
+        (&["--message", "not-an-id"], "has no message with id `not-an-id`"),
+        (&["--range", "3..1"], "comes before"),
+        (&["--range", "0..20000"], "at most 10000 are replayed at once"),
+        (&["--message", "0", "--topic", "other"], "is not an input of"),
+    ];
+    for (extra, reason) in cases {
+        let mut args = vec!["functions", "replay", "--fqfn", SD];
+        args.extend(extra);
+        let refused = worker.fails(&args);
+        assert!(refused.contains(reason), "{extra:?}: {refused}");
+    }
+    let unknown = worker.fails(&["functions", "replay", "--fqfn", "public/default/nothing", "--message", "0"]);
+    assert!(unknown.contains("does not exist"), "{unknown}");
+}
+
+#[test]
+fn a_deterministic_function_replays_bit_exact_and_any_other_says_what_may_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    create(&worker, "misbehave", "public/default/det", "det-in", &["-o", "det-out", "--deterministic"]);
+    create(&worker, "misbehave", "public/default/free", "free-in", &["-o", "free-out"]);
+    produce(&worker, "det-in", &["clock-and-random", "clock-and-random"]);
+    produce(&worker, "free-in", &["clock-and-random"]);
+    let live = worker.read("det-out", 2);
+    let published = worker.ok(&["topics", "examine-message", "det-in", "--initial-position", "earliest"]);
+    let expected_time = format!("time {} ", published["publishTime"]);
+    assert!(live[0].starts_with(&expected_time), "the wall clock reads the publish time: {live:?} {published}");
+    assert_ne!(live[0], live[1], "each message has its own random number");
+    for (message, first_run) in live.iter().enumerate() {
+        for _ in 0..2 {
+            let replayed = worker.ok(&[
+                "functions",
+                "replay",
+                "--fqfn",
+                "public/default/det",
+                "--message",
+                &message.to_string(),
+                "--json",
+            ]);
+            assert_eq!(replayed["deterministic"], true);
+            let message = &replayed["messages"][0];
+            assert_eq!(message["output"], first_run.as_str(), "{replayed}");
+            assert_eq!(message["logs"][0]["line"], first_run.as_str(), "{replayed}");
+            assert_eq!(message["mayDiffer"], json!([]), "{replayed}");
+        }
+    }
+
+    worker.read("free-out", 1);
+    let replayed = worker.ok(&["functions", "replay", "--fqfn", "public/default/free", "--message", "0", "--json"]);
+    assert_eq!(replayed["deterministic"], false);
+    assert_eq!(replayed["messages"][0]["mayDiffer"], json!(["clock", "random"]), "{replayed}");
+    let summary = worker.cli(&["functions", "replay", "--fqfn", "public/default/free", "--message", "0"]);
+    assert!(
+        summary.stdout.contains("may differ from the first run: it read the clock and random"),
+        "{}",
+        summary.stdout
+    );
+}
