@@ -60,6 +60,8 @@ pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
 /// Most messages one replay runs (`functions replay --range`): each one's results are held and
 /// answered at once.
 pub const MAX_REPLAY_MESSAGES: usize = 10_000;
+/// Longest `--where-error` pattern of a re-drive, in bytes.
+pub const MAX_REDRIVE_PATTERN_LEN: usize = 1024;
 /// Most bytes of results one replay answers: its outputs, publishes, log lines and state values.
 pub const MAX_REPLAY_ANSWER_BYTES: usize = 64 << 20;
 /// Most messages processed between two commits; larger batches commit less often.

@@ -218,3 +218,99 @@ fn a_deterministic_function_replays_bit_exact_and_any_other_says_what_may_differ
         summary.stdout
     );
 }
+
+/// `count` messages that fail the first time an instance of misbehave sees them.
+fn fail_once(count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("fail-once:{n}")).collect()
+}
+
+/// Messages appended to `topic` (0 until it exists).
+fn topic_count(worker: &Worker, topic: &str) -> u64 {
+    let run = worker.cli(&["topics", "stats", topic]);
+    let stats: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    stats["msgInCounter"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn redrive_sends_dead_letters_back_in_order_once_with_filters_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    let fqfn = "public/default/fixme";
+    create(&worker, "misbehave", fqfn, "orders", &["-o", "done", "--max-message-retries", "0"]);
+    let letters = fail_once(6);
+    produce(&worker, "orders", &letters.iter().map(String::as_str).collect::<Vec<_>>());
+    worker.wait_for("six dead letters", || topic_count(&worker, "fixme-DLQ") == 6);
+
+    // Without a fix every one fails again and goes back to the end of the dead-letter topic.
+    let again = worker.ok(&["functions", "redrive", "--fqfn", fqfn]);
+    assert_eq!((again["processed"].as_u64(), again["deadLetteredAgain"].as_u64()), (Some(6), Some(6)), "{again}");
+    assert_eq!(topic_count(&worker, "fixme-DLQ"), 12);
+    let none = worker.ok(&["functions", "redrive", "--fqfn", fqfn, "--where-error", "^no such reason$"]);
+    assert_eq!((none["processed"].as_u64(), none["left"].as_u64()), (Some(0), Some(6)), "{none}");
+
+    // Fixed: the exclamation function takes every message.
+    let fixed = crate::support::guest("exclamation");
+    worker.ok(&["functions", "update", "--fqfn", fqfn, "--wasm", fixed.to_str().unwrap()]);
+    let two = worker.ok(&["functions", "redrive", "--fqfn", fqfn, "--where-error", "failed once", "--limit", "2"]);
+    assert_eq!(
+        (two["processed"].as_u64(), two["succeeded"].as_u64(), two["left"].as_u64()),
+        (Some(2), Some(2), Some(4))
+    );
+    let rest = worker.ok(&["functions", "redrive", "--fqfn", fqfn]);
+    assert_eq!(
+        (rest["processed"].as_u64(), rest["succeeded"].as_u64(), rest["left"].as_u64()),
+        (Some(4), Some(4), Some(0))
+    );
+    let expected: Vec<String> = letters.iter().map(|letter| format!("{letter}!")).collect();
+    assert_eq!(worker.read("done", 6), expected, "every dead letter once, in order");
+    let empty = worker.ok(&["functions", "redrive", "--fqfn", fqfn]);
+    assert_eq!(empty["processed"], 0, "the dead-letter topic is empty: {empty}");
+
+    let refusals: [(&[&str], &str); 3] = [
+        (&["--where-error", "("], "not a regular expression"),
+        (&["--from-dlq", "persistent://other/ns/letters"], "belongs to tenant `other`"),
+        (&["--where-error", &"a".repeat(2000)], "MAX_REDRIVE_PATTERN_LEN"),
+    ];
+    for (extra, reason) in refusals {
+        let mut args = vec!["functions", "redrive", "--fqfn", fqfn];
+        args.extend(extra);
+        let refused = worker.fails(&args);
+        assert!(refused.contains(reason), "{extra:?}: {refused}");
+    }
+}
+
+#[test]
+fn a_redrive_killed_with_sigkill_and_run_again_gives_every_output_exactly_once() {
+    const LETTERS: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(dir.path());
+    let fqfn = "public/default/eo";
+    let flags = ["-o", "out", "--max-message-retries", "0", "--processing-guarantees", "EFFECTIVELY_ONCE"];
+    create(&worker, "misbehave", fqfn, "in", &[&flags[..], &["--batch-size", "16"]].concat());
+    let file = dir.path().with_extension("letters.txt");
+    std::fs::write(&file, fail_once(LETTERS).join("\n") + "\n").unwrap();
+    assert!(worker.cli(&["topics", "produce", "in", "--file", file.to_str().unwrap()]).success);
+    worker.wait_for("every message dead-lettered", || topic_count(&worker, "eo-DLQ") == LETTERS as u64);
+    let fixed = crate::support::guest("exclamation");
+    worker.ok(&["functions", "update", "--fqfn", fqfn, "--wasm", fixed.to_str().unwrap()]);
+
+    let redrive = std::process::Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["functions", "redrive", "--fqfn", fqfn, "--url", &worker.url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    worker.wait_for("the re-drive under way", || topic_count(&worker, "out") > 0);
+    worker.kill();
+    let mut redrive = redrive;
+    redrive.wait().unwrap();
+
+    let worker = Worker::start(dir.path());
+    let rest = worker.ok(&["functions", "redrive", "--fqfn", fqfn]);
+    assert_eq!(rest["deadLetteredAgain"], 0, "{rest}");
+    let out = worker.read("out", LETTERS);
+    let expected: Vec<String> = fail_once(LETTERS).into_iter().map(|letter| letter + "!").collect();
+    assert_eq!(out.len(), LETTERS, "no output lost or doubled across the kill");
+    assert_eq!(out, expected, "in order");
+    assert_eq!(worker.ok(&["functions", "redrive", "--fqfn", fqfn])["processed"], 0);
+}

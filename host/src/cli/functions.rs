@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use super::client::{AdminOptions, Body, encode_segment};
-use super::history::{self, ReplayArgs};
+use super::history::{self, RedriveArgs, ReplayArgs};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
 use crate::engine::state::StateStore;
@@ -54,6 +54,9 @@ pub(super) enum FunctionsCommand {
     /// Run a message (or a range) through the function again, on its state as it was just before,
     /// and print what it would do, committing nothing.
     Replay(ReplayArgs),
+    /// Send the function's dead letters back through it (after an update that fixed it), in
+    /// order, each removed from the dead-letter topic in the commit that processes it.
+    Redrive(RedriveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +287,7 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
         }
         FunctionsCommand::Querystate(args) => querystate(&args, admin),
         FunctionsCommand::Replay(args) => history::replay(&args, admin),
+        FunctionsCommand::Redrive(args) => history::redrive(&args, admin),
         FunctionsCommand::Putstate(args) => {
             let state: FunctionState = serde_json::from_str(&args.state).map_err(|error| {
                 anyhow::anyhow!(

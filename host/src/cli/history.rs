@@ -1,4 +1,5 @@
-//! `fnhost functions replay` and `querystate --as-of | --why`: a function's history, from a worker.
+//! `fnhost functions replay`, `redrive` and `querystate --as-of | --why`: a function's history
+//! and its dead letters, through a worker.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +15,24 @@ use crate::guest_build::Builder;
 use crate::limits::MAX_PACKAGE_SIZE;
 use crate::spec::FunctionSpec;
 use crate::worker::api::FunctionState;
-use crate::worker::api::history::{ReplayAnswer, ReplayRequest, ReplayedMessageAnswer};
+use crate::worker::api::history::{RedriveRequest, ReplayAnswer, ReplayRequest, ReplayedMessageAnswer};
+
+#[derive(Debug, Args)]
+pub(super) struct RedriveArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// The dead-letter topic [default: the function's].
+    #[arg(long)]
+    from_dlq: Option<String>,
+    /// Only the dead letters whose reason (their ERROR property) matches this regular expression.
+    #[arg(long)]
+    where_error: Option<String>,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<u64>,
+}
 
 #[derive(Debug, Args)]
 pub(super) struct ReplayArgs {
@@ -116,6 +134,15 @@ pub(super) fn replay(args: &ReplayArgs, admin: &AdminOptions) -> anyhow::Result<
     }
     let answer: ReplayAnswer = client.call("POST", &path, Body::Form(fields))?;
     print!("{}", summary(&answer));
+    Ok(())
+}
+
+pub(super) fn redrive(args: &RedriveArgs, admin: &AdminOptions) -> anyhow::Result<()> {
+    let request =
+        RedriveRequest { from_dlq: args.from_dlq.clone(), where_error: args.where_error.clone(), limit: args.limit };
+    let path = format!("{}/redrive", function_path(&args.naming.fqfn()?));
+    let answer = args.worker.client(admin)?.send("POST", &path, Body::json(&request))?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 

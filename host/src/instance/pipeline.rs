@@ -42,8 +42,8 @@ pub enum RunError {
 
 /// The stop flag, and whether another instance of the function failed.
 pub(super) struct Halt<'a> {
-    stop: &'a AtomicBool,
-    failed: &'a AtomicBool,
+    pub(super) stop: &'a AtomicBool,
+    pub(super) failed: &'a AtomicBool,
 }
 
 impl Halt<'_> {
@@ -189,7 +189,7 @@ pub fn spawn(
 /// overlapping would make each of its messages wait for the previous batch's commit as well.
 /// Under ATMOST_ONCE, the commit that acknowledges a batch also carries the previous batch's
 /// effects, and processing waits for it.
-fn run_instance(
+pub(super) fn run_instance(
     subscription: &dyn Subscription,
     config: &FunctionConfig,
     executor: &mut dyn Executor,

@@ -1,15 +1,23 @@
-//! A function's history on the worker: replay, and state read at a point of the past or traced to
-//! its writer. Each runs on the engine's [`StateHistory`](crate::engine::history::StateHistory)
-//! port and commits nothing.
+//! A function's history on the worker: replay and state read at a point of the past or traced
+//! to its writer, on the engine's [`StateHistory`](crate::engine::history::StateHistory) port,
+//! committing nothing; and re-drive of its dead letters, which commits as the function does.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use regex::RegexBuilder;
 
 use super::api::FunctionState;
-use super::api::history::{ReplayAnswer, ReplayRequest, StateProvenance};
+use super::api::history::{RedriveAnswer, RedriveRequest, ReplayAnswer, ReplayRequest, StateProvenance};
 use super::topic_admin::broker_error;
 use super::{Worker, WorkerError, lock};
+use crate::engine::broker::{BrokerError, Position};
 use crate::engine::history::{HistoryError, HistoryPoint};
-use crate::engine::state::check_user_key;
-use crate::instance::ReplayError;
-use crate::limits::MAX_REPLAY_MESSAGES;
+use crate::engine::state::{StateStore, check_user_key};
+use crate::instance::{FunctionLauncher, LogSink, RedriveFilter, ReplayError};
+use crate::limits::{MAX_REDRIVE_PATTERN_LEN, MAX_REPLAY_MESSAGES};
+use crate::metrics::Stats;
 use crate::names::{Fqfn, TopicName};
 
 /// Where `querystate --as-of` reads.
@@ -122,5 +130,92 @@ impl Worker {
         check_user_key(key).map_err(WorkerError::BadRequest)?;
         let provenance = self.store.last_write(fqfn, key).map_err(history_error)?;
         Ok(StateProvenance::of(key, provenance))
+    }
+}
+
+impl Worker {
+    /// Sends the function's dead letters back through it (its current code), under its
+    /// guarantee, each acknowledged on the re-drive subscription in the commit of its effects.
+    pub fn redrive(&self, fqfn: &Fqfn, request: &RedriveRequest) -> Result<RedriveAnswer, WorkerError> {
+        let (config, digest, prepared) = {
+            let function = self.function(fqfn)?;
+            let function = lock(&function);
+            (function.config.clone(), function.record.digest.clone(), function.prepared.clone())
+        };
+        let dead_letters = match &request.from_dlq {
+            Some(name) => {
+                let topic = TopicName::parse(name).map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+                config
+                    .topic_access
+                    .check(&topic, "dead-letter topic")
+                    .map_err(|error| WorkerError::Forbidden(error.to_string()))?;
+                topic
+            }
+            None => config.dead_letter_topic.clone(),
+        };
+        let where_error = match &request.where_error {
+            Some(pattern) if pattern.len() > MAX_REDRIVE_PATTERN_LEN => {
+                return Err(WorkerError::BadRequest(format!(
+                    "--where-error is {} bytes; the limit (MAX_REDRIVE_PATTERN_LEN) is {MAX_REDRIVE_PATTERN_LEN}",
+                    pattern.len()
+                )));
+            }
+            Some(pattern) => {
+                Some(RegexBuilder::new(pattern).size_limit(MAX_REDRIVE_PATTERN_LEN * 1024).build().map_err(
+                    |error| WorkerError::BadRequest(format!("--where-error is not a regular expression: {error}")),
+                )?)
+            }
+            None => None,
+        };
+        // A re-drive starts an instance: it counts as a change.
+        self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        let _redriving = RedriveGuard::take(&self.redrives, fqfn)?;
+        let answer = |processed: &Stats, left| RedriveAnswer {
+            dead_letter_topic: dead_letters.to_string(),
+            processed: processed.received,
+            succeeded: processed.succeeded,
+            dead_lettered_again: processed.dead_lettered,
+            left,
+        };
+        // Only the dead letters there now: one that fails again goes to the end, for a later re-drive.
+        let end = match self.store.examine(&dead_letters, Position::Latest, 1) {
+            Ok(Some(last)) => last.sequence + 1,
+            Ok(None) | Err(BrokerError::NoSuchTopic(_)) => return Ok(answer(&Stats::default(), 0)),
+            Err(error) => return Err(broker_error(error)),
+        };
+        let launcher =
+            FunctionLauncher::new(&config, prepared, &digest, &*self.store as &dyn StateStore, LogSink::Tracing)
+                .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        let executor = launcher.executor(0).map_err(|error| WorkerError::Conflict(error.to_string()))?;
+        let filter = RedriveFilter { where_error, limit: request.limit };
+        let stop = AtomicBool::new(false);
+        let redriven =
+            crate::instance::redrive(&*self.store, &config, &dead_letters, end, filter, Box::new(executor), &stop)
+                .map_err(anyhow::Error::from)?;
+        tracing::info!(%fqfn, processed = redriven.stats.received, left = redriven.left, "re-drove dead letters");
+        Ok(answer(&redriven.stats, redriven.left))
+    }
+}
+
+/// Marks a function as being re-driven until dropped: one re-drive of a function at a time.
+struct RedriveGuard<'a> {
+    redrives: &'a Mutex<BTreeSet<Fqfn>>,
+    fqfn: Fqfn,
+}
+
+impl<'a> RedriveGuard<'a> {
+    fn take(redrives: &'a Mutex<BTreeSet<Fqfn>>, fqfn: &Fqfn) -> Result<Self, WorkerError> {
+        if !lock(redrives).insert(fqfn.clone()) {
+            return Err(WorkerError::Conflict(format!(
+                "{fqfn} is being re-driven already; wait for that re-drive to end"
+            )));
+        }
+        Ok(Self { redrives, fqfn: fqfn.clone() })
+    }
+}
+
+impl Drop for RedriveGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.redrives).remove(&self.fqfn);
     }
 }

@@ -216,6 +216,8 @@ pub struct Worker {
     policy_changes: Mutex<()>,
     /// The REST producers' open batches.
     produce_batches: produce_batch::ProduceBatches,
+    /// Functions being re-driven: one re-drive of a function at a time.
+    redrives: Mutex<BTreeSet<Fqfn>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -250,6 +252,7 @@ impl Worker {
             disk_guard: config.disk_guard,
             failed: Mutex::new(BTreeMap::new()),
             policy_changes: Mutex::new(()),
+            redrives: Mutex::default(),
         };
         // Shared functions start when the worker knows which instances are its own.
         if worker.placement.shares_records() {

@@ -1,5 +1,5 @@
-//! A function's history: `replay`, and state read as of a message or a time, or traced to its
-//! writer (`querystate --as-of`, `--why`), beside Pulsar's plain state read.
+//! A function's history: `replay`, state read as of a message or a time, or traced to its writer
+//! (`querystate --as-of`, `--why`), beside Pulsar's plain state read; and `redrive`.
 
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::functions::{drain, form};
 use super::{ApiResult, Shared, bad_request, blocking, fqfn, hold_until_ready};
 use crate::worker::AsOf;
-use crate::worker::api::history::{ReplayAnswer, ReplayRequest};
+use crate::worker::api::history::{RedriveAnswer, RedriveRequest, ReplayAnswer, ReplayRequest};
 use crate::worker::tenant_rates::Metered;
 
 /// What a state read asks beyond the key.
@@ -77,4 +77,27 @@ pub(super) async fn replay(
     })?;
     let code = fields.remove("data");
     Ok(Json(blocking(move || worker.replay(&fqfn, &request, code)).await?))
+}
+
+/// `POST …/redrive`: a [`RedriveRequest`] as JSON (an empty body takes every dead letter).
+pub(super) async fn redrive(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    request: Request,
+) -> ApiResult<Json<RedriveAnswer>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    if let Err(refused) = hold_until_ready(&worker, &tenant, Metered::Change).await {
+        drain(request).await;
+        return Err(refused);
+    }
+    let fields = form(request, "redrive").await?;
+    let request: RedriveRequest = match fields.get("redrive") {
+        Some(json) => serde_json::from_slice(json).map_err(|error| {
+            bad_request(format!(
+                "the re-drive is not JSON of the right shape ({error}); give {{\"fromDlq\": T, \"whereError\": REGEX, \"limit\": N}}"
+            ))
+        })?,
+        None => RedriveRequest::default(),
+    };
+    Ok(Json(blocking(move || worker.redrive(&fqfn, &request)).await?))
 }

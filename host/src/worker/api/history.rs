@@ -239,3 +239,34 @@ impl ReplayedMessageAnswer {
         }
     }
 }
+
+/// Which dead letters to send back through the function.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// The dead-letter topic [default: the function's].
+    #[serde(default)]
+    pub from_dlq: Option<String>,
+    /// Only the dead letters whose reason (their `ERROR` property) matches this regular expression.
+    #[serde(default)]
+    pub where_error: Option<String>,
+    /// At most this many.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// What a re-drive did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveAnswer {
+    /// The dead-letter topic it read.
+    pub dead_letter_topic: String,
+    /// Dead letters sent back through the function.
+    pub processed: u64,
+    /// Those the function processed without an exception.
+    pub succeeded: u64,
+    /// Those that failed again and went back to the end of the dead-letter topic.
+    pub dead_lettered_again: u64,
+    /// Dead letters left where they were: not matching, past the limit, or newer than the re-drive.
+    pub left: u64,
+}
