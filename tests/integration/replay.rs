@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::seed::SEED_EVENTS;
-use crate::support::{Worker, workspace};
+use crate::support::{Fnhost, Worker, guest, workspace};
 use crate::worker::{SD, counter, create, create_session_duration, produce, wait_until_processed};
 
 /// The state values of `querystate`, without their version, which replays do not have.
@@ -70,6 +70,19 @@ fn replaying_the_seeds_logout_shows_its_output_log_and_state_change_and_changes_
     assert_eq!(why["topic"], "persistent://public/default/events", "{why}");
     assert_eq!(why["instanceId"], 0, "{why}");
     assert!(why["codeDigest"].as_str().is_some_and(|digest| digest.len() == 64), "{why}");
+
+    // As of a time: the commit that last wrote the key counts from its own time on.
+    let committed = why["time"].as_u64().unwrap();
+    let at = |time: u64| format!("@{time}");
+    let then = worker.ok(&["functions", "querystate", "--fqfn", SD, "-k", "user123", "--as-of", &at(committed)]);
+    assert_eq!(then["stringValue"], "1678886500", "{then}");
+    let run = as_of(&at(committed - 1));
+    let before: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    assert_ne!(
+        before["stringValue"], "1678886500",
+        "the second login was not committed yet: {}{}",
+        run.stdout, run.stderr
+    );
 }
 
 /// Deterministic positions spread over 1..=999: the test is the same on every run.
@@ -158,12 +171,13 @@ fn replay_refuses_unknown_messages_and_bad_ranges_with_what_to_do() {
     create_session_duration(&worker, &[]);
     produce(&worker, "events", &SEED_EVENTS);
     wait_until_processed(&worker, SD, 4);
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--message", "99"], "has no message with id `99`"),
         (&["--message", "not-an-id"], "has no message with id `not-an-id`"),
         (&["--range", "3..1"], "comes before"),
         (&["--range", "0..20000"], "at most 10000 are replayed at once"),
         (&["--message", "0", "--topic", "other"], "is not an input of"),
+        (&["--message", "0", "--inputs", "other"], "the other flags are for --data-dir"),
     ];
     for (extra, reason) in cases {
         let mut args = vec!["functions", "replay", "--fqfn", SD];
@@ -313,4 +327,21 @@ fn a_redrive_killed_with_sigkill_and_run_again_gives_every_output_exactly_once()
     assert_eq!(out.len(), LETTERS, "no output lost or doubled across the kill");
     assert_eq!(out, expected, "in order");
     assert_eq!(worker.ok(&["functions", "redrive", "--fqfn", fqfn])["processed"], 0);
+}
+
+#[test]
+fn a_stopped_localruns_data_directory_replays_offline() {
+    let fnhost = Fnhost::new();
+    fnhost.produce("input-topic", &SEED_EVENTS);
+    fnhost.localrun("session-duration", "sd", "input-topic", &["--output", "sessions"]);
+    let wasm = guest("session-duration");
+    let function =
+        ["--wasm", wasm.to_str().unwrap(), "--name", "sd", "--inputs", "input-topic", "--output", "sessions"];
+    let mut args = vec!["functions", "replay", "--message", "2", "--json"];
+    args.extend(function);
+    let replayed: serde_json::Value = serde_json::from_str(&fnhost.ok(&args)).unwrap();
+    assert_eq!(replayed["stateBefore"], "history", "{replayed}");
+    assert_eq!(replayed["messages"][0]["output"], r#"{"user_id":"user123","duration":20}"#, "{replayed}");
+    assert_eq!(replayed["messages"][0]["state"][0]["after"], serde_json::Value::Null, "{replayed}");
+    assert_eq!(fnhost.consume("sessions"), [r#"{"user_id":"user123","duration":20}"#], "nothing was published");
 }

@@ -286,7 +286,7 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
             print(&args.worker.client(admin)?.send("POST", &path, Body::Form(fields))?)
         }
         FunctionsCommand::Querystate(args) => querystate(&args, admin),
-        FunctionsCommand::Replay(args) => history::replay(&args, admin),
+        FunctionsCommand::Replay(args) => history::replay(args, admin),
         FunctionsCommand::Redrive(args) => history::redrive(&args, admin),
         FunctionsCommand::Putstate(args) => {
             let state: FunctionState = serde_json::from_str(&args.state).map_err(|error| {

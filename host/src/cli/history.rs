@@ -1,18 +1,23 @@
 //! `fnhost functions replay`, `redrive` and `querystate --as-of | --why`: a function's history
 //! and its dead letters, through a worker.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::cache_dir;
 use super::client::{AdminOptions, Body, encode_segment};
 use super::functions::{Naming, WorkerUrl, function_path};
 use super::topic_admin::parse_duration;
+use super::{COMPILED_DIR, DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
+use crate::embedded::EmbeddedStore;
+use crate::engine::history::StateHistory;
 use crate::guest_build::Builder;
-use crate::limits::MAX_PACKAGE_SIZE;
+use crate::instance::MessageContext;
+use crate::limits::{MAX_PACKAGE_SIZE, MAX_REPLAY_MESSAGES};
+use crate::names::TopicName;
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::FunctionSpec;
 use crate::worker::api::FunctionState;
 use crate::worker::api::history::{RedriveRequest, ReplayAnswer, ReplayRequest, ReplayedMessageAnswer};
@@ -38,8 +43,10 @@ pub(super) struct RedriveArgs {
 pub(super) struct ReplayArgs {
     #[command(flatten)]
     worker: WorkerUrl,
+    /// The function's name, and optionally new code to replay instead of its own (--wasm, --py
+    /// with --classname, --js). With --data-dir, every flag localrun took.
     #[command(flatten)]
-    naming: Naming,
+    function: FunctionFlags,
     /// The id of the message to replay.
     #[arg(long, required_unless_present = "range", conflicts_with = "range")]
     message: Option<String>,
@@ -50,21 +57,13 @@ pub(super) struct ReplayArgs {
     /// The input topic of the messages (needed when the function has several).
     #[arg(long)]
     topic: Option<String>,
-    /// Replay with this component instead of the function's own.
-    #[arg(long, conflicts_with_all = ["py", "js"])]
-    wasm: Option<PathBuf>,
-    /// Replay with this Python module instead (built as `functions create --py` builds it).
-    #[arg(long, conflicts_with = "js")]
-    py: Option<PathBuf>,
-    /// The Python function's class, with --py.
-    #[arg(long, requires = "py")]
-    classname: Option<String>,
-    /// Replay with this JavaScript module instead.
-    #[arg(long)]
-    js: Option<PathBuf>,
-    /// Print the worker's JSON answer instead of a summary.
+    /// Print the JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Replay from the data directory of a stopped localrun instead of asking a worker; give the
+    /// function as localrun was given it.
+    #[arg(long, conflicts_with = "url")]
+    data_dir: Option<PathBuf>,
 }
 
 /// `querystate --as-of`: a message id, a time ago (10m, 3h) or an absolute time (@ and
@@ -95,8 +94,7 @@ pub(super) fn query(url: &WorkerUrl, admin: &AdminOptions, path: &str) -> anyhow
     Ok(())
 }
 
-pub(super) fn replay(args: &ReplayArgs, admin: &AdminOptions) -> anyhow::Result<()> {
-    let fqfn = args.naming.fqfn()?;
+pub(super) fn replay(args: ReplayArgs, admin: &AdminOptions) -> anyhow::Result<()> {
     let (message, last) = match (&args.message, &args.range) {
         (Some(message), _) => (message.clone(), None),
         (None, Some(range)) => {
@@ -108,14 +106,37 @@ pub(super) fn replay(args: &ReplayArgs, admin: &AdminOptions) -> anyhow::Result<
         (None, None) => bail!("give --message ID or --range FROM..TO"),
     };
     let request = ReplayRequest { topic: args.topic.clone(), message, last };
-    let mut fields = vec![("replay", serde_json::to_vec(&request)?)];
-    let spec = FunctionSpec {
-        wasm: args.wasm.as_ref().map(|path| path.display().to_string()),
-        py: args.py.as_ref().map(|path| path.display().to_string()),
-        class_name: args.classname.clone(),
-        js: args.js.as_ref().map(|path| path.display().to_string()),
+    let spec = args.function.into_spec()?;
+    let answer = match &args.data_dir {
+        Some(data_dir) => replay_offline(&spec, &request, data_dir)?,
+        None => replay_on_worker(&spec, &request, &args.worker, admin)?,
+    };
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&answer)?),
+        false => print!("{}", summary(&answer)),
+    }
+    Ok(())
+}
+
+fn replay_on_worker(
+    spec: &FunctionSpec,
+    request: &ReplayRequest,
+    worker: &WorkerUrl,
+    admin: &AdminOptions,
+) -> anyhow::Result<ReplayAnswer> {
+    let fqfn = spec.fqfn()?;
+    let named = FunctionSpec {
+        tenant: spec.tenant.clone(),
+        namespace: spec.namespace.clone(),
+        name: spec.name.clone(),
         ..FunctionSpec::default()
     };
+    if spec.clone().without_code() != named {
+        bail!(
+            "a worker replays a function under its own config: give only its name and, to try new code, --wasm, --py or --js (the other flags are for --data-dir)"
+        );
+    }
+    let mut fields = vec![("replay", serde_json::to_vec(request)?)];
     if let Some(code) = spec.code()? {
         let path = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
         let shown = path.display();
@@ -126,15 +147,28 @@ pub(super) fn replay(args: &ReplayArgs, admin: &AdminOptions) -> anyhow::Result<
         fields.push(("data", bytes));
     }
     let path = format!("{}/replay", function_path(&fqfn));
-    let client = args.worker.client(admin)?;
-    if args.json {
-        let answer = client.send("POST", &path, Body::Form(fields))?;
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
-    }
-    let answer: ReplayAnswer = client.call("POST", &path, Body::Form(fields))?;
-    print!("{}", summary(&answer));
-    Ok(())
+    Ok(worker.client(admin)?.call("POST", &path, Body::Form(fields))?)
+}
+
+/// Replays from a stopped localrun's data directory, with the function as localrun ran it.
+fn replay_offline(spec: &FunctionSpec, request: &ReplayRequest, data_dir: &Path) -> anyhow::Result<ReplayAnswer> {
+    let Some(code) = spec.code()? else { bail!(NO_CODE) };
+    let config = spec.resolve()?;
+    let topic = match &request.topic {
+        Some(name) => TopicName::parse(name)?,
+        None => match config.inputs.topics.as_slice() {
+            [only] if config.inputs.pattern.is_none() => only.clone(),
+            _ => bail!("{} has several inputs; name the message's topic with --topic", config.fqfn),
+        },
+    };
+    let wasm = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir().join(COMPILED_DIR)), max_instances: 1 })?;
+    let code = runtime.load(&wasm)?;
+    let store = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?;
+    let last = request.last.as_deref().unwrap_or(&request.message);
+    let messages = store.messages(&topic, &request.message, last, MAX_REPLAY_MESSAGES)?;
+    let replay = crate::instance::replay(&config, code.prepare::<MessageContext>()?, code.digest(), &store, messages)?;
+    Ok(ReplayAnswer::of(replay, code.digest()))
 }
 
 pub(super) fn redrive(args: &RedriveArgs, admin: &AdminOptions) -> anyhow::Result<()> {

@@ -41,7 +41,7 @@ pub const DEFAULT_DATA_DIR: &str = "./fnhost-data";
 /// The sled database's folder inside the data directory.
 pub(crate) const DATABASE_DIR: &str = "db";
 /// Compiled components, inside the cache directory.
-const COMPILED_DIR: &str = "compiled";
+pub(crate) const COMPILED_DIR: &str = "compiled";
 
 /// Where built and compiled components are cached: `FNHOST_CACHE_DIR`, else the user's cache
 /// directory. Every entry is named by a hash of what made it, so one cache serves every data
