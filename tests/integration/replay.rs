@@ -263,7 +263,7 @@ fn redrive_sends_dead_letters_back_in_order_once_with_filters_and_limits() {
     assert_eq!((none["processed"].as_u64(), none["left"].as_u64()), (Some(0), Some(6)), "{none}");
 
     // Fixed: the exclamation function takes every message.
-    let fixed = crate::support::guest("exclamation");
+    let fixed = guest("exclamation");
     worker.ok(&["functions", "update", "--fqfn", fqfn, "--wasm", fixed.to_str().unwrap()]);
     let two = worker.ok(&["functions", "redrive", "--fqfn", fqfn, "--where-error", "failed once", "--limit", "2"]);
     assert_eq!(
@@ -305,7 +305,7 @@ fn a_redrive_killed_with_sigkill_and_run_again_gives_every_output_exactly_once()
     std::fs::write(&file, fail_once(LETTERS).join("\n") + "\n").unwrap();
     assert!(worker.cli(&["topics", "produce", "in", "--file", file.to_str().unwrap()]).success);
     worker.wait_for("every message dead-lettered", || topic_count(&worker, "eo-DLQ") == LETTERS as u64);
-    let fixed = crate::support::guest("exclamation");
+    let fixed = guest("exclamation");
     worker.ok(&["functions", "update", "--fqfn", fqfn, "--wasm", fixed.to_str().unwrap()]);
 
     let redrive = std::process::Command::new(env!("CARGO_BIN_EXE_fnhost"))
