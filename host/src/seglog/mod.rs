@@ -294,8 +294,14 @@ impl SegmentLog {
             let Some(span) = self.lock().span(next, max_records - records.len(), left.max(1)) else { break };
             let taken = span.read()?;
             bytes += taken.iter().map(|(_, payload)| payload.len() + record::HEADER_BYTES).sum::<usize>();
-            next = taken.last().map_or(next, |(id, _)| id + 1).max(span.segment_end);
+            let reached = taken.last().map_or(span.segment_end, |(id, _)| id + 1);
             records.extend(taken);
+            if reached < span.segment_end {
+                // Cut short inside its segment (by the budget, or where the durable records end):
+                // going on from the next segment would skip the rest of this one.
+                break;
+            }
+            next = reached;
         }
         Ok(records)
     }

@@ -20,6 +20,36 @@ fn appends_over_many_segments_read_back_from_any_cursor() {
     assert_eq!(read, expected);
 }
 
+/// Recovery reads the log a bounded number of bytes at a time: a segment holding more than one
+/// read (big appends and state records) must come back whole, not from the next segment on.
+#[test]
+fn a_segment_larger_than_one_recovery_read_comes_back_whole_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let fqfn = Fqfn::parse("t/ns/f").unwrap();
+    let values: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 600 << 10]).collect();
+    // Segments larger than recovery's 16 MiB read, and a second one after the first.
+    let options = StoreOptions { log_segment_bytes: 20 << 20, clean_interval: Duration::from_secs(3600) };
+    {
+        let store = open_with(dir.path(), &options).unwrap();
+        let subscription = store.subscribe(spec(&["out"], None, Position::Earliest)).unwrap();
+        for (i, value) in values.iter().enumerate() {
+            store.produce(&topic("big"), vec![OutMessage::new(value.clone())]).unwrap();
+            commit_state(subscription.as_ref(), &fqfn, &[(&format!("k{i}"), Change::Put(value[..16].to_vec()))]);
+        }
+        assert_eq!(store.inner.log.segment_ids().len(), 2, "a full segment, past recovery's read size, and another");
+    }
+    let store = open_with(dir.path(), &options).unwrap();
+    let subscription = store.subscribe(spec(&["big"], Some("s"), Position::Earliest)).unwrap();
+    let read: Vec<Vec<u8>> =
+        subscription.fetch(100, Duration::ZERO).unwrap().into_iter().map(|m| m.body.value).collect();
+    assert_eq!(read.len(), values.len(), "every append is readable again");
+    assert!(read == values, "the appends read back as written");
+    for (i, written) in values.iter().enumerate() {
+        let stored = value(&store, &fqfn, &format!("k{i}"));
+        assert_eq!(stored, Some(StateValue::Bytes(written[..16].to_vec())), "state record {i} came back");
+    }
+}
+
 #[test]
 fn segments_go_once_every_subscription_has_acknowledged_them_and_numbering_goes_on() {
     let dir = tempfile::tempdir().unwrap();
