@@ -13,6 +13,7 @@
 mod checks;
 mod context;
 mod executor;
+mod history;
 mod launcher;
 mod log;
 mod pipeline;

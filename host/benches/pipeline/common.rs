@@ -10,7 +10,9 @@ use fnhost::embedded::EmbeddedStore;
 use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::engine::state::StateStore;
 use fnhost::function::{FunctionConfig, Ordering, ProcessingGuarantee};
-use fnhost::instance::{self, Executor, FunctionLauncher, LogSink, MessageContext, NativeExecutor, RunUntil};
+use fnhost::instance::{
+    self, Executor, FunctionLauncher, LogSink, MessageContext, NativeExecutor, RunUntil, WasmExecutor,
+};
 use fnhost::limits::MAX_BATCH_MESSAGES;
 use fnhost::names::{Fqfn, TopicName};
 use fnhost::runtime::{GuestMessage, HostContext, InstanceLimits, LogLevel, Runtime, RuntimeConfig};
@@ -128,6 +130,9 @@ pub(crate) fn raw_storage(dir: &Path, events: &[OutMessage]) -> anyhow::Result<(
 pub(crate) enum Code<'a> {
     Native,
     Wasm(&'a Path),
+    /// The guest with commits that keep no history (what each message changed, and the values
+    /// before): the cost of history, measured.
+    WasmWithoutHistory(&'a Path),
 }
 
 /// A function's logic run natively in the host.
@@ -198,6 +203,21 @@ pub(crate) fn executors(
                 Ok(Box::new(NativeExecutor::new(native, context)) as Box<dyn Executor>)
             })
             .collect(),
+        Code::WasmWithoutHistory(path) => {
+            let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: config.parallelism + 1 })?;
+            let code = runtime.load(path)?;
+            let function = code.prepare::<MessageContext>()?;
+            (0..config.parallelism)
+                .map(|instance_id| {
+                    let context =
+                        MessageContext::new(config, instance_id, store.table(&config.fqfn)?, LogSink::default());
+                    let details = Arc::new(config.details(code.digest(), instance_id, config.parallelism));
+                    let executor = WasmExecutor::start(function.clone(), details, config.limits, context)
+                        .map_err(|error| anyhow::anyhow!("the guest did not start: {error}"))?;
+                    Ok(Box::new(executor) as Box<dyn Executor>)
+                })
+                .collect()
+        }
         Code::Wasm(path) => {
             let runtime = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: config.parallelism + 1 })?;
             let code = runtime.load(path)?;

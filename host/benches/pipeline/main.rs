@@ -12,16 +12,17 @@
 //! through count and sliding time windows beside the same pipeline without windows (`windows`);
 //! the data directory's size over a long run through two chained functions (`soak`, not in `all`);
 //! appends, reads and reopening over 1 to 10,000 topics and acknowledgements over 1 to 1,000
-//! subscriptions (`topics`).
+//! subscriptions (`topics`); what keeping a function's history costs, and replay's latency (`history`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|log|soak|topics]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|history|log|soak|topics]`.
 
 use std::path::Path;
 
 use crate::cluster::{CLUSTER_MESSAGES, cluster};
 use crate::common::ROUNDS;
 use crate::density::{DENSITY_STEPS, density};
+use crate::history::history;
 use crate::hostile::{HOSTILE_MESSAGES, hostile};
 use crate::languages::{LANGUAGE_MESSAGES, languages};
 use crate::latency::{LATENCY_MESSAGES, latency};
@@ -34,6 +35,7 @@ use crate::windows::windows;
 mod cluster;
 mod common;
 mod density;
+mod history;
 mod hostile;
 mod languages;
 mod latency;
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         "windows",
         "cluster",
         "hostile",
+        "history",
         "log",
         "soak",
         "topics",
@@ -74,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, log, soak or topics"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, history, log, soak or topics"
         );
     }
     if part == "all" || part == "log" {
@@ -118,6 +121,9 @@ fn main() -> anyhow::Result<()> {
     if part == "all" || part == "cluster" {
         cluster(Path::new(wasm), messages.min(CLUSTER_MESSAGES), ROUNDS)?;
     }
+    if part == "all" || part == "history" {
+        history(Path::new(wasm), messages, ROUNDS)?;
+    }
     if part == "all" || part == "hostile" {
         hostile(
             Path::new(wasm),
@@ -156,6 +162,7 @@ fn quick() -> anyhow::Result<()> {
     cluster(&wasm, QUICK_MESSAGES, 1)?;
     hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
     soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
+    history(&wasm, QUICK_MESSAGES, 1)?;
     topics(QUICK_MESSAGES, &[1, QUICK_TOPICS])?;
     subscriptions(QUICK_MESSAGES, &[1, QUICK_SUBSCRIPTIONS])?;
     log::log(QUICK_MESSAGES)

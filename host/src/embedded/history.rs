@@ -25,8 +25,8 @@ const RECORDS_PER_READ: usize = 4096;
 /// Bytes read from the log per look, past its first record.
 const BYTES_PER_READ: usize = 16 << 20;
 
-/// A commit's history as its step stores it.
-#[derive(Encode, Decode)]
+/// A commit's history as its step stores it (written as [`HistoryToStore`]).
+#[derive(Decode)]
 pub(super) struct StoredHistory {
     /// The input topics of the batch's messages, each named once (first, so that recovery reads
     /// them without the rest).
@@ -45,68 +45,132 @@ pub(super) struct HistoryTopics {
     pub(super) topics: Vec<String>,
 }
 
-#[derive(Encode, Decode)]
+/// The part of [`StoredHistory`] before its batch: what reading the state at an earlier point
+/// needs of every later step.
+#[derive(Decode)]
+struct HistoryHead {
+    _topics: Vec<String>,
+    time: u64,
+    before: Vec<Option<Versioned>>,
+}
+
+#[derive(Decode)]
 struct StoredBatch {
     instance_id: u32,
     code_digest: String,
     messages: Vec<StoredMessage>,
+    /// The messages' changes, one message's after another's.
+    changes: Vec<(String, Change)>,
 }
 
-#[derive(Encode, Decode)]
+#[derive(Decode)]
 struct StoredMessage {
     /// Its index in [`StoredHistory::topics`].
     topic: u32,
     message_id: String,
-    changes: Vec<(String, Change)>,
+    /// Where its changes end in [`StoredBatch::changes`].
+    changes_end: u64,
+}
+
+/// [`StoredHistory`] borrowed from what it is made of, encoded the same way: a commit writes it
+/// without copying its batch's changes.
+#[derive(Encode)]
+struct HistoryToStore<'a> {
+    topics: Vec<&'a str>,
+    time: u64,
+    before: &'a [Option<Versioned>],
+    batch: Option<BatchToStore<'a>>,
+}
+
+#[derive(Encode)]
+struct BatchToStore<'a> {
+    instance_id: u32,
+    code_digest: &'a str,
+    messages: Vec<MessageToStore<'a>>,
+    changes: &'a [(String, Change)],
+}
+
+#[derive(Encode)]
+struct MessageToStore<'a> {
+    topic: u32,
+    message_id: &'a str,
+    changes_end: u64,
+}
+
+/// A message of a stored batch: its topic, its id and its changes.
+struct StoredView<'a> {
+    topic: &'a str,
+    message_id: &'a str,
+    changes: &'a [(String, Change)],
 }
 
 impl StoredHistory {
     /// The history of a step committed at `time`, whose record's keys had the values `before`,
     /// made by `batch` (`None`: an operator's write).
     pub(super) fn encode(time: u64, before: &[Option<Versioned>], batch: Option<&BatchHistory>) -> Vec<u8> {
-        let mut topics: Vec<String> = Vec::new();
-        let batch = batch.map(|batch| StoredBatch {
+        let topics = batch.map_or_else(Vec::new, |batch| batch.topics.iter().map(TopicName::as_str).collect());
+        let batch = batch.map(|batch| BatchToStore {
             instance_id: batch.instance_id,
-            code_digest: batch.code_digest.to_string(),
+            code_digest: &batch.code_digest,
             messages: batch
                 .messages
                 .iter()
-                .map(|message| {
-                    let name = message.topic.as_str();
-                    let topic = match topics.iter().position(|known| known == name) {
-                        Some(index) => index,
-                        None => {
-                            topics.push(name.to_owned());
-                            topics.len() - 1
-                        }
-                    };
-                    StoredMessage {
-                        topic: topic as u32,
-                        message_id: message.message_id.clone(),
-                        changes: message.changes.clone(),
-                    }
+                .map(|message| MessageToStore {
+                    topic: message.topic,
+                    message_id: &message.message_id,
+                    changes_end: message.changes_end as u64,
                 })
                 .collect(),
+            changes: &batch.changes,
         });
-        crate::codec::encode(&StoredHistory { topics, time, before: before.to_vec(), batch })
+        crate::codec::encode(&HistoryToStore { topics, time, before, batch })
     }
 
-    fn messages(&self) -> impl Iterator<Item = (&str, &StoredMessage)> {
-        self.batch
-            .iter()
-            .flat_map(|batch| batch.messages.iter())
-            .map(|message| (self.topics.get(message.topic as usize).map_or("", String::as_str), message))
+    /// The batch's messages, in processing order.
+    fn messages(&self) -> impl Iterator<Item = StoredView<'_>> {
+        let topics = &self.topics;
+        self.batch.iter().flat_map(move |batch| {
+            let mut start = 0;
+            batch.messages.iter().map(move |message| {
+                let end = (message.changes_end as usize).clamp(start, batch.changes.len());
+                let changes = &batch.changes[start..end];
+                start = end;
+                StoredView {
+                    topic: topics.get(message.topic as usize).map_or("", String::as_str),
+                    message_id: &message.message_id,
+                    changes,
+                }
+            })
+        })
     }
 }
 
 /// One state step of a function, as history reads it.
 enum Entry {
-    /// A step with history: its record and its history.
-    Recorded(Record, StoredHistory),
+    /// A step with history: its record, and its history as stored, decoded as far as the reader
+    /// needs ([`head`], [`whole`]).
+    Recorded(Record, Vec<u8>),
     /// A step of an fnhost that kept no history: its final values only.
     Unrecorded(Record),
     /// The function's table was deleted.
     Dropped,
+}
+
+/// A stored history that does not decode: the log record is damaged.
+fn undecodable(reason: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Broker(BrokerError::Storage(format!(
+        "a commit's history in the log cannot be decoded ({reason}); restore the data directory from a backup"
+    )))
+}
+
+/// The head of a stored history.
+fn head(history: &[u8]) -> Result<HistoryHead, HistoryError> {
+    crate::codec::decode(history).map_err(undecodable)
+}
+
+/// A stored history, whole.
+fn whole(history: &[u8]) -> Result<StoredHistory, HistoryError> {
+    crate::codec::decode(history).map_err(undecodable)
 }
 
 impl EmbeddedStore {
@@ -137,7 +201,7 @@ impl EmbeddedStore {
                 let entry = match step.state {
                     Some(StateStep::Recorded { fqfn, record, history }) if fqfn == name => Entry::Recorded(
                         crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?,
-                        crate::codec::decode(&history).map_err(|error| corrupt(error.to_string()))?,
+                        history,
                     ),
                     Some(StateStep::Changes { fqfn, record }) if fqfn == name => {
                         Entry::Unrecorded(crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?)
@@ -205,7 +269,7 @@ impl Past {
     fn later(&mut self, entry: Entry) -> Result<(), HistoryError> {
         match entry {
             Entry::Recorded(record, history) => {
-                for ((key, _), before) in record.into_iter().zip(history.before) {
+                for ((key, _), before) in record.into_iter().zip(head(&history)?.before) {
                     self.before.entry(key).or_insert(before);
                 }
                 Ok(())
@@ -288,18 +352,21 @@ impl StateHistory for EmbeddedStore {
                 self.check_complete_from(appended, &|| format!("the commits after message {message_id} of {topic}"))?;
                 let mut found: Option<Past> = None;
                 let next = self.scan_history(fqfn, appended, |ids, entry| {
-                    if let Entry::Recorded(record, history) = &entry
-                        && let Some(position) = history
-                            .messages()
-                            .position(|(name, message)| name == topic.as_str() && message.message_id == *message_id)
-                    {
-                        // The latest time the function processed it (a moved cursor makes it process it
-                        // again) is the one its outputs now show.
-                        found = Some(within_batch(record, history, position, ids.end));
+                    if let Some(past) = &mut found {
+                        // Only the values before each later step are needed: its head.
+                        past.later(entry)?;
                         return Ok(true);
                     }
-                    if let Some(past) = &mut found {
-                        past.later(entry)?;
+                    if let Entry::Recorded(record, history) = &entry {
+                        let history = whole(history)?;
+                        // The first time the function processed it. (A cursor moved back makes it
+                        // process the message again, on another state; replay shows the first.)
+                        if let Some(position) = history
+                            .messages()
+                            .position(|message| message.topic == topic.as_str() && message.message_id == message_id)
+                        {
+                            found = Some(within_batch(record, &history, position, ids.end));
+                        }
                     }
                     Ok(true)
                 })?;
@@ -312,9 +379,12 @@ impl StateHistory for EmbeddedStore {
                 // The time of the oldest commit of the function still kept.
                 let mut reach: Option<u64> = None;
                 let next = self.scan_history(fqfn, first, |ids, entry| {
-                    if let Entry::Recorded(_, history) = &entry {
-                        reach.get_or_insert(history.time);
-                        if found.is_none() && history.time > *time {
+                    if let Entry::Recorded(_, history) = &entry
+                        && (reach.is_none() || found.is_none())
+                    {
+                        let time_committed = head(history)?.time;
+                        reach.get_or_insert(time_committed);
+                        if found.is_none() && time_committed > *time {
                             found = Some((ids.start, Past::default()));
                         }
                     }
@@ -349,23 +419,12 @@ impl StateHistory for EmbeddedStore {
     }
 
     fn last_write(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Provenance>, HistoryError> {
-        let mut last = None;
+        // The last step that wrote the key, decoded whole only once it is known to be the last.
+        let mut last: Option<Vec<u8>> = None;
         self.scan_history(fqfn, 0, |_, entry| {
             match entry {
                 Entry::Recorded(record, history) if record.iter().any(|(changed, _)| changed == key) => {
-                    let writer = history.batch.as_ref().and_then(|batch| {
-                        let (topic, message) = history
-                            .messages()
-                            .filter(|(_, message)| message.changes.iter().any(|(changed, _)| changed == key))
-                            .last()?;
-                        Some(Writer {
-                            topic: TopicName::parse(topic).ok()?,
-                            message_id: message.message_id.clone(),
-                            instance_id: batch.instance_id,
-                            code_digest: batch.code_digest.clone(),
-                        })
-                    });
-                    last = Some(Provenance { time: history.time, writer });
+                    last = Some(history);
                 }
                 Entry::Unrecorded(record) if record.iter().any(|(changed, _)| changed == key) => last = None,
                 Entry::Dropped => last = None,
@@ -373,7 +432,21 @@ impl StateHistory for EmbeddedStore {
             }
             Ok(true)
         })?;
-        Ok(last)
+        let Some(history) = last else { return Ok(None) };
+        let history = whole(&history)?;
+        let writer = history.batch.as_ref().and_then(|batch| {
+            let message = history
+                .messages()
+                .filter(|message| message.changes.iter().any(|(changed, _)| changed == key))
+                .last()?;
+            Some(Writer {
+                topic: TopicName::parse(message.topic).ok()?,
+                message_id: message.message_id.to_owned(),
+                instance_id: batch.instance_id,
+                code_digest: batch.code_digest.clone(),
+            })
+        });
+        Ok(Some(Provenance { time: history.time, writer }))
     }
 }
 
@@ -384,8 +457,8 @@ fn within_batch(record: &Record, history: &StoredHistory, position: usize, next:
     for ((key, _), value) in record.iter().zip(&history.before) {
         before.insert(key.clone(), value.clone());
     }
-    for (_, message) in history.messages().take(position) {
-        for (key, change) in &message.changes {
+    for message in history.messages().take(position) {
+        for (key, change) in message.changes {
             let value = before.entry(key.clone()).or_default();
             let version = value.as_ref().map_or(0, |value| value.version);
             *value = change.apply(value.take().map(|value| value.value)).map(|value| Versioned { value, version });

@@ -261,14 +261,10 @@ impl EmbeddedStore {
 
     /// Notes the input topics of a batch whose commit carries history (see `Inner::history_inputs`).
     fn note_history_inputs(&self, history: &BatchHistory) {
-        let mut last: Option<&TopicName> = None;
         let mut known = lock(&self.inner.history_inputs);
-        for message in &history.messages {
-            if last != Some(&message.topic) {
-                if !known.contains(message.topic.as_str()) {
-                    known.insert(message.topic.as_str().to_owned());
-                }
-                last = Some(&message.topic);
+        for topic in &history.topics {
+            if !known.contains(topic.as_str()) {
+                known.insert(topic.as_str().to_owned());
             }
         }
     }

@@ -15,25 +15,59 @@ use crate::names::{Fqfn, TopicName};
 
 /// What one commit of a function processed: each message the function finished and kept, in the
 /// order it processed them, with the state changes each made.
+///
+/// Laid out flat (the topics once, every message's changes in one list), because a commit of
+/// thousands of messages builds it on the pipeline's path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchHistory {
     /// The instance that processed the batch.
     pub instance_id: u32,
     /// The SHA-256 of the component that processed it.
     pub code_digest: Arc<str>,
+    /// The input topics of its messages, each once.
+    pub topics: Vec<TopicName>,
     /// The messages, in processing order.
     pub messages: Vec<ProcessedMessage>,
+    /// The messages' changes, one message's after another's: each key a message changed, with
+    /// its change (one per key, composed in order).
+    pub changes: Vec<(String, Change)>,
 }
 
-/// One message a commit processed, and its own state changes in the order it made them.
+/// One message a commit processed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessedMessage {
-    /// The topic it came from.
-    pub topic: TopicName,
+    /// The topic it came from: an index into [`BatchHistory::topics`].
+    pub topic: u32,
     /// Its id there.
     pub message_id: String,
-    /// Each key it changed, with its change (one per key, composed in order).
-    pub changes: Vec<(String, Change)>,
+    /// Where its changes end in [`BatchHistory::changes`]; they start where the previous
+    /// message's end.
+    pub changes_end: usize,
+}
+
+impl BatchHistory {
+    /// The history of a batch processed by instance `instance_id` of the component `code_digest`.
+    pub fn new(instance_id: u32, code_digest: Arc<str>) -> Self {
+        Self { instance_id, code_digest, ..Self::default() }
+    }
+
+    /// Adds the next message, `message_id` of `topic`, with its `changes`.
+    pub fn push(&mut self, topic: &str, message_id: String, changes: impl IntoIterator<Item = (String, Change)>) {
+        // A batch's messages come from a few topics, in runs: the last is the likely one.
+        let index = match self.topics.iter().rposition(|known| known.as_str() == topic) {
+            Some(index) => index,
+            None => match TopicName::parse(topic) {
+                Ok(parsed) => {
+                    self.topics.push(parsed);
+                    self.topics.len() - 1
+                }
+                // Only a topic the broker delivered from reaches here, and its name parses.
+                Err(_) => return,
+            },
+        };
+        self.changes.extend(changes);
+        self.messages.push(ProcessedMessage { topic: index as u32, message_id, changes_end: self.changes.len() });
+    }
 }
 
 /// A point in a function's history at which to read its state.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use super::checks::{DEAD_LETTER_PROPERTIES, check_key, check_message, check_parts, cut, result_properties};
+use super::history::{HistoryBuffer, PendingHistory};
 use super::log::{LogBudget, LogSink, level_name, level_rank};
 use crate::engine::broker::{Acks, Effects, OutMessage};
-use crate::engine::history::{BatchHistory, ProcessedMessage};
 use crate::engine::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
 use crate::function::FunctionConfig;
 use crate::limits::{
@@ -68,32 +68,6 @@ pub struct MessageContext {
     /// What the batch processed, for the function's history: kept when the context knows its
     /// code ([`MessageContext::keeping_history`]).
     history: Option<HistoryBuffer>,
-}
-
-/// The history of the batch being processed.
-struct HistoryBuffer {
-    code_digest: Arc<str>,
-    messages: Vec<ProcessedMessage>,
-    /// The topic of the last message recorded, parsed once for a run of messages from it.
-    last_topic: Option<TopicName>,
-}
-
-impl HistoryBuffer {
-    fn record(&mut self, origin: &GuestMessage, changes: &StateChanges) {
-        let topic = match &self.last_topic {
-            Some(topic) if topic.as_str() == origin.topic => topic.clone(),
-            // The broker delivered it from this topic, so the name parses.
-            _ => match TopicName::parse(&origin.topic) {
-                Ok(topic) => {
-                    self.last_topic = Some(topic.clone());
-                    topic
-                }
-                Err(_) => return,
-            },
-        };
-        let changes = changes.iter().map(|(key, change)| (key.clone(), change.clone())).collect();
-        self.messages.push(ProcessedMessage { topic, message_id: origin.message_id.clone(), changes });
-    }
 }
 
 /// How one try of a message went, and how long it took.
@@ -187,7 +161,7 @@ impl MessageContext {
     /// The same context, keeping with each commit what it processed (the function's history),
     /// as processed by the component with SHA-256 `code_digest`.
     pub fn keeping_history(mut self, code_digest: &str) -> Self {
-        self.history = Some(HistoryBuffer { code_digest: code_digest.into(), messages: Vec::new(), last_topic: None });
+        self.history = Some(HistoryBuffer::new(code_digest));
         self
     }
 
@@ -252,7 +226,7 @@ impl MessageContext {
         let result = match result {
             Ok(output) => {
                 if let Some(history) = &mut self.history {
-                    history.record(&self.batch[index], &self.message_state);
+                    history.kept(&self.batch, index, &self.message_state);
                 }
                 Ok(self.keep_message(output))
             }
@@ -285,7 +259,7 @@ impl MessageContext {
     /// with Pulsar's dead-letter properties and the reason.
     pub(super) fn dead_letter(&mut self, topic: &TopicName, message: &GuestMessage, reason: &str) {
         if let Some(history) = &mut self.history {
-            history.record(message, &StateChanges::default());
+            history.dead_lettered(message);
         }
         let mut properties = message.properties.clone();
         properties.truncate(MAX_PROPERTIES - DEAD_LETTER_PROPERTIES);
@@ -369,11 +343,7 @@ impl MessageContext {
         }
         let committed = std::mem::replace(&mut self.in_flight, changes.clone());
         self.retired._changes = Some(committed);
-        let history = self.history.as_mut().map(|history| BatchHistory {
-            instance_id: self.instance_id,
-            code_digest: history.code_digest.clone(),
-            messages: std::mem::take(&mut history.messages),
-        });
+        let history = self.history.as_mut().map(|history| history.take(self.instance_id));
         Ok(PendingBatch {
             acks,
             outputs: std::mem::replace(&mut self.batch_outputs, Vec::with_capacity(outputs)),
@@ -620,7 +590,7 @@ pub(crate) struct PendingBatch {
     outputs: Vec<PendingOutput>,
     output_topic: Option<TopicName>,
     state: Option<(Fqfn, Arc<StateChanges>)>,
-    history: Option<BatchHistory>,
+    history: Option<PendingHistory>,
     retired: Retired,
 }
 
@@ -672,7 +642,7 @@ impl PendingBatch {
             })
             .collect();
         drop(retired);
-        Effects { acks, outputs, state, history }
+        Effects { acks, outputs, state, history: history.map(PendingHistory::into_history) }
     }
 }
 

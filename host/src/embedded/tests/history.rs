@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::engine::broker::Acks;
-use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, ProcessedMessage, StateHistory};
+use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, StateHistory};
 use crate::engine::state::{Change, StateChanges};
 use crate::engine::topics::{NamespacePolicies, Retention, TopicAdmin};
 
@@ -24,16 +24,14 @@ fn count_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
             break;
         }
         let mut state = StateChanges::default();
-        let mut history = BatchHistory { instance_id: 0, code_digest: "digest".into(), messages: Vec::new() };
+        let mut history = BatchHistory::new(0, "digest".into());
         for message in &batch {
-            let changes = vec![
-                ("count".to_owned(), Change::Add(1)),
-                ("last".to_owned(), Change::Put(message.body.value.clone())),
-            ];
+            let changes =
+                [("count".to_owned(), Change::Add(1)), ("last".to_owned(), Change::Put(message.body.value.clone()))];
             for (key, change) in &changes {
                 state.record(key.clone(), change.clone());
             }
-            history.messages.push(ProcessedMessage { topic: message.topic.clone(), message_id: message.id(), changes });
+            history.push(message.topic.as_str(), message.id(), changes);
         }
         let effects = Effects {
             acks: Acks::of(&batch),
