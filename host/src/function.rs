@@ -184,6 +184,27 @@ impl FunctionConfig {
         }
     }
 
+    /// The input topic `named` (refused unless the function reads it), or with no name the
+    /// function's only input: where trigger produces and replay reads.
+    pub fn input_topic(&self, named: Option<&str>) -> Result<TopicName, String> {
+        let fqfn = &self.fqfn;
+        match named {
+            Some(name) => {
+                let topic = TopicName::parse(name).map_err(|error| error.to_string())?;
+                let reads = self.inputs.topics.contains(&topic)
+                    || self.inputs.pattern.as_ref().is_some_and(|pattern| pattern.matches(&topic));
+                match reads {
+                    true => Ok(topic),
+                    false => Err(format!("{topic} is not an input of {fqfn}")),
+                }
+            }
+            None => match self.inputs.topics.as_slice() {
+                [only] if self.inputs.pattern.is_none() => Ok(only.clone()),
+                _ => Err(format!("{fqfn} has several inputs; name one with --topic")),
+            },
+        }
+    }
+
     /// The subscription type, derived as Pulsar derives it: effectively-once or retained ordering
     /// needs failover, retained key ordering key-shared, anything else is shared.
     pub fn subscription_type(&self) -> SubscriptionType {

@@ -16,7 +16,6 @@ use crate::engine::history::StateHistory;
 use crate::guest_build::Builder;
 use crate::instance::MessageContext;
 use crate::limits::{MAX_PACKAGE_SIZE, MAX_REPLAY_MESSAGES};
-use crate::names::TopicName;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::FunctionSpec;
 use crate::worker::api::FunctionState;
@@ -154,13 +153,7 @@ fn replay_on_worker(
 fn replay_offline(spec: &FunctionSpec, request: &ReplayRequest, data_dir: &Path) -> anyhow::Result<ReplayAnswer> {
     let Some(code) = spec.code()? else { bail!(NO_CODE) };
     let config = spec.resolve()?;
-    let topic = match &request.topic {
-        Some(name) => TopicName::parse(name)?,
-        None => match config.inputs.topics.as_slice() {
-            [only] if config.inputs.pattern.is_none() => only.clone(),
-            _ => bail!("{} has several inputs; name the message's topic with --topic", config.fqfn),
-        },
-    };
+    let topic = config.input_topic(request.topic.as_deref()).map_err(anyhow::Error::msg)?;
     let wasm = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir().join(COMPILED_DIR)), max_instances: 1 })?;
     let code = runtime.load(&wasm)?;

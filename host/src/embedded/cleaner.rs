@@ -93,7 +93,11 @@ impl EmbeddedStore {
         let freed = inner
             .log
             .remove_where(|ids| {
-                ids.end <= keep_from && !live.iter().any(|kept| *kept.start() < ids.end && *kept.end() >= ids.start)
+                // Only segments full before this pass looked at the topics: one filled since may
+                // hold messages that `live` does not know of yet.
+                ids.end <= active
+                    && ids.end <= keep_from
+                    && !live.iter().any(|kept| *kept.start() < ids.end && *kept.end() >= ids.start)
             })
             .map_err(super::journal::log_failed)?;
         if freed > 0 {

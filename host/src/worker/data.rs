@@ -27,25 +27,7 @@ impl Worker {
             }
             function.config.clone()
         };
-        let topic = match topic {
-            Some(name) => {
-                let topic = TopicName::parse(name).map_err(|error| WorkerError::BadRequest(error.to_string()))?;
-                let input = config.inputs.topics.contains(&topic)
-                    || config.inputs.pattern.as_ref().is_some_and(|pattern| pattern.matches(&topic));
-                if !input {
-                    return Err(WorkerError::BadRequest(format!("{topic} is not an input of {fqfn}")));
-                }
-                topic
-            }
-            None => match config.inputs.topics.as_slice() {
-                [only] if config.inputs.pattern.is_none() => only.clone(),
-                _ => {
-                    return Err(WorkerError::BadRequest(format!(
-                        "{fqfn} has several inputs; name the one to trigger with --topic"
-                    )));
-                }
-            },
-        };
+        let topic = config.input_topic(topic).map_err(WorkerError::BadRequest)?;
         let message = OutMessage::new(value);
         instance::check_message(&message).map_err(WorkerError::BadRequest)?;
         // The reader starts before the message exists, so the output cannot slip past it.

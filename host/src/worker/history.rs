@@ -47,23 +47,7 @@ impl Worker {
     fn history_topic(&self, fqfn: &Fqfn, topic: Option<&str>) -> Result<TopicName, WorkerError> {
         let function = self.function(fqfn)?;
         let config = lock(&function).config.clone();
-        match topic {
-            Some(name) => {
-                let topic = TopicName::parse(name).map_err(|error| WorkerError::BadRequest(error.to_string()))?;
-                let input = config.inputs.topics.contains(&topic)
-                    || config.inputs.pattern.as_ref().is_some_and(|pattern| pattern.matches(&topic));
-                match input {
-                    true => Ok(topic),
-                    false => Err(WorkerError::BadRequest(format!("{topic} is not an input of {fqfn}"))),
-                }
-            }
-            None => match config.inputs.topics.as_slice() {
-                [only] if config.inputs.pattern.is_none() => Ok(only.clone()),
-                _ => Err(WorkerError::BadRequest(format!(
-                    "{fqfn} has several inputs; name the message's topic with --topic"
-                ))),
-            },
-        }
+        config.input_topic(topic).map_err(WorkerError::BadRequest)
     }
 
     /// Runs the messages `request` names through the function (its current code, or the
