@@ -16,6 +16,7 @@ mod executor;
 mod history;
 mod launcher;
 mod log;
+mod pending;
 mod pipeline;
 mod redrive;
 mod replay;

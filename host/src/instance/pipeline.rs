@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use super::context::PendingBatch;
 use super::executor::Executor;
+use super::pending::PendingBatch;
 use super::retry::process_batch;
 use super::window_loop;
 use crate::engine::broker::{Acks, Broker, BrokerError, FetchWaker, Message, MessageBody, Subscription, message_id};

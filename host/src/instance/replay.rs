@@ -4,9 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::context::{MessageContext, ReplayedEffects};
+use super::context::MessageContext;
 use super::executor::{Executor, WasmExecutor};
 use super::log::LogSink;
+use super::pending::ReplayedEffects;
 use super::pipeline::to_guest;
 use crate::engine::broker::{Acks, Message, OutMessage};
 use crate::engine::history::{HistoryError, HistoryPoint, StateHistory};
