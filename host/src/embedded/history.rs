@@ -12,18 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use bincode::{Decode, Encode};
 
-use super::journal::{Assembler, StateStep, Step, log_failed};
+use super::journal::{StateStep, for_each_step, unreadable};
 use super::state::{EmbeddedTable, FunctionTable, Record};
 use super::{EmbeddedStore, lock};
 use crate::engine::broker::{BrokerError, Message};
 use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, PastTable, Provenance, StateHistory, Writer};
 use crate::engine::state::{Change, KeyMap, StateError, StateTable, Versioned};
 use crate::names::{Fqfn, TopicName};
-
-/// Records read from the log per look while scanning history.
-const RECORDS_PER_READ: usize = 4096;
-/// Bytes read from the log per look, past its first record.
-const BYTES_PER_READ: usize = 16 << 20;
 
 /// A commit's history as its step stores it (written as [`HistoryToStore`]).
 #[derive(Decode)]
@@ -182,39 +177,21 @@ impl EmbeddedStore {
         from: u64,
         mut visit: impl FnMut(Range<u64>, Entry) -> Result<bool, HistoryError>,
     ) -> Result<u64, HistoryError> {
-        let log = &self.inner.log;
         let name = fqfn.to_string();
-        let mut assembler = Assembler::default();
-        let mut next = from.max(log.first_id());
-        loop {
-            let records = log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(log_failed)?;
-            let Some((last, _)) = records.last() else { return Ok(next) };
-            next = last + 1;
-            for (id, payload) in records {
-                let corrupt = |reason: String| {
-                    HistoryError::Broker(BrokerError::Storage(format!(
-                        "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
-                    )))
-                };
-                let Some(whole) = assembler.push(id, payload).map_err(corrupt)? else { continue };
-                let step: Step = whole.step().map_err(corrupt)?;
-                let entry = match step.state {
-                    Some(StateStep::Recorded { fqfn, record, history }) if fqfn == name => Entry::Recorded(
-                        crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?,
-                        history,
-                    ),
-                    Some(StateStep::Changes { fqfn, record }) if fqfn == name => {
-                        Entry::Unrecorded(crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?)
-                    }
-                    Some(StateStep::Dropped { fqfn }) if fqfn == name => Entry::Dropped,
-                    _ => continue,
-                };
-                let end = whole.ids.end;
-                if !visit(whole.ids, entry)? {
-                    return Ok(end);
+        for_each_step(&self.inner.log, from, |ids, step| {
+            let corrupt = |reason: bincode::error::DecodeError| unreadable(ids.start, reason);
+            let entry = match step.state {
+                Some(StateStep::Recorded { fqfn, record, history }) if fqfn == name => {
+                    Entry::Recorded(crate::codec::decode(&record).map_err(corrupt)?, history)
                 }
-            }
-        }
+                Some(StateStep::Changes { fqfn, record }) if fqfn == name => {
+                    Entry::Unrecorded(crate::codec::decode(&record).map_err(corrupt)?)
+                }
+                Some(StateStep::Dropped { fqfn }) if fqfn == name => Entry::Dropped,
+                _ => return Ok(true),
+            };
+            visit(ids, entry)
+        })
     }
 
     /// Refuses when a segment after record `from` was removed: the history from there is incomplete.

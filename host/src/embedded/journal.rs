@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use super::cursor::RangeSet;
 use crate::engine::broker::{BrokerError, MessageBody};
 use crate::names::{SubscriptionName, TopicName};
-use crate::seglog::LogError;
+use crate::seglog::{LogError, SegmentLog};
 
 /// One durable step: everything in it is in the log, or none of it.
 #[derive(Debug, Default, Encode, Decode)]
@@ -221,6 +221,45 @@ impl Assembler {
                 parts = partial.count,
                 "dropped a step whose write a crash cut short (it was never acknowledged)"
             );
+        }
+    }
+}
+
+/// Records read from the log per look while its steps are read back.
+const RECORDS_PER_READ: usize = 4096;
+/// Bytes read from the log per look, past its first record.
+const BYTES_PER_READ: usize = 16 << 20;
+
+/// A log record that does not read back as the step it was written as.
+pub(super) fn unreadable(id: u64, reason: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(format!(
+        "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
+    ))
+}
+
+/// Reads the log's steps from record `from` on, in order, and gives each, with the ids of its
+/// records, to `visit` until it says to stop; returns where a later read should go on.
+pub(super) fn for_each_step<E: From<BrokerError>>(
+    log: &SegmentLog,
+    from: u64,
+    mut visit: impl FnMut(std::ops::Range<u64>, Step) -> Result<bool, E>,
+) -> Result<u64, E> {
+    let mut assembler = Assembler::default();
+    let mut next = from.max(log.first_id());
+    loop {
+        let records = log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(log_failed)?;
+        let Some((last, _)) = records.last() else {
+            assembler.finish();
+            return Ok(next);
+        };
+        next = last + 1;
+        for (id, payload) in records {
+            let Some(whole) = assembler.push(id, payload).map_err(|reason| unreadable(id, reason))? else { continue };
+            let step = whole.step().map_err(|reason| unreadable(id, reason))?;
+            let end = whole.ids.end;
+            if !visit(whole.ids, step)? {
+                return Ok(end);
+            }
         }
     }
 }

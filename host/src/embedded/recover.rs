@@ -6,17 +6,12 @@ use std::sync::Arc;
 
 use super::cursor::{RangeSet, decode_cursor, parse_cursor_key};
 use super::history::input_topics;
-use super::journal::{Assembler, StateStep};
+use super::journal::{StateStep, for_each_step, unreadable};
 use super::state::{FunctionTable, Record, applied_id};
 use super::topic::Extent;
 use super::{EmbeddedStore, UnsavedCursor, lock, storage};
 use crate::engine::broker::BrokerError;
 use crate::names::{Fqfn, TopicName};
-
-/// Records read from the log per look.
-const RECORDS_PER_READ: usize = 4096;
-/// Bytes read from the log per look, past its first record.
-const BYTES_PER_READ: usize = 16 << 20;
 
 pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
     let inner = &store.inner;
@@ -42,79 +37,65 @@ pub(super) fn recover(store: &EmbeddedStore) -> Result<(), BrokerError> {
     }
 
     let mut applied: HashMap<Fqfn, Option<u64>> = HashMap::new();
-    let mut assembler = Assembler::default();
     let empty_record = crate::codec::encode(&Record::new());
-    let mut next = inner.log.first_id();
-    loop {
-        let records = inner.log.read(next, RECORDS_PER_READ, BYTES_PER_READ).map_err(super::journal::log_failed)?;
-        let Some((last, _)) = records.last() else { break };
-        next = last + 1;
-        for (id, payload) in records {
-            let corrupt = |reason: String| {
-                BrokerError::Storage(format!(
-                    "log record {id} cannot be read back ({reason}); restore the data directory from a backup"
-                ))
-            };
-            let Some(whole) = assembler.push(id, payload).map_err(corrupt)? else { continue };
-            let step = whole.step().map_err(corrupt)?;
-            let ids = whole.ids;
-            // A long step is known by its first record's id.
-            let id = ids.start;
-            for append in &step.appends {
-                let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
-                store.topic(&topic).record(Extent::of(append, &ids));
-                let end = ends.entry(topic).or_default();
-                *end = (*end).max(append.first + u64::from(append.count));
-            }
-            for moved in &step.cursors {
-                let (subscription, topic) = moved.names().map_err(corrupt)?;
-                let position = moved.position.clone().map(|(mark, ranges)| (mark, RangeSet::from_ranges(ranges)));
-                store.topic(&topic).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
-                lock(&inner.unsaved_cursors).insert((subscription, topic), UnsavedCursor { log_id: id, position });
-            }
-            for deleted in &step.deleted_topics {
-                let topic = TopicName::parse(deleted).map_err(|error| corrupt(error.to_string()))?;
-                if let Some(gone) = lock(&inner.topics).remove(&topic) {
-                    gone.clear();
-                }
-                ends.remove(&topic);
-                inner.topic_ends.remove(deleted.as_bytes()).map_err(storage)?;
-            }
-            let state = match step.state {
-                Some(StateStep::Recorded { fqfn, record, history }) => {
-                    lock(&inner.history_inputs).extend(input_topics(&history));
-                    Some(StateStep::Changes { fqfn, record })
-                }
-                other => other,
-            };
-            match state {
-                // A commit that changed no state carries its history only.
-                Some(StateStep::Changes { record, .. }) if record == empty_record => {}
-                Some(StateStep::Changes { fqfn, record }) => {
-                    let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
-                    let table = table(store, &fqfn)?;
-                    let applied = match applied.get(&fqfn) {
-                        Some(applied) => *applied,
-                        None => *applied
-                            .entry(fqfn.clone())
-                            .or_insert(applied_id(&inner.state_applied, &fqfn.to_string()).map_err(storage)?),
-                    };
-                    if applied.is_none_or(|applied| id > applied) {
-                        table.replayed(id, crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?);
-                    }
-                }
-                Some(StateStep::Dropped { fqfn }) => {
-                    let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
-                    let table = table(store, &fqfn)?;
-                    table.delete(table.lock_for_delete(), &inner.db, &inner.state_applied).map_err(storage)?;
-                    lock(&inner.state_tables).remove(&fqfn);
-                    applied.insert(fqfn, None);
-                }
-                Some(StateStep::Recorded { .. }) | None => {}
-            }
+    for_each_step(&inner.log, 0, |ids, step| -> Result<bool, BrokerError> {
+        // A long step is known by its first record's id.
+        let id = ids.start;
+        let corrupt = |reason: String| unreadable(id, reason);
+        for append in &step.appends {
+            let topic = TopicName::parse(&append.topic).map_err(|error| corrupt(error.to_string()))?;
+            store.topic(&topic).record(Extent::of(append, &ids));
+            let end = ends.entry(topic).or_default();
+            *end = (*end).max(append.first + u64::from(append.count));
         }
-    }
-    assembler.finish();
+        for moved in &step.cursors {
+            let (subscription, topic) = moved.names().map_err(corrupt)?;
+            let position = moved.position.clone().map(|(mark, ranges)| (mark, RangeSet::from_ranges(ranges)));
+            store.topic(&topic).set_mark(&subscription, position.as_ref().map(|(mark, _)| *mark));
+            lock(&inner.unsaved_cursors).insert((subscription, topic), UnsavedCursor { log_id: id, position });
+        }
+        for deleted in &step.deleted_topics {
+            let topic = TopicName::parse(deleted).map_err(|error| corrupt(error.to_string()))?;
+            if let Some(gone) = lock(&inner.topics).remove(&topic) {
+                gone.clear();
+            }
+            ends.remove(&topic);
+            inner.topic_ends.remove(deleted.as_bytes()).map_err(storage)?;
+        }
+        let state = match step.state {
+            Some(StateStep::Recorded { fqfn, record, history }) => {
+                lock(&inner.history_inputs).extend(input_topics(&history));
+                Some(StateStep::Changes { fqfn, record })
+            }
+            other => other,
+        };
+        match state {
+            // A commit that changed no state carries its history only.
+            Some(StateStep::Changes { record, .. }) if record == empty_record => {}
+            Some(StateStep::Changes { fqfn, record }) => {
+                let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
+                let table = table(store, &fqfn)?;
+                let applied = match applied.get(&fqfn) {
+                    Some(applied) => *applied,
+                    None => *applied
+                        .entry(fqfn.clone())
+                        .or_insert(applied_id(&inner.state_applied, &fqfn.to_string()).map_err(storage)?),
+                };
+                if applied.is_none_or(|applied| id > applied) {
+                    table.replayed(id, crate::codec::decode(&record).map_err(|error| corrupt(error.to_string()))?);
+                }
+            }
+            Some(StateStep::Dropped { fqfn }) => {
+                let fqfn = Fqfn::parse(&fqfn).map_err(|error| corrupt(error.to_string()))?;
+                let table = table(store, &fqfn)?;
+                table.delete(table.lock_for_delete(), &inner.db, &inner.state_applied).map_err(storage)?;
+                lock(&inner.state_tables).remove(&fqfn);
+                applied.insert(fqfn, None);
+            }
+            Some(StateStep::Recorded { .. }) | None => {}
+        }
+        Ok(true)
+    })?;
     for topic in ends.keys() {
         store.topic(topic);
     }

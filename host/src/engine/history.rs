@@ -80,7 +80,7 @@ pub enum HistoryPoint {
         /// Its id.
         message_id: String,
     },
-    /// As the commits made before this time (milliseconds since the Unix epoch) left it.
+    /// As the commits made up to this time (milliseconds since the Unix epoch) left it.
     AtTime(u64),
 }
 
