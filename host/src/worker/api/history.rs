@@ -1,9 +1,8 @@
 //! The wire shapes of a function's history: replay, and where a state value came from.
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::FunctionState;
+use super::{FunctionState, text_or_base64};
 use crate::engine::history::Provenance;
 use crate::engine::state::{StateValue, Versioned};
 use crate::instance::{Replay, ReplayedMessage};
@@ -163,13 +162,6 @@ impl StateProvenance {
             }
         }
         answer
-    }
-}
-
-fn text_or_base64(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
-    match String::from_utf8(bytes) {
-        Ok(text) => (Some(text), None),
-        Err(error) => (None, Some(base64::engine::general_purpose::STANDARD.encode(error.as_bytes()))),
     }
 }
 

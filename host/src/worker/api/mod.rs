@@ -253,14 +253,17 @@ impl FunctionState {
         let mut state = Self { key: Some(key.to_owned()), version: Some(stored.version), ..Self::default() };
         match stored.value {
             StateValue::Counter(value) => state.number_value = Some(value.into()),
-            StateValue::Bytes(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => state.string_value = Some(text),
-                Err(error) => {
-                    state.byte_value = Some(base64::engine::general_purpose::STANDARD.encode(error.as_bytes()))
-                }
-            },
+            StateValue::Bytes(bytes) => (state.string_value, state.byte_value) = text_or_base64(bytes),
         }
         state
+    }
+}
+
+/// Bytes as JSON shows them: the text when they are UTF-8, else base64 (the second).
+pub(crate) fn text_or_base64(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(text), None),
+        Err(error) => (None, Some(base64::engine::general_purpose::STANDARD.encode(error.as_bytes()))),
     }
 }
 
@@ -294,10 +297,7 @@ impl ReceivedMessage {
     /// The wire form of `message`.
     pub fn of(message: &Message) -> Self {
         let body = &message.body;
-        let (value, value_base64) = match std::str::from_utf8(&body.value) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&body.value))),
-        };
+        let (value, value_base64) = text_or_base64(body.value.clone());
         Self {
             message_id: message.id(),
             topic: message.topic.as_str().to_owned(),
