@@ -37,6 +37,12 @@ pub fn encode_after<T: Encode>(prefix: &[u8], value: &T) -> Vec<u8> {
 /// Decodes a record, reserving at most [`RESERVED_BYTES_PER_RECORD_BYTE`] times its size (rounded
 /// up to a power of 16) on the way.
 pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_leading(bytes).map(|(value, _)| value)
+}
+
+/// Decodes the record at the start of `bytes`, as [`decode`] does, and returns it with the bytes
+/// after it (a record may be followed by another that older readers do not know of).
+pub fn decode_leading<T: Decode<()>>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
     let reserve = bytes.len().max(1).saturating_mul(RESERVED_BYTES_PER_RECORD_BYTE);
     // The limit is a type parameter of bincode's configuration: one of a few sizes.
     if reserve <= 1 << 20 {
@@ -54,9 +60,9 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
 }
 
-fn decode_within<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn decode_within<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
     let config: Configuration<_, _, Limit<LIMIT>> = bincode::config::standard().with_limit::<LIMIT>();
-    bincode::decode_from_slice(bytes, config).map(|(value, _)| value)
+    bincode::decode_from_slice(bytes, config).map(|(value, used)| (value, &bytes[used..]))
 }
 
 // The engine's stored types, encoded here rather than derived in the ports: field by field, in

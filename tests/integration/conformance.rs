@@ -54,6 +54,7 @@ use fnhost::engine::Engine;
 use fnhost::engine::broker::{
     Acks, BrokerError, Effects, Inputs, Message, OutMessage, Position, Subscription, SubscriptionSpec, SubscriptionType,
 };
+use fnhost::engine::history::{BatchHistory, HistoryError, HistoryPoint};
 use fnhost::engine::state::{Change, StateChanges, StateValue};
 use fnhost::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use fnhost::nats::{NatsEngine, NatsSecurity};
@@ -162,6 +163,7 @@ conformance!(
     peek_shows_what_a_subscription_has_not_acknowledged_without_taking_it,
     namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused,
     acknowledged_messages_are_freed_unless_retention_keeps_them_for_a_replay,
+    a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value,
 );
 
 fn topic(name: &str) -> TopicName {
@@ -785,4 +787,91 @@ mod nats_views {
         assert_eq!(table.get("total").unwrap().map(|stored| stored.value), Some(StateValue::Counter(2)));
         assert_eq!(table.get("only-before").unwrap(), None, "the deleted function's keys are gone");
     }
+}
+
+/// What `key` held just before `message` was processed, as a counter or bytes' first byte.
+fn value_before(engine: &dyn Engine, fqfn: &Fqfn, message: &Message, key: &str) -> Option<i64> {
+    let point = HistoryPoint::BeforeMessage { topic: message.topic.clone(), message_id: message.sequence.to_string() };
+    let past = engine.past_table(fqfn, &point).unwrap();
+    assert!(past.processed, "message {} was processed", message.sequence);
+    past.table.get(key).unwrap().map(|stored| match stored.value {
+        StateValue::Counter(count) => count,
+        StateValue::Bytes(bytes) => i64::from(bytes[0]),
+    })
+}
+
+fn a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value(rig: &dyn Rig) {
+    let input = topic("history-in");
+    let fqfn = Fqfn::new("public", "default", "historian").unwrap();
+    let name = subscription(&input, "s");
+    let messages = {
+        let engine = rig.open();
+        engine.produce(&input, (0..9).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 1))).unwrap();
+        let messages = fetch_exactly(consumer.as_ref(), 9);
+        // Three commits of three messages: each counts, remembers the last value, and message 1
+        // writes a key that message 4 removes.
+        for batch in messages.chunks(3) {
+            let mut history = BatchHistory::new(0, "digest".into());
+            let mut changes = StateChanges::default();
+            for message in batch {
+                let mut own = vec![
+                    ("count".to_owned(), Change::Add(1)),
+                    ("last".to_owned(), Change::Put(message.body.value.clone())),
+                ];
+                match message.body.value[0] {
+                    1 => own.push(("gone".to_owned(), Change::Put(vec![1]))),
+                    4 => own.push(("gone".to_owned(), Change::Delete)),
+                    _ => {}
+                }
+                for (key, change) in &own {
+                    changes.record(key.clone(), change.clone());
+                }
+                history.push(input.as_str(), message.sequence.to_string(), own);
+            }
+            let effects = Effects {
+                acks: Acks::of(batch),
+                state: Some((fqfn.clone(), Arc::new(changes))),
+                history: Some(history),
+                ..Effects::default()
+            };
+            consumer.commit(effects).unwrap();
+        }
+        messages
+    };
+    // After a restart, and again after an operator's write.
+    let engine = rig.open();
+    for pass in 0..2 {
+        for (index, message) in (0_i64..).zip(&messages) {
+            let before = |key| value_before(engine.as_ref(), &fqfn, message, key);
+            assert_eq!(before("count"), (index > 0).then_some(index), "pass {pass}, count before {index}");
+            assert_eq!(before("last"), (index > 0).then_some(index - 1), "pass {pass}, last before {index}");
+            assert_eq!(before("gone"), (2..=4).contains(&index).then_some(1), "pass {pass}, gone before {index}");
+        }
+        let at_start = engine.past_table(&fqfn, &HistoryPoint::AtTime(0)).unwrap();
+        assert_eq!(at_start.table.get("count").unwrap(), None, "nothing was committed at time 0");
+        let now = engine.past_table(&fqfn, &HistoryPoint::AtTime(u64::MAX)).unwrap();
+        assert_eq!(now.table.get("count").unwrap().map(|stored| stored.value), Some(StateValue::Counter(9)));
+
+        let provenance = engine.last_write(&fqfn, "last").unwrap().expect("a kept write");
+        let writer = provenance.writer.expect("a function's write");
+        assert_eq!(
+            (writer.message_id, writer.topic, writer.code_digest),
+            (messages[8].sequence.to_string(), input.clone(), "digest".to_owned())
+        );
+        let removal = engine.last_write(&fqfn, "gone").unwrap().and_then(|provenance| provenance.writer);
+        assert_eq!(removal.map(|writer| writer.message_id), Some(messages[4].sequence.to_string()));
+        engine.put(&fqfn, "other", StateValue::Counter(5)).unwrap();
+    }
+    let operator = engine.last_write(&fqfn, "other").unwrap().expect("a kept write");
+    assert_eq!(operator.writer, None, "an operator's put has no writer");
+
+    let ids = |index: usize| messages[index].sequence.to_string();
+    let range = engine.messages(&input, &ids(2), &ids(5), 10).unwrap();
+    assert_eq!(range.iter().map(|message| message.body.value[0]).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert!(matches!(engine.messages(&input, &ids(0), &ids(8), 5), Err(HistoryError::BadRange(_))));
+    assert!(matches!(engine.messages(&input, &ids(5), &ids(2), 10), Err(HistoryError::BadRange(_))));
+    let beyond_end = (messages[8].sequence + 1_000_000).to_string();
+    let unknown = HistoryPoint::BeforeMessage { topic: input.clone(), message_id: beyond_end };
+    assert!(matches!(engine.past_table(&fqfn, &unknown), Err(HistoryError::UnknownMessage { .. })));
 }

@@ -4,6 +4,8 @@
 use serde_json::json;
 
 use crate::seed::SEED_EVENTS;
+use fnhost_test_support::Nats;
+
 use crate::support::{Fnhost, Worker, guest, workspace};
 use crate::worker::{SD, counter, create, create_session_duration, produce, wait_until_processed};
 
@@ -98,25 +100,48 @@ fn positions(count: usize) -> Vec<u64> {
         .collect()
 }
 
-fn assert_counter_history(worker: &Worker, fqfn: &str) {
-    let replayed = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", "500", "--json"]);
+/// The id of message `n` (from 0) of a topic: its position, as the embedded engine numbers them.
+fn embedded_id(n: u64) -> String {
+    n.to_string()
+}
+
+/// The id of the `n`th message (from 0) that `topic` still keeps, as the worker's engine numbers them.
+fn message_id(worker: &Worker, topic: &str, n: u64) -> String {
+    let position = (n + 1).to_string();
+    let message = worker.ok(&["topics", "examine-message", topic, "--initialPosition", "earliest", "-m", &position]);
+    message["messageId"].as_str().expect("a message id").to_owned()
+}
+
+/// The counter `tick` just before message `position` of `fqfn`'s ticks, read with `--as-of`.
+fn ticks_before(worker: &Worker, fqfn: &str, id: &str) -> serde_json::Value {
+    worker.ok(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", id])
+}
+
+/// Replays and reads as of messages of the 1,000 ticks of `fqfn` that came after `first` others;
+/// `id` names tick `n` (from 0).
+fn assert_counter_history(worker: &Worker, fqfn: &str, first: u64, id: &dyn Fn(u64) -> String) {
+    let replayed = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", &id(first + 500), "--json"]);
     let tick = |count: u64| json!({"key": "tick", "numberValue": count});
-    assert_eq!(replayed["messages"][0]["state"], json!([{"key": "tick", "before": tick(500), "after": tick(501)}]));
+    let (at, next) = (tick(first + 500), tick(first + 501));
+    assert_eq!(replayed["messages"][0]["state"], json!([{"key": "tick", "before": at, "after": next}]));
     for position in positions(20) {
-        let message = position.to_string();
-        let state = worker.ok(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", &message]);
-        assert_eq!(state["numberValue"], position, "just before message {position}");
+        let message = id(first + position);
+        let state = ticks_before(worker, fqfn, &message);
+        assert_eq!(state["numberValue"], first + position, "just before message {position}");
         let replayed = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--message", &message, "--json"]);
         let before = without_version(state);
         assert_eq!(replayed["messages"][0]["state"][0]["before"], before, "replay and --as-of agree at {position}");
     }
-    let first = worker.fails(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", "0"]);
-    assert!(first.contains("had no state under key `tick` then"), "{first}");
+    if first == 0 {
+        let first = worker.fails(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--as-of", &id(0)]);
+        assert!(first.contains("had no state under key `tick` then"), "{first}");
+    }
     // A range sees its own changes: three ticks from 500 end at 503.
-    let range = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--range", "500..502", "--json"]);
+    let range = format!("{}..{}", id(first + 500), id(first + 502));
+    let range = worker.ok(&["functions", "replay", "--fqfn", fqfn, "--range", &range, "--json"]);
     let afters: Vec<&serde_json::Value> =
         range["messages"].as_array().unwrap().iter().map(|message| &message["state"][0]["after"]).collect();
-    assert_eq!(afters, [&tick(501), &tick(502), &tick(503)], "{range}");
+    assert_eq!(afters, [&tick(first + 501), &tick(first + 502), &tick(first + 503)], "{range}");
 }
 
 #[test]
@@ -130,10 +155,10 @@ fn a_counter_replayed_or_read_as_of_any_message_sees_exactly_the_ones_before_it_
     std::fs::write(&file, "tick\n".repeat(1000)).unwrap();
     assert!(worker.cli(&["topics", "produce", "ticks", "--file", file.to_str().unwrap()]).success);
     worker.wait_for("1000 ticks", || counter(&worker, fqfn, "tick") == Some(1000));
-    assert_counter_history(&worker, fqfn);
+    assert_counter_history(&worker, fqfn, 0, &embedded_id);
     assert!(worker.terminate(), "the worker stops on SIGTERM");
     let worker = Worker::start(dir.path());
-    assert_counter_history(&worker, fqfn);
+    assert_counter_history(&worker, fqfn, 0, &embedded_id);
     assert_eq!(counter(&worker, fqfn, "tick"), Some(1000), "replays changed nothing");
 }
 
@@ -248,17 +273,29 @@ fn topic_count(worker: &Worker, topic: &str) -> u64 {
 #[test]
 fn redrive_sends_dead_letters_back_in_order_once_with_filters_and_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let worker = Worker::start(dir.path());
+    assert_redrive(&Worker::start(dir.path()));
+}
+
+/// Dead letters of a function that fails on a marker, re-driven before and after a fix. The
+/// dead-letter topic must keep acknowledged letters for a while: the embedded engine frees them a
+/// segment at a time, and NATS as the namespace's retention says.
+fn assert_redrive(worker: &Worker) {
     let fqfn = "public/default/fixme";
-    create(&worker, "misbehave", fqfn, "orders", &["-o", "done", "--max-message-retries", "0"]);
+    create(worker, "misbehave", fqfn, "orders", &["-o", "done", "--max-message-retries", "0"]);
     let letters = fail_once(6);
-    produce(&worker, "orders", &letters.iter().map(String::as_str).collect::<Vec<_>>());
-    worker.wait_for("six dead letters", || topic_count(&worker, "fixme-DLQ") == 6);
+    produce(worker, "orders", &letters.iter().map(String::as_str).collect::<Vec<_>>());
+    // Counted by message, which both engines number (NATS's topic stats count entries).
+    let letters_kept = |count: usize| {
+        let at = count.to_string();
+        worker.cli(&["topics", "examine-message", "fixme-DLQ", "--initialPosition", "earliest", "-m", &at]).success
+    };
+    worker.wait_for("six dead letters", || letters_kept(6));
+    assert!(!letters_kept(7));
 
     // Without a fix every one fails again and goes back to the end of the dead-letter topic.
     let again = worker.ok(&["functions", "redrive", "--fqfn", fqfn]);
     assert_eq!((again["processed"].as_u64(), again["deadLetteredAgain"].as_u64()), (Some(6), Some(6)), "{again}");
-    assert_eq!(topic_count(&worker, "fixme-DLQ"), 12);
+    assert!(letters_kept(12), "the six went back to the dead-letter topic");
     let none = worker.ok(&["functions", "redrive", "--fqfn", fqfn, "--where-error", "^no such reason$"]);
     assert_eq!((none["processed"].as_u64(), none["left"].as_u64()), (Some(0), Some(6)), "{none}");
 
@@ -291,6 +328,55 @@ fn redrive_sends_dead_letters_back_in_order_once_with_filters_and_limits() {
         let refused = worker.fails(&args);
         assert!(refused.contains(reason), "{extra:?}: {refused}");
     }
+}
+
+/// Produces 1,000 ticks to `ticks` and waits until the counter `fqfn` reaches `total`.
+fn produce_ticks(worker: &Worker, dir: &std::path::Path, fqfn: &str, total: i64) {
+    let file = dir.join("ticks.txt");
+    std::fs::write(&file, "tick\n".repeat(1000)).unwrap();
+    assert!(worker.cli(&["topics", "produce", "ticks", "--file", file.to_str().unwrap()]).success);
+    worker.wait_for("1000 ticks", || counter(worker, fqfn, "tick") == Some(total));
+}
+
+#[test]
+fn in_cluster_mode_replay_as_of_why_and_redrive_read_jetstreams_history() {
+    let nats = Nats::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ["--cluster", &nats.urls(), "--worker-id", "w0"];
+    let worker = Worker::start_with(dir.path(), &cluster);
+    let fqfn = "public/default/ticks";
+    create(&worker, "word-count", fqfn, "ticks", &["--batch-size", "64"]);
+    produce_ticks(&worker, dir.path(), fqfn, 1000);
+    let first_ids: Vec<String> = [0, 500, 999].into_iter().map(|n| message_id(&worker, "ticks", n)).collect();
+    let why = worker.ok(&["functions", "querystate", "--fqfn", fqfn, "-k", "tick", "--why"]);
+    assert_eq!(why["messageId"], first_ids[2], "the last tick wrote it: {why}");
+    assert_eq!(why["topic"], "persistent://public/default/ticks", "{why}");
+    // Without retention the leader frees the acknowledged input: the state as of a message is
+    // still known from the function's history, but a replay needs the message.
+    worker.wait_for("the acknowledged ticks freed", || {
+        !worker.cli(&["topics", "examine-message", "ticks", "--initialPosition", "earliest"]).success
+    });
+    assert_eq!(ticks_before(&worker, fqfn, &first_ids[1])["numberValue"], 500);
+    assert_eq!(ticks_before(&worker, fqfn, &first_ids[2])["numberValue"], 999);
+    let freed = worker.fails(&["functions", "replay", "--fqfn", fqfn, "--message", &first_ids[1]]);
+    assert!(freed.contains("is no longer kept") && freed.contains("set-retention"), "{freed}");
+
+    // With retention the input stays, and replays work on the next thousand.
+    let retention = ["namespaces", "set-retention", "public/default", "--time", "-1", "--size", "-1"];
+    assert!(worker.cli(&retention).success);
+    produce_ticks(&worker, dir.path(), fqfn, 2000);
+    let ids: std::collections::HashMap<u64, String> =
+        [500, 501, 502].into_iter().chain(positions(20)).map(|n| (1000 + n, message_id(&worker, "ticks", n))).collect();
+    let id = |n: u64| ids[&n].clone();
+    assert_counter_history(&worker, fqfn, 1000, &id);
+
+    // Another worker process reads the same history.
+    assert!(worker.terminate(), "the worker stops on SIGTERM");
+    let worker = Worker::start_with(dir.path(), &cluster);
+    assert_counter_history(&worker, fqfn, 1000, &id);
+    assert_eq!(ticks_before(&worker, fqfn, &first_ids[1])["numberValue"], 500);
+    assert_eq!(counter(&worker, fqfn, "tick"), Some(2000), "replays changed nothing");
+    assert_redrive(&worker);
 }
 
 #[test]

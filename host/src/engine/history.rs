@@ -134,9 +134,6 @@ pub enum HistoryError {
     /// What was asked for is older than the history the engine still keeps.
     #[error("{0}")]
     BeyondRetention(String),
-    /// The engine keeps no history of this kind.
-    #[error("{0}")]
-    Unsupported(String),
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),

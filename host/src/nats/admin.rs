@@ -83,12 +83,12 @@ impl Inner {
         }
     }
 
-    async fn stream_of(&self, topic: &TopicName) -> Result<stream::Stream, BrokerError> {
+    pub(super) async fn stream_of(&self, topic: &TopicName) -> Result<stream::Stream, BrokerError> {
         self.existing_stream(topic).await?.ok_or_else(|| BrokerError::NoSuchTopic(topic.clone()))
     }
 
     /// The messages of the entry at `stream_sequence` of `topic`, or `None` if it is gone.
-    async fn stored_entry(
+    pub(super) async fn stored_entry(
         &self,
         stream: &stream::Stream,
         topic: &TopicName,

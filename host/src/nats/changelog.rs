@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{kv, stream};
 use bincode::{Decode, Encode};
 
+use super::history::{EncodedHistory, HistoryRecord, LoggedHistory, history_subject};
 use super::names::{kv_key, token};
 use super::{Inner, RETRY_PAUSE, decode, encode, state_storage, storage};
 use crate::engine::broker::BrokerError;
@@ -50,7 +51,18 @@ pub(super) struct Applied {
     /// has a new changelog and view whose revisions start again, so a remembered revision could
     /// match a key of the new view by chance: what was remembered of the old one is forgotten.
     changelog_created: Option<time::OffsetDateTime>,
+    /// The revision of the view's mark this process last moved: while the mark still has it, no
+    /// other applier applied anything since, and `entries` hold every change up to the mark.
+    mark_revision: Option<u64>,
     entries: HashMap<String, (ViewEntry, u64)>,
+}
+
+/// Each changelog message's keys' values just before it, from an applying round.
+#[derive(Default)]
+pub(super) struct Befores {
+    values: HashMap<u64, HashMap<String, Option<StateValue>>>,
+    /// Messages another applier got to first, and recorded.
+    recorded_elsewhere: std::collections::HashSet<u64>,
 }
 
 /// The [`AppliedView`] of each function this process applied changes to.
@@ -90,7 +102,7 @@ impl Logged {
         }
     }
 
-    fn change(&self) -> Change {
+    pub(super) fn change(&self) -> Change {
         match self {
             Self::Put(bytes) => Change::Put(bytes.clone()),
             Self::Delete => Change::Delete,
@@ -177,19 +189,25 @@ impl Inner {
 
     /// Appends a commit's state changes to `fqfn`'s changelog as one message (several if they
     /// pass half the servers' largest message), with ids `ID-s0`, `ID-s1`, … so that a repeated
-    /// commit adds nothing; returns the sequence of the last (0 for no changes).
+    /// commit adds nothing; returns the sequence of the last (0 for no changes). Each message
+    /// carries the commit's `history` after its changes (see `history`).
     pub(super) async fn log_changes(
         &self,
         fqfn: &Fqfn,
         changes: Vec<(String, Logged)>,
         id: &str,
+        history: Option<&EncodedHistory>,
     ) -> Result<u64, BrokerError> {
         self.changelog(fqfn).await?;
         let subject = changelog_subject(fqfn);
         let mut pending = Vec::new();
         for (index, record) in records(changes, self.entry_bytes).into_iter().enumerate() {
+            let mut payload = encode(&record);
+            if let Some(history) = history {
+                payload.extend_from_slice(history.of_message(index));
+            }
             let publish = async_nats::jetstream::context::Publish::build()
-                .payload(encode(&record).into())
+                .payload(payload.into())
                 .message_id(format!("{id}-s{index}"));
             pending.push(self.jetstream.send_publish(subject.clone(), publish).await.map_err(storage)?);
         }
@@ -233,7 +251,7 @@ impl Inner {
             let mut applied = applied.lock().unwrap();
             let remade = applied.changelog_created != Some(created);
             if remade {
-                *applied = Applied { changelog_created: Some(created), entries: HashMap::new() };
+                *applied = Applied { changelog_created: Some(created), ..Applied::default() };
             }
             remade
         };
@@ -254,6 +272,7 @@ impl Inner {
             }
             let last = end.min(mark + MESSAGES_PER_ROUND);
             let mut changes: BTreeMap<String, Vec<(u64, Logged)>> = BTreeMap::new();
+            let mut logged = Vec::new();
             let reads = (mark + 1..=last).map(|sequence| {
                 let changelog = &changelog;
                 async move { (sequence, changelog.get_raw_message(sequence).await) }
@@ -261,24 +280,122 @@ impl Inner {
             for (sequence, message) in futures_util::future::join_all(reads).await {
                 // Gone: freed by another applier, after it applied it.
                 let Ok(message) = message else { continue };
-                let record: Vec<(String, Logged)> = decode(&message.payload).map_err(|reason| {
+                let undecodable = |reason: &dyn std::fmt::Display| {
                     StateError::Storage(format!("changelog message {sequence} of {fqfn} cannot be decoded: {reason}"))
-                })?;
+                };
+                let (record, rest) = crate::codec::decode_leading::<Vec<(String, Logged)>>(&message.payload)
+                    .map_err(|reason| undecodable(&reason))?;
+                // Written by an fnhost that kept no history: it has none.
+                let history = match rest.is_empty() {
+                    true => None,
+                    false => Some(decode::<LoggedHistory>(rest).map_err(|reason| undecodable(&reason))?),
+                };
+                logged.push((sequence, record.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), history));
                 for (key, change) in record {
                     changes.entry(key).or_default().push((sequence, change));
                 }
             }
+            let befores = self.values_before(fqfn, &view, &applied, mark_revision, &changes).await?;
+            self.record_history(fqfn, logged, befores).await?;
             let writes = changes.iter().map(|(key, changes)| self.apply_to_view(fqfn, &view, &applied, key, changes));
             futures_util::future::try_join_all(writes).await?;
             let moved = match mark_revision {
-                Some(revision) => self.metadata.update(mark_key(fqfn), encode(&last).into(), revision).await.is_ok(),
-                None => self.metadata.create(mark_key(fqfn), encode(&last).into()).await.is_ok(),
+                Some(revision) => self.metadata.update(mark_key(fqfn), encode(&last).into(), revision).await.ok(),
+                None => self.metadata.create(mark_key(fqfn), encode(&last).into()).await.ok(),
             };
             // Another applier moved the mark first: read it again and go on from there.
-            if moved {
+            if let Some(revision) = moved {
+                applied.lock().unwrap().mark_revision = Some(revision);
                 changelog.purge().sequence(last + 1).await.map_err(state_storage)?;
             }
         }
+    }
+
+    /// Each changelog message's keys and their values just before it (only for messages every key
+    /// of which has a view entry older than it: another applier recorded the others), read from
+    /// the view entries as they are before this round's writes.
+    async fn values_before(
+        &self,
+        fqfn: &Fqfn,
+        view: &kv::Store,
+        applied: &AppliedView,
+        mark_revision: Option<u64>,
+        changes: &BTreeMap<String, Vec<(u64, Logged)>>,
+    ) -> Result<Befores, StateError> {
+        {
+            let mut applied = applied.lock().unwrap();
+            // Another applier moved the mark since this process did: what it remembers may miss
+            // that applier's changes, which this round does not read.
+            if applied.mark_revision != mark_revision {
+                applied.entries.clear();
+                applied.mark_revision = None;
+            }
+        }
+        let entries = changes.keys().map(|key| async move {
+            let remembered = applied.lock().unwrap().entries.get(key).cloned();
+            let entry = match remembered {
+                Some(remembered) => Some(remembered),
+                None => {
+                    let read = self.view_entry(fqfn, view, key).await?;
+                    if let Some(read) = &read {
+                        applied.lock().unwrap().entries.insert(key.clone(), read.clone());
+                    }
+                    read
+                }
+            };
+            Ok::<_, StateError>((key, entry.map(|(entry, _)| entry)))
+        });
+        let mut befores = Befores::default();
+        for (key, entry) in futures_util::future::try_join_all(entries).await? {
+            let (mut value, applied_up_to) = entry.map_or((None, 0), |entry| (entry.value, entry.sequence));
+            for (sequence, change) in &changes[key] {
+                if *sequence <= applied_up_to {
+                    befores.recorded_elsewhere.insert(*sequence);
+                    continue;
+                }
+                befores.values.entry(*sequence).or_default().insert(key.clone(), value.clone());
+                value = change.change().apply(value);
+            }
+        }
+        Ok(befores)
+    }
+
+    /// Writes the history of this round's changelog `messages` (sequence, keys, history), each key
+    /// with its value before from `befores`, in order, before the view is written.
+    async fn record_history(
+        &self,
+        fqfn: &Fqfn,
+        messages: Vec<(u64, Vec<String>, Option<LoggedHistory>)>,
+        mut befores: Befores,
+    ) -> Result<(), StateError> {
+        self.history(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
+        let subject = history_subject(fqfn);
+        let mut pending = Vec::new();
+        for (sequence, keys, history) in messages {
+            let Some(history) = history else { continue };
+            if befores.recorded_elsewhere.contains(&sequence) {
+                continue;
+            }
+            let mut values = befores.values.remove(&sequence).unwrap_or_default();
+            let before = keys
+                .into_iter()
+                .map(|key| {
+                    let value = values.remove(&key).flatten();
+                    (key, value)
+                })
+                .collect();
+            // Published in order on one connection, so that the stream holds them in order.
+            for part in HistoryRecord::parts(sequence, before, history, self.entry_bytes) {
+                let publish = async_nats::jetstream::context::Publish::build()
+                    .payload(encode(&part).into())
+                    .message_id(part.id());
+                pending.push(self.jetstream.send_publish(subject.clone(), publish).await.map_err(state_storage)?);
+            }
+        }
+        for ack in pending {
+            ack.await.map_err(state_storage)?;
+        }
+        Ok(())
     }
 
     /// What this process last read or wrote of `fqfn`'s view.
@@ -356,6 +473,7 @@ impl Inner {
     pub(super) async fn delete_changelog(&self, fqfn: &Fqfn) -> Result<(), StateError> {
         self.changelogs.lock().unwrap().remove(fqfn);
         self.applied_views.lock().unwrap().remove(fqfn);
+        self.delete_history(fqfn).await?;
         match self.jetstream.delete_stream(changelog_stream(fqfn)).await {
             Ok(_) => {}
             Err(error) if super::failure::is_not_found(&error) => {}

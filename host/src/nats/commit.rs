@@ -9,15 +9,18 @@ use bincode::{Decode, Encode};
 
 use super::changelog::Logged;
 use super::entry;
+use super::history::EncodedHistory;
 use super::names::kv_key;
 use super::subscription::{INTENT_PREFIX, NatsSubscription};
-use super::{Inner, decode, encode, remember, storage};
+use super::{Inner, encode, remember, storage};
 use crate::engine::broker::{BrokerError, Effects, OutMessage, SubscriptionSpec, SubscriptionType};
 use crate::engine::state::{Change, StateValue, Versioned};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
 
 /// How many times a commit that failed for a passing reason is repeated.
 const COMMIT_RETRIES: u32 = 50;
+/// Room left in the servers' largest message for a bucket entry's headers and subject.
+const INTENT_MARGIN: usize = 4 << 10;
 
 impl Inner {
     /// Forgets, in every commit intent of `subscription`, what was committed of `topic`.
@@ -30,13 +33,9 @@ impl Inner {
         for (key, bytes) in
             super::metadata::records(&self.jetstream, super::METADATA_BUCKET, &prefix).await.map_err(storage)?
         {
-            let mut intent: Intent = decode(&bytes).map_err(|reason| {
-                storage(format!(
-                    "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
-                ))
-            })?;
+            let (mut intent, history) = Intent::decode(&key, &bytes)?;
             intent.forget_topic(topic);
-            self.metadata.put(kv_key(&key), encode(&intent).into()).await.map_err(storage)?;
+            self.metadata.put(kv_key(&key), intent.encode(history.as_ref()).into()).await.map_err(storage)?;
         }
         Ok(())
     }
@@ -135,11 +134,7 @@ impl NatsSubscription {
         let inner = &self.inner;
         inner.block_on(async {
             let Some(bytes) = inner.metadata.get(kv_key(key)).await.map_err(storage)? else { return Ok(()) };
-            let intent: Intent = decode(&bytes).map_err(|reason| {
-                storage(format!(
-                    "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
-                ))
-            })?;
+            let (intent, history) = Intent::decode(key, &bytes)?;
             let mut committed = HashMap::new();
             for (topic, position) in &intent.committed {
                 if let Ok(topic) = TopicName::parse(topic) {
@@ -147,7 +142,7 @@ impl NatsSubscription {
                 }
             }
             // Applying it again is harmless: outputs keep their message ids and state its final values.
-            apply_intent(inner, &intent).await?;
+            apply_intent(inner, &intent, history.as_ref()).await?;
             *self.committed.lock().unwrap() = committed;
             Ok(())
         })
@@ -162,6 +157,8 @@ impl NatsSubscription {
         highest: &HashMap<TopicName, u64>,
     ) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        let mut history =
+            effects.state.as_ref().map(|_| EncodedHistory::of_batch(effects.history.as_ref(), inner.entry_bytes / 2));
         let intent = match (&self.intent_key, &effects.state) {
             (Some(key), state) => {
                 let (fqfn, finals) = match state {
@@ -190,7 +187,13 @@ impl NatsSubscription {
                     state: finals,
                     committed: committed.iter().map(|(topic, high)| (topic.to_string(), *high)).collect(),
                 };
-                inner.metadata.put(kv_key(key), encode(&intent).into()).await.map_err(|error| {
+                let mut bytes = intent.encode(history.as_ref());
+                // The intent is one message: a batch's history that would not fit is left out.
+                if bytes.len() > inner.entry_bytes * 2 - INTENT_MARGIN {
+                    history = history.map(|history| history.unkept());
+                    bytes = intent.encode(history.as_ref());
+                }
+                inner.metadata.put(kv_key(key), bytes.into()).await.map_err(|error| {
                     storage(format!(
                         "cannot write the commit intent (lower --batch-size if the batch's effects are large): {error}"
                     ))
@@ -201,14 +204,14 @@ impl NatsSubscription {
         };
         match intent {
             Some((intent, committed)) => {
-                apply_intent(inner, &intent).await?;
+                apply_intent(inner, &intent, history.as_ref()).await?;
                 *self.committed.lock().unwrap() = committed;
             }
             None => {
                 // Neither write depends on the other, and the acknowledgement waits for both.
                 let state = async {
                     if let Some((fqfn, changes)) = &effects.state {
-                        log_shared(inner, fqfn, changes, commit).await?;
+                        log_shared(inner, fqfn, changes, commit, history.as_ref()).await?;
                     }
                     Ok(())
                 };
@@ -281,6 +284,26 @@ pub(crate) struct Intent {
 }
 
 impl Intent {
+    /// The intent as the metadata bucket keeps it: followed by its commit's history, which an
+    /// older fnhost neither wrote nor reads.
+    fn encode(&self, history: Option<&EncodedHistory>) -> Vec<u8> {
+        let mut bytes = encode(self);
+        if let Some(history) = history {
+            bytes.extend_from_slice(history.head());
+        }
+        bytes
+    }
+
+    /// The intent stored under `key`, and its commit's history if it has one.
+    fn decode(key: &str, bytes: &[u8]) -> Result<(Self, Option<EncodedHistory>), BrokerError> {
+        let (intent, history) = crate::codec::decode_leading::<Self>(bytes).map_err(|reason| {
+            storage(format!(
+                "the commit intent `{key}` cannot be decoded ({reason}); remove it from the metadata bucket"
+            ))
+        })?;
+        Ok((intent, EncodedHistory::from_head(history)))
+    }
+
     /// Forgets what was committed of `topic`: its subscription's cursor there was moved, and what
     /// comes again is to be processed again.
     pub(super) fn forget_topic(&mut self, topic: &TopicName) {
@@ -299,7 +322,11 @@ pub(super) struct IntentOutput {
 }
 
 /// Applies an intent: publishes its outputs (the streams drop repeats by message id) and writes its final values.
-pub(super) async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), BrokerError> {
+pub(super) async fn apply_intent(
+    inner: &Inner,
+    intent: &Intent,
+    history: Option<&EncodedHistory>,
+) -> Result<(), BrokerError> {
     let outputs = intent
         .outputs
         .iter()
@@ -317,7 +344,7 @@ pub(super) async fn apply_intent(inner: &Inner, intent: &Intent) -> Result<(), B
     if let Some(fqfn) = &intent.fqfn {
         let fqfn = Fqfn::parse(fqfn).map_err(storage)?;
         let logged = intent.state.iter().map(|(key, value)| (key.clone(), Logged::to(value.as_ref()))).collect();
-        let version = inner.log_changes(&fqfn, logged, &intent.commit).await?;
+        let version = inner.log_changes(&fqfn, logged, &intent.commit, history).await?;
         let cache = inner.cache(&fqfn);
         for (key, value) in &intent.state {
             remember(&cache, key, value.clone().map(|value| Versioned { value, version }));
@@ -360,9 +387,10 @@ pub(super) async fn log_shared(
     fqfn: &Fqfn,
     changes: &crate::engine::state::StateChanges,
     commit: &str,
+    history: Option<&EncodedHistory>,
 ) -> Result<(), BrokerError> {
     let logged = changes.iter().map(|(key, change)| (key.clone(), Logged::from(change))).collect();
-    let version = inner.log_changes(fqfn, logged, commit).await?;
+    let version = inner.log_changes(fqfn, logged, commit, history).await?;
     let cache = inner.cache(fqfn);
     for (key, change) in changes.iter() {
         let known = match change {

@@ -7,12 +7,12 @@ use async_nats::jetstream::kv;
 
 use super::changelog::Logged;
 use super::failure::is_not_found;
+use super::history::{EncodedHistory, Source};
 use super::names::{STATE_BUCKET_PREFIX, token};
 use super::{Inner, NatsEngine, ValueCache, remember, state_storage};
-use crate::engine::broker::Message;
-use crate::engine::history::{HistoryError, HistoryPoint, PastTable, Provenance, StateHistory};
+use crate::engine::clock::now_millis;
 use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
-use crate::names::{Fqfn, TopicName};
+use crate::names::Fqfn;
 
 impl StateStore for NatsEngine {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
@@ -32,8 +32,9 @@ impl StateStore for NatsEngine {
         let inner = &self.inner;
         inner.block_on(async {
             let id = inner.commit_id();
+            let operator = EncodedHistory::new(now_millis(), Source::Operator, inner.entry_bytes);
             let version = inner
-                .log_changes(fqfn, vec![(key.to_owned(), Logged::to(Some(&value)))], &id)
+                .log_changes(fqfn, vec![(key.to_owned(), Logged::to(Some(&value)))], &id, Some(&operator))
                 .await
                 .map_err(|error| StateError::Storage(error.to_string()))?;
             let stored = Versioned { value, version };
@@ -86,33 +87,4 @@ impl StateTable for NatsTable {
         remember(&self.cache, key, stored.clone());
         Ok(stored)
     }
-}
-
-/// History on NATS is not kept yet: its changelog holds each batch's final values, not what each
-/// message changed nor the values before, so the state a message saw cannot be read back.
-impl StateHistory for NatsEngine {
-    fn messages(
-        &self,
-        _topic: &TopicName,
-        _first: &str,
-        _last: &str,
-        _most: usize,
-    ) -> Result<Vec<Message>, HistoryError> {
-        Err(no_history())
-    }
-
-    fn past_table(&self, _fqfn: &Fqfn, _point: &HistoryPoint) -> Result<PastTable, HistoryError> {
-        Err(no_history())
-    }
-
-    fn last_write(&self, _fqfn: &Fqfn, _key: &str) -> Result<Option<Provenance>, HistoryError> {
-        Err(no_history())
-    }
-}
-
-fn no_history() -> HistoryError {
-    HistoryError::Unsupported(
-        "the cluster engine keeps no history of function state yet: replay, --as-of and --why need the embedded engine"
-            .into(),
-    )
 }

@@ -36,7 +36,6 @@ pub(super) fn history_error(error: HistoryError) -> WorkerError {
         HistoryError::BadRange(reason) => WorkerError::BadRequest(reason),
         // 410 would fit, but Pulsar's clients know 409 as "the state forbids it".
         HistoryError::BeyondRetention(reason) => WorkerError::Conflict(reason),
-        HistoryError::Unsupported(reason) => WorkerError::Unsupported(reason),
         HistoryError::Broker(error) => broker_error(error),
         HistoryError::State(error) => WorkerError::Internal(error.into()),
     }
