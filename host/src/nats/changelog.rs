@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{kv, stream};
 use bincode::{Decode, Encode};
 
-use super::history::{EncodedHistory, HistoryRecord, LoggedHistory, history_subject};
+use super::history::{EncodedHistory, HistoryRecord, LoggedTrailer, history_subject};
 use super::names::{kv_key, token};
 use super::{Inner, RETRY_PAUSE, decode, encode, state_storage, storage};
 use crate::engine::broker::BrokerError;
@@ -54,6 +54,10 @@ pub(super) struct Applied {
     /// The revision of the view's mark this process last moved: while the mark still has it, no
     /// other applier applied anything since, and `entries` hold every change up to the mark.
     mark_revision: Option<u64>,
+    /// Whether `entries` hold every key of the view: this process applied every change since
+    /// the view was empty, alone, and forgot none. A key it does not remember then has no entry,
+    /// and is not read to learn its value before a change.
+    complete: bool,
     entries: HashMap<String, (ViewEntry, u64)>,
 }
 
@@ -288,7 +292,7 @@ impl Inner {
                 // Written by an fnhost that kept no history: it has none.
                 let history = match rest.is_empty() {
                     true => None,
-                    false => Some(decode::<LoggedHistory>(rest).map_err(|reason| undecodable(&reason))?),
+                    false => Some(LoggedTrailer::read(rest).map_err(|reason| undecodable(&reason))?),
                 };
                 logged.push((sequence, record.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), history));
                 for (key, change) in record {
@@ -326,15 +330,23 @@ impl Inner {
             let mut applied = applied.lock().unwrap();
             // Another applier moved the mark since this process did: what it remembers may miss
             // that applier's changes, which this round does not read.
-            if applied.mark_revision != mark_revision {
+            if mark_revision.is_none() {
+                // Nothing was ever applied: the view is empty.
+                applied.complete = applied.entries.is_empty();
+            } else if applied.mark_revision != mark_revision {
                 applied.entries.clear();
                 applied.mark_revision = None;
+                applied.complete = false;
             }
         }
         let entries = changes.keys().map(|key| async move {
-            let remembered = applied.lock().unwrap().entries.get(key).cloned();
+            let (remembered, complete) = {
+                let applied = applied.lock().unwrap();
+                (applied.entries.get(key).cloned(), applied.complete)
+            };
             let entry = match remembered {
                 Some(remembered) => Some(remembered),
+                None if complete => None,
                 None => {
                     let read = self.view_entry(fqfn, view, key).await?;
                     if let Some(read) = &read {
@@ -365,7 +377,7 @@ impl Inner {
     async fn record_history(
         &self,
         fqfn: &Fqfn,
-        messages: Vec<(u64, Vec<String>, Option<LoggedHistory>)>,
+        messages: Vec<(u64, Vec<String>, Option<LoggedTrailer>)>,
         mut befores: Befores,
     ) -> Result<(), StateError> {
         self.history(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
@@ -446,17 +458,20 @@ impl Inner {
             };
             match written {
                 Ok(revision) => {
-                    let entries = &mut applied.lock().unwrap().entries;
-                    if entries.len() >= MAX_REMEMBERED_VIEW_ENTRIES && !entries.contains_key(key) {
-                        entries.clear();
+                    let mut applied = applied.lock().unwrap();
+                    if applied.entries.len() >= MAX_REMEMBERED_VIEW_ENTRIES && !applied.entries.contains_key(key) {
+                        applied.entries.clear();
+                        applied.complete = false;
                     }
-                    entries.insert(key.to_owned(), (entry, revision));
+                    applied.entries.insert(key.to_owned(), (entry, revision));
                     return Ok(());
                 }
                 // Another applier wrote the key in between (or since this process last did), or it
                 // was not new: read it.
                 Err((true, _)) => {
-                    applied.lock().unwrap().entries.remove(key);
+                    let mut applied = applied.lock().unwrap();
+                    applied.entries.remove(key);
+                    applied.complete = false;
                     read = true;
                 }
                 Err((false, error)) if attempt < 50 => {

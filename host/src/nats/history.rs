@@ -146,6 +146,21 @@ impl EncodedHistory {
     }
 }
 
+/// A changelog message's [`LoggedHistory`] as it carried it, with its time read.
+pub(super) struct LoggedTrailer {
+    pub(super) time: u64,
+    bytes: Vec<u8>,
+}
+
+impl LoggedTrailer {
+    /// The history `bytes` a changelog message carried after its changes.
+    pub(super) fn read(bytes: &[u8]) -> Result<Self, String> {
+        // Its first field: the rest is copied as it is.
+        let (time, _) = crate::codec::decode_leading::<u64>(bytes).map_err(|error| error.to_string())?;
+        Ok(Self { time, bytes: bytes.to_vec() })
+    }
+}
+
 /// The history of one changelog message, or a part of it (`part` from 0; the values before are
 /// split when they would not fit one message).
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -159,8 +174,9 @@ pub(super) struct HistoryRecord {
     pub(super) time: u64,
     /// Each key of this part and its value just before the changelog message.
     pub(super) before: Vec<(String, Option<StateValue>)>,
-    /// Who made the commit, in part 0.
-    pub(super) source: Option<Source>,
+    /// The changelog message's [`LoggedHistory`], in part 0, as the message carried it: the
+    /// applier copies it, and readers decode it when they need it.
+    pub(super) history: Option<Vec<u8>>,
 }
 
 impl HistoryRecord {
@@ -168,14 +184,19 @@ impl HistoryRecord {
     pub(super) fn parts(
         changelog: u64,
         before: Vec<(String, Option<StateValue>)>,
-        history: LoggedHistory,
+        history: LoggedTrailer,
         max_bytes: usize,
     ) -> Vec<Self> {
         let mut parts: Vec<Self> = Vec::new();
-        let mut bytes = encode(&history).len();
+        let mut bytes = history.bytes.len();
         let mut current = Vec::new();
         for (key, value) in before {
-            let size = key.len() + value.as_ref().map_or(0, |value| encode(value).len()) + 16;
+            let size = key.len()
+                + match &value {
+                    Some(StateValue::Bytes(bytes)) => bytes.len(),
+                    _ => 0,
+                }
+                + 16;
             if bytes + size > max_bytes && !current.is_empty() {
                 parts.push(Self::part(changelog, parts.len(), history.time, std::mem::take(&mut current)));
                 bytes = 0;
@@ -185,12 +206,20 @@ impl HistoryRecord {
         }
         parts.push(Self::part(changelog, parts.len(), history.time, current));
         parts.last_mut().expect("one part at least").last_part = true;
-        parts[0].source = Some(history.source);
+        parts[0].history = Some(history.bytes);
         parts
     }
 
     fn part(changelog: u64, index: usize, time: u64, before: Vec<(String, Option<StateValue>)>) -> Self {
-        Self { changelog, part: index as u32, last_part: false, time, before, source: None }
+        Self { changelog, part: index as u32, last_part: false, time, before, history: None }
+    }
+
+    /// Who made the commit (in part 0; `None` in the others).
+    pub(super) fn source(&self) -> Result<Option<Source>, String> {
+        match &self.history {
+            Some(bytes) => decode::<LoggedHistory>(bytes).map(|history| Some(history.source)),
+            None => Ok(None),
+        }
     }
 
     /// The history message id of this part: a repeat is dropped.
@@ -245,19 +274,19 @@ mod tests {
     fn large_values_before_are_split_into_parts_that_carry_the_history_once() {
         let before: Vec<(String, Option<StateValue>)> =
             (0..50).map(|index| (format!("k{index}"), Some(StateValue::Bytes(vec![1; 100])))).collect();
-        let history = LoggedHistory { time: 3, source: Source::Operator };
-        let parts = HistoryRecord::parts(9, before.clone(), history.clone(), 1_000);
+        let history = || LoggedTrailer::read(&encode(&LoggedHistory { time: 3, source: Source::Operator })).unwrap();
+        let parts = HistoryRecord::parts(9, before.clone(), history(), 1_000);
         assert!(parts.len() > 1);
         assert_eq!(parts.iter().map(|part| part.part).collect::<Vec<_>>(), (0..parts.len() as u32).collect::<Vec<_>>());
         assert!(parts.iter().all(|part| part.changelog == 9 && part.time == 3));
         assert_eq!(parts.iter().filter(|part| part.last_part).count(), 1);
         assert!(parts.last().unwrap().last_part);
-        assert_eq!(parts[0].source, Some(Source::Operator));
-        assert!(parts[1..].iter().all(|part| part.source.is_none()));
+        assert_eq!(parts[0].source(), Ok(Some(Source::Operator)));
+        assert!(parts[1..].iter().all(|part| part.source() == Ok(None)));
         assert_eq!(parts.iter().flat_map(|part| part.before.clone()).collect::<Vec<_>>(), before);
         let id = |part: &HistoryRecord| part.id();
         assert_eq!((id(&parts[0]), id(&parts[1])), ("9-0".to_owned(), "9-1".to_owned()));
-        let one = HistoryRecord::parts(4, Vec::new(), history, 1_000);
+        let one = HistoryRecord::parts(4, Vec::new(), history(), 1_000);
         assert_eq!(one.len(), 1, "a message without keys still has its record");
         assert!(one[0].last_part);
     }

@@ -33,6 +33,16 @@ fn beyond(what: impl std::fmt::Display) -> HistoryError {
     ))
 }
 
+/// Who made the commit of `record`, which is part 0 of a changelog message's record.
+fn source(fqfn: &Fqfn, record: &HistoryRecord) -> Result<Option<Source>, StateError> {
+    record.source().map_err(|reason| {
+        StateError::Storage(format!(
+            "the history of {fqfn}'s changelog message {} cannot be decoded: {reason}",
+            record.changelog
+        ))
+    })
+}
+
 fn corrupt(fqfn: &Fqfn, sequence: u64, reason: impl std::fmt::Display) -> StateError {
     StateError::Storage(format!("history message {sequence} of {fqfn} cannot be decoded: {reason}"))
 }
@@ -222,7 +232,9 @@ async fn within_batch(
             let (changelog, _, whole) = past.read_up_to.expect("the head was read");
             // A commit changes a key once, so a continuation's values before are the commit's.
             let continues = record.changelog <= changelog
-                || (whole && record.changelog == changelog + 1 && record.source == Some(Source::Continued));
+                || (whole
+                    && record.changelog == changelog + 1
+                    && source(&records.fqfn, &record)? == Some(Source::Continued));
             if !continues {
                 past.next = sequence;
                 break 'commit;
@@ -335,7 +347,7 @@ impl StateHistory for NatsEngine {
                         let chunk = records.chunk(next, records.last).await?;
                         next += READS_AT_ONCE.min(records.last + 1 - next);
                         for (at, record) in chunk {
-                            let Some(Source::Batch(batch)) = &record.source else { continue };
+                            let Some(Source::Batch(batch)) = source(fqfn, &record)? else { continue };
                             // The first message of the topic at or after it: the message itself,
                             // or (its own commit changed no state, so left no history) the next
                             // one of an ordered subscription.
@@ -372,7 +384,7 @@ impl StateHistory for NatsEngine {
                 if record.changelog != changelog {
                     return Ok(None);
                 }
-                let writer = match record.source {
+                let writer = match source(fqfn, &record)? {
                     Some(Source::Continued) if changelog > 1 => {
                         changelog -= 1;
                         continue;
@@ -412,7 +424,7 @@ mod tests {
             last_part,
             time: 7,
             before: before.iter().map(|(key, value)| ((*key).to_owned(), Some(StateValue::Counter(*value)))).collect(),
-            source: None,
+            history: None,
         }
     }
 
