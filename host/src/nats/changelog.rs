@@ -328,12 +328,12 @@ impl Inner {
     ) -> Result<Befores, StateError> {
         {
             let mut applied = applied.lock().unwrap();
-            // Another applier moved the mark since this process did: what it remembers may miss
-            // that applier's changes, which this round does not read.
             if mark_revision.is_none() {
                 // Nothing was ever applied: the view is empty.
                 applied.complete = applied.entries.is_empty();
             } else if applied.mark_revision != mark_revision {
+                // Another applier moved the mark since this process did: what this one remembers
+                // may miss that applier's changes, which this round does not read.
                 applied.entries.clear();
                 applied.mark_revision = None;
                 applied.complete = false;

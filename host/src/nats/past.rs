@@ -356,7 +356,6 @@ impl StateHistory for NatsEngine {
                                     && message.message_id.parse::<u64>().is_ok_and(|id| id >= position)
                             });
                             if let Some(found) = found {
-                                let batch = batch.clone();
                                 let past = within_batch(&records, at, record, &batch, found).await?;
                                 return self.past(records, past, true).await;
                             }
