@@ -212,7 +212,7 @@ impl MessageContext {
         let index = self.call.start + self.outcomes.len();
         let origin = &self.batch[index];
         let result = match (result, self.host_failure.take()) {
-            (_, Some(failure)) => Err(ProcessError::System(failure)),
+            (_, Some(failure)) => Err(ProcessError::Host(failure)),
             (Ok(Some(value)), None) if self.output.is_some() => {
                 let properties = result_properties(origin);
                 match check_parts(value.len(), origin.key.as_deref(), properties.len(), properties) {
@@ -290,7 +290,7 @@ impl MessageContext {
     /// join the batch, on failure they are dropped.
     pub(super) fn end_window(&mut self, result: Result<Option<Vec<u8>>, ProcessError>) -> Result<(), ProcessError> {
         let result = match (result, self.host_failure.take()) {
-            (_, Some(failure)) => Err(ProcessError::System(failure)),
+            (_, Some(failure)) => Err(ProcessError::Host(failure)),
             (Ok(Some(value)), None) => match (&self.output, check_parts(value.len(), None, 0, [])) {
                 (Some(topic), Ok(())) => Ok(Some(PendingOutput::Ready(topic.clone(), OutMessage::new(value)))),
                 (None, _) => Ok(None),
@@ -397,7 +397,7 @@ impl MessageContext {
         Ok(())
     }
 
-    /// Records a host failure: the message fails as a system exception whatever the function does next.
+    /// Records a host failure: the message fails as the host's failure whatever the function does next.
     fn fail_host(&mut self, reason: String) -> ContextError {
         self.host_failure = Some(reason.clone());
         ContextError::HostFailure(reason)
@@ -588,7 +588,7 @@ mod tests {
     }
 
     /// A storage failure reaches the function as `host-failure`, not as a refusal it caused, and
-    /// the call fails as a system exception even when the function handles the error and returns.
+    /// the call fails as the host's failure even when the function handles the error and returns.
     #[test]
     fn a_storage_failure_is_a_host_failure_and_fails_the_call_whatever_the_function_returns() {
         let config = FunctionConfig::new(Fqfn::parse("a/b/c").unwrap(), vec![TopicName::parse("in").unwrap()]);
@@ -599,8 +599,8 @@ mod tests {
             other => panic!("expected a host failure, got {other:?}"),
         }
         match context.end_window(Ok(None)) {
-            Err(ProcessError::System(reason)) => assert!(reason.contains("the disk is gone"), "{reason}"),
-            other => panic!("expected a system exception, got {other:?}"),
+            Err(ProcessError::Host(reason)) => assert!(reason.contains("the disk is gone"), "{reason}"),
+            other => panic!("expected a host failure, got {other:?}"),
         }
         // The next call starts clean.
         context.begin_window();

@@ -240,7 +240,7 @@ pub(super) fn run_instance(
             wait_for_more = until == RunUntil::Stopped;
             if at_most_once {
                 commit_now(subscription, Acks::of(&messages), messages.len(), config, executor)?;
-                process_batch(messages, config, executor, metrics, halt);
+                process_batch(messages, config, executor, metrics, halt)?;
                 continue;
             }
             let count = messages.len();
@@ -252,7 +252,7 @@ pub(super) fn run_instance(
                     let committed = subscription.commit(effects.into_effects());
                     after_commit(committed, messages, config, executor)?;
                 }
-                let acks = process_batch(messages, config, executor, metrics, halt);
+                let acks = process_batch(messages, config, executor, metrics, halt)?;
                 commit_now(subscription, acks, count, config, executor)?;
                 continue;
             }
@@ -271,6 +271,9 @@ pub(super) fn run_instance(
             if let (Some(committed), Some(messages)) = (committed, previous_count) {
                 after_commit(committed, messages, config, executor)?;
             }
+            // After the previous batch's commit is settled: a host failure leaves this batch
+            // uncommitted, and what was fetched ahead comes again to the instance started next.
+            let acks = acks?;
             ahead = fetched?;
             uncommitted = Some((executor.context().take_batch(acks)?, count));
         }
@@ -355,6 +358,18 @@ mod tests {
         calls: Mutex<Vec<Call>>,
     }
 
+    impl Recording {
+        /// Records a new subscription `s` of `store` to `input`, from its start.
+        fn of(store: &EmbeddedStore, input: &TopicName) -> Self {
+            let spec = SubscriptionSpec::single(
+                vec![input.clone()],
+                Some(SubscriptionName::on_topic(input, "s").unwrap()),
+                Position::Earliest,
+            );
+            Self { inner: store.subscribe(spec).unwrap(), calls: Mutex::new(Vec::new()) }
+        }
+    }
+
     impl Subscription for Recording {
         fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Message>, BrokerError> {
             let messages = self.inner.fetch(max, wait)?;
@@ -402,16 +417,7 @@ mod tests {
             FunctionConfig { batch_size: 2, ..FunctionConfig::new(Fqfn::parse("a/b/c").unwrap(), vec![input.clone()]) };
         let context = MessageContext::new(&config, 0, store.table(&config.fqfn).unwrap(), LogSink::default());
         let mut executor = NativeExecutor::new(|_: &GuestMessage, _: &mut MessageContext| Ok(None), context);
-        let subscription = Recording {
-            inner: store
-                .subscribe(SubscriptionSpec::single(
-                    vec![input.clone()],
-                    Some(SubscriptionName::on_topic(&input, "s").unwrap()),
-                    Position::Earliest,
-                ))
-                .unwrap(),
-            calls: Mutex::new(Vec::new()),
-        };
+        let subscription = Recording::of(&store, &input);
         let stop = AtomicBool::new(false);
         let failed = AtomicBool::new(false);
         let halt = Halt { stop: &stop, failed: &failed };
@@ -431,6 +437,54 @@ mod tests {
             Call::Fetch(vec![]),
         ];
         assert_eq!(subscription.calls.into_inner().unwrap(), expected);
+    }
+
+    /// A state table whose storage has failed.
+    struct FailedStorage;
+
+    impl crate::engine::state::StateTable for FailedStorage {
+        fn get(&self, _key: &str) -> Result<Option<crate::engine::state::Versioned>, StateError> {
+            Err(StateError::Storage("the disk is gone".into()))
+        }
+    }
+
+    /// A state read that fails is the host's failure, not the message's: the instance stops with
+    /// nothing of the batch committed, rather than trying the message and dead-lettering it.
+    #[test]
+    fn a_storage_failure_stops_the_instance_uncommitted_and_dead_letters_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let input = TopicName::parse("in").unwrap();
+        store.produce(&input, (0..3).map(|n| OutMessage::new(n.to_string().into_bytes())).collect()).unwrap();
+        let config = FunctionConfig::new(Fqfn::parse("a/b/c").unwrap(), vec![input.clone()]);
+        let context = MessageContext::new(&config, 0, Box::new(FailedStorage), LogSink::default());
+        let mut executor = NativeExecutor::new(
+            |message: &GuestMessage, context: &mut MessageContext| {
+                use crate::runtime::HostContext as _;
+                if message.value == b"1" {
+                    // Handled by the function, as a careful author would: the call fails anyway.
+                    let _ = context.get_state("k".into());
+                }
+                Ok(None)
+            },
+            context,
+        );
+        let subscription = Recording::of(&store, &input);
+        let stop = AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
+        let halt = Halt { stop: &stop, failed: &failed };
+        let metrics = InstanceMetrics::default();
+        let result = run_instance(&subscription, &config, &mut executor, &metrics, RunUntil::Idle, &halt);
+
+        match result {
+            Err(RunError::State(StateError::Storage(reason))) => {
+                assert!(reason.contains("the disk is gone"), "{reason}")
+            }
+            other => panic!("expected the storage failure, got {other:?}"),
+        }
+        assert_eq!(subscription.calls.into_inner().unwrap(), vec![Call::Fetch(vec![0, 1, 2])], "nothing committed");
+        let stats = metrics.snapshot();
+        assert_eq!((stats.succeeded, stats.dead_lettered, stats.system_exceptions), (1, 0, 1));
     }
 
     /// An executor that rests for an hour.

@@ -8,19 +8,24 @@ use super::context::Outcome;
 use super::executor::Executor;
 use super::pipeline::{Halt, to_guest};
 use crate::engine::broker::{Acks, Message};
+use crate::engine::state::StateError;
 use crate::function::{FunctionConfig, ProcessingGuarantee};
 use crate::metrics::{InstanceMetrics, Stats};
 use crate::runtime::{GuestMessage, GuestReads, LogLevel, ProcessError};
 
 /// Processes a batch, trying each failed message again up to the retry limit and then sending it
 /// to the dead-letter topic; adds what happened to `metrics` and returns the messages to acknowledge.
+///
+/// A failure of the host's storage ([`ProcessError::Host`]) is returned instead: the batch is
+/// not to be committed, and the instance is to stop, so that its messages come again rather
+/// than go to the dead-letter topic for what was not their fault.
 pub(super) fn process_batch(
     messages: Vec<Message>,
     config: &FunctionConfig,
     executor: &mut dyn Executor,
     metrics: &InstanceMetrics,
     halt: &Halt<'_>,
-) -> Acks {
+) -> Result<Acks, StateError> {
     let restarts_before = executor.restarts();
     let mut stats = Stats::default();
     let acks = process_messages(messages, config, executor, &mut stats, halt);
@@ -49,7 +54,7 @@ fn process_messages(
     executor: &mut dyn Executor,
     stats: &mut Stats,
     halt: &Halt<'_>,
-) -> Acks {
+) -> Result<Acks, StateError> {
     let manual = config.guarantee == ProcessingGuarantee::Manual;
     let mut acks = Acks::default();
     let mut positions = Vec::with_capacity(messages.len());
@@ -99,7 +104,7 @@ fn process_messages(
                 // A failure while stopping is the stop's interruption, not the message's fault:
                 // the message and the ones after it are left unacknowledged, for the next delivery.
                 if outcome.result.is_err() && halt.halted() {
-                    return acks;
+                    return Ok(acks);
                 }
                 stats.record_latency(outcome.elapsed);
                 let error = match outcome.result {
@@ -109,6 +114,11 @@ fn process_messages(
                             acks.add(topic, *sequence);
                         }
                         break;
+                    }
+                    Err(ProcessError::Host(reason)) => {
+                        let text = format!("message {} from {}: {reason}", guest.message_id, guest.topic);
+                        stats.record_exception(false, text);
+                        return Err(StateError::Storage(reason));
                     }
                     Err(error) => error,
                 };
@@ -138,5 +148,5 @@ fn process_messages(
             }
         }
     }
-    acks
+    Ok(acks)
 }

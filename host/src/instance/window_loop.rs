@@ -303,6 +303,10 @@ fn fire(
                 stats.succeeded += 1;
                 return Ok(());
             }
+            // Not the window's fault: the instance stops uncommitted, and its records come again.
+            Err(ProcessError::Host(reason)) => {
+                return Err(RunError::State(crate::engine::state::StateError::Storage(reason)));
+            }
             Err(error) => error,
         };
         stats.record_exception(matches!(error, ProcessError::User(_)), error.to_string());

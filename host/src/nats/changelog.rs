@@ -264,6 +264,8 @@ impl Inner {
             self.tables.lock().unwrap().remove(fqfn);
         }
         let view = self.table(fqfn).await?;
+        // Whether the history stream could be opened: asked once a call, when there is a change.
+        let mut keeps_history = None;
         loop {
             let (mark, mark_revision) = match self.metadata.entry(mark_key(fqfn)).await.map_err(state_storage)? {
                 Some(entry) if entry.operation == kv::Operation::Put => {
@@ -299,8 +301,24 @@ impl Inner {
                     changes.entry(key).or_default().push((sequence, change));
                 }
             }
+            // The view is what running instances read, so history that cannot be written (its
+            // stream cannot be made while too few servers run, say) does not hold it back: that
+            // history keeps a gap, which its readers refuse (`past::Past::later`).
+            let keeps_history = match keeps_history {
+                Some(keeps) => keeps,
+                None => *keeps_history.insert(match self.history(fqfn).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        tracing::warn!(%fqfn, %error, "state history: cannot open it, so these changes go unrecorded");
+                        false
+                    }
+                }),
+            };
+            // Also when history is not kept: it keeps what this process remembers of the view true.
             let befores = self.values_before(fqfn, &view, &applied, mark_revision, &changes).await?;
-            self.record_history(fqfn, logged, befores).await?;
+            if keeps_history && let Err(error) = self.record_history(fqfn, logged, befores).await {
+                tracing::warn!(%fqfn, %error, "state history: a round of changes was not recorded");
+            }
             let writes = changes.iter().map(|(key, changes)| self.apply_to_view(fqfn, &view, &applied, key, changes));
             futures_util::future::try_join_all(writes).await?;
             let moved = match mark_revision {
@@ -380,7 +398,6 @@ impl Inner {
         messages: Vec<(u64, Vec<String>, Option<LoggedTrailer>)>,
         mut befores: Befores,
     ) -> Result<(), StateError> {
-        self.history(fqfn).await.map_err(|error| StateError::Storage(error.to_string()))?;
         let subject = history_subject(fqfn);
         let mut pending = Vec::new();
         for (sequence, keys, history) in messages {

@@ -122,7 +122,7 @@ impl Past {
         }
         if position != expected {
             return Err(StateError::Storage(format!(
-                "the history of {fqfn} misses changelog message {} (part {}): an applier stopped between its writes, so the state before it cannot be read back",
+                "the history of {fqfn} misses changelog message {} (part {}): an applier stopped between its writes or could not write the history then (the workers' log warns of it), so the state before it cannot be read back",
                 expected.0, expected.1
             )));
         }

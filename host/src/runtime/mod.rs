@@ -182,6 +182,11 @@ pub enum ProcessError {
     /// The instance trapped, ran out of time or memory: a system exception. The instance must be replaced.
     #[error("system exception: {0}")]
     System(String),
+    /// The host's storage failed while the function ran (a state read, say): not the message's
+    /// fault, so it is neither counted as a try nor dead-lettered. The instance stops uncommitted
+    /// and is started again, and the message comes again.
+    #[error("host failure: {0}")]
+    Host(String),
 }
 
 /// The environment variable that, when set, makes compiled guest code visible to `perf`.

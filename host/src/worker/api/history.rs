@@ -106,7 +106,8 @@ pub struct StateDiffAnswer {
 /// An exception a replayed message raised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExceptionAnswer {
-    /// `user` (the function returned an error) or `system` (a trap, or a limit).
+    /// `user` (the function returned an error), `system` (a trap, or a limit) or `host` (the
+    /// host's storage failed while the function ran).
     pub kind: String,
     /// What it said.
     pub message: String,
@@ -226,6 +227,7 @@ impl ReplayedMessageAnswer {
             exception: message.exception.map(|error| match error {
                 ProcessError::User(message) => ExceptionAnswer { kind: "user".into(), message },
                 ProcessError::System(message) => ExceptionAnswer { kind: "system".into(), message },
+                ProcessError::Host(message) => ExceptionAnswer { kind: "host".into(), message },
             }),
             may_differ,
         }
