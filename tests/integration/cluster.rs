@@ -242,6 +242,23 @@ fn a_killed_worker_leader_and_nats_server_lose_nothing() {
 
     wait_drained(&nats, "events", "at-least", 3, &workers);
     wait_drained(&nats, "events", "once", 1, &workers);
+    // A NATS server or a worker dying is the host's failure, never a message's: a storage call
+    // failing meanwhile stops the instance uncommitted, and dead-letters nothing.
+    // (Asked of JetStream: reading a topic through fnhost would make its stream, which NATS
+    // refuses while one of three servers is down.)
+    let client = Client::connect(&nats);
+    for name in ["at-least", "once"] {
+        let dead_letters = client.runtime.block_on(async {
+            use futures_util::TryStreamExt as _;
+            let stream = topic_stream(&format!("{name}-DLQ"));
+            let names: Vec<String> = client.jetstream.stream_names().try_collect().await.unwrap();
+            match names.contains(&stream) {
+                true => client.jetstream.get_stream(&stream).await.unwrap().info().await.unwrap().state.messages,
+                false => 0,
+            }
+        });
+        assert_eq!(dead_letters, 0, "{name} dead-lettered messages");
+    }
     let at_least = sessions(survivor, "sessions-alo", oracle.outputs.len());
     let expected = counts(&oracle.outputs);
     let found = counts(&at_least);
