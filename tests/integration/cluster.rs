@@ -121,13 +121,34 @@ fn sessions(worker: &Worker, topic: &str, expected: usize) -> Vec<(String, i64)>
             })
             .collect()
     };
+    // Bounded like `Worker::wait_for`, but what came is returned for the caller to say what is
+    // missing rather than only that something is.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let mut outputs = Vec::new();
-    worker.wait_for(&format!("{expected} sessions on {topic}"), || {
+    while outputs.len() < expected && Instant::now() < deadline {
         outputs.extend(read());
-        outputs.len() >= expected
-    });
+    }
     outputs.extend(read());
     outputs
+}
+
+/// Fails, saying how many and which, unless `found` holds each of `expected`'s outputs as often
+/// as `expected` does; `context` adds what the failure needs to be understood.
+fn assert_each_once(found: &[(String, i64)], expected: &[(String, i64)], what: &str, context: impl FnOnce() -> String) {
+    let (found, expected) = (counts(found), counts(expected));
+    if found == expected {
+        return;
+    }
+    let missing: Vec<_> = expected.keys().filter(|output| found.get(*output) < expected.get(*output)).collect();
+    let extra: Vec<_> = found.keys().filter(|output| found.get(*output) > expected.get(*output)).collect();
+    panic!(
+        "{what}: {} outputs missing, such as {:?}; {} come too often or were never expected, such as {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)],
+        context()
+    );
 }
 
 fn cluster_info(worker: &Worker) -> serde_json::Value {
@@ -167,7 +188,7 @@ fn three_workers_share_a_function_and_any_of_them_answers_for_it() {
     produce(&workers[2], &oracle, 0..EVENTS);
     wait_drained(&nats, "events", "sd", 3, &workers);
     let outputs = sessions(&workers[0], "sessions", oracle.outputs.len());
-    assert_eq!(counts(&outputs), counts(&oracle.outputs), "outputs equal the oracle's, once each");
+    assert_each_once(&outputs, &oracle.outputs, "outputs equal the oracle's, once each", String::new);
 
     let config = workers[0].ok(&["functions", "get", "--name", "sd"]);
     let (user, login) = oracle.open.iter().next().expect("an open session");
@@ -267,7 +288,10 @@ fn a_killed_worker_leader_and_nats_server_lose_nothing() {
     let invented: Vec<_> = found.keys().filter(|output| !expected.contains_key(*output)).collect();
     assert!(invented.is_empty(), "ATLEAST_ONCE invented {invented:?}");
     let once = sessions(survivor, "sessions-eo", oracle.outputs.len());
-    assert_eq!(counts(&once), expected, "EFFECTIVELY_ONCE: every session once");
+    assert_each_once(&once, &oracle.outputs, "EFFECTIVELY_ONCE", || {
+        let stats = survivor.cli(&["functions", "stats", "--name", "once"]).stdout;
+        format!("stats of the EFFECTIVELY_ONCE function:\n{stats}\nthe last worker's log:\n{}", survivor.log())
+    });
 }
 
 /// A JetStream client of the test's own, beside the workers.
