@@ -169,6 +169,10 @@ struct Inner {
     /// What this process last read or wrote of each function's state view.
     applied_views: changelog::AppliedViews,
     caches: Mutex<HashMap<Fqfn, ValueCache>>,
+    /// Per function, held for writing while a table opening empties the function's cache and
+    /// brings its view up to date, and for reading by each state read: a read in between would
+    /// find neither the values emptied from the cache nor the changes not yet in the view.
+    openings: Mutex<HashMap<Fqfn, Arc<std::sync::RwLock<()>>>>,
     metadata: kv::Store,
     packages: object_store::ObjectStore,
     members: kv::Store,
@@ -280,6 +284,7 @@ impl NatsEngine {
                 changelogs: Mutex::default(),
                 applied_views: Mutex::default(),
                 caches: Mutex::default(),
+                openings: Mutex::default(),
                 metadata,
                 packages,
                 members,
@@ -428,6 +433,11 @@ impl Inner {
     /// The value cache of `fqfn`'s state.
     fn cache(&self, fqfn: &Fqfn) -> ValueCache {
         self.caches.lock().unwrap().entry(fqfn.clone()).or_default().clone()
+    }
+
+    /// The lock that keeps `fqfn`'s state reads out of its table openings (see `openings`).
+    fn opening(&self, fqfn: &Fqfn) -> Arc<std::sync::RwLock<()>> {
+        self.openings.lock().unwrap().entry(fqfn.clone()).or_default().clone()
     }
 
     /// A new id for one commit's outputs, unique across processes.

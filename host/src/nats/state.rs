@@ -18,14 +18,20 @@ impl StateStore for NatsEngine {
     fn table(&self, fqfn: &Fqfn) -> Result<Box<dyn StateTable>, StateError> {
         let inner = &self.inner;
         let cache = inner.cache(fqfn);
-        // Emptied before the view is brought up to date: a commit remembered after this is in the
-        // cache, and one remembered before is in the changelog the view is brought up to.
-        cache.lock().unwrap().clear();
-        let store = inner.block_on(async {
-            inner.materialise(fqfn).await?;
-            inner.table(fqfn).await
-        })?;
-        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache }))
+        let opening = inner.opening(fqfn);
+        // Another instance of the function in this process may be reading meanwhile: it waits
+        // until the view holds what the cache no longer does.
+        let store = {
+            let _opening = opening.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Emptied before the view is brought up to date: a commit remembered after this is in
+            // the cache, and one remembered before is in the changelog the view is brought up to.
+            cache.lock().unwrap().clear();
+            inner.block_on(async {
+                inner.materialise(fqfn).await?;
+                inner.table(fqfn).await
+            })?
+        };
+        Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache, opening }))
     }
 
     fn put(&self, fqfn: &Fqfn, key: &str, value: StateValue) -> Result<Versioned, StateError> {
@@ -48,6 +54,7 @@ impl StateStore for NatsEngine {
         let bucket = format!("{STATE_BUCKET_PREFIX}{}", token(&fqfn.to_string()));
         inner.tables.lock().unwrap().remove(fqfn);
         inner.caches.lock().unwrap().remove(fqfn);
+        inner.openings.lock().unwrap().remove(fqfn);
         inner.block_on(async {
             inner.delete_changelog(fqfn).await?;
             match inner.jetstream.delete_key_value(&bucket).await {
@@ -75,10 +82,13 @@ pub(super) struct NatsTable {
     fqfn: Fqfn,
     store: kv::Store,
     cache: ValueCache,
+    /// Held for reading by each read, so that none falls inside another instance's opening.
+    opening: Arc<std::sync::RwLock<()>>,
 }
 
 impl StateTable for NatsTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        let _reading = self.opening.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(known) = self.cache.lock().unwrap().get(key) {
             return Ok(known.clone());
         }
