@@ -13,6 +13,7 @@ use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use crate::engine::broker::MessageBody;
+use crate::engine::history::MessageChange;
 use crate::engine::state::{Change, StateValue, Versioned};
 
 /// How many bytes the decoder may reserve per byte of the record it decodes.
@@ -179,8 +180,42 @@ impl<Context> Decode<Context> for Change {
     }
 }
 
+const SOLE_VARIANT: u32 = 0;
+const OWN_VARIANT: u32 = 1;
+
+impl Encode for MessageChange {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        match self {
+            Self::Sole(index) => {
+                SOLE_VARIANT.encode(encoder)?;
+                index.encode(encoder)
+            }
+            Self::Own(key, change) => {
+                OWN_VARIANT.encode(encoder)?;
+                key.encode(encoder)?;
+                change.encode(encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for MessageChange {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        match u32::decode(decoder)? {
+            SOLE_VARIANT => Ok(Self::Sole(Decode::decode(decoder)?)),
+            OWN_VARIANT => Ok(Self::Own(Decode::decode(decoder)?, Decode::decode(decoder)?)),
+            found => Err(DecodeError::UnexpectedVariant {
+                type_name: "MessageChange",
+                allowed: &bincode::error::AllowedEnumVariants::Range { min: SOLE_VARIANT, max: OWN_VARIANT },
+                found,
+            }),
+        }
+    }
+}
+
 // Records that hold these types derive their decoding, which asks for the borrowing form too.
 bincode::impl_borrow_decode!(Change);
+bincode::impl_borrow_decode!(MessageChange);
 bincode::impl_borrow_decode!(MessageBody);
 bincode::impl_borrow_decode!(StateValue);
 bincode::impl_borrow_decode!(Versioned);

@@ -54,7 +54,7 @@ use fnhost::engine::Engine;
 use fnhost::engine::broker::{
     Acks, BrokerError, Effects, Inputs, Message, OutMessage, Position, Subscription, SubscriptionSpec, SubscriptionType,
 };
-use fnhost::engine::history::{BatchHistory, HistoryError, HistoryPoint};
+use fnhost::engine::history::{BatchHistory, HistoryError, HistoryPoint, MessageChange};
 use fnhost::engine::state::{Change, StateChanges, StateValue};
 use fnhost::names::{Fqfn, SubscriptionName, TopicName, TopicPattern};
 use fnhost::nats::{NatsEngine, NatsSecurity};
@@ -815,19 +815,26 @@ fn a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value
             let mut history = BatchHistory::new(0, "digest".into());
             let mut changes = StateChanges::default();
             for message in batch {
-                let mut own = vec![
+                let own = [
                     ("count".to_owned(), Change::Add(1)),
                     ("last".to_owned(), Change::Put(message.body.value.clone())),
                 ];
-                match message.body.value[0] {
-                    1 => own.push(("gone".to_owned(), Change::Put(vec![1]))),
-                    4 => own.push(("gone".to_owned(), Change::Delete)),
-                    _ => {}
-                }
                 for (key, change) in &own {
                     changes.record(key.clone(), change.clone());
                 }
-                history.push(input.as_str(), message.sequence.to_string(), own);
+                let mut made: Vec<MessageChange> =
+                    own.into_iter().map(|(key, change)| MessageChange::Own(key, change)).collect();
+                // `gone` has one writer in its batch: the history names it by its index in the changes.
+                let gone = match message.body.value[0] {
+                    1 => Some(Change::Put(vec![1])),
+                    4 => Some(Change::Delete),
+                    _ => None,
+                };
+                if let Some(change) = gone {
+                    made.push(MessageChange::Sole(changes.len() as u32));
+                    changes.record("gone".to_owned(), change);
+                }
+                history.push(input.as_str(), message.sequence.to_string(), made);
             }
             let effects = Effects {
                 acks: Acks::of(batch),

@@ -237,16 +237,34 @@ pub(crate) fn pipeline(
     dir: &Path,
     workload: &Workload<'_>,
     code: Code<'_>,
-    (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
+    settings: (ProcessingGuarantee, Ordering, u32),
 ) -> anyhow::Result<Duration> {
+    Ok(pipeline_measured(dir, workload, code, settings)?.elapsed)
+}
+
+/// How long a pipeline run took, and the CPU time the process spent in it.
+pub(crate) struct Measured {
+    pub(crate) elapsed: Duration,
+    pub(crate) cpu: Duration,
+}
+
+/// [`pipeline`], also measuring its CPU time.
+pub(crate) fn pipeline_measured(
+    dir: &Path,
+    workload: &Workload<'_>,
+    code: Code<'_>,
+    (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
+) -> anyhow::Result<Measured> {
     let events = workload.events;
     let store = EmbeddedStore::open(dir)?;
     produce(&store, events)?;
     let config = pipeline_config(guarantee, ordering, parallelism)?;
     let executors = executors(&store, &config, code, workload.native)?;
+    let cpu_before = cpu_time(rustix::time::ClockId::ProcessCPUTime);
     let started = Instant::now();
     let stats = instance::run(&store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
     let elapsed = started.elapsed();
+    let cpu = cpu_time(rustix::time::ClockId::ProcessCPUTime).saturating_sub(cpu_before);
     let succeeded: u64 = stats.iter().map(|instance| instance.succeeded).sum();
     anyhow::ensure!(
         succeeded as usize == events.len(),
@@ -257,7 +275,7 @@ pub(crate) fn pipeline(
     let written = count_outputs(&store)?;
     let expected = workload.outputs();
     anyhow::ensure!(written == expected, "{guarantee:?} {ordering:?} x{parallelism}: {written} outputs of {expected}");
-    Ok(elapsed)
+    Ok(Measured { elapsed, cpu })
 }
 
 /// The exclamation example's logic, natively.

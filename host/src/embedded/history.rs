@@ -16,7 +16,9 @@ use super::journal::{StateStep, for_each_step, unreadable};
 use super::state::{EmbeddedTable, FunctionTable, Record};
 use super::{EmbeddedStore, lock};
 use crate::engine::broker::{BrokerError, Message};
-use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, PastTable, Provenance, StateHistory, Writer};
+use crate::engine::history::{
+    BatchHistory, HistoryError, HistoryPoint, MessageChange, PastTable, Provenance, StateHistory, Writer,
+};
 use crate::engine::state::{Change, KeyMap, StateError, StateTable, Versioned};
 use crate::names::{Fqfn, TopicName};
 
@@ -30,8 +32,8 @@ pub(super) struct StoredHistory {
     time: u64,
     /// Each key of the step's record with its value before the step, in the record's order.
     before: Vec<Option<Versioned>>,
-    /// The batch that made the changes; `None` for an operator's putstate.
-    batch: Option<StoredBatch>,
+    /// Who made the changes.
+    source: StoredSource,
 }
 
 /// The part of [`StoredHistory`] that recovery reads.
@@ -40,7 +42,7 @@ pub(super) struct HistoryTopics {
     pub(super) topics: Vec<String>,
 }
 
-/// The part of [`StoredHistory`] before its batch: what reading the state at an earlier point
+/// The part of [`StoredHistory`] before its source: what reading the state at an earlier point
 /// needs of every later step.
 #[derive(Decode)]
 struct HistoryHead {
@@ -49,13 +51,63 @@ struct HistoryHead {
     before: Vec<Option<Versioned>>,
 }
 
+/// Who made a step's changes.
+enum StoredSource {
+    /// An operator's putstate.
+    Operator,
+    /// A function's batch.
+    Batch(StoredBatch),
+}
+
+// How a [`StoredSource`] is tagged: the first two as the `Option` of a [`ListedBatch`] that fnhost
+// wrote before the third existed, so that those histories still read.
+const OPERATOR_SOURCE: u32 = 0;
+const LISTED_SOURCE: u32 = 1;
+const INDEXED_SOURCE: u32 = 2;
+
+impl<Context> Decode<Context> for StoredSource {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        match u32::decode(decoder)? {
+            OPERATOR_SOURCE => Ok(Self::Operator),
+            LISTED_SOURCE => Ok(Self::Batch(ListedBatch::decode(decoder)?.into())),
+            INDEXED_SOURCE => Ok(Self::Batch(StoredBatch::decode(decoder)?)),
+            found => Err(bincode::error::DecodeError::UnexpectedVariant {
+                type_name: "StoredSource",
+                allowed: &bincode::error::AllowedEnumVariants::Range { min: OPERATOR_SOURCE, max: INDEXED_SOURCE },
+                found,
+            }),
+        }
+    }
+}
+
+bincode::impl_borrow_decode!(StoredSource);
+
+/// A batch as fnhost wrote it before [`MessageChange::Sole`]: every message's changes written out.
+#[derive(Decode)]
+struct ListedBatch {
+    instance_id: u32,
+    code_digest: String,
+    messages: Vec<StoredMessage>,
+    changes: Vec<(String, Change)>,
+}
+
 #[derive(Decode)]
 struct StoredBatch {
     instance_id: u32,
     code_digest: String,
     messages: Vec<StoredMessage>,
     /// The messages' changes, one message's after another's.
-    changes: Vec<(String, Change)>,
+    changes: Vec<MessageChange>,
+}
+
+impl From<ListedBatch> for StoredBatch {
+    fn from(listed: ListedBatch) -> Self {
+        let ListedBatch { instance_id, code_digest, messages, changes } = listed;
+        let changes = changes.into_iter().map(|(key, change)| MessageChange::Own(key, change)).collect();
+        Self { instance_id, code_digest, messages, changes }
+    }
 }
 
 #[derive(Decode)]
@@ -74,7 +126,25 @@ struct HistoryToStore<'a> {
     topics: Vec<&'a str>,
     time: u64,
     before: &'a [Option<Versioned>],
-    batch: Option<BatchToStore<'a>>,
+    source: SourceToStore<'a>,
+}
+
+/// [`StoredSource`] as a commit writes it (a batch always indexed).
+enum SourceToStore<'a> {
+    Operator,
+    Indexed(BatchToStore<'a>),
+}
+
+impl Encode for SourceToStore<'_> {
+    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+        match self {
+            Self::Operator => OPERATOR_SOURCE.encode(encoder),
+            Self::Indexed(batch) => {
+                INDEXED_SOURCE.encode(encoder)?;
+                batch.encode(encoder)
+            }
+        }
+    }
 }
 
 #[derive(Encode)]
@@ -82,7 +152,7 @@ struct BatchToStore<'a> {
     instance_id: u32,
     code_digest: &'a str,
     messages: Vec<MessageToStore<'a>>,
-    changes: &'a [(String, Change)],
+    changes: &'a [MessageChange],
 }
 
 #[derive(Encode)]
@@ -92,11 +162,30 @@ struct MessageToStore<'a> {
     changes_end: u64,
 }
 
+/// What a message did to one key: the change it made, or (when it alone changed the key in its
+/// batch) the value the step left.
+enum Changed<'a> {
+    By(&'a Change),
+    To(&'a Option<Versioned>),
+}
+
 /// A message of a stored batch: its topic, its id and its changes.
 struct StoredView<'a> {
     topic: &'a str,
     message_id: &'a str,
-    changes: &'a [(String, Change)],
+    changes: &'a [MessageChange],
+}
+
+impl StoredView<'_> {
+    /// The message's changes, the keys it alone changed read from the step's `record`.
+    fn changes<'a>(&'a self, record: &'a Record) -> impl Iterator<Item = (&'a str, Changed<'a>)> {
+        self.changes.iter().filter_map(|change| match change {
+            MessageChange::Own(key, change) => Some((key.as_str(), Changed::By(change))),
+            MessageChange::Sole(index) => {
+                record.get(*index as usize).map(|(key, value)| (key.as_str(), Changed::To(value)))
+            }
+        })
+    }
 }
 
 impl StoredHistory {
@@ -104,27 +193,36 @@ impl StoredHistory {
     /// made by `batch` (`None`: an operator's write).
     pub(super) fn encode(time: u64, before: &[Option<Versioned>], batch: Option<&BatchHistory>) -> Vec<u8> {
         let topics = batch.map_or_else(Vec::new, |batch| batch.topics.iter().map(TopicName::as_str).collect());
-        let batch = batch.map(|batch| BatchToStore {
-            instance_id: batch.instance_id,
-            code_digest: &batch.code_digest,
-            messages: batch
-                .messages
-                .iter()
-                .map(|message| MessageToStore {
-                    topic: message.topic,
-                    message_id: &message.message_id,
-                    changes_end: message.changes_end as u64,
-                })
-                .collect(),
-            changes: &batch.changes,
+        let source = batch.map_or(SourceToStore::Operator, |batch| {
+            SourceToStore::Indexed(BatchToStore {
+                instance_id: batch.instance_id,
+                code_digest: &batch.code_digest,
+                messages: batch
+                    .messages
+                    .iter()
+                    .map(|message| MessageToStore {
+                        topic: message.topic,
+                        message_id: &message.message_id,
+                        changes_end: message.changes_end as u64,
+                    })
+                    .collect(),
+                changes: &batch.changes,
+            })
         });
-        crate::codec::encode(&HistoryToStore { topics, time, before, batch })
+        crate::codec::encode(&HistoryToStore { topics, time, before, source })
+    }
+
+    fn batch(&self) -> Option<&StoredBatch> {
+        match &self.source {
+            StoredSource::Batch(batch) => Some(batch),
+            StoredSource::Operator => None,
+        }
     }
 
     /// The batch's messages, in processing order.
     fn messages(&self) -> impl Iterator<Item = StoredView<'_>> {
         let topics = &self.topics;
-        self.batch.iter().flat_map(move |batch| {
+        self.batch().into_iter().flat_map(move |batch| {
             let mut start = 0;
             batch.messages.iter().map(move |message| {
                 let end = (message.changes_end as usize).clamp(start, batch.changes.len());
@@ -397,11 +495,11 @@ impl StateHistory for EmbeddedStore {
 
     fn last_write(&self, fqfn: &Fqfn, key: &str) -> Result<Option<Provenance>, HistoryError> {
         // The last step that wrote the key, decoded whole only once it is known to be the last.
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<(Record, Vec<u8>)> = None;
         self.scan_history(fqfn, 0, |_, entry| {
             match entry {
                 Entry::Recorded(record, history) if record.iter().any(|(changed, _)| changed == key) => {
-                    last = Some(history);
+                    last = Some((record, history));
                 }
                 Entry::Unrecorded(record) if record.iter().any(|(changed, _)| changed == key) => last = None,
                 Entry::Dropped => last = None,
@@ -409,12 +507,12 @@ impl StateHistory for EmbeddedStore {
             }
             Ok(true)
         })?;
-        let Some(history) = last else { return Ok(None) };
+        let Some((record, history)) = last else { return Ok(None) };
         let history = whole(&history)?;
-        let writer = history.batch.as_ref().and_then(|batch| {
+        let writer = history.batch().and_then(|batch| {
             let message = history
                 .messages()
-                .filter(|message| message.changes.iter().any(|(changed, _)| changed == key))
+                .filter(|message| message.changes(&record).any(|(changed, _)| changed == key))
                 .last()?;
             Some(Writer {
                 topic: TopicName::parse(message.topic).ok()?,
@@ -435,10 +533,15 @@ fn within_batch(record: &Record, history: &StoredHistory, position: usize, next:
         before.insert(key.clone(), value.clone());
     }
     for message in history.messages().take(position) {
-        for (key, change) in message.changes {
-            let value = before.entry(key.clone()).or_default();
-            let version = value.as_ref().map_or(0, |value| value.version);
-            *value = change.apply(value.take().map(|value| value.value)).map(|value| Versioned { value, version });
+        for (key, changed) in message.changes(record) {
+            let value = before.entry(key.to_owned()).or_default();
+            *value = match changed {
+                Changed::To(after) => after.clone(),
+                Changed::By(change) => {
+                    let version = value.as_ref().map_or(0, |value| value.version);
+                    change.apply(value.take().map(|value| value.value)).map(|value| Versioned { value, version })
+                }
+            };
         }
     }
     Past { before, next }
@@ -447,4 +550,59 @@ fn within_batch(record: &Record, history: &StoredHistory, position: usize, next:
 /// The input topics named by a stored history, for the cleaner (see [`StoredHistory`]).
 pub(super) fn input_topics(history: &[u8]) -> HashSet<String> {
     crate::codec::decode::<HistoryTopics>(history).map(|head| head.topics.into_iter().collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::StateValue;
+
+    /// A history as fnhost wrote it before [`MessageChange::Sole`]: an `Option` of a batch whose
+    /// messages' changes were all written out.
+    #[derive(Encode)]
+    struct ListedHistory<'a> {
+        topics: Vec<&'a str>,
+        time: u64,
+        before: Vec<Option<Versioned>>,
+        batch: Option<Listed<'a>>,
+    }
+
+    #[derive(Encode)]
+    struct Listed<'a> {
+        instance_id: u32,
+        code_digest: &'a str,
+        messages: Vec<(u32, &'a str, u64)>,
+        changes: Vec<(String, Change)>,
+    }
+
+    #[test]
+    fn a_history_written_before_keys_were_kept_by_index_still_reads() {
+        let topic = "persistent://public/default/in";
+        let record: Record = vec![("a".into(), Some(Versioned { value: StateValue::Counter(2), version: 9 }))];
+        let changes = vec![("a".to_owned(), Change::Add(1)), ("a".to_owned(), Change::Add(1))];
+        let old = crate::codec::encode(&ListedHistory {
+            topics: vec![topic],
+            time: 5,
+            before: vec![None],
+            batch: Some(Listed {
+                instance_id: 4,
+                code_digest: "digest",
+                messages: vec![(0, "7", 1), (0, "8", 2)],
+                changes,
+            }),
+        });
+        let history = whole(&old).unwrap();
+        assert_eq!(head(&old).unwrap().time, 5);
+        let batch = history.batch().expect("the batch reads");
+        assert_eq!((batch.instance_id, batch.code_digest.as_str()), (4, "digest"));
+        let read: Vec<(&str, usize)> =
+            history.messages().map(|message| (message.message_id, message.changes(&record).count())).collect();
+        assert_eq!(read, [("7", 1), ("8", 1)]);
+        let before_second = within_batch(&record, &history, 1, 0);
+        assert_eq!(before_second.before["a"].as_ref().map(|value| &value.value), Some(&StateValue::Counter(1)));
+
+        let operator =
+            crate::codec::encode(&ListedHistory { topics: vec![], time: 6, before: vec![None], batch: None });
+        assert!(whole(&operator).unwrap().batch().is_none(), "an operator's write");
+    }
 }

@@ -124,6 +124,7 @@ impl FunctionTable {
         let id = db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
         let mut record = Vec::with_capacity(changes.len());
         let mut before = Vec::with_capacity(changes.len());
+        // In the changes' order: a batch's history names a key by its index there.
         for (key, change) in changes.iter() {
             let current = self.current(&mut values, key)?;
             let after = change.apply(current.as_ref().map(|versioned| versioned.value.clone()));

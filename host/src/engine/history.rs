@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::broker::{BrokerError, Message};
-use super::state::{Change, StateError, StateTable};
+use super::state::{Change, StateChanges, StateError, StateTable};
 use crate::names::{Fqfn, TopicName};
 
 /// What one commit of a function processed: each message the function finished and kept, in the
@@ -30,7 +30,20 @@ pub struct BatchHistory {
     pub messages: Vec<ProcessedMessage>,
     /// The messages' changes, one message's after another's: each key a message changed, with
     /// its change (one per key, composed in order).
-    pub changes: Vec<(String, Change)>,
+    pub changes: Vec<MessageChange>,
+}
+
+/// One key a message changed, and how.
+///
+/// Most keys of a batch are changed by one of its messages only, whose change is then the
+/// batch's: the history names it by its index in the batch's [`StateChanges`] instead of copying
+/// it, which keeps history nearly free on the pipeline's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageChange {
+    /// The key at this index of the commit's changes, which no other message of the batch changed.
+    Sole(u32),
+    /// A key other messages of the batch changed too, with this message's change to it.
+    Own(String, Change),
 }
 
 /// One message a commit processed.
@@ -52,7 +65,7 @@ impl BatchHistory {
     }
 
     /// Adds the next message, `message_id` of `topic`, with its `changes`.
-    pub fn push(&mut self, topic: &str, message_id: String, changes: impl IntoIterator<Item = (String, Change)>) {
+    pub fn push(&mut self, topic: &str, message_id: String, changes: impl IntoIterator<Item = MessageChange>) {
         // A batch's messages come from a few topics, in runs: the last is the likely one.
         let index = match self.topics.iter().rposition(|known| known.as_str() == topic) {
             Some(index) => index,
@@ -67,6 +80,26 @@ impl BatchHistory {
         };
         self.changes.extend(changes);
         self.messages.push(ProcessedMessage { topic: index as u32, message_id, changes_end: self.changes.len() });
+    }
+
+    /// Each message with the keys it changed and its changes to them, given `state`, the changes
+    /// the batch committed (which [`MessageChange::Sole`] names).
+    pub fn resolved<'a>(
+        &'a self,
+        state: &'a StateChanges,
+    ) -> impl Iterator<Item = (&'a ProcessedMessage, impl Iterator<Item = (&'a str, &'a Change)>)> {
+        let mut start = 0;
+        self.messages.iter().map(move |message| {
+            let end = message.changes_end.clamp(start, self.changes.len());
+            let changes = self.changes[start..end].iter().filter_map(move |change| match change {
+                MessageChange::Sole(index) => {
+                    state.get_index(*index as usize).map(|(key, change)| (key.as_str(), change))
+                }
+                MessageChange::Own(key, change) => Some((key.as_str(), change)),
+            });
+            start = end;
+            (message, changes)
+        })
     }
 }
 

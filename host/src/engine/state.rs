@@ -4,7 +4,9 @@
 //! [`StateChanges`], which the broker commits atomically with the batch that caused them.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+
+use indexmap::IndexMap;
+use indexmap::map::Entry;
 
 use crate::names::Fqfn;
 
@@ -93,19 +95,34 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
 
 pub(crate) type KeyMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
 
-/// Pending changes to one state table, keyed by state key.
+/// Pending changes to one state table, keyed by state key, in the order their keys were first
+/// changed: a key's index stays its own until the changes are cleared, which lets a batch's
+/// history name a key by its index ([`crate::engine::history::MessageChange::Sole`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateChanges(KeyMap<Change>);
+pub struct StateChanges(IndexMap<String, Change, foldhash::quality::RandomState>);
 
 impl StateChanges {
     /// Records `change` after whatever is already pending for `key`.
     pub fn record(&mut self, key: String, change: Change) {
+        self.record_noting(key, change, |_, _, _, _| {});
+    }
+
+    /// [`StateChanges::record`], first telling `note` the key's index, the key, the change
+    /// already pending for it (if any) and the new change.
+    pub fn record_noting(
+        &mut self,
+        key: String,
+        change: Change,
+        note: impl FnOnce(usize, &str, Option<&Change>, &Change),
+    ) {
         match self.0.entry(key) {
             Entry::Occupied(mut pending) => {
+                note(pending.index(), pending.key(), Some(pending.get()), &change);
                 let earlier = std::mem::replace(pending.get_mut(), Change::Delete);
                 *pending.get_mut() = earlier.then(change);
             }
             Entry::Vacant(vacant) => {
+                note(vacant.index(), vacant.key(), None, &change);
                 vacant.insert(change);
             }
         }
@@ -113,7 +130,7 @@ impl StateChanges {
 
     /// No changes, with room for `keys` keys.
     pub fn with_capacity(keys: usize) -> Self {
-        Self(KeyMap::with_capacity_and_hasher(keys, Default::default()))
+        Self(IndexMap::with_capacity_and_hasher(keys, Default::default()))
     }
 
     /// The pending change for `key`, if any.
@@ -121,10 +138,24 @@ impl StateChanges {
         self.0.get(key)
     }
 
+    /// The key at `index` (in the order keys were first changed) and its pending change.
+    pub fn get_index(&self, index: usize) -> Option<(&String, &Change)> {
+        self.0.get_index(index)
+    }
+
     /// Moves every change of `later` after the ones here, leaving `later` empty (with its memory).
     pub fn absorb(&mut self, later: &mut StateChanges) {
-        for (key, change) in later.0.drain() {
-            self.record(key, change);
+        self.absorb_noting(later, |_, _, _, _| {});
+    }
+
+    /// [`StateChanges::absorb`], telling `note` of each change as [`StateChanges::record_noting`] does.
+    pub fn absorb_noting(
+        &mut self,
+        later: &mut StateChanges,
+        mut note: impl FnMut(usize, &str, Option<&Change>, &Change),
+    ) {
+        for (key, change) in later.0.drain(..) {
+            self.record_noting(key, change, &mut note);
         }
     }
 
@@ -143,7 +174,7 @@ impl StateChanges {
         self.0.clear();
     }
 
-    /// The pending changes.
+    /// The pending changes, in the order their keys were first changed.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Change)> {
         self.0.iter()
     }

@@ -225,12 +225,7 @@ impl MessageContext {
             (Err(error), None) => Err(error),
         };
         let result = match result {
-            Ok(output) => {
-                if let Some(history) = &mut self.history {
-                    history.kept(&self.batch, index, &self.message_state);
-                }
-                Ok(self.keep_message(output))
-            }
+            Ok(output) => Ok(self.keep_message(output, Some(index))),
             Err(error) => {
                 self.drop_message();
                 Err(error)
@@ -242,10 +237,17 @@ impl MessageContext {
         go_on && self.outcomes.len() < self.call.len()
     }
 
-    /// Moves the current message's effects into the batch, with its output if it has one;
-    /// returns whether the function acknowledged the message.
-    fn keep_message(&mut self, output: Option<PendingOutput>) -> bool {
-        self.batch_state.absorb(&mut self.message_state);
+    /// Moves the current call's effects into the batch, with its output if it has one: those of
+    /// the batch's message `index`, or of a call no message made (a window's); returns whether
+    /// the function acknowledged the message.
+    fn keep_message(&mut self, output: Option<PendingOutput>, index: Option<usize>) -> bool {
+        match (&mut self.history, index) {
+            (Some(history), Some(index)) => {
+                history.kept(&self.batch, index, &mut self.batch_state, &mut self.message_state);
+            }
+            (Some(history), None) => history.absorbed(&mut self.batch_state, &mut self.message_state),
+            (None, _) => self.batch_state.absorb(&mut self.message_state),
+        }
         self.batch_outputs.append(&mut self.message_outputs);
         self.batch_outputs.extend(output);
         self.acked
@@ -301,7 +303,7 @@ impl MessageContext {
         };
         match result {
             Ok(output) => {
-                self.keep_message(output);
+                self.keep_message(output, None);
                 Ok(())
             }
             Err(error) => {
@@ -313,7 +315,10 @@ impl MessageContext {
 
     /// Adds a host change to the batch (a window record stored or deleted), committed with it.
     pub(super) fn stage(&mut self, key: String, change: Change) {
-        self.batch_state.record(key, change);
+        match &mut self.history {
+            Some(history) => history.staged(&mut self.batch_state, key, change),
+            None => self.batch_state.record(key, change),
+        }
     }
 
     /// Adds a message to the batch's outputs.

@@ -1,12 +1,14 @@
 //! What a batch processed, message by message, kept for the function's history.
 //!
 //! The processing thread bounds the pipeline, so it records as little as it can: which message
-//! of which fetched batch was kept, and the message's state changes. The commit thread turns that
-//! into the engine's [`BatchHistory`] ([`PendingHistory::into_history`]).
+//! of which fetched batch was kept, and the message's state changes, each named by its key's
+//! index in the batch's changes while one message alone changed the key ([`MessageChange::Sole`]),
+//! copied only once a second change to the key makes the first message's differ from the batch's.
+//! The commit thread turns that into the engine's [`BatchHistory`] ([`PendingHistory::into_history`]).
 
 use std::sync::Arc;
 
-use crate::engine::history::BatchHistory;
+use crate::engine::history::{BatchHistory, MessageChange};
 use crate::engine::state::{Change, StateChanges};
 use crate::runtime::GuestMessage;
 
@@ -15,8 +17,9 @@ enum Recorded {
     /// Message `index` of fetched batch `batch` (an index into `batches`), whose changes end at
     /// `changes_end` in `changes` (and start where the previous message's end).
     Kept { batch: u32, index: u32, changes_end: usize },
-    /// A dead-lettered message, which changed nothing.
-    DeadLettered { topic: String, message_id: String },
+    /// A dead-lettered message (its topic and id), which changed nothing: rare, so boxed to keep
+    /// the common entry small.
+    DeadLettered(Box<(String, String)>),
 }
 
 /// The history of the batch being processed.
@@ -26,20 +29,38 @@ pub(super) struct HistoryBuffer {
     batches: Vec<Arc<[GuestMessage]>>,
     messages: Vec<Recorded>,
     /// Every kept message's changes, one after another.
-    changes: Vec<(String, Change)>,
+    changes: Vec<MessageChange>,
+    /// For each key of the batch's changes, by index: where in `changes` the entry of the one
+    /// message that changed it is, while one message alone has.
+    sole_writers: Vec<Option<u32>>,
 }
 
 impl HistoryBuffer {
     pub(super) fn new(code_digest: &str) -> Self {
-        Self { code_digest: code_digest.into(), batches: Vec::new(), messages: Vec::new(), changes: Vec::new() }
+        Self {
+            code_digest: code_digest.into(),
+            batches: Vec::new(),
+            messages: Vec::new(),
+            changes: Vec::new(),
+            sole_writers: Vec::new(),
+        }
     }
 
-    /// Records that message `index` of `batch` was kept with `changes`.
-    pub(super) fn kept(&mut self, batch: &Arc<[GuestMessage]>, index: usize, changes: &StateChanges) {
+    /// Moves the changes of message `index` of `batch`, which the batch keeps, from
+    /// `message_state` into `batch_state`, recording them.
+    pub(super) fn kept(
+        &mut self,
+        batch: &Arc<[GuestMessage]>,
+        index: usize,
+        batch_state: &mut StateChanges,
+        message_state: &mut StateChanges,
+    ) {
         if !self.batches.last().is_some_and(|last| Arc::ptr_eq(last, batch)) {
             self.batches.push(batch.clone());
         }
-        self.changes.extend(changes.iter().map(|(key, change)| (key.clone(), change.clone())));
+        batch_state.absorb_noting(message_state, |key_index, key, earlier, change| {
+            self.note(key_index, key, earlier, Some(change));
+        });
         self.messages.push(Recorded::Kept {
             batch: (self.batches.len() - 1) as u32,
             index: index as u32,
@@ -47,20 +68,56 @@ impl HistoryBuffer {
         });
     }
 
+    /// Moves changes that no message made (a window function's) from `unattributed` into
+    /// `batch_state`.
+    pub(super) fn absorbed(&mut self, batch_state: &mut StateChanges, unattributed: &mut StateChanges) {
+        batch_state.absorb_noting(unattributed, |key_index, key, earlier, _| self.note(key_index, key, earlier, None));
+    }
+
+    /// Records the host's `change` to `key` (a window record) in `batch_state`.
+    pub(super) fn staged(&mut self, batch_state: &mut StateChanges, key: String, change: Change) {
+        batch_state.record_noting(key, change, |key_index, key, earlier, _| self.note(key_index, key, earlier, None));
+    }
+
+    /// Notes a change to the batch's key `key_index`, on which `earlier` was pending, made by a
+    /// kept message (`by_message`) or by no message.
+    fn note(&mut self, key_index: usize, key: &str, earlier: Option<&Change>, by_message: Option<&Change>) {
+        if self.sole_writers.len() <= key_index {
+            self.sole_writers.resize(key_index + 1, None);
+        }
+        if let Some(earlier) = earlier
+            && let Some(entry) = self.sole_writers[key_index].take()
+        {
+            // The batch's change will differ from its one writer's so far, which was `earlier`.
+            self.changes[entry as usize] = MessageChange::Own(key.to_owned(), earlier.clone());
+        }
+        match (earlier, by_message) {
+            (None, Some(_)) => {
+                self.sole_writers[key_index] = Some(self.changes.len() as u32);
+                self.changes.push(MessageChange::Sole(key_index as u32));
+            }
+            (Some(_), Some(change)) => self.changes.push(MessageChange::Own(key.to_owned(), change.clone())),
+            (_, None) => {}
+        }
+    }
+
     /// Records that `message` was dead-lettered.
     pub(super) fn dead_lettered(&mut self, message: &GuestMessage) {
-        self.messages
-            .push(Recorded::DeadLettered { topic: message.topic.clone(), message_id: message.message_id.clone() });
+        self.messages.push(Recorded::DeadLettered(Box::new((message.topic.clone(), message.message_id.clone()))));
     }
 
     /// What the batch recorded, for its commit, leaving the buffer empty.
     pub(super) fn take(&mut self, instance_id: u32) -> PendingHistory {
+        // The next batch's changes start empty, and their indices with them.
+        self.sole_writers.clear();
+        // The next batch likely records as many: its lists then grow without copying.
+        let (messages, changes) = (self.messages.len(), self.changes.len());
         PendingHistory {
             instance_id,
             code_digest: self.code_digest.clone(),
             batches: std::mem::take(&mut self.batches),
-            messages: std::mem::take(&mut self.messages),
-            changes: std::mem::take(&mut self.changes),
+            messages: std::mem::replace(&mut self.messages, Vec::with_capacity(messages)),
+            changes: std::mem::replace(&mut self.changes, Vec::with_capacity(changes)),
         }
     }
 }
@@ -71,7 +128,7 @@ pub(super) struct PendingHistory {
     code_digest: Arc<str>,
     batches: Vec<Arc<[GuestMessage]>>,
     messages: Vec<Recorded>,
-    changes: Vec<(String, Change)>,
+    changes: Vec<MessageChange>,
 }
 
 impl PendingHistory {
@@ -93,9 +150,76 @@ impl PendingHistory {
                     );
                     taken = changes_end;
                 }
-                Recorded::DeadLettered { topic, message_id } => history.push(&topic, message_id, []),
+                Recorded::DeadLettered(letter) => {
+                    let (topic, message_id) = *letter;
+                    history.push(&topic, message_id, []);
+                }
             }
         }
         history
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::broker::OutMessage;
+    use crate::instance::pipeline::to_guest;
+    use crate::names::TopicName;
+
+    /// A reproducible stream of numbers below `bound`.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, bound: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % bound
+        }
+    }
+
+    #[test]
+    fn each_message_reads_back_its_own_changes_whether_kept_once_or_copied() {
+        let topic = TopicName::parse("persistent://public/default/in").unwrap();
+        let mut dice = Dice(7);
+        for round in 0..200 {
+            let messages: Arc<[GuestMessage]> =
+                (0..20).map(|sequence| to_guest(&topic, sequence, OutMessage::new("v").stamp(0))).collect();
+            let mut buffer = HistoryBuffer::new("digest");
+            let mut batch_state = StateChanges::default();
+            let mut expected: Vec<Vec<(String, Change)>> = Vec::new();
+            for index in 0..messages.len() {
+                // A window record the host stages between messages, now and then.
+                if dice.roll(5) == 0 {
+                    buffer.staged(&mut batch_state, format!("k{}", dice.roll(8)), Change::Put(b"host".to_vec()));
+                }
+                let mut message_state = StateChanges::default();
+                for _ in 0..dice.roll(4) {
+                    let change = match dice.roll(3) {
+                        0 => Change::Put(format!("{round}-{index}").into_bytes()),
+                        1 => Change::Delete,
+                        _ => Change::Add(dice.roll(10) as i64),
+                    };
+                    message_state.record(format!("k{}", dice.roll(8)), change);
+                }
+                let mine = message_state.iter().map(|(key, change)| (key.clone(), change.clone())).collect();
+                if dice.roll(6) == 0 {
+                    buffer.dead_lettered(&messages[index]);
+                    expected.push(Vec::new());
+                } else {
+                    buffer.kept(&messages, index, &mut batch_state, &mut message_state);
+                    assert!(message_state.is_empty(), "the message's changes moved into the batch");
+                    expected.push(mine);
+                }
+            }
+            let history = buffer.take(3).into_history();
+            let read: Vec<Vec<(String, Change)>> = history
+                .resolved(&batch_state)
+                .map(|(_, changes)| changes.map(|(key, change)| (key.to_owned(), change.clone())).collect())
+                .collect();
+            assert_eq!(read, expected, "round {round}");
+            let sole = history.changes.iter().filter(|change| matches!(change, MessageChange::Sole(_))).count();
+            assert!(sole <= batch_state.len(), "round {round}: a key is kept once at most");
+            assert!(buffer.sole_writers.is_empty(), "the next batch starts afresh");
+        }
     }
 }

@@ -157,8 +157,10 @@ impl NatsSubscription {
         highest: &HashMap<TopicName, u64>,
     ) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut history =
-            effects.state.as_ref().map(|_| EncodedHistory::of_batch(effects.history.as_ref(), inner.entry_bytes / 2));
+        let mut history = effects
+            .state
+            .as_ref()
+            .map(|(_, changes)| EncodedHistory::of_batch(effects.history.as_ref(), changes, inner.entry_bytes / 2));
         let intent = match (&self.intent_key, &effects.state) {
             (Some(key), state) => {
                 let (fqfn, finals) = match state {

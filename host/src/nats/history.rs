@@ -22,7 +22,7 @@ use super::{Inner, decode, encode, state_storage, storage};
 use crate::engine::broker::BrokerError;
 use crate::engine::clock::now_millis;
 use crate::engine::history::BatchHistory;
-use crate::engine::state::{StateError, StateValue};
+use crate::engine::state::{StateChanges, StateError, StateValue};
 use crate::names::Fqfn;
 
 /// Streams holding function histories are named this followed by the function's token.
@@ -72,17 +72,22 @@ pub(super) struct LoggedMessage<'a> {
 }
 
 impl LoggedBatch {
-    pub(super) fn of(batch: &BatchHistory) -> Self {
+    /// What `batch` processed, which committed `state`.
+    pub(super) fn of(batch: &BatchHistory, state: &StateChanges) -> Self {
+        let mut changes = Vec::with_capacity(batch.changes.len());
+        let messages = batch
+            .resolved(state)
+            .map(|(message, changed)| {
+                changes.extend(changed.map(|(key, change)| (key.to_owned(), Logged::from(change))));
+                (message.topic, message.message_id.clone(), changes.len() as u32)
+            })
+            .collect();
         Self {
             instance_id: batch.instance_id,
             code_digest: batch.code_digest.to_string(),
             topics: batch.topics.iter().map(ToString::to_string).collect(),
-            messages: batch
-                .messages
-                .iter()
-                .map(|message| (message.topic, message.message_id.clone(), message.changes_end as u32))
-                .collect(),
-            changes: batch.changes.iter().map(|(key, change)| (key.clone(), Logged::from(change))).collect(),
+            messages,
+            changes,
         }
     }
 
@@ -115,9 +120,9 @@ impl EncodedHistory {
         Self { head, continued: encode(&LoggedHistory { time, source: Source::Continued }) }
     }
 
-    /// The history of a function's commit that processed `batch`, made now.
-    pub(super) fn of_batch(batch: Option<&BatchHistory>, max_bytes: usize) -> Self {
-        let source = batch.map_or(Source::Unkept, |batch| Source::Batch(LoggedBatch::of(batch)));
+    /// The history of a function's commit that processed `batch` and committed `state`, made now.
+    pub(super) fn of_batch(batch: Option<&BatchHistory>, state: &StateChanges, max_bytes: usize) -> Self {
+        let source = batch.map_or(Source::Unkept, |batch| Source::Batch(LoggedBatch::of(batch, state)));
         Self::new(now_millis(), source, max_bytes)
     }
 
@@ -268,6 +273,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::history::MessageChange;
     use crate::engine::state::Change;
 
     #[test]
@@ -293,17 +299,31 @@ mod tests {
 
     #[test]
     fn a_batch_history_is_logged_with_each_messages_changes_and_too_large_ones_are_unkept() {
+        let mut state = StateChanges::default();
+        state.record("a".into(), Change::Add(1));
+        state.record("b".into(), Change::Put(b"only".to_vec()));
+        state.record("a".into(), Change::Delete);
         let mut batch = BatchHistory::new(2, "digest".into());
-        batch.push("persistent://public/default/in", "10".into(), [("a".to_owned(), Change::Add(1))]);
-        batch.push("persistent://public/default/in", "11".into(), []);
-        batch.push("persistent://public/default/in", "12".into(), [("a".to_owned(), Change::Delete)]);
-        let logged = LoggedBatch::of(&batch);
-        let messages: Vec<(&str, &str, usize)> =
-            logged.messages().map(|message| (message.topic, message.message_id, message.changes.len())).collect();
         let topic = "persistent://public/default/in";
-        assert_eq!(messages, [(topic, "10", 1), (topic, "11", 0), (topic, "12", 1)]);
+        batch.push(topic, "10".into(), [MessageChange::Own("a".into(), Change::Add(1))]);
+        batch.push(topic, "11".into(), [MessageChange::Sole(1)]);
+        batch.push(topic, "12".into(), [MessageChange::Own("a".into(), Change::Delete)]);
+        let logged = LoggedBatch::of(&batch, &state);
+        type Read<'a> = (&'a str, &'a str, Vec<(String, Logged)>);
+        let messages: Vec<Read> =
+            logged.messages().map(|message| (message.topic, message.message_id, message.changes.to_vec())).collect();
+        let change = |key: &str, change: Change| (key.to_owned(), Logged::from(&change));
+        assert_eq!(
+            messages,
+            [
+                (topic, "10", vec![change("a", Change::Add(1))]),
+                (topic, "11", vec![change("b", Change::Put(b"only".to_vec()))]),
+                (topic, "12", vec![change("a", Change::Delete)]),
+            ],
+            "a key one message alone changed is logged with the batch's change to it"
+        );
 
-        let encoded = EncodedHistory::of_batch(Some(&batch), 1 << 20);
+        let encoded = EncodedHistory::of_batch(Some(&batch), &state, 1 << 20);
         let head: LoggedHistory = decode(encoded.head()).unwrap();
         assert_eq!(head.source, Source::Batch(logged));
         assert_eq!(decode::<LoggedHistory>(encoded.of_message(1)).unwrap().source, Source::Continued);
@@ -312,7 +332,7 @@ mod tests {
         assert!(EncodedHistory::from_head(&[]).is_none(), "an older intent carries no history");
         let unkept: LoggedHistory = decode(encoded.unkept().head()).unwrap();
         assert_eq!((unkept.time, unkept.source), (head.time, Source::Unkept));
-        let small = EncodedHistory::of_batch(Some(&batch), 8);
+        let small = EncodedHistory::of_batch(Some(&batch), &state, 8);
         assert_eq!(decode::<LoggedHistory>(small.head()).unwrap().source, Source::Unkept, "too large to keep");
     }
 }

@@ -3,14 +3,15 @@
 
 use super::*;
 use crate::engine::broker::Acks;
-use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, StateHistory};
+use crate::engine::history::{BatchHistory, HistoryError, HistoryPoint, MessageChange, StateHistory};
 use crate::engine::state::{Change, StateChanges};
 use crate::engine::topics::{NamespacePolicies, Retention, TopicAdmin};
 
 const MESSAGES: u64 = 100;
 
 /// Processes every message of `in` as a counting function would, in batches of 7: each message
-/// adds one to `count` and puts its id under `last`, and the batch commits with its history.
+/// adds one to `count`, puts its id under `last` and its value under `seen-ID` (a key no other
+/// message changes, which its history names by index), and the batch commits with its history.
 fn count_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
     // Values long enough, and appended in enough steps, to spread over several segments.
     let values: Vec<String> = (0..MESSAGES).map(padded).collect();
@@ -26,12 +27,15 @@ fn count_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
         let mut state = StateChanges::default();
         let mut history = BatchHistory::new(0, "digest".into());
         for message in &batch {
-            let changes =
+            let shared =
                 [("count".to_owned(), Change::Add(1)), ("last".to_owned(), Change::Put(message.body.value.clone()))];
-            for (key, change) in &changes {
+            for (key, change) in &shared {
                 state.record(key.clone(), change.clone());
             }
-            history.push(message.topic.as_str(), message.id(), changes);
+            let seen = state.len() as u32;
+            state.record(format!("seen-{}", message.id()), Change::Put(message.body.value.clone()));
+            let changes = shared.into_iter().map(|(key, change)| MessageChange::Own(key, change));
+            history.push(message.topic.as_str(), message.id(), changes.chain([MessageChange::Sole(seen)]));
         }
         let effects = Effects {
             acks: Acks::of(&batch),
@@ -59,6 +63,11 @@ fn assert_exact_before_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
         assert_eq!(read("count"), expected_count, "before message {sequence}");
         let expected_last = sequence.checked_sub(1).map(|last| StateValue::Bytes(padded(last).into_bytes()));
         assert_eq!(read("last"), expected_last, "before message {sequence}");
+        let seen = |sequence: u64| read(&format!("seen-{sequence}"));
+        assert_eq!(seen(sequence), None, "before message {sequence}, its own key is not written yet");
+        if let Some(previous) = sequence.checked_sub(1) {
+            assert_eq!(seen(previous), Some(StateValue::Bytes(padded(previous).into_bytes())), "before {sequence}");
+        }
     }
 }
 
@@ -81,6 +90,8 @@ fn the_state_before_every_message_is_exact_through_checkpoints_reopens_and_the_c
         assert_exact_before_every_message(&store, &fqfn);
         let why = store.last_write(&fqfn, "count").unwrap().unwrap().writer.unwrap();
         assert_eq!((why.message_id.as_str(), why.code_digest.as_str()), ("99", "digest"));
+        let why = store.last_write(&fqfn, "seen-42").unwrap().unwrap().writer.unwrap();
+        assert_eq!(why.message_id, "42", "a key its writer alone changed in its batch");
     }
     let store = open_small(dir.path());
     assert_exact_before_every_message(&store, &fqfn);
