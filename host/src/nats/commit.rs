@@ -242,8 +242,7 @@ impl NatsSubscription {
                         Some(known) => known,
                         None => {
                             let view = inner.table(fqfn).await.map_err(storage)?;
-                            let entry = inner.view_entry(fqfn, &view, key).await.map_err(storage)?;
-                            entry.and_then(|(entry, _)| entry.versioned())
+                            inner.read_missed(fqfn, &view, &cache, key).await.map_err(storage)?
                         }
                     };
                     known.map(|known| known.value)

@@ -99,7 +99,50 @@ const MAX_CACHED_KEYS: usize = 65_536;
 /// message costs; an instance of an ordered subscription is its keys' only writer, so what it
 /// wrote is what it would read. The cache of a function is emptied whenever an instance of it
 /// starts in this process, which is when its keys may have changed hands.
-pub(crate) type ValueCache = Arc<Mutex<HashMap<String, Option<Versioned>>>>;
+pub(crate) type ValueCache = Arc<Mutex<CachedValues>>;
+
+/// What a [`ValueCache`] holds.
+pub(crate) struct CachedValues {
+    values: HashMap<String, Option<Versioned>>,
+    /// Most keys held: past it the cache starts again empty.
+    most: usize,
+    /// How many times the cache was emptied (full, or for a table opening).
+    emptied: u64,
+    /// How many of those the function's view has been brought up to date after: a value emptied
+    /// from the cache may be in the changelog and not yet in the view, which must not be read
+    /// before it is.
+    caught_up: u64,
+}
+
+impl CachedValues {
+    fn new(most: usize) -> Self {
+        Self { values: HashMap::new(), most, emptied: 0, caught_up: 0 }
+    }
+
+    /// The value of `key` this process last read or wrote, if it is still held.
+    pub(crate) fn get(&self, key: &str) -> Option<&Option<Versioned>> {
+        self.values.get(key)
+    }
+
+    /// Empties the cache; returns the emptying to give [`CachedValues::view_caught_up`] once
+    /// the view is brought up to date.
+    pub(crate) fn empty(&mut self) -> u64 {
+        self.values.clear();
+        self.emptied += 1;
+        self.emptied
+    }
+
+    /// The emptying the view must be brought up to date after before a key missing from the
+    /// cache is read from it, if any.
+    pub(crate) fn view_behind(&self) -> Option<u64> {
+        (self.caught_up < self.emptied).then_some(self.emptied)
+    }
+
+    /// Notes that the view was brought up to date after emptying `emptied`.
+    pub(crate) fn view_caught_up(&mut self, emptied: u64) {
+        self.caught_up = self.caught_up.max(emptied);
+    }
+}
 
 /// Records `value` as `key`'s in `cache`; window records (NUL-prefixed keys) are not kept twice.
 pub(crate) fn remember(cache: &ValueCache, key: &str, value: Option<Versioned>) {
@@ -107,10 +150,10 @@ pub(crate) fn remember(cache: &ValueCache, key: &str, value: Option<Versioned>) 
         return;
     }
     let mut cache = cache.lock().unwrap();
-    if cache.len() >= MAX_CACHED_KEYS && !cache.contains_key(key) {
-        cache.clear();
+    if cache.values.len() >= cache.most && !cache.values.contains_key(key) {
+        cache.empty();
     }
-    cache.insert(key.to_owned(), value);
+    cache.values.insert(key.to_owned(), value);
 }
 
 /// Why the engine could not start.
@@ -169,6 +212,8 @@ struct Inner {
     /// What this process last read or wrote of each function's state view.
     applied_views: changelog::AppliedViews,
     caches: Mutex<HashMap<Fqfn, ValueCache>>,
+    /// Most keys each function's cache holds ([`MAX_CACHED_KEYS`]; fewer in tests).
+    cached_keys: usize,
     /// Per function, held for writing while a table opening empties the function's cache and
     /// brings its view up to date, and for reading by each state read: a read in between would
     /// find neither the values emptied from the cache nor the changes not yet in the view.
@@ -284,6 +329,7 @@ impl NatsEngine {
                 changelogs: Mutex::default(),
                 applied_views: Mutex::default(),
                 caches: Mutex::default(),
+                cached_keys: MAX_CACHED_KEYS,
                 openings: Mutex::default(),
                 metadata,
                 packages,
@@ -432,7 +478,29 @@ impl Inner {
 
     /// The value cache of `fqfn`'s state.
     fn cache(&self, fqfn: &Fqfn) -> ValueCache {
-        self.caches.lock().unwrap().entry(fqfn.clone()).or_default().clone()
+        let mut caches = self.caches.lock().unwrap();
+        let cache =
+            caches.entry(fqfn.clone()).or_insert_with(|| Arc::new(Mutex::new(CachedValues::new(self.cached_keys))));
+        cache.clone()
+    }
+
+    /// The value of `key` in `fqfn`'s view `view`, for a key `cache` does not hold: brought up to
+    /// date first when the cache was emptied since it last was, so that a value this process
+    /// committed and no longer holds is read as committed.
+    async fn read_missed(
+        &self,
+        fqfn: &Fqfn,
+        view: &kv::Store,
+        cache: &ValueCache,
+        key: &str,
+    ) -> Result<Option<Versioned>, StateError> {
+        let behind = cache.lock().unwrap().view_behind();
+        if let Some(emptied) = behind {
+            self.materialise(fqfn).await?;
+            cache.lock().unwrap().view_caught_up(emptied);
+        }
+        let entry = self.view_entry(fqfn, view, key).await?;
+        Ok(entry.and_then(|(entry, _)| entry.versioned()))
     }
 
     /// The lock that keeps `fqfn`'s state reads out of its table openings (see `openings`).

@@ -25,11 +25,14 @@ impl StateStore for NatsEngine {
             let _opening = opening.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Emptied before the view is brought up to date: a commit remembered after this is in
             // the cache, and one remembered before is in the changelog the view is brought up to.
-            cache.lock().unwrap().clear();
-            inner.block_on(async {
+            // A commit's read in between (of a counter) brings the view up to date itself.
+            let emptied = cache.lock().unwrap().empty();
+            let store = inner.block_on(async {
                 inner.materialise(fqfn).await?;
                 inner.table(fqfn).await
-            })?
+            })?;
+            cache.lock().unwrap().view_caught_up(emptied);
+            store
         };
         Ok(Box::new(NatsTable { inner: inner.clone(), fqfn: fqfn.clone(), store, cache, opening }))
     }
@@ -92,9 +95,35 @@ impl StateTable for NatsTable {
         if let Some(known) = self.cache.lock().unwrap().get(key) {
             return Ok(known.clone());
         }
-        let entry = self.inner.block_on(self.inner.view_entry(&self.fqfn, &self.store, key))?;
-        let stored = entry.and_then(|(entry, _)| entry.versioned());
+        let stored = self.inner.block_on(self.inner.read_missed(&self.fqfn, &self.store, &self.cache, key))?;
         remember(&self.cache, key, stored.clone());
         Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fnhost_test_support::Nats;
+
+    use super::*;
+    use crate::nats::NatsSecurity;
+
+    #[test]
+    fn a_value_the_full_cache_let_go_of_is_read_as_committed_not_from_the_view_behind() {
+        let nats = Nats::start(1);
+        let mut engine = NatsEngine::connect(&nats.urls(), 1, &NatsSecurity::default()).unwrap();
+        Arc::get_mut(&mut engine.inner).expect("the engine is not shared yet").cached_keys = 4;
+        let fqfn = Fqfn::parse("public/default/f").unwrap();
+        let table = engine.table(&fqfn).unwrap();
+        let value = |index: u64| StateValue::Bytes(format!("value {index}").into_bytes());
+        // The view is brought up to date only when a table opens, or a worker asks: these
+        // writes are in the changelog only, and the fifth empties the full cache.
+        for index in 0..6 {
+            engine.put(&fqfn, &format!("k{index}"), value(index)).unwrap();
+        }
+        for index in 0..6 {
+            let read = table.get(&format!("k{index}")).unwrap().map(|versioned| versioned.value);
+            assert_eq!(read, Some(value(index)), "k{index}");
+        }
     }
 }
