@@ -834,7 +834,7 @@ fn a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value
                     made.push(MessageChange::Sole(changes.len() as u32));
                     changes.record("gone".to_owned(), change);
                 }
-                history.push(input.as_str(), message.sequence.to_string(), made);
+                history.push(input.as_str(), &message.sequence.to_string(), made);
             }
             let effects = Effects {
                 acks: Acks::of(batch),

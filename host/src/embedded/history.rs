@@ -15,7 +15,7 @@ use bincode::{Decode, Encode};
 use super::journal::{StateStep, for_each_step, unreadable};
 use super::state::{EmbeddedTable, FunctionTable, Record};
 use super::{EmbeddedStore, lock};
-use crate::engine::broker::{BrokerError, Message};
+use crate::engine::broker::{BrokerError, Message, message_id};
 use crate::engine::history::{
     BatchHistory, HistoryError, HistoryPoint, MessageChange, PastTable, Provenance, StateHistory, Writer,
 };
@@ -89,8 +89,15 @@ bincode::impl_borrow_decode!(StoredSource);
 struct ListedBatch {
     instance_id: u32,
     code_digest: String,
-    messages: Vec<StoredMessage>,
+    messages: Vec<ListedMessage>,
     changes: Vec<(String, Change)>,
+}
+
+#[derive(Decode)]
+struct ListedMessage {
+    topic: u32,
+    message_id: String,
+    changes_end: u64,
 }
 
 #[derive(Decode)]
@@ -105,6 +112,15 @@ struct StoredBatch {
 impl From<ListedBatch> for StoredBatch {
     fn from(listed: ListedBatch) -> Self {
         let ListedBatch { instance_id, code_digest, messages, changes } = listed;
+        let messages = messages
+            .into_iter()
+            .map(|ListedMessage { topic, message_id, changes_end }| StoredMessage {
+                topic,
+                // Every id written was a sequence; one that is not names no message.
+                sequence: message_id.parse().unwrap_or(u64::MAX),
+                changes_end,
+            })
+            .collect();
         let changes = changes.into_iter().map(|(key, change)| MessageChange::Own(key, change)).collect();
         Self { instance_id, code_digest, messages, changes }
     }
@@ -114,7 +130,8 @@ impl From<ListedBatch> for StoredBatch {
 struct StoredMessage {
     /// Its index in [`StoredHistory::topics`].
     topic: u32,
-    message_id: String,
+    /// Its sequence in its topic.
+    sequence: u64,
     /// Where its changes end in [`StoredBatch::changes`].
     changes_end: u64,
 }
@@ -151,14 +168,14 @@ impl Encode for SourceToStore<'_> {
 struct BatchToStore<'a> {
     instance_id: u32,
     code_digest: &'a str,
-    messages: Vec<MessageToStore<'a>>,
+    messages: Vec<MessageToStore>,
     changes: &'a [MessageChange],
 }
 
 #[derive(Encode)]
-struct MessageToStore<'a> {
+struct MessageToStore {
     topic: u32,
-    message_id: &'a str,
+    sequence: u64,
     changes_end: u64,
 }
 
@@ -172,7 +189,7 @@ enum Changed<'a> {
 /// A message of a stored batch: its topic, its id and its changes.
 struct StoredView<'a> {
     topic: &'a str,
-    message_id: &'a str,
+    sequence: u64,
     changes: &'a [MessageChange],
 }
 
@@ -202,7 +219,7 @@ impl StoredHistory {
                     .iter()
                     .map(|message| MessageToStore {
                         topic: message.topic,
-                        message_id: &message.message_id,
+                        sequence: message.sequence,
                         changes_end: message.changes_end as u64,
                     })
                     .collect(),
@@ -230,7 +247,7 @@ impl StoredHistory {
                 start = end;
                 StoredView {
                     topic: topics.get(message.topic as usize).map_or("", String::as_str),
-                    message_id: &message.message_id,
+                    sequence: message.sequence,
                     changes,
                 }
             })
@@ -438,7 +455,7 @@ impl StateHistory for EmbeddedStore {
                         // process the message again, on another state; replay shows the first.)
                         if let Some(position) = history
                             .messages()
-                            .position(|message| message.topic == topic.as_str() && message.message_id == message_id)
+                            .position(|message| message.topic == topic.as_str() && message.sequence == sequence)
                         {
                             found = Some(within_batch(record, &history, position, ids.end));
                         }
@@ -516,7 +533,7 @@ impl StateHistory for EmbeddedStore {
                 .last()?;
             Some(Writer {
                 topic: TopicName::parse(message.topic).ok()?,
-                message_id: message.message_id.to_owned(),
+                message_id: message_id(message.sequence),
                 instance_id: batch.instance_id,
                 code_digest: batch.code_digest.clone(),
             })
@@ -595,9 +612,9 @@ mod tests {
         assert_eq!(head(&old).unwrap().time, 5);
         let batch = history.batch().expect("the batch reads");
         assert_eq!((batch.instance_id, batch.code_digest.as_str()), (4, "digest"));
-        let read: Vec<(&str, usize)> =
-            history.messages().map(|message| (message.message_id, message.changes(&record).count())).collect();
-        assert_eq!(read, [("7", 1), ("8", 1)]);
+        let read: Vec<(u64, usize)> =
+            history.messages().map(|message| (message.sequence, message.changes(&record).count())).collect();
+        assert_eq!(read, [(7, 1), (8, 1)]);
         let before_second = within_batch(&record, &history, 1, 0);
         assert_eq!(before_second.before["a"].as_ref().map(|value| &value.value), Some(&StateValue::Counter(1)));
 

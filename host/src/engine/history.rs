@@ -51,8 +51,8 @@ pub enum MessageChange {
 pub struct ProcessedMessage {
     /// The topic it came from: an index into [`BatchHistory::topics`].
     pub topic: u32,
-    /// Its id there.
-    pub message_id: String,
+    /// Its sequence there (its id is [`message_id`](super::broker::message_id) of it).
+    pub sequence: u64,
     /// Where its changes end in [`BatchHistory::changes`]; they start where the previous
     /// message's end.
     pub changes_end: usize,
@@ -65,21 +65,27 @@ impl BatchHistory {
     }
 
     /// Adds the next message, `message_id` of `topic`, with its `changes`.
-    pub fn push(&mut self, topic: &str, message_id: String, changes: impl IntoIterator<Item = MessageChange>) {
-        // A batch's messages come from a few topics, in runs: the last is the likely one.
-        let index = match self.topics.iter().rposition(|known| known.as_str() == topic) {
-            Some(index) => index,
-            None => match TopicName::parse(topic) {
-                Ok(parsed) => {
-                    self.topics.push(parsed);
-                    self.topics.len() - 1
-                }
-                // Only a topic the broker delivered from reaches here, and its name parses.
-                Err(_) => return,
-            },
+    pub fn push(&mut self, topic: &str, message_id: &str, changes: impl IntoIterator<Item = MessageChange>) {
+        let changes = changes.into_iter();
+        // Only messages a broker delivered reach here: their topics' names parse, and so do
+        // their ids, which are their sequences (`message_id`).
+        let (Some(index), Ok(sequence)) = (self.topic_index(topic), message_id.parse::<u64>()) else {
+            changes.for_each(drop);
+            return;
         };
         self.changes.extend(changes);
-        self.messages.push(ProcessedMessage { topic: index as u32, message_id, changes_end: self.changes.len() });
+        self.messages.push(ProcessedMessage { topic: index, sequence, changes_end: self.changes.len() });
+    }
+
+    /// The index of `topic` in [`BatchHistory::topics`], added if it is new; `None` for a name
+    /// that does not parse.
+    fn topic_index(&mut self, topic: &str) -> Option<u32> {
+        // A batch's messages come from a few topics, in runs: the last is the likely one.
+        if let Some(index) = self.topics.iter().rposition(|known| known.as_str() == topic) {
+            return Some(index as u32);
+        }
+        self.topics.push(TopicName::parse(topic).ok()?);
+        Some(self.topics.len() as u32 - 1)
     }
 
     /// Each message with the keys it changed and its changes to them, given `state`, the changes

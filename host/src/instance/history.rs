@@ -143,16 +143,12 @@ impl PendingHistory {
             match recorded {
                 Recorded::Kept { batch, index, changes_end } => {
                     let message = &batches[batch as usize][index as usize];
-                    history.push(
-                        &message.topic,
-                        message.message_id.clone(),
-                        changes.by_ref().take(changes_end - taken),
-                    );
+                    history.push(&message.topic, &message.message_id, changes.by_ref().take(changes_end - taken));
                     taken = changes_end;
                 }
                 Recorded::DeadLettered(letter) => {
-                    let (topic, message_id) = *letter;
-                    history.push(&topic, message_id, []);
+                    let (topic, message_id) = &*letter;
+                    history.push(topic, message_id, []);
                 }
             }
         }

@@ -19,7 +19,7 @@ use bincode::{Decode, Encode};
 use super::changelog::Logged;
 use super::names::token;
 use super::{Inner, decode, encode, state_storage, storage};
-use crate::engine::broker::BrokerError;
+use crate::engine::broker::{BrokerError, message_id};
 use crate::engine::clock::now_millis;
 use crate::engine::history::BatchHistory;
 use crate::engine::state::{StateChanges, StateError, StateValue};
@@ -79,7 +79,7 @@ impl LoggedBatch {
             .resolved(state)
             .map(|(message, changed)| {
                 changes.extend(changed.map(|(key, change)| (key.to_owned(), Logged::from(change))));
-                (message.topic, message.message_id.clone(), changes.len() as u32)
+                (message.topic, message_id(message.sequence), changes.len() as u32)
             })
             .collect();
         Self {
@@ -305,9 +305,9 @@ mod tests {
         state.record("a".into(), Change::Delete);
         let mut batch = BatchHistory::new(2, "digest".into());
         let topic = "persistent://public/default/in";
-        batch.push(topic, "10".into(), [MessageChange::Own("a".into(), Change::Add(1))]);
-        batch.push(topic, "11".into(), [MessageChange::Sole(1)]);
-        batch.push(topic, "12".into(), [MessageChange::Own("a".into(), Change::Delete)]);
+        batch.push(topic, "10", [MessageChange::Own("a".into(), Change::Add(1))]);
+        batch.push(topic, "11", [MessageChange::Sole(1)]);
+        batch.push(topic, "12", [MessageChange::Own("a".into(), Change::Delete)]);
         let logged = LoggedBatch::of(&batch, &state);
         type Read<'a> = (&'a str, &'a str, Vec<(String, Logged)>);
         let messages: Vec<Read> =

@@ -35,7 +35,7 @@ fn count_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
             let seen = state.len() as u32;
             state.record(format!("seen-{}", message.id()), Change::Put(message.body.value.clone()));
             let changes = shared.into_iter().map(|(key, change)| MessageChange::Own(key, change));
-            history.push(message.topic.as_str(), message.id(), changes.chain([MessageChange::Sole(seen)]));
+            history.push(message.topic.as_str(), &message.id(), changes.chain([MessageChange::Sole(seen)]));
         }
         let effects = Effects {
             acks: Acks::of(&batch),
