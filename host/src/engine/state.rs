@@ -109,6 +109,7 @@ impl StateChanges {
 
     /// [`StateChanges::record`], first telling `note` the key's index, the key, the change
     /// already pending for it (if any) and the new change.
+    #[inline]
     pub fn record_noting(
         &mut self,
         key: String,
@@ -149,6 +150,7 @@ impl StateChanges {
     }
 
     /// [`StateChanges::absorb`], telling `note` of each change as [`StateChanges::record_noting`] does.
+    #[inline]
     pub fn absorb_noting(
         &mut self,
         later: &mut StateChanges,

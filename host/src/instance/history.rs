@@ -81,23 +81,37 @@ impl HistoryBuffer {
 
     /// Notes a change to the batch's key `key_index`, on which `earlier` was pending, made by a
     /// kept message (`by_message`) or by no message.
+    #[inline]
     fn note(&mut self, key_index: usize, key: &str, earlier: Option<&Change>, by_message: Option<&Change>) {
-        if self.sole_writers.len() <= key_index {
-            self.sole_writers.resize(key_index + 1, None);
+        match earlier {
+            // The common case, on the pipeline's path: a key new to the batch, the next index.
+            None => {
+                let sole = by_message.map(|_| self.changes.len() as u32);
+                if key_index > self.sole_writers.len() {
+                    // Keys were added that no note saw (a window's changes): they have no sole writer.
+                    self.sole_writers.resize(key_index, None);
+                }
+                match self.sole_writers.get_mut(key_index) {
+                    Some(writer) => *writer = sole,
+                    None => self.sole_writers.push(sole),
+                }
+                if sole.is_some() {
+                    self.changes.push(MessageChange::Sole(key_index as u32));
+                }
+            }
+            Some(earlier) => self.note_again(key_index, key, earlier, by_message),
         }
-        if let Some(earlier) = earlier
-            && let Some(entry) = self.sole_writers[key_index].take()
-        {
+    }
+
+    /// [`HistoryBuffer::note`] of a key the batch changed before.
+    #[cold]
+    fn note_again(&mut self, key_index: usize, key: &str, earlier: &Change, by_message: Option<&Change>) {
+        if let Some(entry) = self.sole_writers.get_mut(key_index).and_then(Option::take) {
             // The batch's change will differ from its one writer's so far, which was `earlier`.
             self.changes[entry as usize] = MessageChange::Own(key.to_owned(), earlier.clone());
         }
-        match (earlier, by_message) {
-            (None, Some(_)) => {
-                self.sole_writers[key_index] = Some(self.changes.len() as u32);
-                self.changes.push(MessageChange::Sole(key_index as u32));
-            }
-            (Some(_), Some(change)) => self.changes.push(MessageChange::Own(key.to_owned(), change.clone())),
-            (_, None) => {}
+        if let Some(change) = by_message {
+            self.changes.push(MessageChange::Own(key.to_owned(), change.clone()));
         }
     }
 
