@@ -7,9 +7,9 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::dispatch::SharedSubscription;
-use super::history::StoredHistory;
 use super::journal::{Append, CursorMove, StateStep, Step};
 use super::state::Record;
+use super::stored_history::StoredHistory;
 use super::topic::{Extent, Topic};
 use super::{CONSUMER_POLL, EmbeddedStore, lock, state_failed, storage};
 use crate::engine::broker::{BrokerError, Effects, FetchWaker, Inputs, Message, MessageBody, Subscription};

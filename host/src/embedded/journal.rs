@@ -93,7 +93,7 @@ pub(super) enum StateStep {
     /// The function's whole table was deleted.
     Dropped { fqfn: String },
     /// The values of the keys a commit (or an admin write) changed, as in `Changes`, with the
-    /// function's history: an encoded `history::StoredHistory`.
+    /// function's history: an encoded `stored_history::StoredHistory`.
     Recorded { fqfn: String, record: Vec<u8>, history: Vec<u8> },
 }
 

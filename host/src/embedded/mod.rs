@@ -55,6 +55,7 @@ mod migrate;
 mod policy;
 mod recover;
 mod state;
+mod stored_history;
 mod topic;
 
 pub(crate) use state::Record as StateLogRecord;
@@ -63,9 +64,9 @@ use cleaner::Cleaner;
 use consumer::EmbeddedConsumer;
 use cursor::{RangeSet, cursor_key, decode_cursor};
 use dispatch::{Cursor, SharedSubscription};
-use history::StoredHistory;
 use journal::{Append, CursorMove, StateStep, Step, log_failed};
 use state::{Checkpointer, EmbeddedTable, FunctionTable, STATE_APPLIED_TREE};
+use stored_history::StoredHistory;
 use topic::{Extent, Topic, TopicTable};
 
 /// The log's folder in the store's directory.

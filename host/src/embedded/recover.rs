@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cursor::{RangeSet, decode_cursor, parse_cursor_key};
-use super::history::input_topics;
 use super::journal::{StateStep, for_each_step, unreadable};
 use super::state::{FunctionTable, Record, applied_id};
+use super::stored_history::input_topics;
 use super::topic::Extent;
 use super::{EmbeddedStore, UnsavedCursor, lock, storage};
 use crate::engine::broker::BrokerError;
