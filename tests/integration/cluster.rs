@@ -315,10 +315,11 @@ impl Client {
         })
     }
 
-    /// What `consumer` has delivered (a stream sequence) and how many deliveries wait for an acknowledgement.
-    fn delivered(&self, consumer: &mut async_nats::jetstream::consumer::PullConsumer) -> (u64, usize) {
+    /// What `consumer` has delivered (a stream sequence), how many deliveries wait for an
+    /// acknowledgement, and how many pull requests wait for messages.
+    fn delivered(&self, consumer: &mut async_nats::jetstream::consumer::PullConsumer) -> (u64, usize, usize) {
         let info = self.runtime.block_on(consumer.info()).unwrap();
-        (info.delivered.stream_sequence, info.num_ack_pending)
+        (info.delivered.stream_sequence, info.num_ack_pending, info.num_waiting)
     }
 
     /// The keys of fnhost's metadata bucket that record partly acknowledged entries.
@@ -376,7 +377,11 @@ fn a_delivery_lost_on_its_way_to_an_ordered_instance_is_processed_in_order() {
         // message goes to the pull made here, which then loses it.
         produce_keyed(worker, &input, [(spin, "k".to_owned())]);
         let mut consumer = client.consumer(&input, &format!("public_2fdefault_2f{name}"));
-        worker.wait_for("the instance to take the first message", || client.delivered(&mut consumer) == (1, 1));
+        // And for the pull that brought it to expire: one still open would take the next message
+        // (on a busy machine the instance's pull outlived the first message, and took `a`).
+        worker.wait_for("the instance to take the first message, its pull over", || {
+            client.delivered(&mut consumer) == (1, 1, 0)
+        });
         // One request each: a request's messages go in one entry, and only `a` is to be lost.
         for value in ["a", "b"] {
             produce_keyed(worker, &input, [(value, "k".to_owned())]);
