@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use crate::engine::broker::{Inputs, Position, SubscriptionSpec, SubscriptionType};
@@ -13,6 +15,33 @@ use crate::names::{Fqfn, NameError, SubscriptionName, TopicAccess, TopicName};
 pub use crate::runtime::FunctionKind;
 use crate::runtime::{FunctionDetails, Identity, InstanceLimits, LogLevel};
 use crate::window::WindowConfig;
+
+/// A function's lowest log level, read at every log line and set while its instances run.
+#[derive(Clone, Debug)]
+pub struct SharedLogLevel(Arc<AtomicU8>);
+
+impl SharedLogLevel {
+    /// A level of its own, not shared with any other function.
+    pub fn new(level: LogLevel) -> Self {
+        Self(Arc::new(AtomicU8::new(level as u8)))
+    }
+
+    /// The level now.
+    pub fn get(&self) -> LogLevel {
+        match self.0.load(AtomicOrdering::Relaxed) {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            _ => LogLevel::Error,
+        }
+    }
+
+    /// Changes the level for every holder; their next line or `min-log-level` call sees it.
+    pub fn set(&self, level: LogLevel) {
+        self.0.store(level as u8, AtomicOrdering::Relaxed);
+    }
+}
 
 /// Where a function's code comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,8 +122,9 @@ pub struct FunctionConfig {
     pub secrets: BTreeMap<String, String>,
     /// Memory and time per instance.
     pub limits: InstanceLimits,
-    /// Lines below this level are not logged.
-    pub log_level: LogLevel,
+    /// Lines below this level are not logged. Its instances share it, and an update that changes
+    /// only the level sets it here while they run, so that no batch is drained for it.
+    pub log_level: SharedLogLevel,
     /// When messages are acknowledged.
     pub guarantee: ProcessingGuarantee,
     /// The order messages must be processed in.
@@ -171,7 +201,7 @@ impl FunctionConfig {
                 memory_bytes: DEFAULT_RAM_BYTES,
                 timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             },
-            log_level: LogLevel::Info,
+            log_level: SharedLogLevel::new(LogLevel::Info),
             guarantee: ProcessingGuarantee::AtLeastOnce,
             ordering: Ordering::Unordered,
             parallelism: 1,

@@ -15,8 +15,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A function's lines are filtered by its own level (`--log-level`, changed while it runs),
+        // so the worker's filter lets all of them through.
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FNHOST_LOG").unwrap_or_else(|_| "fnhost=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FNHOST_LOG")
+                .unwrap_or_else(|_| "fnhost=info,fnhost::function=trace".into()),
         )
         .init();
     match fnhost::cli::run(fnhost::cli::Cli::parse()) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fnhost::embedded::EmbeddedStore;
 use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::engine::state::{StateStore, StateValue};
-use fnhost::function::FunctionConfig;
+use fnhost::function::{FunctionConfig, SharedLogLevel};
 use fnhost::instance::{
     self, Executor, LogSink, MESSAGES_PER_CALL, MessageContext, NativeExecutor, Outcome, RunUntil, WasmExecutor,
 };
@@ -33,7 +33,11 @@ fn counters_stay_exact_across_batches_committed_while_the_next_is_processed() {
 
     let fqfn = Fqfn::parse("acme/text/word-count").unwrap();
     let limits = InstanceLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(10) };
-    let config = FunctionConfig { limits, log_level: LogLevel::Warn, ..FunctionConfig::new(fqfn.clone(), vec![input]) };
+    let config = FunctionConfig {
+        limits,
+        log_level: SharedLogLevel::new(LogLevel::Warn),
+        ..FunctionConfig::new(fqfn.clone(), vec![input])
+    };
     let stats = run_until_idle(&store, &config, "word-count");
     assert_eq!((stats.received, stats.succeeded, stats.restarts), (sentences as u64, sentences as u64, 0));
     assert_eq!(stats.user_metrics["words"], (sentences as u64, 2.0 * sentences as f64));
@@ -69,7 +73,7 @@ fn run_misbehave(commands: &[&str], timeout: Duration, max_message_retries: u32)
     let limits = InstanceLimits { memory_bytes: 32 << 20, timeout };
     let config = FunctionConfig {
         limits,
-        log_level: LogLevel::Warn,
+        log_level: SharedLogLevel::new(LogLevel::Warn),
         output: Some(output.clone()),
         max_message_retries,
         ..FunctionConfig::new(fqfn.clone(), vec![input])

@@ -1,5 +1,6 @@
 //! Integration tests: they build the guest components and drive the `fnhost` binary and library.
 
+mod authoring;
 mod cli_errors;
 mod cluster;
 mod conformance;

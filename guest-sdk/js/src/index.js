@@ -201,6 +201,8 @@ export function componentProcessBatch(module, host) {
   }
   const context = new Context(wrapped, undefined);
   return (messages) => {
+    // The operator may change the level while the function runs: ask again each batch.
+    context._logger._minRank = undefined;
     for (const message of messages) {
       context._message = message;
       let outcome;
@@ -245,6 +247,7 @@ export function componentWindowFunction(module, host) {
   }
   const context = new Context(wrapped, undefined);
   const processWindow = (window, records) => {
+    context._logger._minRank = undefined;
     context._message = records[records.length - 1];
     try {
       return encodeOutput(process(new Window(window.start, window.end, records), context));

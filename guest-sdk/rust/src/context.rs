@@ -324,6 +324,9 @@ impl State {
 pub struct Context {
     pub(crate) message: Message,
     pub(crate) backend: Backend,
+    /// The host's lowest level, asked once per message: an operator may change it while the
+    /// function runs (`functions update --log-level`), and the next message sees the change.
+    pub(crate) min_level: std::cell::OnceCell<Level>,
 }
 
 /// What serves a [`Context`]'s calls: the host, or a test's [`MockContext`](testing::MockContext).
@@ -338,7 +341,7 @@ pub(crate) enum Backend {
 impl Context {
     /// The context of a message the host delivered.
     pub(crate) fn on_host(message: Message) -> Self {
-        Self { message, backend: Backend::Host }
+        Self { message, backend: Backend::Host, min_level: std::cell::OnceCell::new() }
     }
 
     /// The current message's key, properties, times, id and topic.
@@ -382,9 +385,8 @@ impl Context {
     /// # }
     /// ```
     pub fn log_enabled(&self, level: Level) -> bool {
-        static MIN_LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         match &self.backend {
-            Backend::Host => level >= *MIN_LEVEL.get_or_init(|| Level::from(host::min_log_level())),
+            Backend::Host => level >= *self.min_level.get_or_init(|| Level::from(host::min_log_level())),
             Backend::Mock(mock) => level >= mock.borrow().log_level,
         }
     }

@@ -226,7 +226,8 @@ impl MockContext {
             let host = self.host.borrow();
             (host.state.clone(), host.published.len(), host.acked)
         };
-        let mut context = Context { message, backend: Backend::Mock(self.host.clone()) };
+        let mut context =
+            Context { message, backend: Backend::Mock(self.host.clone()), min_level: std::cell::OnceCell::new() };
         let result = F::Input::decode(incoming.value)
             .and_then(|input| function.process(input, &mut context))
             .and_then(Output::encode);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fnhost::embedded::EmbeddedStore;
 use fnhost::engine::broker::{Broker, OutMessage, Position, SubscriptionSpec};
 use fnhost::engine::state::StateStore;
-use fnhost::function::{FunctionConfig, Ordering, ProcessingGuarantee};
+use fnhost::function::{FunctionConfig, Ordering, ProcessingGuarantee, SharedLogLevel};
 use fnhost::instance::{
     self, Executor, FunctionLauncher, LogSink, MessageContext, NativeExecutor, RunUntil, WasmExecutor,
 };
@@ -181,7 +181,7 @@ pub(crate) fn pipeline_config(
         limits: InstanceLimits { memory_bytes: 128 << 20, timeout: Duration::from_secs(10) },
         // Production setting: the function's info lines are filtered in the host, so the
         // benchmark measures processing, not the terminal.
-        log_level: LogLevel::Warn,
+        log_level: SharedLogLevel::new(LogLevel::Warn),
         guarantee,
         ordering,
         parallelism,

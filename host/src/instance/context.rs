@@ -13,7 +13,7 @@ use super::log::{LogBudget, LogSink, level_name, level_rank};
 use super::pending::{PendingBatch, PendingOutput, Retired};
 use crate::engine::broker::{Acks, OutMessage};
 use crate::engine::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
-use crate::function::FunctionConfig;
+use crate::function::{FunctionConfig, SharedLogLevel};
 use crate::limits::{
     MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES,
     MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_VALUE_SIZE, MAX_WORKER_LOG_LINES_PER_SECOND,
@@ -50,7 +50,7 @@ pub struct MessageContext {
     topics: HashMap<String, TopicName>,
     topic_access: TopicAccess,
     log_topic: Option<TopicName>,
-    log_level: LogLevel,
+    log_level: SharedLogLevel,
     logs: LogSink,
     metrics: BTreeMap<String, (u64, f64)>,
     host_failure: Option<String>,
@@ -145,7 +145,7 @@ impl MessageContext {
             topics: HashMap::new(),
             topic_access: config.topic_access.clone(),
             log_topic: config.log_topic.clone(),
-            log_level: config.log_level,
+            log_level: config.log_level.clone(),
             logs,
             metrics: BTreeMap::new(),
             host_failure: None,
@@ -420,7 +420,7 @@ impl MessageContext {
 
     /// Writes a line to the log, as the function's own logging does.
     pub fn write_log(&mut self, level: LogLevel, message: String) {
-        if level_rank(level) < level_rank(self.log_level) {
+        if level_rank(level) < level_rank(self.log_level.get()) {
             return;
         }
         let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
@@ -450,7 +450,7 @@ impl MessageContext {
 
 impl HostContext for MessageContext {
     fn min_log_level(&mut self) -> LogLevel {
-        self.log_level
+        self.log_level.get()
     }
 
     fn finish_message(

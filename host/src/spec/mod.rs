@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::broker::{Inputs, Position};
-use crate::function::{Code, FunctionConfig, FunctionKind, Ordering, ProcessingGuarantee, Source};
+use crate::function::{Code, FunctionConfig, FunctionKind, Ordering, ProcessingGuarantee, SharedLogLevel, Source};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
     MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_SUBSCRIPTION_TOPICS,
@@ -299,6 +299,18 @@ impl FunctionSpec {
         FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self }
     }
 
+    /// The lowest level of log lines kept: the given one, or info.
+    pub fn log_level(&self) -> LogLevel {
+        self.log_level.unwrap_or(LogLevelName::Info).into()
+    }
+
+    /// Whether `other` is this spec with at most another log level: a change its running
+    /// instances take as they are ([`crate::function::SharedLogLevel`]).
+    pub fn same_apart_from_log_level(&self, other: &FunctionSpec) -> bool {
+        let without_level = |spec: &FunctionSpec| FunctionSpec { log_level: None, ..spec.clone() };
+        without_level(self) == without_level(other)
+    }
+
     /// The fully qualified name: the given tenant and namespace, or the defaults.
     pub fn fqfn(&self) -> Result<Fqfn, ConfigError> {
         let Some(name) = &self.name else {
@@ -418,7 +430,7 @@ impl FunctionSpec {
             user_config,
             secrets,
             limits: InstanceLimits { memory_bytes, timeout: Duration::from_millis(timeout_ms) },
-            log_level: self.log_level.unwrap_or(LogLevelName::Info).into(),
+            log_level: SharedLogLevel::new(self.log_level()),
             ordering,
             parallelism,
             max_message_retries,

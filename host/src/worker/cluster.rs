@@ -392,7 +392,13 @@ impl Worker {
         };
         let same_config = {
             let known = lock(&function);
-            known.record.spec == record.spec && known.record.digest == record.digest
+            let same =
+                known.record.spec.same_apart_from_log_level(&record.spec) && known.record.digest == record.digest;
+            if same {
+                // Another worker's update of the level alone: the running instances take it.
+                known.config.log_level.set(record.spec.log_level());
+            }
+            same
         };
         if !same_config {
             super::lifecycle::drain(&function, None);

@@ -90,6 +90,9 @@ impl Worker {
         let config = self.function_config(&spec)?;
         self.check_disk()?;
         self.rates.take_change(fqfn.tenant(), self.access.quota(fqfn.tenant()).max_function_changes_per_minute)?;
+        if uploaded.is_none() && matches!(changes.code(), Ok(None)) && spec.same_apart_from_log_level(&current.spec) {
+            return self.set_log_level(fqfn, &function, spec);
+        }
         // Built and compiled under this function's change lock only.
         let package = self.package_bytes(&changes, spec.world(), uploaded)?;
         let prepared = match &package {
@@ -126,6 +129,24 @@ impl Worker {
             self.remove_unused_packages(&current.digest);
         }
         tracing::info!(%fqfn, instances = parallelism, "updated function");
+        Ok(spec)
+    }
+
+    /// An update that changes only the log level: the running instances take it at their next
+    /// line, with no drain and no restart (Pulsar restarts the function for any update).
+    fn set_log_level(
+        &self,
+        fqfn: &Fqfn,
+        function: &Arc<Mutex<Function>>,
+        spec: FunctionSpec,
+    ) -> Result<FunctionSpec, WorkerError> {
+        let mut function = lock(function);
+        let mut record = function.record.clone();
+        record.spec = spec.clone();
+        self.save_record(fqfn, &record)?;
+        function.config.log_level.set(spec.log_level());
+        function.record = record;
+        tracing::info!(%fqfn, level = ?spec.log_level(), "changed the function's log level");
         Ok(spec)
     }
 

@@ -96,6 +96,8 @@ def world(classname):
 
     class WitWorld(wit_world.WitWorld):
         def process_batch(self, messages):
+            # The operator may change the level while the function runs: ask again each batch.
+            context._logger._min_rank = None
             for message in messages:
                 # The WIT record has the fields of fnhost.Message, so the context reads it as it is.
                 context._set_message(message)
@@ -117,6 +119,7 @@ def window_world(classname):
 
     class WitWorld(wit_world.WitWorld):
         def process_window(self, window, records):
+            context._logger._min_rank = None
             if records:
                 # In a window function the context's message is the window's newest record.
                 context._set_message(records[-1])

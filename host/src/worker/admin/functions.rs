@@ -19,7 +19,7 @@ use crate::worker::Worker;
 use crate::worker::access::Role;
 use crate::worker::api::{
     ClusterInfo, Deleted, Done, FunctionState, FunctionStats, FunctionStatus, InstanceStats, InstanceStatus,
-    RebalanceAnswer, TriggerAnswer,
+    LogLevelChange, RebalanceAnswer, TriggerAnswer,
 };
 use crate::worker::tenant_rates::Metered;
 
@@ -150,6 +150,24 @@ pub(super) async fn create_or_update(
         blocking(move || if create { worker.create(spec, package) } else { worker.update(&fqfn, spec, package) })
             .await?,
     ))
+}
+
+/// `PUT …/{name}/log-level`: an update of the level alone, which applies without a restart.
+pub(super) async fn set_log_level(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<FunctionSpec>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    hold_until_ready(&worker, &tenant, Metered::Change).await?;
+    let change: LogLevelChange = serde_json::from_slice(&body).map_err(|error| {
+        bad_request(format!(
+            "the body is not a log level change ({error}); send {{\"logLevel\": \"debug\"}} (trace, debug, info, warn or error)"
+        ))
+    })?;
+    let spec = FunctionSpec { log_level: Some(change.log_level), ..FunctionSpec::default() };
+    let spec = named(spec, &fqfn)?;
+    Ok(Json(blocking(move || worker.update(&fqfn, spec, None)).await?))
 }
 
 pub(super) async fn delete(

@@ -20,7 +20,7 @@ use crate::names::{Fqfn, TopicName};
 use crate::worker::api::ErrorAnswer;
 use functions::{
     cluster, create_or_update, delete, get_function, instance_restart, instance_start, instance_stats, instance_status,
-    instance_stop, list, metrics, put_state, rebalance, restart, start, stats, status, stop, trigger,
+    instance_stop, list, metrics, put_state, rebalance, restart, set_log_level, start, stats, status, stop, trigger,
 };
 use guard::{authorize, refuse_cross_site};
 use history::{query_state, redrive, replay};
@@ -183,6 +183,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(&format!("{function}/trigger"), post(trigger))
         .route(&format!("{function}/replay"), post(replay))
         .route(&format!("{function}/redrive"), post(redrive))
+        .route(&format!("{function}/log-level"), put(set_log_level))
         .route(&format!("{function}/state/{{*key}}"), get(query_state).post(put_state))
         .route(topic, post(produce))
         .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))

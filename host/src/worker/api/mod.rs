@@ -15,12 +15,22 @@ use serde::{Deserialize, Serialize};
 use crate::engine::broker::Message;
 use crate::engine::state::{StateValue, Versioned};
 use crate::metrics::{ExceptionInfo, MinuteCounts, Stats};
+use crate::spec::LogLevelName;
 
 /// An error answer: Pulsar's `{"reason": ...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorAnswer {
     /// What was wrong and what to do.
     pub reason: String,
+}
+
+/// The body of `PUT …/{name}/log-level` (fnhost's own path; Pulsar restarts a function to change
+/// its level): the running instances take the new level at their next log line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLevelChange {
+    /// The lowest level of function log lines kept from now on.
+    pub log_level: LogLevelName,
 }
 
 /// Pulsar's FunctionStatus: every instance's status.

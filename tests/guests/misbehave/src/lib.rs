@@ -56,6 +56,7 @@ impl Function for Misbehave {
             return Ok(command);
         }
         if command == "log-levels" {
+            ctx.debug("a line at debug level");
             let enabled = |level| ctx.log_enabled(level);
             return Ok(format!("debug:{} warn:{}", enabled(Level::Debug), enabled(Level::Warn)));
         }
