@@ -126,16 +126,65 @@ impl<Context> Decode<Context> for StateValue {
     }
 }
 
+/// The variants of a value that expires ([`encode_expiring`]).
+const EXPIRING_BYTES_VARIANT: u32 = 2;
+const EXPIRING_COUNTER_VARIANT: u32 = 3;
+
+/// Encodes `value`, which expires at `expires_at` if given: as a [`StateValue`] when it does not
+/// expire, else with its variant's index moved past the plain ones, its fields, then its expiry.
+/// So a value stored before expiry existed reads back unchanged.
+pub(crate) fn encode_expiring<E: Encoder>(
+    value: &StateValue,
+    expires_at: Option<u64>,
+    encoder: &mut E,
+) -> Result<(), EncodeError> {
+    let Some(expires_at) = expires_at else { return value.encode(encoder) };
+    match value {
+        StateValue::Bytes(bytes) => {
+            EXPIRING_BYTES_VARIANT.encode(encoder)?;
+            bytes.encode(encoder)?;
+        }
+        StateValue::Counter(count) => {
+            EXPIRING_COUNTER_VARIANT.encode(encoder)?;
+            count.encode(encoder)?;
+        }
+    }
+    expires_at.encode(encoder)
+}
+
+/// Decodes what [`encode_expiring`] wrote: the value and its expiry.
+pub(crate) fn decode_expiring<Context, D: Decoder<Context = Context>>(
+    decoder: &mut D,
+) -> Result<(StateValue, Option<u64>), DecodeError> {
+    Ok(match u32::decode(decoder)? {
+        BYTES_VARIANT => (StateValue::Bytes(Decode::decode(decoder)?), None),
+        COUNTER_VARIANT => (StateValue::Counter(Decode::decode(decoder)?), None),
+        EXPIRING_BYTES_VARIANT => (StateValue::Bytes(Decode::decode(decoder)?), Some(Decode::decode(decoder)?)),
+        EXPIRING_COUNTER_VARIANT => (StateValue::Counter(Decode::decode(decoder)?), Some(Decode::decode(decoder)?)),
+        found => {
+            return Err(DecodeError::UnexpectedVariant {
+                type_name: "StateValue",
+                allowed: &bincode::error::AllowedEnumVariants::Range {
+                    min: BYTES_VARIANT,
+                    max: EXPIRING_COUNTER_VARIANT,
+                },
+                found,
+            });
+        }
+    })
+}
+
 impl Encode for Versioned {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
-        self.value.encode(encoder)?;
+        encode_expiring(&self.value, self.expires_at, encoder)?;
         self.version.encode(encoder)
     }
 }
 
 impl<Context> Decode<Context> for Versioned {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        Ok(Self { value: Decode::decode(decoder)?, version: Decode::decode(decoder)? })
+        let (value, expires_at) = decode_expiring(decoder)?;
+        Ok(Self { value, version: Decode::decode(decoder)?, expires_at })
     }
 }
 
@@ -143,40 +192,73 @@ const PUT_VARIANT: u32 = 0;
 const DELETE_VARIANT: u32 = 1;
 const ADD_VARIANT: u32 = 2;
 const SET_COUNTER_VARIANT: u32 = 3;
+/// A write with a time to live: its plain variant's index plus this, its fields, then the time
+/// to live; a write without one is stored as before time to live existed.
+const WITH_TTL: u32 = 4;
 
 impl Encode for Change {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        let with_ttl = |variant: u32, ttl: Option<u64>| if ttl.is_some() { variant + WITH_TTL } else { variant };
         match self {
-            Self::Put(bytes) => {
-                PUT_VARIANT.encode(encoder)?;
-                bytes.encode(encoder)
+            Self::Put(bytes, ttl) => {
+                with_ttl(PUT_VARIANT, *ttl).encode(encoder)?;
+                bytes.encode(encoder)?;
             }
-            Self::Delete => DELETE_VARIANT.encode(encoder),
-            Self::Add(delta) => {
-                ADD_VARIANT.encode(encoder)?;
-                delta.encode(encoder)
+            Self::Delete => DELETE_VARIANT.encode(encoder)?,
+            Self::Add(delta, ttl) => {
+                with_ttl(ADD_VARIANT, *ttl).encode(encoder)?;
+                delta.encode(encoder)?;
             }
-            Self::SetCounter(value) => {
-                SET_COUNTER_VARIANT.encode(encoder)?;
-                value.encode(encoder)
+            Self::SetCounter(value, ttl) => {
+                with_ttl(SET_COUNTER_VARIANT, *ttl).encode(encoder)?;
+                value.encode(encoder)?;
             }
+        }
+        match self.ttl() {
+            Some(ttl) => ttl.encode(encoder),
+            None => Ok(()),
         }
     }
 }
 
 impl<Context> Decode<Context> for Change {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        match u32::decode(decoder)? {
-            PUT_VARIANT => Ok(Self::Put(Decode::decode(decoder)?)),
-            DELETE_VARIANT => Ok(Self::Delete),
-            ADD_VARIANT => Ok(Self::Add(Decode::decode(decoder)?)),
-            SET_COUNTER_VARIANT => Ok(Self::SetCounter(Decode::decode(decoder)?)),
-            found => Err(DecodeError::UnexpectedVariant {
-                type_name: "Change",
-                allowed: &bincode::error::AllowedEnumVariants::Range { min: PUT_VARIANT, max: SET_COUNTER_VARIANT },
-                found,
-            }),
+        let variant = u32::decode(decoder)?;
+        let (plain, has_ttl) = match variant.checked_sub(WITH_TTL) {
+            Some(plain) => (plain, true),
+            None => (variant, false),
+        };
+        fn ttl<Context, D: Decoder<Context = Context>>(
+            decoder: &mut D,
+            has_ttl: bool,
+        ) -> Result<Option<u64>, DecodeError> {
+            has_ttl.then(|| u64::decode(decoder)).transpose()
         }
+        Ok(match (plain, has_ttl) {
+            (PUT_VARIANT, _) => {
+                let bytes = Decode::decode(decoder)?;
+                Self::Put(bytes, ttl(decoder, has_ttl)?)
+            }
+            (DELETE_VARIANT, false) => Self::Delete,
+            (ADD_VARIANT, _) => {
+                let delta = Decode::decode(decoder)?;
+                Self::Add(delta, ttl(decoder, has_ttl)?)
+            }
+            (SET_COUNTER_VARIANT, _) => {
+                let value = Decode::decode(decoder)?;
+                Self::SetCounter(value, ttl(decoder, has_ttl)?)
+            }
+            _ => {
+                return Err(DecodeError::UnexpectedVariant {
+                    type_name: "Change",
+                    allowed: &bincode::error::AllowedEnumVariants::Range {
+                        min: PUT_VARIANT,
+                        max: WITH_TTL + SET_COUNTER_VARIANT,
+                    },
+                    found: variant,
+                });
+            }
+        })
     }
 }
 
@@ -239,10 +321,38 @@ mod tests {
         assert_eq!(encode(&body), encode(&as_fields));
         assert_eq!(encode(&StateValue::Bytes(b"x".to_vec())), encode(&(0u32, b"x".to_vec())));
         assert_eq!(encode(&StateValue::Counter(-3)), encode(&(1u32, -3i64)));
-        let versioned = Versioned { value: StateValue::Counter(5), version: 11 };
+        let versioned = Versioned::lasting(StateValue::Counter(5), 11);
         assert_eq!(encode(&versioned), encode(&((1u32, 5i64), 11u64)));
         assert_eq!(decode::<Versioned>(&encode(&versioned)).unwrap(), versioned);
+        assert_eq!(encode(&Change::Put(b"x".to_vec(), None)), encode(&(0u32, b"x".to_vec())));
+        assert_eq!(encode(&Change::Add(-2, None)), encode(&(2u32, -2i64)));
         assert!(decode::<StateValue>(&encode(&(2u32, 0i64))).is_err(), "an unknown variant is an error");
+    }
+
+    #[test]
+    fn values_and_changes_with_a_time_to_live_read_back_as_written() {
+        let values = [
+            Versioned { value: StateValue::Bytes(b"x".to_vec()), version: 3, expires_at: Some(1_700_000_000_000) },
+            Versioned { value: StateValue::Counter(-9), version: 4, expires_at: Some(0) },
+            Versioned::lasting(StateValue::Bytes(Vec::new()), 5),
+        ];
+        for value in values {
+            assert_eq!(decode::<Versioned>(&encode(&value)).unwrap(), value);
+        }
+        let changes = [
+            Change::Put(b"v".to_vec(), Some(3_600_000)),
+            Change::Add(7, Some(1)),
+            Change::SetCounter(-1, Some(u64::MAX)),
+            Change::Put(b"v".to_vec(), None),
+            Change::Add(7, None),
+            Change::SetCounter(0, None),
+            Change::Delete,
+        ];
+        for change in changes {
+            assert_eq!(decode::<Change>(&encode(&change)).unwrap(), change);
+        }
+        assert!(decode::<Change>(&encode(&5u32)).is_err(), "a delete has no time to live");
+        assert!(decode::<Change>(&encode(&8u32)).is_err(), "an unknown variant is an error");
     }
 
     #[test]

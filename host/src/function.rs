@@ -125,6 +125,9 @@ pub struct FunctionConfig {
     /// Lines below this level are not logged. Its instances share it, and an update that changes
     /// only the level sets it here while they run, so that no batch is drained for it.
     pub log_level: SharedLogLevel,
+    /// How long a state value the function writes lives, unless the write says (`--state-ttl`);
+    /// `None`: until it is deleted.
+    pub state_ttl: Option<Duration>,
     /// When messages are acknowledged.
     pub guarantee: ProcessingGuarantee,
     /// The order messages must be processed in.
@@ -184,7 +187,7 @@ impl FunctionConfig {
 
     /// A function over `inputs` with the defaults: no output or log topic, the fully qualified
     /// name as the subscription, starting at the earliest message, no user config or secrets,
-    /// the default memory and time limits, info-level logs, one instance, ATLEAST_ONCE without
+    /// the default memory and time limits, info-level logs, state that does not expire, one instance, ATLEAST_ONCE without
     /// ordering, the default retries, `<name>-DLQ` as the dead-letter topic and full batches.
     pub fn new(fqfn: Fqfn, inputs: Vec<TopicName>) -> Self {
         Self {
@@ -202,6 +205,7 @@ impl FunctionConfig {
                 timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             },
             log_level: SharedLogLevel::new(LogLevel::Info),
+            state_ttl: None,
             guarantee: ProcessingGuarantee::AtLeastOnce,
             ordering: Ordering::Unordered,
             parallelism: 1,

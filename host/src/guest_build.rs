@@ -435,7 +435,7 @@ fn stage(root: &Path, source: &Source, world: FunctionKind, siblings: &[(String,
                 }
             };
             let entry = format!(
-                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.3.0\";\n{exports}"
+                "import * as functionModule from {module};\nimport * as host from \"fnhost:function/context@0.3.1\";\n{exports}"
             );
             write("fnhost_main.js", entry.as_bytes())?;
             Ok("fnhost_main.js".into())

@@ -19,6 +19,11 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_STATE_KEY_LEN: usize = 1024;
 /// Largest state value, in bytes.
 pub const MAX_STATE_VALUE_SIZE: usize = 1024 * 1024;
+/// Longest time to live of a state value, in milliseconds (ten years), given to `put-state-ttl`
+/// or as a function's `--state-ttl`.
+pub const MAX_STATE_TTL_MS: u64 = 10 * 365 * 86_400_000;
+/// Most keys one page of a state key listing holds (`list-state-keys`, the admin API's `limit`).
+pub const MAX_STATE_KEYS_LISTED: usize = 1_000;
 /// Most `publish` calls while processing one message.
 pub const MAX_PUBLISHES_PER_MESSAGE: usize = 1_000;
 /// Most bytes of state writes (keys and values) and published messages (values and keys) while

@@ -5,11 +5,12 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 use crate::__private::bindings::fnhost::function::{context as host, types as raw};
-use crate::{Error, testing};
+use crate::{Error, State, testing};
 
 /// Why the host refused a context call. The function may handle it, or return it with `?`.
 ///
@@ -241,76 +242,6 @@ impl Outgoing {
     }
 }
 
-/// The function's state table: durable, shared by all instances of the function, and changed
-/// together with the message that changed it.
-///
-/// ```no_run
-/// # fn f(ctx: &mut fnhost_guest::Context) -> Result<(), fnhost_guest::Error> {
-/// let state = ctx.state();
-/// state.put("last-user", "user123")?;
-/// assert_eq!(state.get_string("last-user")?.as_deref(), Some("user123"));
-/// let seen = state.incr_counter("seen", 1)?;
-/// state.delete("last-user")?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct State(Backend);
-
-impl State {
-    /// The bytes stored under `key` (a counter reads as 8 big-endian bytes).
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ContextError> {
-        match &self.0 {
-            Backend::Host => host::get_state(key).map_err(Into::into),
-            Backend::Mock(mock) => mock.borrow().get_state(key),
-        }
-    }
-
-    /// The value under `key` as text.
-    pub fn get_string(&self, key: &str) -> Result<Option<String>, Error> {
-        match self.get(key)? {
-            Some(bytes) => String::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| Error::msg(format!("state key `{key}` does not hold UTF-8 text"))),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores `value` under `key`.
-    pub fn put(&self, key: &str, value: impl AsRef<[u8]>) -> Result<(), ContextError> {
-        match &self.0 {
-            Backend::Host => host::put_state(key, value.as_ref()).map_err(Into::into),
-            Backend::Mock(mock) => mock.borrow_mut().put_state(key, value.as_ref()),
-        }
-    }
-
-    /// Removes `key`; an absent key is not an error.
-    pub fn delete(&self, key: &str) -> Result<(), ContextError> {
-        match &self.0 {
-            Backend::Host => host::delete_state(key).map_err(Into::into),
-            Backend::Mock(mock) => {
-                mock.borrow_mut().delete_state(key);
-                Ok(())
-            }
-        }
-    }
-
-    /// Adds `amount` to the counter `key` (created at zero) and returns the new value.
-    pub fn incr_counter(&self, key: &str, amount: i64) -> Result<i64, ContextError> {
-        match &self.0 {
-            Backend::Host => host::incr_counter(key, amount).map_err(Into::into),
-            Backend::Mock(mock) => mock.borrow_mut().incr_counter(key, amount),
-        }
-    }
-
-    /// The counter `key`; an absent counter is zero.
-    pub fn get_counter(&self, key: &str) -> Result<i64, ContextError> {
-        match &self.0 {
-            Backend::Host => host::get_counter(key).map_err(Into::into),
-            Backend::Mock(mock) => mock.borrow().get_counter(key),
-        }
-    }
-}
-
 /// Everything a function can reach: the current message, state, logging, publishing,
 /// configuration, identity and metrics.
 ///
@@ -352,6 +283,12 @@ impl Context {
     /// The function's state table.
     pub fn state(&self) -> State {
         State(self.backend.clone())
+    }
+
+    /// Stores `value` under `key` for `ttl` from the commit of this message: the same as
+    /// `ctx.state().put_with_ttl(key, value, ttl)` ([`State::put_with_ttl`]).
+    pub fn put_state_ttl(&self, key: &str, value: impl AsRef<[u8]>, ttl: Duration) -> Result<(), ContextError> {
+        self.state().put_with_ttl(key, value, ttl)
     }
 
     /// Writes a line to the function's log at `level`, unless the host drops lines at that level.

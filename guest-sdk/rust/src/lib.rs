@@ -63,8 +63,8 @@ pub mod __private {
             default_bindings_module: "::fnhost_guest::__private::window_bindings",
             runtime_path: "::fnhost_guest::__private::wit_bindgen::rt",
             with: {
-                "fnhost:function/types@0.3.0": super::bindings::fnhost::function::types,
-                "fnhost:function/context@0.3.0": super::bindings::fnhost::function::context,
+                "fnhost:function/types@0.3.1": super::bindings::fnhost::function::types,
+                "fnhost:function/context@0.3.1": super::bindings::fnhost::function::context,
             },
         });
     }
@@ -134,9 +134,11 @@ pub mod __private {
 }
 
 mod context;
+mod state;
 pub mod testing;
 
-pub use context::{Context, ContextError, Identity, Level, Message, Outgoing, State};
+pub use context::{Context, ContextError, Identity, Level, Message, Outgoing};
+pub use state::{Keys, State};
 
 /// The instance's function object, created on first use: `FUNCTION`, for the export macros.
 #[doc(hidden)]

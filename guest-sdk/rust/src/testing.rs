@@ -27,10 +27,38 @@
 //! As on the host, a message whose `process` fails leaves no state change, publish or
 //! acknowledgement behind (its log lines and metrics stay), and the error reaches the test.
 //! The mock does not apply the host's limits (key and value sizes, publishes per message).
+//!
+//! State with a time to live expires by the mock's clock, which only the test moves:
+//!
+//! ```
+//! use std::time::Duration;
+//! use fnhost_guest::testing::MockContext;
+//! use fnhost_guest::{Context, Error, Function};
+//!
+//! #[derive(Default)]
+//! struct Remember;
+//!
+//! impl Function for Remember {
+//!     type Input = String;
+//!     type Output = ();
+//!
+//!     fn process(&mut self, user: String, ctx: &mut Context) -> Result<(), Error> {
+//!         Ok(ctx.put_state_ttl(&user, "seen", Duration::from_secs(3600))?)
+//!     }
+//! }
+//!
+//! let mut context = MockContext::new();
+//! context.process(&mut Remember, "ann").unwrap();
+//! context.advance_clock(Duration::from_secs(3599));
+//! assert!(context.state("ann").is_some());
+//! context.advance_clock(Duration::from_secs(1));
+//! assert!(context.state("ann").is_none(), "expired after its hour");
+//! ```
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -48,7 +76,12 @@ enum Stored {
 /// and changes.
 #[derive(Debug)]
 pub(crate) struct MockHost {
-    state: BTreeMap<String, Stored>,
+    /// Each key's value, and when it expires (milliseconds on `now_ms`'s clock).
+    state: BTreeMap<String, (Stored, Option<u64>)>,
+    /// The mock's clock, in milliseconds: starts at 0, and only the test moves it.
+    now_ms: u64,
+    /// The time to live of a write that gives none (`--state-ttl`).
+    state_ttl: Option<Duration>,
     pub(crate) published: Vec<(String, Outgoing)>,
     pub(crate) logs: Vec<(Level, String)>,
     pub(crate) metrics: BTreeMap<String, Vec<f64>>,
@@ -62,19 +95,36 @@ pub(crate) struct MockHost {
 }
 
 impl MockHost {
+    /// The value under `key`, unless it has expired.
+    fn live(&self, key: &str) -> Option<&Stored> {
+        match self.state.get(key) {
+            Some((_, Some(expires_at))) if *expires_at <= self.now_ms => None,
+            Some((stored, _)) => Some(stored),
+            None => None,
+        }
+    }
+
+    fn expiry(&self, ttl: Option<Duration>) -> Option<u64> {
+        ttl.or(self.state_ttl).map(|ttl| self.now_ms.saturating_add(ttl.as_millis() as u64))
+    }
+
     pub(crate) fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, ContextError> {
-        Ok(match self.state.get(key) {
+        Ok(match self.live(key) {
             Some(Stored::Bytes(bytes)) => Some(bytes.clone()),
             Some(Stored::Counter(value)) => Some(value.to_be_bytes().to_vec()),
             None => None,
         })
     }
 
-    pub(crate) fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), ContextError> {
-        if let Some(Stored::Counter(_)) = self.state.get(key) {
+    pub(crate) fn put_state(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), ContextError> {
+        if let Some(Stored::Counter(_)) = self.live(key) {
             return Err(ContextError::WrongKind(format!("the state under `{key}` is a counter; use incr_counter")));
         }
-        self.state.insert(key.to_owned(), Stored::Bytes(value.to_vec()));
+        if ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(ContextError::InvalidArgument("a time to live of 0 ms is out of range".into()));
+        }
+        let expires_at = self.expiry(ttl);
+        self.state.insert(key.to_owned(), (Stored::Bytes(value.to_vec()), expires_at));
         Ok(())
     }
 
@@ -84,12 +134,31 @@ impl MockHost {
 
     pub(crate) fn incr_counter(&mut self, key: &str, amount: i64) -> Result<i64, ContextError> {
         let value = self.get_counter(key)?.wrapping_add(amount);
-        self.state.insert(key.to_owned(), Stored::Counter(value));
+        let expires_at = self.expiry(None);
+        self.state.insert(key.to_owned(), (Stored::Counter(value), expires_at));
         Ok(value)
     }
 
+    pub(crate) fn list_keys(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<String>, ContextError> {
+        if !(1..=1_000).contains(&limit) {
+            return Err(ContextError::LimitExceeded(format!(
+                "a page of {limit} keys was asked for; give from 1 to 1000 (MAX_STATE_KEYS_LISTED)"
+            )));
+        }
+        Ok(self
+            .state
+            .range(after.unwrap_or(prefix).to_owned()..)
+            .map(|(key, _)| key)
+            .skip_while(|key| after.is_some_and(|after| key.as_str() == after))
+            .take_while(|key| key.starts_with(prefix))
+            .filter(|key| self.live(key).is_some())
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
     pub(crate) fn get_counter(&self, key: &str) -> Result<i64, ContextError> {
-        match self.state.get(key) {
+        match self.live(key) {
             Some(Stored::Counter(value)) => Ok(*value),
             Some(Stored::Bytes(_)) => {
                 Err(ContextError::WrongKind(format!("the state under `{key}` holds bytes, not a counter")))
@@ -143,6 +212,8 @@ impl MockContext {
         };
         let host = MockHost {
             state: BTreeMap::new(),
+            now_ms: 0,
+            state_ttl: None,
             published: Vec::new(),
             logs: Vec::new(),
             metrics: BTreeMap::new(),
@@ -191,8 +262,22 @@ impl MockContext {
 
     /// Stores `value` under `key` before the function runs.
     pub fn with_state(self, key: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.host.borrow_mut().state.insert(key.to_owned(), Stored::Bytes(value.into()));
+        self.host.borrow_mut().state.insert(key.to_owned(), (Stored::Bytes(value.into()), None));
         self
+    }
+
+    /// Gives every write that names no time to live this one, as `--state-ttl` does on the host.
+    pub fn with_state_ttl(self, ttl: Duration) -> Self {
+        self.host.borrow_mut().state_ttl = Some(ttl);
+        self
+    }
+
+    /// Moves the mock's clock forward: state whose time to live has passed reads as absent.
+    /// (The clock starts at 0 and moves only when the test moves it; on the host a time to
+    /// live counts from the commit of the write.)
+    pub fn advance_clock(&mut self, by: Duration) {
+        let mut host = self.host.borrow_mut();
+        host.now_ms = host.now_ms.saturating_add(by.as_millis() as u64);
     }
 
     /// Runs `function` on a message with this value, and returns what it writes to the output
@@ -248,7 +333,7 @@ impl MockContext {
 
     /// The counter under `key`, if it is one.
     pub fn counter(&self, key: &str) -> Option<i64> {
-        match self.host.borrow().state.get(key) {
+        match self.host.borrow().live(key) {
             Some(Stored::Counter(value)) => Some(*value),
             _ => None,
         }
@@ -334,7 +419,7 @@ mod tests {
         let mut host = context.host.borrow_mut();
         assert!(matches!(host.incr_counter("bytes", 1), Err(ContextError::WrongKind(_))));
         assert_eq!(host.incr_counter("n", 5).unwrap(), 5);
-        assert!(matches!(host.put_state("n", b"y"), Err(ContextError::WrongKind(_))));
+        assert!(matches!(host.put_state("n", b"y", None), Err(ContextError::WrongKind(_))));
         assert_eq!(host.get_state("n").unwrap(), Some(5i64.to_be_bytes().to_vec()));
     }
 

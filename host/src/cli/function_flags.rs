@@ -102,9 +102,12 @@ pub(crate) struct FunctionFlags {
     /// Most messages processed between two commits: smaller batches commit sooner, larger ones cost less [default: 4096].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// The lowest level of function log lines to keep [default: info].
+    /// The lowest level of function log lines to keep [default: info]; an update of it alone reaches running instances without a restart.
     #[arg(long, value_enum)]
     log_level: Option<LogLevelName>,
+    /// How long a state value the function writes lives unless the write gives its own time to live: 90s, 30m, 1h, 7d (a bare number is seconds) [default: until deleted].
+    #[arg(long)]
+    state_ttl: Option<String>,
     /// Window function: records per window.
     #[arg(long, help_heading = "Window functions")]
     window_length_count: Option<u64>,
@@ -305,6 +308,7 @@ impl FunctionFlags {
             ack_timeout_ms: self.ack_timeout_ms,
             batch_size: self.batch_size,
             log_level: self.log_level,
+            state_ttl: self.state_ttl,
             cleanup_subscription: self.cleanup_subscription,
             window_config,
             auto_ack: self.auto_ack,

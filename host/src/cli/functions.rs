@@ -13,12 +13,12 @@ use super::client::{AdminOptions, Body, encode_segment};
 use super::history::{self, RedriveArgs, ReplayArgs};
 use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
-use crate::engine::state::StateStore;
+use crate::engine::state::{KeyPage, StateStore};
 use crate::guest_build::Builder;
-use crate::limits::MAX_PACKAGE_SIZE;
+use crate::limits::{MAX_PACKAGE_SIZE, MAX_STATE_KEYS_LISTED};
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
 use crate::spec::FunctionSpec;
-use crate::worker::api::FunctionState;
+use crate::worker::api::{FunctionState, StateKeys};
 
 /// How often `querystate --watch` asks again.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -166,8 +166,17 @@ pub(super) struct QuerystateArgs {
     #[command(flatten)]
     naming: Naming,
     /// The state key.
-    #[arg(short = 'k', long)]
-    key: String,
+    #[arg(short = 'k', long, required_unless_present = "list", conflicts_with = "list")]
+    key: Option<String>,
+    /// List the function's state keys instead (a JSON array, in byte order, expired ones left out).
+    #[arg(long, conflicts_with_all = ["watch", "as_of", "why"])]
+    list: bool,
+    /// With --list: only keys that start with this.
+    #[arg(long, requires = "list")]
+    prefix: Option<String>,
+    /// With --list: at most this many keys [default: all].
+    #[arg(long, requires = "list")]
+    limit: Option<usize>,
     /// Keep watching: print the value again each time it changes.
     #[arg(short = 'w', long)]
     watch: bool,
@@ -303,6 +312,44 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
     }
 }
 
+/// What reads one page of a function's state keys: its table, or a worker.
+type PageReader = Box<dyn FnMut(&KeyPage) -> anyhow::Result<Vec<String>>>;
+
+/// `querystate --list`: every key (or the first `--limit`), a page at a time.
+fn list_state(args: &QuerystateArgs, admin: &AdminOptions, fqfn: &Fqfn) -> anyhow::Result<()> {
+    let mut page_of: PageReader = match &args.data_dir {
+        Some(data_dir) => {
+            let table = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?.table(fqfn)?;
+            Box::new(move |page| Ok(table.list(page)?))
+        }
+        None => {
+            let client = args.worker.client(admin)?;
+            let path = format!("{}/state", function_path(fqfn));
+            Box::new(move |page| {
+                let mut query = format!("prefix={}&limit={}", encode_segment(&page.prefix), page.limit);
+                if let Some(after) = &page.after {
+                    query.push_str(&format!("&after={}", encode_segment(after)));
+                }
+                Ok(client.call::<StateKeys>("GET", &format!("{path}?{query}"), Body::Empty)?.keys)
+            })
+        }
+    };
+    let wanted = args.limit.unwrap_or(usize::MAX);
+    let mut keys: Vec<String> = Vec::new();
+    let mut after = None;
+    while keys.len() < wanted {
+        let limit = (wanted - keys.len()).min(MAX_STATE_KEYS_LISTED);
+        let listed = page_of(&KeyPage::new(args.prefix.clone().unwrap_or_default(), after, limit)?)?;
+        let full = listed.len() == limit;
+        after = listed.last().cloned();
+        keys.extend(listed);
+        if !full {
+            break;
+        }
+    }
+    print(&serde_json::to_value(keys)?)
+}
+
 fn instance_request(args: &InstanceArgs, admin: &AdminOptions, method: &str, action: &str) -> anyhow::Result<()> {
     let path = instance_path(&args.naming.fqfn()?, args.instance_id, action);
     print(&args.worker.client(admin)?.send(method, &path, Body::Empty)?)
@@ -310,14 +357,15 @@ fn instance_request(args: &InstanceArgs, admin: &AdminOptions, method: &str, act
 
 fn querystate(args: &QuerystateArgs, admin: &AdminOptions) -> anyhow::Result<()> {
     let fqfn = args.naming.fqfn()?;
+    let Some(key) = &args.key else { return list_state(args, admin, &fqfn) };
     if let Some(data_dir) = &args.data_dir {
         let store = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?;
-        let Some(stored) = store.table(&fqfn)?.get(&args.key)? else {
-            bail!("function {fqfn} has no state under key `{}`", args.key);
+        let Some(stored) = store.table(&fqfn)?.get(key)? else {
+            bail!("function {fqfn} has no state under key `{key}`");
         };
-        return print(&serde_json::to_value(FunctionState::of(&args.key, stored))?);
+        return print(&serde_json::to_value(FunctionState::of(key, stored))?);
     }
-    let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(&args.key));
+    let path = format!("{}/state/{}", function_path(&fqfn), encode_segment(key));
     if let Some(as_of) = &args.as_of {
         return history::query(
             &args.worker,

@@ -50,7 +50,8 @@ impl Cleaner {
 }
 
 impl EmbeddedStore {
-    /// One pass: samples the topics' rates, applies message TTL and backlog eviction, checkpoints what holds back the segments before the active one, deletes those
+    /// One pass: samples the topics' rates, applies message TTL and backlog eviction, removes
+    /// expired state values, checkpoints what holds back the segments before the active one, deletes those
     /// no longer needed, and returns the bytes freed.
     pub(crate) fn clean(&self) -> Result<u64, BrokerError> {
         let inner = &self.inner;
@@ -60,6 +61,11 @@ impl EmbeddedStore {
             topic.sample_rates(now);
         }
         self.apply_policies(&topics)?;
+        // Before the checkpoints below, which then write fewer values that have expired.
+        let expired = self.sweep_expired().map_err(|error| BrokerError::Storage(error.to_string()))?;
+        if expired > 0 {
+            tracing::debug!(expired, "removed expired state values");
+        }
         let segments = inner.log.segment_ids();
         let Some(active) = segments.last().map(|ids| ids.start).filter(|_| segments.len() > 1) else { return Ok(0) };
         self.save_cursors(active)?;

@@ -11,12 +11,12 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::journal::{StateStep, for_each_step, unreadable};
-use super::state::{EmbeddedTable, FunctionTable, Record};
+use super::state::{FunctionTable, Record};
 use super::stored_history::{Changed, StoredHistory, head, whole};
 use super::{EmbeddedStore, lock};
 use crate::engine::broker::{Message, message_id};
 use crate::engine::history::{HistoryError, HistoryPoint, PastTable, Provenance, StateHistory, Writer};
-use crate::engine::state::{KeyMap, StateError, StateTable, Versioned};
+use crate::engine::state::{KeyMap, KeyPage, StateError, StateTable, Versioned, live};
 use crate::names::{Fqfn, TopicName};
 
 /// One state step of a function, as history reads it.
@@ -99,6 +99,9 @@ fn unrecorded() -> HistoryError {
 struct Past {
     /// For each key changed since the point, its value then.
     before: KeyMap<Option<Versioned>>,
+    /// The point's time, in milliseconds since the epoch: a value that had expired by then reads
+    /// as absent.
+    at: u64,
     /// Where the scan goes on.
     next: u64,
 }
@@ -132,7 +135,8 @@ struct PastEmbeddedTable {
 
 impl StateTable for PastEmbeddedTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        let current = EmbeddedTable(self.current.clone()).get(key)?;
+        // Expired or not now: what counts is whether it had expired at the point.
+        let current = self.current.current(&mut lock(&self.current.values), key)?;
         // A step made durable before that read is in the log by now: read it, so that a key the
         // read saw changed is known to have changed.
         let mut past = lock(&self.past);
@@ -142,10 +146,19 @@ impl StateTable for PastEmbeddedTable {
             .scan_history(&self.fqfn, from, |_, entry| past.later(entry).map(|()| true))
             .map_err(|error| StateError::Storage(error.to_string()))?;
         past.next = next;
-        Ok(match past.before.get(key) {
+        let value = match past.before.get(key) {
             Some(before) => before.clone(),
             None => current,
-        })
+        };
+        Ok(live(value, past.at))
+    }
+
+    fn list(&self, _page: &KeyPage) -> Result<Vec<String>, StateError> {
+        // A replay runs on one message's state, which its keys are enough for; listing the past
+        // would need the whole table as it was, which the history does not keep.
+        Err(StateError::Storage(
+            "a replay cannot list the state keys of the past: list-state-keys is not available while replaying".into(),
+        ))
     }
 }
 
@@ -224,7 +237,7 @@ impl StateHistory for EmbeddedStore {
                         let time_committed = head(history)?.time;
                         reach.get_or_insert(time_committed);
                         if found.is_none() && time_committed > *time {
-                            found = Some((ids.start, Past::default()));
+                            found = Some((ids.start, Past { at: *time, ..Past::default() }));
                         }
                     }
                     match &mut found {
@@ -244,7 +257,11 @@ impl StateHistory for EmbeddedStore {
                 (next, found.map(|(_, past)| past), true)
             }
         };
-        let past = found.unwrap_or_default();
+        let at = match point {
+            HistoryPoint::AtTime(time) => *time,
+            HistoryPoint::BeforeMessage { .. } => crate::engine::clock::now_millis(),
+        };
+        let past = found.unwrap_or(Past { at, ..Past::default() });
         let past = Past { next: from, ..past };
         Ok(PastTable {
             table: Box::new(PastEmbeddedTable {
@@ -303,12 +320,12 @@ fn within_batch(record: &Record, history: &StoredHistory, position: usize, next:
                 Changed::To(after) => after.clone(),
                 Changed::By(change) => {
                     let version = value.as_ref().map_or(0, |value| value.version);
-                    change.apply(value.take().map(|value| value.value)).map(|value| Versioned { value, version })
+                    change.committed(value.take(), version, history.time)
                 }
             };
         }
     }
-    Past { before, next }
+    Past { before, next, at: history.time }
 }
 
 #[cfg(test)]
@@ -339,8 +356,8 @@ mod tests {
     #[test]
     fn a_history_written_before_keys_were_kept_by_index_still_reads() {
         let topic = "persistent://public/default/in";
-        let record: Record = vec![("a".into(), Some(Versioned { value: StateValue::Counter(2), version: 9 }))];
-        let changes = vec![("a".to_owned(), Change::Add(1)), ("a".to_owned(), Change::Add(1))];
+        let record: Record = vec![("a".into(), Some(Versioned::lasting(StateValue::Counter(2), 9)))];
+        let changes = vec![("a".to_owned(), Change::Add(1, None)), ("a".to_owned(), Change::Add(1, None))];
         let old = crate::codec::encode(&ListedHistory {
             topics: vec![topic],
             time: 5,

@@ -94,7 +94,7 @@ fn apply_legacy_state_log(db: &sled::Db) -> Result<(), String> {
         let record: super::state::Record = crate::codec::decode(&bytes)
             .map_err(|error| format!("a state log record of {name} cannot be decoded: {error}"))?;
         let tree = db.open_tree(format!("{STATE_TREE_PREFIX}{name}")).map_err(|error| error.to_string())?;
-        tree.apply_batch(tree_batch(record.iter().map(|(key, value)| (key, value))))
+        tree.apply_batch(tree_batch(record.iter().map(|(key, value)| (key, value.as_ref()))))
             .map_err(|error| error.to_string())?;
     }
     db.flush().map(drop).map_err(|error| error.to_string())

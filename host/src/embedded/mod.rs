@@ -36,7 +36,7 @@ use std::time::Duration;
 use crate::engine::broker::{
     Broker, BrokerError, Inputs, MessageBody, OutMessage, Position, Subscription, SubscriptionSpec,
 };
-use crate::engine::clock::now_millis;
+use crate::engine::clock::{Clock, now_millis};
 use crate::engine::history::BatchHistory;
 use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
 use crate::limits::{DEFAULT_LOG_SEGMENT_BYTES, MAX_BATCH_MESSAGES};
@@ -48,6 +48,7 @@ mod cleaner;
 mod consumer;
 mod cursor;
 mod dispatch;
+mod expiry;
 mod history;
 mod journal;
 mod metadata;
@@ -159,6 +160,8 @@ struct Inner {
     /// The input topics of every function whose commits carry history: the cleaner keeps the log
     /// from their kept messages on, so that the history of what they processed is kept as long.
     history_inputs: Mutex<HashSet<String>>,
+    /// What decides when state values expire (see [`expiry`]).
+    clock: Clock,
 }
 
 /// A cursor's newest form, in log record `log_id`.
@@ -238,6 +241,7 @@ impl EmbeddedStore {
                 policies,
                 cleaner: Cleaner::default(),
                 history_inputs: Mutex::new(HashSet::new()),
+                clock: Clock::default(),
             }),
         };
         recover::recover(&store).map_err(|error| other(error.to_string()))?;
@@ -356,7 +360,7 @@ impl EmbeddedStore {
         if let Some(table) = tables.get(fqfn) {
             return Ok(table.clone());
         }
-        let table = Arc::new(FunctionTable::open(&self.inner.db, fqfn)?);
+        let table = Arc::new(FunctionTable::open(&self.inner.db, fqfn, &self.inner.clock)?);
         tables.insert(fqfn.clone(), table.clone());
         Ok(table)
     }
@@ -531,6 +535,10 @@ impl StateStore for EmbeddedStore {
             self.inner.checkpointer.request(&table);
         }
         Ok(versioned)
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {

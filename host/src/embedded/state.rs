@@ -25,10 +25,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::lock;
-use crate::engine::state::{KeyMap, StateChanges, StateError, StateTable, StateValue, Versioned};
+use crate::engine::clock::Clock;
+use crate::engine::state::{KeyMap, KeyPage, StateChanges, StateError, StateTable, StateValue, Versioned, live};
 use crate::names::Fqfn;
 
 pub(super) const STATE_TREE_PREFIX: &str = "state:";
+/// Each function's expiry index is a tree of this followed by its name (see [`super::expiry`]).
+pub(super) const EXPIRY_TREE_PREFIX: &str = "expiry:";
 /// The tree of each function's applied id: the newest log record its own tree holds.
 pub(super) const STATE_APPLIED_TREE: &str = "state-applied";
 /// Most values read from a function's tree kept in memory; past it they are dropped and read again.
@@ -45,9 +48,13 @@ pub(super) const CHECKPOINT_CHUNK: usize = 64;
 
 /// One function's state: its sled tree, and in memory what is newer than the tree or read from it.
 pub(super) struct FunctionTable {
-    fqfn: Fqfn,
+    pub(super) fqfn: Fqfn,
     tree: sled::Tree,
-    values: Mutex<Values>,
+    /// The keys of values that expire, by expiry (see [`super::expiry`]).
+    pub(super) expiries: sled::Tree,
+    /// What decides when a value expires: the store's.
+    clock: Clock,
+    pub(super) values: Mutex<Values>,
     /// Whether the table waits in the checkpointer's queue, so that it waits there once.
     queued: AtomicBool,
 }
@@ -109,10 +116,12 @@ impl Values {
 }
 
 impl FunctionTable {
-    pub(super) fn open(db: &sled::Db, fqfn: &Fqfn) -> Result<Self, sled::Error> {
+    pub(super) fn open(db: &sled::Db, fqfn: &Fqfn, clock: &Clock) -> Result<Self, sled::Error> {
         Ok(Self {
             fqfn: fqfn.clone(),
             tree: db.open_tree(format!("{STATE_TREE_PREFIX}{fqfn}"))?,
+            expiries: db.open_tree(format!("{EXPIRY_TREE_PREFIX}{fqfn}"))?,
+            clock: clock.clone(),
             values: Mutex::new(Values::default()),
             queued: AtomicBool::new(false),
         })
@@ -122,13 +131,15 @@ impl FunctionTable {
     pub(super) fn prepare(&self, db: &sled::Db, changes: &StateChanges) -> Result<StateWrite<'_>, StateError> {
         let mut values = lock(&self.values);
         let id = db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
+        // Read under the function's lock, as the commit's moment: a key that expires after it and
+        // is written in it lives on from it.
+        let now = self.clock.now_millis();
         let mut record = Vec::with_capacity(changes.len());
         let mut before = Vec::with_capacity(changes.len());
         // In the changes' order: a batch's history names a key by its index there.
         for (key, change) in changes.iter() {
-            let current = self.current(&mut values, key)?;
-            let after = change.apply(current.as_ref().map(|versioned| versioned.value.clone()));
-            record.push((key.clone(), after.map(|value| Versioned { value, version: id })));
+            let current = live(self.current(&mut values, key)?, now);
+            record.push((key.clone(), change.committed(current.clone(), id, now)));
             before.push(current);
         }
         Ok(StateWrite { values, record, before })
@@ -144,7 +155,8 @@ impl FunctionTable {
         lock(&self.values).pending.values().map(|pending| pending.log_id).min()
     }
 
-    fn current(&self, values: &mut Values, key: &str) -> Result<Option<Versioned>, StateError> {
+    /// The newest value of `key`, expired or not.
+    pub(super) fn current(&self, values: &mut Values, key: &str) -> Result<Option<Versioned>, StateError> {
         if let Some(pending) = values.pending.get(key) {
             return Ok(pending.value.clone());
         }
@@ -152,11 +164,7 @@ impl FunctionTable {
             return Ok(clean.clone());
         }
         let stored = match self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? {
-            Some(bytes) => Some(decode_state(&bytes).map_err(|reason| StateError::Corrupt {
-                fqfn: self.fqfn.clone(),
-                key: key.into(),
-                reason,
-            })?),
+            Some(bytes) => Some(self.decode(key, &bytes)?),
             None => None,
         };
         if values.clean.len() >= CLEAN_ENTRIES {
@@ -166,8 +174,78 @@ impl FunctionTable {
         Ok(stored)
     }
 
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<Versioned, StateError> {
+        decode_state(bytes).map_err(|reason| StateError::Corrupt { fqfn: self.fqfn.clone(), key: key.into(), reason })
+    }
+
+    /// The page's live keys: the tree's, under what is pending, in byte order.
+    fn list(&self, page: &KeyPage) -> Result<Vec<String>, StateError> {
+        let values = lock(&self.values);
+        let now = self.clock.now_millis();
+        // Pending values decide their keys; the tree holds only what is older.
+        let pending: std::collections::BTreeMap<&String, bool> = values
+            .pending
+            .iter()
+            .filter(|(key, _)| page.holds(key))
+            .map(|(key, pending)| (key, pending.value.as_ref().is_some_and(|value| !value.expired_at(now))))
+            .collect();
+        let mut keys = Vec::with_capacity(page.limit.min(1024));
+        for entry in self.tree.range(page.scan_from().as_bytes()..) {
+            if keys.len() == page.limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(|error| StateError::Storage(error.to_string()))?;
+            let Ok(key) = String::from_utf8(key.to_vec()) else { continue };
+            if !key.starts_with(&page.prefix) {
+                // Keys with the prefix are together in byte order, and the scan started among them.
+                break;
+            }
+            if !page.holds(&key) || pending.contains_key(&key) {
+                continue;
+            }
+            if !self.decode(&key, &bytes)?.expired_at(now) {
+                keys.push(key);
+            }
+        }
+        keys.extend(pending.into_iter().filter(|(_, live)| *live).map(|(key, _)| key.clone()));
+        keys.sort_unstable();
+        keys.truncate(page.limit);
+        Ok(keys)
+    }
+
+    /// Takes the function's lock and prepares the removal of those of `keys` that have expired at
+    /// `now`, in a record of its own (a sweep of the expiry index): the caller logs it, then calls
+    /// [`StateWrite::committed`]. `None` when none has expired (each was written again since).
+    /// Under the lock no commit writes a key between this read and the removal.
+    pub(super) fn prepare_expiry(
+        &self,
+        db: &sled::Db,
+        keys: &[&str],
+        now: u64,
+    ) -> Result<Option<StateWrite<'_>>, StateError> {
+        let mut values = lock(&self.values);
+        let mut record = Vec::new();
+        let mut before = Vec::new();
+        for key in keys {
+            if let Some(value) = self.current(&mut values, key)?
+                && value.expired_at(now)
+            {
+                record.push(((*key).to_owned(), None));
+                before.push(Some(value));
+            }
+        }
+        if record.is_empty() {
+            return Ok(None);
+        }
+        // A version for the record, as every write takes one.
+        db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
+        Ok(Some(StateWrite { values, record, before }))
+    }
+
     /// Writes the newest pending value of each key into the tree, then notes the newest log
     /// record it covered as applied. Does nothing while another checkpoint of this function runs.
+    /// A value that has expired by then is removed instead; one that will expire is entered in
+    /// the expiry index first, so that a sweep finds it.
     pub(super) fn checkpoint(&self, db: &sled::Db, applied: &sled::Tree) -> Result<(), sled::Error> {
         let (snapshot, last) = {
             let mut values = lock(&self.values);
@@ -183,9 +261,19 @@ impl FunctionTable {
             let last = snapshot.iter().map(|(_, log_id, _)| *log_id).max().unwrap_or_default();
             (snapshot, last)
         };
+        let now = self.clock.now_millis();
         let written = (|| {
             for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
-                self.tree.apply_batch(tree_batch(chunk.iter().map(|(key, _, value)| (key, value))))?;
+                let mut due = sled::Batch::default();
+                for (key, _, value) in chunk {
+                    if let Some(expires_at) = value.as_ref().and_then(|value| value.expires_at).filter(|at| *at > now) {
+                        due.insert(super::expiry::index_key(expires_at, key), &[]);
+                    }
+                }
+                self.expiries.apply_batch(due)?;
+                let live_values =
+                    chunk.iter().map(|(key, _, value)| (key, value.as_ref().filter(|value| !value.expired_at(now))));
+                self.tree.apply_batch(tree_batch(live_values))?;
             }
             // The values must be durable before the records that carry them may go.
             db.flush()?;
@@ -236,18 +324,20 @@ impl FunctionTable {
     ) -> Result<(StateWrite<'_>, Versioned), StateError> {
         let mut values = lock(&self.values);
         let versioned =
-            Versioned { value, version: db.generate_id().map_err(|error| StateError::Storage(error.to_string()))? };
-        let before = vec![self.current(&mut values, key)?];
+            Versioned::lasting(value, db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?);
+        let before = vec![live(self.current(&mut values, key)?, self.clock.now_millis())];
         Ok((StateWrite { values, record: vec![(key.to_owned(), Some(versioned.clone()))], before }, versioned))
     }
 }
 
-/// Removes a function's tree and applied id.
+/// Removes a function's tree, its expiry index and its applied id.
 pub(super) fn drop_table(db: &sled::Db, applied: &sled::Tree, fqfn: &str) -> Result<(), sled::Error> {
-    match db.drop_tree(format!("{STATE_TREE_PREFIX}{fqfn}")) {
-        // A function that never checkpointed has no tree.
-        Ok(_) | Err(sled::Error::CollectionNotFound(_)) => {}
-        Err(error) => return Err(error),
+    for tree in [format!("{STATE_TREE_PREFIX}{fqfn}"), format!("{EXPIRY_TREE_PREFIX}{fqfn}")] {
+        match db.drop_tree(tree) {
+            // A function that never checkpointed has no tree.
+            Ok(_) | Err(sled::Error::CollectionNotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
     }
     applied.remove(fqfn.as_bytes())?;
     Ok(())
@@ -314,12 +404,17 @@ pub(super) struct EmbeddedTable(pub(super) Arc<FunctionTable>);
 impl StateTable for EmbeddedTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         let table = &self.0;
-        table.current(&mut lock(&table.values), key)
+        let current = table.current(&mut lock(&table.values), key)?;
+        Ok(live(current, table.clock.now_millis()))
+    }
+
+    fn list(&self, page: &KeyPage) -> Result<Vec<String>, StateError> {
+        self.0.list(page)
     }
 }
 
 /// The writes that leave a function's tree holding `values` (`None`: absent).
-pub(super) fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, &'a Option<Versioned>)>) -> sled::Batch {
+pub(super) fn tree_batch<'a>(values: impl Iterator<Item = (&'a String, Option<&'a Versioned>)>) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for (key, value) in values {
         match value {

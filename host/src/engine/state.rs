@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use indexmap::IndexMap;
 use indexmap::map::Entry;
 
+use crate::engine::clock::Clock;
 use crate::names::Fqfn;
 
 /// A stored value: plain bytes, or a 64-bit counter.
@@ -36,45 +37,93 @@ pub struct Versioned {
     pub value: StateValue,
     /// A number that grows with every write to the table (not necessarily by one).
     pub version: u64,
+    /// When the value expires, in milliseconds since the Unix epoch (its time to live from the
+    /// commit that wrote it); `None`: it lives until it is deleted or written again.
+    pub expires_at: Option<u64>,
 }
 
-/// One key's pending change.
+impl Versioned {
+    /// A value that does not expire.
+    pub fn lasting(value: StateValue, version: u64) -> Self {
+        Self { value, version, expires_at: None }
+    }
+
+    /// Whether the value has expired at `now` (milliseconds since the Unix epoch): from its
+    /// expiry on, it reads as absent everywhere.
+    pub fn expired_at(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+}
+
+/// The value as it reads at `now`: absent once it has expired.
+pub fn live(stored: Option<Versioned>, now: u64) -> Option<Versioned> {
+    stored.filter(|versioned| !versioned.expired_at(now))
+}
+
+/// One key's pending change. A write carries its time to live in milliseconds (`None`: none),
+/// which the commit that makes it durable turns into an expiry, so that a key lives its whole
+/// time to live from the moment others can read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Replace the key with bytes.
-    Put(Vec<u8>),
+    Put(Vec<u8>, Option<u64>),
     /// Remove the key.
     Delete,
     /// Add to the counter as stored when the change commits (so concurrent instances do not lose increments).
-    Add(i64),
+    Add(i64, Option<u64>),
     /// Set the counter outright (an increment after a delete in the same batch).
-    SetCounter(i64),
+    SetCounter(i64, Option<u64>),
 }
 
 impl Change {
-    /// The change equivalent to `self` followed by `next`.
+    /// The change equivalent to `self` followed by `next`. The later write's time to live wins.
     pub fn then(self, next: Change) -> Change {
         match (self, next) {
-            (Change::Add(a), Change::Add(b)) => Change::Add(a.wrapping_add(b)),
-            (Change::SetCounter(a), Change::Add(b)) => Change::SetCounter(a.wrapping_add(b)),
-            (Change::Delete, Change::Add(b)) => Change::SetCounter(b),
+            (Change::Add(a, _), Change::Add(b, ttl)) => Change::Add(a.wrapping_add(b), ttl),
+            (Change::SetCounter(a, _), Change::Add(b, ttl)) => Change::SetCounter(a.wrapping_add(b), ttl),
+            (Change::Delete, Change::Add(b, ttl)) => Change::SetCounter(b, ttl),
             (_, next) => next,
         }
     }
 
-    /// The value after applying this change to `stored`.
+    /// The value after applying this change to `stored` (which the caller read as live).
     pub fn apply(&self, stored: Option<StateValue>) -> Option<StateValue> {
         match self {
-            Change::Put(bytes) => Some(StateValue::Bytes(bytes.clone())),
+            Change::Put(bytes, _) => Some(StateValue::Bytes(bytes.clone())),
             Change::Delete => None,
-            Change::SetCounter(value) => Some(StateValue::Counter(*value)),
-            Change::Add(delta) => match stored {
+            Change::SetCounter(value, _) => Some(StateValue::Counter(*value)),
+            Change::Add(delta, _) => match stored {
                 Some(StateValue::Counter(value)) => Some(StateValue::Counter(value.wrapping_add(*delta))),
                 // The overlay refuses increments on byte values, so bytes here means another writer
                 // replaced the counter meanwhile; the increment then starts a fresh counter.
                 _ => Some(StateValue::Counter(*delta)),
             },
         }
+    }
+
+    /// The written value's time to live in milliseconds, if it has one.
+    pub fn ttl(&self) -> Option<u64> {
+        match self {
+            Change::Put(_, ttl) | Change::Add(_, ttl) | Change::SetCounter(_, ttl) => *ttl,
+            Change::Delete => None,
+        }
+    }
+
+    /// When the value this change writes expires, if committed at `now`.
+    pub fn expires_at(&self, now: u64) -> Option<u64> {
+        self.ttl().map(|ttl| now.saturating_add(ttl))
+    }
+
+    /// Whether the change adds to the counter as stored (rather than setting the key outright).
+    pub fn is_add(&self) -> bool {
+        matches!(self, Change::Add(..))
+    }
+
+    /// The change applied to `stored` at `now`, as the table keeps it: versioned `version`, with
+    /// its expiry. `stored` is read as live at `now`.
+    pub fn committed(&self, stored: Option<Versioned>, version: u64, now: u64) -> Option<Versioned> {
+        let stored = live(stored, now).map(|versioned| versioned.value);
+        self.apply(stored).map(|value| Versioned { value, version, expires_at: self.expires_at(now) })
     }
 }
 
@@ -213,10 +262,14 @@ pub trait StateStore: Send + Sync {
     /// Removes `fqfn`'s whole table.
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError>;
 
+    /// The clock that decides when values expire: what a commit's time to live counts from, and
+    /// what a read compares expiries with. A test advances it to see a time to live pass.
+    fn clock(&self) -> &Clock;
+
     /// Brings every function's state view up to its latest commit, for an engine that applies
     /// commits to a view after the fact (the cluster engine's changelogs); a cluster's leader
-    /// calls it every half second. An engine whose commits write the tables themselves (the
-    /// embedded one) keeps this default.
+    /// calls it every half second, and the engine sweeps expired values then. An engine whose
+    /// commits write the tables themselves (the embedded one) keeps this default.
     fn materialise_views(&self) -> Result<(), StateError> {
         Ok(())
     }
@@ -224,8 +277,77 @@ pub trait StateStore: Send + Sync {
 
 /// One function's state table.
 pub trait StateTable: Send {
-    /// The committed value of `key`.
+    /// The committed value of `key`, unless it has expired.
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError>;
+
+    /// The page's committed keys: live (not expired), never the host's, in byte order.
+    fn list(&self, page: &KeyPage) -> Result<Vec<String>, StateError>;
+}
+
+/// A page of a table's keys: those that start with `prefix`, after `after` (exclusive) when
+/// given, at most `limit` of them. The host's own keys are in no page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPage {
+    /// What every key of the page starts with.
+    pub prefix: String,
+    /// The page starts after this key: the last key of the page before.
+    pub after: Option<String>,
+    /// Most keys in the page.
+    pub limit: usize,
+}
+
+/// Why a page of keys cannot be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPageError {
+    /// A named limit was passed.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The prefix or the key to start after cannot be a user key.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl KeyPage {
+    /// The page a function or a client asks for, checked against the limits and the host's keyspace.
+    pub fn new(prefix: String, after: Option<String>, limit: usize) -> Result<Self, KeyPageError> {
+        use crate::limits::{MAX_STATE_KEY_LEN, MAX_STATE_KEYS_LISTED};
+        if !(1..=MAX_STATE_KEYS_LISTED).contains(&limit) {
+            return Err(KeyPageError::LimitExceeded(format!(
+                "a page of {limit} keys was asked for; give from 1 to {MAX_STATE_KEYS_LISTED} (MAX_STATE_KEYS_LISTED) and ask again after the last key for more"
+            )));
+        }
+        for (what, given) in [("prefix", Some(&prefix)), ("key to list after", after.as_ref())] {
+            let Some(given) = given else { continue };
+            if given.len() > MAX_STATE_KEY_LEN {
+                return Err(KeyPageError::LimitExceeded(format!(
+                    "the {what} is {} bytes; the limit (MAX_STATE_KEY_LEN) is {MAX_STATE_KEY_LEN}",
+                    given.len()
+                )));
+            }
+        }
+        check_user_key(&prefix).map_err(KeyPageError::Invalid)?;
+        Ok(Self { prefix, after, limit })
+    }
+
+    /// Whether `key` is in the page's range (whatever the limit).
+    pub fn holds(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+            && self.after.as_deref().is_none_or(|after| key > after)
+            && !key.starts_with(HOST_KEY_PREFIX)
+    }
+
+    /// Where a scan in byte order starts: the page's first key is this or after it. The host's
+    /// keys start with NUL, below every other key, so a scan starts past them.
+    pub fn scan_from(&self) -> &str {
+        const PAST_HOST_KEYS: &str = "\u{1}";
+        let from = self.after.as_deref().unwrap_or(&self.prefix).max(self.prefix.as_str());
+        from.max(PAST_HOST_KEYS)
+    }
+
+    /// The page, from keys in byte order that are in its range: the first `limit`.
+    pub fn of(&self, keys: impl IntoIterator<Item = String>) -> Vec<String> {
+        keys.into_iter().filter(|key| self.holds(key)).take(self.limit).collect()
+    }
 }
 
 #[cfg(test)]
@@ -235,12 +357,12 @@ mod tests {
     #[test]
     fn changes_compose_in_order() {
         let cases = [
-            (vec![Change::Add(2), Change::Add(3)], Some(StateValue::Counter(15))),
-            (vec![Change::Delete, Change::Add(3)], Some(StateValue::Counter(3))),
-            (vec![Change::Add(3), Change::Delete], None),
-            (vec![Change::Add(3), Change::Put(b"x".to_vec())], Some(StateValue::Bytes(b"x".to_vec()))),
+            (vec![Change::Add(2, None), Change::Add(3, None)], Some(StateValue::Counter(15))),
+            (vec![Change::Delete, Change::Add(3, None)], Some(StateValue::Counter(3))),
+            (vec![Change::Add(3, None), Change::Delete], None),
+            (vec![Change::Add(3, None), Change::Put(b"x".to_vec(), None)], Some(StateValue::Bytes(b"x".to_vec()))),
             (
-                vec![Change::Put(b"x".to_vec()), Change::Delete, Change::Add(-1), Change::Add(-1)],
+                vec![Change::Put(b"x".to_vec(), None), Change::Delete, Change::Add(-1, None), Change::Add(-1, None)],
                 Some(StateValue::Counter(-2)),
             ),
         ];

@@ -12,12 +12,12 @@ use super::history::HistoryBuffer;
 use super::log::{LogBudget, LogSink, level_name, level_rank};
 use super::pending::{PendingBatch, PendingOutput, Retired};
 use crate::engine::broker::{Acks, OutMessage};
-use crate::engine::state::{Change, KeyMap, StateChanges, StateError, StateTable, StateValue};
+use crate::engine::state::{Change, KeyMap, KeyPage, KeyPageError, StateChanges, StateError, StateTable, StateValue};
 use crate::function::{FunctionConfig, SharedLogLevel};
 use crate::limits::{
     MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES,
-    MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_VALUE_SIZE, MAX_WORKER_LOG_LINES_PER_SECOND,
-    MAX_WRITTEN_BYTES_PER_MESSAGE,
+    MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_TTL_MS, MAX_STATE_VALUE_SIZE,
+    MAX_WORKER_LOG_LINES_PER_SECOND, MAX_WRITTEN_BYTES_PER_MESSAGE,
 };
 use crate::names::{Fqfn, TopicAccess, TopicName};
 use crate::runtime::{ContextError, GuestMessage, GuestReads, HostContext, LogLevel, ProcessError};
@@ -51,6 +51,8 @@ pub struct MessageContext {
     topic_access: TopicAccess,
     log_topic: Option<TopicName>,
     log_level: SharedLogLevel,
+    /// The time to live of a write that gives none, in milliseconds (`--state-ttl`).
+    state_ttl_ms: Option<u64>,
     logs: LogSink,
     metrics: BTreeMap<String, (u64, f64)>,
     host_failure: Option<String>,
@@ -146,6 +148,7 @@ impl MessageContext {
             topic_access: config.topic_access.clone(),
             log_topic: config.log_topic.clone(),
             log_level: config.log_level.clone(),
+            state_ttl_ms: config.state_ttl.map(|ttl| ttl.as_millis() as u64),
             logs,
             metrics: BTreeMap::new(),
             host_failure: None,
@@ -342,7 +345,7 @@ impl MessageContext {
         let keys = self.batch_state.len();
         let changes = Arc::new(std::mem::replace(&mut self.batch_state, StateChanges::with_capacity(keys)));
         for (key, change) in changes.iter() {
-            if let Change::Add(_) = change {
+            if change.is_add() {
                 let counter = change.apply(self.state.get(key)?.map(|versioned| versioned.value));
                 self.in_flight_counters.insert(key.clone(), counter);
             }
@@ -364,15 +367,15 @@ impl MessageContext {
     fn current(&mut self, key: &str) -> Result<Option<StateValue>, ContextError> {
         let message = self.message_state.get(key);
         if let Some(change) = message
-            && !matches!(change, Change::Add(_))
+            && !change.is_add()
         {
             return Ok(change.apply(None));
         }
         let base = match self.batch_state.get(key) {
-            Some(change) if !matches!(change, Change::Add(_)) => change.apply(None),
+            Some(change) if !change.is_add() => change.apply(None),
             batch => {
                 let committed = match self.in_flight.get(key) {
-                    Some(Change::Add(_)) => self.in_flight_counters.get(key).cloned().flatten(),
+                    Some(Change::Add(..)) => self.in_flight_counters.get(key).cloned().flatten(),
                     Some(absolute) => absolute.apply(None),
                     None => match self.state.get(key) {
                         Ok(stored) => stored.map(|versioned| versioned.value),
@@ -389,6 +392,45 @@ impl MessageContext {
             Some(change) => change.apply(base),
             None => base,
         })
+    }
+
+    /// Stores `value` under `key`, to live `ttl_ms` from the commit when given.
+    fn put(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), ContextError> {
+        check_key(&key)?;
+        if value.len() > MAX_STATE_VALUE_SIZE {
+            return Err(ContextError::LimitExceeded(format!(
+                "state value is {} bytes; the limit (MAX_STATE_VALUE_SIZE) is {MAX_STATE_VALUE_SIZE}",
+                value.len()
+            )));
+        }
+        self.spend(key.len() + value.len())?;
+        self.message_state.record(key, Change::Put(value, ttl_ms));
+        Ok(())
+    }
+
+    /// The page as this message sees it: the committed keys under the changes not yet committed
+    /// (the batch being committed, this batch's, this message's), newest last.
+    fn list(&mut self, page: &KeyPage) -> Result<Vec<String>, ContextError> {
+        let mut pending: BTreeMap<&str, bool> = BTreeMap::new();
+        for changes in [&*self.in_flight, &self.batch_state, &self.message_state] {
+            for (key, change) in changes.iter().filter(|(key, _)| page.holds(key)) {
+                pending.insert(key, !matches!(change, Change::Delete));
+            }
+        }
+        // A pending removal may hide a committed key: ask for one more key per removal.
+        let removed = pending.values().filter(|exists| !**exists).count();
+        let committed_page = KeyPage { limit: page.limit + removed, ..page.clone() };
+        let committed = match self.state.list(&committed_page) {
+            Ok(keys) => keys,
+            Err(error) => return Err(self.fail_host(error.to_string())),
+        };
+        let mut keys: Vec<String> =
+            committed.into_iter().filter(|key| pending.get(key.as_str()).is_none_or(|exists| *exists)).collect();
+        keys.extend(pending.iter().filter(|(_, exists)| **exists).map(|(key, _)| (*key).to_owned()));
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(page.limit);
+        Ok(keys)
     }
 
     /// Counts `bytes` more written by the current message, which the host holds until the commit.
@@ -507,16 +549,29 @@ impl HostContext for MessageContext {
     }
 
     fn put_state(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextError> {
-        check_key(&key)?;
-        if value.len() > MAX_STATE_VALUE_SIZE {
-            return Err(ContextError::LimitExceeded(format!(
-                "state value is {} bytes; the limit (MAX_STATE_VALUE_SIZE) is {MAX_STATE_VALUE_SIZE}",
-                value.len()
+        self.put(key, value, self.state_ttl_ms)
+    }
+
+    fn put_state_ttl(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), ContextError> {
+        if !(1..=MAX_STATE_TTL_MS).contains(&ttl_ms) {
+            return Err(ContextError::InvalidArgument(format!(
+                "a time to live of {ttl_ms} ms is out of range: give from 1 ms to {MAX_STATE_TTL_MS} ms, ten years (MAX_STATE_TTL_MS)"
             )));
         }
-        self.spend(key.len() + value.len())?;
-        self.message_state.record(key, Change::Put(value));
-        Ok(())
+        self.put(key, value, Some(ttl_ms))
+    }
+
+    fn list_state_keys(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, ContextError> {
+        let page = KeyPage::new(prefix, after, limit as usize).map_err(|error| match error {
+            KeyPageError::LimitExceeded(reason) => ContextError::LimitExceeded(reason),
+            KeyPageError::Invalid(reason) => ContextError::InvalidArgument(reason),
+        })?;
+        self.list(&page)
     }
 
     fn delete_state(&mut self, key: String) -> Result<(), ContextError> {
@@ -536,7 +591,7 @@ impl HostContext for MessageContext {
                 )));
             }
         };
-        self.message_state.record(key, Change::Add(amount));
+        self.message_state.record(key, Change::Add(amount, self.state_ttl_ms));
         Ok(current.wrapping_add(amount))
     }
 
@@ -588,6 +643,10 @@ mod tests {
 
     impl StateTable for FailedStorage {
         fn get(&self, _key: &str) -> Result<Option<Versioned>, StateError> {
+            Err(StateError::Storage("the disk is gone".into()))
+        }
+
+        fn list(&self, _page: &KeyPage) -> Result<Vec<String>, StateError> {
             Err(StateError::Storage("the disk is gone".into()))
         }
     }

@@ -200,14 +200,14 @@ mod tests {
             for index in 0..messages.len() {
                 // A window record the host stages between messages, now and then.
                 if dice.roll(5) == 0 {
-                    buffer.staged(&mut batch_state, format!("k{}", dice.roll(8)), Change::Put(b"host".to_vec()));
+                    buffer.staged(&mut batch_state, format!("k{}", dice.roll(8)), Change::Put(b"host".to_vec(), None));
                 }
                 let mut message_state = StateChanges::default();
                 for _ in 0..dice.roll(4) {
                     let change = match dice.roll(3) {
-                        0 => Change::Put(format!("{round}-{index}").into_bytes()),
+                        0 => Change::Put(format!("{round}-{index}").into_bytes(), None),
                         1 => Change::Delete,
-                        _ => Change::Add(dice.roll(10) as i64),
+                        _ => Change::Add(dice.roll(10) as i64, None),
                     };
                     message_state.record(format!("k{}", dice.roll(8)), change);
                 }

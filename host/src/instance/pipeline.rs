@@ -446,6 +446,10 @@ mod tests {
         fn get(&self, _key: &str) -> Result<Option<crate::engine::state::Versioned>, StateError> {
             Err(StateError::Storage("the disk is gone".into()))
         }
+
+        fn list(&self, _page: &crate::engine::state::KeyPage) -> Result<Vec<String>, StateError> {
+            Err(StateError::Storage("the disk is gone".into()))
+        }
     }
 
     /// A state read that fails is the host's failure, not the message's: the instance stops with

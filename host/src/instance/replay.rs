@@ -11,7 +11,7 @@ use super::pending::ReplayedEffects;
 use super::pipeline::to_guest;
 use crate::engine::broker::{Acks, Message, OutMessage};
 use crate::engine::history::{HistoryError, HistoryPoint, StateHistory};
-use crate::engine::state::{KeyMap, StateError, StateTable, StateValue, Versioned};
+use crate::engine::state::{KeyMap, KeyPage, StateError, StateTable, StateValue, Versioned};
 use crate::function::FunctionConfig;
 use crate::limits::{MAX_REPLAY_ANSWER_BYTES, MAX_REPLAY_MESSAGES};
 use crate::names::TopicName;
@@ -109,6 +109,10 @@ impl StateTable for ReplayTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         self.lock().get(key)
     }
+
+    fn list(&self, page: &KeyPage) -> Result<Vec<String>, StateError> {
+        self.lock().past.list(page)
+    }
 }
 
 /// Replays `messages` (in order; at most [`MAX_REPLAY_MESSAGES`]) through `function` (the
@@ -165,7 +169,7 @@ pub fn replay(
             for (key, change) in changes.iter() {
                 let before = state.get(key)?.map(|versioned| versioned.value);
                 let after = change.apply(before.clone());
-                state.changes.insert(key.clone(), after.clone().map(|value| Versioned { value, version: 0 }));
+                state.changes.insert(key.clone(), after.clone().map(|value| Versioned::lasting(value, 0)));
                 diffs.push(StateDiff { key: key.clone(), before, after });
             }
         }

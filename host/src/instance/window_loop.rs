@@ -162,7 +162,7 @@ pub(super) fn run_window_instance(
                         timestamp,
                         body: message.body,
                     };
-                    executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored)));
+                    executor.context().stage(record_key(instance_id, next_id), Change::Put(encode(&stored), None));
                     cache.insert(next_id, || {
                         guest.unwrap_or_else(|| to_guest(&message.topic, stored.sequence, stored.body.clone()))
                     });
@@ -186,7 +186,7 @@ pub(super) fn run_window_instance(
                 next_id,
                 oldest_id: windower.oldest_id().unwrap_or(next_id),
             };
-            executor.context().stage(progress_key(instance_id), Change::Put(encode(&progress)));
+            executor.context().stage(progress_key(instance_id), Change::Put(encode(&progress), None));
             stats.last_invocation = Some(now);
             stats.user_metrics = executor.context().take_metrics();
             commit_now(subscription, acks, count, config, executor)?;

@@ -23,13 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{kv, stream};
-use bincode::{Decode, Encode};
 
 use super::history::{EncodedHistory, HistoryRecord, LoggedTrailer, history_subject};
-use super::names::{kv_key, token};
+use super::logged::{Held, Logged, ViewEntry};
+use super::names::{kv_key, kv_key_name, token};
 use super::{Inner, RETRY_PAUSE, decode, encode, state_storage, storage};
 use crate::engine::broker::BrokerError;
-use crate::engine::state::{Change, StateError, StateValue, Versioned};
+use crate::engine::state::StateError;
 use crate::names::Fqfn;
 
 /// Streams holding function state changelogs are named this followed by the function's token.
@@ -59,78 +59,20 @@ pub(super) struct Applied {
     /// and is not read to learn its value before a change.
     complete: bool,
     entries: HashMap<String, (ViewEntry, u64)>,
+    /// Whether this process made sure the function's expiry sweep has a mark (`expiry`).
+    expiry_marked: bool,
 }
 
 /// Each changelog message's keys' values just before it, from an applying round.
 #[derive(Default)]
 pub(super) struct Befores {
-    values: HashMap<u64, HashMap<String, Option<StateValue>>>,
+    values: HashMap<u64, HashMap<String, Option<Held>>>,
     /// Messages another applier got to first, and recorded.
     recorded_elsewhere: std::collections::HashSet<u64>,
 }
 
 /// The [`AppliedView`] of each function this process applied changes to.
 pub(super) type AppliedViews = Mutex<HashMap<Fqfn, AppliedView>>;
-
-/// One change, as the changelog holds it.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub(super) enum Logged {
-    /// The key holds these bytes.
-    Put(Vec<u8>),
-    /// The key holds nothing.
-    Delete,
-    /// The counter grows by this.
-    Add(i64),
-    /// The counter holds this.
-    SetCounter(i64),
-}
-
-impl From<&Change> for Logged {
-    fn from(change: &Change) -> Self {
-        match change {
-            Change::Put(bytes) => Self::Put(bytes.clone()),
-            Change::Delete => Self::Delete,
-            Change::Add(delta) => Self::Add(*delta),
-            Change::SetCounter(value) => Self::SetCounter(*value),
-        }
-    }
-}
-
-impl Logged {
-    /// The change that leaves `value` (`None`: nothing).
-    pub(super) fn to(value: Option<&StateValue>) -> Self {
-        match value {
-            Some(StateValue::Bytes(bytes)) => Self::Put(bytes.clone()),
-            Some(StateValue::Counter(count)) => Self::SetCounter(*count),
-            None => Self::Delete,
-        }
-    }
-
-    pub(super) fn change(&self) -> Change {
-        match self {
-            Self::Put(bytes) => Change::Put(bytes.clone()),
-            Self::Delete => Change::Delete,
-            Self::Add(delta) => Change::Add(*delta),
-            Self::SetCounter(value) => Change::SetCounter(*value),
-        }
-    }
-}
-
-/// A view entry: what a key holds and the changelog sequence that last changed it. A removed
-/// key keeps its entry, with no value, so that a late applier knows the removal is newer.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub(super) struct ViewEntry {
-    pub(super) value: Option<StateValue>,
-    pub(super) sequence: u64,
-}
-
-impl ViewEntry {
-    /// The entry as the state port reads it: the value, versioned by its changelog sequence.
-    pub(super) fn versioned(self) -> Option<Versioned> {
-        let sequence = self.sequence;
-        self.value.map(|value| Versioned { value, version: sequence })
-    }
-}
 
 /// The changelog stream of `fqfn`.
 pub(super) fn changelog_stream(fqfn: &Fqfn) -> String {
@@ -155,7 +97,7 @@ fn records(changes: Vec<(String, Logged)>, max_bytes: usize) -> Vec<Vec<(String,
     for (key, change) in changes {
         let size = key.len()
             + match &change {
-                Logged::Put(value) => value.len(),
+                Logged::Put(value) | Logged::PutExpiring(value, _) => value.len(),
                 _ => 0,
             }
             + 16;
@@ -239,6 +181,16 @@ impl Inner {
             reason,
         })?;
         Ok(Some((stored, entry.revision)))
+    }
+
+    /// The state keys of a view, in byte order: every key with an entry, removed ones included.
+    pub(super) async fn view_keys(&self, view: &kv::Store) -> Result<Vec<String>, StateError> {
+        use futures_util::TryStreamExt as _;
+        let names: Vec<String> =
+            view.keys().await.map_err(state_storage)?.try_collect().await.map_err(state_storage)?;
+        let mut keys: Vec<String> = names.iter().filter_map(|name| kv_key_name(name)).collect();
+        keys.sort_unstable();
+        Ok(keys)
     }
 
     /// Applies `fqfn`'s changelog to its view, from the view's mark to the changelog's end as it
@@ -384,7 +336,7 @@ impl Inner {
                     continue;
                 }
                 befores.values.entry(*sequence).or_default().insert(key.clone(), value.clone());
-                value = change.change().apply(value);
+                value = change.apply(value);
             }
         }
         Ok(befores)
@@ -459,7 +411,7 @@ impl Inner {
             let newer: Vec<&(u64, Logged)> = changes.iter().filter(|(sequence, _)| *sequence > applied_up_to).collect();
             let Some(&&(sequence, _)) = newer.last() else { return Ok(()) };
             for (_, change) in newer {
-                value = change.change().apply(value);
+                value = change.apply(value);
             }
             let entry = ViewEntry { value, sequence };
             let encoded = encode(&entry).into();
@@ -473,8 +425,14 @@ impl Inner {
                     .await
                     .map_err(|error| (error.kind() == kv::CreateErrorKind::AlreadyExists, state_storage(error))),
             };
+            let expires_at = entry.value.as_ref().and_then(|held| held.expires_at);
             match written {
                 Ok(revision) => {
+                    if let Some(expires_at) = expires_at {
+                        let mut marked = applied.lock().unwrap().expiry_marked;
+                        self.index_expiry(fqfn, view, key, expires_at, &mut marked).await?;
+                        applied.lock().unwrap().expiry_marked = marked;
+                    }
                     let mut applied = applied.lock().unwrap();
                     if applied.entries.len() >= MAX_REMEMBERED_VIEW_ENTRIES && !applied.entries.contains_key(key) {
                         applied.entries.clear();
@@ -511,6 +469,7 @@ impl Inner {
             Err(error) if super::failure::is_not_found(&error) => {}
             Err(error) => return Err(state_storage(error)),
         }
+        self.delete_expiry_mark(fqfn).await?;
         self.metadata.purge(mark_key(fqfn)).await.map_err(state_storage)
     }
 
@@ -541,18 +500,5 @@ mod tests {
         assert!(records(Vec::new(), 1_000).is_empty(), "a commit without changes logs nothing");
         let large = vec![("big".to_owned(), Logged::Put(vec![0; 5_000]))];
         assert_eq!(records(large.clone(), 1_000), vec![large], "a change larger than the bound goes alone");
-    }
-
-    #[test]
-    fn a_logged_change_and_a_view_entry_survive_their_encoding() {
-        for change in [Logged::Put(b"v".to_vec()), Logged::Delete, Logged::Add(-3), Logged::SetCounter(9)] {
-            let record = vec![("key".to_owned(), change)];
-            assert_eq!(decode::<Vec<(String, Logged)>>(&encode(&record)).unwrap(), record);
-        }
-        let entry = ViewEntry { value: Some(StateValue::Counter(4)), sequence: 12 };
-        assert_eq!(decode::<ViewEntry>(&encode(&entry)).unwrap(), entry);
-        assert_eq!(entry.versioned(), Some(Versioned { value: StateValue::Counter(4), version: 12 }));
-        assert_eq!(ViewEntry { value: None, sequence: 13 }.versioned(), None);
-        assert_eq!(Logged::to(Some(&StateValue::Counter(2))).change().apply(None), Some(StateValue::Counter(2)));
     }
 }

@@ -7,14 +7,14 @@ use std::collections::{BTreeSet, HashMap};
 
 use bincode::{Decode, Encode};
 
-use super::changelog::Logged;
 use super::entry;
 use super::history::EncodedHistory;
+use super::logged::{Held, Logged};
 use super::names::kv_key;
 use super::subscription::{INTENT_PREFIX, NatsSubscription};
 use super::{Inner, encode, remember, storage};
 use crate::engine::broker::{BrokerError, Effects, OutMessage, SubscriptionSpec, SubscriptionType};
-use crate::engine::state::{Change, StateValue, Versioned};
+use crate::engine::state::{Change, live};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
 
 /// How many times a commit that failed for a passing reason is repeated.
@@ -230,13 +230,14 @@ impl NatsSubscription {
         &self,
         fqfn: &Fqfn,
         changes: &crate::engine::state::StateChanges,
-    ) -> Result<Vec<(String, Option<StateValue>)>, BrokerError> {
+    ) -> Result<Vec<(String, Option<Held>)>, BrokerError> {
         let inner = &self.inner;
         let cache = inner.cache(fqfn);
+        let now = inner.clock.now_millis();
         let mut finals = Vec::with_capacity(changes.len());
         for (key, change) in changes.iter() {
             let stored = match change {
-                Change::Add(_) => {
+                Change::Add(..) => {
                     let cached = cache.lock().unwrap().get(key).cloned();
                     let known = match cached {
                         Some(known) => known,
@@ -245,11 +246,11 @@ impl NatsSubscription {
                             inner.read_missed(fqfn, &view, &cache, key).await.map_err(storage)?
                         }
                     };
-                    known.map(|known| known.value)
+                    live(known, now)
                 }
                 _ => None,
             };
-            finals.push((key.clone(), change.apply(stored)));
+            finals.push((key.clone(), change.committed(stored, 0, now).map(Held::from)));
         }
         Ok(finals)
     }
@@ -279,7 +280,7 @@ pub(crate) struct Intent {
     /// The function's state bucket is that of this fully qualified name.
     fqfn: Option<String>,
     /// Each changed key and what it holds after the commit (`None`: removed).
-    state: Vec<(String, Option<StateValue>)>,
+    state: Vec<(String, Option<Held>)>,
     /// For each topic, the highest position this consumer has committed.
     committed: Vec<(String, u64)>,
 }
@@ -348,7 +349,7 @@ pub(super) async fn apply_intent(
         let version = inner.log_changes(&fqfn, logged, &intent.commit, history).await?;
         let cache = inner.cache(&fqfn);
         for (key, value) in &intent.state {
-            remember(&cache, key, value.clone().map(|value| Versioned { value, version }));
+            remember(&cache, key, value.clone().map(|held| held.versioned(version)));
         }
     }
     Ok(())
@@ -390,18 +391,19 @@ pub(super) async fn log_shared(
     commit: &str,
     history: Option<&EncodedHistory>,
 ) -> Result<(), BrokerError> {
-    let logged = changes.iter().map(|(key, change)| (key.clone(), Logged::from(change))).collect();
+    let now = inner.clock.now_millis();
+    let logged = changes.iter().map(|(key, change)| (key.clone(), Logged::of(change, now))).collect();
     let version = inner.log_changes(fqfn, logged, commit, history).await?;
     let cache = inner.cache(fqfn);
     for (key, change) in changes.iter() {
         let known = match change {
-            Change::Add(_) => match cache.lock().unwrap().get(key).cloned() {
-                Some(known) => change.apply(known.map(|known| known.value)),
+            Change::Add(..) => match cache.lock().unwrap().get(key).cloned() {
+                Some(known) => change.committed(known, version, now),
                 None => continue,
             },
-            _ => change.apply(None),
+            _ => change.committed(None, version, now),
         };
-        remember(&cache, key, known.map(|value| Versioned { value, version }));
+        remember(&cache, key, known);
     }
     Ok(())
 }

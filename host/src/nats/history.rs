@@ -16,7 +16,7 @@
 use async_nats::jetstream::stream;
 use bincode::{Decode, Encode};
 
-use super::changelog::Logged;
+use super::logged::{Held, Logged};
 use super::names::token;
 use super::{Inner, decode, encode, state_storage, storage};
 use crate::engine::broker::{BrokerError, message_id};
@@ -72,13 +72,13 @@ pub(super) struct LoggedMessage<'a> {
 }
 
 impl LoggedBatch {
-    /// What `batch` processed, which committed `state`.
-    pub(super) fn of(batch: &BatchHistory, state: &StateChanges) -> Self {
+    /// What `batch` processed, which committed `state` at `now`.
+    pub(super) fn of(batch: &BatchHistory, state: &StateChanges, now: u64) -> Self {
         let mut changes = Vec::with_capacity(batch.changes.len());
         let messages = batch
             .resolved(state)
             .map(|(message, changed)| {
-                changes.extend(changed.map(|(key, change)| (key.to_owned(), Logged::from(change))));
+                changes.extend(changed.map(|(key, change)| (key.to_owned(), Logged::of(change, now))));
                 (message.topic, message_id(message.sequence), changes.len() as u32)
             })
             .collect();
@@ -122,8 +122,9 @@ impl EncodedHistory {
 
     /// The history of a function's commit that processed `batch` and committed `state`, made now.
     pub(super) fn of_batch(batch: Option<&BatchHistory>, state: &StateChanges, max_bytes: usize) -> Self {
-        let source = batch.map_or(Source::Unkept, |batch| Source::Batch(LoggedBatch::of(batch, state)));
-        Self::new(now_millis(), source, max_bytes)
+        let now = now_millis();
+        let source = batch.map_or(Source::Unkept, |batch| Source::Batch(LoggedBatch::of(batch, state, now)));
+        Self::new(now, source, max_bytes)
     }
 
     /// The same commit's history without what its batch processed, for a record that would
@@ -178,7 +179,7 @@ pub(super) struct HistoryRecord {
     /// for a time by halving.
     pub(super) time: u64,
     /// Each key of this part and its value just before the changelog message.
-    pub(super) before: Vec<(String, Option<StateValue>)>,
+    pub(super) before: Vec<(String, Option<Held>)>,
     /// The changelog message's [`LoggedHistory`], in part 0, as the message carried it: the
     /// applier copies it, and readers decode it when they need it.
     pub(super) history: Option<Vec<u8>>,
@@ -188,7 +189,7 @@ impl HistoryRecord {
     /// The parts recording changelog message `changelog`, each about `max_bytes` at most.
     pub(super) fn parts(
         changelog: u64,
-        before: Vec<(String, Option<StateValue>)>,
+        before: Vec<(String, Option<Held>)>,
         history: LoggedTrailer,
         max_bytes: usize,
     ) -> Vec<Self> {
@@ -198,7 +199,7 @@ impl HistoryRecord {
         for (key, value) in before {
             let size = key.len()
                 + match &value {
-                    Some(StateValue::Bytes(bytes)) => bytes.len(),
+                    Some(Held { value: StateValue::Bytes(bytes), .. }) => bytes.len(),
                     _ => 0,
                 }
                 + 16;
@@ -215,7 +216,7 @@ impl HistoryRecord {
         parts
     }
 
-    fn part(changelog: u64, index: usize, time: u64, before: Vec<(String, Option<StateValue>)>) -> Self {
+    fn part(changelog: u64, index: usize, time: u64, before: Vec<(String, Option<Held>)>) -> Self {
         Self { changelog, part: index as u32, last_part: false, time, before, history: None }
     }
 
@@ -278,8 +279,8 @@ mod tests {
 
     #[test]
     fn large_values_before_are_split_into_parts_that_carry_the_history_once() {
-        let before: Vec<(String, Option<StateValue>)> =
-            (0..50).map(|index| (format!("k{index}"), Some(StateValue::Bytes(vec![1; 100])))).collect();
+        let before: Vec<(String, Option<Held>)> =
+            (0..50).map(|index| (format!("k{index}"), Some(Held::lasting(StateValue::Bytes(vec![1; 100]))))).collect();
         let history = || LoggedTrailer::read(&encode(&LoggedHistory { time: 3, source: Source::Operator })).unwrap();
         let parts = HistoryRecord::parts(9, before.clone(), history(), 1_000);
         assert!(parts.len() > 1);
@@ -300,24 +301,24 @@ mod tests {
     #[test]
     fn a_batch_history_is_logged_with_each_messages_changes_and_too_large_ones_are_unkept() {
         let mut state = StateChanges::default();
-        state.record("a".into(), Change::Add(1));
-        state.record("b".into(), Change::Put(b"only".to_vec()));
+        state.record("a".into(), Change::Add(1, None));
+        state.record("b".into(), Change::Put(b"only".to_vec(), None));
         state.record("a".into(), Change::Delete);
         let mut batch = BatchHistory::new(2, "digest".into());
         let topic = "persistent://public/default/in";
-        batch.push(topic, "10", [MessageChange::Own("a".into(), Change::Add(1))]);
+        batch.push(topic, "10", [MessageChange::Own("a".into(), Change::Add(1, None))]);
         batch.push(topic, "11", [MessageChange::Sole(1)]);
         batch.push(topic, "12", [MessageChange::Own("a".into(), Change::Delete)]);
-        let logged = LoggedBatch::of(&batch, &state);
+        let logged = LoggedBatch::of(&batch, &state, 0);
         type Read<'a> = (&'a str, &'a str, Vec<(String, Logged)>);
         let messages: Vec<Read> =
             logged.messages().map(|message| (message.topic, message.message_id, message.changes.to_vec())).collect();
-        let change = |key: &str, change: Change| (key.to_owned(), Logged::from(&change));
+        let change = |key: &str, change: Change| (key.to_owned(), Logged::of(&change, 0));
         assert_eq!(
             messages,
             [
-                (topic, "10", vec![change("a", Change::Add(1))]),
-                (topic, "11", vec![change("b", Change::Put(b"only".to_vec()))]),
+                (topic, "10", vec![change("a", Change::Add(1, None))]),
+                (topic, "11", vec![change("b", Change::Put(b"only".to_vec(), None))]),
                 (topic, "12", vec![change("a", Change::Delete)]),
             ],
             "a key one message alone changed is logged with the batch's change to it"
@@ -325,7 +326,7 @@ mod tests {
 
         let encoded = EncodedHistory::of_batch(Some(&batch), &state, 1 << 20);
         let head: LoggedHistory = decode(encoded.head()).unwrap();
-        assert_eq!(head.source, Source::Batch(logged));
+        assert_eq!(head.source, Source::Batch(LoggedBatch::of(&batch, &state, head.time)));
         assert_eq!(decode::<LoggedHistory>(encoded.of_message(1)).unwrap().source, Source::Continued);
         let again = EncodedHistory::from_head(encoded.head()).unwrap();
         assert_eq!((again.head(), again.of_message(3)), (encoded.head(), encoded.of_message(1)));

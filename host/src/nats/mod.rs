@@ -23,8 +23,10 @@ mod commit;
 mod connect;
 mod delivery;
 mod entry;
+mod expiry;
 mod failure;
 mod history;
+mod logged;
 mod metadata;
 mod names;
 mod past;
@@ -46,7 +48,7 @@ use bincode::Decode;
 use self::failure::Failure;
 use crate::codec::encode;
 use crate::engine::broker::{Broker, BrokerError, Inputs, MessageBody, OutMessage, Subscription, SubscriptionSpec};
-use crate::engine::clock::now_millis;
+use crate::engine::clock::{Clock, now_millis};
 use crate::engine::metadata::MetadataError;
 use crate::engine::state::{StateError, Versioned};
 use crate::names::{Fqfn, SubscriptionName, TopicName};
@@ -233,6 +235,8 @@ struct Inner {
     pull_bytes: usize,
     /// Distinguishes this process's output message ids from other processes'.
     process: String,
+    /// What decides when state values expire; a test advances it.
+    clock: Clock,
 }
 
 /// True for failures that pass: no stream yet for the subject, no leader, a timeout.
@@ -340,6 +344,7 @@ impl NatsEngine {
                 entry_bytes: max_payload / 2,
                 pull_bytes: (max_payload * 2).max(PULL_BYTES),
                 process: format!("{:x}{:x}", std::process::id(), now_millis()),
+                clock: Clock::default(),
             }),
         })
     }

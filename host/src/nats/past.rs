@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{kv, stream};
 
 use super::history::{HISTORY_BYTES_PER_FUNCTION, HistoryRecord, LoggedBatch, Source};
+use super::logged::Held;
 use super::{Inner, NatsEngine, decode, entry, state_storage, storage};
 use crate::engine::broker::Message;
 use crate::engine::history::{HistoryError, HistoryPoint, PastTable, Provenance, StateHistory, Writer};
-use crate::engine::state::{StateError, StateTable, StateValue, Versioned};
+use crate::engine::state::{KeyPage, StateError, StateTable, Versioned, live};
 use crate::names::{Fqfn, TopicName};
 
 /// How far a worker's clock (which times commits) may be behind the servers' (which time
@@ -96,7 +97,10 @@ impl Records {
 struct Past {
     /// The point: just before this changelog message (`u64::MAX`: now).
     point: u64,
-    before: HashMap<String, Option<StateValue>>,
+    /// The point's time, in milliseconds since the epoch: a value that had expired by then reads
+    /// as absent.
+    time: u64,
+    before: HashMap<String, Option<Held>>,
     /// The next history sequence to read.
     next: u64,
     /// The last changelog message and part read, and whether that part was its last.
@@ -104,8 +108,8 @@ struct Past {
 }
 
 impl Past {
-    fn at(point: u64, next: u64) -> Self {
-        Self { point, before: HashMap::new(), next, read_up_to: None }
+    fn at(point: u64, next: u64, time: u64) -> Self {
+        Self { point, time, before: HashMap::new(), next, read_up_to: None }
     }
 
     /// Learns the values before the next record; a repeat is skipped, and a missing part or
@@ -143,25 +147,32 @@ struct PastNatsTable {
     past: Mutex<Past>,
 }
 
-fn unversioned(value: Option<StateValue>) -> Option<Versioned> {
-    // A past value has no version of its own: versions order the current values' writes.
-    value.map(|value| Versioned { value, version: 0 })
+/// `held` as it read at `time`. A past value has no version of its own: versions order the
+/// current values' writes.
+fn unversioned(held: Option<Held>, time: u64) -> Option<Versioned> {
+    live(held.map(|held| held.versioned(0)), time)
 }
 
 impl StateTable for PastNatsTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
-        if let Some(value) = self.past.lock().unwrap().before.get(key) {
-            return Ok(unversioned(value.clone()));
+        {
+            let past = self.past.lock().unwrap();
+            if let Some(value) = past.before.get(key) {
+                return Ok(unversioned(value.clone(), past.time));
+            }
         }
         let inner = &self.inner;
         let fqfn = &self.records.fqfn;
         inner.block_on(async {
             // Read before the history: a commit recorded its history before its view write.
             let current = inner.view_entry(fqfn, &self.view, key).await?.map(|(entry, _)| entry);
-            let point = self.past.lock().unwrap().point;
+            let (point, time) = {
+                let past = self.past.lock().unwrap();
+                (past.point, past.time)
+            };
             let current = match current {
                 Some(entry) if entry.sequence >= point => entry,
-                unchanged => return Ok(unversioned(unchanged.and_then(|entry| entry.value))),
+                unchanged => return Ok(unversioned(unchanged.and_then(|entry| entry.value), time)),
             };
             let mut last = self.records.last;
             loop {
@@ -183,10 +194,17 @@ impl StateTable for PastNatsTable {
                     past.later(fqfn, record)?;
                 }
                 if let Some(value) = past.before.get(key) {
-                    return Ok(unversioned(value.clone()));
+                    return Ok(unversioned(value.clone(), past.time));
                 }
             }
         })
+    }
+
+    fn list(&self, _page: &KeyPage) -> Result<Vec<String>, StateError> {
+        // As in the embedded engine: the history keeps the keys a commit changed, not the table.
+        Err(StateError::Storage(
+            "a replay cannot list the state keys of the past: list-state-keys is not available while replaying".into(),
+        ))
     }
 }
 
@@ -223,7 +241,7 @@ async fn within_batch(
     batch: &LoggedBatch,
     position: usize,
 ) -> Result<Past, StateError> {
-    let mut past = Past::at(head.changelog, at + 1);
+    let mut past = Past::at(head.changelog, at + 1, head.time);
     past.later(&records.fqfn, head)?;
     'commit: while past.next <= records.last {
         let chunk = records.chunk(past.next, records.last).await?;
@@ -245,7 +263,7 @@ async fn within_batch(
     for message in batch.messages().take(position) {
         for (key, change) in message.changes {
             let value = past.before.entry(key.clone()).or_default();
-            *value = change.change().apply(value.take());
+            *value = change.apply(value.take());
         }
     }
     Ok(past)
@@ -303,7 +321,7 @@ impl StateHistory for NatsEngine {
         let inner = &self.inner;
         inner.block_on(async {
             let records = inner.records(fqfn).await?;
-            let now = Past::at(u64::MAX, records.last + 1);
+            let now = Past::at(u64::MAX, records.last + 1, inner.clock.now_millis());
             match point {
                 HistoryPoint::AtTime(time) => {
                     let reach = records.read(records.first).await?.map(|record| record.time);
@@ -314,7 +332,7 @@ impl StateHistory for NatsEngine {
                     }
                     let past = match records.first_where(|record| record.time > *time).await? {
                         Some(at) => match records.read(at).await? {
-                            Some(head) => Past::at(head.changelog, at),
+                            Some(head) => Past::at(head.changelog, at, *time),
                             None => return Err(beyond("the history moved on while it was read")),
                         },
                         None => now,
@@ -411,6 +429,7 @@ impl StateHistory for NatsEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::StateValue;
 
     fn fqfn() -> Fqfn {
         Fqfn::parse("public/default/f").unwrap()
@@ -422,25 +441,28 @@ mod tests {
             part,
             last_part,
             time: 7,
-            before: before.iter().map(|(key, value)| ((*key).to_owned(), Some(StateValue::Counter(*value)))).collect(),
+            before: before
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), Some(Held::lasting(StateValue::Counter(*value)))))
+                .collect(),
             history: None,
         }
     }
 
     #[test]
     fn a_past_takes_each_keys_first_later_value_skips_repeats_and_refuses_gaps() {
-        let mut past = Past::at(5, 1);
+        let mut past = Past::at(5, 1, 0);
         past.later(&fqfn(), record(5, 0, false, &[("a", 1)])).unwrap();
         past.later(&fqfn(), record(5, 1, true, &[("b", 2)])).unwrap();
         past.later(&fqfn(), record(5, 1, true, &[("b", 99)])).unwrap();
         past.later(&fqfn(), record(6, 0, true, &[("a", 50), ("c", 3)])).unwrap();
-        let value = |key: &str| past.before.get(key).cloned().flatten();
+        let value = |key: &str| past.before.get(key).cloned().flatten().map(|held| held.value);
         assert_eq!(value("a"), Some(StateValue::Counter(1)), "the first later change's value before");
         assert_eq!(value("b"), Some(StateValue::Counter(2)), "a repeated part is skipped");
         assert_eq!(value("c"), Some(StateValue::Counter(3)));
         let gap = past.later(&fqfn(), record(8, 0, true, &[("d", 4)])).unwrap_err();
         assert!(gap.to_string().contains("misses changelog message 7"), "{gap}");
-        let mut past = Past::at(5, 1);
+        let mut past = Past::at(5, 1, 0);
         assert!(past.later(&fqfn(), record(5, 1, true, &[])).is_err(), "a message read from its second part");
     }
 }

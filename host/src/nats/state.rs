@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use async_nats::jetstream::kv;
 
-use super::changelog::Logged;
 use super::failure::is_not_found;
 use super::history::{EncodedHistory, Source};
+use super::logged::{Held, Logged};
 use super::names::{STATE_BUCKET_PREFIX, token};
 use super::{Inner, NatsEngine, ValueCache, remember, state_storage};
-use crate::engine::clock::now_millis;
-use crate::engine::state::{StateError, StateStore, StateTable, StateValue, Versioned};
+use crate::engine::clock::{Clock, now_millis};
+use crate::engine::state::{KeyPage, StateError, StateStore, StateTable, StateValue, Versioned, live};
 use crate::names::Fqfn;
 
 impl StateStore for NatsEngine {
@@ -43,13 +43,22 @@ impl StateStore for NatsEngine {
             let id = inner.commit_id();
             let operator = EncodedHistory::new(now_millis(), Source::Operator, inner.entry_bytes);
             let version = inner
-                .log_changes(fqfn, vec![(key.to_owned(), Logged::to(Some(&value)))], &id, Some(&operator))
+                .log_changes(
+                    fqfn,
+                    vec![(key.to_owned(), Logged::to(Some(&Held::lasting(value.clone()))))],
+                    &id,
+                    Some(&operator),
+                )
                 .await
                 .map_err(|error| StateError::Storage(error.to_string()))?;
-            let stored = Versioned { value, version };
+            let stored = Versioned::lasting(value, version);
             remember(&inner.cache(fqfn), key, Some(stored.clone()));
             Ok(stored)
         })
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     fn delete_table(&self, fqfn: &Fqfn) -> Result<(), StateError> {
@@ -73,6 +82,10 @@ impl StateStore for NatsEngine {
         inner.block_on(async {
             for fqfn in inner.logged_functions().await? {
                 inner.materialise(&fqfn).await?;
+                let asked = inner.sweep_expired(&fqfn).await?;
+                if asked > 0 {
+                    tracing::debug!(%fqfn, asked, "asked for expired state values to be removed");
+                }
             }
             Ok(())
         })
@@ -91,13 +104,36 @@ pub(super) struct NatsTable {
 
 impl StateTable for NatsTable {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        let now = self.inner.clock.now_millis();
         let _reading = self.opening.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(known) = self.cache.lock().unwrap().get(key) {
-            return Ok(known.clone());
+            return Ok(live(known.clone(), now));
         }
         let stored = self.inner.block_on(self.inner.read_missed(&self.fqfn, &self.store, &self.cache, key))?;
         remember(&self.cache, key, stored.clone());
-        Ok(stored)
+        Ok(live(stored, now))
+    }
+
+    fn list(&self, page: &KeyPage) -> Result<Vec<String>, StateError> {
+        let inner = &self.inner;
+        // The view has no order of its own: its keys are read whole, then their values, in
+        // order, until the page is full (a value read is fresh: the view is brought up to date first).
+        inner.block_on(async {
+            inner.materialise(&self.fqfn).await?;
+            let keys = inner.view_keys(&self.store).await?;
+            let now = inner.clock.now_millis();
+            let mut listed = Vec::with_capacity(page.limit.min(1024));
+            for key in keys.into_iter().filter(|key| page.holds(key)) {
+                if listed.len() == page.limit {
+                    break;
+                }
+                let entry = inner.view_entry(&self.fqfn, &self.store, &key).await?;
+                if entry.and_then(|(entry, _)| entry.versioned()).is_some_and(|value| !value.expired_at(now)) {
+                    listed.push(key);
+                }
+            }
+            Ok(listed)
+        })
     }
 }
 

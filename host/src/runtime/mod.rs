@@ -62,6 +62,15 @@ pub trait HostContext: Send + 'static {
     fn get_state(&mut self, key: String) -> Result<Option<Vec<u8>>, ContextError>;
     /// Stores bytes under `key`.
     fn put_state(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextError>;
+    /// Stores bytes under `key` for `ttl_ms` milliseconds from the commit.
+    fn put_state_ttl(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), ContextError>;
+    /// A page of the function's state keys, as the function would see them now.
+    fn list_state_keys(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, ContextError>;
     /// Removes `key`.
     fn delete_state(&mut self, key: String) -> Result<(), ContextError>;
     /// Adds to the counter `key` and returns its new value.

@@ -120,6 +120,19 @@ impl<H: HostContext> context::Host for StoreData<H> {
         self.host.put_state(key, value)
     }
 
+    fn put_state_ttl(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), ContextError> {
+        self.host.put_state_ttl(key, value, ttl_ms)
+    }
+
+    fn list_state_keys(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, ContextError> {
+        self.host.list_state_keys(prefix, after, limit)
+    }
+
     fn delete_state(&mut self, key: String) -> Result<(), ContextError> {
         self.host.delete_state(key)
     }

@@ -15,8 +15,8 @@ use crate::engine::broker::{Inputs, Position};
 use crate::function::{Code, FunctionConfig, FunctionKind, Ordering, ProcessingGuarantee, SharedLogLevel, Source};
 use crate::limits::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_RETRIES, DEFAULT_RAM_BYTES, DEFAULT_TIMEOUT_MS, MAX_ACK_TIMEOUT_MS,
-    MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_SUBSCRIPTION_TOPICS,
-    MAX_TIMEOUT_MS,
+    MAX_BATCH_MESSAGES, MAX_CONFIG_SIZE, MAX_MESSAGE_RETRIES, MAX_PARALLELISM, MAX_RAM_BYTES, MAX_STATE_TTL_MS,
+    MAX_SUBSCRIPTION_TOPICS, MAX_TIMEOUT_MS,
 };
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn, SubscriptionName, TopicAccess, TopicName, TopicPattern};
 use crate::runtime::{InstanceLimits, LogLevel};
@@ -134,6 +134,11 @@ pub struct FunctionSpec {
     /// The lowest level of function log lines kept (`--log-level`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<LogLevelName>,
+    /// How long a state value the function writes lives, unless the write gives its own time to
+    /// live (`--state-ttl`: `90s`, `30m`, `1h`, `7d`; a bare number is seconds). fnhost's; Pulsar
+    /// has no state expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_ttl: Option<String>,
     /// Whether deleting the function deletes its subscription (default true, as in Pulsar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_subscription: Option<bool>,
@@ -364,6 +369,7 @@ impl FunctionSpec {
         )?;
         let ack_timeout_ms = self.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
         in_range("--ack-timeout-ms", ack_timeout_ms, 1, MAX_ACK_TIMEOUT_MS, "milliseconds")?;
+        let state_ttl = self.state_ttl.as_deref().map(parse_state_ttl).transpose()?;
         let batch_size = self.batch_size.unwrap_or(MAX_BATCH_MESSAGES);
         in_range("--batch-size", batch_size as u64, 1, MAX_BATCH_MESSAGES as u64, "(MAX_BATCH_MESSAGES)")?;
         let ordering = match (self.retain_ordering.unwrap_or(false), self.retain_key_ordering.unwrap_or(false)) {
@@ -431,6 +437,7 @@ impl FunctionSpec {
             secrets,
             limits: InstanceLimits { memory_bytes, timeout: Duration::from_millis(timeout_ms) },
             log_level: SharedLogLevel::new(self.log_level()),
+            state_ttl,
             ordering,
             parallelism,
             max_message_retries,
@@ -487,6 +494,31 @@ fn check_ram(bytes: u64, text: &str) -> Result<u64, ConfigError> {
     }
 }
 
+/// A time to live as `--state-ttl` takes it: a number of seconds, or a number with ms, s, m, h
+/// or d; from 1 ms to [`MAX_STATE_TTL_MS`].
+fn parse_state_ttl(given: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        ConfigError::new(format!(
+            "--state-ttl (stateTtl) `{given}` is not a time to live: give seconds, or a number with ms, s, m, h or d (90s, 30m, 1h, 7d), up to ten years (MAX_STATE_TTL_MS)"
+        ))
+    };
+    let given = given.trim();
+    let at = given.find(|c: char| !c.is_ascii_digit()).unwrap_or(given.len());
+    let number: u64 = given[..at].parse().map_err(|_| bad())?;
+    let unit_ms = match &given[at..] {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(unit_ms) {
+        Some(ms @ 1..=MAX_STATE_TTL_MS) => Ok(Duration::from_millis(ms)),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +539,24 @@ mod tests {
         ] {
             let error = parse_ram(bad).unwrap_err().to_string();
             assert!(error.contains(reason), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn state_ttls_parse_with_their_units_and_refuse_nonsense() {
+        for (text, ms) in [
+            ("90", 90_000),
+            ("90s", 90_000),
+            ("1500ms", 1_500),
+            ("30m", 1_800_000),
+            ("1h", 3_600_000),
+            ("7d", 604_800_000),
+        ] {
+            assert_eq!(parse_state_ttl(text).unwrap(), Duration::from_millis(ms), "{text}");
+        }
+        for bad in ["", "0", "0s", "1y", "-1h", "h", "3651d", "99999999999999999999", "1.5h"] {
+            let error = parse_state_ttl(bad).unwrap_err().to_string();
+            assert!(error.contains("is not a time to live") && error.contains("MAX_STATE_TTL_MS"), "{bad}: {error}");
         }
     }
 

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::api::{FunctionState, ReceivedMessage, TriggerAnswer};
+use super::api::{FunctionState, ReceivedMessage, StateKeys, TriggerAnswer};
 use super::{InstanceSlot, TRIGGER_POLL, Worker, WorkerError, lock};
 use crate::engine::broker::{Message, OutMessage, Position, SubscriptionSpec};
-use crate::engine::state::{StateValue, Versioned};
+use crate::engine::state::{KeyPage, StateValue, Versioned};
 use crate::function::ProcessingGuarantee;
 use crate::instance::{self, INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_SIZE, TRIGGER_TIMEOUT_MS};
@@ -94,6 +94,14 @@ impl Worker {
             Some(stored) => Ok(FunctionState::of(key, stored)),
             None => Err(WorkerError::NotFound(format!("function {fqfn} has no state under key `{key}`"))),
         }
+    }
+
+    /// A page of the function's state keys.
+    pub fn list_state(&self, fqfn: &Fqfn, page: KeyPage) -> Result<StateKeys, WorkerError> {
+        self.function(fqfn)?;
+        let keys = self.store.table(fqfn).and_then(|table| table.list(&page)).map_err(anyhow::Error::from)?;
+        let next_after = (keys.len() == page.limit).then(|| keys.last().cloned()).flatten();
+        Ok(StateKeys { keys, next_after })
     }
 
     /// Sets a state key to bytes; counters are refused, both as the new value and as the old one.

@@ -27,13 +27,15 @@ fn count_every_message(store: &EmbeddedStore, fqfn: &Fqfn) {
         let mut state = StateChanges::default();
         let mut history = BatchHistory::new(0, "digest".into());
         for message in &batch {
-            let shared =
-                [("count".to_owned(), Change::Add(1)), ("last".to_owned(), Change::Put(message.body.value.clone()))];
+            let shared = [
+                ("count".to_owned(), Change::Add(1, None)),
+                ("last".to_owned(), Change::Put(message.body.value.clone(), None)),
+            ];
             for (key, change) in &shared {
                 state.record(key.clone(), change.clone());
             }
             let seen = state.len() as u32;
-            state.record(format!("seen-{}", message.id()), Change::Put(message.body.value.clone()));
+            state.record(format!("seen-{}", message.id()), Change::Put(message.body.value.clone(), None));
             let changes = shared.into_iter().map(|(key, change)| MessageChange::Own(key, change));
             history.push(message.topic.as_str(), &message.id(), changes.chain([MessageChange::Sole(seen)]));
         }

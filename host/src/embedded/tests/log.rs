@@ -34,7 +34,7 @@ fn a_segment_larger_than_one_recovery_read_comes_back_whole_after_a_reopen() {
         let subscription = store.subscribe(spec(&["out"], None, Position::Earliest)).unwrap();
         for (i, value) in values.iter().enumerate() {
             store.produce(&topic("big"), vec![OutMessage::new(value.clone())]).unwrap();
-            commit_state(subscription.as_ref(), &fqfn, &[(&format!("k{i}"), Change::Put(value[..16].to_vec()))]);
+            commit_state(subscription.as_ref(), &fqfn, &[(&format!("k{i}"), Change::Put(value[..16].to_vec(), None))]);
         }
         assert_eq!(store.inner.log.segment_ids().len(), 2, "a full segment, past recovery's read size, and another");
     }

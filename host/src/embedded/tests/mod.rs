@@ -102,8 +102,8 @@ fn a_commit_writes_outputs_state_and_cursor_together() {
         let subscription = store.subscribe(spec(&["in"], Some("s"), Position::Earliest)).unwrap();
         let fetched = subscription.fetch(10, Duration::ZERO).unwrap();
         let mut changes = StateChanges::default();
-        changes.record("k".into(), Change::Put(b"v".to_vec()));
-        changes.record("n".into(), Change::Add(5));
+        changes.record("k".into(), Change::Put(b"v".to_vec(), None));
+        changes.record("n".into(), Change::Add(5, None));
         let effects = Effects {
             acks: Acks::of(&fetched),
             outputs: vec![(topic("out"), OutMessage::new("y")), (topic("other"), OutMessage::new("z"))],
@@ -273,10 +273,10 @@ fn counters_add_to_the_committed_value_and_deletes_remove_it() {
     let table = store.table(&fqfn).unwrap();
     assert_eq!(table.get("c").unwrap(), None);
     for (change, expected) in [
-        (Change::Add(2), Some(StateValue::Counter(2))),
-        (Change::Add(-5), Some(StateValue::Counter(-3))),
+        (Change::Add(2, None), Some(StateValue::Counter(2))),
+        (Change::Add(-5, None), Some(StateValue::Counter(-3))),
         (Change::Delete, None),
-        (Change::Put(b"p".to_vec()), Some(StateValue::Bytes(b"p".to_vec()))),
+        (Change::Put(b"p".to_vec(), None), Some(StateValue::Bytes(b"p".to_vec()))),
     ] {
         let mut changes = StateChanges::default();
         changes.record("c".into(), change.clone());
@@ -311,10 +311,10 @@ fn tree_values(store: &EmbeddedStore, fqfn: &Fqfn) -> BTreeMap<String, Vec<u8>> 
 
 /// What the commits of [`several_commits`] leave: `a` deleted, `b` = "b3", `n` = 6.
 fn several_commits(subscription: &dyn Subscription, fqfn: &Fqfn) {
-    commit_state(subscription, fqfn, &[("a", Change::Put(b"a1".to_vec())), ("n", Change::Add(1))]);
-    commit_state(subscription, fqfn, &[("b", Change::Put(b"b1".to_vec())), ("n", Change::Add(2))]);
-    commit_state(subscription, fqfn, &[("a", Change::Delete), ("b", Change::Put(b"b3".to_vec()))]);
-    commit_state(subscription, fqfn, &[("n", Change::Add(3))]);
+    commit_state(subscription, fqfn, &[("a", Change::Put(b"a1".to_vec(), None)), ("n", Change::Add(1, None))]);
+    commit_state(subscription, fqfn, &[("b", Change::Put(b"b1".to_vec(), None)), ("n", Change::Add(2, None))]);
+    commit_state(subscription, fqfn, &[("a", Change::Delete), ("b", Change::Put(b"b3".to_vec(), None))]);
+    commit_state(subscription, fqfn, &[("n", Change::Add(3, None))]);
 }
 
 fn assert_several_commits(store: &EmbeddedStore, fqfn: &Fqfn) {
@@ -353,9 +353,13 @@ fn the_cleaner_checkpoints_state_that_holds_an_old_segment_and_then_frees_it() {
     // A key of its own per commit, so that the oldest segments hold values nothing superseded.
     let keys: Vec<String> = (0..40).map(|round| format!("k{round}")).collect();
     for key in &keys {
-        commit_state(subscription.as_ref(), &fqfn, &[(key, Change::Put(format!("{key:0>200}").into_bytes()))]);
+        commit_state(subscription.as_ref(), &fqfn, &[(key, Change::Put(format!("{key:0>200}").into_bytes(), None))]);
     }
-    commit_state(subscription.as_ref(), &fqfn, &[("k0", Change::Put(b"last".to_vec())), ("n", Change::Add(7))]);
+    commit_state(
+        subscription.as_ref(),
+        &fqfn,
+        &[("k0", Change::Put(b"last".to_vec(), None)), ("n", Change::Add(7, None))],
+    );
     assert!(unapplied(&store, &fqfn));
     let segments = store.inner.log.segment_ids().len();
     assert!(segments > 2, "{segments}");
@@ -371,7 +375,7 @@ fn the_cleaner_checkpoints_state_that_holds_an_old_segment_and_then_frees_it() {
     assert_eq!(tree_values(&store, &fqfn).len(), keys.len() + 1);
     assert_eq!(value(&store, &fqfn, "k0"), Some(StateValue::Bytes(b"last".to_vec())));
     // Values read after the checkpoint come from the tree, and later commits still build on them.
-    commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1))]);
+    commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1, None))]);
     drop((subscription, store));
     let store = open(dir.path());
     assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(8)));
@@ -385,7 +389,7 @@ fn a_checkpoint_of_more_keys_than_a_chunk_writes_them_all() {
     let store = open(dir.path());
     let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
     let keys: Vec<String> = (0..2 * state::CHECKPOINT_CHUNK + 1).map(|i| format!("k{i}")).collect();
-    let changes: Vec<(&str, Change)> = keys.iter().map(|key| (key.as_str(), Change::Add(1))).collect();
+    let changes: Vec<(&str, Change)> = keys.iter().map(|key| (key.as_str(), Change::Add(1, None))).collect();
     commit_state(subscription.as_ref(), &fqfn, &changes);
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
     assert!(!unapplied(&store, &fqfn));
@@ -436,10 +440,10 @@ fn a_state_put_outside_commits_is_ordered_with_them() {
     {
         let store = open(dir.path());
         let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
-        commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1))]);
+        commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(1, None))]);
         let put = store.put(&fqfn, "n", StateValue::Counter(10)).unwrap();
         assert_eq!(put.value, StateValue::Counter(10));
-        commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(5))]);
+        commit_state(subscription.as_ref(), &fqfn, &[("n", Change::Add(5, None))]);
         assert_eq!(value(&store, &fqfn, "n"), Some(StateValue::Counter(15)));
     }
     assert_eq!(value(&open(dir.path()), &fqfn, "n"), Some(StateValue::Counter(15)));

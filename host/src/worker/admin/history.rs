@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::functions::{drain, form};
 use super::{ApiResult, Shared, bad_request, blocking, fqfn, hold_until_ready};
+use crate::engine::state::KeyPage;
 use crate::worker::AsOf;
+use crate::worker::api::StateKeys;
 use crate::worker::api::history::{RedriveAnswer, RedriveRequest, ReplayAnswer, ReplayRequest};
 use crate::worker::tenant_rates::Metered;
 
@@ -25,6 +27,34 @@ pub(super) struct StateQuery {
     /// Say who wrote the current value instead of giving it.
     #[serde(default)]
     why: bool,
+}
+
+/// What a listing of state keys asks (`GET …/state`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct StateListQuery {
+    /// Only keys that start with this.
+    #[serde(default)]
+    prefix: String,
+    /// Only keys after this one: the last key of the page before.
+    after: Option<String>,
+    /// Most keys in the page [default: 100; at most MAX_STATE_KEYS_LISTED].
+    limit: Option<usize>,
+}
+
+/// Keys in a page when the request does not say.
+const DEFAULT_STATE_KEYS_LISTED: usize = 100;
+
+/// `GET …/state?prefix=P&after=K&limit=N`: a page of the function's state keys (fnhost's).
+pub(super) async fn list_state(
+    State(worker): Shared,
+    Path((tenant, namespace, name)): Path<(String, String, String)>,
+    Query(query): Query<StateListQuery>,
+) -> ApiResult<Json<StateKeys>> {
+    let fqfn = fqfn(&tenant, &namespace, &name)?;
+    let limit = query.limit.unwrap_or(DEFAULT_STATE_KEYS_LISTED);
+    let page = KeyPage::new(query.prefix, query.after, limit).map_err(|error| bad_request(error.to_string()))?;
+    Ok(Json(blocking(move || worker.list_state(&fqfn, page)).await?))
 }
 
 /// `GET …/state/{key}`: the value, the value at a point of the past, or who wrote it.

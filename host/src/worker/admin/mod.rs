@@ -23,7 +23,7 @@ use functions::{
     instance_stop, list, metrics, put_state, rebalance, restart, set_log_level, start, stats, status, stop, trigger,
 };
 use guard::{authorize, refuse_cross_site};
-use history::{query_state, redrive, replay};
+use history::{list_state, query_state, redrive, replay};
 use topics::{acknowledge, produce, receive};
 
 /// The OpenAPI document of this API, kept beside the code that implements it.
@@ -184,6 +184,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(&format!("{function}/replay"), post(replay))
         .route(&format!("{function}/redrive"), post(redrive))
         .route(&format!("{function}/log-level"), put(set_log_level))
+        .route(&format!("{function}/state"), get(list_state))
         .route(&format!("{function}/state/{{*key}}"), get(query_state).post(put_state))
         .route(topic, post(produce))
         .route(&format!("{topic}/subscription/{{subscription}}/receive"), post(receive))

@@ -194,8 +194,7 @@ impl ReplayedMessageAnswer {
         };
         let (output, output_base64) = message.output.map(text_or_base64).unwrap_or_default();
         let state_value = |key: &str, value: Option<StateValue>| {
-            value
-                .map(|value| FunctionState { version: None, ..FunctionState::of(key, Versioned { value, version: 0 }) })
+            value.map(|value| FunctionState { version: None, ..FunctionState::of(key, Versioned::lasting(value, 0)) })
         };
         Self {
             topic: message.topic.as_str().to_owned(),

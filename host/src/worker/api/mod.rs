@@ -254,19 +254,40 @@ pub struct FunctionState {
     /// every write itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// When the value expires, in milliseconds since the Unix epoch (its time to live from the
+    /// write); absent when it does not. fnhost's; putstate ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl FunctionState {
     /// The state under `key` as stored: numberValue for counters, stringValue for UTF-8, else
     /// byteValue (base64).
     pub fn of(key: &str, stored: Versioned) -> Self {
-        let mut state = Self { key: Some(key.to_owned()), version: Some(stored.version), ..Self::default() };
+        let mut state = Self {
+            key: Some(key.to_owned()),
+            version: Some(stored.version),
+            expires_at: stored.expires_at,
+            ..Self::default()
+        };
         match stored.value {
             StateValue::Counter(value) => state.number_value = Some(value.into()),
             StateValue::Bytes(bytes) => (state.string_value, state.byte_value) = text_or_base64(bytes),
         }
         state
     }
+}
+
+/// A page of a function's state keys (`GET …/state?prefix=P&after=K&limit=N`; fnhost's, not in
+/// Pulsar): in byte order, none expired, none of the host's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateKeys {
+    /// The keys.
+    pub keys: Vec<String>,
+    /// When the page is full, its last key: ask again with `after` set to it for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 /// Bytes as JSON shows them: the text when they are UTF-8, else base64 (the second).

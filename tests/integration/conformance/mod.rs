@@ -61,6 +61,12 @@ use fnhost::nats::{NatsEngine, NatsSecurity};
 
 use fnhost_test_support::Nats;
 
+mod expiry;
+use expiry::{
+    state_expires_after_its_time_to_live_unless_written_again,
+    state_keys_are_listed_in_pages_by_prefix_without_expired_or_host_keys,
+};
+
 /// Longest a test waits for messages it expects: long enough for a busy machine and for NATS's
 /// redelivery after its acknowledgement wait.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -164,6 +170,8 @@ conformance!(
     namespace_policies_are_kept_and_what_an_engine_cannot_do_is_refused,
     acknowledged_messages_are_freed_unless_retention_keeps_them_for_a_replay,
     a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value,
+    state_expires_after_its_time_to_live_unless_written_again,
+    state_keys_are_listed_in_pages_by_prefix_without_expired_or_host_keys,
 );
 
 fn topic(name: &str) -> TopicName {
@@ -403,8 +411,8 @@ fn a_commit_makes_outputs_state_and_acknowledgements_visible_together(rig: &dyn 
         let consumer = engine.subscribe(spec(&[&input], &name, SubscriptionType::Failover, (0, 1))).unwrap();
         let messages = fetch_exactly(consumer.as_ref(), 3);
         let mut changes = StateChanges::default();
-        changes.record("word".into(), Change::Put(b"hello".to_vec()));
-        changes.record("count".into(), Change::Add(3));
+        changes.record("word".into(), Change::Put(b"hello".to_vec(), None));
+        changes.record("count".into(), Change::Add(3, None));
         let outputs = messages.iter().map(|message| (output.clone(), OutMessage::new(message.body.value.clone())));
         consumer
             .commit(Effects {
@@ -450,7 +458,7 @@ fn state_reads_see_commits_and_counters_add_their_deltas(rig: &dyn Rig) {
     for (consumer, delta) in consumers.iter().zip([2, 5]) {
         let messages = fetch_exactly(consumer.as_ref(), 2);
         let mut changes = StateChanges::default();
-        changes.record("total".into(), Change::Add(delta));
+        changes.record("total".into(), Change::Add(delta, None));
         changes.record("gone".into(), Change::Delete);
         consumer
             .commit(Effects {
@@ -750,7 +758,7 @@ mod nats_views {
             for _ in 0..COMMITS {
                 let messages = fetch_exactly(consumer.as_ref(), 1);
                 let mut changes = StateChanges::default();
-                changes.record("total".into(), Change::Add(1));
+                changes.record("total".into(), Change::Add(1, None));
                 let effects = Effects {
                     acks: Acks::of(&messages),
                     state: Some((fqfn.clone(), Arc::new(changes))),
@@ -816,8 +824,8 @@ fn a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value
             let mut changes = StateChanges::default();
             for message in batch {
                 let own = [
-                    ("count".to_owned(), Change::Add(1)),
-                    ("last".to_owned(), Change::Put(message.body.value.clone())),
+                    ("count".to_owned(), Change::Add(1, None)),
+                    ("last".to_owned(), Change::Put(message.body.value.clone(), None)),
                 ];
                 for (key, change) in &own {
                     changes.record(key.clone(), change.clone());
@@ -826,7 +834,7 @@ fn a_functions_history_gives_the_state_before_each_message_and_who_wrote_a_value
                     own.into_iter().map(|(key, change)| MessageChange::Own(key, change)).collect();
                 // `gone` has one writer in its batch: the history names it by its index in the changes.
                 let gone = match message.body.value[0] {
-                    1 => Some(Change::Put(vec![1])),
+                    1 => Some(Change::Put(vec![1], None)),
                     4 => Some(Change::Delete),
                     _ => None,
                 };
