@@ -123,3 +123,81 @@ impl Inner {
         self.metadata.purge(mark_key(fqfn)).await.map_err(state_storage)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fnhost_test_support::Nats;
+
+    use super::*;
+    use crate::engine::broker::{Acks, Broker, Effects, OutMessage, Position, SubscriptionSpec};
+    use crate::engine::state::{Change, KeyPage, StateChanges, StateStore, StateValue};
+    use crate::names::{SubscriptionName, TopicName};
+    use crate::nats::{NatsEngine, NatsSecurity};
+
+    #[test]
+    fn the_leader_sweeps_expired_values_from_the_view_and_keeps_what_was_written_again() {
+        let nats = Nats::start(1);
+        let engine = NatsEngine::connect(&nats.urls(), 1, &NatsSecurity::default()).unwrap();
+        let fqfn = Fqfn::parse("public/default/sessions").unwrap();
+        let input = TopicName::parse("logins").unwrap();
+        engine.produce(&input, (0..2).map(|index| OutMessage::new(vec![index])).collect()).unwrap();
+        let spec = SubscriptionSpec {
+            name: Some(SubscriptionName::of_function(&fqfn)),
+            ..SubscriptionSpec::single(vec![input], None, Position::Earliest)
+        };
+        let consumer = engine.subscribe(spec).unwrap();
+        let commit = |changes: &[(&str, Change)]| {
+            let messages = consumer.fetch(1, Duration::from_secs(30)).unwrap();
+            let mut state = StateChanges::default();
+            for (key, change) in changes {
+                state.record((*key).to_owned(), change.clone());
+            }
+            let effects = Effects {
+                acks: Acks::of(&messages),
+                state: Some((fqfn.clone(), Arc::new(state))),
+                ..Effects::default()
+            };
+            consumer.commit(effects).unwrap();
+        };
+        let minute_ms = MINUTE_MS;
+        commit(&[
+            ("expires", Change::Put(b"a".to_vec(), Some(minute_ms))),
+            ("rewritten", Change::Put(b"b".to_vec(), Some(minute_ms))),
+            ("lasts", Change::Put(b"c".to_vec(), None)),
+        ]);
+        engine.materialise_views().unwrap();
+        let inner = &engine.inner;
+        let view = inner.block_on(inner.table(&fqfn)).unwrap();
+        let index_keys = || {
+            let keys: Vec<String> = inner
+                .block_on(async {
+                    use futures_util::TryStreamExt as _;
+                    view.keys().await.unwrap().try_collect::<Vec<String>>().await
+                })
+                .unwrap();
+            keys.into_iter().filter(|key| key.starts_with("x.")).count()
+        };
+        assert_eq!(index_keys(), 2, "the two values that expire are indexed");
+        // Written again just before its expiry, then the minutes pass.
+        engine.clock().advance(Duration::from_millis(minute_ms - 1_000));
+        commit(&[("rewritten", Change::Put(b"b2".to_vec(), Some(60 * minute_ms)))]);
+        engine.clock().advance(Duration::from_millis((SWEEP_MARGIN_MINUTES + 2) * minute_ms));
+        let asked = inner.block_on(inner.sweep_expired(&fqfn)).unwrap();
+        assert_eq!(asked, 2, "both index entries of the swept minutes are due");
+        engine.materialise_views().unwrap();
+        let entry = |key: &str| inner.block_on(inner.view_entry(&fqfn, &view, key)).unwrap().map(|(entry, _)| entry);
+        assert_eq!(entry("expires").and_then(|entry| entry.value), None, "removed from the view");
+        assert_eq!(
+            entry("rewritten").and_then(|entry| entry.value).map(|held| held.value),
+            Some(StateValue::Bytes(b"b2".to_vec())),
+            "a write logged before the sweep's removal keeps the key"
+        );
+        assert_eq!(index_keys(), 1, "the swept minutes' index keys are purged; the rewritten key's new one stays");
+        let table = engine.table(&fqfn).unwrap();
+        assert_eq!(table.list(&KeyPage::new(String::new(), None, 10).unwrap()).unwrap(), ["lasts", "rewritten"]);
+        assert_eq!(inner.block_on(inner.sweep_expired(&fqfn)).unwrap(), 0, "the mark moved past the swept minutes");
+    }
+}

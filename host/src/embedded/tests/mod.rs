@@ -449,6 +449,7 @@ fn a_state_put_outside_commits_is_ordered_with_them() {
     assert_eq!(value(&open(dir.path()), &fqfn, "n"), Some(StateValue::Counter(15)));
 }
 
+mod expiry;
 mod history;
 mod log;
 mod policies;
