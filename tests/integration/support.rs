@@ -191,10 +191,16 @@ impl Worker {
 
     /// Starts a worker on `data_dir` with more flags and waits until it listens.
     pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
+        Self::start_with_env(data_dir, flags, &[])
+    }
+
+    /// [`Worker::start_with`] with environment variables set for the worker.
+    pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         // Any free port on loopback, unless the flags say where.
         let listen: &[&str] = if flags.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = fnhost_command()
+            .envs(env.iter().copied())
             .arg("worker")
             .args(listen)
             .arg("--data-dir")

@@ -65,6 +65,8 @@ fn a_tenant_token_reaches_only_its_own_tenant_and_nothing_changes_across_the_bou
         ("GET", state.to_owned(), None),
         ("GET", format!("{state}?asOf=0"), None),
         ("GET", format!("{state}?why=true"), None),
+        ("GET", "/admin/v3/functions/globex/ns/word-count/state?prefix=t".to_owned(), None),
+        ("PUT", "/admin/v3/functions/globex/ns/word-count/log-level".to_owned(), json(r#"{"logLevel": "debug"}"#)),
         ("POST", "/admin/v3/functions/globex/ns/word-count/replay".to_owned(), json(r#"{"message": "0"}"#)),
         ("POST", state.to_owned(), json(r#"{"key": "the", "numberValue": 100}"#)),
         ("POST", "/admin/v3/functions/globex/ns/word-count/stop".to_owned(), None),
@@ -79,6 +81,10 @@ fn a_tenant_token_reaches_only_its_own_tenant_and_nothing_changes_across_the_bou
         assert_eq!(status, 403, "{method} {path}: {answer}");
         assert!(answer["reason"].as_str().is_some_and(|reason| reason.contains("tenant `acme`")), "{answer}");
     }
+    // Globex lists its own keys.
+    let (status, listed) =
+        worker.http_as(Some(GLOBEX), "GET", "/admin/v3/functions/globex/ns/word-count/state?prefix=", None);
+    assert_eq!((status, listed), (200, serde_json::json!({"keys": ["quick", "the"]})));
     // The CLI says the same.
     let refused = produce(&worker, ACME, "globex/ns/words", "the");
     assert!(!refused.success && refused.stderr.contains("HTTP 403"), "{}", refused.stderr);

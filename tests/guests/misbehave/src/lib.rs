@@ -11,6 +11,9 @@
 //! `big-output` returns a value over the message size limit, `long-key` stores under a key over
 //! the key limit, `stack` recurses without end, `socket` tries to open a TCP connection;
 //! `clock-and-random` logs and returns the wall clock's time and a random number;
+//! `put:<key>` and `put-ttl:<ms>:<key>` store `v` under the key (the second for that long),
+//! `list:<prefix>` returns every key with the prefix, comma-separated, and
+//! `list-page:<limit>:<prefix>` returns one page of them, or the host's refusal;
 //! anything else comes back as `ok:<message>`.
 //! Every message is acknowledged (which only MANUAL notices) except those starting with `noack:`.
 //! The integration tests build it with `cargo build --target wasm32-wasip2 --profile guest -p misbehave`.
@@ -59,6 +62,30 @@ impl Function for Misbehave {
             ctx.debug("a line at debug level");
             let enabled = |level| ctx.log_enabled(level);
             return Ok(format!("debug:{} warn:{}", enabled(Level::Debug), enabled(Level::Warn)));
+        }
+        if let Some(key) = command.strip_prefix("put:") {
+            ctx.state().put(key, "v")?;
+            return Ok(command);
+        }
+        if let Some(rest) = command.strip_prefix("put-ttl:") {
+            let (millis, key) = rest.split_once(':').ok_or_else(|| Error::msg("put-ttl:<ms>:<key>"))?;
+            let millis: u64 = millis.parse().map_err(|_| Error::msg("put-ttl:<ms>:<key>"))?;
+            return match ctx.put_state_ttl(key, "v", Duration::from_millis(millis)) {
+                Ok(()) => Ok(command),
+                Err(refused) => Ok(format!("refused: {refused}")),
+            };
+        }
+        if let Some(prefix) = command.strip_prefix("list:") {
+            let keys: Vec<String> = ctx.state().keys(prefix).collect::<Result<_, _>>()?;
+            return Ok(keys.join(","));
+        }
+        if let Some(rest) = command.strip_prefix("list-page:") {
+            let (limit, prefix) = rest.split_once(':').ok_or_else(|| Error::msg("list-page:<limit>:<prefix>"))?;
+            let limit: u32 = limit.parse().map_err(|_| Error::msg("list-page:<limit>:<prefix>"))?;
+            return match ctx.state().list_keys(prefix, None, limit) {
+                Ok(keys) => Ok(keys.join(",")),
+                Err(refused) => Ok(format!("refused: {refused}")),
+            };
         }
         if let Some(topic) = command.strip_prefix("publish-to:") {
             ctx.publish(topic, "published")?;
