@@ -181,3 +181,17 @@ fn forgotten_after_the_state_ttl(dir: &std::path::Path, cluster: Option<&str>) {
     let listed = worker.ok(&["functions", "querystate", "--fqfn", crate::worker::SD, "--list"]);
     assert_eq!(listed, serde_json::json!([]));
 }
+
+#[test]
+fn a_component_built_against_the_previous_contract_version_still_links_and_runs() {
+    // Built by the SDK of WIT 0.3.0, before put-state-ttl and list-state-keys were added (0.3.1).
+    let wasm = crate::support::workspace().join("tests/integration/fixtures/word-count-wit-0.3.0.wasm");
+    let bytes = std::fs::read(&wasm).unwrap();
+    let imports = |version: &str| bytes.windows(version.len()).any(|window| window == version.as_bytes());
+    assert!(imports("fnhost:function/context@0.3.0") && !imports("@0.3.1"), "the fixture is a 0.3.0 component");
+    let fnhost = crate::support::Fnhost::new();
+    fnhost.produce("words", &["one two one"]);
+    fnhost.ok(&["localrun", "--wasm", wasm.to_str().unwrap(), "--name", "wc", "--inputs", "words", "--until-idle"]);
+    assert_eq!(crate::support::number_value(&fnhost, "public/default/wc", "one"), 2);
+    assert_eq!(crate::support::number_value(&fnhost, "public/default/wc", "two"), 1);
+}

@@ -24,9 +24,27 @@ export class ContextError extends Error {
 export function encodeOutput(value: Output): Uint8Array | undefined;
 
 /** The function's durable key-value state as text (`context.state`). */
+/** How a state value is written: `ttl` makes it expire that many milliseconds after the commit. */
+export interface PutOptions {
+  ttl?: number;
+}
+
+/** A page of state keys to list: those after `after`, at most `limit` (1 to 1000; default 100). */
+export interface ListOptions {
+  after?: string;
+  limit?: number;
+}
+
 export class State {
-  /** Stores a string or bytes under `key`; durable when the message's effects commit. */
-  put(key: string, value: Bytes): void;
+  /**
+   * Stores a string or bytes under `key`; durable when the message's effects commit. With `{ttl}`
+   * (milliseconds) the key expires that long after the commit; writing it again gives it a new life.
+   */
+  put(key: string, value: Bytes, options?: PutOptions): void;
+  /** One page of the keys that start with `prefix`, in byte order; expired keys are left out. */
+  listKeys(prefix?: string, options?: ListOptions): string[];
+  /** Every key that starts with `prefix`, in byte order, a page at a time. */
+  keys(prefix?: string): Generator<string, void, undefined>;
   /** The text under `key`, or undefined. */
   get(key: string): string | undefined;
   /** Removes `key`; an absent key is not an error. */
@@ -78,7 +96,8 @@ export class Context {
   getSecret(name: string): string | undefined;
   getLogger(): Logger;
   recordMetric(name: string, value: number): void;
-  putState(key: string, value: Bytes): void;
+  /** Stores a string or bytes under `key`; `{ttl}` (milliseconds) makes it expire. */
+  putState(key: string, value: Bytes, options?: PutOptions): void;
   /** The bytes under `key`, or undefined. */
   getState(key: string): Uint8Array | undefined;
   deleteState(key: string): void;

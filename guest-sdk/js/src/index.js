@@ -43,14 +43,45 @@ function fromCounter(value) {
   return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
 }
 
-/** The function's durable key-value state as text (`context.state`): put, get, delete. */
+/** Keys one page of `State.keys` asks for. */
+const KEYS_PER_PAGE = 1000;
+
+// A write with `options.ttl` (milliseconds) goes to put-state-ttl; without, to put-state, under
+// the function's --state-ttl if it has one.
+function put(host, key, value, options) {
+  const bytes = toBytes(value, "a state value");
+  if (options?.ttl === undefined || options?.ttl === null) return host.putState(key, bytes);
+  const ttl = Number(options.ttl);
+  if (!Number.isFinite(ttl) || ttl < 0) throw new TypeError(`ttl must be a number of milliseconds, not ${options.ttl}`);
+  host.putStateTtl(key, bytes, BigInt(Math.round(ttl)));
+}
+
+/** The function's durable key-value state as text (`context.state`): put, get, delete, keys. */
 export class State {
   constructor(host) {
     this._host = host;
   }
-  /** Stores a string or bytes under `key`; durable when the message's effects commit. */
-  put(key, value) {
-    this._host.putState(key, toBytes(value, "a state value"));
+  /**
+   * Stores a string or bytes under `key`; durable when the message's effects commit. With
+   * `{ttl}` (milliseconds) the key expires that long after the commit: it then reads as absent and
+   * the host deletes it; writing it again before then gives it a new life.
+   */
+  put(key, value, options) {
+    put(this._host, key, value, options);
+  }
+  /** One page of the keys that start with `prefix`, in byte order: after `after`, at most `limit` (1 to 1000). */
+  listKeys(prefix = "", { after, limit = 100 } = {}) {
+    return this._host.listStateKeys(prefix, after ?? undefined, limit);
+  }
+  /** Every key that starts with `prefix`, in byte order, fetched a page at a time; expired keys are left out. */
+  *keys(prefix = "") {
+    let after;
+    for (;;) {
+      const page = this.listKeys(prefix, { after, limit: KEYS_PER_PAGE });
+      yield* page;
+      if (page.length < KEYS_PER_PAGE) return;
+      after = page[page.length - 1];
+    }
   }
   /** The text under `key`, or undefined. */
   get(key) {
@@ -127,7 +158,8 @@ export class Context {
   getSecret(name) { return this._host.secret(name); }
   getLogger() { return this._logger; }
   recordMetric(name, value) { this._host.recordMetric(name, Number(value)); }
-  putState(key, value) { this._host.putState(key, toBytes(value, "a state value")); }
+  /** Stores a string or bytes under `key`; `{ttl}` (milliseconds) makes it expire (see `State.put`). */
+  putState(key, value, options) { put(this._host, key, value, options); }
   /** The bytes under `key`, or undefined. */
   getState(key) { return this._host.getState(key); }
   deleteState(key) { this._host.deleteState(key); }
@@ -196,7 +228,7 @@ function refusable(call) {
 export function componentProcessBatch(module, host) {
   const run = functionOf(module);
   const wrapped = { ...host };
-  for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
+  for (const name of ["getState", "putState", "putStateTtl", "listStateKeys", "deleteState", "incrCounter", "getCounter", "publish"]) {
     wrapped[name] = refusable(host[name]);
   }
   const context = new Context(wrapped, undefined);
@@ -242,7 +274,7 @@ export class Window {
 export function componentWindowFunction(module, host) {
   const { process, eventTime } = methodsOf(module);
   const wrapped = { ...host };
-  for (const name of ["getState", "putState", "deleteState", "incrCounter", "getCounter", "publish"]) {
+  for (const name of ["getState", "putState", "putStateTtl", "listStateKeys", "deleteState", "incrCounter", "getCounter", "publish"]) {
     wrapped[name] = refusable(host[name]);
   }
   const context = new Context(wrapped, undefined);

@@ -14,6 +14,8 @@ export interface MockContextOptions {
   userConfig?: Record<string, unknown>;
   secrets?: Record<string, string>;
   logLevel?: LogLevel;
+  /** The function's default time to live of state writes, in milliseconds (`--state-ttl`). */
+  stateTtl?: number;
 }
 
 /** The message a mock context runs a function on. */
@@ -48,6 +50,8 @@ export class MockContext extends Context {
   readonly counters: Map<string, bigint>;
   /** How many times the function acknowledged. */
   readonly acked: number;
+  /** Moves the mock's clock (which starts at 0) forward by `ms`: state whose time to live passed is gone. */
+  advanceClock(ms: number): void;
   /** Runs `fn` on one message as the host would; returns the bytes written to the output topic. */
   process(
     fn: FunctionModule | ProcessFunction | (new () => { process: ProcessFunction }),

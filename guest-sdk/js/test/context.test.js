@@ -165,3 +165,41 @@ test("every export and every context method has a type declaration", async () =>
     assert.match(context, new RegExp(`\\b${method}\\(`), `Context.${method} is declared`);
   }
 });
+
+test("state with a time to live expires by the mock's clock and a rewrite lives on", () => {
+  const context = new MockContext();
+  context.state.put("login", "1", { ttl: 3_600_000 });
+  context.putState("rewritten", "1", { ttl: 3_600_000 });
+  context.putState("lasting", "1");
+  context.advanceClock(1_800_000);
+  context.state.put("rewritten", "2", { ttl: 3_600_000 });
+  context.advanceClock(1_800_000);
+  assert.equal(context.state.get("login"), undefined);
+  assert.equal(context.stateValues.has("login"), false);
+  assert.equal(context.state.get("rewritten"), "2");
+  assert.equal(context.state.get("lasting"), "1");
+  assert.throws(() => context.state.put("never", "x", { ttl: 0 }), (error) => error.kind === "invalid-argument" && /MAX_STATE_TTL_MS/.test(error.message));
+});
+
+test("the function's default state ttl applies to puts and counters", () => {
+  const context = new MockContext({ stateTtl: 60_000 });
+  context.state.put("session", "1");
+  context.incrCounter("visits", 1);
+  context.advanceClock(59_999);
+  assert.equal(context.state.get("session"), "1");
+  assert.equal(context.getCounter("visits"), 1);
+  context.advanceClock(1);
+  assert.equal(context.state.get("session"), undefined);
+  assert.equal(context.getCounter("visits"), 0);
+});
+
+test("keys are listed by prefix in byte order and in pages", () => {
+  const context = new MockContext();
+  for (const key of ["cart/2", "cart/1", "user/1", "cart/3"]) context.state.put(key, "x");
+  context.incrCounter("cart/4", 1);
+  assert.deepEqual([...context.state.keys("cart/")], ["cart/1", "cart/2", "cart/3", "cart/4"]);
+  assert.deepEqual(context.state.listKeys("cart/", { limit: 2 }), ["cart/1", "cart/2"]);
+  assert.deepEqual(context.state.listKeys("cart/", { after: "cart/2", limit: 2 }), ["cart/3", "cart/4"]);
+  assert.deepEqual([...context.state.keys()], ["cart/1", "cart/2", "cart/3", "cart/4", "user/1"]);
+  assert.throws(() => context.state.listKeys("", { limit: 1001 }), (error) => error.kind === "limit-exceeded");
+});

@@ -199,3 +199,43 @@ def test_a_failed_message_leaves_no_effects_behind_but_its_logs_and_metrics_stay
     assert context.counters == {} and context.published == [] and context.acked == 0
     assert ("INFO", "about to fail") in [(level.upper(), text) for level, text in context.logs]
     assert context.metrics["tries"] == [1]
+
+
+def test_state_with_a_time_to_live_expires_by_the_mock_clock_and_a_rewrite_lives_on():
+    from datetime import timedelta
+
+    context = MockContext()
+    context.state.put("login", "1", ttl=3600)
+    context.put_state("rewritten", b"1", ttl=timedelta(hours=1))
+    context.put_state("lasting", b"1")
+    context.advance_clock(1800)
+    context.state.put("rewritten", "2", ttl=3600)
+    context.advance_clock(1800)
+    assert context.state.get("login") is None and "login" not in context.state_values
+    assert context.state.get("rewritten") == "2"
+    assert context.get_state("lasting") == b"1"
+    with pytest.raises(fnhost.InvalidArgument, match="MAX_STATE_TTL_MS"):
+        context.state.put("never", "x", ttl=0)
+
+
+def test_the_functions_default_state_ttl_applies_to_puts_and_counters():
+    context = MockContext(state_ttl=60)
+    context.state.put("session", "1")
+    context.incr_counter("visits", 1)
+    context.advance_clock(59)
+    assert context.state.get("session") == "1" and context.get_counter("visits") == 1
+    context.advance_clock(1)
+    assert context.state.get("session") is None and context.get_counter("visits") == 0
+
+
+def test_keys_are_listed_by_prefix_in_byte_order_and_in_pages():
+    context = MockContext()
+    for key in ("cart/2", "cart/1", "user/1", "cart/3"):
+        context.state.put(key, "x")
+    context.incr_counter("cart/4", 1)
+    assert list(context.state.keys("cart/")) == ["cart/1", "cart/2", "cart/3", "cart/4"]
+    assert context.state.list_keys("cart/", limit=2) == ["cart/1", "cart/2"]
+    assert context.state.list_keys("cart/", after="cart/2", limit=2) == ["cart/3", "cart/4"]
+    assert list(context.state.keys()) == ["cart/1", "cart/2", "cart/3", "cart/4", "user/1"]
+    with pytest.raises(fnhost.LimitExceeded, match="MAX_STATE_KEYS_LISTED"):
+        context.state.list_keys("", limit=1001)

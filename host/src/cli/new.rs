@@ -29,9 +29,10 @@ enum Language {
     Js,
 }
 
-const RUST_SDK: [(&str, &str); 3] = [
+const RUST_SDK: [(&str, &str); 4] = [
     ("fnhost-guest/src/lib.rs", include_str!("../../../guest-sdk/rust/src/lib.rs")),
     ("fnhost-guest/src/context.rs", include_str!("../../../guest-sdk/rust/src/context.rs")),
+    ("fnhost-guest/src/state.rs", include_str!("../../../guest-sdk/rust/src/state.rs")),
     ("fnhost-guest/src/testing.rs", include_str!("../../../guest-sdk/rust/src/testing.rs")),
 ];
 const WIT: &str = include_str!("../../../wit/function.wit");

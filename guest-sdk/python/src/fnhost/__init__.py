@@ -25,7 +25,9 @@ b'hi!'
 
 import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 __all__ = [
@@ -223,6 +225,23 @@ class Logger:
     exception = error
 
 
+_KEYS_PER_PAGE = 1000
+
+
+def _ttl_ms(ttl: float | timedelta) -> int:
+    """A time to live in whole milliseconds, from seconds or a timedelta."""
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    return max(0, round(seconds * 1000))
+
+
+def _put(host: Any, key: str, value: str | bytes, ttl: float | timedelta | None) -> None:
+    data = _to_bytes(value, "a state value")
+    if ttl is None:
+        host.put_state(key, data)
+    else:
+        host.put_state_ttl(key, data, _ttl_ms(ttl))
+
+
 class State:
     """The function's durable key-value state as text (``context.state``), as in the seed.
 
@@ -241,9 +260,38 @@ class State:
     def __init__(self, host: Any):
         self._host = host
 
-    def put(self, key: str, value: str | bytes) -> None:
-        """Stores ``value`` under ``key``; durable when the message's effects commit."""
-        self._host.put_state(key, _to_bytes(value, "a state value"))
+    def put(self, key: str, value: str | bytes, ttl: float | timedelta | None = None) -> None:
+        """Stores ``value`` under ``key``; durable when the message's effects commit.
+
+        With ``ttl`` (seconds, or a :class:`datetime.timedelta`) the key expires that long after
+        the commit: it then reads as absent, and the host deletes it. Writing it again before then
+        gives it a new life. Without, the function's ``--state-ttl`` applies, if it has one.
+        """
+        _put(self._host, key, value, ttl)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key that starts with ``prefix``, in byte order, fetched a page at a time;
+        expired keys are left out.
+
+        >>> from fnhost.testing import MockContext
+        >>> state = MockContext().state
+        >>> for user in ("ann", "bob"):
+        ...     state.put(f"session/{user}", "1")
+        >>> list(state.keys("session/"))
+        ['session/ann', 'session/bob']
+        """
+        after = None
+        while True:
+            page = self.list_keys(prefix, after=after, limit=_KEYS_PER_PAGE)
+            yield from page
+            if len(page) < _KEYS_PER_PAGE:
+                return
+            after = page[-1]
+
+    def list_keys(self, prefix: str = "", *, after: str | None = None, limit: int = 100) -> list[str]:
+        """One page of the keys that start with ``prefix``: those after ``after`` (exclusive), at
+        most ``limit`` (1 to 1,000; more raises :class:`LimitExceeded`)."""
+        return list(self._host.list_state_keys(prefix, after, int(limit)))
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The text under ``key``, or ``default``."""
@@ -387,9 +435,10 @@ class Context:
         self._host.record_metric(metric_name, float(metric_value))
 
     # State.
-    def put_state(self, key: str, value: str | bytes) -> None:
-        """Stores ``value`` (bytes, or str as UTF-8) under ``key``."""
-        self._host.put_state(key, _to_bytes(value, "a state value"))
+    def put_state(self, key: str, value: str | bytes, ttl: float | timedelta | None = None) -> None:
+        """Stores ``value`` (bytes, or str as UTF-8) under ``key``; with ``ttl`` (seconds, or a
+        timedelta) it expires that long after the commit (see :meth:`State.put`)."""
+        _put(self._host, key, value, ttl)
 
     def get_state(self, key: str) -> bytes | None:
         """The bytes under ``key``, or ``None``."""

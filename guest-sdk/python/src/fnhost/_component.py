@@ -60,6 +60,8 @@ class _Host:
     record_metric = staticmethod(host.record_metric)
     get_state = staticmethod(_refusable(host.get_state))
     put_state = staticmethod(_refusable(host.put_state))
+    put_state_ttl = staticmethod(_refusable(host.put_state_ttl))
+    list_state_keys = staticmethod(_refusable(host.list_state_keys))
     delete_state = staticmethod(_refusable(host.delete_state))
     incr_counter = staticmethod(_refusable(host.incr_counter))
     get_counter = staticmethod(_refusable(host.get_counter))

@@ -21,13 +21,17 @@ import sys
 from types import SimpleNamespace
 from typing import Any
 
-from . import Context, Message, WrongKind, _Runner
+from . import Context, InvalidArgument, LimitExceeded, Message, WrongKind, _Runner
 from . import pulsar as _pulsar_names
 
 # Copied Pulsar functions say `import pulsar`; inside a component that is fnhost's compatibility
 # module, so tests get the same unless the real Pulsar client is installed.
 if importlib.util.find_spec("pulsar") is None:
     sys.modules["pulsar"] = _pulsar_names
+
+
+# Ten years, as the host's limit.
+_MAX_STATE_TTL_MS = 10 * 365 * 86_400_000
 
 
 class MockContext(Context):
@@ -39,6 +43,17 @@ class MockContext(Context):
     raises leaves no state change, publish or acknowledgement behind (its log lines and metrics
     stay), and the exception reaches the test. ``log_level`` is the lowest level recorded, as
     ``--log-level`` is the lowest the host writes.
+
+    State with a time to live expires by the mock's clock, which starts at 0 and moves only when
+    the test calls :meth:`advance_clock`; ``state_ttl`` (seconds) is the function's default, as
+    ``--state-ttl`` is on the host. Expired keys leave ``state_values`` and ``counters``.
+
+    >>> context = MockContext()
+    >>> context.state.put("user123", "1678886400", ttl=3600)
+    >>> context.advance_clock(3599); context.state.get("user123")
+    '1678886400'
+    >>> context.advance_clock(1); context.state.get("user123") is None
+    True
     """
 
     def __init__(
@@ -54,6 +69,7 @@ class MockContext(Context):
         user_config: dict[str, Any] | None = None,
         secrets: dict[str, str] | None = None,
         log_level: str = "trace",
+        state_ttl: float | None = None,
     ):
         self.logs: list[tuple[str, str]] = []
         self.published: list[tuple[str, bytes, str | None, dict[str, str]]] = []
@@ -61,6 +77,9 @@ class MockContext(Context):
         self.state_values: dict[str, bytes] = {}
         self.counters: dict[str, int] = {}
         self.acked = 0
+        self.now_ms = 0
+        self._expiries: dict[str, int] = {}
+        self._state_ttl_ms = None if state_ttl is None else round(state_ttl * 1000)
         self._identity_value = SimpleNamespace(
             tenant=tenant,
             namespace=namespace,
@@ -103,13 +122,28 @@ class MockContext(Context):
             )
         )
         runner = self._runners.setdefault(id(function), _Runner(function))
-        before = (len(self.published), dict(self.state_values), dict(self.counters), self.acked)
+        before = (len(self.published), dict(self.state_values), dict(self.counters), dict(self._expiries), self.acked)
         try:
             return runner.run(bytes(input), self)
         except BaseException:
-            published, self.state_values, self.counters, self.acked = before
+            published, self.state_values, self.counters, self._expiries, self.acked = before
             del self.published[published:]
             raise
+
+    def advance_clock(self, seconds: float) -> None:
+        """Moves the mock's clock forward; state whose time to live has passed is gone."""
+        self.now_ms += round(seconds * 1000)
+        for key in [key for key, at in self._expiries.items() if at <= self.now_ms]:
+            del self._expiries[key]
+            self.state_values.pop(key, None)
+            self.counters.pop(key, None)
+
+    def _written(self, key: str, ttl_ms: int | None) -> None:
+        ttl_ms = self._state_ttl_ms if ttl_ms is None else ttl_ms
+        if ttl_ms is None:
+            self._expiries.pop(key, None)
+        else:
+            self._expiries[key] = self.now_ms + ttl_ms
 
 
 class _MockHost:
@@ -151,18 +185,33 @@ class _MockHost:
         return self._mock.state_values.get(key)
 
     def put_state(self, key, value):
+        self.put_state_ttl(key, value, None)
+
+    def put_state_ttl(self, key, value, ttl_ms):
         if key in self._mock.counters:
             raise WrongKind(f"the state under {key!r} is a counter; use incr_counter")
+        if ttl_ms is not None and not 1 <= ttl_ms <= _MAX_STATE_TTL_MS:
+            raise InvalidArgument(f"a time to live of {ttl_ms} ms is out of range: give from 1 ms to ten years (MAX_STATE_TTL_MS)")
         self._mock.state_values[key] = bytes(value)
+        self._mock._written(key, ttl_ms)
+
+    def list_state_keys(self, prefix, after, limit):
+        if not 1 <= limit <= 1000:
+            raise LimitExceeded(f"a page of {limit} keys was asked for; give from 1 to 1000 (MAX_STATE_KEYS_LISTED)")
+        keys = sorted({*self._mock.state_values, *self._mock.counters}, key=lambda key: key.encode())
+        keys = [key for key in keys if key.startswith(prefix) and (after is None or key.encode() > after.encode())]
+        return keys[:limit]
 
     def delete_state(self, key):
         self._mock.state_values.pop(key, None)
         self._mock.counters.pop(key, None)
+        self._mock._expiries.pop(key, None)
 
     def incr_counter(self, key, amount):
         if key in self._mock.state_values:
             raise WrongKind(f"the state under {key!r} holds bytes, not a counter")
         self._mock.counters[key] = self._mock.counters.get(key, 0) + amount
+        self._mock._written(key, None)
         return self._mock.counters[key]
 
     def get_counter(self, key):
