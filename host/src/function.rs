@@ -61,6 +61,11 @@ pub enum Source {
         file: PathBuf,
         /// `MODULE.CLASS`, as pulsar-admin's `--classname`.
         classname: String,
+        /// Its third-party packages, as pip reads them (`--requirements`); `None`: the
+        /// `requirements.txt` beside the module, if there is one.
+        requirements: Option<PathBuf>,
+        /// Where pip finds wheels instead of the package index (`--wheel-dir`, for offline builds).
+        wheel_dir: Option<PathBuf>,
     },
     /// A JavaScript ES module.
     JavaScript {

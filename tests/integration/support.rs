@@ -37,17 +37,19 @@ pub fn workspace() -> &'static Path {
 }
 
 /// The `fnhost` binary with a component cache shared by every test and kept between runs (built
-/// Python and JavaScript components take seconds each), and the JavaScript toolchain that
-/// `npm install` puts in guest-sdk/js when none is on PATH.
+/// Python and JavaScript components take seconds each), and the JavaScript toolchain (componentize-js
+/// and esbuild) that `npm install` puts in guest-sdk/js when none is on PATH.
 /// JavaScript is built for the interpreter whether or not weval is on PATH, so that every machine
 /// tests the same thing; the test of ahead-of-time builds removes `FNHOST_WEVAL`.
 pub fn fnhost_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fnhost"));
     command.env("FNHOST_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("fnhost-cache"));
     command.env("FNHOST_WEVAL", fnhost::guest_build::WEVAL_OFF);
-    let local_js = workspace().join("guest-sdk/js/node_modules/.bin/componentize-js");
-    if std::env::var_os("FNHOST_COMPONENTIZE_JS").is_none() && local_js.exists() {
-        command.env("FNHOST_COMPONENTIZE_JS", local_js);
+    for (variable, program) in [("FNHOST_COMPONENTIZE_JS", "componentize-js"), ("FNHOST_ESBUILD", "esbuild")] {
+        let local = workspace().join("guest-sdk/js/node_modules/.bin").join(program);
+        if std::env::var_os(variable).is_none() && local.exists() {
+            command.env(variable, local);
+        }
     }
     command
 }

@@ -62,7 +62,12 @@ pub(crate) fn languages(rust_wasm: &Path, messages: usize) -> anyhow::Result<()>
         },
         Language {
             name: "Python",
-            source: Some(Source::Python { file: python.clone(), classname: "session.Session".into() }),
+            source: Some(Source::Python {
+                file: python.clone(),
+                classname: "session.Session".into(),
+                requirements: None,
+                wheel_dir: None,
+            }),
             builder: Builder::new,
             native: native_script(
                 "python3",

@@ -27,6 +27,12 @@ pub(crate) struct FunctionFlags {
     /// With --py: the function's class (or function) as MODULE.CLASS.
     #[arg(long)]
     classname: Option<String>,
+    /// With --py: the requirements file pip resolves for the build [default: requirements.txt beside the module].
+    #[arg(long, requires = "py")]
+    requirements: Option<PathBuf>,
+    /// With --py: a folder of wheels to install from instead of the package index, for building offline (`pip download -r requirements.txt -d DIR` fills it).
+    #[arg(long, requires = "py")]
+    wheel_dir: Option<PathBuf>,
     /// The function as a JavaScript ES module, built into a component with componentize-js (cached).
     #[arg(long)]
     js: Option<PathBuf>,
@@ -288,6 +294,8 @@ impl FunctionFlags {
             py: self.py.map(|path| path.display().to_string()),
             class_name: self.classname,
             js: self.js.map(|path| path.display().to_string()),
+            py_requirements: self.requirements.map(|path| path.display().to_string()),
+            py_wheel_dir: self.wheel_dir.map(|path| path.display().to_string()),
             inputs: self.inputs,
             topics_pattern: self.topics_pattern,
             output: self.output,

@@ -73,6 +73,13 @@ pub struct FunctionSpec {
     /// A JavaScript ES module to build the component from (`--js`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub js: Option<String>,
+    /// The Python function's requirements file (`--requirements`), which pip resolves for the
+    /// build [default: `requirements.txt` beside the module]. fnhost's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub py_requirements: Option<String>,
+    /// A folder of wheels pip installs from instead of the package index (`--wheel-dir`). fnhost's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub py_wheel_dir: Option<String>,
     /// Input topics (`--inputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
@@ -248,7 +255,15 @@ impl FunctionSpec {
     pub fn overlay(self, over: FunctionSpec) -> FunctionSpec {
         let replaces_code = over.wasm.is_some() || over.py.is_some() || over.js.is_some();
         let base = if replaces_code {
-            FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self }
+            FunctionSpec {
+                wasm: None,
+                py: None,
+                class_name: None,
+                js: None,
+                py_requirements: None,
+                py_wheel_dir: None,
+                ..self
+            }
         } else {
             self
         };
@@ -275,12 +290,20 @@ impl FunctionSpec {
 
     /// The function's code: a component, or a source file to build one from; `None` if not given.
     pub fn code(&self) -> Result<Option<Code>, ConfigError> {
+        if self.py.is_none() && (self.py_requirements.is_some() || self.py_wheel_dir.is_some()) {
+            return Err(ConfigError::new(
+                "--requirements (pyRequirements) and --wheel-dir (pyWheelDir) go with --py: a JavaScript function's packages come from the package.json beside it",
+            ));
+        }
         match (&self.wasm, &self.py, &self.js, &self.class_name) {
             (None, None, None, None) => Ok(None),
             (Some(wasm), None, None, None) => Ok(Some(Code::Wasm(PathBuf::from(wasm)))),
-            (None, Some(py), None, Some(classname)) => {
-                Ok(Some(Code::Source(Source::Python { file: PathBuf::from(py), classname: classname.clone() })))
-            }
+            (None, Some(py), None, Some(classname)) => Ok(Some(Code::Source(Source::Python {
+                file: PathBuf::from(py),
+                classname: classname.clone(),
+                requirements: self.py_requirements.as_ref().map(PathBuf::from),
+                wheel_dir: self.py_wheel_dir.as_ref().map(PathBuf::from),
+            }))),
             (None, Some(py), None, None) => Err(ConfigError::new(format!(
                 "--py {py} needs --classname MODULE.CLASS (className), the function's class, for example --classname session.SessionDuration"
             ))),
@@ -301,7 +324,15 @@ impl FunctionSpec {
 
     /// The spec without its code, as the worker keeps it beside the stored component.
     pub fn without_code(self) -> FunctionSpec {
-        FunctionSpec { wasm: None, py: None, class_name: None, js: None, ..self }
+        FunctionSpec {
+            wasm: None,
+            py: None,
+            class_name: None,
+            js: None,
+            py_requirements: None,
+            py_wheel_dir: None,
+            ..self
+        }
     }
 
     /// The lowest level of log lines kept: the given one, or info.

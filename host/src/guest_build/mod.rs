@@ -1,7 +1,9 @@
 //! Builds components from Python and JavaScript sources with the pinned toolchains.
 //!
 //! `--py FILE --classname MODULE.CLASS` runs componentize-py and `--js FILE` runs componentize-js
-//! over the function's folder, the guest SDK compiled into this binary and `wit/function.wit`.
+//! over the function's folder, the guest SDK compiled into this binary and `wit/function.wit`,
+//! with the function's third-party packages (`python`: pip; `javascript`: npm, then an esbuild
+//! bundle).
 //! Building takes seconds, so the result is cached under its content hash: the toolchain version,
 //! the contract, the SDK, the function's name and every source file of its folder.
 //! The same sources therefore build once per machine, and any change builds again.
@@ -15,16 +17,19 @@ use sha2::{Digest, Sha256};
 use crate::function::{Code, FunctionKind, Source};
 use crate::limits::MAX_SOURCE_SIZE;
 
+mod javascript;
+mod python;
+
 /// The contract every SDK builds against.
-const WIT: &str = include_str!("../../wit/function.wit");
+const WIT: &str = include_str!("../../../wit/function.wit");
 /// The Python SDK as it goes into a component (the mock and the builder stay outside).
 const PYTHON_SDK: [(&str, &str); 3] = [
-    ("fnhost/__init__.py", include_str!("../../guest-sdk/python/src/fnhost/__init__.py")),
-    ("fnhost/_component.py", include_str!("../../guest-sdk/python/src/fnhost/_component.py")),
-    ("pulsar.py", include_str!("../../guest-sdk/python/src/fnhost/pulsar.py")),
+    ("fnhost/__init__.py", include_str!("../../../guest-sdk/python/src/fnhost/__init__.py")),
+    ("fnhost/_component.py", include_str!("../../../guest-sdk/python/src/fnhost/_component.py")),
+    ("pulsar.py", include_str!("../../../guest-sdk/python/src/fnhost/pulsar.py")),
 ];
 /// The JavaScript SDK's runtime part.
-const JS_SDK: &str = include_str!("../../guest-sdk/js/src/index.js");
+const JS_SDK: &str = include_str!("../../../guest-sdk/js/src/index.js");
 
 /// The componentize-py release fnhost is tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
@@ -72,6 +77,38 @@ pub enum BuildError {
         status: String,
         /// What it printed.
         output: String,
+    },
+    /// The function's packages could not be installed.
+    #[error("installing the packages of {file} failed:\n{output}\n({offline})")]
+    Packages {
+        /// The requirements (or package.json) file.
+        file: String,
+        /// What the installer printed.
+        output: String,
+        /// What to do when the package index cannot be reached.
+        offline: String,
+    },
+    /// A Python package needs a native extension.
+    #[error(
+        "the package {package} {version} is not pure Python (its wheel is tagged {tags}): a function's CPython is compiled to WebAssembly and cannot load an extension module built for this machine; use a pure-Python package, or a release of it without the extension"
+    )]
+    NativePackage {
+        /// The distribution's name.
+        package: String,
+        /// Its version.
+        version: String,
+        /// Its wheel's tags.
+        tags: String,
+    },
+    /// A JavaScript module imports a Node.js built-in the sandbox has no equivalent of.
+    #[error(
+        "{importer} imports `{import}`, a Node.js built-in: a function runs in a sandbox without files, sockets or processes, so it cannot be built; reach the outside world through the context (state, publish) instead"
+    )]
+    NodeBuiltin {
+        /// The import, as written.
+        import: String,
+        /// The module that imports it.
+        importer: String,
     },
     /// The cache directory could not be written.
     #[error("cannot write the component cache in {dir}: {source}")]
@@ -242,8 +279,22 @@ impl Builder {
             Source::JavaScript { .. } => Some(JavaScriptMode::choose(&self.cache_dir)?),
         };
         let how = mode.as_ref().map(JavaScriptMode::describe).unwrap_or_default();
-        let built =
-            self.cache_dir.join(format!("{}.wasm", content_key(toolchain, source, world, mode.as_ref(), &siblings)));
+        let python_packages = match source {
+            Source::Python { file, requirements, wheel_dir, .. } => {
+                python::packages(file, requirements.as_deref(), wheel_dir.as_deref(), &self.cache_dir)?
+            }
+            Source::JavaScript { .. } => None,
+        };
+        let js_packages = match source {
+            Source::JavaScript { file } => javascript::packages(file, &self.cache_dir)?,
+            Source::Python { .. } => None,
+        };
+        let packages_key = python_packages
+            .as_ref()
+            .map(|packages| packages.key.as_str())
+            .or(js_packages.as_ref().map(|packages| packages.key.as_str()));
+        let key = content_key(toolchain, source, world, mode.as_ref(), &siblings, packages_key);
+        let built = self.cache_dir.join(format!("{key}.wasm"));
         if built.exists() {
             tracing::info!("using the component built earlier from {} {how}", file.display());
             return Ok(built);
@@ -253,21 +304,32 @@ impl Builder {
         std::fs::create_dir_all(&self.cache_dir).map_err(cache_error)?;
         let scratch = tempfile::Builder::new().prefix("build-").tempdir_in(&self.cache_dir).map_err(cache_error)?;
         let root = scratch.path();
-        let entry = stage(root, source, world, &siblings).map_err(cache_error)?;
+        let mut entry = stage(root, source, world, &siblings).map_err(cache_error)?;
+        if let Source::JavaScript { .. } = source {
+            entry = javascript::bundle(root, &entry, js_packages.as_ref())?;
+        }
         let partial = root.join("component.wasm");
         let mut command = Command::new(&program);
         match source {
-            Source::Python { .. } => command.args(["-d", "wit", "-w", world.wit_name(), "componentize"]).args([
-                "-p",
-                "app",
-                "-p",
-                "sdk",
-                "-p",
-                ".",
-                entry.trim_end_matches(".py"),
-                "-o",
-                "component.wasm",
-            ]),
+            Source::Python { .. } => {
+                command.args([
+                    "-d",
+                    "wit",
+                    "-w",
+                    world.wit_name(),
+                    "componentize",
+                    "-p",
+                    "app",
+                    "-p",
+                    "sdk",
+                    "-p",
+                    ".",
+                ]);
+                if let Some(packages) = &python_packages {
+                    command.arg("-p").arg(&packages.site);
+                }
+                command.args([entry.trim_end_matches(".py"), "-o", "component.wasm"])
+            }
             Source::JavaScript { .. } => command.args([
                 entry.as_str(),
                 "-w",
@@ -353,6 +415,7 @@ fn content_key(
     world: FunctionKind,
     mode: Option<&JavaScriptMode>,
     siblings: &[(String, Vec<u8>)],
+    packages: Option<&str>,
 ) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -364,7 +427,7 @@ fn content_key(
     field(WIT.as_bytes());
     field(world.wit_name().as_bytes());
     match source {
-        Source::Python { file, classname } => {
+        Source::Python { file, classname, .. } => {
             for (name, text) in PYTHON_SDK {
                 field(name.as_bytes());
                 field(text.as_bytes());
@@ -375,6 +438,7 @@ fn content_key(
         Source::JavaScript { file } => {
             field(JS_SDK.as_bytes());
             field(file_name(file).as_bytes());
+            field(javascript::ESBUILD_VERSION.as_bytes());
             if let Some(JavaScriptMode::AheadOfTime(_)) = mode {
                 field(WEVAL.default_program.as_bytes());
                 field(WEVAL.version.as_bytes());
@@ -384,6 +448,10 @@ fn content_key(
     for (name, bytes) in siblings {
         field(name.as_bytes());
         field(bytes);
+    }
+    if let Some(packages) = packages {
+        field(b"packages");
+        field(packages.as_bytes());
     }
     hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -448,47 +516,56 @@ mod tests {
     use super::*;
 
     fn python(classname: &str) -> Source {
-        Source::Python { file: "f.py".into(), classname: classname.into() }
+        Source::Python { file: "f.py".into(), classname: classname.into(), requirements: None, wheel_dir: None }
     }
 
     #[test]
     fn the_key_changes_with_every_input_of_the_build() {
         let files = vec![("f.py".to_owned(), b"x = 1".to_vec())];
-        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files);
+        let base = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files, None);
         assert_eq!(
             base,
-            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files),
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files, None),
             "deterministic"
         );
         assert_ne!(
             base,
-            content_key(&COMPONENTIZE_PY, &python("f.G"), FunctionKind::Function, None, &files),
+            content_key(&COMPONENTIZE_PY, &python("f.G"), FunctionKind::Function, None, &files, None),
             "classname"
         );
         let edited = vec![("f.py".to_owned(), b"x = 2".to_vec())];
         assert_ne!(
             base,
-            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &edited),
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &edited, None),
             "source"
         );
         let renamed = vec![("g.py".to_owned(), b"x = 1".to_vec())];
         assert_ne!(
             base,
-            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &renamed),
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &renamed, None),
             "file name"
         );
         let js = Source::JavaScript { file: "f.py".into() };
-        let interpreted =
-            content_key(&COMPONENTIZE_JS, &js, FunctionKind::Function, Some(&JavaScriptMode::Interpreted), &files);
+        let interpreted = content_key(
+            &COMPONENTIZE_JS,
+            &js,
+            FunctionKind::Function,
+            Some(&JavaScriptMode::Interpreted),
+            &files,
+            None,
+        );
         assert_ne!(base, interpreted, "language");
         let ahead_of_time = JavaScriptMode::AheadOfTime("/usr/bin/weval".into());
         assert_ne!(
             interpreted,
-            content_key(&COMPONENTIZE_JS, &js, FunctionKind::Function, Some(&ahead_of_time), &files),
+            content_key(&COMPONENTIZE_JS, &js, FunctionKind::Function, Some(&ahead_of_time), &files, None),
             "AOT"
         );
-        let window = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::WindowFunction, None, &files);
+        let window = content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::WindowFunction, None, &files, None);
         assert_ne!(base, window, "world");
+        let with_packages =
+            content_key(&COMPONENTIZE_PY, &python("f.F"), FunctionKind::Function, None, &files, Some("set"));
+        assert_ne!(base, with_packages, "the resolved packages");
     }
 
     #[test]
