@@ -53,6 +53,7 @@ fn template(language: Language) -> Vec<(&'static str, &'static str)> {
             let mut files = vec![
                 ("__MODULE__.py", include_str!("templates/python/function.py")),
                 ("test___MODULE__.py", include_str!("templates/python/test_function.py")),
+                ("requirements.txt", include_str!("templates/python/requirements.txt")),
             ];
             files.extend(PYTHON_SDK);
             files
@@ -110,12 +111,12 @@ fn readme(name: &str, module: &str, class: &str, language: Language) -> String {
             format!("--wasm target/wasm32-wasip2/release/{module}.wasm"),
         ),
         Language::Python => (
-            "# nothing to build: fnhost builds the component with componentize-py (pip install componentize-py==0.25.1)".to_owned(),
+            "python -m pip install -r requirements.txt  # for the tests; fnhost installs the packages into the component itself (with componentize-py: pip install componentize-py==0.25.1)".to_owned(),
             "python -m pytest".to_owned(),
             format!("--py {module}.py --classname {module}.{class}"),
         ),
         Language::Js => (
-            "# nothing to build: fnhost builds the component with componentize-js (npm install -g @bytecodealliance/componentize-js@0.23.0)".to_owned(),
+            "npm install  # for the tests; fnhost bundles the packages into the component itself (with componentize-js and esbuild: npm install -g @bytecodealliance/componentize-js@0.23.0 esbuild@0.25.0)".to_owned(),
             "node --test".to_owned(),
             format!("--js {module}.js"),
         ),
