@@ -255,14 +255,25 @@ pub(crate) fn pipeline_measured(
     code: Code<'_>,
     (guarantee, ordering, parallelism): (ProcessingGuarantee, Ordering, u32),
 ) -> anyhow::Result<Measured> {
-    let events = workload.events;
-    let store = EmbeddedStore::open(dir)?;
-    produce(&store, events)?;
     let config = pipeline_config(guarantee, ordering, parallelism)?;
-    let executors = executors(&store, &config, code, workload.native)?;
+    pipeline_measured_with(&EmbeddedStore::open(dir)?, workload, code, &config)
+}
+
+/// [`pipeline_measured`] on `store` with `config` as it is.
+pub(crate) fn pipeline_measured_with(
+    store: &EmbeddedStore,
+    workload: &Workload<'_>,
+    code: Code<'_>,
+    config: &FunctionConfig,
+) -> anyhow::Result<Measured> {
+    let (guarantee, ordering, parallelism) = (config.guarantee, config.ordering, config.parallelism);
+    let events = workload.events;
+    produce(store, events)?;
+    let config = config.clone();
+    let executors = executors(store, &config, code, workload.native)?;
     let cpu_before = cpu_time(rustix::time::ClockId::ProcessCPUTime);
     let started = Instant::now();
-    let stats = instance::run(&store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
+    let stats = instance::run(store, &config, executors, RunUntil::Idle, &AtomicBool::new(false))?;
     let elapsed = started.elapsed();
     let cpu = cpu_time(rustix::time::ClockId::ProcessCPUTime).saturating_sub(cpu_before);
     let succeeded: u64 = stats.iter().map(|instance| instance.succeeded).sum();
@@ -272,7 +283,7 @@ pub(crate) fn pipeline_measured(
         events.len(),
         stats.iter().find_map(|instance| instance.last_exception().map(|exception| exception.exception_string.clone()))
     );
-    let written = count_outputs(&store)?;
+    let written = count_outputs(store)?;
     let expected = workload.outputs();
     anyhow::ensure!(written == expected, "{guarantee:?} {ordering:?} x{parallelism}: {written} outputs of {expected}");
     Ok(Measured { elapsed, cpu })

@@ -12,10 +12,12 @@
 //! through count and sliding time windows beside the same pipeline without windows (`windows`);
 //! the data directory's size over a long run through two chained functions (`soak`, not in `all`);
 //! appends, reads and reopening over 1 to 10,000 topics and acknowledgements over 1 to 1,000
-//! subscriptions (`topics`); what keeping a function's history costs, and replay's latency (`history`).
+//! subscriptions (`topics`); what keeping a function's history costs, and replay's latency (`history`);
+//! what `--state-ttl` costs over 1,000,000 keys, and the sweep's speed (`ttl`); building Python and
+//! JavaScript functions with third-party packages, first and cached (`packages`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|history|log|soak|topics]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|history|ttl|packages|log|soak|topics]`.
 
 use std::path::Path;
 
@@ -26,10 +28,12 @@ use crate::history::history;
 use crate::hostile::{HOSTILE_MESSAGES, hostile};
 use crate::languages::{LANGUAGE_MESSAGES, languages};
 use crate::latency::{LATENCY_MESSAGES, latency};
+use crate::packages::packages;
 use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
 use crate::soak::{SOAK_RATE, soak};
 use crate::throughput::{guarantees, throughput};
 use crate::topics::{SUBSCRIPTION_COUNTS, TOPIC_COUNTS, subscriptions, topics};
+use crate::ttl::ttl;
 use crate::windows::windows;
 
 mod cluster;
@@ -40,10 +44,12 @@ mod hostile;
 mod languages;
 mod latency;
 mod log;
+mod packages;
 mod sizes;
 mod soak;
 mod throughput;
 mod topics;
+mod ttl;
 mod windows;
 
 #[global_allocator]
@@ -70,6 +76,8 @@ fn main() -> anyhow::Result<()> {
         "cluster",
         "hostile",
         "history",
+        "ttl",
+        "packages",
         "log",
         "soak",
         "topics",
@@ -77,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, history, log, soak or topics"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, history, ttl, packages, log, soak or topics"
         );
     }
     if part == "all" || part == "log" {
@@ -126,6 +134,12 @@ fn main() -> anyhow::Result<()> {
         // more rounds than the others to show.
         history(Path::new(wasm), messages, 3 * ROUNDS)?;
     }
+    if part == "all" || part == "packages" {
+        packages(3)?;
+    }
+    if part == "all" || part == "ttl" {
+        ttl(Path::new(wasm), messages, 2 * ROUNDS)?;
+    }
     if part == "all" || part == "hostile" {
         hostile(
             Path::new(wasm),
@@ -165,6 +179,8 @@ fn quick() -> anyhow::Result<()> {
     hostile(&wasm, &guests.join("misbehave.wasm"), QUICK_MESSAGES, 1)?;
     soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
     history(&wasm, QUICK_MESSAGES, 1)?;
+    ttl(&wasm, QUICK_MESSAGES, 1)?;
+    packages(1)?;
     topics(QUICK_MESSAGES, &[1, QUICK_TOPICS])?;
     subscriptions(QUICK_MESSAGES, &[1, QUICK_SUBSCRIPTIONS])?;
     log::log(QUICK_MESSAGES)

@@ -27,7 +27,7 @@ use crate::names::Fqfn;
 
 /// Most index entries one sweep takes, over all functions: bounds the time the cleaner's pass
 /// spends (each is a read of the key under its function's lock).
-pub(super) const MAX_EXPIRED_KEYS_PER_SWEEP: usize = 10_000;
+pub const MAX_EXPIRED_KEYS_PER_SWEEP: usize = 10_000;
 
 /// The expiry index's key of `key`, which expires at `expires_at`.
 pub(super) fn index_key(expires_at: u64, key: &str) -> Vec<u8> {
@@ -39,8 +39,9 @@ pub(super) fn index_key(expires_at: u64, key: &str) -> Vec<u8> {
 
 impl EmbeddedStore {
     /// Removes values that have expired, at most [`MAX_EXPIRED_KEYS_PER_SWEEP`] index entries'
-    /// worth; returns how many keys it removed.
-    pub(crate) fn sweep_expired(&self) -> Result<usize, StateError> {
+    /// worth; returns how many keys it removed. The cleaner calls it every pass; the benchmark
+    /// calls it to time a sweep.
+    pub fn sweep_expired(&self) -> Result<usize, StateError> {
         let storage = |error: sled::Error| StateError::Storage(error.to_string());
         let now = self.inner.clock.now_millis();
         let mut budget = MAX_EXPIRED_KEYS_PER_SWEEP;
@@ -57,6 +58,14 @@ impl EmbeddedStore {
             budget -= taken;
         }
         Ok(removed)
+    }
+
+    /// Writes `fqfn`'s pending state values into its tree now, entering those that expire in its
+    /// index (the checkpointer does this on its own; the benchmark asks, to sweep what it wrote).
+    pub fn checkpoint_state(&self, fqfn: &Fqfn) -> Result<(), StateError> {
+        let storage = |error: sled::Error| StateError::Storage(error.to_string());
+        let table = self.state_table(fqfn).map_err(storage)?;
+        table.checkpoint(&self.inner.db, &self.inner.state_applied).map_err(storage)
     }
 
     /// Takes up to `budget` due entries of `table`'s index and removes what expired; returns the
