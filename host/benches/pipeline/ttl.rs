@@ -73,11 +73,12 @@ fn sweep_all(store: &EmbeddedStore, fqfn: &fnhost::names::Fqfn) -> anyhow::Resul
     let started = Instant::now();
     let mut removed = 0;
     loop {
-        let swept = store.sweep_expired()?;
-        if swept == 0 {
+        let (swept, scanned) = store.sweep_expired()?;
+        removed += swept;
+        // A pass that read less than it may has come to the end of the table.
+        if scanned < fnhost::embedded::MAX_KEYS_SCANNED_PER_SWEEP {
             break;
         }
-        removed += swept;
     }
     let elapsed = started.elapsed();
     Ok(removed as f64 / elapsed.as_secs_f64().max(1e-9))

@@ -62,7 +62,7 @@ impl EmbeddedStore {
         }
         self.apply_policies(&topics)?;
         // Before the checkpoints below, which then write fewer values that have expired.
-        let expired = self.sweep_expired().map_err(|error| BrokerError::Storage(error.to_string()))?;
+        let (expired, _) = self.sweep_expired().map_err(|error| BrokerError::Storage(error.to_string()))?;
         if expired > 0 {
             tracing::debug!(expired, "removed expired state values");
         }

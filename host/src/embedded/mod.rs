@@ -49,6 +49,7 @@ mod consumer;
 mod cursor;
 mod dispatch;
 mod expiry;
+pub use expiry::MAX_KEYS_SCANNED_PER_SWEEP;
 mod history;
 mod journal;
 mod metadata;

@@ -30,8 +30,8 @@ use crate::engine::state::{KeyMap, KeyPage, StateChanges, StateError, StateTable
 use crate::names::Fqfn;
 
 pub(super) const STATE_TREE_PREFIX: &str = "state:";
-/// Each function's expiry index is a tree of this followed by its name (see [`super::expiry`]).
-pub(super) const EXPIRY_TREE_PREFIX: &str = "expiry:";
+/// The tree of the functions whose tree holds values that expire (see [`super::expiry`]).
+pub(super) const STATE_EXPIRING_TREE: &str = "state-expiring";
 /// The tree of each function's applied id: the newest log record its own tree holds.
 pub(super) const STATE_APPLIED_TREE: &str = "state-applied";
 /// Most values read from a function's tree kept in memory; past it they are dropped and read again.
@@ -50,8 +50,12 @@ pub(super) const CHECKPOINT_CHUNK: usize = 64;
 pub(super) struct FunctionTable {
     pub(super) fqfn: Fqfn,
     tree: sled::Tree,
-    /// The keys of values that expire, by expiry (see [`super::expiry`]).
-    pub(super) expiries: sled::Tree,
+    /// The tree of functions with values that expire, which the sweep visits ([`super::expiry`]).
+    expiring: sled::Tree,
+    /// Whether this function is in `expiring`.
+    marked_expiring: AtomicBool,
+    /// Where the next sweep of the tree starts (`None`: at its first key).
+    pub(super) sweep_from: Mutex<Option<Vec<u8>>>,
     /// What decides when a value expires: the store's.
     clock: Clock,
     pub(super) values: Mutex<Values>,
@@ -73,6 +77,10 @@ struct Pending {
     log_id: u64,
     value: Option<Versioned>,
 }
+
+/// What a sweep's scan of a tree found: the keys that expired, how many keys it read, and the
+/// key it stopped at (`None`: the end).
+pub(super) type Scanned = (Vec<String>, usize, Option<Vec<u8>>);
 
 /// A record: each changed key with its value after the commit (`None`: deleted).
 pub(crate) type Record = Vec<(String, Option<Versioned>)>;
@@ -120,7 +128,9 @@ impl FunctionTable {
         Ok(Self {
             fqfn: fqfn.clone(),
             tree: db.open_tree(format!("{STATE_TREE_PREFIX}{fqfn}"))?,
-            expiries: db.open_tree(format!("{EXPIRY_TREE_PREFIX}{fqfn}"))?,
+            expiring: db.open_tree(STATE_EXPIRING_TREE)?,
+            marked_expiring: AtomicBool::new(db.open_tree(STATE_EXPIRING_TREE)?.contains_key(fqfn.to_string())?),
+            sweep_from: Mutex::new(None),
             clock: clock.clone(),
             values: Mutex::new(Values::default()),
             queued: AtomicBool::new(false),
@@ -213,6 +223,29 @@ impl FunctionTable {
         Ok(keys)
     }
 
+    /// Up to `most` keys of the tree from `from` on whose value has expired at `now`, and where
+    /// the scan stopped (`None`: it reached the end). Reads only: no lock is held.
+    pub(super) fn expired_in_tree(&self, from: Option<&[u8]>, most: usize, now: u64) -> Result<Scanned, StateError> {
+        let mut expired = Vec::new();
+        let mut scanned = 0;
+        let entries = match from {
+            Some(from) => self.tree.range(from..),
+            None => self.tree.iter(),
+        };
+        for entry in entries {
+            let (key, bytes) = entry.map_err(|error| StateError::Storage(error.to_string()))?;
+            if scanned == most {
+                return Ok((expired, scanned, Some(key.to_vec())));
+            }
+            scanned += 1;
+            let Ok(key) = std::str::from_utf8(&key) else { continue };
+            if self.decode(key, &bytes)?.expired_at(now) {
+                expired.push(key.to_owned());
+            }
+        }
+        Ok((expired, scanned, None))
+    }
+
     /// Takes the function's lock and prepares the removal of those of `keys` that have expired at
     /// `now`, in a record of its own (a sweep of the expiry index): the caller logs it, then calls
     /// [`StateWrite::committed`]. `None` when none has expired (each was written again since).
@@ -244,8 +277,8 @@ impl FunctionTable {
 
     /// Writes the newest pending value of each key into the tree, then notes the newest log
     /// record it covered as applied. Does nothing while another checkpoint of this function runs.
-    /// A value that has expired by then is removed instead; one that will expire is entered in
-    /// the expiry index first, so that a sweep finds it.
+    /// A value that has expired by then is removed instead; the first that will expire enters
+    /// the function in the tree of those the sweep visits.
     pub(super) fn checkpoint(&self, db: &sled::Db, applied: &sled::Tree) -> Result<(), sled::Error> {
         let (snapshot, last) = {
             let mut values = lock(&self.values);
@@ -264,13 +297,13 @@ impl FunctionTable {
         let now = self.clock.now_millis();
         let written = (|| {
             for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
-                let mut due = sled::Batch::default();
-                for (key, _, value) in chunk {
-                    if let Some(expires_at) = value.as_ref().and_then(|value| value.expires_at).filter(|at| *at > now) {
-                        due.insert(super::expiry::index_key(expires_at, key), &[]);
-                    }
+                let expires = chunk.iter().any(|(_, _, value)| {
+                    value.as_ref().and_then(|value| value.expires_at).is_some_and(|expires_at| expires_at > now)
+                });
+                if expires && !self.marked_expiring.load(Ordering::Acquire) {
+                    self.expiring.insert(self.fqfn.to_string(), &[])?;
+                    self.marked_expiring.store(true, Ordering::Release);
                 }
-                self.expiries.apply_batch(due)?;
                 let live_values =
                     chunk.iter().map(|(key, _, value)| (key, value.as_ref().filter(|value| !value.expired_at(now))));
                 self.tree.apply_batch(tree_batch(live_values))?;
@@ -330,15 +363,14 @@ impl FunctionTable {
     }
 }
 
-/// Removes a function's tree, its expiry index and its applied id.
+/// Removes a function's tree, its mark for the sweep and its applied id.
 pub(super) fn drop_table(db: &sled::Db, applied: &sled::Tree, fqfn: &str) -> Result<(), sled::Error> {
-    for tree in [format!("{STATE_TREE_PREFIX}{fqfn}"), format!("{EXPIRY_TREE_PREFIX}{fqfn}")] {
-        match db.drop_tree(tree) {
-            // A function that never checkpointed has no tree.
-            Ok(_) | Err(sled::Error::CollectionNotFound(_)) => {}
-            Err(error) => return Err(error),
-        }
+    match db.drop_tree(format!("{STATE_TREE_PREFIX}{fqfn}")) {
+        // A function that never checkpointed has no tree.
+        Ok(_) | Err(sled::Error::CollectionNotFound(_)) => {}
+        Err(error) => return Err(error),
     }
+    db.open_tree(STATE_EXPIRING_TREE)?.remove(fqfn.as_bytes())?;
     applied.remove(fqfn.as_bytes())?;
     Ok(())
 }

@@ -6,8 +6,13 @@ use crate::engine::state::{Change, KeyPage};
 
 const TTL_MS: u64 = 60_000;
 
-fn expiry_index(store: &EmbeddedStore, fqfn: &Fqfn) -> usize {
-    store.state_table(fqfn).unwrap().expiries.len()
+/// Whether the sweep visits the function: its tree has held a value that expires.
+fn swept(store: &EmbeddedStore, fqfn: &Fqfn) -> bool {
+    store.inner.db.open_tree(state::STATE_EXPIRING_TREE).unwrap().contains_key(fqfn.to_string()).unwrap()
+}
+
+fn sweep(store: &EmbeddedStore) -> usize {
+    store.sweep_expired().unwrap().0
 }
 
 #[test]
@@ -25,10 +30,10 @@ fn the_sweep_removes_expired_values_from_the_tree_once_and_their_history_stays()
     let committed_at = store.clock().now_millis();
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
     assert_eq!(tree_values(&store, &fqfn).len(), 3);
-    assert_eq!(expiry_index(&store, &fqfn), 2, "the two values that expire are indexed, the lasting one not");
-    assert_eq!(store.sweep_expired().unwrap(), 0, "nothing is due yet");
+    assert!(swept(&store, &fqfn), "its tree holds values that expire");
+    assert_eq!(sweep(&store), 0, "nothing is due yet");
 
-    // Written again before its expiry: a new life, and a second index entry for it.
+    // Written again before its expiry: a new life.
     store.clock().advance(Duration::from_millis(TTL_MS / 2));
     commit_state(subscription.as_ref(), &fqfn, &[("rewritten", put(Some(TTL_MS)))]);
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
@@ -36,9 +41,8 @@ fn the_sweep_removes_expired_values_from_the_tree_once_and_their_history_stays()
     assert_eq!(value(&store, &fqfn, "expires"), None, "expired: it reads as absent before any sweep");
     assert!(tree_values(&store, &fqfn).contains_key("expires"), "but it is still stored");
 
-    assert_eq!(store.sweep_expired().unwrap(), 1, "only the key that expired; the rewritten one's old entry is stale");
-    assert_eq!(expiry_index(&store, &fqfn), 1, "the due entries are gone; the rewritten key's new one stays");
-    assert_eq!(store.sweep_expired().unwrap(), 0, "a second sweep finds nothing");
+    assert_eq!(sweep(&store), 1, "only the key that expired, not the one written again");
+    assert_eq!(sweep(&store), 0, "a second sweep finds nothing");
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
     let stored = tree_values(&store, &fqfn);
     assert!(!stored.contains_key("expires") && stored.contains_key("rewritten") && stored.contains_key("lasts"));
@@ -71,5 +75,28 @@ fn a_value_that_expired_before_its_checkpoint_is_written_as_a_removal() {
     store.clock().advance(Duration::from_secs(1));
     store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
     assert!(tree_values(&store, &fqfn).is_empty());
-    assert_eq!(expiry_index(&store, &fqfn), 0, "nothing to sweep later");
+    assert!(!swept(&store, &fqfn), "nothing to sweep later");
+}
+
+#[test]
+fn a_sweep_reads_a_bounded_number_of_keys_and_goes_on_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let fqfn = Fqfn::parse("t/ns/many").unwrap();
+    let store = open(dir.path());
+    let subscription = store.subscribe(spec(&["in"], None, Position::Earliest)).unwrap();
+    let keys = MAX_KEYS_SCANNED_PER_SWEEP + 5_000;
+    let changes: Vec<(String, Change)> =
+        (0..keys).map(|index| (format!("k{index:06}"), Change::Put(vec![1], Some(TTL_MS)))).collect();
+    let changes: Vec<(&str, Change)> = changes.iter().map(|(key, change)| (key.as_str(), change.clone())).collect();
+    commit_state(subscription.as_ref(), &fqfn, &changes);
+    store.checkpoint(&store.state_table(&fqfn).unwrap()).unwrap();
+    store.clock().advance(Duration::from_millis(TTL_MS + 1));
+    let (removed, scanned) = store.sweep_expired().unwrap();
+    assert_eq!((removed, scanned), (MAX_KEYS_SCANNED_PER_SWEEP, MAX_KEYS_SCANNED_PER_SWEEP));
+    let (removed, _) = store.sweep_expired().unwrap();
+    assert_eq!(removed, 5_000, "the next pass goes on from there");
+    assert_eq!(
+        store.table(&fqfn).unwrap().list(&KeyPage::new(String::new(), None, 10).unwrap()).unwrap(),
+        Vec::<String>::new()
+    );
 }
