@@ -247,7 +247,7 @@ impl FunctionTable {
     }
 
     /// Takes the function's lock and prepares the removal of those of `keys` that have expired at
-    /// `now`, in a record of its own (a sweep of the expiry index): the caller logs it, then calls
+    /// `now`, in a record of its own (a sweep): the caller logs it, then calls
     /// [`StateWrite::committed`]. `None` when none has expired (each was written again since).
     /// Under the lock no commit writes a key between this read and the removal.
     pub(super) fn prepare_expiry(
@@ -256,11 +256,20 @@ impl FunctionTable {
         keys: &[&str],
         now: u64,
     ) -> Result<Option<StateWrite<'_>>, StateError> {
-        let mut values = lock(&self.values);
+        let values = lock(&self.values);
         let mut record = Vec::new();
         let mut before = Vec::new();
         for key in keys {
-            if let Some(value) = self.current(&mut values, key)?
+            // Read past the value cache, which the sweep would otherwise fill with keys about to go.
+            let current = match (values.pending.get(*key), values.clean.get(*key)) {
+                (Some(pending), _) => pending.value.clone(),
+                (None, Some(clean)) => clean.clone(),
+                (None, None) => match self.tree.get(key).map_err(|error| StateError::Storage(error.to_string()))? {
+                    Some(bytes) => Some(self.decode(key, &bytes)?),
+                    None => None,
+                },
+            };
+            if let Some(value) = current
                 && value.expired_at(now)
             {
                 record.push(((*key).to_owned(), None));
