@@ -69,7 +69,7 @@ impl EmbeddedStore {
         let (expired, scanned, next) = table.expired_in_tree(from.as_deref(), budget, now)?;
         *lock(&table.sweep_from) = next;
         let keys: Vec<&str> = expired.iter().map(String::as_str).collect();
-        let Some(write) = table.prepare_expiry(&self.inner.db, &keys, now)? else { return Ok((0, scanned)) };
+        let Some(write) = table.prepare_expiry(&keys, now)? else { return Ok((0, scanned)) };
         let removed = write.before().len();
         let history = StoredHistory::encode(now, write.before(), None);
         let step = Step {

@@ -250,12 +250,7 @@ impl FunctionTable {
     /// `now`, in a record of its own (a sweep): the caller logs it, then calls
     /// [`StateWrite::committed`]. `None` when none has expired (each was written again since).
     /// Under the lock no commit writes a key between this read and the removal.
-    pub(super) fn prepare_expiry(
-        &self,
-        db: &sled::Db,
-        keys: &[&str],
-        now: u64,
-    ) -> Result<Option<StateWrite<'_>>, StateError> {
+    pub(super) fn prepare_expiry(&self, keys: &[&str], now: u64) -> Result<Option<StateWrite<'_>>, StateError> {
         let values = lock(&self.values);
         let mut record = Vec::new();
         let mut before = Vec::new();
@@ -279,8 +274,6 @@ impl FunctionTable {
         if record.is_empty() {
             return Ok(None);
         }
-        // A version for the record, as every write takes one.
-        db.generate_id().map_err(|error| StateError::Storage(error.to_string()))?;
         Ok(Some(StateWrite { values, record, before }))
     }
 
