@@ -17,7 +17,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::{BuildError, Toolchain};
+use super::{BuildError, Toolchain, printed};
 
 /// The esbuild release fnhost bundles with (guest-sdk/js's devDependencies).
 pub const ESBUILD_VERSION: &str = "0.25.0";
@@ -112,11 +112,9 @@ pub(super) fn packages(file: &Path, cache_dir: &Path) -> Result<Option<Packages>
             ))
         })?;
     if !output.status.success() {
-        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stdout));
         return Err(BuildError::Packages {
             file: manifest.display().to_string(),
-            output: text.trim().to_owned(),
+            output: printed(&output),
             offline: "if the npm registry cannot be reached from here, install once where it can: npm keeps what it fetched in its cache (~/.npm), which `npm ci --offline` reads".into(),
         });
     }
@@ -170,13 +168,11 @@ pub(super) fn bundle(root: &Path, entry: &str, packages: Option<&Packages>) -> R
         .output()
         .map_err(|error| BuildError::Source(format!("cannot run {program}: {error}")))?;
     if !output.status.success() {
-        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stdout));
         return Err(BuildError::Failed {
             file: entry.to_owned(),
             tool: program,
             status: output.status.to_string(),
-            output: text.trim().to_owned(),
+            output: printed(&output),
         });
     }
     let meta: Metafile = std::fs::read(root.join("meta.json"))

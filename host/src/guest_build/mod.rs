@@ -356,19 +356,24 @@ impl Builder {
             .output()
             .map_err(|error| BuildError::Source(format!("cannot run {program}: {error}")))?;
         if !output.status.success() || !partial.exists() {
-            let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-            text.push_str(&String::from_utf8_lossy(&output.stdout));
             return Err(BuildError::Failed {
                 file: file.display().to_string(),
                 tool: program,
                 status: output.status.to_string(),
-                output: text.trim().to_owned(),
+                output: printed(&output),
             });
         }
         std::fs::rename(&partial, &built).map_err(cache_error)?;
         tracing::info!("built {} in {} ms", file.display(), started.elapsed().as_millis());
         Ok(built)
     }
+}
+
+/// What a toolchain printed, its errors first, for an error that shows it.
+fn printed(output: &std::process::Output) -> String {
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    text.trim().to_owned()
 }
 
 /// The function's file and the other sources of its language in its folder, by name.

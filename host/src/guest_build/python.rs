@@ -19,7 +19,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::BuildError;
+use super::{BuildError, printed};
 use crate::limits::MAX_SOURCE_SIZE;
 
 /// The environment variable naming the Python that runs pip [default: `python3`].
@@ -161,11 +161,9 @@ fn install(requirements: &Path, wheel_dir: Option<&Path>, staging: &Path) -> Res
         ))
     })?;
     if !output.status.success() {
-        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stdout));
         return Err(BuildError::Packages {
             file: requirements.display().to_string(),
-            output: text.trim().to_owned(),
+            output: printed(&output),
             offline: match wheel_dir {
                 Some(dir) => format!("pip looked only in {} (--wheel-dir): add the missing wheels there", dir.display()),
                 None => "if the package index cannot be reached from here, fill a folder with `pip download -r requirements.txt -d DIR` where it can, and build with --wheel-dir DIR".into(),

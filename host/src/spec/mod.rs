@@ -254,19 +254,7 @@ impl FunctionSpec {
     /// Code given in `over` (a component or a source file) replaces the base's code entirely.
     pub fn overlay(self, over: FunctionSpec) -> FunctionSpec {
         let replaces_code = over.wasm.is_some() || over.py.is_some() || over.js.is_some();
-        let base = if replaces_code {
-            FunctionSpec {
-                wasm: None,
-                py: None,
-                class_name: None,
-                js: None,
-                py_requirements: None,
-                py_wheel_dir: None,
-                ..self
-            }
-        } else {
-            self
-        };
+        let base = if replaces_code { self.without_code() } else { self };
         let (serde_json::Value::Object(mut base), serde_json::Value::Object(over)) =
             (serde_json::json!(base), serde_json::json!(over))
         else {
