@@ -74,6 +74,15 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// The source file given.
+    pub fn file(&self) -> &std::path::Path {
+        match self {
+            Self::Python { file, .. } | Self::JavaScript { file } => file,
+        }
+    }
+}
+
 /// When a message is acknowledged, with Pulsar's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum ProcessingGuarantee {

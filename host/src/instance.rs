@@ -15,12 +15,14 @@ mod context;
 mod executor;
 mod history;
 mod launcher;
+mod live_log;
 mod log;
 mod pending;
 mod pipeline;
 mod redrive;
 mod replay;
 mod retry;
+mod trace;
 mod window_loop;
 
 pub(crate) use window_loop::{Progress as WindowProgress, StoredRecord as StoredWindowRecord};
@@ -29,6 +31,7 @@ pub use checks::{INPUT_MESSAGE_ID_PROPERTY, INPUT_TOPIC_PROPERTY, check_message}
 pub use context::{MessageContext, Outcome};
 pub use executor::{Executor, NativeExecutor, Rest, WasmExecutor};
 pub use launcher::{FunctionLauncher, LaunchError};
+pub use live_log::{Follower, LiveLog, LogLine};
 pub use log::{LogSink, level_name};
 pub use pipeline::{RunError, RunUntil, RunningInstance, run, spawn};
 pub use redrive::{RedriveFilter, Redriven, redrive, redrive_subscription};

@@ -17,6 +17,7 @@ pub mod nats;
 pub mod runtime;
 pub mod seglog;
 pub mod spec;
+pub mod telemetry;
 pub mod token_bucket;
 pub mod window;
 pub mod worker;

@@ -178,3 +178,13 @@ pub const MAX_MESSAGE_TTL_SECONDS: u64 = 365 * 24 * 3600;
 /// Most topics one namespace holds: a tenant creating topics in a loop would fill the worker's
 /// memory with their indexes. Appends to a new topic past it are refused.
 pub const MAX_TOPICS_PER_NAMESPACE: usize = 10_000;
+
+/// Most recent log lines the worker keeps of each function for `functions logs` and the console.
+pub const MAX_LIVE_LOG_LINES: usize = 1_000;
+/// Most bytes of log lines the worker keeps of each function (with [`MAX_LIVE_LOG_LINES`], the
+/// older go first): with [`MAX_LOG_LINE_LEN`] lines, 64 of them.
+pub const MAX_LIVE_LOG_BYTES: usize = 1024 * 1024;
+/// Most clients following one function's log at once: each holds a connection and a task.
+pub const MAX_LOG_FOLLOWERS_PER_FUNCTION: usize = 4;
+/// Most lines one request for a function's log gets (`?tail=`).
+pub const MAX_LOG_LINES_PER_REQUEST: usize = MAX_LIVE_LOG_LINES;

@@ -9,6 +9,7 @@ mod delivery;
 mod fuzz_corpus;
 mod hostile;
 mod library;
+mod observability;
 mod packages;
 mod polyglot;
 mod pulsar_cli;

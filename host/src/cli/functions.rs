@@ -9,16 +9,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::client::{AdminOptions, Body, encode_segment};
+use super::client::{AdminOptions, Body, Client, encode_segment};
 use super::history::{self, RedriveArgs, ReplayArgs};
-use super::{DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
+use super::{DATABASE_DIR, FunctionFlags, NO_CODE};
 use crate::embedded::EmbeddedStore;
 use crate::engine::state::{KeyPage, StateStore};
-use crate::guest_build::Builder;
 use crate::limits::{MAX_PACKAGE_SIZE, MAX_STATE_KEYS_LISTED};
 use crate::names::{DEFAULT_NAMESPACE, DEFAULT_TENANT, Fqfn};
 use crate::spec::FunctionSpec;
-use crate::worker::api::{FunctionState, StateKeys};
+use crate::worker::api::{FunctionState, LogLine, LogLines, StateKeys};
 
 /// How often `querystate --watch` asks again.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -49,6 +48,8 @@ pub(super) enum FunctionsCommand {
     Trigger(TriggerArgs),
     /// Print a state value as Pulsar's FunctionState JSON.
     Querystate(QuerystateArgs),
+    /// Print the function's recent log lines from the worker, and with -f new ones as they come.
+    Logs(LogsArgs),
     /// Set a state value from FunctionState JSON (counters are refused).
     Putstate(PutstateArgs),
     /// Run a message (or a range) through the function again, on its state as it was just before,
@@ -84,7 +85,7 @@ pub(super) struct Naming {
 
 impl WorkerUrl {
     /// A client of this worker, with pulsar-admin's global options.
-    pub(super) fn client(&self, admin: &AdminOptions) -> anyhow::Result<super::client::Client> {
+    pub(super) fn client(&self, admin: &AdminOptions) -> anyhow::Result<Client> {
         admin.client(self.url.as_deref())
     }
 }
@@ -196,6 +197,23 @@ pub(super) struct QuerystateArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct LogsArgs {
+    #[command(flatten)]
+    worker: WorkerUrl,
+    #[command(flatten)]
+    naming: Naming,
+    /// Keep printing lines as the function writes them, until interrupted.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// One instance's lines only.
+    #[arg(long)]
+    instance_id: Option<u32>,
+    /// How many of the lines the worker keeps to print first (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct PutstateArgs {
     #[command(flatten)]
     worker: WorkerUrl,
@@ -231,7 +249,7 @@ fn print(json: &serde_json::Value) -> anyhow::Result<()> {
 fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
     let mut fields = Vec::new();
     if let Some(code) = spec.code()? {
-        let path = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+        let path = super::progress::component_file(&code, spec.world())?;
         let shown = path.display();
         let size = std::fs::metadata(&path).with_context(|| format!("cannot read the component {shown}"))?.len();
         if size > MAX_PACKAGE_SIZE as u64 {
@@ -244,6 +262,18 @@ fn function_form(spec: FunctionSpec) -> anyhow::Result<Body> {
     Ok(Body::Form(fields))
 }
 
+/// Sends a create or update, with a bar over the upload on a terminal.
+fn upload(client: &Client, method: &str, path: &str, body: Body) -> anyhow::Result<serde_json::Value> {
+    let size = match &body {
+        Body::Form(fields) => fields.iter().map(|(_, value)| value.len() as u64).sum(),
+        _ => 0,
+    };
+    let bar = super::progress::bytes(size, "uploading");
+    let answer = client.send_reporting(method, path, body, &|sent| bar.set_position(sent));
+    bar.finish_and_clear();
+    Ok(answer?)
+}
+
 pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Result<()> {
     match command {
         FunctionsCommand::Create(args) => {
@@ -253,13 +283,13 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
                 bail!(NO_CODE);
             }
             let body = function_form(spec)?;
-            print(&args.worker.client(admin)?.send("POST", &function_path(&fqfn), body)?)
+            print(&upload(&args.worker.client(admin)?, "POST", &function_path(&fqfn), body)?)
         }
         FunctionsCommand::Update(args) => {
             let spec = args.function.into_spec()?;
             let fqfn = spec.fqfn()?;
             let body = function_form(spec)?;
-            print(&args.worker.client(admin)?.send("PUT", &function_path(&fqfn), body)?)
+            print(&upload(&args.worker.client(admin)?, "PUT", &function_path(&fqfn), body)?)
         }
         FunctionsCommand::Delete(args) => {
             let path = function_path(&args.naming.fqfn()?);
@@ -295,6 +325,7 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
             print(&args.worker.client(admin)?.send("POST", &path, Body::Form(fields))?)
         }
         FunctionsCommand::Querystate(args) => querystate(&args, admin),
+        FunctionsCommand::Logs(args) => logs(&args, admin),
         FunctionsCommand::Replay(args) => history::replay(args, admin),
         FunctionsCommand::Redrive(args) => history::redrive(&args, admin),
         FunctionsCommand::Putstate(args) => {
@@ -310,6 +341,39 @@ pub(super) fn run(command: FunctionsCommand, admin: &AdminOptions) -> anyhow::Re
             print(&args.worker.client(admin)?.send("POST", &path, Body::json(&state))?)
         }
     }
+}
+
+/// `functions logs`: the lines the worker keeps, then with `-f` each new one, as
+/// `TIME LEVEL [instance N] line`.
+fn logs(args: &LogsArgs, admin: &AdminOptions) -> anyhow::Result<()> {
+    let client = args.worker.client(admin)?;
+    let mut path = format!("{}/logs?tail={}", function_path(&args.naming.fqfn()?), args.tail);
+    if let Some(instance_id) = args.instance_id {
+        path.push_str(&format!("&instanceId={instance_id}"));
+    }
+    if !args.follow {
+        let answer: LogLines = client.call("GET", &path, Body::Empty)?;
+        answer.lines.iter().for_each(print_log_line);
+        return Ok(());
+    }
+    path.push_str("&follow=true");
+    client.follow_events(&path, |data| match serde_json::from_str::<LogLine>(data) {
+        Ok(line) => print_log_line(&line),
+        Err(error) => eprintln!("warning: a log event fnhost cannot read ({error}): {data}"),
+    })?;
+    Ok(())
+}
+
+fn print_log_line(line: &LogLine) {
+    use std::io::Write as _;
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(line.time) * 1_000_000)
+        .ok()
+        .and_then(|time| time.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| line.time.to_string());
+    let mut out = std::io::stdout().lock();
+    // A follower's lines go out as they come, not when a buffer fills.
+    let _ = writeln!(out, "{time} {} [instance {}] {}", line.level, line.instance_id, line.message);
+    let _ = out.flush();
 }
 
 /// What reads one page of a function's state keys: its table, or a worker.

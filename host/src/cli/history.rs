@@ -13,7 +13,6 @@ use super::topic_admin::parse_duration;
 use super::{COMPILED_DIR, DATABASE_DIR, FunctionFlags, NO_CODE, cache_dir};
 use crate::embedded::EmbeddedStore;
 use crate::engine::history::StateHistory;
-use crate::guest_build::Builder;
 use crate::instance::MessageContext;
 use crate::limits::{MAX_PACKAGE_SIZE, MAX_REPLAY_MESSAGES};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -137,7 +136,7 @@ fn replay_on_worker(
     }
     let mut fields = vec![("replay", serde_json::to_vec(request)?)];
     if let Some(code) = spec.code()? {
-        let path = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+        let path = super::progress::component_file(&code, spec.world())?;
         let shown = path.display();
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read the component {shown}"))?;
         if bytes.len() > MAX_PACKAGE_SIZE {
@@ -154,7 +153,7 @@ fn replay_offline(spec: &FunctionSpec, request: &ReplayRequest, data_dir: &Path)
     let Some(code) = spec.code()? else { bail!(NO_CODE) };
     let config = spec.resolve()?;
     let topic = config.input_topic(request.topic.as_deref()).map_err(anyhow::Error::msg)?;
-    let wasm = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+    let wasm = super::progress::component_file(&code, spec.world())?;
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir().join(COMPILED_DIR)), max_instances: 1 })?;
     let code = runtime.load(&wasm)?;
     let store = EmbeddedStore::open(&data_dir.join(DATABASE_DIR))?;

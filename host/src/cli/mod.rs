@@ -16,12 +16,12 @@ mod functions;
 mod history;
 mod nats_flags;
 mod new;
+mod progress;
 mod topic_admin;
 mod worker;
 
 use crate::embedded::EmbeddedStore;
 use crate::engine::broker::{Acks, Broker, Effects, Inputs, OutMessage, SubscriptionSpec};
-use crate::guest_build::Builder;
 use crate::instance::{self, FunctionLauncher, LogSink, MessageContext, RunUntil};
 use crate::limits::MAX_BATCH_MESSAGES;
 use crate::metrics::Stats;
@@ -66,6 +66,11 @@ pub(crate) const NO_CODE: &str = "no function code: give --wasm FILE.wasm, --py 
 pub struct Cli {
     #[command(flatten)]
     admin: client::AdminOptions,
+    /// Export OpenTelemetry traces over OTLP/HTTP to the collector at this base URL (else to the
+    /// one OTEL_EXPORTER_OTLP_ENDPOINT names; with neither, nothing is exported): the worker's
+    /// and localrun's spans of each processed message, `topics produce`'s of each message sent.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -180,6 +185,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             "--admin-url, --auth-plugin, --auth-params, --request-timeout and the --tls-* options are pulsar-admin's and apply to the admin verbs (`fnhost functions`, `fnhost namespaces`, `fnhost topics list|stats|…`); give `fnhost topics produce|consume` --url, and the token in FNHOST_TOKEN"
         );
     }
+    let traced =
+        matches!(cli.command, Command::Localrun(_) | Command::Worker(_) | Command::Topics(TopicsCommand::Produce(_)));
+    // Dropped last: what is left is exported after the command ends.
+    let _telemetry = match traced {
+        true => crate::telemetry::Telemetry::start(cli.otlp_endpoint.as_deref(), "fnhost")?,
+        false => None,
+    };
     match cli.command {
         Command::Localrun(args) => localrun(*args),
         Command::Worker(args) => worker(*args),
@@ -203,7 +215,7 @@ fn localrun(args: LocalrunArgs) -> anyhow::Result<()> {
     let Some(code) = spec.code()? else { bail!(NO_CODE) };
     let config = spec.resolve()?;
     let fqfn = config.fqfn.clone();
-    let wasm = Builder::new(&cache_dir()).component_file(&code, spec.world())?;
+    let wasm = progress::component_file(&code, spec.world())?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir().join(COMPILED_DIR)),
         max_instances: config.parallelism + 1,
@@ -273,19 +285,20 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             None => bail!("--property `{property}` is not name=value"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut spans = Vec::new();
     let messages: Vec<OutMessage> = values
         .into_iter()
-        .map(|value| OutMessage {
-            value: value.into_bytes(),
-            key: args.key.clone(),
-            properties: properties.clone(),
-            event_time: args.event_time,
+        .map(|value| {
+            let mut properties = properties.clone();
+            spans.extend(crate::telemetry::start_send(topic.as_str(), &mut properties));
+            OutMessage { value: value.into_bytes(), key: args.key.clone(), properties, event_time: args.event_time }
         })
         .collect();
     for (index, message) in messages.iter().enumerate() {
         instance::check_message(message).map_err(|limit| anyhow!("message {} was not produced: {limit}", index + 1))?;
     }
     let count = messages.len();
+    let progress = progress::counter(count as u64, "messages");
     if let Some(url) = &args.url {
         let client = client::client_at(url)?;
         let path = topic_path(&topic);
@@ -300,13 +313,18 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             client.call::<ProduceAnswer>("POST", &path, Body::json(&ProduceRequest { messages }))?;
+            progress.inc(chunk.len() as u64);
         }
     } else {
         let store = open_store(&args.data)?;
         for chunk in messages.chunks(MAX_BATCH_MESSAGES) {
             store.produce(&topic, chunk.to_vec())?;
+            progress.inc(chunk.len() as u64);
         }
     }
+    progress.finish_and_clear();
+    // Each message's span ends once the message is stored.
+    drop(spans);
     println!("produced {count} messages to {topic}");
     Ok(())
 }

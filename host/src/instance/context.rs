@@ -11,6 +11,7 @@ use super::checks::{DEAD_LETTER_PROPERTIES, check_key, check_message, check_part
 use super::history::HistoryBuffer;
 use super::log::{LogBudget, LogSink, level_name, level_rank};
 use super::pending::{PendingBatch, PendingOutput, Retired};
+use super::trace::{MessageSpan, TracedOutcome};
 use crate::engine::broker::{Acks, OutMessage};
 use crate::engine::state::{Change, KeyMap, KeyPage, KeyPageError, StateChanges, StateError, StateTable, StateValue};
 use crate::function::{FunctionConfig, SharedLogLevel};
@@ -21,6 +22,7 @@ use crate::limits::{
 };
 use crate::names::{Fqfn, TopicAccess, TopicName};
 use crate::runtime::{ContextError, GuestMessage, GuestReads, HostContext, LogLevel, ProcessError};
+use crate::telemetry::{TRACEPARENT, set_traceparent};
 
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
@@ -71,6 +73,10 @@ pub struct MessageContext {
     /// What the batch processed, for the function's history: kept when the context knows its
     /// code ([`MessageContext::keeping_history`]).
     history: Option<HistoryBuffer>,
+    /// The spans of `batch`'s messages, by index, while tracing is on.
+    spans: Vec<MessageSpan>,
+    /// The spans of the messages processed since the last commit.
+    processed_spans: Vec<MessageSpan>,
 }
 
 /// How one try of a message went, and how long it took.
@@ -159,6 +165,8 @@ impl MessageContext {
             outcomes: Vec::new(),
             message_started: Instant::now(),
             history: None,
+            spans: Vec::new(),
+            processed_spans: Vec::new(),
         }
     }
 
@@ -187,6 +195,42 @@ impl MessageContext {
     pub(super) fn end_batch(&mut self) {
         self.retired._batches.push(std::mem::replace(&mut self.batch, Arc::new([])));
         self.call = 0..0;
+        self.processed_spans.append(&mut self.spans);
+    }
+
+    /// Starts the spans of `batch`'s messages, each delivered as often before as `redeliveries`
+    /// says, when tracing is on.
+    pub(super) fn trace_batch(&mut self, batch: &[GuestMessage], redeliveries: &[u32]) {
+        let Some(tracer) = crate::telemetry::tracer() else { return };
+        self.spans = batch
+            .iter()
+            .zip(redeliveries)
+            .map(|(message, &redeliveries)| {
+                MessageSpan::start(tracer, &self.fqfn, self.instance_id, message, redeliveries)
+            })
+            .collect();
+    }
+
+    /// Notes on message `index`'s span how it ended.
+    pub(super) fn trace_outcome(&mut self, index: usize, outcome: TracedOutcome, tries: u32, elapsed: Duration) {
+        if let Some(span) = self.spans.get_mut(index) {
+            span.processed(outcome, tries, elapsed);
+        }
+    }
+
+    /// The `traceparent` that what message `index` of the batch sends carries: its span's while
+    /// tracing is on, else its own, so that a trace goes on through a worker that does not trace.
+    fn traceparent(&self, index: usize) -> Option<&str> {
+        match self.spans.get(index) {
+            Some(span) => span.traceparent(),
+            None => self
+                .batch
+                .get(index)?
+                .properties
+                .iter()
+                .find(|(name, _)| name == TRACEPARENT)
+                .map(|(_, value)| value.as_str()),
+        }
     }
 
     fn begin_message(&mut self, now: Instant) {
@@ -219,7 +263,10 @@ impl MessageContext {
             (Ok(Some(value)), None) if self.output.is_some() => {
                 let properties = result_properties(origin);
                 match check_parts(value.len(), origin.key.as_deref(), properties.len(), properties) {
-                    Ok(()) => Ok(Some(PendingOutput::Result { value, batch: self.batch.clone(), index })),
+                    Ok(()) => {
+                        let traceparent = self.traceparent(index).map(str::to_owned);
+                        Ok(Some(PendingOutput::Result { value, batch: self.batch.clone(), index, traceparent }))
+                    }
                     Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
                 }
             }
@@ -360,6 +407,7 @@ impl MessageContext {
             state: Some((self.fqfn.clone(), changes)),
             history,
             retired: std::mem::take(&mut self.retired),
+            spans: std::mem::take(&mut self.processed_spans),
         })
     }
 
@@ -466,7 +514,10 @@ impl MessageContext {
             return;
         }
         let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
-        if !matches!(self.logs, LogSink::Tracing) {
+        if let LogSink::Worker(live) = &self.logs {
+            live.push(self.instance_id, level, &message);
+        }
+        if !matches!(self.logs, LogSink::Worker(_)) {
             self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
         } else if let Some(left_out) = self.worker_log_budget.take(Instant::now()) {
             if left_out > 0 {
@@ -619,8 +670,12 @@ impl HostContext for MessageContext {
             )));
         }
         let topic = self.topic(&topic)?;
-        let message = OutMessage { value, key, properties, event_time: None };
+        let mut message = OutMessage { value, key, properties, event_time: None };
         check_message(&message).map_err(ContextError::LimitExceeded)?;
+        // The host's own property, past the guest's MAX_PROPERTIES, as a result's are.
+        if let Some(traceparent) = self.traceparent(self.call.start + self.outcomes.len()) {
+            set_traceparent(&mut message.properties, traceparent.to_owned());
+        }
         self.spend(message.value.len() + message.key.as_ref().map_or(0, String::len))?;
         self.publishes += 1;
         self.message_outputs.push(PendingOutput::Ready(topic, message));

@@ -4,6 +4,7 @@ use std::io::{BufWriter, Stdout, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::live_log::LiveLog;
 use crate::limits::MAX_WORKER_LOG_LINES_PER_SECOND;
 use crate::names::Fqfn;
 use crate::runtime::LogLevel;
@@ -14,9 +15,10 @@ use crate::token_bucket::TokenBucket;
 pub enum LogSink {
     /// Stdout, as `LEVEL [name] line`, buffered and flushed after every batch: for `localrun`.
     Stdout(Arc<Mutex<BufWriter<Stdout>>>),
-    /// Tracing events with the function's name and instance id as fields: for the worker, whose
-    /// log carries many functions.
-    Tracing,
+    /// For the worker: every line into the function's live log, and (within a budget, see
+    /// `LogBudget`) tracing events with the function's name and instance id as fields into the
+    /// worker's log, which carries many functions.
+    Worker(Arc<LiveLog>),
     /// Kept in memory, level and line, for whoever made the sink: a replay's results.
     Capture(Arc<Mutex<Vec<(LogLevel, String)>>>),
 }
@@ -38,7 +40,7 @@ impl LogSink {
             Self::Capture(lines) => {
                 lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((level, message.to_owned()))
             }
-            Self::Tracing => match level {
+            Self::Worker(_) => match level {
                 LogLevel::Trace => tracing::trace!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
                 LogLevel::Debug => tracing::debug!(target: "fnhost::function", %fqfn, instance_id, "{message}"),
                 LogLevel::Info => tracing::info!(target: "fnhost::function", %fqfn, instance_id, "{message}"),

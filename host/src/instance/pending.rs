@@ -5,17 +5,20 @@ use std::sync::Arc;
 
 use super::checks::result_properties;
 use super::history::PendingHistory;
+use super::trace::MessageSpan;
 use crate::engine::broker::{Acks, Effects, OutMessage};
 use crate::engine::state::StateChanges;
 use crate::names::{Fqfn, TopicName};
 use crate::runtime::GuestMessage;
+use crate::telemetry::TRACEPARENT;
 
 /// An output of a batch, as processing records it.
 pub(super) enum PendingOutput {
     /// A message to append as it is: published by the function, a log line or a dead letter.
     Ready(TopicName, OutMessage),
     /// The function's result for message `index` of `batch`, for the output topic.
-    Result { value: Vec<u8>, batch: Arc<[GuestMessage]>, index: usize },
+    /// With the `traceparent` it carries: its message's span's, or the message's own.
+    Result { value: Vec<u8>, batch: Arc<[GuestMessage]>, index: usize, traceparent: Option<String> },
 }
 
 /// A batch's effects as processing leaves them.
@@ -30,6 +33,8 @@ pub(crate) struct PendingBatch {
     pub(super) state: Option<(Fqfn, Arc<StateChanges>)>,
     pub(super) history: Option<PendingHistory>,
     pub(super) retired: Retired,
+    /// The spans of the messages processed, ended by the commit (empty while tracing is off).
+    pub(super) spans: Vec<MessageSpan>,
 }
 
 /// What a replayed message did: its result for the output topic, the messages it published, and
@@ -65,15 +70,18 @@ impl PendingBatch {
     }
 
     pub(super) fn into_effects(self) -> Effects {
-        let Self { acks, outputs, output_topic, state, history, retired } = self;
+        let Self { acks, outputs, output_topic, state, history, retired, spans: _ } = self;
         let outputs = outputs
             .into_iter()
             .filter_map(|output| match output {
                 PendingOutput::Ready(topic, message) => Some((topic, message)),
-                PendingOutput::Result { value, batch, index } => {
+                PendingOutput::Result { value, batch, index, traceparent } => {
                     let origin = &batch[index];
-                    let properties =
+                    let mut properties: Vec<(String, String)> =
                         result_properties(origin).map(|(name, value)| (name.to_owned(), value.to_owned())).into();
+                    if let Some(traceparent) = traceparent {
+                        properties.push((TRACEPARENT.to_owned(), traceparent));
+                    }
                     let message = OutMessage { value, key: origin.key.clone(), properties, event_time: None };
                     Some((output_topic.clone()?, message))
                 }

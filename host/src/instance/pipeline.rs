@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::executor::Executor;
 use super::pending::PendingBatch;
 use super::retry::process_batch;
+use super::trace;
 use super::window_loop;
 use crate::engine::broker::{Acks, Broker, BrokerError, FetchWaker, Message, MessageBody, Subscription, message_id};
 use crate::engine::state::StateError;
@@ -211,7 +212,7 @@ pub(super) fn run_instance(
                 // Never sleep on an empty topic while effects wait to be committed: their
                 // acknowledgements and log lines would wait for nothing.
                 if let Some((effects, messages)) = uncommitted.take() {
-                    let committed = subscription.commit(effects.into_effects());
+                    let committed = commit(subscription, effects);
                     after_commit(committed, messages, config, executor)?;
                 }
                 let pending = at_most_once && executor.context().has_batch();
@@ -249,7 +250,7 @@ pub(super) fn run_instance(
                 // than overlap: committing this batch behind the next one's processing (below) would
                 // add a commit to the path of every message.
                 if let Some((effects, messages)) = uncommitted.take() {
-                    let committed = subscription.commit(effects.into_effects());
+                    let committed = commit(subscription, effects);
                     after_commit(committed, messages, config, executor)?;
                 }
                 let acks = process_batch(messages, config, executor, metrics, halt)?;
@@ -259,7 +260,7 @@ pub(super) fn run_instance(
             let (previous, previous_count) = uncommitted.take().unzip();
             let batch_size = config.batch_size;
             let commit_and_fetch = scope.spawn(move || {
-                let committed = previous.map(|effects| subscription.commit(effects.into_effects()));
+                let committed = previous.map(|effects| commit(subscription, effects));
                 let fetched = match committed {
                     Some(Err(_)) => Ok(Vec::new()),
                     _ => subscription.fetch(batch_size, Duration::ZERO),
@@ -278,7 +279,7 @@ pub(super) fn run_instance(
             uncommitted = Some((executor.context().take_batch(acks)?, count));
         }
         if let Some((effects, messages)) = uncommitted.take() {
-            let committed = subscription.commit(effects.into_effects());
+            let committed = commit(subscription, effects);
             after_commit(committed, messages, config, executor)?;
         }
         if executor.context().has_batch() {
@@ -291,6 +292,18 @@ pub(super) fn run_instance(
     })
 }
 
+/// Commits a batch's effects, then ends its messages' spans (when tracing is on).
+fn commit(subscription: &dyn Subscription, mut batch: PendingBatch) -> Result<(), BrokerError> {
+    let spans = std::mem::take(&mut batch.spans);
+    if spans.is_empty() {
+        return subscription.commit(batch.into_effects());
+    }
+    let started = std::time::SystemTime::now();
+    let result = subscription.commit(batch.into_effects());
+    trace::committed(spans, started, &result);
+    result
+}
+
 /// Commits the batch's effects with `acks` (of `messages` messages) on this thread.
 pub(super) fn commit_now(
     subscription: &dyn Subscription,
@@ -300,7 +313,7 @@ pub(super) fn commit_now(
     executor: &mut dyn Executor,
 ) -> Result<(), RunError> {
     let effects = executor.context().take_batch(acks)?;
-    let committed = subscription.commit(effects.into_effects());
+    let committed = commit(subscription, effects);
     after_commit(committed, messages, config, executor)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::context::Outcome;
 use super::executor::Executor;
 use super::pipeline::{Halt, to_guest};
+use super::trace::TracedOutcome;
 use crate::engine::broker::{Acks, Message};
 use crate::engine::state::StateError;
 use crate::function::{FunctionConfig, ProcessingGuarantee};
@@ -59,6 +60,8 @@ fn process_messages(
     let mut acks = Acks::default();
     let mut positions = Vec::with_capacity(messages.len());
     let mut guests = Vec::with_capacity(messages.len());
+    let mut redeliveries = Vec::new();
+    let tracing = crate::telemetry::tracer().is_some();
     for message in messages {
         stats.received += 1;
         let Message { topic, sequence, body, redelivery_count } = message;
@@ -86,11 +89,15 @@ fn process_messages(
         }
         positions.push((topic, sequence));
         guests.push(guest);
+        if tracing {
+            redeliveries.push(redelivery_count);
+        }
     }
     // The function gets the messages in calls of up to MESSAGES_PER_CALL and stops at the first
     // failure, which is tried again on its own before the messages after it: each key's messages
     // keep their order.
     let guests: Arc<[GuestMessage]> = guests.into();
+    executor.context().trace_batch(&guests, &redeliveries);
     let mut next = 0;
     while next < guests.len() && !halt.halted() {
         let call = next..guests.len().min(next + MESSAGES_PER_CALL);
@@ -110,6 +117,11 @@ fn process_messages(
                 let error = match outcome.result {
                     Ok(acked) => {
                         stats.succeeded += 1;
+                        let traced = match acked || !manual {
+                            true => TracedOutcome::Succeeded,
+                            false => TracedOutcome::NotAcknowledged,
+                        };
+                        executor.context().trace_outcome(next - 1, traced, attempt, outcome.elapsed);
                         if acked || !manual {
                             acks.add(topic, *sequence);
                         }
@@ -142,6 +154,7 @@ fn process_messages(
                 }
                 context.write_log(LogLevel::Error, format!("{text}; sent to {}{rest}", config.dead_letter_topic));
                 context.dead_letter(&config.dead_letter_topic, guest, &error.to_string());
+                context.trace_outcome(next - 1, TracedOutcome::DeadLettered, attempt, outcome.elapsed);
                 stats.dead_lettered += 1;
                 acks.add(topic, *sequence);
                 break;

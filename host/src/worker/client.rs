@@ -1,5 +1,6 @@
-//! The one HTTP client of the admin API: the CLI's and cluster peers' (a worker asking another
-//! for the status of an instance it runs). Answers come back as the [`api`](super::api) types.
+//! The one HTTP client: the admin API's, for the CLI and cluster peers (a worker asking another
+//! for the status of an instance it runs), with answers as the [`api`](super::api) types; and the
+//! transport that sends traces to an OpenTelemetry collector.
 
 use std::time::Duration;
 
@@ -124,11 +125,67 @@ impl Client {
 
     /// Sends a request and returns its JSON answer as it is, for the CLI to print.
     pub fn send(&self, method: &str, path: &str, body: Body) -> Result<serde_json::Value, ClientError> {
-        let text = self.send_text(method, path, body)?;
+        self.send_reporting(method, path, body, &|_| ())
+    }
+
+    /// [`Client::send`], telling `sent` how many bytes of the body are sent as they go (for a
+    /// progress bar over a large upload).
+    pub fn send_reporting(
+        &self,
+        method: &str,
+        path: &str,
+        body: Body,
+        sent: &dyn Fn(u64),
+    ) -> Result<serde_json::Value, ClientError> {
+        let text = self.send_text_reporting(method, path, body, sent)?;
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
+    /// Reads the server-sent events at `path` as they come and gives each event's data to
+    /// `event`, until the worker ends the stream. Without the client's timeout: a followed stream
+    /// lasts as long as its reader wants (the worker sends a comment now and then to keep it open).
+    pub fn follow_events(&self, path: &str, mut event: impl FnMut(&str)) -> Result<(), ClientError> {
+        use std::io::BufRead as _;
+        let url = format!("{}{path}", self.url);
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let request = authorize(self.agent.get(&url), authorization.as_deref()).header("Accept", "text/event-stream");
+        let unreachable =
+            |error: ureq::Error| ClientError::Unreachable { url: self.url.clone(), reason: error.to_string() };
+        let mut response = request.config().timeout_global(None).build().call().map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            let reason = serde_json::from_str::<ErrorAnswer>(&text).map_or(text, |answer| answer.reason);
+            return Err(ClientError::Refused { status: status.as_u16(), reason });
+        }
+        let broken =
+            |error: std::io::Error| ClientError::BadAnswer { url: self.url.clone(), reason: error.to_string() };
+        let mut data = String::new();
+        for line in std::io::BufReader::new(response.into_body().into_reader()).lines() {
+            let line = line.map_err(broken)?;
+            if let Some(value) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            } else if line.is_empty() && !data.is_empty() {
+                event(&std::mem::take(&mut data));
+            }
+        }
+        Ok(())
+    }
+
     fn send_text(&self, method: &str, path: &str, body: Body) -> Result<String, ClientError> {
+        self.send_text_reporting(method, path, body, &|_| ())
+    }
+
+    fn send_text_reporting(
+        &self,
+        method: &str,
+        path: &str,
+        body: Body,
+        sent: &dyn Fn(u64),
+    ) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.url);
         let (content_type, bytes) = match body {
             Body::Empty => (None, Vec::new()),
@@ -143,13 +200,18 @@ impl Client {
         let result = match (method, content_type) {
             ("GET", _) => authorize(self.agent.get(&url), authorization).call(),
             ("DELETE", _) => authorize(self.agent.delete(&url), authorization).call(),
-            ("POST", Some(content_type)) => {
-                authorize(self.agent.post(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
+            ("POST" | "PUT", Some(content_type)) => {
+                let request = match method {
+                    "POST" => self.agent.post(&url),
+                    _ => self.agent.put(&url),
+                };
+                let mut reader = Reporting { bytes: &bytes, sent: 0, report: sent };
+                authorize(request, authorization)
+                    .header("Content-Type", content_type)
+                    .header("Content-Length", bytes.len().to_string())
+                    .send(ureq::SendBody::from_reader(&mut reader))
             }
             ("POST", None) => authorize(self.agent.post(&url), authorization).send_empty(),
-            ("PUT", Some(content_type)) => {
-                authorize(self.agent.put(&url), authorization).header("Content-Type", content_type).send(&bytes[..])
-            }
             ("PUT", None) => authorize(self.agent.put(&url), authorization).send_empty(),
             _ => unreachable!("the admin API takes GET, POST, PUT and DELETE"),
         };
@@ -173,6 +235,70 @@ impl Client {
             return Err(ClientError::Refused { status: status.as_u16(), reason });
         }
         Ok(text)
+    }
+}
+
+/// A request body read in pieces, each reported as sent.
+struct Reporting<'a> {
+    bytes: &'a [u8],
+    sent: usize,
+    report: &'a dyn Fn(u64),
+}
+
+/// The most of a body handed to the connection at once: small enough for a progress bar to move.
+const REPORTED_PIECE: usize = 64 * 1024;
+
+impl std::io::Read for Reporting<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.bytes[self.sent..];
+        let length = rest.len().min(buffer.len()).min(REPORTED_PIECE);
+        buffer[..length].copy_from_slice(&rest[..length]);
+        self.sent += length;
+        (self.report)(self.sent as u64);
+        Ok(length)
+    }
+}
+
+/// Sends OTLP requests to a collector for the OpenTelemetry exporter, on its export thread.
+#[derive(Debug)]
+pub struct OtlpTransport {
+    agent: ureq::Agent,
+}
+
+/// How long an export may take before its spans are given up: a collector that hangs must not
+/// hold the exporter's queue, which drops spans, never messages, when full.
+const OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl OtlpTransport {
+    /// A transport that gives each export at most [`OTLP_TIMEOUT`].
+    pub fn new() -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(OTLP_TIMEOUT))
+            .tls_config(ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls).build())
+            .build()
+            .into();
+        Self { agent }
+    }
+}
+
+impl Default for OtlpTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpTransport {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        // The SDK's batch processor exports on a thread of its own, so a blocking call is fine here.
+        let mut response = self.agent.run(request.map(|body| body.to_vec()))?;
+        let body = response.body_mut().with_config().limit(MAX_REQUEST_SIZE as u64).read_to_vec()?;
+        let (parts, _) = response.into_parts();
+        Ok(opentelemetry_http::Response::from_parts(parts, body.into()))
     }
 }
 

@@ -366,6 +366,7 @@ impl Worker {
             let Some(function) = lock(&self.functions).remove(&fqfn) else { continue };
             super::lifecycle::drain(&function, None);
             self.ledger.release(&fqfn);
+            self.live_logs.remove(&fqfn);
             tracing::info!(%fqfn, "function deleted on another worker");
         }
     }

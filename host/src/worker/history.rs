@@ -166,9 +166,14 @@ impl Worker {
             Ok(None) | Err(BrokerError::NoSuchTopic(_)) => return Ok(answer(&Stats::default(), 0)),
             Err(error) => return Err(broker_error(error)),
         };
-        let launcher =
-            FunctionLauncher::new(&config, prepared, &digest, &*self.store as &dyn StateStore, LogSink::Tracing)
-                .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        let launcher = FunctionLauncher::new(
+            &config,
+            prepared,
+            &digest,
+            &*self.store as &dyn StateStore,
+            LogSink::Worker(self.live_logs.of(&config.fqfn)),
+        )
+        .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
         let executor = launcher.executor(0).map_err(|error| WorkerError::Conflict(error.to_string()))?;
         let filter = RedriveFilter { where_error, limit: request.limit };
         let stop = AtomicBool::new(false);

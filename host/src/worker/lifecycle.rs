@@ -177,6 +177,7 @@ impl Worker {
         let digest = function.record.digest.clone();
         drop(function);
         self.remove_unused_packages(&digest);
+        self.live_logs.remove(fqfn);
         tracing::info!(%fqfn, "deleted function");
         Ok(())
     }
@@ -276,9 +277,14 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let config = &function.config;
         let (prepared, digest) = (function.prepared.clone(), &function.record.digest);
-        let launcher =
-            FunctionLauncher::new(config, prepared, digest, &*self.store as &dyn StateStore, LogSink::Tracing)
-                .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
+        let launcher = FunctionLauncher::new(
+            config,
+            prepared,
+            digest,
+            &*self.store as &dyn StateStore,
+            LogSink::Worker(self.live_logs.of(&config.fqfn)),
+        )
+        .map_err(|error| WorkerError::BadRequest(error.to_string()))?;
         let slot = &mut function.instances[instance_id as usize];
         match launcher.executor(instance_id) {
             Err(error @ LaunchError::State(_)) => return Err(anyhow::Error::from(error).into()),

@@ -21,6 +21,7 @@ pub mod disk_guard;
 mod history;
 mod ledger;
 mod lifecycle;
+mod live_logs;
 mod placement;
 pub mod produce_batch;
 mod prometheus;
@@ -218,6 +219,8 @@ pub struct Worker {
     produce_batches: produce_batch::ProduceBatches,
     /// Functions being re-driven: one re-drive of a function at a time.
     redrives: Mutex<BTreeSet<Fqfn>>,
+    /// The recent log lines of each function this worker runs.
+    live_logs: live_logs::LiveLogs,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -253,6 +256,7 @@ impl Worker {
             failed: Mutex::new(BTreeMap::new()),
             policy_changes: Mutex::new(()),
             redrives: Mutex::default(),
+            live_logs: live_logs::LiveLogs::default(),
         };
         // Shared functions start when the worker knows which instances are its own.
         if worker.placement.shares_records() {

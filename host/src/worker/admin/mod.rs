@@ -32,6 +32,7 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 mod functions;
 mod guard;
 mod history;
+mod logs;
 mod namespaces;
 mod persistent;
 mod tls;
@@ -184,6 +185,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route(&format!("{function}/replay"), post(replay))
         .route(&format!("{function}/redrive"), post(redrive))
         .route(&format!("{function}/log-level"), put(set_log_level))
+        .route(&format!("{function}/logs"), get(logs::logs))
         .route(&format!("{function}/state"), get(list_state))
         .route(&format!("{function}/state/{{*key}}"), get(query_state).post(put_state))
         .route(topic, post(produce))

@@ -33,6 +33,17 @@ pub struct LogLevelChange {
     pub log_level: LogLevelName,
 }
 
+/// The answer to `GET …/{name}/logs` (fnhost's own path): the function's recent log lines,
+/// oldest first. With `?follow=true` the lines come instead as server-sent events, one line's
+/// JSON each, as they are written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLines {
+    /// The lines.
+    pub lines: Vec<LogLine>,
+}
+
+pub use crate::instance::LogLine;
+
 /// Pulsar's FunctionStatus: every instance's status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
