@@ -4,6 +4,7 @@ mod authoring;
 mod cli_errors;
 mod cluster;
 mod conformance;
+mod console;
 mod crash;
 mod delivery;
 mod fuzz_corpus;

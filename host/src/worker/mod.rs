@@ -333,6 +333,11 @@ impl Worker {
         Ok((code.digest().to_owned(), prepared))
     }
 
+    /// Whether this worker is one of a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// The access rules this worker was started with.
     pub fn access(&self) -> &access::Access {
         &self.access

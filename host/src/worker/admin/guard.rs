@@ -65,8 +65,17 @@ pub(super) fn is_loopback_host(host: &str) -> bool {
         || name.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
-/// Paths anyone may read: they show nothing of any tenant.
-pub(super) const PUBLIC_PATHS: [&str; 2] = ["/health", "/openapi.yaml"];
+/// Paths anyone may read: they show nothing of any tenant (the console's assets ask for a token
+/// and then use the API with it).
+pub(super) const PUBLIC_PATHS: [&str; 7] = [
+    "/health",
+    "/openapi.yaml",
+    super::console::PAGE,
+    super::console::PAGE_DIRECTORY,
+    super::console::SCRIPT,
+    super::console::STYLE,
+    super::console::ICON,
+];
 
 /// Lets a request through when the worker has no tokens, or its bearer token's role covers the
 /// path: an operator token every path, a tenant token its own tenant's functions and topics.
@@ -94,6 +103,12 @@ pub(super) async fn authorize(State(worker): Shared, request: Request, next: axu
     match (role, path_tenant(path)) {
         (Role::Operator, _) => next.run(request).await,
         (Role::Tenant(tenant), Some(wanted)) if tenant == wanted => {
+            let mut request = request;
+            request.extensions_mut().insert(Role::Tenant(tenant));
+            next.run(request).await
+        }
+        // Every token may ask what it is.
+        (Role::Tenant(tenant), None) if path == super::console::WHOAMI => {
             let mut request = request;
             request.extensions_mut().insert(Role::Tenant(tenant));
             next.run(request).await

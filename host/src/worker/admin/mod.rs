@@ -29,6 +29,7 @@ use topics::{acknowledge, produce, receive};
 /// The OpenAPI document of this API, kept beside the code that implements it.
 pub const OPENAPI: &str = include_str!("openapi.yaml");
 
+mod console;
 mod functions;
 mod guard;
 mod history;
@@ -167,6 +168,12 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/metrics", get(metrics))
         .route("/admin/v2/worker/cluster", get(cluster))
+        .route(console::WHOAMI, get(console::whoami))
+        .route(console::PAGE, get(console::page))
+        .route(console::PAGE_DIRECTORY, get(console::page))
+        .route(console::SCRIPT, get(console::script))
+        .route(console::STYLE, get(console::style))
+        .route(console::ICON, get(console::icon))
         .route("/admin/v2/worker/rebalance", put(rebalance))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .route(functions, get(list))

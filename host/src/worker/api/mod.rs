@@ -44,6 +44,20 @@ pub struct LogLines {
 
 pub use crate::instance::LogLine;
 
+/// The answer to `GET /admin/v2/whoami` (fnhost's own path, for the console): what the presented
+/// token may reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// Whether it reaches every tenant and the worker's own paths (so does every request to a
+    /// worker without tokens).
+    pub operator: bool,
+    /// The one tenant it reaches, for a tenant's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Whether the worker is one of a cluster.
+    pub cluster: bool,
+}
+
 /// Pulsar's FunctionStatus: every instance's status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -156,12 +170,29 @@ pub struct InstanceStats {
     pub dead_lettered_total: u64,
     /// Mean processing time, in milliseconds.
     pub avg_process_latency: f64,
+    /// Processing time quantiles since the start, in milliseconds (fnhost's addition; in totals
+    /// over instances, the highest instance's).
+    pub process_latency_quantiles: LatencyQuantiles,
     /// The same counts over the last minute.
     pub one_min: MinuteStats,
     /// When the function last processed a message, in milliseconds since the Unix epoch; 0 if never.
     pub last_invocation: u64,
     /// The mean of each metric the function recorded.
     pub user_metrics: BTreeMap<String, f64>,
+}
+
+/// Processing time quantiles in [`InstanceStats`], in milliseconds, within about 4.5%.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyQuantiles {
+    /// The median.
+    pub p50: f64,
+    /// The 90th percentile.
+    pub p90: f64,
+    /// The 99th percentile.
+    pub p99: f64,
+    /// The 99.9th percentile.
+    pub p999: f64,
 }
 
 /// The last minute's counts in [`InstanceStats`].
@@ -190,6 +221,12 @@ impl InstanceStats {
             user_exceptions_total: stats.user_exceptions,
             dead_lettered_total: stats.dead_lettered,
             avg_process_latency: stats.latency.mean_millis(),
+            process_latency_quantiles: LatencyQuantiles {
+                p50: stats.latency.quantile_millis(0.5),
+                p90: stats.latency.quantile_millis(0.9),
+                p99: stats.latency.quantile_millis(0.99),
+                p999: stats.latency.quantile_millis(0.999),
+            },
             one_min: MinuteStats {
                 received_total: minute.received,
                 processed_successfully_total: minute.succeeded,
@@ -228,6 +265,11 @@ impl InstanceStats {
             total.one_min.user_exceptions_total += minute.user_exceptions_total;
             minute_latency += minute.avg_process_latency * minute.processed_successfully_total as f64;
             total.last_invocation = total.last_invocation.max(stats.last_invocation);
+            let (highest, quantiles) = (&mut total.process_latency_quantiles, &stats.process_latency_quantiles);
+            highest.p50 = highest.p50.max(quantiles.p50);
+            highest.p90 = highest.p90.max(quantiles.p90);
+            highest.p99 = highest.p99.max(quantiles.p99);
+            highest.p999 = highest.p999.max(quantiles.p999);
             for (name, mean) in &stats.user_metrics {
                 let owner = metric_owners.entry(name).or_insert((0, *mean));
                 owner.0 += 1;

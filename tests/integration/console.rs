@@ -1,0 +1,71 @@
+//! The web console in a real browser: Debian's Chromium driven by playwright-core
+//! (tests/browser/console.mjs) as a tenant, with an axe-core check of every page. Screenshots are
+//! kept in the target directory's `tmp/artifacts/console` (or `FNHOST_ARTIFACTS`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::{Worker, guest, workspace};
+
+const OPERATOR: &str = "operator-0123456789abcdef0123456789abcdef";
+const ACME: &str = "acme-0123456789abcdef0123456789abcdef00000";
+const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef000";
+
+#[test]
+fn a_tenant_sees_its_functions_counts_state_output_logs_and_topics_in_the_console() {
+    let browser_tests = workspace().join("tests/browser");
+    assert!(
+        browser_tests.join("node_modules/playwright-core").exists(),
+        "the console test needs `npm install --prefix tests/browser` and Debian's chromium (scripts/test installs both)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.yaml");
+    std::fs::write(
+        &access,
+        format!(
+            "operatorTokens: [{OPERATOR}]\ntenants:\n  acme:\n    tokens: [{ACME}]\n  globex:\n    tokens: [{GLOBEX}]\n"
+        ),
+    )
+    .unwrap();
+    let worker = Worker::start_with(&dir.path().join("data"), &["--access", access.to_str().unwrap()]);
+    let wasm = guest("session-duration");
+    let wasm = wasm.to_str().unwrap();
+    for (token, fqfn) in [(ACME, "acme/default/sessions"), (GLOBEX, "globex/default/other")] {
+        let tenant = fqfn.split('/').next().unwrap();
+        let (input, output) = (format!("{tenant}/default/events"), format!("{tenant}/default/ended"));
+        let created = worker
+            .cli_as(Some(token), &["functions", "create", "--wasm", wasm, "--fqfn", fqfn, "-i", &input, "-o", &output]);
+        assert!(created.success, "{}", created.stderr);
+    }
+
+    // The console's headers forbid framing and any script, style or request not the worker's own.
+    let response = ureq::get(&format!("{}/console", worker.url)).call().unwrap();
+    let policy = response.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"), "{policy}");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let page = ureq::get(&format!("{}/console", worker.url)).call().unwrap().into_body().read_to_string().unwrap();
+    assert!(!page.contains("<script>") && !page.contains(" style="), "no inline script or style:\n{page}");
+
+    let artifacts = std::env::var_os("FNHOST_ARTIFACTS")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts"), PathBuf::from)
+        .join("console");
+    let output = Command::new("node")
+        .arg(browser_tests.join("console.mjs"))
+        .env("FNHOST_URL", &worker.url)
+        .env("FNHOST_TOKEN", ACME)
+        .env("OTHER_FUNCTION", "other")
+        .env("ARTIFACTS", &artifacts)
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "the console test failed:\n{}\n{}\nworker log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        worker.log()
+    );
+    for page in ["sign-in", "functions", "function", "topics", "cluster"] {
+        assert!(artifacts.join(format!("{page}.png")).exists(), "no screenshot of {page}");
+    }
+}
