@@ -38,6 +38,24 @@ fn a_tenant_sees_its_functions_counts_state_output_logs_and_topics_in_the_consol
         assert!(created.success, "{}", created.stderr);
     }
 
+    // The console learns what a token reaches: a tenant's its tenant, the operator's everything,
+    // and no token nothing.
+    let (status, acme) = worker.http_as(Some(ACME), "GET", "/admin/v2/whoami", None);
+    assert_eq!((status, &acme), (200, &serde_json::json!({"operator": false, "tenant": "acme", "cluster": false})));
+    let (status, operator) = worker.http_as(Some(OPERATOR), "GET", "/admin/v2/whoami", None);
+    assert_eq!((status, &operator), (200, &serde_json::json!({"operator": true, "cluster": false})));
+    assert_eq!(worker.http_as(None, "GET", "/admin/v2/whoami", None).0, 401);
+    assert_eq!(
+        worker.http_as(Some("not-a-token-of-this-worker-0123456789abcdef"), "GET", "/admin/v2/whoami", None).0,
+        401
+    );
+    // The assets need no token and show nothing of any tenant.
+    for asset in ["/console", "/console/console.js", "/console/console.css", "/console/favicon.svg"] {
+        let (status, body) = worker.http_as(None, "GET", asset, None);
+        assert_eq!(status, 200, "{asset}");
+        assert!(!body.to_string().contains("acme"), "{asset}");
+    }
+
     // The console's headers forbid framing and any script, style or request not the worker's own.
     let response = ureq::get(&format!("{}/console", worker.url)).call().unwrap();
     let policy = response.headers()["content-security-policy"].to_str().unwrap();

@@ -1,9 +1,10 @@
 //! What operators see: OpenTelemetry traces across a producer and a chain of functions, received
 //! by a collector in the test, and live logs followed from the CLI.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader};
 use std::sync::{Arc, Mutex};
+
+use fnhost_test_support::HttpSink;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -22,57 +23,21 @@ struct Collector {
 
 impl Collector {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let (spans, requests) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
         let (kept, counted) = (spans.clone(), requests.clone());
-        std::thread::spawn(move || {
-            for connection in listener.incoming().map_while(Result::ok) {
-                let (kept, counted) = (kept.clone(), counted.clone());
-                std::thread::spawn(move || serve(connection, &kept, &counted));
-            }
-        });
-        Self { url, spans, requests }
+        let sink = HttpSink::start(move |(request_line, body)| {
+            assert!(request_line.starts_with("POST /v1/traces "), "{request_line}");
+            let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP protobuf export");
+            let spans = request.resource_spans.into_iter().flat_map(|resource| resource.scope_spans);
+            kept.lock().unwrap().extend(spans.flat_map(|scope| scope.spans));
+            *counted.lock().unwrap() += 1;
+        })
+        .unwrap();
+        Self { url: sink.url, spans, requests }
     }
 
     fn spans(&self) -> Vec<Span> {
         self.spans.lock().unwrap().clone()
-    }
-}
-
-/// Answers one connection's requests (HTTP/1.1, kept alive) until it closes.
-fn serve(connection: TcpStream, kept: &Mutex<Vec<Span>>, counted: &Mutex<usize>) {
-    let mut reader = BufReader::new(connection.try_clone().unwrap());
-    let mut writer = connection;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).unwrap();
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        assert!(request_line.starts_with("POST /v1/traces "), "{request_line}");
-        let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP protobuf export");
-        let spans = request.resource_spans.into_iter().flat_map(|resource| resource.scope_spans);
-        kept.lock().unwrap().extend(spans.flat_map(|scope| scope.spans));
-        *counted.lock().unwrap() += 1;
-        writer
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
     }
 }
 
@@ -262,4 +227,37 @@ fn functions_logs_follow_prints_a_line_written_after_it_started_and_another_tena
     assert_eq!(status, 400);
     let (status, _) = worker.http_as(Some(ACME), "GET", "/admin/v3/functions/acme/ns/nothing/logs", None);
     assert_eq!(status, 404);
+}
+
+#[test]
+fn produce_shows_progress_on_a_terminal_and_nothing_but_its_result_in_a_pipe() {
+    let fnhost = crate::support::Fnhost::new();
+    let file = fnhost.data_dir().with_extension("lines");
+    std::fs::write(&file, (0..20_000).map(|i| format!("message {i}\n")).collect::<String>()).unwrap();
+    let args = [
+        "topics",
+        "produce",
+        "lines",
+        "--file",
+        file.to_str().unwrap(),
+        "--data-dir",
+        fnhost.data_dir().to_str().unwrap(),
+    ];
+
+    let piped = fnhost_command().args(args).output().unwrap();
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        "produced 20000 messages to persistent://public/default/lines\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&piped.stderr), "", "no progress drawn into a pipe");
+
+    // `script` runs the command on a pseudo-terminal, as a user's shell would.
+    let command = std::iter::once(env!("CARGO_BIN_EXE_fnhost")).chain(args).collect::<Vec<_>>().join(" ");
+    let on_terminal = std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(shown.contains("/20000 messages"), "a bar counting the messages: {shown:?}");
+    assert!(shown.contains("produced 20000 messages"), "{shown:?}");
+    assert_eq!(fnhost.consume("lines").len(), 40_000, "both runs produced everything");
 }

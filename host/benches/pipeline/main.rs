@@ -14,10 +14,11 @@
 //! appends, reads and reopening over 1 to 10,000 topics and acknowledgements over 1 to 1,000
 //! subscriptions (`topics`); what keeping a function's history costs, and replay's latency (`history`);
 //! what `--state-ttl` costs over 1,000,000 keys, and the sweep's speed (`ttl`); building Python and
-//! JavaScript functions with third-party packages, first and cached (`packages`).
+//! JavaScript functions with third-party packages, first and cached (`packages`); the session
+//! pipeline with OpenTelemetry tracing off, at 1% and at 100% (`traces`).
 //!
 //! Run it with `scripts/bench` (which builds the guests first), or:
-//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|history|ttl|packages|log|soak|topics]`.
+//! `cargo bench -p fnhost --bench pipeline -- PATH/TO/session_duration.wasm [MESSAGES] [all|throughput|guarantees|latency|sizes|languages|density|windows|cluster|hostile|history|ttl|packages|traces|log|soak|topics]`.
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ use crate::sizes::{SIZE_RUN_BYTES, STATE_KEYS, sizes};
 use crate::soak::{SOAK_RATE, soak};
 use crate::throughput::{guarantees, throughput};
 use crate::topics::{SUBSCRIPTION_COUNTS, TOPIC_COUNTS, subscriptions, topics};
+use crate::traces::traces;
 use crate::ttl::ttl;
 use crate::windows::windows;
 
@@ -49,6 +51,7 @@ mod sizes;
 mod soak;
 mod throughput;
 mod topics;
+mod traces;
 mod ttl;
 mod windows;
 
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         "history",
         "ttl",
         "packages",
+        "traces",
         "log",
         "soak",
         "topics",
@@ -85,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     .contains(&part)
     {
         anyhow::bail!(
-            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, history, ttl, packages, log, soak or topics"
+            "unknown part `{part}`: give all, throughput, guarantees, latency, sizes, languages, density, windows, cluster, hostile, history, ttl, packages, traces, log, soak or topics"
         );
     }
     if part == "all" || part == "log" {
@@ -137,6 +141,9 @@ fn main() -> anyhow::Result<()> {
     if part == "all" || part == "packages" {
         packages(3)?;
     }
+    if part == "all" || part == "traces" {
+        traces(Path::new(wasm), messages, 18)?;
+    }
     if part == "all" || part == "ttl" {
         ttl(Path::new(wasm), messages, 2 * ROUNDS)?;
     }
@@ -180,6 +187,7 @@ fn quick() -> anyhow::Result<()> {
     soak(&wasm, &guests.join("exclamation.wasm"), 2)?;
     history(&wasm, QUICK_MESSAGES, 1)?;
     ttl(&wasm, QUICK_MESSAGES, 1)?;
+    traces(&wasm, QUICK_MESSAGES, 1)?;
     packages(1)?;
     topics(QUICK_MESSAGES, &[1, QUICK_TOPICS])?;
     subscriptions(QUICK_MESSAGES, &[1, QUICK_SUBSCRIPTIONS])?;

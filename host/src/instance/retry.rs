@@ -61,7 +61,7 @@ fn process_messages(
     let mut positions = Vec::with_capacity(messages.len());
     let mut guests = Vec::with_capacity(messages.len());
     let mut redeliveries = Vec::new();
-    let tracing = crate::telemetry::tracer().is_some();
+    let tracing = crate::telemetry::tracing().is_some();
     for message in messages {
         stats.received += 1;
         let Message { topic, sequence, body, redelivery_count } = message;

@@ -1,6 +1,6 @@
 //! A processed message's OpenTelemetry span, child of the span its `traceparent` names, with a
 //! child for the guest call and one for the commit; made only while tracing is on
-//! ([`telemetry::tracer`]).
+//! ([`telemetry::tracing`]) and only for a message the sampler keeps.
 //!
 //! The message's span starts when its batch reaches the function, so that its outputs carry its
 //! context, and ends when the batch's commit returns; the guest call's and the commit's spans
@@ -8,14 +8,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::Span;
 
 use crate::engine::broker::BrokerError;
 use crate::names::Fqfn;
 use crate::runtime::GuestMessage;
-use crate::telemetry;
+use crate::telemetry::{self, Tracing};
 
 /// How a traced message ended, as its span's `fnhost.outcome` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,11 +38,11 @@ impl TracedOutcome {
     }
 }
 
-/// The span of one message of a batch.
-pub(super) struct MessageSpan {
+/// The span of a sampled message of a batch (an unsampled message has none: most, at a low ratio).
+pub(super) struct MessageSpan(Box<Recording>);
+
+struct Recording {
     span: Span,
-    /// Its context as the messages it sends carry it.
-    traceparent: Option<String>,
     /// How many times the message was delivered before.
     redeliveries: u32,
     /// When the function's last try of it started and ended.
@@ -51,63 +51,63 @@ pub(super) struct MessageSpan {
 
 impl MessageSpan {
     /// Starts the span of `message`, delivered `redeliveries` times before, for instance
-    /// `instance_id` of `fqfn`.
+    /// `instance_id` of `fqfn`, if the sampler keeps it.
     pub(super) fn start(
-        tracer: &SdkTracer,
+        tracing: &Tracing,
         fqfn: &Fqfn,
         instance_id: u32,
         message: &GuestMessage,
         redeliveries: u32,
-    ) -> Self {
+    ) -> Option<Self> {
         let parent = telemetry::context_of(&message.properties);
-        let span = tracer
-            .span_builder("process")
-            .with_kind(SpanKind::Consumer)
-            .with_attributes([
+        let span = tracing.start_sampled("process", SpanKind::Consumer, &parent, |span| {
+            span.with_attributes([
                 KeyValue::new("fnhost.function", fqfn.to_string()),
                 KeyValue::new("fnhost.instance", i64::from(instance_id)),
                 KeyValue::new("messaging.system", "fnhost"),
                 KeyValue::new("messaging.destination.name", message.topic.clone()),
                 KeyValue::new("messaging.message.id", message.message_id.clone()),
             ])
-            .start_with_context(tracer, &parent);
-        let traceparent = telemetry::traceparent_of(span.span_context());
-        Self { span, traceparent, redeliveries, guest_call: None }
+        })?;
+        Some(Self(Box::new(Recording { span, redeliveries, guest_call: None })))
     }
 
-    /// The `traceparent` the message's outputs carry.
-    pub(super) fn traceparent(&self) -> Option<&str> {
-        self.traceparent.as_deref()
+    /// The `traceparent` the message's outputs carry, if it is sampled.
+    ///
+    /// An unsampled message's outputs carry what its input carried, as when tracing is off: a
+    /// `traceparent` on every output cost the session pipeline 10% of its throughput
+    /// (docs/BENCHMARKS.md), and leaving it out loses nothing of a sampled trace.
+    pub(super) fn traceparent(&self) -> Option<String> {
+        let context = self.0.span.span_context();
+        context.is_sampled().then(|| telemetry::traceparent_of(context)).flatten()
     }
 
     /// Notes how the message ended, after `tries` tries of which the last took `elapsed`.
     pub(super) fn processed(&mut self, outcome: TracedOutcome, tries: u32, elapsed: Duration) {
+        let recording = &mut *self.0;
         let ended = SystemTime::now();
-        self.guest_call = Some((ended.checked_sub(elapsed).unwrap_or(ended), ended));
-        self.span.set_attribute(KeyValue::new("fnhost.outcome", outcome.name()));
-        let retries = self.redeliveries.saturating_add(tries.saturating_sub(1));
-        self.span.set_attribute(KeyValue::new("fnhost.retries", i64::from(retries)));
+        recording.guest_call = Some((ended.checked_sub(elapsed).unwrap_or(ended), ended));
+        recording.span.set_attribute(KeyValue::new("fnhost.outcome", outcome.name()));
+        let retries = recording.redeliveries.saturating_add(tries.saturating_sub(1));
+        recording.span.set_attribute(KeyValue::new("fnhost.retries", i64::from(retries)));
     }
 }
 
 /// Ends the spans of a batch whose commit started at `started` and returned `result` just now.
 pub(super) fn committed(spans: Vec<MessageSpan>, started: SystemTime, result: &Result<(), BrokerError>) {
-    let Some(tracer) = telemetry::tracer() else { return };
+    let Some(tracing) = telemetry::tracing() else { return };
     let ended = SystemTime::now();
-    for message in spans {
-        let MessageSpan { mut span, guest_call, .. } = message;
-        if !span.is_recording() {
-            continue;
-        }
+    for MessageSpan(recording) in spans {
+        let Recording { mut span, guest_call, .. } = *recording;
         if let Err(error) = result {
             span.set_status(Status::error(error.to_string()));
         }
         let parent = Context::new().with_span(span);
         if let Some((start, end)) = guest_call {
-            let mut call = tracer.span_builder("guest call").with_start_time(start).start_with_context(tracer, &parent);
-            call.end_with_timestamp(end);
+            let call = SpanBuilder::from_name("guest call").with_start_time(start);
+            tracing.start_child(call, &parent).end_with_timestamp(end);
         }
-        let mut commit = tracer.span_builder("commit").with_start_time(started).start_with_context(tracer, &parent);
+        let mut commit = tracing.start_child(SpanBuilder::from_name("commit").with_start_time(started), &parent);
         if let Err(error) = result {
             commit.set_status(Status::error(error.to_string()));
         }

@@ -4,25 +4,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::checks::{DEAD_LETTER_PROPERTIES, check_key, check_message, check_parts, cut, result_properties};
+use super::checks::{DEAD_LETTER_PROPERTIES, check_parts, cut, result_properties};
 use super::history::HistoryBuffer;
 use super::log::{LogBudget, LogSink, level_name, level_rank};
 use super::pending::{PendingBatch, PendingOutput, Retired};
 use super::trace::{MessageSpan, TracedOutcome};
 use crate::engine::broker::{Acks, OutMessage};
-use crate::engine::state::{Change, KeyMap, KeyPage, KeyPageError, StateChanges, StateError, StateTable, StateValue};
+use crate::engine::state::{KeyMap, StateChanges, StateError, StateTable, StateValue};
 use crate::function::{FunctionConfig, SharedLogLevel};
-use crate::limits::{
-    MAX_LOG_LINE_LEN, MAX_LOG_LINES_PER_MESSAGE, MAX_METRIC_NAME_LEN, MAX_METRICS_PER_INSTANCE, MAX_PROPERTIES,
-    MAX_PROPERTY_LEN, MAX_PUBLISHES_PER_MESSAGE, MAX_STATE_TTL_MS, MAX_STATE_VALUE_SIZE,
-    MAX_WORKER_LOG_LINES_PER_SECOND, MAX_WRITTEN_BYTES_PER_MESSAGE,
-};
+use crate::limits::{MAX_LOG_LINE_LEN, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_WORKER_LOG_LINES_PER_SECOND};
 use crate::names::{Fqfn, TopicAccess, TopicName};
-use crate::runtime::{ContextError, GuestMessage, GuestReads, HostContext, LogLevel, ProcessError};
-use crate::telemetry::{TRACEPARENT, set_traceparent};
+use crate::runtime::{GuestMessage, GuestReads, LogLevel, ProcessError};
+use crate::telemetry::TRACEPARENT;
+
+mod host;
+mod state;
 
 /// The host side of a function's context: what one instance has done in the current batch.
 pub struct MessageContext {
@@ -73,8 +72,8 @@ pub struct MessageContext {
     /// What the batch processed, for the function's history: kept when the context knows its
     /// code ([`MessageContext::keeping_history`]).
     history: Option<HistoryBuffer>,
-    /// The spans of `batch`'s messages, by index, while tracing is on.
-    spans: Vec<MessageSpan>,
+    /// The spans of `batch`'s sampled messages, by index, while tracing is on.
+    spans: Vec<Option<MessageSpan>>,
     /// The spans of the messages processed since the last commit.
     processed_spans: Vec<MessageSpan>,
 }
@@ -195,42 +194,38 @@ impl MessageContext {
     pub(super) fn end_batch(&mut self) {
         self.retired._batches.push(std::mem::replace(&mut self.batch, Arc::new([])));
         self.call = 0..0;
-        self.processed_spans.append(&mut self.spans);
+        self.processed_spans.extend(self.spans.drain(..).flatten());
     }
 
     /// Starts the spans of `batch`'s messages, each delivered as often before as `redeliveries`
     /// says, when tracing is on.
     pub(super) fn trace_batch(&mut self, batch: &[GuestMessage], redeliveries: &[u32]) {
-        let Some(tracer) = crate::telemetry::tracer() else { return };
+        let Some(tracing) = crate::telemetry::tracing() else { return };
         self.spans = batch
             .iter()
             .zip(redeliveries)
             .map(|(message, &redeliveries)| {
-                MessageSpan::start(tracer, &self.fqfn, self.instance_id, message, redeliveries)
+                MessageSpan::start(&tracing, &self.fqfn, self.instance_id, message, redeliveries)
             })
             .collect();
     }
 
     /// Notes on message `index`'s span how it ended.
     pub(super) fn trace_outcome(&mut self, index: usize, outcome: TracedOutcome, tries: u32, elapsed: Duration) {
-        if let Some(span) = self.spans.get_mut(index) {
+        if let Some(Some(span)) = self.spans.get_mut(index) {
             span.processed(outcome, tries, elapsed);
         }
     }
 
     /// The `traceparent` that what message `index` of the batch sends carries: its span's while
-    /// tracing is on, else its own, so that a trace goes on through a worker that does not trace.
-    fn traceparent(&self, index: usize) -> Option<&str> {
-        match self.spans.get(index) {
-            Some(span) => span.traceparent(),
-            None => self
-                .batch
-                .get(index)?
-                .properties
-                .iter()
-                .find(|(name, _)| name == TRACEPARENT)
-                .map(|(_, value)| value.as_str()),
+    /// tracing is on and it is sampled, else its own, so that a trace goes on through a worker
+    /// that does not trace.
+    fn traceparent(&self, index: usize) -> Option<String> {
+        if let Some(traceparent) = self.spans.get(index).and_then(Option::as_ref).and_then(MessageSpan::traceparent) {
+            return Some(traceparent);
         }
+        let properties = &self.batch.get(index)?.properties;
+        properties.iter().find(|(name, _)| name == TRACEPARENT).map(|(_, value)| value.clone())
     }
 
     fn begin_message(&mut self, now: Instant) {
@@ -264,7 +259,7 @@ impl MessageContext {
                 let properties = result_properties(origin);
                 match check_parts(value.len(), origin.key.as_deref(), properties.len(), properties) {
                     Ok(()) => {
-                        let traceparent = self.traceparent(index).map(str::to_owned);
+                        let traceparent = self.traceparent(index);
                         Ok(Some(PendingOutput::Result { value, batch: self.batch.clone(), index, traceparent }))
                     }
                     Err(limit) => Err(ProcessError::System(format!("the output was refused: {limit}"))),
@@ -363,24 +358,9 @@ impl MessageContext {
         }
     }
 
-    /// Adds a host change to the batch (a window record stored or deleted), committed with it.
-    pub(super) fn stage(&mut self, key: String, change: Change) {
-        match &mut self.history {
-            Some(history) => history.staged(&mut self.batch_state, key, change),
-            None => self.batch_state.record(key, change),
-        }
-    }
-
     /// Adds a message to the batch's outputs.
     pub(super) fn stage_output(&mut self, topic: TopicName, message: OutMessage) {
         self.batch_outputs.push(PendingOutput::Ready(topic, message));
-    }
-
-    /// The bytes under `key` as the next commit will leave them.
-    pub(super) fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.current(key).map(|value| value.map(StateValue::into_bytes)).map_err(|_| {
-            StateError::Storage(self.host_failure.take().unwrap_or_else(|| format!("cannot read `{key:?}`")))
-        })
     }
 
     /// Hands the batch's effects over for commit, keeping its changes (shared with the commit) so
@@ -409,103 +389,6 @@ impl MessageContext {
             retired: std::mem::take(&mut self.retired),
             spans: std::mem::take(&mut self.processed_spans),
         })
-    }
-
-    /// The value of `key` as this message sees it: its own changes, then the batch's, then the store.
-    fn current(&mut self, key: &str) -> Result<Option<StateValue>, ContextError> {
-        let message = self.message_state.get(key);
-        if let Some(change) = message
-            && !change.is_add()
-        {
-            return Ok(change.apply(None));
-        }
-        let base = match self.batch_state.get(key) {
-            Some(change) if !change.is_add() => change.apply(None),
-            batch => {
-                let committed = match self.in_flight.get(key) {
-                    Some(Change::Add(..)) => self.in_flight_counters.get(key).cloned().flatten(),
-                    Some(absolute) => absolute.apply(None),
-                    None => match self.state.get(key) {
-                        Ok(stored) => stored.map(|versioned| versioned.value),
-                        Err(error) => return Err(self.fail_host(error.to_string())),
-                    },
-                };
-                match batch {
-                    Some(change) => change.apply(committed),
-                    None => committed,
-                }
-            }
-        };
-        Ok(match message {
-            Some(change) => change.apply(base),
-            None => base,
-        })
-    }
-
-    /// Stores `value` under `key`, to live `ttl_ms` from the commit when given.
-    fn put(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), ContextError> {
-        check_key(&key)?;
-        if value.len() > MAX_STATE_VALUE_SIZE {
-            return Err(ContextError::LimitExceeded(format!(
-                "state value is {} bytes; the limit (MAX_STATE_VALUE_SIZE) is {MAX_STATE_VALUE_SIZE}",
-                value.len()
-            )));
-        }
-        self.spend(key.len() + value.len())?;
-        self.message_state.record(key, Change::Put(value, ttl_ms));
-        Ok(())
-    }
-
-    /// The page as this message sees it: the committed keys under the changes not yet committed
-    /// (the batch being committed, this batch's, this message's), newest last.
-    fn list(&mut self, page: &KeyPage) -> Result<Vec<String>, ContextError> {
-        let mut pending: BTreeMap<&str, bool> = BTreeMap::new();
-        for changes in [&*self.in_flight, &self.batch_state, &self.message_state] {
-            for (key, change) in changes.iter().filter(|(key, _)| page.holds(key)) {
-                pending.insert(key, !matches!(change, Change::Delete));
-            }
-        }
-        // A pending removal may hide a committed key: ask for one more key per removal.
-        let removed = pending.values().filter(|exists| !**exists).count();
-        let committed_page = KeyPage { limit: page.limit + removed, ..page.clone() };
-        let committed = match self.state.list(&committed_page) {
-            Ok(keys) => keys,
-            Err(error) => return Err(self.fail_host(error.to_string())),
-        };
-        let mut keys: Vec<String> =
-            committed.into_iter().filter(|key| pending.get(key.as_str()).is_none_or(|exists| *exists)).collect();
-        keys.extend(pending.iter().filter(|(_, exists)| **exists).map(|(key, _)| (*key).to_owned()));
-        keys.sort_unstable();
-        keys.dedup();
-        keys.truncate(page.limit);
-        Ok(keys)
-    }
-
-    /// Counts `bytes` more written by the current message, which the host holds until the commit.
-    fn spend(&mut self, bytes: usize) -> Result<(), ContextError> {
-        if self.written + bytes > MAX_WRITTEN_BYTES_PER_MESSAGE {
-            return Err(ContextError::LimitExceeded(format!(
-                "the message's state writes and publishes come to more than {MAX_WRITTEN_BYTES_PER_MESSAGE} bytes, the limit (MAX_WRITTEN_BYTES_PER_MESSAGE)"
-            )));
-        }
-        self.written += bytes;
-        Ok(())
-    }
-
-    /// Records a host failure: the message fails as the host's failure whatever the function does next.
-    fn fail_host(&mut self, reason: String) -> ContextError {
-        self.host_failure = Some(reason.clone());
-        ContextError::HostFailure(reason)
-    }
-
-    fn topic(&mut self, name: &str) -> Result<TopicName, ContextError> {
-        if let Some(topic) = self.topics.get(name) {
-            return Ok(topic.clone());
-        }
-        let topic = TopicName::parse(name).map_err(|error| ContextError::InvalidArgument(error.to_string()))?;
-        self.topic_access.check(&topic, "topic").map_err(|error| ContextError::NotPermitted(error.to_string()))?;
-        self.topics.insert(name.to_owned(), topic.clone());
-        Ok(topic)
     }
 
     /// Writes a line to the log, as the function's own logging does.
@@ -541,157 +424,12 @@ impl MessageContext {
     }
 }
 
-impl HostContext for MessageContext {
-    fn min_log_level(&mut self) -> LogLevel {
-        self.log_level.get()
-    }
-
-    fn finish_message(
-        &mut self,
-        result: Result<Option<Vec<u8>>, ProcessError>,
-        finished_at: Instant,
-        reads: GuestReads,
-    ) -> bool {
-        // A stopped instance takes no further message of the call; they come again.
-        self.end_message(result, finished_at, reads) && !self.stop_requested()
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.load(AtomicOrdering::Relaxed)
-    }
-
-    fn log(&mut self, level: LogLevel, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES_PER_MESSAGE {
-            if self.log_lines == MAX_LOG_LINES_PER_MESSAGE + 1 {
-                self.write_log(
-                    LogLevel::Warn,
-                    format!(
-                        "further log lines of this message are dropped: the limit (MAX_LOG_LINES_PER_MESSAGE) is {MAX_LOG_LINES_PER_MESSAGE}"
-                    ),
-                );
-            }
-            return;
-        }
-        self.write_log(level, message);
-    }
-
-    fn record_metric(&mut self, name: String, value: f64) {
-        if name.len() > MAX_METRIC_NAME_LEN
-            || (self.metrics.len() >= MAX_METRICS_PER_INSTANCE && !self.metrics.contains_key(&name))
-        {
-            self.write_log(
-                LogLevel::Warn,
-                format!(
-                    "metric `{}` dropped: names are limited to MAX_METRIC_NAME_LEN ({MAX_METRIC_NAME_LEN}) bytes and MAX_METRICS_PER_INSTANCE ({MAX_METRICS_PER_INSTANCE}) names",
-                    name.chars().take(64).collect::<String>()
-                ),
-            );
-            return;
-        }
-        let entry = self.metrics.entry(name).or_default();
-        entry.0 += 1;
-        entry.1 += value;
-    }
-
-    fn get_state(&mut self, key: String) -> Result<Option<Vec<u8>>, ContextError> {
-        check_key(&key)?;
-        Ok(self.current(&key)?.map(StateValue::into_bytes))
-    }
-
-    fn put_state(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextError> {
-        self.put(key, value, self.state_ttl_ms)
-    }
-
-    fn put_state_ttl(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), ContextError> {
-        if !(1..=MAX_STATE_TTL_MS).contains(&ttl_ms) {
-            return Err(ContextError::InvalidArgument(format!(
-                "a time to live of {ttl_ms} ms is out of range: give from 1 ms to {MAX_STATE_TTL_MS} ms, ten years (MAX_STATE_TTL_MS)"
-            )));
-        }
-        self.put(key, value, Some(ttl_ms))
-    }
-
-    fn list_state_keys(
-        &mut self,
-        prefix: String,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<String>, ContextError> {
-        let page = KeyPage::new(prefix, after, limit as usize).map_err(|error| match error {
-            KeyPageError::LimitExceeded(reason) => ContextError::LimitExceeded(reason),
-            KeyPageError::Invalid(reason) => ContextError::InvalidArgument(reason),
-        })?;
-        self.list(&page)
-    }
-
-    fn delete_state(&mut self, key: String) -> Result<(), ContextError> {
-        check_key(&key)?;
-        self.message_state.record(key, Change::Delete);
-        Ok(())
-    }
-
-    fn incr_counter(&mut self, key: String, amount: i64) -> Result<i64, ContextError> {
-        check_key(&key)?;
-        let current = match self.current(&key)? {
-            None => 0,
-            Some(StateValue::Counter(value)) => value,
-            Some(StateValue::Bytes(_)) => {
-                return Err(ContextError::WrongKind(format!(
-                    "state key `{key}` holds bytes, not a counter; delete it before counting under it"
-                )));
-            }
-        };
-        self.message_state.record(key, Change::Add(amount, self.state_ttl_ms));
-        Ok(current.wrapping_add(amount))
-    }
-
-    fn get_counter(&mut self, key: String) -> Result<i64, ContextError> {
-        check_key(&key)?;
-        match self.current(&key)? {
-            None => Ok(0),
-            Some(StateValue::Counter(value)) => Ok(value),
-            Some(StateValue::Bytes(_)) => Err(ContextError::WrongKind(format!(
-                "state key `{key}` holds bytes, not a counter; read it with get-state"
-            ))),
-        }
-    }
-
-    fn publish(
-        &mut self,
-        topic: String,
-        value: Vec<u8>,
-        key: Option<String>,
-        properties: Vec<(String, String)>,
-    ) -> Result<(), ContextError> {
-        if self.publishes >= MAX_PUBLISHES_PER_MESSAGE {
-            return Err(ContextError::LimitExceeded(format!(
-                "more than MAX_PUBLISHES_PER_MESSAGE ({MAX_PUBLISHES_PER_MESSAGE}) publishes while processing one message"
-            )));
-        }
-        let topic = self.topic(&topic)?;
-        let mut message = OutMessage { value, key, properties, event_time: None };
-        check_message(&message).map_err(ContextError::LimitExceeded)?;
-        // The host's own property, past the guest's MAX_PROPERTIES, as a result's are.
-        if let Some(traceparent) = self.traceparent(self.call.start + self.outcomes.len()) {
-            set_traceparent(&mut message.properties, traceparent.to_owned());
-        }
-        self.spend(message.value.len() + message.key.as_ref().map_or(0, String::len))?;
-        self.publishes += 1;
-        self.message_outputs.push(PendingOutput::Ready(topic, message));
-        Ok(())
-    }
-
-    fn ack(&mut self) {
-        // Only MANUAL reads this; under the other guarantees every message is acknowledged anyway.
-        self.acked = true;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::KeyPage;
     use crate::engine::state::Versioned;
+    use crate::runtime::{ContextError, HostContext};
 
     /// A state table whose storage has failed.
     struct FailedStorage;
