@@ -5,11 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::support::{Worker, guest, workspace};
-
-const OPERATOR: &str = "operator-0123456789abcdef0123456789abcdef";
-const ACME: &str = "acme-0123456789abcdef0123456789abcdef00000";
-const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef000";
+use crate::support::{ACME, GLOBEX, OPERATOR, Worker, guest, workspace};
 
 #[test]
 fn a_tenant_sees_its_functions_counts_state_output_logs_and_topics_in_the_console() {
@@ -19,15 +15,7 @@ fn a_tenant_sees_its_functions_counts_state_output_logs_and_topics_in_the_consol
         "the console test needs `npm install --prefix tests/browser` and Debian's chromium (scripts/test installs both)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let access = dir.path().join("access.yaml");
-    std::fs::write(
-        &access,
-        format!(
-            "operatorTokens: [{OPERATOR}]\ntenants:\n  acme:\n    tokens: [{ACME}]\n  globex:\n    tokens: [{GLOBEX}]\n"
-        ),
-    )
-    .unwrap();
-    let worker = Worker::start_with(&dir.path().join("data"), &["--access", access.to_str().unwrap()]);
+    let worker = Worker::start_with_tenants(dir.path());
     let wasm = guest("session-duration");
     let wasm = wasm.to_str().unwrap();
     for (token, fqfn) in [(ACME, "acme/default/sessions"), (GLOBEX, "globex/default/other")] {

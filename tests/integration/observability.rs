@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
-use crate::support::{Worker, fnhost_command, guest};
+use crate::support::{ACME, GLOBEX, Worker, fnhost_command, guest};
 use crate::worker::create;
 
 /// An OTLP/HTTP collector on loopback that keeps every span it is sent, and counts requests.
@@ -152,23 +152,10 @@ fn with_tracing_off_nothing_is_sent_and_a_traceparent_passes_through_unchanged()
     assert_eq!(*collector.requests.lock().unwrap(), 0, "nothing was exported: {:?}", collector.spans());
 }
 
-const OPERATOR: &str = "operator-0123456789abcdef0123456789abcdef";
-const ACME: &str = "acme-0123456789abcdef0123456789abcdef00000";
-const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef000";
-
 #[test]
 fn functions_logs_follow_prints_a_line_written_after_it_started_and_another_tenant_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let access = dir.path().join("access.yaml");
-    std::fs::write(
-        &access,
-        format!(
-            "operatorTokens: [{OPERATOR}]\ntenants:\n  acme:\n    tokens: [{ACME}]\n  globex:\n    tokens: [{GLOBEX}]\n"
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let worker = Worker::start_with(&data, &["--access", access.to_str().unwrap()]);
+    let worker = Worker::start_with_tenants(dir.path());
     let wasm = guest("session-duration");
     let fqfn = "acme/ns/sessions";
     let created = worker.cli_as(

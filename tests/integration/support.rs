@@ -54,6 +54,13 @@ pub fn fnhost_command() -> Command {
     command
 }
 
+/// The operator's token of [`Worker::start_with_tenants`] (and the tenant tests' workers).
+pub const OPERATOR: &str = "operator-0123456789abcdef0123456789abcdef";
+/// Tenant `acme`'s token.
+pub const ACME: &str = "acme-0123456789abcdef0123456789abcdef00000";
+/// Tenant `globex`'s token.
+pub const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef000";
+
 /// A scratch data directory and the `fnhost` binary pointed at it.
 pub struct Fnhost {
     dir: tempfile::TempDir,
@@ -229,6 +236,17 @@ impl Worker {
             panic!("the worker did not start:\n{}", log.lock().unwrap().join("\n"));
         });
         Self { child, url, log }
+    }
+
+    /// Starts a worker in `dir/data` whose access file (`dir/access.yaml`) has [`OPERATOR`]'s
+    /// token and tenants `acme` ([`ACME`]) and `globex` ([`GLOBEX`]) with the default quotas.
+    pub fn start_with_tenants(dir: &Path) -> Self {
+        let access = dir.join("access.yaml");
+        let text = format!(
+            "operatorTokens: [{OPERATOR}]\ntenants:\n  acme:\n    tokens: [{ACME}]\n  globex:\n    tokens: [{GLOBEX}]\n"
+        );
+        std::fs::write(&access, text).unwrap();
+        Self::start_with(&dir.join("data"), &["--access", access.to_str().unwrap()])
     }
 
     /// Everything the worker logged so far.

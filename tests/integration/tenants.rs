@@ -1,11 +1,7 @@
 //! Tenants that do not trust each other on one worker: bearer tokens, the tenant boundary around
 //! functions, topics and state, topic grants, quotas, and a worker without tokens.
 
-use crate::support::{Fnhost, Worker, fnhost_command, guest};
-
-const OPERATOR: &str = "operator-0123456789abcdef0123456789abcdef";
-const ACME: &str = "acme-0123456789abcdef0123456789abcdef00000";
-const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef000";
+use crate::support::{ACME, Fnhost, GLOBEX, OPERATOR, Worker, fnhost_command, guest};
 
 /// A worker with an operator, tenant `acme` (granted the `shared` tenant's topics, two functions,
 /// three instances and 1 GiB at most) and tenant `globex` (the default quotas).

@@ -248,6 +248,22 @@ pub(crate) struct Measured {
     pub(crate) cpu: Duration,
 }
 
+/// The median over rounds of `with`'s cost against `without` (the same round's run without the
+/// feature), as `of` measures it: 0.03 is 3% more.
+pub(crate) fn median_cost(with: &[Measured], without: &[Measured], of: fn(&Measured) -> Duration) -> f64 {
+    let mut ratios: Vec<f64> =
+        with.iter().zip(without).map(|(with, without)| of(with).as_secs_f64() / of(without).as_secs_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2] - 1.0
+}
+
+/// The median rate of runs that each took `items` through.
+pub(crate) fn median_rate(runs: &[Measured], items: usize) -> f64 {
+    let mut rates: Vec<f64> = runs.iter().map(|run| items as f64 / run.elapsed.as_secs_f64()).collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 /// [`pipeline`], also measuring its CPU time.
 pub(crate) fn pipeline_measured(
     dir: &Path,

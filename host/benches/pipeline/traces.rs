@@ -13,10 +13,11 @@ use fnhost_test_support::HttpSink;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
-use crate::common::{Code, Measured, Workload, pipeline_measured, session_events};
+use crate::common::{Code, Measured, Workload, median_cost, median_rate, pipeline_measured, session_events};
 
-/// The ratios compared: off, then each sampling ratio.
-const RATIOS: [Option<f64>; 3] = [None, Some(0.01), Some(1.0)];
+/// The settings compared: off, then each sampling ratio (0%: every message asks the sampler and
+/// none is kept, what tracing costs before any span is made).
+const RATIOS: [Option<f64>; 4] = [None, Some(0.0), Some(0.01), Some(1.0)];
 
 pub(crate) fn traces(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     let events = session_events(messages);
@@ -41,11 +42,15 @@ pub(crate) fn traces(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Res
         counted.fetch_add(count as u64, AtomicOrdering::Relaxed);
     })?;
     let settings = (ProcessingGuarantee::AtLeastOnce, Ordering::Unordered, 1);
-    let mut measured: [Vec<Measured>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut exported = [0; 3];
+    let mut measured: [Vec<Measured>; RATIOS.len()] = Default::default();
+    let mut exported = [0; RATIOS.len()];
     for round in 0..rounds {
-        // The order rotates, so that no setting always follows another's clean-up.
-        let order = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1], [0, 2, 1], [1, 2, 0]][round % 6];
+        // The order rotates, and every other round runs backwards, so that no setting always
+        // follows the same other one's clean-up.
+        let mut order: Vec<usize> = (0..RATIOS.len()).map(|run| (run + round) % RATIOS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
         decode.store(round + 1 == rounds, AtomicOrdering::Relaxed);
         for run in order {
             let dir = scratch.path().join(format!("traces-{round}-{run}"));
@@ -63,20 +68,8 @@ pub(crate) fn traces(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Res
     if exported[0] != 0 {
         anyhow::bail!("spans were exported with tracing off");
     }
-    let cost = |run: usize, of: fn(&Measured) -> Duration| {
-        let mut ratios: Vec<f64> = measured[run]
-            .iter()
-            .zip(&measured[0])
-            .map(|(with, without)| of(with).as_secs_f64() / of(without).as_secs_f64())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2] - 1.0
-    };
-    let rate = |run: usize| {
-        let mut rates: Vec<f64> = measured[run].iter().map(|run| messages as f64 / run.elapsed.as_secs_f64()).collect();
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
+    let cost = |run: usize, of: fn(&Measured) -> Duration| median_cost(&measured[run], &measured[0], of);
+    let rate = |run: usize| median_rate(&measured[run], messages);
     println!(
         "| {messages} session events, Rust guest, ATLEAST_ONCE, {rounds} rounds in rotating order | msg/s (median) | cost in elapsed time | in CPU time (medians of the rounds' ratios) | spans the collector got (last round) |"
     );
@@ -95,5 +88,31 @@ pub(crate) fn traces(wasm: &Path, messages: usize, rounds: usize) -> anyhow::Res
         };
         println!("| {name} | {:.0} | {elapsed} | {cpu} | {} |", rate(run), exported[run]);
     }
+    sampling_decision(&collector.url, rate(0))
+}
+
+/// Decisions timed on their own.
+const DECISIONS: u32 = 2_000_000;
+
+/// What a message costs tracing when the sampler drops it (read its properties, ask the sampler),
+/// timed alone over DECISIONS messages, beside a message's whole time in the pipeline without
+/// tracing (`off_rate` messages a second): a figure the machine's noise does not blur.
+fn sampling_decision(collector: &str, off_rate: f64) -> anyhow::Result<()> {
+    let _telemetry = Telemetry::start_sampling(collector, "fnhost-bench", 0.0)?;
+    let tracing = fnhost::telemetry::tracing().ok_or_else(|| anyhow::anyhow!("tracing is not on"))?;
+    let properties: Vec<(String, String)> = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..DECISIONS {
+        let parent = fnhost::telemetry::context_of(&properties);
+        let kept = tracing.start_sampled("process", opentelemetry::trace::SpanKind::Consumer, &parent, |span| span);
+        std::hint::black_box(kept);
+    }
+    let each = started.elapsed().as_secs_f64() / f64::from(DECISIONS);
+    println!();
+    println!(
+        "| a message the sampler drops, {DECISIONS} timed alone | ns | share of a message's time with tracing off |"
+    );
+    println!("|---|---|---|");
+    println!("| read its properties and ask the sampler | {:.0} | {:.2}% |", each * 1e9, each * off_rate * 100.0);
     Ok(())
 }

@@ -10,7 +10,9 @@ use fnhost::embedded::EmbeddedStore;
 use fnhost::engine::state::StateStore;
 use fnhost::function::{Ordering, ProcessingGuarantee};
 
-use crate::common::{Code, Measured, Workload, pipeline_config, pipeline_measured_with, session_events_of};
+use crate::common::{
+    Code, Measured, Workload, median_cost, median_rate, pipeline_config, pipeline_measured_with, session_events_of,
+};
 
 /// A time to live that passes within the run, so that the cleaner's sweeps remove keys while the
 /// pipeline writes.
@@ -42,20 +44,12 @@ pub(crate) fn ttl(wasm: &std::path::Path, keys: usize, rounds: usize) -> anyhow:
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    let cost = |run: usize, of: fn(&Measured) -> Duration| {
-        let mut ratios: Vec<f64> = measured[run]
-            .iter()
-            .zip(&measured[0])
-            .map(|(with, without)| of(with).as_secs_f64() / of(without).as_secs_f64())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2] - 1.0
-    };
+    let cost = |run: usize, of: fn(&Measured) -> Duration| median_cost(&measured[run], &measured[0], of);
+    let rate = |run: usize| median_rate(&measured[run], keys);
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let rate = |run: usize| median(measured[run].iter().map(|run| keys as f64 / run.elapsed.as_secs_f64()).collect());
     println!(
         "| {keys} logins (one key each), ATLEAST_ONCE, median of {rounds} alternated runs | msg/s | cost in elapsed time | in CPU time (medians of the rounds' ratios) |"
     );

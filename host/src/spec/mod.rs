@@ -3,7 +3,7 @@
 //!
 //! Every field is optional so that documents can be layered (a file under flags, an update over the
 //! stored config); [`FunctionSpec::resolve`] applies the defaults and checks every value against
-//! its limit, producing the [`FunctionConfig`] the instance loop runs.
+//! its limit, producing the [`FunctionConfig`](crate::function::FunctionConfig) the instance loop runs.
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //!
 //! Tracing is on in a process only when an OTLP endpoint is given (`--otlp-endpoint`, or the
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); otherwise
-//! [`tracing`] is `None` and the hot path only copies an input's `traceparent` to its outputs.
+//! [`tracing()`] is `None` and the hot path only copies an input's `traceparent` to its outputs.
 //! Sampling follows `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as the SDK reads them.
 
 mod propagation;

@@ -270,7 +270,7 @@ pub struct OtlpTransport {
 const OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl OtlpTransport {
-    /// A transport that gives each export at most [`OTLP_TIMEOUT`].
+    /// A transport that gives each export at most ten seconds.
     pub fn new() -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
