@@ -61,7 +61,8 @@ fn process_messages(
     let mut positions = Vec::with_capacity(messages.len());
     let mut guests = Vec::with_capacity(messages.len());
     let mut redeliveries = Vec::new();
-    let tracing = crate::telemetry::tracing().is_some();
+    // Read once a batch: while tracing is off, this is the hot path's one look at it.
+    let tracing = crate::telemetry::tracing();
     for message in messages {
         stats.received += 1;
         let Message { topic, sequence, body, redelivery_count } = message;
@@ -89,7 +90,7 @@ fn process_messages(
         }
         positions.push((topic, sequence));
         guests.push(guest);
-        if tracing {
+        if tracing.is_some() {
             redeliveries.push(redelivery_count);
         }
     }
@@ -97,7 +98,9 @@ fn process_messages(
     // failure, which is tried again on its own before the messages after it: each key's messages
     // keep their order.
     let guests: Arc<[GuestMessage]> = guests.into();
-    executor.context().trace_batch(&guests, &redeliveries);
+    if let Some(tracing) = &tracing {
+        executor.context().trace_batch(tracing, &guests, &redeliveries);
+    }
     let mut next = 0;
     while next < guests.len() && !halt.halted() {
         let call = next..guests.len().min(next + MESSAGES_PER_CALL);

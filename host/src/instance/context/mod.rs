@@ -18,7 +18,7 @@ use crate::function::{FunctionConfig, SharedLogLevel};
 use crate::limits::{MAX_LOG_LINE_LEN, MAX_PROPERTIES, MAX_PROPERTY_LEN, MAX_WORKER_LOG_LINES_PER_SECOND};
 use crate::names::{Fqfn, TopicAccess, TopicName};
 use crate::runtime::{GuestMessage, GuestReads, LogLevel, ProcessError};
-use crate::telemetry::TRACEPARENT;
+use crate::telemetry::{TRACEPARENT, Tracing};
 
 mod host;
 mod state;
@@ -197,15 +197,14 @@ impl MessageContext {
         self.processed_spans.extend(self.spans.drain(..).flatten());
     }
 
-    /// Starts the spans of `batch`'s messages, each delivered as often before as `redeliveries`
-    /// says, when tracing is on.
-    pub(super) fn trace_batch(&mut self, batch: &[GuestMessage], redeliveries: &[u32]) {
-        let Some(tracing) = crate::telemetry::tracing() else { return };
+    /// Starts the spans of `batch`'s messages that `tracing`'s sampler keeps, each delivered as
+    /// often before as `redeliveries` says.
+    pub(super) fn trace_batch(&mut self, tracing: &Tracing, batch: &[GuestMessage], redeliveries: &[u32]) {
         self.spans = batch
             .iter()
             .zip(redeliveries)
             .map(|(message, &redeliveries)| {
-                MessageSpan::start(&tracing, &self.fqfn, self.instance_id, message, redeliveries)
+                MessageSpan::start(tracing, &self.fqfn, self.instance_id, message, redeliveries)
             })
             .collect();
     }
@@ -397,19 +396,21 @@ impl MessageContext {
             return;
         }
         let message = cut(message, MAX_LOG_LINE_LEN, " [cut at MAX_LOG_LINE_LEN]");
-        if let LogSink::Worker(live) = &self.logs {
-            live.push(self.instance_id, level, &message);
-        }
-        if !matches!(self.logs, LogSink::Worker(_)) {
-            self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
-        } else if let Some(left_out) = self.worker_log_budget.take(Instant::now()) {
-            if left_out > 0 {
-                let note = format!(
-                    "{left_out} log lines of this instance were left out of the worker's log (MAX_WORKER_LOG_LINES_PER_SECOND is {MAX_WORKER_LOG_LINES_PER_SECOND}); its log topic, if it has one, has them all"
-                );
-                self.logs.write_line(LogLevel::Warn, &self.fqfn, self.instance_id, &note);
+        match &self.logs {
+            // The live log keeps every line; the worker's log, which every tenant shares, a budget.
+            LogSink::Worker(live) => {
+                live.push(self.instance_id, level, &message);
+                if let Some(left_out) = self.worker_log_budget.take(Instant::now()) {
+                    if left_out > 0 {
+                        let note = format!(
+                            "{left_out} log lines of this instance were left out of the worker's log (MAX_WORKER_LOG_LINES_PER_SECOND is {MAX_WORKER_LOG_LINES_PER_SECOND}); its log topic, if it has one, has them all"
+                        );
+                        self.logs.write_line(LogLevel::Warn, &self.fqfn, self.instance_id, &note);
+                    }
+                    self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
+                }
             }
-            self.logs.write_line(level, &self.fqfn, self.instance_id, &message);
+            logs => logs.write_line(level, &self.fqfn, self.instance_id, &message),
         }
         if let Some(topic) = &self.log_topic {
             let mut line = OutMessage::new(message);
